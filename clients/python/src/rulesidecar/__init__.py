@@ -1,0 +1,1 @@
+"""Generated gRPC contract of rules-sidecar (package rulesidecar.v1) and a thin client."""

@@ -1,0 +1,1 @@
+"""Generated from proto/rulesidecar/v1 by scripts/generate; do not edit."""
