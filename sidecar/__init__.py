@@ -1,0 +1,1 @@
+"""rules-sidecar: an API-conditional workflow node as a gRPC sidecar."""

@@ -1,0 +1,72 @@
+"""Domain models, free of gRPC, protobuf and HTTP: connectors, nodes and outcomes.
+
+connector  what to call (registered, versioned, immutable)
+node       what to decide (sent with each EvaluateNode call)
+outcome    what the evaluation answers
+"""
+
+from sidecar.model.connector import (
+    ApiKeyAuth,
+    ApiKeyLocation,
+    Auth,
+    BasicAuth,
+    BearerAuth,
+    Connector,
+    ConnectorSource,
+    ConnectorStatus,
+    HttpMethod,
+)
+from sidecar.model.node import (
+    Branch,
+    CastType,
+    Combinator,
+    Condition,
+    Extraction,
+    Node,
+    Operator,
+    Quantifier,
+    Subject,
+    SubjectKind,
+)
+from sidecar.model.outcome import (
+    BranchExplanation,
+    ConditionExplanation,
+    Explanation,
+    ExtractionResult,
+    ExtractionStatus,
+    Outcome,
+    OutcomeKind,
+    Reason,
+    RenderedRequest,
+)
+
+__all__ = [
+    "ApiKeyAuth",
+    "ApiKeyLocation",
+    "Auth",
+    "BasicAuth",
+    "BearerAuth",
+    "Branch",
+    "BranchExplanation",
+    "CastType",
+    "Combinator",
+    "Condition",
+    "ConditionExplanation",
+    "Connector",
+    "ConnectorSource",
+    "ConnectorStatus",
+    "Explanation",
+    "Extraction",
+    "ExtractionResult",
+    "ExtractionStatus",
+    "HttpMethod",
+    "Node",
+    "Operator",
+    "Outcome",
+    "OutcomeKind",
+    "Quantifier",
+    "Reason",
+    "RenderedRequest",
+    "Subject",
+    "SubjectKind",
+]

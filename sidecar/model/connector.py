@@ -1,0 +1,316 @@
+"""Connectors: what to call. Frozen once validated; a new registration is a new version.
+
+These are the sidecar's own types; protobuf messages are translated to and from them in
+``sidecar.wire`` only, and connectors files (YAML/JSON) use the same field names, so one set of
+validation rules serves the API, the file and `rules-sidecar validate`.
+
+    >>> Connector.model_validate({
+    ...     "id": "order-status", "status": "LIVE",
+    ...     "url_template": "https://api.store.com/orders/{{order_number}}",
+    ...     "auth": {"api_key": {"name": "X-API-Key", "value_secret": "store_api_key"}},
+    ... }).timeout
+    datetime.timedelta(seconds=5)
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Self
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    JsonValue,
+    StringConstraints,
+    model_validator,
+)
+
+from sidecar.model.base import FrozenModel
+from sidecar.placeholders import TemplateSyntaxError, has_placeholder, parse_template
+
+DEFAULT_TIMEOUT = timedelta(seconds=5)
+MAX_TIMEOUT = timedelta(seconds=30)
+DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
+MAX_RESPONSE_BYTES_LIMIT = 16 * 1024 * 1024
+
+# Headers whose value is a credential: they must come from `auth` and a secret, never a literal.
+CREDENTIAL_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "x-api-key",
+        "api-key",
+        "apikey",
+        "x-auth-token",
+        "x-access-token",
+    }
+)
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+
+
+# ---------------------------------------------------------------------------------------------
+# Connectors
+# ---------------------------------------------------------------------------------------------
+
+
+class ConnectorStatus(enum.StrEnum):
+    """Only LIVE connectors run in production; DRAFT ones only in test mode."""
+
+    DRAFT = "DRAFT"
+    LIVE = "LIVE"
+    DISABLED = "DISABLED"
+
+
+class HttpMethod(enum.StrEnum):
+    """Methods a connector may use."""
+
+    GET = "GET"
+    POST = "POST"
+    PUT = "PUT"
+    PATCH = "PATCH"
+    DELETE = "DELETE"
+
+
+class ConnectorSource(enum.StrEnum):
+    """Where a definition came from: the API (stored) or the connectors file (read-only)."""
+
+    API = "API"
+    FILE = "FILE"
+
+
+class ApiKeyLocation(enum.StrEnum):
+    """Where an API key is sent."""
+
+    HEADER = "HEADER"
+    QUERY = "QUERY"
+
+
+def _check_template(text: str) -> str:
+    try:
+        parse_template(text)
+    except TemplateSyntaxError as exc:
+        raise ValueError(str(exc)) from exc
+    return text
+
+
+def _check_header_name(name: str) -> str:
+    if not _HEADER_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a valid header name (letters, digits and -_. etc.)")
+    return name
+
+
+def _check_plain_header_name(name: str) -> str:
+    _check_header_name(name)
+    if name.lower() in CREDENTIAL_HEADERS:
+        raise ValueError(
+            f"{name!r} carries a credential: do not put it in headers, reference a secret "
+            "with auth (bearer, api_key or basic) instead"
+        )
+    return name
+
+
+def _check_body_template(value: JsonValue) -> JsonValue:
+    for text in iter_json_strings(value):
+        _check_template(text)
+    return value
+
+
+def _check_query_name(name: str) -> str:
+    if not name:
+        raise ValueError("query parameter names must not be empty")
+    if has_placeholder(name):
+        raise ValueError("query parameter names are never templated; template the value instead")
+    return name
+
+
+def _check_header_value(text: str) -> str:
+    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in text):
+        raise ValueError("header values must not contain control characters (CR, LF, NUL ...)")
+    return _check_template(text)
+
+
+def _parse_duration(value: Any) -> Any:
+    """Accept `5`, `2.5`, "5s", "500ms" and ISO 8601 as well as timedelta."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s)\s*", value)
+        if match:
+            amount = float(match.group(1))
+            return (
+                timedelta(milliseconds=amount)
+                if match.group(2) == "ms"
+                else timedelta(seconds=amount)
+            )
+    return value
+
+
+def _pattern_check(pattern: str, message: str) -> Callable[[str], str]:
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(message)
+        return value
+
+    return check
+
+
+def _check_timeout(value: timedelta) -> timedelta:
+    if value <= timedelta(0) or value > MAX_TIMEOUT:
+        raise ValueError("timeout must be more than 0 and at most 30s")
+    return value
+
+
+def _check_url_template(template: str) -> str:
+    """Refuse URL templates whose scheme, host or port could change with a variable's value."""
+    _check_template(template)
+    try:
+        parts = urlsplit(template)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc})") from exc
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(
+            "must be an absolute http(s) URL, e.g. https://api.example.com/orders/{{id}}"
+        )
+    if has_placeholder(parts.scheme) or has_placeholder(parts.netloc):
+        raise ValueError(
+            "placeholders are not allowed in the scheme, host or port; "
+            "put them in the path, the query values, the headers or the body"
+        )
+    if not parts.hostname:
+        raise ValueError("the URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("credentials in the URL are not allowed; use auth and a secret")
+    if has_placeholder(parts.query):
+        raise ValueError("put templated query parameters in `query`, not in the URL")
+    if parts.fragment:
+        raise ValueError("fragments (#...) are not sent to servers; remove it")
+    del port  # parsed only to validate it
+    return template
+
+
+ConnectorId = Annotated[
+    str,
+    AfterValidator(
+        _pattern_check(
+            r"[a-z0-9][a-z0-9_-]{0,63}",
+            "must be a slug of 1-64 characters (a-z, 0-9, '-', '_') starting with a letter or "
+            "digit",
+        )
+    ),
+]
+SecretName = Annotated[
+    str,
+    AfterValidator(
+        _pattern_check(
+            r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}",
+            "must be a secret name of 1-128 characters (letters, digits, '_', '.', '-') starting "
+            "with a letter or digit; it names a secret, it is not the secret's value",
+        )
+    ),
+]
+PlainHeaderName = Annotated[str, AfterValidator(_check_plain_header_name)]
+QueryName = Annotated[str, AfterValidator(_check_query_name)]
+HeaderTemplate = Annotated[str, AfterValidator(_check_header_value)]
+ValueTemplate = Annotated[str, AfterValidator(_check_template)]
+Timeout = Annotated[timedelta, BeforeValidator(_parse_duration), AfterValidator(_check_timeout)]
+
+
+class BearerAuth(FrozenModel):
+    """`Authorization: Bearer <token>`, token from a secret."""
+
+    token_secret: SecretName
+
+
+class ApiKeyAuth(FrozenModel):
+    """An API key in a header (default) or query parameter, value from a secret."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    location: ApiKeyLocation = ApiKeyLocation.HEADER
+    value_secret: SecretName
+
+    @model_validator(mode="after")
+    def _name_fits_location(self) -> Self:
+        if self.location is ApiKeyLocation.HEADER:
+            _check_header_name(self.name)
+        return self
+
+
+class BasicAuth(FrozenModel):
+    """HTTP basic authentication, username and password from secrets."""
+
+    username_secret: SecretName
+    password_secret: SecretName
+
+
+class Auth(FrozenModel):
+    """Exactly one authentication scheme (mirrors the proto oneof)."""
+
+    bearer: BearerAuth | None = None
+    api_key: ApiKeyAuth | None = None
+    basic: BasicAuth | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        chosen = [s for s in (self.bearer, self.api_key, self.basic) if s is not None]
+        if len(chosen) != 1:
+            raise ValueError("set exactly one of bearer, api_key, basic")
+        return self
+
+    def secret_names(self) -> tuple[str, ...]:
+        """Every secret this auth refers to."""
+        if self.bearer:
+            return (self.bearer.token_secret,)
+        if self.api_key:
+            return (self.api_key.value_secret,)
+        assert self.basic is not None
+        return (self.basic.username_secret, self.basic.password_secret)
+
+
+class Connector(FrozenModel):
+    """A named, versioned definition of one business API call.
+
+    Registering the same id again creates a new version; a validated Connector never changes.
+    """
+
+    id: ConnectorId
+    display_name: Annotated[str, StringConstraints(max_length=200)] = ""
+    status: ConnectorStatus
+    method: HttpMethod = HttpMethod.GET
+    url_template: Annotated[
+        str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_check_url_template)
+    ]
+    headers: dict[PlainHeaderName, HeaderTemplate] = Field(default_factory=dict)
+    query: dict[QueryName, ValueTemplate] = Field(default_factory=dict)
+    body_template: Annotated[JsonValue, AfterValidator(_check_body_template)] = None
+    auth: Auth | None = None
+    timeout: Timeout = DEFAULT_TIMEOUT
+    max_response_bytes: Annotated[int, Field(ge=1, le=MAX_RESPONSE_BYTES_LIMIT)] = (
+        DEFAULT_MAX_RESPONSE_BYTES
+    )
+    # Output-only fields, set by the registry.
+    version: Annotated[int, Field(ge=0)] = 0
+    update_time: datetime | None = None
+    source: ConnectorSource = ConnectorSource.API
+
+    def secret_names(self) -> tuple[str, ...]:
+        """Every secret this connector refers to."""
+        return self.auth.secret_names() if self.auth else ()
+
+
+def iter_json_strings(value: JsonValue) -> Iterator[str]:
+    """Every string in a JSON tree (object keys excluded)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from iter_json_strings(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from iter_json_strings(item)

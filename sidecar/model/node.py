@@ -1,0 +1,203 @@
+"""Nodes: what to decide once the API has answered. Sent inline with every EvaluateNode call.
+
+A node calls one connector, tries its branches in order (if / else-if ...), and falls back to the
+else target; failures go to the error target. Shapes are checked here; expressions (JMESPath,
+regular expressions) are compiled, and so checked, by the engine when the node is compiled.
+
+    >>> Node.model_validate({
+    ...     "connector_id": "order-status",
+    ...     "branches": [{"target": "show-status", "conditions": [
+    ...         {"subject": {"kind": "STATUS"}, "operator": "STATUS_CLASS", "operand": "2xx"}]}],
+    ...     "else_target": "not-found", "error_target": "handoff",
+    ... }).branches[0].combinator
+    <Combinator.ALL: 'ALL'>
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, Self
+
+from pydantic import Field, JsonValue, StringConstraints, model_validator
+
+from sidecar.model.base import FrozenModel
+from sidecar.placeholders import TemplateSyntaxError, parse_variable_path
+
+MAX_BRANCHES = 64
+MAX_CONDITIONS_PER_BRANCH = 64
+MAX_EXTRACTIONS = 128
+MAX_EXPRESSION_CHARS = 1024
+
+Target = Annotated[str, StringConstraints(max_length=256)]
+Expression = Annotated[str, StringConstraints(max_length=MAX_EXPRESSION_CHARS)]
+VariableName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"),
+    Field(description="letters, digits and _, starting with a letter or _"),
+]
+
+
+class SubjectKind(enum.StrEnum):
+    """What a condition looks at."""
+
+    STATUS = "STATUS"
+    BODY = "BODY"
+    HEADER = "HEADER"
+    VARIABLE = "VARIABLE"
+
+
+class Operator(enum.StrEnum):
+    """A condition's test; the comparison table lives in sidecar.conditions."""
+
+    EQUALS = "EQUALS"
+    NOT_EQUALS = "NOT_EQUALS"
+    GREATER_THAN = "GREATER_THAN"
+    GREATER_THAN_OR_EQUAL = "GREATER_THAN_OR_EQUAL"
+    LESS_THAN = "LESS_THAN"
+    LESS_THAN_OR_EQUAL = "LESS_THAN_OR_EQUAL"
+    CONTAINS = "CONTAINS"
+    NOT_CONTAINS = "NOT_CONTAINS"
+    STARTS_WITH = "STARTS_WITH"
+    ENDS_WITH = "ENDS_WITH"
+    MATCHES = "MATCHES"
+    IN = "IN"
+    NOT_IN = "NOT_IN"
+    EXISTS = "EXISTS"
+    NOT_EXISTS = "NOT_EXISTS"
+    IS_EMPTY = "IS_EMPTY"
+    IS_NOT_EMPTY = "IS_NOT_EMPTY"
+    STATUS_CLASS = "STATUS_CLASS"
+    BETWEEN = "BETWEEN"
+
+
+UNARY_OPERATORS = frozenset(
+    {Operator.EXISTS, Operator.NOT_EXISTS, Operator.IS_EMPTY, Operator.IS_NOT_EMPTY}
+)
+
+
+class Quantifier(enum.StrEnum):
+    """Apply the operator to each element of a list subject."""
+
+    ANY = "ANY"
+    ALL = "ALL"
+    NONE = "NONE"
+
+
+class Combinator(enum.StrEnum):
+    """How a branch's conditions combine."""
+
+    ALL = "ALL"
+    ANY = "ANY"
+
+
+class CastType(enum.StrEnum):
+    """Conversion applied to an extracted value."""
+
+    STRING = "STRING"
+    NUMBER = "NUMBER"
+    INTEGER = "INTEGER"
+    BOOLEAN = "BOOLEAN"
+    JSON = "JSON"
+
+
+class Subject(FrozenModel):
+    """The value a condition tests: the status, a JMESPath over the body, a header or a variable."""
+
+    kind: SubjectKind
+    path: Expression = ""
+
+    @model_validator(mode="after")
+    def _path_fits_kind(self) -> Self:
+        if self.kind is SubjectKind.STATUS:
+            if self.path:
+                raise ValueError("path must be empty for a STATUS subject")
+        elif not self.path:
+            raise ValueError(f"path is required for a {self.kind} subject")
+        if self.kind is SubjectKind.VARIABLE:
+            try:
+                parse_variable_path(self.path)
+            except TemplateSyntaxError as exc:
+                raise ValueError(str(exc)) from exc
+        return self
+
+
+class Condition(FrozenModel):
+    """One test: subject, operator, operand."""
+
+    subject: Subject
+    operator: Operator
+    operand: JsonValue = None
+    ignore_case: bool = False
+    quantifier: Quantifier | None = None
+
+    @model_validator(mode="after")
+    def _operand_fits_operator(self) -> Self:
+        op, operand = self.operator, self.operand
+        if op in UNARY_OPERATORS:
+            if operand is not None:
+                raise ValueError(f"operand must be unset for {op}")
+        elif op in (Operator.IN, Operator.NOT_IN):
+            if not isinstance(operand, list):
+                raise ValueError(f"operand must be a list for {op}")
+        elif op is Operator.BETWEEN:
+            if not (
+                isinstance(operand, list)
+                and len(operand) == 2
+                and all(_is_number(bound) for bound in operand)
+            ):
+                raise ValueError("operand must be a [low, high] pair of numbers for BETWEEN")
+        elif op is Operator.STATUS_CLASS:
+            if not (isinstance(operand, str) and re.fullmatch(r"[1-5][xX][xX]", operand)):
+                raise ValueError('operand must be a status class "1xx" ... "5xx" for STATUS_CLASS')
+        elif op is Operator.MATCHES:
+            if not isinstance(operand, str) or len(operand) > MAX_EXPRESSION_CHARS:
+                raise ValueError(
+                    f"operand must be a regular expression of at most {MAX_EXPRESSION_CHARS} "
+                    "characters for MATCHES"
+                )
+        elif operand is None and op not in (Operator.EQUALS, Operator.NOT_EQUALS):
+            raise ValueError(f"operand is required for {op}")
+        return self
+
+
+class Branch(FrozenModel):
+    """One if / else-if arm: when its conditions hold, the workflow goes to `target`."""
+
+    target: Target
+    combinator: Combinator = Combinator.ALL
+    conditions: Annotated[tuple[Condition, ...], Field(max_length=MAX_CONDITIONS_PER_BRANCH)] = ()
+
+
+class Extraction(FrozenModel):
+    """Copy one value out of a JSON document into a variable."""
+
+    variable: VariableName
+    path: Annotated[Expression, StringConstraints(min_length=1)]
+    default_value: JsonValue = None
+    required: bool = False
+    cast: CastType | None = None
+
+
+class Node(FrozenModel):
+    """An API-conditional workflow node: one connector, ordered branches, else and error targets."""
+
+    id: Annotated[str, StringConstraints(max_length=256)] = ""
+    connector_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    branches: Annotated[tuple[Branch, ...], Field(max_length=MAX_BRANCHES)] = ()
+    else_target: Target = ""
+    error_target: Target = ""
+    extractions: Annotated[tuple[Extraction, ...], Field(max_length=MAX_EXTRACTIONS)] = ()
+
+    @model_validator(mode="after")
+    def _unique_variables(self) -> Self:
+        seen: set[str] = set()
+        for extraction in self.extractions:
+            if extraction.variable in seen:
+                raise ValueError(f"variable {extraction.variable!r} is extracted twice")
+            seen.add(extraction.variable)
+        return self
+
+
+def _is_number(value: JsonValue) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

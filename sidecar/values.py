@@ -1,0 +1,89 @@
+"""JSON values as the sidecar sees them: dotted-path lookup, canonical text, numbers.
+
+One definition serves templating (a value placed in a URL or header), conditions (typed
+comparison) and extraction (casts), so `{{n}}`, `n == 5` and a STRING cast agree on what 5 looks
+like. Variables arrive through protobuf Struct, where every number is a double: 12345.0 must read
+as "12345", not "12345.0".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+MISSING: Final = object()
+"""Returned by `lookup` when a path does not exist (distinct from a present null)."""
+
+_NUMERIC_TEXT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_MAX_SAFE_INTEGER = 2**53
+
+
+def lookup(variables: Mapping[str, Any], path: Sequence[str]) -> Any:
+    """Follow a dotted path ("customer", "email") through nested objects; MISSING if absent."""
+    current: Any = variables
+    for segment in path:
+        if not isinstance(current, Mapping) or segment not in current:
+            return MISSING
+        current = current[segment]
+    return current
+
+
+def is_number(value: Any) -> bool:
+    """True for JSON numbers (bool excluded: in Python it is an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def as_number(value: Any) -> float | int | None:
+    """A number, or a string that reads as one ("5", " 05 ", "5.0", "1e3"); None otherwise.
+
+    NaN and infinities are not numbers here: they would make comparisons non-deterministic.
+    """
+    if is_number(value):
+        return value if not isinstance(value, float) or math.isfinite(value) else None
+    if isinstance(value, str) and _NUMERIC_TEXT.fullmatch(value.strip()):
+        text = value.strip()
+        if re.fullmatch(r"[+-]?\d+", text):
+            return int(text)
+        number = float(text)
+        return number if math.isfinite(number) else None
+    return None
+
+
+def number_text(value: float | int) -> str:
+    """Canonical text of a number: integral values without a fraction (12345.0 -> "12345")."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < _MAX_SAFE_INTEGER:
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def scalar_text(value: Any) -> str | None:
+    """Text of a string, number or boolean; None for null, lists and objects."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if is_number(value):
+        return number_text(value)
+    return None
+
+
+def value_text(value: Any) -> str:
+    """Text of any JSON value: scalars as `scalar_text`, null as "null", others as compact JSON."""
+    text = scalar_text(value)
+    if text is not None:
+        return text
+    return json.dumps(normalise_numbers(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def normalise_numbers(value: Any) -> Any:
+    """Turn integral floats (from protobuf Struct) back into ints, recursively."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < _MAX_SAFE_INTEGER:
+        return int(value)
+    if isinstance(value, list):
+        return [normalise_numbers(item) for item in value]
+    if isinstance(value, dict):
+        return {key: normalise_numbers(item) for key, item in value.items()}
+    return value
