@@ -1,0 +1,7 @@
+"""Where connectors live: the durable store, the connectors file, and the registry over both."""
+
+from sidecar.registry.connectors_file import load_connectors_file
+from sidecar.registry.registry import Registry
+from sidecar.registry.store import ConnectorStore
+
+__all__ = ["ConnectorStore", "Registry", "load_connectors_file"]

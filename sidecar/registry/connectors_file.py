@@ -1,0 +1,116 @@
+"""The declarative connectors file (YAML or JSON): GitOps and Kubernetes ConfigMaps.
+
+Same schema as the API (field names of `sidecar.model.Connector`, enums without their proto
+prefix). Every problem is reported with its location, `file:line: connectors[0].url_template:
+why`, so `rules-sidecar validate` can list them all at once.
+
+    connectors:
+      - id: order-status
+        status: LIVE
+        url_template: https://api.store.com/orders/{{order_number}}
+        auth: {api_key: {name: X-API-Key, value_secret: store_api_key}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from sidecar.errors import ConfigError, clean_message, field_path
+from sidecar.model import Connector, ConnectorSource
+
+OUTPUT_ONLY_FIELDS = ("version", "update_time", "source")
+
+
+def load_connectors_file(path: Path) -> tuple[Connector, ...]:
+    """Parse and validate a connectors file; ConfigError listing every problem with its line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read connectors file {path}: {exc}") from exc
+    try:
+        root_node = yaml.compose(text, Loader=yaml.SafeLoader)
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML/JSON", [f"{path}: {exc}"]) from exc
+
+    if document is None:
+        return ()
+    if not isinstance(document, dict) or not isinstance(document.get("connectors"), list):
+        raise ConfigError(
+            f"{path}: invalid connectors file",
+            [f"{path}:1: the file must be a mapping with a `connectors` list"],
+        )
+    extra_keys = sorted(set(document) - {"connectors"})
+    if extra_keys:
+        raise ConfigError(
+            f"{path}: invalid connectors file",
+            [f"{path}:1: unknown top-level key(s) {extra_keys}; only `connectors` is allowed"],
+        )
+
+    modified = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+    problems: list[str] = []
+    connectors: list[Connector] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(document["connectors"]):
+        location = ("connectors", index)
+        if not isinstance(raw, dict):
+            problems.append(_problem(path, root_node, location, "each connector must be a mapping"))
+            continue
+        for name in OUTPUT_ONLY_FIELDS:
+            if name in raw:
+                problems.append(
+                    _problem(path, root_node, (*location, name), "output-only; remove it")
+                )
+        definition = {k: v for k, v in raw.items() if k not in OUTPUT_ONLY_FIELDS}
+        try:
+            connector = Connector.model_validate(definition)
+        except ValidationError as exc:
+            for error in exc.errors():
+                problems.append(_problem(path, root_node, (*location, *error["loc"]), error["msg"]))
+            continue
+        if connector.id in seen:
+            problems.append(
+                _problem(
+                    path,
+                    root_node,
+                    (*location, "id"),
+                    f"duplicate id {connector.id!r} (also connectors[{seen[connector.id]}])",
+                )
+            )
+            continue
+        seen[connector.id] = index
+        connectors.append(
+            connector.model_copy(
+                update={"version": 1, "update_time": modified, "source": ConnectorSource.FILE}
+            )
+        )
+    if problems:
+        raise ConfigError(f"{path}: {len(problems)} problem(s)", problems)
+    return tuple(connectors)
+
+
+def _problem(path: Path, root: yaml.Node | None, location: Sequence[Any], message: str) -> str:
+    line = _line_of(root, location)
+    return f"{path}:{line}: {field_path(location)}: {clean_message(message)}"
+
+
+def _line_of(node: yaml.Node | None, location: Sequence[Any]) -> int:
+    """1-based line of the deepest node on the location path that exists in the document."""
+    line = 1 if node is None else node.start_mark.line + 1
+    for part in location:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if k.value == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            child = node.value[part] if part < len(node.value) else None
+        if child is None:
+            break
+        node = child
+        line = node.start_mark.line + 1
+    return line

@@ -1,0 +1,178 @@
+"""The connector registry: one in-memory view over the store and the connectors file.
+
+Reads (`get`, on every EvaluateNode) are a dict lookup. Writes are serialised by one lock, go to
+the store first and change memory only once the commit is durable, so a failed write never leaves
+a half-updated registry.
+
+How file and API connectors relate: the connectors file is the source of truth for the ids it
+declares. Those connectors are read-only at runtime (RegisterConnector and DeleteConnector answer
+FAILED_PRECONDITION for them) and are never written to the store; an API-registered connector with
+the same id is shadowed by the file's (and a warning is logged). Every other id is managed through
+the API and kept in the store across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import ParamSpec, TypeVar
+
+from sidecar.errors import (
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+    ReadOnlyConnectorError,
+    VersionConflictError,
+)
+from sidecar.model import Connector, ConnectorSource, ConnectorStatus
+from sidecar.registry.store import ConnectorStore
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+class Registry:
+    """Connectors by id, from the store (API) and the connectors file (read-only).
+
+    >>> registry = Registry(store, file_connectors=())   # doctest: +SKIP
+    >>> connector, created = await registry.register(definition, expected_version=0)  # +SKIP
+    """
+
+    def __init__(self, store: ConnectorStore, *, file_connectors: Iterable[Connector]) -> None:
+        self._store = store
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-store")
+        self._write_lock = asyncio.Lock()
+        self._api = {connector.id: connector for connector in store.load_all()}
+        self._file: dict[str, Connector] = {}
+        self._merged: dict[str, Connector] = {}
+        self.replace_file_connectors(file_connectors)
+
+    def get(self, connector_id: str) -> Connector | None:
+        """The connector with this id, or None."""
+        return self._merged.get(connector_id)
+
+    def require(self, connector_id: str) -> Connector:
+        """The connector with this id, or NotFoundError."""
+        connector = self._merged.get(connector_id)
+        if connector is None:
+            raise NotFoundError(f"no connector with id {connector_id!r}")
+        return connector
+
+    def list_page(
+        self, *, page_size: int, page_token: str, status: ConnectorStatus | None
+    ) -> tuple[list[Connector], str]:
+        """One page of connectors in id order, and the token of the next page ("" at the end)."""
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            raise InvalidArgumentError(
+                [FieldViolation("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")]
+            )
+        after = _decode_page_token(page_token)
+        size = page_size or DEFAULT_PAGE_SIZE
+        matching = [
+            connector
+            for connector_id, connector in sorted(self._merged.items())
+            if connector_id > after and (status is None or connector.status is status)
+        ]
+        page = matching[:size]
+        next_token = _encode_page_token(page[-1].id) if len(matching) > size else ""
+        return page, next_token
+
+    async def register(
+        self, connector: Connector, *, expected_version: int | None
+    ) -> tuple[Connector, bool]:
+        """Create or replace a connector; returns the stored version and whether it was new."""
+        async with self._write_lock:
+            self._refuse_file_managed(connector.id)
+            current = self._api.get(connector.id)
+            current_version = current.version if current else 0
+            _check_expected(connector.id, expected_version, current_version)
+            base_version = current_version or await self._run(
+                self._store.tombstone_version, connector.id
+            )
+            stored = connector.model_copy(
+                update={
+                    "version": base_version + 1,
+                    "update_time": datetime.now(UTC),
+                    "source": ConnectorSource.API,
+                }
+            )
+            await self._run(self._store.put, stored)
+            self._api[stored.id] = stored
+            self._merged[stored.id] = stored
+            return stored, current is None
+
+    async def delete(self, connector_id: str, *, expected_version: int | None) -> int:
+        """Delete a connector; returns the version deleted."""
+        async with self._write_lock:
+            self._refuse_file_managed(connector_id)
+            current = self._api.get(connector_id)
+            if current is None:
+                raise NotFoundError(f"no connector with id {connector_id!r}")
+            _check_expected(connector_id, expected_version, current.version)
+            await self._run(self._store.delete, connector_id, current.version)
+            del self._api[connector_id]
+            del self._merged[connector_id]
+            return current.version
+
+    def replace_file_connectors(self, connectors: Iterable[Connector]) -> None:
+        """Install a new set of file connectors (startup, or a reload of the file)."""
+        self._file = {connector.id: connector for connector in connectors}
+        for connector_id in sorted(self._file.keys() & self._api.keys()):
+            log.warning(
+                "connector %r is declared in the connectors file and also registered through "
+                "the API; the file's definition wins",
+                connector_id,
+            )
+        self._merged = {**self._api, **self._file}
+
+    def close(self) -> None:
+        """Finish pending writes and close the store."""
+        self._writer.shutdown(wait=True)
+        self._store.close()
+
+    def __len__(self) -> int:
+        return len(self._merged)
+
+    def _refuse_file_managed(self, connector_id: str) -> None:
+        if connector_id in self._file:
+            raise ReadOnlyConnectorError(
+                f"connector {connector_id!r} is declared in the connectors file and is read-only "
+                "at runtime; change the file instead"
+            )
+
+    async def _run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, lambda: function(*args, **kwargs))
+
+
+def _check_expected(connector_id: str, expected: int | None, current: int) -> None:
+    if expected is not None and expected != current:
+        state = f"is at version {current}" if current else "does not exist"
+        raise VersionConflictError(
+            f"connector {connector_id!r} {state}, but expected_version was {expected}; "
+            "read it again and retry"
+        )
+
+
+def _encode_page_token(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def _decode_page_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidArgumentError(
+            [FieldViolation("page_token", "not a token returned by ListConnectors")]
+        ) from exc

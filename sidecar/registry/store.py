@@ -1,0 +1,159 @@
+"""The embedded connector store: SQLite with durable commits.
+
+Durability is the point: once RegisterConnector has answered OK, the connector survives a crash or
+`kill -9` that follows. WAL mode with `synchronous=FULL` fsyncs the log on every commit. An
+unreadable or corrupt store stops startup with a clear error instead of starting empty, because
+starting empty would silently lose every registration.
+
+Versions only grow: deleting a connector leaves a tombstone with its last version, so a connector
+re-created under the same id never reuses a (id, version) pair that a cache may still hold.
+
+One process owns a store at a time (an advisory lock on `<data_dir>/lock`); two sidecars sharing
+one file would each keep a stale in-memory view of the other's writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from pydantic import ValidationError
+
+from sidecar.errors import StoreError
+from sidecar.model import Connector
+
+SCHEMA_VERSION = 1
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS connectors ("
+    " id TEXT PRIMARY KEY, version INTEGER NOT NULL, definition TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS tombstones (id TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+)
+
+
+class ConnectorStore:
+    """Durable storage of API-registered connectors. Calls block: run them off the event loop."""
+
+    def __init__(self, path: Path, *, busy_timeout_seconds: float = 5.0) -> None:
+        self.path = path
+        self._lock_file = _acquire_lock(path.parent / "lock")
+        try:
+            self._db = sqlite3.connect(
+                path, timeout=busy_timeout_seconds, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {path} was written by a newer rules-sidecar (schema {version}); "
+                    "upgrade this sidecar or point data_dir elsewhere"
+                )
+            with self._transaction():
+                for statement in _SCHEMA:  # not executescript: it would commit mid-transaction
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise StoreError(f"store {path} is corrupt ({check}); restore a backup")
+        except sqlite3.DatabaseError as exc:
+            self._release_lock()
+            raise StoreError(
+                f"cannot open the connector store {path}: {exc}. It is not a readable SQLite "
+                "database; restore a backup, or move it aside to start with an empty store"
+            ) from exc
+        except StoreError:
+            self._release_lock()
+            raise
+
+    def load_all(self) -> list[Connector]:
+        """Every stored connector; StoreError naming the row if one cannot be read."""
+        connectors = []
+        try:
+            rows = self._db.execute("SELECT id, definition FROM connectors ORDER BY id").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot read the connector store {self.path}: {exc}") from exc
+        for connector_id, definition in rows:
+            try:
+                connectors.append(Connector.model_validate_json(definition))
+            except ValidationError as exc:
+                raise StoreError(
+                    f"connector {connector_id!r} in store {self.path} cannot be read: "
+                    f"{exc.error_count()} invalid field(s), first: {exc.errors()[0]['msg']}"
+                ) from exc
+        return connectors
+
+    def tombstone_version(self, connector_id: str) -> int:
+        """The last version of a deleted connector, or 0."""
+        row = self._db.execute(
+            "SELECT version FROM tombstones WHERE id = ?", (connector_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def put(self, connector: Connector) -> None:
+        """Insert or replace one connector; returns only once the commit is durable."""
+        definition = connector.model_dump_json(exclude_none=True)
+        try:
+            with self._transaction():
+                self._db.execute(
+                    "INSERT INTO connectors (id, version, definition) VALUES (?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET version = excluded.version, "
+                    "definition = excluded.definition",
+                    (connector.id, connector.version, definition),
+                )
+                self._db.execute("DELETE FROM tombstones WHERE id = ?", (connector.id,))
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot write connector {connector.id!r}: {exc}") from exc
+
+    def delete(self, connector_id: str, version: int) -> None:
+        """Remove one connector, leaving a tombstone with its last version."""
+        try:
+            with self._transaction():
+                self._db.execute("DELETE FROM connectors WHERE id = ?", (connector_id,))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO tombstones (id, version) VALUES (?, ?)",
+                    (connector_id, version),
+                )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot delete connector {connector_id!r}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the database and release the store lock."""
+        self._db.close()
+        self._release_lock()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _release_lock(self) -> None:
+        if not self._lock_file.closed:
+            self._lock_file.close()
+
+
+def _acquire_lock(path: Path) -> IO[bytes]:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = open(path, "ab")  # noqa: SIM115 (held for the store's lifetime)
+    except OSError as exc:
+        raise StoreError(f"cannot create the data directory {path.parent}: {exc}") from exc
+    try:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        lock_file.close()
+        raise StoreError(
+            f"another rules-sidecar process is using the store in {path.parent} "
+            f"(pid holding {path}); give each sidecar its own data_dir"
+        ) from exc
+    os.set_inheritable(lock_file.fileno(), False)
+    return lock_file

@@ -1,0 +1,75 @@
+"""Secrets: resolved by name at send time, never stored with connectors, never returned.
+
+Two sources, in order: a directory with one file per secret (the layout of a mounted Kubernetes
+Secret, whose files are symlinks into `..data/`), then environment variables with a fixed prefix.
+Files are re-read when they change (Kubernetes rotates a Secret by swapping the `..data` link), so a
+rotated key is used without a restart; an unchanged file costs one `stat`.
+
+    >>> store = SecretStore(directory=None, environ={"RULES_SIDECAR_SECRET_STORE_API_KEY": "k"},
+    ...                     env_prefix="RULES_SIDECAR_SECRET_")
+    >>> store.resolve("store_api_key")
+    'k'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedFile:
+    stamp: tuple[int, int, int]
+    value: str
+
+
+class SecretStore:
+    """Looks secrets up by name; `resolve` returns None when a secret is nowhere to be found."""
+
+    def __init__(
+        self, *, directory: Path | None, environ: Mapping[str, str], env_prefix: str
+    ) -> None:
+        self._directory = directory
+        self._env = {
+            key[len(env_prefix) :]: value
+            for key, value in environ.items()
+            if key.startswith(env_prefix) and len(key) > len(env_prefix)
+        }
+        self._files: dict[str, _CachedFile] = {}
+
+    def resolve(self, name: str) -> str | None:
+        """The secret's value, from its file or its environment variable; None if absent."""
+        if self._directory is not None and _is_plain_name(name):
+            value = self._read_file(self._directory / name)
+            if value is not None:
+                return value
+        return self._env.get(name) or self._env.get(_env_spelling(name))
+
+    def _read_file(self, path: Path) -> str | None:
+        try:
+            info = os.stat(path)
+        except OSError:
+            self._files.pop(path.name, None)
+            return None
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        cached = self._files.get(path.name)
+        if cached is not None and cached.stamp == stamp:
+            return cached.value
+        try:
+            value = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError):
+            return None
+        self._files[path.name] = _CachedFile(stamp, value)
+        return value
+
+
+def _is_plain_name(name: str) -> bool:
+    """A file name inside the directory: no separators, no dot-files (`..data` is Kubernetes')."""
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
+
+
+def _env_spelling(name: str) -> str:
+    """`store-api.key` -> `STORE_API_KEY`, the spelling environment variables allow."""
+    return name.upper().replace("-", "_").replace(".", "_")

@@ -1,0 +1,118 @@
+"""Settings: every knob of the sidecar, in one place, documented.
+
+Sources, strongest first: explicit overrides (CLI flags, tests), environment variables prefixed
+`RULES_SIDECAR_` (nested fields with `__`, e.g. `RULES_SIDECAR_LISTEN_ADDRESS`), an optional YAML
+config file (`--config` or `RULES_SIDECAR_CONFIG_FILE`), then the defaults below. The defaults are
+the "embedded" setup: loopback only, a SQLite store under `.rules-sidecar/`.
+
+    >>> Settings.load(overrides={"listen_address": "127.0.0.1:0"}).listen_address
+    '127.0.0.1:0'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from sidecar.errors import ConfigError
+
+ENV_PREFIX = "RULES_SIDECAR_"
+CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG_FILE"
+
+
+class Settings(BaseSettings):
+    """Operator configuration. Built once, by `Settings.load`, in the composition root."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    listen_address: str = Field(
+        "127.0.0.1:50051",
+        description="host:port for gRPC over TCP. Loopback by default: a pod sidecar answers only "
+        "inside its pod. Port 0 picks a free port.",
+    )
+    unix_socket: Path | None = Field(
+        None, description="Also listen on this unix socket path (e.g. a volume shared in the pod)."
+    )
+    data_dir: Path = Field(
+        Path(".rules-sidecar"),
+        description="Directory of the embedded connector store (SQLite, durable commits).",
+    )
+    connectors_file: Path | None = Field(
+        None,
+        description="YAML or JSON connectors file loaded at startup; its connectors are read-only "
+        "at runtime (GitOps, Kubernetes ConfigMaps).",
+    )
+    secrets_dir: Path | None = Field(
+        None,
+        description="Directory with one file per secret (the layout of a mounted Kubernetes "
+        "Secret); the file name is the secret name.",
+    )
+    secret_env_prefix: str = Field(
+        "RULES_SIDECAR_SECRET_",
+        description="Environment variables with this prefix are secrets too: "
+        "RULES_SIDECAR_SECRET_STORE_API_KEY is the secret `store_api_key` (or `STORE_API_KEY`).",
+    )
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent, in bytes."
+    )
+    shutdown_grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="On SIGTERM, in-flight calls get this long to finish; new calls are refused.",
+    )
+    store_busy_timeout_seconds: float = Field(
+        5.0, gt=0, description="How long a store write waits for a lock held by another process."
+    )
+    log_level: str = Field("INFO", description="Python logging level: DEBUG, INFO, WARNING ...")
+
+    @property
+    def store_path(self) -> Path:
+        """The SQLite database file."""
+        return self.data_dir / "connectors.sqlite3"
+
+    @classmethod
+    def load(
+        cls, *, config_file: Path | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """Build from overrides, environment, config file and defaults; ConfigError if invalid."""
+        chosen = config_file or (
+            Path(os.environ[CONFIG_FILE_VARIABLE]) if os.environ.get(CONFIG_FILE_VARIABLE) else None
+        )
+        settings_cls: type[Settings] = cls
+        if chosen is not None:
+            if not chosen.is_file():
+                raise ConfigError(f"config file {chosen} does not exist or is not a file")
+            config = SettingsConfigDict(**{**cls.model_config, "yaml_file": chosen})
+            settings_cls = type("FileSettings", (cls,), {"model_config": config})
+        try:
+            return settings_cls(**dict(overrides or {}))
+        except ValidationError as exc:
+            problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+            raise ConfigError("invalid settings", problems) from exc
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Overrides, then environment, then the YAML config file (no dotenv, no secrets dir)."""
+        return init_settings, env_settings, YamlConfigSettingsSource(settings_cls)
