@@ -1,0 +1,165 @@
+"""Building the gRPC server apart from running it.
+
+`create_server(settings)` wires the object graph and binds the ports (port 0 in tests) without
+loading anything; `SidecarServer.load()` opens the store and the connectors file and only then
+reports SERVING; `serve(settings)` adds the signal handling and the graceful drain:
+
+    SIGTERM -> health NOT_SERVING at once -> new calls refused -> in-flight calls get
+    `shutdown_grace_seconds` to finish -> store closed -> exit 0
+
+This is the composition root: the one function that turns Settings into running objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
+
+from sidecar.errors import ConfigError
+from sidecar.interceptors import ErrorMappingInterceptor
+from sidecar.registry import ConnectorStore, Registry, load_connectors_file
+from sidecar.servicer import SERVICE_NAME, RulesSidecarServicer
+from sidecar.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class SidecarServer:
+    """A bound, not yet loaded, sidecar: the gRPC server and the objects it serves."""
+
+    settings: Settings
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    servicer: RulesSidecarServicer
+    registry: Registry | None = field(default=None)
+
+    async def start(self) -> None:
+        """Start answering; health says NOT_SERVING until `load` has finished."""
+        await self._set_health(NOT_SERVING)
+        await self.server.start()
+
+    async def load(self) -> None:
+        """Open the store and the connectors file, then report SERVING. ConfigError/StoreError."""
+        settings = self.settings
+        file_connectors = (
+            await asyncio.to_thread(load_connectors_file, settings.connectors_file)
+            if settings.connectors_file
+            else ()
+        )
+        store = await asyncio.to_thread(
+            ConnectorStore,
+            settings.store_path,
+            busy_timeout_seconds=settings.store_busy_timeout_seconds,
+        )
+        try:
+            self.registry = await asyncio.to_thread(
+                Registry, store, file_connectors=file_connectors
+            )
+        except BaseException:
+            store.close()
+            raise
+        self.servicer.attach_registry(self.registry)
+        log.info(
+            "loaded %d connector(s) (%d from %s)",
+            len(self.registry),
+            len(file_connectors),
+            settings.connectors_file or "no connectors file",
+        )
+        await self._set_health(SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING at once, refuse new calls, let in-flight ones finish, close."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        if self.registry is not None:
+            await asyncio.to_thread(self.registry.close)
+            self.registry = None
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+
+def create_server(settings: Settings) -> SidecarServer:
+    """Wire the server and bind its ports (TCP, and the unix socket if configured)."""
+    message_limit = settings.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=[ErrorMappingInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", message_limit),
+            ("grpc.max_send_message_length", message_limit),
+            # Without this, a second sidecar could silently share (and steal calls from) our port.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    servicer = RulesSidecarServicer()
+    pb_grpc.add_RulesSidecarServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = _bind(server, settings.listen_address)
+    if settings.unix_socket is not None:
+        _remove_stale_socket(settings.unix_socket)
+        _bind(server, f"unix:{settings.unix_socket}")
+    return SidecarServer(settings, server, port, health_servicer, servicer)
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT, then drain. Returns the process exit code."""
+    sidecar = create_server(settings)
+    await sidecar.start()
+    log.info("rules-sidecar listening on %s (port %d)", settings.listen_address, sidecar.port)
+    try:
+        await sidecar.load()
+    except BaseException:
+        await sidecar.stop(grace=0)
+        raise
+
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop_requested.set)
+    log.info("rules-sidecar is SERVING")
+    await stop_requested.wait()
+    log.info(
+        "shutting down: NOT_SERVING, draining in-flight calls for up to %.1fs",
+        settings.shutdown_grace_seconds,
+    )
+    await sidecar.stop()
+    log.info("rules-sidecar stopped")
+    return 0
+
+
+def _bind(server: grpc.aio.Server, address: str) -> int:
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot listen on {address}: {exc}") from exc
+    if port == 0:
+        raise ConfigError(f"cannot listen on {address}: the address is in use or invalid")
+    return int(port)
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A socket file left by a killed sidecar would make the bind fail."""
+    try:
+        if stat.S_ISSOCK(path.stat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        return

@@ -1,0 +1,233 @@
+"""The edge between protobuf and the domain: messages <-> models, errors -> gRPC statuses.
+
+Nothing else in the sidecar touches generated code except the servicer, which calls this module.
+Enums cross by name (`CONNECTOR_STATUS_LIVE` <-> `ConnectorStatus.LIVE`), so the proto and the
+model can never drift silently: a name missing on one side fails the round-trip tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from pydantic import BaseModel, ValidationError
+from rulesidecar.v1 import rules_sidecar_pb2 as pb
+
+from sidecar import model
+from sidecar.errors import (
+    ErrorCode,
+    FieldViolation,
+    InvalidArgumentError,
+    SidecarError,
+    clean_message,
+    field_path,
+)
+from sidecar.values import normalise_numbers
+
+E = TypeVar("E", bound=StrEnum)
+M = TypeVar("M", bound=BaseModel)
+
+STATUS_BY_ERROR_CODE: dict[ErrorCode, grpc.StatusCode] = {
+    ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.VERSION_CONFLICT: grpc.StatusCode.ABORTED,
+    ErrorCode.READ_ONLY: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorCode.NOT_READY: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.STORE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.CONFIG: grpc.StatusCode.FAILED_PRECONDITION,
+}
+"""The one table from sidecar error codes to gRPC status codes."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+
+def rpc_status_of(error: SidecarError) -> grpc.Status:
+    """The gRPC status for an error; INVALID_ARGUMENT carries a google.rpc.BadRequest."""
+    code = STATUS_BY_ERROR_CODE[error.code]
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message)
+    if isinstance(error, InvalidArgumentError):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=violation.field, description=violation.description
+                )
+                for violation in error.violations
+            ]
+        )
+        status.details.add().Pack(bad_request)
+    return rpc_status.to_status(status)
+
+
+def validate(model_type: type[M], data: dict[str, Any], *, prefix: str) -> M:
+    """Validate data into a model; InvalidArgumentError naming every bad field under `prefix`."""
+    try:
+        return model_type.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidArgumentError(violations_of(exc, prefix=prefix)) from exc
+
+
+def violations_of(exc: ValidationError, *, prefix: str) -> list[FieldViolation]:
+    """One FieldViolation per pydantic error, with proto field paths."""
+    return [
+        FieldViolation(field_path((prefix, *error["loc"])), _describe(error))
+        for error in exc.errors()
+    ]
+
+
+def _describe(error: Any) -> str:
+    if error["type"] == "missing":
+        return "required"
+    return clean_message(str(error["msg"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Enums and values
+# ---------------------------------------------------------------------------------------------
+
+
+def enum_from_proto(enum_type: type[E], proto_enum: Any, number: int, prefix: str) -> str | None:
+    """The model enum's value for a proto enum number; None for the UNSPECIFIED zero value."""
+    if number == 0:
+        return None
+    name = proto_enum.Name(number).removeprefix(prefix)
+    return name if name in enum_type.__members__ else f"unknown value {number}"
+
+
+def enum_to_proto(proto_enum: Any, value: StrEnum | None, prefix: str) -> Any:
+    """The proto enum number for a model enum (0 for None)."""
+    return 0 if value is None else proto_enum.Value(prefix + value.value)
+
+
+def value_from_proto(value: struct_pb2.Value) -> Any:
+    """A google.protobuf.Value as plain JSON data, integral doubles back to ints."""
+    return normalise_numbers(json_format.MessageToDict(value))
+
+
+def value_to_proto(data: Any) -> struct_pb2.Value:
+    """Plain JSON data as a google.protobuf.Value."""
+    return json_format.ParseDict(data, struct_pb2.Value())
+
+
+# ---------------------------------------------------------------------------------------------
+# Connectors
+# ---------------------------------------------------------------------------------------------
+
+
+def connector_from_proto(message: pb.Connector, *, prefix: str = "connector") -> model.Connector:
+    """Validate a Connector message into the model; output-only fields are ignored."""
+    data: dict[str, Any] = {
+        "id": message.id,
+        "display_name": message.display_name,
+        "url_template": message.url_template,
+        "headers": dict(message.headers),
+        "query": dict(message.query),
+    }
+    status = enum_from_proto(
+        model.ConnectorStatus, pb.ConnectorStatus, message.status, "CONNECTOR_STATUS_"
+    )
+    if status is not None:
+        data["status"] = status
+    method = enum_from_proto(model.HttpMethod, pb.HttpMethod, message.method, "HTTP_METHOD_")
+    if method is not None:
+        data["method"] = method
+    if message.HasField("body_template"):
+        data["body_template"] = value_from_proto(message.body_template)
+    if message.HasField("auth"):
+        data["auth"] = _auth_from_proto(message.auth)
+    if message.HasField("timeout"):
+        data["timeout"] = message.timeout.ToTimedelta()
+    if message.max_response_bytes:
+        data["max_response_bytes"] = message.max_response_bytes
+    return validate(model.Connector, data, prefix=prefix)
+
+
+def _auth_from_proto(auth: pb.Auth) -> dict[str, Any]:
+    scheme = auth.WhichOneof("scheme")
+    if scheme == "bearer":
+        return {"bearer": {"token_secret": auth.bearer.token_secret}}
+    if scheme == "api_key":
+        location = enum_from_proto(
+            model.ApiKeyLocation, pb.ApiKeyLocation, auth.api_key.location, "API_KEY_LOCATION_"
+        )
+        api_key: dict[str, Any] = {
+            "name": auth.api_key.name,
+            "value_secret": auth.api_key.value_secret,
+        }
+        if location is not None:
+            api_key["location"] = location
+        return {"api_key": api_key}
+    if scheme == "basic":
+        return {
+            "basic": {
+                "username_secret": auth.basic.username_secret,
+                "password_secret": auth.basic.password_secret,
+            }
+        }
+    return {}
+
+
+def connector_to_proto(connector: model.Connector) -> pb.Connector:
+    """The model as a Connector message, output-only fields included. Holds no secret values."""
+    message = pb.Connector(
+        id=connector.id,
+        display_name=connector.display_name,
+        status=enum_to_proto(pb.ConnectorStatus, connector.status, "CONNECTOR_STATUS_"),
+        method=enum_to_proto(pb.HttpMethod, connector.method, "HTTP_METHOD_"),
+        url_template=connector.url_template,
+        headers=connector.headers,
+        query=connector.query,
+        max_response_bytes=connector.max_response_bytes,
+        version=connector.version,
+        source=enum_to_proto(pb.ConnectorSource, connector.source, "CONNECTOR_SOURCE_"),
+        timeout=_duration(connector.timeout.total_seconds()),
+    )
+    if connector.body_template is not None:
+        message.body_template.CopyFrom(value_to_proto(connector.body_template))
+    if connector.auth is not None:
+        message.auth.CopyFrom(_auth_to_proto(connector.auth))
+    if connector.update_time is not None:
+        stamp = timestamp_pb2.Timestamp()
+        stamp.FromDatetime(connector.update_time)
+        message.update_time.CopyFrom(stamp)
+    return message
+
+
+def _auth_to_proto(auth: model.Auth) -> pb.Auth:
+    if auth.bearer is not None:
+        return pb.Auth(bearer=pb.BearerAuth(token_secret=auth.bearer.token_secret))
+    if auth.api_key is not None:
+        return pb.Auth(
+            api_key=pb.ApiKeyAuth(
+                name=auth.api_key.name,
+                location=enum_to_proto(
+                    pb.ApiKeyLocation, auth.api_key.location, "API_KEY_LOCATION_"
+                ),
+                value_secret=auth.api_key.value_secret,
+            )
+        )
+    assert auth.basic is not None
+    return pb.Auth(
+        basic=pb.BasicAuth(
+            username_secret=auth.basic.username_secret,
+            password_secret=auth.basic.password_secret,
+        )
+    )
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+def connectors_to_proto(connectors: Sequence[model.Connector]) -> list[pb.Connector]:
+    """Many connectors as messages."""
+    return [connector_to_proto(connector) for connector in connectors]
