@@ -130,8 +130,11 @@ def _check_query_name(name: str) -> str:
 
 
 def _check_header_value(text: str) -> str:
-    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in text):
-        raise ValueError("header values must not contain control characters (CR, LF, NUL ...)")
+    if any((ord(c) < 0x20 and c != "\t") or ord(c) >= 0x7F for c in text):
+        raise ValueError(
+            "header values must be printable ASCII: no control characters (CR, LF, NUL ...) "
+            "and no non-ASCII text (HTTP/1.1 clients refuse it)"
+        )
     return _check_template(text)
 
 

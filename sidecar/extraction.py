@@ -1,0 +1,237 @@
+"""Extractions: copy values out of the response body into workflow variables.
+
+Like conditions, extractions are compiled once per node (JMESPath parsed, defaults cast) and
+applied to each response without parsing. `apply` reports every extraction, failures included,
+in the order the node lists them, and never raises: a value that cannot be found or converted is
+a result with a status and a message, and the caller decides what a required failure means.
+
+    >>> from sidecar.model.node import Extraction
+    >>> compiled = compile_extractions([Extraction(variable="total", path="order.total",
+    ...                                            cast=CastType.INTEGER)])
+    >>> compiled.apply({"order": {"total": "42"}}, has_document=True)[0]
+    {'total': 42}
+
+Statuses. EXTRACTED: the expression yielded a value and the cast (if any) succeeded. DEFAULTED:
+there was no value (the expression yielded null, failed at run time, or there was no JSON
+document) and the extraction has a default. MISSING: no value and no default. NO_DOCUMENT: no
+JSON document and no default. CAST_FAILED: a value was found but the cast refused it; the default
+is not used in that case, because a value of the wrong type is a contract problem worth seeing.
+
+Casts:
+
+    cast      accepts                                         gives
+    (none)    any value                                       the value, integral floats as ints
+    STRING    string, number, boolean; list or object         the text (5.0 -> "5"); compact JSON
+    NUMBER    number, or a string that reads as one           the number ("5.0" -> 5, "1e3" -> 1000)
+    INTEGER   integral number, or a string reading as one     an integer ("5.0" -> 5; "5.5" fails)
+    BOOLEAN   boolean, or "true" / "false" in any case        the boolean
+    JSON      any value                                       compact JSON text ("a" -> "\\"a\\"")
+
+Booleans are never numbers, NaN and infinities never cast to NUMBER or INTEGER, and JSON refuses
+them (they are not JSON). A default is cast like an extracted value when the node is compiled, so
+a default that does not fit its cast is refused there (`extractions[i].default_value`) instead of
+failing on every call.
+"""
+
+from __future__ import annotations
+
+import json
+import reprlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sidecar import values
+from sidecar.errors import FieldViolation, InvalidArgumentError
+from sidecar.model.node import CastType, Extraction
+from sidecar.model.outcome import ExtractionResult, ExtractionStatus
+from sidecar.query import Query, compile_query
+
+_NO_DEFAULT: Final = object()
+_PREVIEW_CHARS: Final = 80
+
+
+class CastError(ValueError):
+    """A value does not fit the requested cast; the message says why, without the value."""
+
+
+class CompiledExtractions:
+    """A node's extractions, ready to be applied to any number of documents.
+
+    >>> compiled = compile_extractions(node.extractions)       # once per node
+    >>> variables, results = compiled.apply(body, has_document=True)
+    >>> all_required_succeeded(results)
+    True
+    """
+
+    __slots__ = ("_extractions",)
+
+    def __init__(self, extractions: Sequence[_CompiledExtraction]) -> None:
+        self._extractions = tuple(extractions)
+
+    def apply(
+        self, document: Any, *, has_document: bool
+    ) -> tuple[dict[str, Any], tuple[ExtractionResult, ...]]:
+        """The variables that were set, and one result per extraction in the node's order."""
+        variables: dict[str, Any] = {}
+        results: list[ExtractionResult] = []
+        for extraction in self._extractions:
+            result = extraction.apply(document, has_document)
+            if result.succeeded:
+                variables[result.variable] = result.value
+            results.append(result)
+        return variables, tuple(results)
+
+
+def compile_extractions(
+    extractions: Sequence[Extraction], *, field_prefix: str = "extractions"
+) -> CompiledExtractions:
+    """Compile every extraction, or raise InvalidArgumentError naming every bad field at once."""
+    violations: list[FieldViolation] = []
+    compiled: list[_CompiledExtraction] = []
+    for index, extraction in enumerate(extractions):
+        field = f"{field_prefix}[{index}]"
+        try:
+            query = compile_query(extraction.path)
+        except ValueError as exc:
+            violations.append(FieldViolation(f"{field}.path", str(exc)))
+            continue
+        cast = _CASTS[extraction.cast]
+        default: Any = _NO_DEFAULT
+        if extraction.default_value is not None:
+            try:
+                default = cast(extraction.default_value)
+            except CastError as exc:
+                description = f"default_value {_preview(extraction.default_value)} {exc}"
+                violations.append(FieldViolation(f"{field}.default_value", description))
+                continue
+        compiled.append(_CompiledExtraction(extraction, query, cast, default))
+    if violations:
+        raise InvalidArgumentError(violations)
+    return CompiledExtractions(compiled)
+
+
+def required_failures(results: Iterable[ExtractionResult]) -> tuple[ExtractionResult, ...]:
+    """The required extractions that set no value; non-empty means EXTRACTION_FAILED."""
+    return tuple(result for result in results if result.required and not result.succeeded)
+
+
+def all_required_succeeded(results: Iterable[ExtractionResult]) -> bool:
+    """True when every required extraction set a value (extracted or defaulted)."""
+    return not required_failures(results)
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledExtraction:
+    extraction: Extraction
+    query: Query
+    cast: Callable[[Any], Any]
+    default: Any
+
+    def apply(self, document: Any, has_document: bool) -> ExtractionResult:
+        try:
+            return self._apply(document, has_document)
+        except Exception as exc:  # apply() answers whatever the document holds
+            return self._result(ExtractionStatus.MISSING, message=f"failed: {type(exc).__name__}")
+
+    def _apply(self, document: Any, has_document: bool) -> ExtractionResult:
+        if not has_document:
+            return self._absent(ExtractionStatus.NO_DOCUMENT, "no JSON document")
+        found, failure = self.query.find(document)
+        if failure:  # no value, as for null, but the reason is kept
+            return self._absent(ExtractionStatus.MISSING, f"{self.extraction.path!r}: {failure}")
+        if found is None:
+            return self._absent(ExtractionStatus.MISSING, f"{self.extraction.path!r} yielded null")
+        try:
+            value = self.cast(found)
+        except CastError as exc:
+            return self._result(ExtractionStatus.CAST_FAILED, message=f"{_preview(found)} {exc}")
+        return self._result(ExtractionStatus.EXTRACTED, value)
+
+    def _absent(self, status: ExtractionStatus, reason: str) -> ExtractionResult:
+        if self.default is _NO_DEFAULT:
+            return self._result(status, message=f"{reason} and there is no default")
+        return self._result(ExtractionStatus.DEFAULTED, self.default, f"{reason}; default used")
+
+    def _result(
+        self, status: ExtractionStatus, value: Any = None, message: str = ""
+    ) -> ExtractionResult:
+        extraction = self.extraction
+        return ExtractionResult(extraction.variable, status, value, extraction.required, message)
+
+
+def _as_is(value: Any) -> Any:
+    return values.normalise_numbers(value)
+
+
+def _to_string(value: Any) -> str:
+    try:
+        return values.value_text(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise CastError("cannot be written as STRING") from exc
+
+
+def _to_number(value: Any) -> float | int:
+    number = _number(value)
+    if number is None:
+        raise CastError("is not a NUMBER: use a number or a numeric string")
+    normalised: float | int = values.normalise_numbers(number)
+    return normalised
+
+
+def _to_integer(value: Any) -> int:
+    number = _number(value)
+    if number is None:
+        raise CastError("is not an INTEGER: use a number or a numeric string")
+    if isinstance(number, float):
+        if not number.is_integer():
+            raise CastError("is not an INTEGER: it has a fractional part")
+        return int(number)
+    return number
+
+
+def _to_boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().casefold() in ("true", "false"):
+        return value.strip().casefold() == "true"
+    raise CastError('is not a BOOLEAN: use true, false, "true" or "false"')
+
+
+def _to_json(value: Any) -> str:
+    try:
+        normalised = values.normalise_numbers(value)
+        return json.dumps(normalised, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise CastError("cannot be written as JSON") from exc
+
+
+_CASTS: Final[dict[CastType | None, Callable[[Any], Any]]] = {
+    None: _as_is,
+    CastType.STRING: _to_string,
+    CastType.NUMBER: _to_number,
+    CastType.INTEGER: _to_integer,
+    CastType.BOOLEAN: _to_boolean,
+    CastType.JSON: _to_json,
+}
+
+
+def _number(value: Any) -> float | int | None:
+    try:
+        return values.as_number(value)
+    except ValueError:  # a numeric string beyond Python's int-conversion digit limit
+        return None
+
+
+_REPR: Final = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _PREVIEW_CHARS
+_REPR.maxlevel = 3
+
+
+def _preview(value: Any) -> str:
+    """A short repr for messages: bounded in size and depth, so a huge body cannot bloat one."""
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an integer beyond Python's int-to-text digit limit
+        text = f"<{type(value).__name__} too long to show>"
+    return text if len(text) <= _PREVIEW_CHARS else text[: _PREVIEW_CHARS - 3] + "..."
