@@ -20,6 +20,7 @@ answers, carried by ``model.Outcome`` with a ``model.Reason``.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,7 +124,7 @@ def field_path(location: Sequence[Any]) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
         elif parent in MAP_FIELDS:
-            text += f'["{part}"]'
+            text += f"[{json.dumps(str(part))}]"
         else:
             text += f".{part}" if text else str(part)
         parent = part

@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+import yaml
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -63,9 +64,10 @@ class Settings(BaseSettings):
         "Secret); the file name is the secret name.",
     )
     secret_env_prefix: str = Field(
-        "RULES_SIDECAR_SECRET_",
+        "RULES_SECRET_",
         description="Environment variables with this prefix are secrets too: "
-        "RULES_SIDECAR_SECRET_STORE_API_KEY is the secret `store_api_key` (or `STORE_API_KEY`).",
+        "RULES_SECRET_STORE_API_KEY is the secret `store_api_key` (or `STORE_API_KEY`). Kept "
+        "apart from the settings prefix so a secret can never be read as a setting.",
     )
     max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent, in bytes."
@@ -78,7 +80,18 @@ class Settings(BaseSettings):
     store_busy_timeout_seconds: float = Field(
         5.0, gt=0, description="How long a store write waits for a lock held by another process."
     )
-    log_level: str = Field("INFO", description="Python logging level: DEBUG, INFO, WARNING ...")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    def secret_variables(self) -> dict[str, str]:
+        """Environment variables carrying secrets (the only other reading of the environment)."""
+        return {k: v for k, v in os.environ.items() if k.startswith(self.secret_env_prefix)}
 
     @property
     def store_path(self) -> Path:
@@ -99,11 +112,21 @@ class Settings(BaseSettings):
                 raise ConfigError(f"config file {chosen} does not exist or is not a file")
             config = SettingsConfigDict(**{**cls.model_config, "yaml_file": chosen})
             settings_cls = type("FileSettings", (cls,), {"model_config": config})
+        unknown = _unknown_variables(os.environ)
+        if unknown:
+            known = ", ".join(_known_variables())
+            raise ConfigError(
+                "unknown settings in the environment (a typo?)",
+                [f"{name}: not a setting; known: {known}" for name in unknown],
+            )
         try:
             return settings_cls(**dict(overrides or {}))
         except ValidationError as exc:
-            problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+            problems = [_problem(error) for error in exc.errors()]
             raise ConfigError("invalid settings", problems) from exc
+        except (yaml.YAMLError, ValueError) as exc:
+            message = f"config file {chosen} is not a YAML mapping of settings: {exc}"
+            raise ConfigError(message) from exc
 
     @classmethod
     def settings_customise_sources(
@@ -116,3 +139,22 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Overrides, then environment, then the YAML config file (no dotenv, no secrets dir)."""
         return init_settings, env_settings, YamlConfigSettingsSource(settings_cls)
+
+
+def _known_variables() -> list[str]:
+    return [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+
+
+def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """RULES_SIDECAR_* variables that name no setting: ignored silently, they hide typos."""
+    known = {*_known_variables(), CONFIG_FILE_VARIABLE}
+    return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
+
+
+def _problem(error: Any) -> str:
+    """One settings problem, with the value given when it is short (settings hold no secrets)."""
+    given = error.get("input")
+    shown = (
+        f" (got {given!r})" if isinstance(given, str | int | float) and len(str(given)) < 80 else ""
+    )
+    return f"{'.'.join(map(str, error['loc']))}: {error['msg']}{shown}"

@@ -17,7 +17,8 @@ from typing import Any, Final
 MISSING: Final = object()
 """Returned by `lookup` when a path does not exist (distinct from a present null)."""
 
-_NUMERIC_TEXT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+# ASCII digits only: Arabic-Indic or full-width digits are text, not numbers.
+_NUMERIC_TEXT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _MAX_SAFE_INTEGER = 2**53
 
 
@@ -45,7 +46,7 @@ def as_number(value: Any) -> float | int | None:
         return value if not isinstance(value, float) or math.isfinite(value) else None
     if isinstance(value, str) and _NUMERIC_TEXT.fullmatch(value.strip()):
         text = value.strip()
-        if re.fullmatch(r"[+-]?\d+", text):
+        if re.fullmatch(r"[+-]?[0-9]+", text):
             return int(text)
         number = float(text)
         return number if math.isfinite(number) else None

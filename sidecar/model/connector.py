@@ -139,17 +139,20 @@ def _check_header_value(text: str) -> str:
 
 
 def _parse_duration(value: Any) -> Any:
-    """Accept `5`, `2.5`, "5s", "500ms" and ISO 8601 as well as timedelta."""
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s)\s*", value)
-        if match:
-            amount = float(match.group(1))
-            return (
-                timedelta(milliseconds=amount)
-                if match.group(2) == "ms"
-                else timedelta(seconds=amount)
-            )
+    """Accept seconds as a number (`5`, `2.5`), "5s", "500ms", ISO 8601 ("PT5S"), timedelta."""
+    if isinstance(value, bool):
+        raise ValueError(_DURATION_HINT)
+    if isinstance(value, str) and not value.strip().upper().startswith("P"):  # "PT5S": ISO 8601
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s)\s*", value)
+        if match is None:
+            raise ValueError(_DURATION_HINT)
+        amount = float(match.group(1))
+        unit = "milliseconds" if match.group(2) == "ms" else "seconds"
+        return timedelta(**{unit: amount})
     return value
+
+
+_DURATION_HINT = "must be a duration such as 5s, 2.5s or 500ms (or a number of seconds)"
 
 
 def _pattern_check(pattern: str, message: str) -> Callable[[str], str]:
@@ -172,6 +175,17 @@ def _check_timeout(value: timedelta) -> timedelta:
 def _check_url_template(template: str) -> str:
     """Refuse URL templates whose scheme, host or port could change with a variable's value."""
     _check_template(template)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in template):
+        raise ValueError("control characters (TAB, CR, LF, NUL ...) are not allowed in a URL")
+    try:
+        scheme, netloc = urlsplit(template)[:2]
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc})") from exc
+    if has_placeholder(scheme) or has_placeholder(netloc):
+        raise ValueError(
+            "placeholders are not allowed in the scheme, host or port; "
+            "put them in the path, the query values, the headers or the body"
+        )
     try:
         parts = urlsplit(template)
         port = parts.port

@@ -147,6 +147,8 @@ class Condition(FrozenModel):
                 and all(_is_number(bound) for bound in operand)
             ):
                 raise ValueError("operand must be a [low, high] pair of numbers for BETWEEN")
+            if operand[0] > operand[1]:  # type: ignore[operator]
+                raise ValueError("operand must be [low, high] with low <= high for BETWEEN")
         elif op is Operator.STATUS_CLASS:
             if not (isinstance(operand, str) and re.fullmatch(r"[1-5][xX][xX]", operand)):
                 raise ValueError('operand must be a status class "1xx" ... "5xx" for STATUS_CLASS')

@@ -33,11 +33,18 @@ def load_connectors_file(path: Path) -> tuple[Connector, ...]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read connectors file {path}: {exc}") from exc
+    if path.suffix.lower() == ".json":
+        # JSON is parsed as YAML (for line numbers), but YAML refuses tab indentation; in valid
+        # JSON a raw tab can only be whitespace, so this changes neither meaning nor lines.
+        text = text.replace("\t", " ")
     try:
         root_node = yaml.compose(text, Loader=yaml.SafeLoader)
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML/JSON", [f"{path}: {exc}"]) from exc
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML/JSON", [f"{path}:{line}: {problem}"]) from exc
 
     if document is None:
         return ()
@@ -46,11 +53,15 @@ def load_connectors_file(path: Path) -> tuple[Connector, ...]:
             f"{path}: invalid connectors file",
             [f"{path}:1: the file must be a mapping with a `connectors` list"],
         )
-    extra_keys = sorted(set(document) - {"connectors"})
+    extra_keys = sorted(set(document) - {"connectors"}, key=str)
     if extra_keys:
         raise ConfigError(
             f"{path}: invalid connectors file",
-            [f"{path}:1: unknown top-level key(s) {extra_keys}; only `connectors` is allowed"],
+            [
+                f"{path}:{_line_of(root_node, (key,))}: unknown top-level key {key!r}; "
+                "only `connectors` is allowed"
+                for key in extra_keys
+            ],
         )
 
     modified = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
+_CONNECTOR_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
@@ -170,9 +172,14 @@ def _encode_page_token(last_id: str) -> str:
 def _decode_page_token(token: str) -> str:
     if not token:
         return ""
+    invalid = InvalidArgumentError(
+        [FieldViolation("page_token", "not a token returned by ListConnectors")]
+    )
     try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        padded = token + "=" * (-len(token) % 4)
+        last_id = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidArgumentError(
-            [FieldViolation("page_token", "not a token returned by ListConnectors")]
-        ) from exc
+        raise invalid from exc
+    if not _CONNECTOR_ID.fullmatch(last_id):
+        raise invalid
+    return last_id

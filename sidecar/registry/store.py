@@ -45,14 +45,14 @@ class ConnectorStore:
             self._db = sqlite3.connect(
                 path, timeout=busy_timeout_seconds, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"store {path} was written by a newer rules-sidecar (schema {version}); "
                     "upgrade this sidecar or point data_dir elsewhere"
                 )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
             with self._transaction():
                 for statement in _SCHEMA:  # not executescript: it would commit mid-transaction
                     self._db.execute(statement)
@@ -61,13 +61,13 @@ class ConnectorStore:
             if check != "ok":
                 raise StoreError(f"store {path} is corrupt ({check}); restore a backup")
         except sqlite3.DatabaseError as exc:
-            self._release_lock()
+            self._close_quietly()
             raise StoreError(
                 f"cannot open the connector store {path}: {exc}. It is not a readable SQLite "
                 "database; restore a backup, or move it aside to start with an empty store"
             ) from exc
         except StoreError:
-            self._release_lock()
+            self._close_quietly()
             raise
 
     def load_all(self) -> list[Connector]:
@@ -89,9 +89,12 @@ class ConnectorStore:
 
     def tombstone_version(self, connector_id: str) -> int:
         """The last version of a deleted connector, or 0."""
-        row = self._db.execute(
-            "SELECT version FROM tombstones WHERE id = ?", (connector_id,)
-        ).fetchone()
+        try:
+            row = self._db.execute(
+                "SELECT version FROM tombstones WHERE id = ?", (connector_id,)
+            ).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot read the connector store {self.path}: {exc}") from exc
         return int(row[0]) if row else 0
 
     def put(self, connector: Connector) -> None:
@@ -136,6 +139,12 @@ class ConnectorStore:
             raise
         self._db.execute("COMMIT")
 
+    def _close_quietly(self) -> None:
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
+        self._release_lock()
+
     def _release_lock(self) -> None:
         if not self._lock_file.closed:
             self._lock_file.close()
@@ -152,8 +161,8 @@ def _acquire_lock(path: Path) -> IO[bytes]:
     except OSError as exc:
         lock_file.close()
         raise StoreError(
-            f"another rules-sidecar process is using the store in {path.parent} "
-            f"(pid holding {path}); give each sidecar its own data_dir"
+            f"another rules-sidecar process is using the store in {path.parent} (it holds "
+            f"the lock {path}); give each sidecar its own data_dir"
         ) from exc
     os.set_inheritable(lock_file.fileno(), False)
     return lock_file

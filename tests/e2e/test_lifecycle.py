@@ -1,0 +1,440 @@
+"""The sidecar's life as a process: start, load, persist, crash, drain, stop.
+
+Every test runs the real `rules-sidecar serve` in a subprocess (the `sidecar_process` fixture)
+and talks to it over loopback gRPC with the synchronous API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import (
+    EXAMPLE_CONNECTORS_FILE,
+    SERVE_COMMAND,
+    STARTUP_DEADLINE_SECONDS,
+    SidecarProcess,
+    example_connectors,
+    free_loopback_port,
+    sidecar_environment,
+)
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from rulesidecar.v1 import rules_sidecar_pb2 as pb
+from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
+
+SERVICE_NAME = "rulesidecar.v1.RulesSidecarService"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+RPC_TIMEOUT = 5.0
+
+StartSidecar = Callable[..., SidecarProcess]
+
+
+def connector(connector_id: str, display_name: str = "") -> pb.Connector:
+    return pb.Connector(
+        id=connector_id,
+        display_name=display_name,
+        status=pb.CONNECTOR_STATUS_LIVE,
+        url_template="https://api.example.com/orders/{{order_number}}",
+    )
+
+
+def register(stub: pb_grpc.RulesSidecarServiceStub, definition: pb.Connector) -> int:
+    """Register and return the new version."""
+    request = pb.RegisterConnectorRequest(connector=definition)
+    return int(stub.RegisterConnector(request, timeout=RPC_TIMEOUT).connector.version)
+
+
+def versions(stub: pb_grpc.RulesSidecarServiceStub) -> dict[str, int]:
+    """Every connector's id and version (one page holds them all in these tests)."""
+    response = stub.ListConnectors(pb.ListConnectorsRequest(page_size=500), timeout=RPC_TIMEOUT)
+    assert response.next_page_token == ""
+    return {item.id: item.version for item in response.connectors}
+
+
+def get(stub: pb_grpc.RulesSidecarServiceStub, connector_id: str) -> pb.Connector:
+    request = pb.GetConnectorRequest(id=connector_id)
+    response: pb.GetConnectorResponse = stub.GetConnector(request, timeout=RPC_TIMEOUT)
+    return response.connector
+
+
+def run_serve_until_exit(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run `rules-sidecar serve` on a free port and wait for it to exit by itself."""
+    command = [*SERVE_COMMAND, "--listen", f"127.0.0.1:{free_loopback_port()}", *args]
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=sidecar_environment(),
+        timeout=STARTUP_DEADLINE_SECONDS * 2,
+        check=False,
+    )
+
+
+@contextlib.contextmanager
+def store_write_lock(data_dir: Path, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
+    """Hold SQLite's write lock on the sidecar's store, as another process would."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    database = sqlite3.connect(data_dir / "connectors.sqlite3", isolation_level=None)
+    try:
+        database.execute(begin)
+        yield
+        database.execute("ROLLBACK")
+    finally:
+        database.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Persistence
+# ---------------------------------------------------------------------------------------------
+
+
+def test_connectors_and_versions_survive_a_clean_restart(sidecar_process: StartSidecar) -> None:
+    first = sidecar_process()
+    register(first.stub, connector("alpha"))
+    for revision in range(3):
+        register(first.stub, connector("bravo", f"bravo r{revision}"))
+    register(first.stub, connector("charlie"))
+    register(first.stub, connector("charlie"))
+    first.stub.DeleteConnector(pb.DeleteConnectorRequest(id="charlie"), timeout=RPC_TIMEOUT)
+
+    assert first.terminate() == 0
+    second = sidecar_process(first.data_dir)
+
+    assert versions(second.stub) == {"alpha": 1, "bravo": 3}
+    assert get(second.stub, "bravo").display_name == "bravo r2"
+    assert get(second.stub, "bravo").source == pb.CONNECTOR_SOURCE_API
+    # The deleted connector's last version (2) survived too: the next one is 3, never 1 again.
+    assert register(second.stub, connector("charlie")) == 3
+
+
+def test_registrations_acknowledged_before_kill_9_survive_it(sidecar_process: StartSidecar) -> None:
+    expected: dict[str, int] = {}
+    data_dir: Path | None = None
+    for round_number in range(5):
+        sidecar = sidecar_process(data_dir)
+        data_dir = sidecar.data_dir
+        assert versions(sidecar.stub) == expected
+
+        expected[f"round-{round_number}"] = register(
+            sidecar.stub, connector(f"round-{round_number}")
+        )
+        expected["survivor"] = register(
+            sidecar.stub, connector("survivor", f"written in round {round_number}")
+        )
+        sidecar.kill()  # SIGKILL right after the OK: no drain, no close, no checkpoint
+
+    restarted = sidecar_process(data_dir)
+
+    assert versions(restarted.stub) == expected
+    assert expected == {"survivor": 5} | {f"round-{n}": 1 for n in range(5)}
+    assert get(restarted.stub, "survivor").display_name == "written in round 4"
+
+
+# ---------------------------------------------------------------------------------------------
+# Startup failures: exit code 2, a message, no traceback
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_corrupt_store_stops_startup_with_exit_2_and_keeps_the_file(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    garbage = b"this is not an SQLite database\n" * 200
+    (data_dir / "connectors.sqlite3").write_bytes(garbage)
+
+    result = run_serve_until_exit("--data-dir", str(data_dir))
+
+    assert result.returncode == 2, result.stderr
+    assert "cannot open the connector store" in result.stderr
+    assert str(data_dir / "connectors.sqlite3") in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (data_dir / "connectors.sqlite3").read_bytes() == garbage
+
+
+def test_an_invalid_connectors_file_stops_startup_with_exit_2_listing_each_problem(
+    tmp_path: Path,
+) -> None:
+    connectors_file = tmp_path / "connectors.yaml"
+    connectors_file.write_text(
+        "connectors:\n"
+        "  - id: order-status\n"
+        "    status: LIVE\n"
+        "    url_template: ftp://api.store.com/orders/{{order_number}}\n"
+        "  - id: Not A Slug\n"
+        "    status: LIVE\n"
+        "    url_template: https://api.store.com/orders\n"
+        "    headers:\n"
+        "      Authorization: Bearer sk-live-123\n"
+    )
+
+    result = run_serve_until_exit(
+        "--data-dir", str(tmp_path / "data"), "--connectors-file", str(connectors_file)
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert "3 problem(s)" in result.stderr
+    assert f"{connectors_file}:4: connectors[0].url_template: " in result.stderr
+    assert f"{connectors_file}:5: connectors[1].id: " in result.stderr
+    assert f'{connectors_file}:9: connectors[1].headers["Authorization"]: ' in result.stderr
+    assert "sk-live-123" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_second_sidecar_on_the_same_data_dir_is_refused(sidecar_process: StartSidecar) -> None:
+    running = sidecar_process()
+
+    result = run_serve_until_exit("--data-dir", str(running.data_dir))
+
+    assert result.returncode == 2, result.stderr
+    assert "another rules-sidecar process is using the store" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert running.health_status() == SERVING
+
+
+def test_a_port_in_use_stops_startup_with_exit_2(
+    sidecar_process: StartSidecar, tmp_path: Path
+) -> None:
+    running = sidecar_process()
+
+    result = subprocess.run(
+        [*SERVE_COMMAND, "--listen", running.address, "--data-dir", str(tmp_path / "other")],
+        capture_output=True,
+        text=True,
+        env=sidecar_environment(),
+        timeout=STARTUP_DEADLINE_SECONDS * 2,
+        check=False,
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on {running.address}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Health
+# ---------------------------------------------------------------------------------------------
+
+
+def test_health_is_not_serving_until_the_store_is_loaded_then_serving(
+    sidecar_process: StartSidecar, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    # Another process holds the store: loading waits on the busy timeout, the port is up.
+    with store_write_lock(data_dir, "BEGIN EXCLUSIVE"):
+        sidecar = sidecar_process(
+            data_dir, env={"RULES_SIDECAR_STORE_BUSY_TIMEOUT_SECONDS": "30"}, wait=False
+        )
+        first_answer = _first_health_answer(sidecar)
+        loading = {service: sidecar.health_status(service) for service in ("", SERVICE_NAME)}
+        with pytest.raises(grpc.RpcError) as refused:
+            sidecar.stub.ListConnectors(pb.ListConnectorsRequest(), timeout=RPC_TIMEOUT)
+
+    sidecar.wait_until_serving()
+
+    assert first_answer == NOT_SERVING
+    assert loading == {"": NOT_SERVING, SERVICE_NAME: NOT_SERVING}
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "loading" in refused.value.details()
+    assert {service: sidecar.health_status(service) for service in ("", SERVICE_NAME)} == {
+        "": SERVING,
+        SERVICE_NAME: SERVING,
+    }
+    assert versions(sidecar.stub) == {}
+
+
+def _first_health_answer(sidecar: SidecarProcess) -> int:
+    deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        assert sidecar.process.poll() is None, sidecar.stderr_text()
+        with contextlib.suppress(grpc.RpcError):
+            return sidecar.health_status()
+        time.sleep(0.05)
+    pytest.fail(f"no health answer in time:\n{sidecar.stderr_text()}")
+
+
+@pytest.mark.parametrize("service", ["", SERVICE_NAME], ids=["server", "service"])
+def test_sigterm_turns_health_not_serving_before_the_process_exits(
+    sidecar_process: StartSidecar, service: str
+) -> None:
+    sidecar = sidecar_process()
+    watch = sidecar.health_stub.Watch(
+        health_pb2.HealthCheckRequest(service=service), timeout=STARTUP_DEADLINE_SECONDS
+    )
+    try:
+        before = next(watch).status
+        sidecar.process.send_signal(signal.SIGTERM)
+        after = next(watch).status
+        still_running = sidecar.process.poll() is None
+    finally:
+        watch.cancel()  # an open Watch is an in-flight call: it would hold up the drain
+
+    assert (before, after) == (SERVING, NOT_SERVING)
+    assert still_running
+    assert sidecar.process.wait(STARTUP_DEADLINE_SECONDS) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Graceful drain
+# ---------------------------------------------------------------------------------------------
+
+
+def _wait_until_the_store_writer_is_busy(sidecar: SidecarProcess) -> None:
+    """Return once a write holds the registry's write lock.
+
+    DeleteConnector of an absent id takes the same write lock before answering NOT_FOUND, so
+    while a registration is stuck in the store it cannot answer within its short deadline.
+    """
+    deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        with pytest.raises(grpc.RpcError) as probe:
+            sidecar.stub.DeleteConnector(pb.DeleteConnectorRequest(id="probe"), timeout=0.5)
+        if probe.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return
+        assert probe.value.code() == grpc.StatusCode.NOT_FOUND, probe.value.details()
+    pytest.fail("the registration never reached the store")
+
+
+def _first_refusal(address: str, deadline_seconds: float) -> grpc.RpcError:
+    """Call GetConnector on fresh channels until one is refused with UNAVAILABLE."""
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        with grpc.insecure_channel(address) as channel:
+            stub = pb_grpc.RulesSidecarServiceStub(channel)
+            try:
+                stub.GetConnector(pb.GetConnectorRequest(id="alpha"), timeout=1.0)
+            except grpc.RpcError as error:
+                # CANCELLED: the call reached the server while it began shutting down.
+                if error.code() != grpc.StatusCode.CANCELLED:
+                    return error
+    pytest.fail("new calls were still answered while draining")
+
+
+def test_sigterm_drains_an_in_flight_call_and_refuses_new_ones(
+    sidecar_process: StartSidecar, tmp_path: Path
+) -> None:
+    config_file = tmp_path / "sidecar.yaml"
+    config_file.write_text("store_busy_timeout_seconds: 30\n")
+    grace = {"RULES_SIDECAR_SHUTDOWN_GRACE_SECONDS": "30"}
+    sidecar = sidecar_process(args=["--config", str(config_file)], env=grace)
+    register(sidecar.stub, connector("alpha"))
+
+    with store_write_lock(sidecar.data_dir):
+        in_flight = sidecar.stub.RegisterConnector.future(
+            pb.RegisterConnectorRequest(connector=connector("in-flight")),
+            timeout=STARTUP_DEADLINE_SECONDS * 3,
+        )
+        _wait_until_the_store_writer_is_busy(sidecar)
+        sidecar.process.send_signal(signal.SIGTERM)
+        refusal = _first_refusal(sidecar.address, STARTUP_DEADLINE_SECONDS)
+        draining = not in_flight.done()
+
+    response = in_flight.result()
+    exit_code = sidecar.process.wait(STARTUP_DEADLINE_SECONDS)
+
+    assert refusal.code() == grpc.StatusCode.UNAVAILABLE, refusal.details()
+    assert draining
+    assert (response.created, response.connector.version) == (True, 1)
+    assert exit_code == 0, sidecar.stderr_text()
+    restarted = sidecar_process(sidecar.data_dir)
+    assert versions(restarted.stub) == {"alpha": 1, "in-flight": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reflection, unix socket, settings from the environment
+# ---------------------------------------------------------------------------------------------
+
+
+def test_reflection_lists_the_services_and_describes_every_method(
+    sidecar_process: StartSidecar,
+) -> None:
+    sidecar = sidecar_process()
+    database = ProtoReflectionDescriptorDatabase(sidecar.channel)
+
+    services = database.get_services()
+    descriptor = DescriptorPool(database).FindServiceByName(SERVICE_NAME)
+
+    assert {SERVICE_NAME, "grpc.health.v1.Health"} <= set(services)
+    assert [method.name for method in descriptor.methods] == [
+        "RegisterConnector",
+        "GetConnector",
+        "ListConnectors",
+        "DeleteConnector",
+        "EvaluateNode",
+        "ExtractVariables",
+    ]
+    register_method = descriptor.methods_by_name["RegisterConnector"]
+    assert register_method.input_type.full_name == "rulesidecar.v1.RegisterConnectorRequest"
+
+
+def test_the_unix_socket_serves_the_registry_and_survives_a_stale_socket_file(
+    sidecar_process: StartSidecar, tmp_path: Path
+) -> None:
+    socket_path = tmp_path / "sidecar.sock"
+    first = sidecar_process(args=["--unix-socket", str(socket_path)])
+    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+        over_socket = pb_grpc.RulesSidecarServiceStub(channel)
+        register(over_socket, connector("via-socket"))
+        register(first.stub, connector("via-tcp"))
+        seen_over_socket = versions(over_socket)
+    first.kill()  # leaves the socket file behind
+    assert socket_path.is_socket()
+
+    second = sidecar_process(first.data_dir, args=["--unix-socket", str(socket_path)])
+    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+        after_restart = get(pb_grpc.RulesSidecarServiceStub(channel), "via-tcp")
+
+    assert seen_over_socket == {"via-socket": 1, "via-tcp": 1}
+    assert after_restart.version == 1
+    assert second.health_status() == SERVING
+
+
+def test_settings_come_from_the_environment(sidecar_process: StartSidecar) -> None:
+    sidecar = sidecar_process(
+        settings_via_env=True,
+        env={
+            "RULES_SIDECAR_CONNECTORS_FILE": str(EXAMPLE_CONNECTORS_FILE),
+            "RULES_SIDECAR_LOG_LEVEL": "WARNING",
+        },
+    )
+
+    register(sidecar.stub, connector("from-api"))
+
+    from_file = {definition["id"]: 1 for definition in example_connectors()}
+    assert versions(sidecar.stub) == {**from_file, "from-api": 1}
+    assert (sidecar.data_dir / "connectors.sqlite3").is_file()
+    assert "is SERVING" not in sidecar.stderr_text()  # INFO is below the WARNING level
+
+
+def test_flags_win_over_the_environment(sidecar_process: StartSidecar, tmp_path: Path) -> None:
+    ignored_port = free_loopback_port()
+    sidecar = sidecar_process(
+        env={
+            "RULES_SIDECAR_LISTEN_ADDRESS": f"127.0.0.1:{ignored_port}",
+            "RULES_SIDECAR_DATA_DIR": str(tmp_path / "ignored-data"),
+        }
+    )
+
+    register(sidecar.stub, connector("alpha"))
+
+    assert sidecar.health_status() == SERVING  # on the port given by --listen
+    assert (sidecar.data_dir / "connectors.sqlite3").is_file()
+    assert not (tmp_path / "ignored-data").exists()
+    with (
+        grpc.insecure_channel(f"127.0.0.1:{ignored_port}") as channel,
+        pytest.raises(grpc.RpcError) as unreachable,
+    ):
+        pb_grpc.RulesSidecarServiceStub(channel).ListConnectors(
+            pb.ListConnectorsRequest(), timeout=1.0
+        )
+    assert unreachable.value.code() == grpc.StatusCode.UNAVAILABLE

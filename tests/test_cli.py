@@ -1,0 +1,228 @@
+"""The `rules-sidecar` command, run as a real subprocess: help, validate, and serve's failures.
+
+Whatever goes wrong, the user gets a message and an exit code, never a Python traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = Path("examples") / "connectors.yaml"
+DEADLINE_SECONDS = 60  # a hang is a failure, not a wait
+
+
+def run_cli(*arguments: str | Path) -> subprocess.CompletedProcess[str]:
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.upper().startswith("RULES_SIDECAR_")
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", *map(str, arguments)],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_SECONDS,
+        check=False,
+    )
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Help
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "mentions"),
+    [
+        (["--help"], ["serve", "validate", "rules-sidecar"]),
+        (
+            ["serve", "--help"],
+            [
+                "--config",
+                "--listen",
+                "--unix-socket",
+                "--data-dir",
+                "--connectors-file",
+                "--secrets-dir",
+                "--log-level",
+                "RULES_SIDECAR_LISTEN_ADDRESS",
+            ],
+        ),
+        (["validate", "--help"], ["file", "file:line", "Exit code 0 when valid, 1 when not"]),
+    ],
+    ids=["main", "serve", "validate"],
+)
+def test_help_exits_zero_and_names_the_options(arguments, mentions):
+    result = run_cli(*arguments)
+
+    assert result.returncode == 0
+    for mention in mentions:
+        assert mention in result.stdout
+
+
+def test_no_command_is_a_usage_error():
+    result = run_cli()
+
+    assert result.returncode == 2
+    assert "usage: rules-sidecar" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# validate
+# ---------------------------------------------------------------------------------------------
+
+
+def test_validate_example_file_prints_ok_and_the_count():
+    declared = yaml.safe_load((REPO_ROOT / EXAMPLE).read_text())["connectors"]
+
+    result = run_cli("validate", EXAMPLE)
+
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"{EXAMPLE}: OK, {len(declared)} connector(s)"
+
+
+BAD_FILE = """\
+connectors:
+  - id: Bad Id
+    status: LIVE
+    url_template: https://{{host}}/x
+  - id: ok
+    status: SOMETIMES
+    url_template: https://a.example/x
+    headers:
+      Cookie: session=1
+"""
+
+
+def test_validate_bad_file_exits_one_and_lists_every_problem_with_its_line(tmp_path):
+    path = tmp_path / "connectors.yaml"
+    path.write_text(BAD_FILE)
+
+    result = run_cli("validate", path)
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    problems = [line.strip() for line in result.stderr.splitlines() if line.startswith("  ")]
+    assert [problem.split(": ")[0:2] for problem in problems] == [
+        [f"{path}:2", "connectors[0].id"],
+        [f"{path}:4", "connectors[0].url_template"],
+        [f"{path}:6", "connectors[1].status"],
+        [f"{path}:9", 'connectors[1].headers["Cookie"]'],
+    ]
+    assert f"rules-sidecar: error: {path}: 4 problem(s)" in result.stderr
+
+
+def test_validate_valid_json_file(tmp_path):
+    path = tmp_path / "connectors.json"
+    path.write_text(
+        '{"connectors": [{"id": "a", "status": "LIVE", "url_template": "https://a.example/x"}]}'
+    )
+
+    result = run_cli("validate", path)
+
+    assert (result.returncode, result.stdout.strip()) == (0, f"{path}: OK, 1 connector(s)")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read connectors file"),
+        ("connectors:\n  - id: a\n    status: [LIVE\n", "not valid YAML/JSON"),
+        ("items: []\n", "must be a mapping with a `connectors` list"),
+    ],
+    ids=["missing", "syntax-error", "no-connectors"],
+)
+def test_validate_unusable_file_exits_one_with_a_message(tmp_path, content, message):
+    path = tmp_path / "connectors.yaml"
+    if content is not None:
+        path.write_text(content)
+
+    result = run_cli("validate", path)
+
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert str(path) in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# serve: configuration failures end with exit code 2 and a message
+# ---------------------------------------------------------------------------------------------
+
+
+def test_serve_with_a_missing_config_file_exits_two(tmp_path):
+    path = tmp_path / "absent.yaml"
+
+    result = run_cli("serve", "--config", path)
+
+    assert result.returncode == 2
+    assert f"rules-sidecar: error: config file {path} does not exist" in result.stderr
+
+
+def test_serve_with_an_unknown_config_key_exits_two_naming_it(tmp_path):
+    path = tmp_path / "sidecar.yaml"
+    path.write_text("listen: 127.0.0.1:0\n")
+
+    result = run_cli("serve", "--config", path)
+
+    assert result.returncode == 2
+    assert "invalid settings" in result.stderr
+    assert "listen: Extra inputs are not permitted" in result.stderr
+
+
+def test_serve_with_a_corrupt_store_exits_two_saying_so(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "connectors.sqlite3").write_bytes(b"not a database" * 200)
+
+    result = run_cli("serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir)
+
+    assert result.returncode == 2
+    assert "not a readable SQLite database" in result.stderr
+
+
+def test_serve_with_an_invalid_connectors_file_exits_two_listing_the_problems(tmp_path):
+    path = tmp_path / "connectors.yaml"
+    path.write_text(BAD_FILE)
+
+    result = run_cli(
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        tmp_path / "data",
+        "--connectors-file",
+        path,
+    )
+
+    assert result.returncode == 2
+    assert f"{path}:9: connectors[1].headers" in result.stderr
+
+
+def test_serve_with_a_malformed_config_file_exits_two_without_a_traceback(tmp_path):
+    path = tmp_path / "sidecar.yaml"
+    path.write_text("listen_address: [127.0.0.1\n")
+
+    result = run_cli("serve", "--config", path, "--data-dir", tmp_path / "data")
+
+    assert result.returncode == 2
+    assert str(path) in result.stderr
+
+
+def test_serve_with_an_unknown_log_level_exits_two_without_a_traceback(tmp_path):
+    result = run_cli(
+        "serve", "--log-level", "LOUD", "--listen", "127.0.0.1:0", "--data-dir", tmp_path / "data"
+    )
+
+    assert result.returncode == 2
+    assert "LOUD" in result.stderr

@@ -1,0 +1,288 @@
+"""The embedded connector store: durable round trips, tombstones, one owner, clear failures."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.errors import StoreError
+from sidecar.model import Connector
+from sidecar.registry.store import SCHEMA_VERSION, ConnectorStore
+
+UPDATE_TIME = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+
+
+def make_connector(
+    connector_id: str = "order-status", version: int = 1, **fields: Any
+) -> Connector:
+    return Connector.model_validate(
+        {
+            "id": connector_id,
+            "status": "LIVE",
+            "url_template": "https://api.store.com/orders/{{order_number}}",
+            "version": version,
+            "update_time": UPDATE_TIME,
+            **fields,
+        }
+    )
+
+
+FULL = make_connector(
+    "crm-lookup",
+    version=7,
+    display_name="CRM",
+    method="POST",
+    headers={"Accept": "application/json"},
+    query={"q": "{{email}}"},
+    body_template={"filter": {"email": "{{email}}", "none": None, "n": [1, 2.5, None]}},
+    auth={"basic": {"username_secret": "u", "password_secret": "p"}},
+    timeout=timedelta(milliseconds=2500),
+    max_response_bytes=4096,
+)
+
+
+@pytest.fixture
+def open_store(tmp_path: Path) -> Iterator[Callable[..., ConnectorStore]]:
+    """Opens stores under tmp_path (data dir `data` unless told) and closes them all afterwards."""
+    opened: list[ConnectorStore] = []
+
+    def open_(path: Path | None = None) -> ConnectorStore:
+        store = ConnectorStore(path or tmp_path / "data" / "connectors.sqlite3")
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
+def raw_execute(path: Path, *statements: tuple[str, tuple[Any, ...]] | str) -> None:
+    """Write to a store file behind its back, with plain sqlite3 (the store must be closed)."""
+    with closing(sqlite3.connect(path)) as db:
+        for statement in statements:
+            if isinstance(statement, str):
+                db.execute(statement)
+            else:
+                db.execute(*statement)
+        db.commit()
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trips and persistence
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("connector", [make_connector(), FULL], ids=["minimal", "full"])
+def test_put_connector_comes_back_equal(open_store, connector):
+    store = open_store()
+
+    store.put(connector)
+
+    assert store.load_all() == [connector]
+
+
+def test_load_all_returns_connectors_in_id_order(open_store):
+    store = open_store()
+    for connector_id in ("zeta", "alpha", "mid"):
+        store.put(make_connector(connector_id))
+
+    assert [c.id for c in store.load_all()] == ["alpha", "mid", "zeta"]
+
+
+def test_put_replaces_the_connector_with_the_same_id(open_store):
+    store = open_store()
+    store.put(make_connector(version=1, display_name="first"))
+
+    store.put(make_connector(version=2, display_name="second"))
+
+    (stored,) = store.load_all()
+    assert (stored.version, stored.display_name) == (2, "second")
+
+
+def test_connectors_survive_close_and_reopen(open_store, tmp_path):
+    path = tmp_path / "data" / "connectors.sqlite3"
+    store = open_store(path)
+    store.put(FULL)
+    store.put(make_connector())
+    store.close()
+
+    reopened = open_store(path)
+
+    assert reopened.load_all() == [FULL, make_connector()]
+
+
+def test_missing_data_directory_is_created(open_store, tmp_path):
+    path = tmp_path / "deep" / "nested" / "dir" / "connectors.sqlite3"
+
+    open_store(path).put(make_connector())
+
+    assert path.is_file()
+    assert (path.parent / "lock").is_file()
+
+
+def test_new_store_records_its_schema_version(open_store, tmp_path):
+    path = tmp_path / "data" / "connectors.sqlite3"
+    open_store(path).close()
+
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+# ---------------------------------------------------------------------------------------------
+# Deletes and tombstones
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tombstone_version_is_zero_for_an_id_never_deleted(open_store):
+    store = open_store()
+    store.put(make_connector(version=3))
+
+    assert store.tombstone_version("order-status") == 0
+    assert store.tombstone_version("never-seen") == 0
+
+
+def test_delete_removes_the_connector_and_remembers_its_last_version(open_store):
+    store = open_store()
+    store.put(make_connector(version=5))
+
+    store.delete("order-status", 5)
+
+    assert store.load_all() == []
+    assert store.tombstone_version("order-status") == 5
+
+
+def test_tombstone_survives_a_restart(open_store, tmp_path):
+    path = tmp_path / "data" / "connectors.sqlite3"
+    store = open_store(path)
+    store.put(make_connector(version=2))
+    store.delete("order-status", 2)
+    store.close()
+
+    assert open_store(path).tombstone_version("order-status") == 2
+
+
+def test_putting_the_id_again_clears_its_tombstone(open_store):
+    store = open_store()
+    store.put(make_connector(version=2))
+    store.delete("order-status", 2)
+
+    store.put(make_connector(version=3))
+
+    assert store.tombstone_version("order-status") == 0
+    assert [c.version for c in store.load_all()] == [3]
+
+
+# ---------------------------------------------------------------------------------------------
+# One owner, clear failures
+# ---------------------------------------------------------------------------------------------
+
+
+def test_second_open_of_the_same_data_dir_is_refused_while_the_first_is_open(open_store):
+    first = open_store()
+    first.put(make_connector())
+
+    with pytest.raises(StoreError, match="another rules-sidecar process is using the store"):
+        open_store()
+
+    assert first.load_all() == [make_connector()]
+
+
+def test_data_dir_can_be_opened_again_once_closed(open_store):
+    open_store().close()
+
+    assert open_store().load_all() == []
+
+
+def test_garbage_file_is_refused_as_not_a_readable_sqlite_database(open_store, tmp_path):
+    path = tmp_path / "data" / "connectors.sqlite3"
+    path.parent.mkdir()
+    path.write_bytes(b"this is not a database, it is a shopping list\n" * 100)
+
+    with pytest.raises(StoreError) as caught:
+        open_store(path)
+
+    message = caught.value.message
+    assert str(path) in message
+    assert "not a readable SQLite database" in message
+    assert "restore a backup" in message
+    assert path.read_bytes().startswith(b"this is not a database")  # left as it was
+
+
+def test_failed_open_releases_the_data_dir(open_store, tmp_path):
+    path = tmp_path / "data" / "connectors.sqlite3"
+    path.parent.mkdir()
+    path.write_bytes(b"garbage" * 1000)
+    with pytest.raises(StoreError):
+        open_store(path)
+    path.unlink()
+
+    assert open_store(path).load_all() == []
+
+
+@pytest.mark.parametrize(
+    "definition",
+    [
+        '{"id": "bad-one"}',
+        '{"id": "bad-one", "status": "LIVE", "url_template": "https://{{host}}/x"}',
+        "not json at all",
+    ],
+    ids=["missing-fields", "invalid-url", "not-json"],
+)
+def test_row_with_an_invalid_definition_is_a_store_error_naming_the_connector(
+    open_store, tmp_path, definition
+):
+    path = tmp_path / "data" / "connectors.sqlite3"
+    open_store(path).close()
+    raw_execute(path, ("INSERT INTO connectors VALUES (?, ?, ?)", ("bad-one", 1, definition)))
+    store = open_store(path)
+
+    with pytest.raises(StoreError) as caught:
+        store.load_all()
+
+    assert "'bad-one'" in caught.value.message
+    assert str(path) in caught.value.message
+
+
+def test_store_written_by_a_newer_sidecar_is_refused(open_store, tmp_path):
+    path = tmp_path / "data" / "connectors.sqlite3"
+    open_store(path).close()
+    raw_execute(path, "PRAGMA user_version = 99")
+
+    with pytest.raises(StoreError) as caught:
+        open_store(path)
+
+    assert "newer rules-sidecar (schema 99)" in caught.value.message
+
+
+def test_data_dir_that_cannot_be_created_is_a_store_error(open_store, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the data dir should be")
+
+    with pytest.raises(StoreError, match="cannot create the data directory"):
+        open_store(blocker / "connectors.sqlite3")
+
+
+def test_write_to_a_closed_store_is_a_store_error(open_store):
+    store = open_store()
+    store.close()
+
+    with pytest.raises(StoreError, match="cannot write connector 'order-status'"):
+        store.put(make_connector())
+    with pytest.raises(StoreError, match="cannot delete connector 'order-status'"):
+        store.delete("order-status", 1)
+    with pytest.raises(StoreError, match="cannot read the connector store"):
+        store.load_all()
+
+
+def test_tombstone_lookup_on_a_closed_store_is_a_store_error(open_store):
+    store = open_store()
+    store.close()
+
+    with pytest.raises(StoreError):
+        store.tombstone_version("order-status")
