@@ -24,9 +24,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
+from sidecar.egress import Egress
+from sidecar.engine import Engine
 from sidecar.errors import ConfigError
 from sidecar.interceptors import ErrorMappingInterceptor
 from sidecar.registry import ConnectorStore, Registry, load_connectors_file
+from sidecar.secrets import SecretStore
 from sidecar.servicer import SERVICE_NAME, RulesSidecarServicer
 from sidecar.settings import Settings
 
@@ -45,6 +48,7 @@ class SidecarServer:
     port: int
     health: health.aio.HealthServicer
     servicer: RulesSidecarServicer
+    egress: Egress
     registry: Registry | None = field(default=None)
 
     async def start(self) -> None:
@@ -72,7 +76,12 @@ class SidecarServer:
         except BaseException:
             store.close()
             raise
-        self.servicer.attach_registry(self.registry)
+        secrets = SecretStore(
+            directory=settings.secrets_dir,
+            environ=settings.secret_variables(),
+            env_prefix=settings.secret_env_prefix,
+        )
+        self.servicer.attach(self.registry, Engine(self.registry, secrets, self.egress.send))
         log.info(
             "loaded %d connector(s) (%d from %s)",
             len(self.registry),
@@ -85,6 +94,7 @@ class SidecarServer:
         """Drain: NOT_SERVING at once, refuse new calls, let in-flight ones finish, close."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        await self.egress.aclose()
         if self.registry is not None:
             await asyncio.to_thread(self.registry.close)
             self.registry = None
@@ -117,7 +127,7 @@ def create_server(settings: Settings) -> SidecarServer:
     if settings.unix_socket is not None:
         _remove_stale_socket(settings.unix_socket)
         _bind(server, f"unix:{settings.unix_socket}")
-    return SidecarServer(settings, server, port, health_servicer, servicer)
+    return SidecarServer(settings, server, port, health_servicer, servicer, Egress())
 
 
 async def serve(settings: Settings) -> int:

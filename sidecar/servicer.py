@@ -6,12 +6,19 @@ exactly one place where errors become gRPC codes.
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
+
 import grpc
+from pydantic import BaseModel, ConfigDict, Field
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
 from sidecar import model, wire
+from sidecar.engine import CompiledNode, Engine, compile_node
 from sidecar.errors import FieldViolation, InvalidArgumentError, NotReadyError
+from sidecar.extraction import compile_extractions, required_failures
+from sidecar.model.node import MAX_EXTRACTIONS
 from sidecar.registry import Registry
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RulesSidecarService"].full_name
@@ -22,10 +29,13 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
 
     def __init__(self) -> None:
         self._registry: Registry | None = None
+        self._engine: Engine | None = None
+        self._nodes = CompiledNodeCache()
 
-    def attach_registry(self, registry: Registry) -> None:
-        """Start answering registry calls (until then they answer UNAVAILABLE)."""
+    def attach(self, registry: Registry, engine: Engine) -> None:
+        """Start answering (until then every call answers UNAVAILABLE)."""
         self._registry = registry
+        self._engine = engine
 
     @property
     def registry(self) -> Registry:
@@ -33,6 +43,13 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         if self._registry is None:
             raise NotReadyError("the sidecar is still loading its connectors; retry shortly")
         return self._registry
+
+    @property
+    def engine(self) -> Engine:
+        """The evaluation engine, or NotReadyError while the sidecar is still starting."""
+        if self._engine is None:
+            raise NotReadyError("the sidecar is still loading its connectors; retry shortly")
+        return self._engine
 
     async def RegisterConnector(
         self, request: pb.RegisterConnectorRequest, context: grpc.aio.ServicerContext
@@ -83,16 +100,89 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
     async def EvaluateNode(
         self, request: pb.EvaluateNodeRequest, context: grpc.aio.ServicerContext
     ) -> pb.EvaluateNodeResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "EvaluateNode is not implemented yet")
-        raise AssertionError("unreachable: abort raises")
+        if not request.HasField("node"):
+            raise InvalidArgumentError([FieldViolation("node", "required")])
+        if request.mode not in pb.EvaluationMode.values():
+            raise InvalidArgumentError([FieldViolation("mode", "unknown evaluation mode")])
+        compiled = self._nodes.get(request.node)
+        outcome = await self.engine.evaluate(
+            compiled,
+            wire.variables_from_proto(request.variables),
+            explain=request.explain,
+            allow_draft=request.mode == pb.EVALUATION_MODE_TEST,
+        )
+        return wire.outcome_to_proto(outcome)
 
     async def ExtractVariables(
         self, request: pb.ExtractVariablesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExtractVariablesResponse:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "ExtractVariables is not implemented yet"
+        data = {"extractions": wire.extractions_data(request.extractions, "extractions")}
+        extractions = wire.validate(_ExtractionsInput, data, prefix="").extractions
+        compiled = compile_extractions(extractions)
+        document_kind = request.WhichOneof("document")
+        if document_kind is None:
+            raise InvalidArgumentError([FieldViolation("document", "set json or raw_json")])
+        if document_kind == "json":
+            document = wire.value_from_proto(request.json, "json")
+        else:
+            try:
+                document = json.loads(request.raw_json)
+            except (ValueError, RecursionError) as exc:
+                raise InvalidArgumentError(
+                    [FieldViolation("raw_json", f"not valid UTF-8 JSON: {exc}")]
+                ) from exc
+        variables, results = compiled.apply(document, has_document=True)
+        response = pb.ExtractVariablesResponse(
+            extractions=wire.extraction_results_to_proto(results),
+            complete=not required_failures(results),
         )
-        raise AssertionError("unreachable: abort raises")
+        response.variables.update(variables)
+        return response
+
+
+class _ExtractionsInput(BaseModel):
+    """Validates ExtractVariables' extractions, with field paths `extractions[i]...`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    extractions: tuple[model.Extraction, ...] = Field(max_length=MAX_EXTRACTIONS)
+
+
+class CompiledNodeCache:
+    """Compiled nodes by the node message's bytes: a repeated node costs one dict lookup.
+
+    Backends send the same few nodes over and over; validating and compiling them (pydantic,
+    JMESPath, RE2) on every call would dominate the hot path. Bounded, least recently used out.
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._limit = limit
+        self._nodes: OrderedDict[bytes, CompiledNode] = OrderedDict()
+
+    def get(self, node: pb.Node) -> CompiledNode:
+        """The compiled node, compiling (and validating: InvalidArgumentError) on first sight."""
+        key = node.SerializeToString(deterministic=True)
+        compiled = self._nodes.get(key)
+        if compiled is not None:
+            self._nodes.move_to_end(key)
+            return compiled
+        try:
+            compiled = compile_node(wire.node_from_proto(node))
+        except InvalidArgumentError as error:
+            raise InvalidArgumentError(
+                [
+                    FieldViolation(_under_node(violation.field), violation.description)
+                    for violation in error.violations
+                ]
+            ) from error
+        self._nodes[key] = compiled
+        if len(self._nodes) > self._limit:
+            self._nodes.popitem(last=False)
+        return compiled
+
+
+def _under_node(field: str) -> str:
+    """Violations from compiling are relative to the node; those from validation already say so."""
+    return field if field.startswith("node") else f"node.{field}"
 
 
 def _require_id(connector_id: str) -> None:

@@ -97,7 +97,10 @@ def enum_from_proto(enum_type: type[E], proto_enum: Any, number: int, prefix: st
     """The model enum's value for a proto enum number; None for the UNSPECIFIED zero value."""
     if number == 0:
         return None
-    name = proto_enum.Name(number).removeprefix(prefix)
+    try:
+        name = proto_enum.Name(number).removeprefix(prefix)
+    except ValueError:  # proto3 enums are open: a newer client may send a number we lack
+        return f"unknown value {number}"
     return name if name in enum_type.__members__ else f"unknown value {number}"
 
 
@@ -106,9 +109,17 @@ def enum_to_proto(proto_enum: Any, value: StrEnum | None, prefix: str) -> Any:
     return 0 if value is None else proto_enum.Value(prefix + value.value)
 
 
-def value_from_proto(value: struct_pb2.Value) -> Any:
-    """A google.protobuf.Value as plain JSON data, integral doubles back to ints."""
-    return normalise_numbers(json_format.MessageToDict(value))
+def value_from_proto(value: struct_pb2.Value | struct_pb2.Struct, field: str) -> Any:
+    """A Value (or Struct) as plain JSON data, integral doubles back to ints.
+
+    NaN and infinities are refused with a violation naming `field`: JSON has no such numbers.
+    """
+    try:
+        return normalise_numbers(json_format.MessageToDict(value))
+    except ValueError as exc:
+        raise InvalidArgumentError(
+            [FieldViolation(field, "numbers must be finite (no NaN or Infinity)")]
+        ) from exc
 
 
 def value_to_proto(data: Any) -> struct_pb2.Value:
@@ -139,7 +150,7 @@ def connector_from_proto(message: pb.Connector, *, prefix: str = "connector") ->
     if method is not None:
         data["method"] = method
     if message.HasField("body_template"):
-        data["body_template"] = value_from_proto(message.body_template)
+        data["body_template"] = value_from_proto(message.body_template, f"{prefix}.body_template")
     if message.HasField("auth"):
         data["auth"] = _auth_from_proto(message.auth)
     if message.HasField("timeout"):
@@ -231,3 +242,158 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 def connectors_to_proto(connectors: Sequence[model.Connector]) -> list[pb.Connector]:
     """Many connectors as messages."""
     return [connector_to_proto(connector) for connector in connectors]
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes, variables and outcomes
+# ---------------------------------------------------------------------------------------------
+
+
+def node_from_proto(message: pb.Node) -> model.Node:
+    """Validate a Node message into the model (field paths under `node.`)."""
+    data = {
+        "id": message.id,
+        "connector_id": message.connector_id,
+        "branches": [
+            _branch_data(branch, f"node.branches[{index}]")
+            for index, branch in enumerate(message.branches)
+        ],
+        "else_target": message.else_target,
+        "error_target": message.error_target,
+        "extractions": extractions_data(message.extractions, "node.extractions"),
+    }
+    return validate(model.Node, data, prefix="node")
+
+
+def _branch_data(branch: pb.Branch, field: str) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "target": branch.target,
+        "conditions": [
+            _condition_data(condition, f"{field}.conditions[{index}]")
+            for index, condition in enumerate(branch.conditions)
+        ],
+    }
+    combinator = enum_from_proto(model.Combinator, pb.Combinator, branch.combinator, "COMBINATOR_")
+    if combinator is not None:
+        data["combinator"] = combinator
+    return data
+
+
+def _condition_data(condition: pb.Condition, field: str) -> dict[str, Any]:
+    subject: dict[str, Any] = {"path": condition.subject.path}
+    kind = enum_from_proto(
+        model.SubjectKind, pb.SubjectKind, condition.subject.kind, "SUBJECT_KIND_"
+    )
+    if kind is not None:
+        subject["kind"] = kind
+    data: dict[str, Any] = {"subject": subject, "ignore_case": condition.ignore_case}
+    operator = enum_from_proto(model.Operator, pb.Operator, condition.operator, "OPERATOR_")
+    if operator is not None:
+        data["operator"] = operator
+    if condition.HasField("operand"):
+        data["operand"] = value_from_proto(condition.operand, f"{field}.operand")
+    quantifier = enum_from_proto(
+        model.Quantifier, pb.Quantifier, condition.quantifier, "QUANTIFIER_"
+    )
+    if quantifier is not None:
+        data["quantifier"] = quantifier
+    return data
+
+
+def extractions_data(extractions: Sequence[pb.Extraction], field: str) -> list[dict[str, Any]]:
+    """Extraction messages as model data (validated by the caller's model)."""
+    result = []
+    for index, extraction in enumerate(extractions):
+        data: dict[str, Any] = {
+            "variable": extraction.variable,
+            "path": extraction.path,
+            "required": extraction.required,
+        }
+        if extraction.HasField("default_value"):
+            data["default_value"] = value_from_proto(
+                extraction.default_value, f"{field}[{index}].default_value"
+            )
+        cast = enum_from_proto(model.CastType, pb.CastType, extraction.cast, "CAST_TYPE_")
+        if cast is not None:
+            data["cast"] = cast
+        result.append(data)
+    return result
+
+
+def variables_from_proto(variables: struct_pb2.Struct) -> dict[str, Any]:
+    """The conversation's variables as plain data (integral doubles read back as ints)."""
+    data: dict[str, Any] = value_from_proto(variables, "variables")
+    return data
+
+
+def outcome_to_proto(outcome: model.Outcome) -> pb.EvaluateNodeResponse:
+    """An Outcome as the EvaluateNode response."""
+    response = pb.EvaluateNodeResponse(
+        outcome=enum_to_proto(pb.Outcome, outcome.kind, "OUTCOME_"),
+        reason=enum_to_proto(pb.Reason, outcome.reason, "REASON_"),
+        message=outcome.message,
+        target=outcome.target,
+        extractions=extraction_results_to_proto(outcome.extractions),
+        http_status=outcome.http_status,
+        attempts=outcome.attempts,
+        connector_version=outcome.connector_version,
+        upstream_latency=_duration(outcome.upstream_latency_seconds),
+    )
+    if outcome.branch_index is not None:
+        response.branch_index = outcome.branch_index
+    if outcome.variables:
+        response.variables.update(outcome.variables)
+    if outcome.explanation is not None:
+        response.explanation.CopyFrom(_explanation_to_proto(outcome.explanation))
+    return response
+
+
+def extraction_results_to_proto(
+    results: Sequence[model.ExtractionResult],
+) -> list[pb.ExtractionResult]:
+    """Per-extraction results, failures included."""
+    messages = []
+    for result in results:
+        message = pb.ExtractionResult(
+            variable=result.variable,
+            status=enum_to_proto(pb.ExtractionStatus, result.status, "EXTRACTION_STATUS_"),
+            required=result.required,
+            message=result.message,
+        )
+        if result.succeeded:
+            message.value.CopyFrom(value_to_proto(result.value))
+        messages.append(message)
+    return messages
+
+
+def _explanation_to_proto(explanation: model.Explanation) -> pb.Explanation:
+    message = pb.Explanation(notes=list(explanation.notes))
+    if explanation.request is not None:
+        request = explanation.request
+        message.request.CopyFrom(
+            pb.RenderedRequest(
+                method=request.method, url=request.url, headers=request.headers, body=request.body
+            )
+        )
+    for branch in explanation.branches:
+        branch_message = message.branches.add(
+            index=branch.index,
+            target=branch.target,
+            evaluated=branch.evaluated,
+            matched=branch.matched,
+        )
+        for condition in branch.conditions:
+            condition_message = branch_message.conditions.add(
+                subject=pb.Subject(
+                    kind=enum_to_proto(pb.SubjectKind, condition.subject.kind, "SUBJECT_KIND_"),
+                    path=condition.subject.path,
+                ),
+                operator=enum_to_proto(pb.Operator, condition.operator, "OPERATOR_"),
+                subject_present=condition.subject_present,
+                result=condition.result,
+                note=condition.note,
+            )
+            if condition.operand is not None:
+                condition_message.operand.CopyFrom(value_to_proto(condition.operand))
+            condition_message.subject_value.CopyFrom(value_to_proto(condition.subject_value))
+    return message

@@ -1,0 +1,343 @@
+"""The evaluation pipeline of one API-conditional node, read top to bottom:
+
+    connector -> render request -> add auth -> send -> parse body -> decide branch -> extract
+              -> outcome (MATCHED / NO_MATCH / ERROR, always with a reason)
+
+The engine imports no grpc, protobuf or httpx: it is given `send` (see `sidecar.model.exchange`)
+and returns an `Outcome`, so it can be tested, fuzzed and benchmarked alone. Failures are answers,
+not exceptions: every path ends in an Outcome.
+
+Outcome rules:
+- a branch held -> MATCHED with its index and target, unless a *required* extraction failed
+  (-> ERROR, EXTRACTION_FAILED);
+- no branch held and the upstream answered >= 500 -> ERROR, UPSTREAM_ERROR (a branch that
+  explicitly matches a 5xx wins before this rule);
+- no branch held otherwise -> NO_MATCH with the else target;
+- no HTTP response at all (timeout, refused, DNS, TLS, oversize ...), or nothing sent (missing
+  variable, missing secret, unknown or non-live connector) -> ERROR with that reason, and no branch
+  is evaluated: a branch on visitor variables alone must not route a failed call down a success
+  path.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from sidecar.conditions import CompiledBranches, ResponseView, compile_branches
+from sidecar.errors import FieldViolation, InvalidArgumentError
+from sidecar.extraction import CompiledExtractions, compile_extractions, required_failures
+from sidecar.model import (
+    ApiKeyLocation,
+    Connector,
+    ConnectorStatus,
+    Explanation,
+    Node,
+    Outcome,
+    OutcomeKind,
+    Reason,
+    RenderedRequest,
+)
+from sidecar.model.exchange import HttpResponse, OutboundRequest, Send, SendError, SendOptions
+from sidecar.templating import RenderError, RequestTemplate, compile_request
+
+MASK = "***"
+_TEMPLATE_CACHE_LIMIT = 4096
+
+
+class ConnectorLookup(Protocol):
+    """Where the engine finds connectors (the registry)."""
+
+    def get(self, connector_id: str) -> Connector | None: ...
+
+
+class SecretLookup(Protocol):
+    """Where the engine finds secret values (the secret store)."""
+
+    def resolve(self, name: str) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledNode:
+    """A node with its JMESPath expressions and regexes compiled; reusable across calls."""
+
+    node: Node
+    branches: CompiledBranches
+    extractions: CompiledExtractions
+
+
+def compile_node(node: Node) -> CompiledNode:
+    """Compile a node, or raise InvalidArgumentError naming every bad field (relative to node)."""
+    violations: list[FieldViolation] = []
+    branches = extractions = None
+    try:
+        branches = compile_branches(node.branches)
+    except InvalidArgumentError as error:
+        violations.extend(error.violations)
+    try:
+        extractions = compile_extractions(node.extractions)
+    except InvalidArgumentError as error:
+        violations.extend(error.violations)
+    if violations or branches is None or extractions is None:
+        raise InvalidArgumentError(violations)
+    return CompiledNode(node, branches, extractions)
+
+
+class Engine:
+    """Evaluates compiled nodes against registered connectors.
+
+    >>> engine = Engine(registry, secret_store, egress.send)                   # doctest: +SKIP
+    >>> outcome = await engine.evaluate(compile_node(node), {"order_number": "A-1"})  # +SKIP
+    """
+
+    def __init__(self, connectors: ConnectorLookup, secrets: SecretLookup, send: Send) -> None:
+        self._connectors = connectors
+        self._secrets = secrets
+        self._send = send
+        self._templates: dict[tuple[object, ...], RequestTemplate] = {}
+
+    async def evaluate(
+        self,
+        compiled: CompiledNode,
+        variables: Mapping[str, Any],
+        *,
+        explain: bool = False,
+        allow_draft: bool = False,
+    ) -> Outcome:
+        """Run the pipeline for one conversation; never raises for evaluation failures."""
+        node = compiled.node
+        connector = self._connectors.get(node.connector_id)
+        if connector is None:
+            return _error(
+                node,
+                Reason.CONNECTOR_NOT_FOUND,
+                f"no connector with id {node.connector_id!r}",
+                explain=explain,
+            )
+        version = connector.version
+        if connector.status is ConnectorStatus.DISABLED or (
+            connector.status is ConnectorStatus.DRAFT and not allow_draft
+        ):
+            hint = (
+                " (use test mode to run drafts)"
+                if connector.status is ConnectorStatus.DRAFT
+                else ""
+            )
+            return _error(
+                node,
+                Reason.CONNECTOR_NOT_LIVE,
+                f"connector {connector.id!r} is {connector.status.value}{hint}",
+                connector_version=version,
+                explain=explain,
+            )
+
+        try:
+            rendered = self._template(connector).render(variables)
+        except RenderError as error:
+            return _error(
+                node, error.reason, error.message, connector_version=version, explain=explain
+            )
+        try:
+            request = self._with_auth(connector, rendered)
+        except _MissingSecretError as error:
+            return _error(
+                node,
+                Reason.SECRET_NOT_FOUND,
+                f"secret {error.name!r} of connector {connector.id!r} is not available",
+                connector_version=version,
+                explain=explain,
+                request=_masked(connector, rendered),
+            )
+
+        options = SendOptions(connector.timeout.total_seconds(), connector.max_response_bytes)
+        started = time.perf_counter()
+        try:
+            response = await self._send(request, options)
+        except SendError as failure:
+            return _error(
+                node,
+                failure.reason,
+                failure.message,
+                connector_version=version,
+                explain=explain,
+                request=_masked(connector, rendered),
+                attempts=failure.attempts,
+                latency=time.perf_counter() - started,
+                extracted=compiled.extractions.apply(None, has_document=False),
+            )
+        latency = time.perf_counter() - started
+        return _judge(
+            compiled,
+            connector,
+            response,
+            variables,
+            latency=latency,
+            explain=explain,
+            request=_masked(connector, rendered) if explain else None,
+        )
+
+    def _template(self, connector: Connector) -> RequestTemplate:
+        """Compiled once per connector version (versions never repeat for an id)."""
+        key = (connector.id, connector.version, connector.source, connector.update_time)
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) >= _TEMPLATE_CACHE_LIMIT:
+                self._templates.clear()
+            template = self._templates[key] = compile_request(connector)
+        return template
+
+    def _with_auth(self, connector: Connector, request: OutboundRequest) -> OutboundRequest:
+        auth = connector.auth
+        if auth is None:
+            return request
+        if auth.bearer is not None:
+            header = ("Authorization", f"Bearer {self._secret(auth.bearer.token_secret)}")
+            return replace(request, headers=(*request.headers, header))
+        if auth.basic is not None:
+            username = self._secret(auth.basic.username_secret)
+            pair = f"{username}:{self._secret(auth.basic.password_secret)}"
+            header = ("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+            return replace(request, headers=(*request.headers, header))
+        assert auth.api_key is not None
+        key = self._secret(auth.api_key.value_secret)
+        if auth.api_key.location is ApiKeyLocation.QUERY:
+            return replace(request, url=_with_query(request.url, auth.api_key.name, key))
+        return replace(request, headers=(*request.headers, (auth.api_key.name, key)))
+
+    def _secret(self, name: str) -> str:
+        value = self._secrets.resolve(name)
+        if value is None:
+            raise _MissingSecretError(name)
+        return value
+
+
+class _MissingSecretError(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _judge(
+    compiled: CompiledNode,
+    connector: Connector,
+    response: HttpResponse,
+    variables: Mapping[str, Any],
+    *,
+    latency: float,
+    explain: bool,
+    request: RenderedRequest | None,
+) -> Outcome:
+    """Decide the branch and extract, from a response that arrived."""
+    node = compiled.node
+    body, body_is_json, note = _parse_body(response)
+    view = ResponseView(response.status, response.headers, body, body_is_json, variables)
+    decision = compiled.branches.decide(view, explain=explain)
+    extracted, results = compiled.extractions.apply(body, has_document=body_is_json)
+    common: dict[str, Any] = {
+        "variables": extracted,
+        "extractions": results,
+        "http_status": response.status,
+        "upstream_latency_seconds": latency,
+        "attempts": response.attempts,
+        "connector_version": connector.version,
+        "explanation": Explanation(request, decision.explanations, (note,) if note else ())
+        if explain
+        else None,
+    }
+    if decision.index is not None:
+        failed = required_failures(results)
+        if failed:
+            names = ", ".join(result.variable for result in failed)
+            return Outcome(
+                OutcomeKind.ERROR,
+                Reason.EXTRACTION_FAILED,
+                node.error_target,
+                message=f"required extraction failed: {names}",
+                **common,
+            )
+        return Outcome(
+            OutcomeKind.MATCHED,
+            Reason.BRANCH_MATCHED,
+            node.branches[decision.index].target,
+            branch_index=decision.index,
+            **common,
+        )
+    if response.status >= 500:
+        return Outcome(
+            OutcomeKind.ERROR,
+            Reason.UPSTREAM_ERROR,
+            node.error_target,
+            message=f"the upstream answered {response.status} and no branch matched it",
+            **common,
+        )
+    return Outcome(OutcomeKind.NO_MATCH, Reason.NO_BRANCH_MATCHED, node.else_target, **common)
+
+
+def _parse_body(response: HttpResponse) -> tuple[Any, bool, str]:
+    """The JSON body, whether there was one, and a note when there was not."""
+    if not response.body:
+        return None, False, "the response has no body, so body subjects are null"
+    try:
+        return json.loads(response.body), True, ""
+    except (ValueError, RecursionError):
+        content_type = response.headers.get("content-type", "no content type")
+        return (
+            None,
+            False,
+            f"the response body is not valid JSON ({content_type}), so body subjects are null",
+        )
+
+
+def _error(
+    node: Node,
+    reason: Reason,
+    message: str,
+    *,
+    explain: bool,
+    connector_version: int = 0,
+    request: RenderedRequest | None = None,
+    attempts: int = 0,
+    latency: float = 0.0,
+    extracted: tuple[dict[str, Any], tuple[Any, ...]] | None = None,
+) -> Outcome:
+    variables, results = extracted if extracted is not None else ({}, ())
+    return Outcome(
+        OutcomeKind.ERROR,
+        reason,
+        node.error_target,
+        message=message,
+        variables=variables,
+        extractions=results,
+        attempts=attempts,
+        upstream_latency_seconds=latency,
+        connector_version=connector_version,
+        explanation=Explanation(request, (), (f"no branch was evaluated: {message}",))
+        if explain
+        else None,
+    )
+
+
+def _masked(connector: Connector, request: OutboundRequest) -> RenderedRequest:
+    """The request as explanations show it: auth present but masked, never a secret value."""
+    headers = dict(request.headers)
+    url = request.url
+    auth = connector.auth
+    if auth is not None and (auth.bearer is not None or auth.basic is not None):
+        headers["Authorization"] = f"{'Bearer' if auth.bearer else 'Basic'} {MASK}"
+    elif auth is not None and auth.api_key is not None:
+        if auth.api_key.location is ApiKeyLocation.QUERY:
+            url = _with_query(url, auth.api_key.name, MASK)
+        else:
+            headers[auth.api_key.name] = MASK
+    body = request.body.decode("utf-8", errors="replace") if request.body else ""
+    return RenderedRequest(request.method, url, headers, body)
+
+
+def _with_query(url: str, name: str, value: str) -> str:
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}{quote(name, safe='')}={quote(value, safe='')}"
