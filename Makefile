@@ -1,0 +1,38 @@
+# The one place the project's commands live; CI (.ci/run) only calls `make test`.
+.DEFAULT_GOAL := help
+SHELL := bash
+VENV := .venv/bin
+BUF := proto/node_modules/.bin/buf
+
+.PHONY: help run test setup lint typecheck proto-lint generate check-generated pytest
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+run: ## set up, then run the sidecar on 127.0.0.1:50051 with the example connectors
+	@scripts/bootstrap --python-only
+	$(VENV)/rules-sidecar serve --connectors-file examples/connectors.yaml --secrets-dir examples/secrets
+
+test: setup lint typecheck proto-lint check-generated pytest ## set up, then run every check and test (what CI runs)
+
+setup: ## install uv, the locked Python environment and buf (idempotent)
+	@scripts/bootstrap
+
+lint: ## ruff lint and format check
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+
+typecheck: ## mypy --strict on sidecar/
+	$(VENV)/mypy
+
+proto-lint: ## buf lint (STANDARD) and buf format on proto/
+	cd proto && node_modules/.bin/buf lint && node_modules/.bin/buf format --diff --exit-code
+
+generate: ## regenerate all generated code from proto/
+	scripts/generate
+
+check-generated: ## fail if generated code is stale
+	scripts/check-generated
+
+pytest: ## the test suites
+	$(VENV)/pytest
