@@ -50,7 +50,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _drive(call: Callable[[], Awaitable[None]], requests: int, concurrency: int) -> dict[str, float]:
+async def _drive(
+    call: Callable[[], Awaitable[None]], requests: int, concurrency: int
+) -> dict[str, float]:
     latencies: list[float] = []
     remaining = requests
 
@@ -87,7 +89,9 @@ async def _run(url: str, requests: int, concurrency: int) -> dict[str, dict[str,
         async def httpx_default() -> None:
             (await client.get(url)).raise_for_status()
 
-        results["httpx 0.28 default (httpcore)"] = await _drive(httpx_default, requests, concurrency)
+        results["httpx 0.28 default (httpcore)"] = await _drive(
+            httpx_default, requests, concurrency
+        )
 
     async with httpx.AsyncClient(transport=AiohttpTransport(limits=limits)) as client:
 
@@ -125,7 +129,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     arguments = parser.parse_args()
     port = _free_port()
-    upstream = multiprocessing.get_context("spawn").Process(target=_serve, args=(port,), daemon=True)
+    upstream = multiprocessing.get_context("spawn").Process(
+        target=_serve, args=(port,), daemon=True
+    )
     upstream.start()
     try:
         for _ in range(100):
