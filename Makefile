@@ -11,7 +11,7 @@ help: ## list the targets
 
 run: ## set up, then run the sidecar on 127.0.0.1:50051 with the example connectors
 	@scripts/bootstrap --python-only
-	$(VENV)/rules-sidecar serve --connectors-file examples/connectors.yaml --secrets-dir examples/secrets
+	$(VENV)/rules-sidecar serve --config examples/sidecar.yaml
 
 test: setup lint typecheck proto-lint check-generated pytest ## set up, then run every check and test (what CI runs)
 

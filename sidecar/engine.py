@@ -21,13 +21,15 @@ Outcome rules:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from sidecar.conditions import CompiledBranches, ResponseView, compile_branches
 from sidecar.errors import FieldViolation, InvalidArgumentError
@@ -37,6 +39,7 @@ from sidecar.model import (
     Connector,
     ConnectorStatus,
     Explanation,
+    HttpMethod,
     Node,
     Outcome,
     OutcomeKind,
@@ -44,9 +47,16 @@ from sidecar.model import (
     RenderedRequest,
 )
 from sidecar.model.exchange import HttpResponse, OutboundRequest, Send, SendError, SendOptions
+from sidecar.secrets import SecretBindings
 from sidecar.templating import RenderError, RequestTemplate, compile_request
 
 MASK = "***"
+MAX_JSON_DEPTH = 64
+MAX_JSON_NODES = 200_000
+OFF_LOOP_BODY_BYTES = 256 * 1024
+# Kept back from the caller's deadline so the answer can still reach it.
+DEADLINE_MARGIN_SECONDS = 0.02
+_IDEMPOTENT_METHODS = frozenset({HttpMethod.GET, HttpMethod.PUT, HttpMethod.DELETE})
 _TEMPLATE_CACHE_LIMIT = 4096
 
 
@@ -95,11 +105,19 @@ class Engine:
     >>> outcome = await engine.evaluate(compile_node(node), {"order_number": "A-1"})  # +SKIP
     """
 
-    def __init__(self, connectors: ConnectorLookup, secrets: SecretLookup, send: Send) -> None:
+    def __init__(
+        self,
+        connectors: ConnectorLookup,
+        secrets: SecretLookup,
+        send: Send,
+        *,
+        bindings: SecretBindings | None = None,
+    ) -> None:
         self._connectors = connectors
         self._secrets = secrets
         self._send = send
-        self._templates: dict[tuple[object, ...], RequestTemplate] = {}
+        self._bindings = bindings or SecretBindings({})
+        self._prepared: dict[tuple[object, ...], _Prepared] = {}
 
     async def evaluate(
         self,
@@ -108,6 +126,7 @@ class Engine:
         *,
         explain: bool = False,
         allow_draft: bool = False,
+        time_remaining: float | None = None,
     ) -> Outcome:
         """Run the pipeline for one conversation; never raises for evaluation failures."""
         node = compiled.node
@@ -137,7 +156,8 @@ class Engine:
             )
 
         try:
-            rendered = self._template(connector).render(variables)
+            prepared = self._prepare(connector)
+            rendered = prepared.template.render(variables)
         except RenderError as error:
             return _error(
                 node, error.reason, error.message, connector_version=version, explain=explain
@@ -154,7 +174,29 @@ class Engine:
                 request=_masked(connector, rendered),
             )
 
-        options = SendOptions(connector.timeout.total_seconds(), connector.max_response_bytes)
+        refused = self._bindings.violations(connector.secret_names(), prepared.host)
+        if refused:
+            return _error(
+                node,
+                Reason.BLOCKED_DESTINATION,
+                "; ".join(refused),
+                connector_version=version,
+                explain=explain,
+                request=_masked(connector, rendered),
+            )
+        budget = connector.timeout.total_seconds()
+        if time_remaining is not None:
+            budget = min(budget, time_remaining - DEADLINE_MARGIN_SECONDS)
+        if budget <= 0:
+            return _error(
+                node,
+                Reason.TIMEOUT,
+                "the caller's deadline leaves no time for the call",
+                connector_version=version,
+                explain=explain,
+                request=_masked(connector, rendered),
+            )
+        options = replace(prepared.options, timeout_seconds=budget)
         started = time.perf_counter()
         try:
             response = await self._send(request, options)
@@ -171,7 +213,8 @@ class Engine:
                 extracted=compiled.extractions.apply(None, has_document=False),
             )
         latency = time.perf_counter() - started
-        return _judge(
+        judge = partial(
+            _judge,
             compiled,
             connector,
             response,
@@ -180,16 +223,21 @@ class Engine:
             explain=explain,
             request=_masked(connector, rendered) if explain else None,
         )
+        if len(response.body) > OFF_LOOP_BODY_BYTES:
+            # Parsing and querying a large document takes milliseconds: do it off the event
+            # loop so other conversations' calls keep flowing meanwhile.
+            return await asyncio.to_thread(judge)
+        return judge()
 
-    def _template(self, connector: Connector) -> RequestTemplate:
+    def _prepare(self, connector: Connector) -> _Prepared:
         """Compiled once per connector version (versions never repeat for an id)."""
         key = (connector.id, connector.version, connector.source, connector.update_time)
-        template = self._templates.get(key)
-        if template is None:
-            if len(self._templates) >= _TEMPLATE_CACHE_LIMIT:
-                self._templates.clear()
-            template = self._templates[key] = compile_request(connector)
-        return template
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            if len(self._prepared) >= _TEMPLATE_CACHE_LIMIT:
+                self._prepared.clear()
+            prepared = self._prepared[key] = _Prepared.of(connector)
+        return prepared
 
     def _with_auth(self, connector: Connector, request: OutboundRequest) -> OutboundRequest:
         auth = connector.auth
@@ -214,6 +262,34 @@ class Engine:
         if value is None:
             raise _MissingSecretError(name)
         return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What one connector version needs on every call, worked out once."""
+
+    template: RequestTemplate
+    options: SendOptions
+    host: str
+
+    @classmethod
+    def of(cls, connector: Connector) -> _Prepared:
+        host = urlsplit(connector.url_template).hostname or ""
+        credential_headers = {"authorization"}
+        if connector.auth is not None and connector.auth.api_key is not None:
+            credential_headers.add(connector.auth.api_key.name.lower())
+        idempotent = connector.method in _IDEMPOTENT_METHODS or bool(
+            connector.idempotency_key_header
+        )
+        options = SendOptions(
+            timeout_seconds=connector.timeout.total_seconds(),
+            max_response_bytes=connector.max_response_bytes,
+            allowed_hosts=(host, *connector.allowed_hosts),
+            follow_redirects=connector.follow_redirects,
+            retry_on_status=idempotent,
+            credential_headers=frozenset(credential_headers),
+        )
+        return cls(compile_request(connector), options, host)
 
 
 class _MissingSecretError(Exception):
@@ -283,7 +359,7 @@ def _parse_body(response: HttpResponse) -> tuple[Any, bool, str]:
     if not response.body:
         return None, False, "the response has no body, so body subjects are null"
     try:
-        return json.loads(response.body), True, ""
+        document = json.loads(response.body)
     except (ValueError, RecursionError):
         content_type = response.headers.get("content-type", "no content type")
         return (
@@ -291,6 +367,35 @@ def _parse_body(response: HttpResponse) -> tuple[Any, bool, str]:
             False,
             f"the response body is not valid JSON ({content_type}), so body subjects are null",
         )
+    body = response.body
+    brackets = body.count(b"[") + body.count(b"{")
+    # Byte counts bound both limits at C speed; walk the tree only when they cannot.
+    problem = (
+        _json_shape_problem(document)
+        if brackets > MAX_JSON_DEPTH or len(body) > MAX_JSON_NODES
+        else ""
+    )
+    if problem:
+        return None, False, f"the response body {problem}, so body subjects are null"
+    return document, True, ""
+
+
+def _json_shape_problem(document: Any) -> str:
+    """Bound what conditions and extractions will walk: depth and node count."""
+    nodes = 0
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_JSON_DEPTH:
+            return f"nests deeper than {MAX_JSON_DEPTH} levels"
+        if nodes > MAX_JSON_NODES:
+            return f"has more than {MAX_JSON_NODES} JSON values"
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+    return ""
 
 
 def _error(

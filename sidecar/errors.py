@@ -10,6 +10,7 @@ translated where they enter, with ``raise ... from exc``. The edge (``sidecar.wi
     ├── VersionConflictError     VERSION_CONFLICT  expected_version does not match the stored one
     ├── ReadOnlyConnectorError   READ_ONLY         the connector is owned by the connectors file
     ├── NotReadyError            NOT_READY         the registry is still loading
+    ├── OverloadedError          OVERLOADED        too many evaluations in progress
     ├── StoreError               STORE             the embedded store is unreadable or corrupt
     └── ConfigError              CONFIG            the connectors file or settings are invalid
 
@@ -34,6 +35,7 @@ class ErrorCode(enum.Enum):
     VERSION_CONFLICT = "version_conflict"
     READ_ONLY = "read_only"
     NOT_READY = "not_ready"
+    OVERLOADED = "overloaded"
     STORE = "store"
     CONFIG = "config"
 
@@ -89,6 +91,12 @@ class NotReadyError(SidecarError):
     """The registry has not finished loading."""
 
     code = ErrorCode.NOT_READY
+
+
+class OverloadedError(SidecarError):
+    """The admission limit is reached; the caller should back off rather than queue."""
+
+    code = ErrorCode.OVERLOADED
 
 
 class StoreError(SidecarError):

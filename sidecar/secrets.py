@@ -14,9 +14,11 @@ rotated key is used without a restart; an unchanged file costs one `stat`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from sidecar.destinations import host_matches
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +75,31 @@ def _is_plain_name(name: str) -> bool:
 def _env_spelling(name: str) -> str:
     """`store-api.key` -> `STORE_API_KEY`, the spelling environment variables allow."""
     return name.upper().replace("-", "_").replace(".", "_")
+
+
+class SecretBindings:
+    """Which hosts each secret may be sent to (operator-declared `secret_hosts`).
+
+    A bound secret can only be carried by a connector whose URL host matches the binding: the
+    registry refuses such a connector, and the engine refuses to send if the binding changed
+    since. An unbound secret goes only to the URL host of the connector that uses it (redirects
+    drop credentials when they leave that origin).
+
+    >>> SecretBindings({"store_api_key": ["api.store.com"]}).violations(
+    ...     ("store_api_key",), "evil.example")
+    ["secret 'store_api_key' may only be sent to api.store.com, not to 'evil.example'"]
+    """
+
+    def __init__(self, bindings: Mapping[str, Sequence[str]]) -> None:
+        self._bindings = {name: tuple(hosts) for name, hosts in bindings.items()}
+
+    def violations(self, secret_names: Sequence[str], host: str) -> list[str]:
+        """One message per secret that may not be sent to `host`."""
+        problems = []
+        for name in secret_names:
+            hosts = self._bindings.get(name)
+            if hosts is not None and not host_matches(host, hosts):
+                problems.append(
+                    f"secret {name!r} may only be sent to {', '.join(hosts)}, not to {host!r}"
+                )
+        return problems

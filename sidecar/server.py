@@ -24,12 +24,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
-from sidecar.egress import Egress
+from sidecar.egress import Egress, EgressLimits, EgressPolicy
 from sidecar.engine import Engine
 from sidecar.errors import ConfigError
 from sidecar.interceptors import ErrorMappingInterceptor
 from sidecar.registry import ConnectorStore, Registry, load_connectors_file
-from sidecar.secrets import SecretStore
+from sidecar.reload import ConnectorsFileWatcher, ReloadState
+from sidecar.secrets import SecretBindings, SecretStore
 from sidecar.servicer import SERVICE_NAME, RulesSidecarServicer
 from sidecar.settings import Settings
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Health of the last connectors file reload. Not part of readiness: the last good set still serves.
+CONNECTORS_FILE_HEALTH_SERVICE = "rulesidecar.v1.ConnectorsFile"
 
 
 @dataclass
@@ -50,6 +53,7 @@ class SidecarServer:
     servicer: RulesSidecarServicer
     egress: Egress
     registry: Registry | None = field(default=None)
+    connectors_watcher: ConnectorsFileWatcher | None = field(default=None)
 
     async def start(self) -> None:
         """Start answering; health says NOT_SERVING until `load` has finished."""
@@ -81,23 +85,44 @@ class SidecarServer:
             environ=settings.secret_variables(),
             env_prefix=settings.secret_env_prefix,
         )
-        self.servicer.attach(self.registry, Engine(self.registry, secrets, self.egress.send))
+        engine = Engine(
+            self.registry,
+            secrets,
+            self.egress.send,
+            bindings=SecretBindings(settings.secret_hosts),
+        )
+        self.servicer.attach(self.registry, engine)
         log.info(
             "loaded %d connector(s) (%d from %s)",
             len(self.registry),
             len(file_connectors),
             settings.connectors_file or "no connectors file",
         )
+        if settings.connectors_file and settings.connectors_reload_seconds > 0:
+            self.connectors_watcher = ConnectorsFileWatcher(
+                settings.connectors_file,
+                self.registry,
+                file_connectors,
+                interval_seconds=settings.connectors_reload_seconds,
+                on_state=self._report_connectors_file,
+            )
+            self.connectors_watcher.start()
         await self._set_health(SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING at once, refuse new calls, let in-flight ones finish, close."""
+        if self.connectors_watcher is not None:
+            await self.connectors_watcher.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         await self.egress.aclose()
         if self.registry is not None:
             await asyncio.to_thread(self.registry.close)
             self.registry = None
+
+    async def _report_connectors_file(self, state: ReloadState) -> None:
+        status = SERVING if state.valid else NOT_SERVING
+        await self.health.set(CONNECTORS_FILE_HEALTH_SERVICE, status)
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for service in ("", SERVICE_NAME):
@@ -116,7 +141,10 @@ def create_server(settings: Settings) -> SidecarServer:
             ("grpc.so_reuseport", 0),
         ],
     )
-    servicer = RulesSidecarServicer()
+    servicer = RulesSidecarServicer(
+        max_concurrent_evaluations=settings.max_concurrent_evaluations,
+        bindings=SecretBindings(settings.secret_hosts),
+    )
     pb_grpc.add_RulesSidecarServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -127,7 +155,27 @@ def create_server(settings: Settings) -> SidecarServer:
     if settings.unix_socket is not None:
         _remove_stale_socket(settings.unix_socket)
         _bind(server, f"unix:{settings.unix_socket}")
-    return SidecarServer(settings, server, port, health_servicer, servicer, Egress())
+    return SidecarServer(settings, server, port, health_servicer, servicer, build_egress(settings))
+
+
+def build_egress(settings: Settings) -> Egress:
+    """The egress with the operator's policy and limits."""
+    try:
+        policy = EgressPolicy(
+            allow_cidrs=tuple(settings.egress_allow_cidrs),
+            allow_hosts=tuple(settings.egress_allow_hosts),
+            allow_http_hosts=tuple(settings.egress_allow_http_hosts),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"egress_allow_cidrs: {exc}") from exc
+    limits = EgressLimits(
+        max_connections=settings.max_connections,
+        per_upstream_concurrency=settings.per_upstream_concurrency,
+        retries=settings.retries,
+        breaker_failure_threshold=settings.breaker_failure_threshold,
+        breaker_cooldown_seconds=settings.breaker_cooldown_seconds,
+    )
+    return Egress(policy, limits)
 
 
 async def serve(settings: Settings) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from urllib.parse import urlsplit
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,10 +17,11 @@ from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
 from sidecar import model, wire
 from sidecar.engine import CompiledNode, Engine, compile_node
-from sidecar.errors import FieldViolation, InvalidArgumentError, NotReadyError
+from sidecar.errors import FieldViolation, InvalidArgumentError, NotReadyError, OverloadedError
 from sidecar.extraction import compile_extractions, required_failures
 from sidecar.model.node import MAX_EXTRACTIONS
 from sidecar.registry import Registry
+from sidecar.secrets import SecretBindings
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RulesSidecarService"].full_name
 
@@ -27,10 +29,15 @@ SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RulesSidecarService"].full_n
 class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
     """Implements rulesidecar.v1.RulesSidecarService."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, max_concurrent_evaluations: int = 512, bindings: SecretBindings | None = None
+    ) -> None:
         self._registry: Registry | None = None
         self._engine: Engine | None = None
         self._nodes = CompiledNodeCache()
+        self._bindings = bindings or SecretBindings({})
+        self._evaluation_slots = max_concurrent_evaluations
+        self._evaluations_in_flight = 0
 
     def attach(self, registry: Registry, engine: Engine) -> None:
         """Start answering (until then every call answers UNAVAILABLE)."""
@@ -57,6 +64,12 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         if not request.HasField("connector"):
             raise InvalidArgumentError([FieldViolation("connector", "required")])
         connector = wire.connector_from_proto(request.connector)
+        host = urlsplit(connector.url_template).hostname or ""
+        refused = self._bindings.violations(connector.secret_names(), host)
+        if refused:
+            raise InvalidArgumentError(
+                [FieldViolation("connector.auth", problem) for problem in refused]
+            )
         expected = request.expected_version if request.HasField("expected_version") else None
         if expected is not None and expected < 0:
             raise InvalidArgumentError([FieldViolation("expected_version", "must be >= 0")])
@@ -105,12 +118,23 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         if request.mode not in pb.EvaluationMode.values():
             raise InvalidArgumentError([FieldViolation("mode", "unknown evaluation mode")])
         compiled = self._nodes.get(request.node)
-        outcome = await self.engine.evaluate(
-            compiled,
-            wire.variables_from_proto(request.variables),
-            explain=request.explain,
-            allow_draft=request.mode == pb.EVALUATION_MODE_TEST,
-        )
+        variables = wire.variables_from_proto(request.variables)
+        if self._evaluations_in_flight >= self._evaluation_slots:
+            raise OverloadedError(
+                f"{self._evaluations_in_flight} evaluations are in progress, the most this "
+                "sidecar accepts at once; retry with backoff"
+            )
+        self._evaluations_in_flight += 1
+        try:
+            outcome = await self.engine.evaluate(
+                compiled,
+                variables,
+                explain=request.explain,
+                allow_draft=request.mode == pb.EVALUATION_MODE_TEST,
+                time_remaining=context.time_remaining(),
+            )
+        finally:
+            self._evaluations_in_flight -= 1
         return wire.outcome_to_proto(outcome)
 
     async def ExtractVariables(

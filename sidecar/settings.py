@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         description="YAML or JSON connectors file loaded at startup; its connectors are read-only "
         "at runtime (GitOps, Kubernetes ConfigMaps).",
     )
+    connectors_reload_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How often the connectors file is checked for changes (one stat); a valid "
+        "new version is applied without a restart, an invalid one is logged and the last good "
+        "set keeps serving. 0 turns hot reload off.",
+    )
     secrets_dir: Path | None = Field(
         None,
         description="Directory with one file per secret (the layout of a mounted Kubernetes "
@@ -79,6 +86,46 @@ class Settings(BaseSettings):
     )
     store_busy_timeout_seconds: float = Field(
         5.0, gt=0, description="How long a store write waits for a lock held by another process."
+    )
+    egress_allow_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Address ranges the sidecar may reach although they are private (RFC 1918, "
+        "ULA, CGNAT ...), e.g. ['10.20.0.0/16'] for in-cluster APIs. Loopback, link-local and "
+        "cloud metadata stay closed unless an entry names them explicitly (127.0.0.1/32).",
+    )
+    egress_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names whose addresses may be private or loopback, e.g. "
+        "['orders.shop.svc.cluster.local'].",
+    )
+    egress_allow_http_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts that may be called over plain http; every other host needs https.",
+    )
+    secret_hosts: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Binds secrets to the hosts they may be sent to: {secret name: [hosts]} "
+        "(`*.example.com` wildcards allowed). Without an entry, a secret may be sent only to the "
+        "URL host of the connector using it.",
+    )
+    max_concurrent_evaluations: int = Field(
+        512,
+        ge=1,
+        description="EvaluateNode calls in progress at once; more answer RESOURCE_EXHAUSTED at "
+        "once instead of queueing.",
+    )
+    max_connections: int = Field(256, ge=1, description="Pooled outbound connections in all.")
+    per_upstream_concurrency: int = Field(
+        64, ge=1, description="Outbound requests in flight to one upstream (scheme, host, port)."
+    )
+    retries: int = Field(
+        2, ge=0, le=5, description="Retries of a safe-to-retry failure (see the README)."
+    )
+    breaker_failure_threshold: int = Field(
+        5, ge=1, description="Consecutive failures of an upstream that open its circuit breaker."
+    )
+    breaker_cooldown_seconds: float = Field(
+        10.0, gt=0, description="How long an open breaker refuses calls before one probe."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL."

@@ -38,6 +38,7 @@ STATUS_BY_ERROR_CODE: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.VERSION_CONFLICT: grpc.StatusCode.ABORTED,
     ErrorCode.READ_ONLY: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorCode.NOT_READY: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorCode.STORE: grpc.StatusCode.UNAVAILABLE,
     ErrorCode.CONFIG: grpc.StatusCode.FAILED_PRECONDITION,
 }
@@ -157,6 +158,10 @@ def connector_from_proto(message: pb.Connector, *, prefix: str = "connector") ->
         data["timeout"] = message.timeout.ToTimedelta()
     if message.max_response_bytes:
         data["max_response_bytes"] = message.max_response_bytes
+    data["allowed_hosts"] = list(message.allowed_hosts)
+    data["follow_redirects"] = message.follow_redirects
+    data["idempotency_key_header"] = message.idempotency_key_header
+    data["disable_trace_propagation"] = message.disable_trace_propagation
     return validate(model.Connector, data, prefix=prefix)
 
 
@@ -199,6 +204,10 @@ def connector_to_proto(connector: model.Connector) -> pb.Connector:
         version=connector.version,
         source=enum_to_proto(pb.ConnectorSource, connector.source, "CONNECTOR_SOURCE_"),
         timeout=_duration(connector.timeout.total_seconds()),
+        allowed_hosts=connector.allowed_hosts,
+        follow_redirects=connector.follow_redirects,
+        idempotency_key_header=connector.idempotency_key_header,
+        disable_trace_propagation=connector.disable_trace_propagation,
     )
     if connector.body_template is not None:
         message.body_template.CopyFrom(value_to_proto(connector.body_template))

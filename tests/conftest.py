@@ -110,6 +110,12 @@ class _ServerThread(threading.Thread):
         assert not self.is_alive(), "the in-process sidecar did not stop"
 
 
+LOOPBACK_ALLOW: dict[str, list[str]] = {
+    "egress_allow_cidrs": ["127.0.0.1/32"],
+    "egress_allow_http_hosts": ["127.0.0.1"],
+}
+
+
 @pytest.fixture
 def sidecar_factory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -127,6 +133,10 @@ def sidecar_factory(
     def start(connectors_file: Path | None = None, **overrides: Any) -> InProcessSidecar:
         overrides.setdefault("data_dir", tmp_path / f"data-{len(started)}")
         overrides.setdefault("listen_address", "127.0.0.1:0")
+        # The egress guard refuses loopback and plain http by default; the test upstreams are
+        # both, so the tests open exactly 127.0.0.1 over http, as an operator would.
+        overrides.setdefault("egress_allow_cidrs", LOOPBACK_ALLOW["egress_allow_cidrs"])
+        overrides.setdefault("egress_allow_http_hosts", LOOPBACK_ALLOW["egress_allow_http_hosts"])
         if connectors_file is not None:
             overrides["connectors_file"] = connectors_file
         settings = Settings.load(overrides=overrides)
@@ -299,3 +309,24 @@ def sidecar_process(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
     yield start
     for handle in started:
         handle.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loopback HTTP upstreams (tests/upstreams.py)
+# ---------------------------------------------------------------------------------------------
+
+from upstreams import Upstream, closed_port  # noqa: E402
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    """Real HTTP upstreams on 127.0.0.1 (see tests/upstreams.py), stopped at teardown."""
+    server = Upstream()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def refused_url() -> str:
+    """An http:// URL on a loopback port nothing listens on: connecting is refused."""
+    return f"http://127.0.0.1:{closed_port()}/orders/A-10023"

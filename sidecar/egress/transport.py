@@ -1,121 +1,201 @@
-"""The one way out: every outbound HTTP request of the sidecar passes through `Egress.send`.
+"""One HTTP attempt on the shared pooled client: guarded resolution, capped and bounded body.
 
-One pooled, keep-alive client for the whole process, built on httpx's API with the aiohttp
-transport of httpx-aiohttp. httpx 0.28's default transport (httpcore) collapses under concurrency
-on this machine; `bench/transport_choice.py` measured, at 32 concurrent loopback GETs:
+httpx's API on the aiohttp transport of httpx-aiohttp. httpx 0.28's default transport (httpcore)
+collapses under concurrency on this machine; `bench/transport_choice.py` measured, at 32
+concurrent loopback GETs: httpx default ~480-600 req/s, p99 ~206-326 ms, ~1,650 us CPU/request;
+httpx + httpx-aiohttp ~2,450-2,900 req/s, p99 ~27 ms, ~280 us.
 
-    httpx default (httpcore)      ~480-600 req/s   p99 ~206-326 ms   ~1,650 us CPU/request
-    httpx + httpx-aiohttp         ~2,450-2,900     p99 ~27 ms        ~280 us
-
-Semantics kept here rather than in the engine:
-- the timeout is a total budget for the whole exchange (connect, headers, body), so an upstream
-  that drips one byte at a time is cut at the deadline;
-- the body is read in chunks and counted; past `max_response_bytes` the exchange stops with
-  RESPONSE_TOO_LARGE (a declared Content-Length over the cap stops it before reading);
-- redirects are not followed (a 3xx is the answer) and proxy environment variables are ignored;
-- transport exceptions become a `SendError` with one reason each, translated in one place.
+- Names are resolved by `GuardedResolver`, which judges every address and refuses the name
+  whole if any is forbidden; aiohttp then connects only to the addresses it returned, so there is
+  no window for DNS rebinding. TLS still verifies the host name.
+- The body is read raw and counted; content encodings are decoded here, in bounded steps, so a
+  gzip bomb stops at the cap with memory to match. Unknown encodings are refused.
+- Redirects are never followed here; proxy environment variables are ignored.
 """
 
 from __future__ import annotations
 
-import asyncio
+import ipaddress
 import logging
+import socket
 import ssl
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import aiohttp
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from httpx_aiohttp import AiohttpTransport
 
-from sidecar.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
+from sidecar.destinations import EgressPolicy
+from sidecar.model.exchange import HttpResponse, OutboundRequest, SendError
 from sidecar.model.outcome import Reason
 
-DEFAULT_MAX_CONNECTIONS = 256
+ConnectorFactory = Callable[[AbstractResolver], aiohttp.TCPConnector]
+ACCEPTED_ENCODINGS = "gzip, deflate"
 
 
-class Egress:
-    """The shared outbound HTTP client. Create once per process; `aclose` on shutdown.
+class DestinationBlockedError(Exception):
+    """Raised by the resolver: the name resolves to a forbidden address. Never an OSError, so
+    aiohttp does not mistake it for a DNS failure."""
 
-    >>> egress = Egress()                                                      # doctest: +SKIP
-    >>> response = await egress.send(request, SendOptions(5.0, 1 << 20))       # doctest: +SKIP
-    """
+
+class GuardedResolver(AbstractResolver):
+    """Resolves with the system resolver, then judges every address before aiohttp connects."""
+
+    def __init__(self, policy: EgressPolicy, inner: AbstractResolver | None = None) -> None:
+        self._policy = policy
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        listed = self._policy.host_is_listed(host)
+        for result in results:
+            address = ipaddress.ip_address(result["host"].split("%", 1)[0])
+            verdict = self._policy.judge_address(address, host_listed=listed)
+            if not verdict.allowed:
+                raise DestinationBlockedError(f"{host!r} resolves to {verdict.reason}")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class Transport:
+    """The process-wide pooled client. Create once; `aclose` on shutdown."""
 
     def __init__(
         self,
+        policy: EgressPolicy,
         *,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections: int,
         keepalive_seconds: float = 30.0,
         tls: ssl.SSLContext | None = None,
+        resolver: AbstractResolver | None = None,
+        connector_factory: ConnectorFactory | None = None,
     ) -> None:
         # httpx logs every request URL at INFO; a URL may carry an API key in its query.
         logging.getLogger("httpx").setLevel(logging.WARNING)
-        self._tls = tls or ssl.create_default_context()
-        self._max_connections = max_connections
-        self._keepalive_seconds = keepalive_seconds
-        transport = AiohttpTransport(client=self._new_session)
+        self._resolver = GuardedResolver(policy, resolver)
+        tls_context = tls or ssl.create_default_context()
+        self._connector_factory = connector_factory or (
+            lambda guarded: aiohttp.TCPConnector(
+                limit=max_connections,
+                keepalive_timeout=keepalive_seconds,
+                ssl=tls_context,
+                resolver=guarded,
+            )
+        )
         self._client = httpx.AsyncClient(
-            transport=transport,
+            transport=AiohttpTransport(client=self._new_session),
             follow_redirects=False,
             trust_env=False,
-            timeout=None,  # noqa: S113 (send() enforces a total budget with asyncio.timeout)
+            timeout=None,  # noqa: S113 (the egress enforces a total budget with asyncio.timeout)
         )
 
     def _new_session(self) -> aiohttp.ClientSession:
         """Built lazily by the transport, inside the running event loop, as aiohttp requires."""
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections,
-            keepalive_timeout=self._keepalive_seconds,
-            ssl=self._tls,
+        return aiohttp.ClientSession(
+            connector=self._connector_factory(self._resolver),
+            trust_env=False,
+            auto_decompress=False,
         )
-        return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False)
 
-    async def send(self, request: OutboundRequest, options: SendOptions) -> HttpResponse:
-        """Send one request; the response with its body, or SendError with a reason."""
+    async def attempt(self, request: OutboundRequest, cap: int) -> HttpResponse:
+        """One exchange; SendError with a reason on any failure. Budget enforced by the caller."""
         try:
-            async with asyncio.timeout(options.timeout_seconds):
-                return await self._exchange(request, options.max_response_bytes)
-        except TimeoutError as exc:
-            raise SendError(
-                Reason.TIMEOUT, f"no complete response within {options.timeout_seconds:g}s"
-            ) from exc
+            return await self._exchange(request, cap)
+        except DestinationBlockedError as exc:
+            raise SendError(Reason.BLOCKED_DESTINATION, str(exc)) from exc
         except httpx.HTTPError as exc:
-            raise _failure_of(exc) from exc
+            raise failure_of(exc) from exc
 
     async def _exchange(self, request: OutboundRequest, cap: int) -> HttpResponse:
+        headers = [*request.headers, ("Accept-Encoding", ACCEPTED_ENCODINGS)]
         outgoing = self._client.build_request(
-            request.method, request.url, headers=list(request.headers), content=request.body
+            request.method, request.url, headers=headers, content=request.body
         )
         response = await self._client.send(outgoing, stream=True)
         try:
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > cap:
-                raise SendError(Reason.RESPONSE_TOO_LARGE, _too_large(cap, declared=True))
+                raise SendError(Reason.RESPONSE_TOO_LARGE, _too_large(cap))
+            decoder = _decoder(response.headers.get("content-encoding", ""))
             body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > cap:
-                    raise SendError(Reason.RESPONSE_TOO_LARGE, _too_large(cap, declared=False))
+            received = 0
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+                if received > cap:
+                    raise SendError(Reason.RESPONSE_TOO_LARGE, _too_large(cap))
+                body += decoder.decode(chunk, cap + 1 - len(body))
+                if len(body) > cap or decoder.pending:
+                    raise SendError(Reason.RESPONSE_TOO_LARGE, _too_large(cap, decoded=True))
+            body += decoder.finish(cap + 1 - len(body))
+            if len(body) > cap:
+                raise SendError(Reason.RESPONSE_TOO_LARGE, _too_large(cap, decoded=True))
         finally:
             await response.aclose()
-        headers: dict[str, str] = {}
+        names: dict[str, str] = {}
         for name, value in response.headers.multi_items():
             key = name.lower()
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        return HttpResponse(response.status_code, headers, bytes(body))
+            names[key] = f"{names[key]}, {value}" if key in names else value
+        return HttpResponse(response.status_code, names, bytes(body))
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
         await self._client.aclose()
 
 
-def _too_large(cap: int, *, declared: bool) -> str:
-    how = "declares a body" if declared else "sent more"
-    return f"the response {how} than the connector's limit of {cap} bytes"
+class _Decoder:
+    """Incremental content decoding with a bound on the output of each step."""
+
+    def __init__(self, decompressor: Any | None) -> None:
+        self._decompressor = decompressor
+
+    @property
+    def pending(self) -> bool:
+        """Input left over because the output bound was reached: the body is over the cap."""
+        return bool(self._decompressor is not None and self._decompressor.unconsumed_tail)
+
+    def decode(self, chunk: bytes, limit: int) -> bytes:
+        if self._decompressor is None:
+            return chunk
+        try:
+            return bytes(self._decompressor.decompress(chunk, max(limit, 1)))
+        except zlib.error as exc:
+            raise SendError(Reason.PROTOCOL_ERROR, "the response body is not valid gzip") from exc
+
+    def finish(self, limit: int) -> bytes:
+        if self._decompressor is None:
+            return b""
+        return bytes(self._decompressor.decompress(b"", max(limit, 1)))
 
 
-def _failure_of(exc: httpx.HTTPError) -> SendError:
+def _decoder(encoding: str) -> _Decoder:
+    name = encoding.strip().lower()
+    if name in ("", "identity"):
+        return _Decoder(None)
+    if name in ("gzip", "x-gzip"):
+        return _Decoder(zlib.decompressobj(16 + zlib.MAX_WBITS))
+    if name == "deflate":
+        return _Decoder(zlib.decompressobj())
+    raise SendError(Reason.PROTOCOL_ERROR, f"unsupported content encoding {encoding[:40]!r}")
+
+
+def _too_large(cap: int, *, decoded: bool = False) -> str:
+    what = "decoded body" if decoded else "response body"
+    return f"the {what} is larger than the connector's limit of {cap} bytes"
+
+
+def failure_of(exc: httpx.HTTPError) -> SendError:
     """One reason per transport failure, judged on the underlying aiohttp/OS exception."""
     for cause in _causes(exc):
+        if isinstance(cause, DestinationBlockedError):
+            return SendError(Reason.BLOCKED_DESTINATION, str(cause))
         if isinstance(cause, aiohttp.ClientConnectorDNSError):
             return SendError(Reason.DNS_ERROR, "the upstream host name could not be resolved")
         if isinstance(
@@ -123,15 +203,15 @@ def _failure_of(exc: httpx.HTTPError) -> SendError:
         ):
             return SendError(Reason.TLS_ERROR, "the TLS handshake or certificate check failed")
         if isinstance(cause, aiohttp.ClientConnectorError):
-            return SendError(Reason.CONNECT_ERROR, "the upstream refused the connection")
+            return SendError(
+                Reason.CONNECT_ERROR, "the upstream refused the connection", retryable=True
+            )
         if isinstance(cause, aiohttp.ServerTimeoutError | TimeoutError):
             return SendError(Reason.TIMEOUT, "the upstream did not answer in time")
         if isinstance(cause, aiohttp.ServerDisconnectedError | ConnectionError):
             return SendError(Reason.CONNECT_ERROR, "the upstream closed the connection early")
         if isinstance(cause, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
             return SendError(Reason.PROTOCOL_ERROR, "the upstream sent a malformed response")
-    if isinstance(exc, httpx.DecodingError):
-        return SendError(Reason.PROTOCOL_ERROR, "the response body could not be decoded")
     if isinstance(exc, httpx.TimeoutException):
         return SendError(Reason.TIMEOUT, "the upstream did not answer in time")
     return SendError(Reason.CONNECT_ERROR, f"the exchange failed ({type(exc).__name__})")

@@ -232,6 +232,17 @@ SecretName = Annotated[
         )
     ),
 ]
+HostPattern = Annotated[
+    str,
+    AfterValidator(
+        _pattern_check(
+            r"(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+            r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*",
+            "must be a host name such as api.example.com or *.example.com (no scheme, port or "
+            "path)",
+        )
+    ),
+]
 PlainHeaderName = Annotated[str, AfterValidator(_check_plain_header_name)]
 QueryName = Annotated[str, AfterValidator(_check_query_name)]
 HeaderTemplate = Annotated[str, AfterValidator(_check_header_value)]
@@ -311,10 +322,24 @@ class Connector(FrozenModel):
     max_response_bytes: Annotated[int, Field(ge=1, le=MAX_RESPONSE_BYTES_LIMIT)] = (
         DEFAULT_MAX_RESPONSE_BYTES
     )
+    allowed_hosts: Annotated[tuple[HostPattern, ...], Field(max_length=32)] = ()
+    follow_redirects: bool = False
+    idempotency_key_header: str = ""
+    disable_trace_propagation: bool = False
     # Output-only fields, set by the registry.
     version: Annotated[int, Field(ge=0)] = 0
     update_time: datetime | None = None
     source: ConnectorSource = ConnectorSource.API
+
+    @model_validator(mode="after")
+    def _idempotency_header_is_sent(self) -> Self:
+        wanted = self.idempotency_key_header.lower()
+        if wanted and wanted not in {name.lower() for name in self.headers}:
+            raise ValueError(
+                f"idempotency_key_header {self.idempotency_key_header!r} must name one of "
+                "`headers` (e.g. Idempotency-Key: '{{conversation_id}}')"
+            )
+        return self
 
     def secret_names(self) -> tuple[str, ...]:
         """Every secret this connector refers to."""

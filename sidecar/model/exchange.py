@@ -25,10 +25,18 @@ class OutboundRequest:
 
 @dataclass(frozen=True, slots=True)
 class SendOptions:
-    """Per-connector limits of one exchange."""
+    """What the egress needs to know about one exchange, beyond the request itself."""
 
     timeout_seconds: float
     max_response_bytes: int
+    # Hosts this exchange may reach (the connector's URL host and its allowed_hosts).
+    allowed_hosts: tuple[str, ...] = ()
+    follow_redirects: bool = False
+    # Retry on 502/503/504/429: idempotent methods, or POST/PATCH with an idempotency key.
+    retry_on_status: bool = False
+    # Lower-cased names of headers carrying credentials: dropped when a redirect leaves the
+    # origin.
+    credential_headers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +55,16 @@ class SendError(Exception):
     The message is safe to return to callers: it never holds a secret or a request header.
     """
 
-    def __init__(self, reason: Reason, message: str, *, attempts: int = 1) -> None:
+    def __init__(
+        self, reason: Reason, message: str, *, attempts: int = 1, retryable: bool = False
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.attempts = attempts
+        # True when no connection was ever established, so trying again cannot repeat a side
+        # effect: safe to retry whatever the method.
+        self.retryable = retryable
 
 
 Send = Callable[[OutboundRequest, SendOptions], Awaitable[HttpResponse]]

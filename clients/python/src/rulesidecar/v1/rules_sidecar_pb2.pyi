@@ -595,6 +595,10 @@ class Connector(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    ALLOWED_HOSTS_FIELD_NUMBER: _builtins.int
+    FOLLOW_REDIRECTS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_HEADER_FIELD_NUMBER: _builtins.int
+    DISABLE_TRACE_PROPAGATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Identifier: a slug of 1-64 characters, lowercase letters, digits, `-` and `_`, starting with a
     letter or digit.
@@ -615,6 +619,18 @@ class Connector(_message.Message):
     """Output only: incremented by every successful registration of this id, starting at 1."""
     source: Global___ConnectorSource.ValueType
     """Output only: where this definition came from."""
+    follow_redirects: _builtins.bool
+    """Follow redirects (at most 3 hops, each judged by the egress policy and `allowed_hosts`;
+    credentials are dropped when the origin changes). Default: a 3xx is the answer.
+    """
+    idempotency_key_header: _builtins.str
+    """Name of a header in `headers` that carries an idempotency key. When set, POST and PATCH
+    requests are retried like idempotent ones (on 502/503/504/429 and connection failures).
+    """
+    disable_trace_propagation: _builtins.bool
+    """Do not send W3C trace context (traceparent, tracestate, baggage) to this API; some
+    third-party APIs reject unknown headers.
+    """
     @_builtins.property
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Header name to value template. Literal credentials are refused: use `auth` with a secret name."""
@@ -643,6 +659,13 @@ class Connector(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only: when this version was registered."""
 
+    @_builtins.property
+    def allowed_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Further hosts this connector may reach, e.g. redirect targets (`*.example.com` wildcards
+        allowed). The URL's own host is always allowed; empty means the URL's host only. The
+        operator's egress policy applies on top: this list can only narrow it.
+        """
+
     def __init__(
         self,
         *,
@@ -660,10 +683,14 @@ class Connector(_message.Message):
         version: _builtins.int = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         source: Global___ConnectorSource.ValueType = ...,
+        allowed_hosts: _abc.Iterable[_builtins.str] | None = ...,
+        follow_redirects: _builtins.bool = ...,
+        idempotency_key_header: _builtins.str = ...,
+        disable_trace_propagation: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "body_template", b"body_template", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "body_template", b"body_template", "display_name", b"display_name", "headers", b"headers", "id", b"id", "max_response_bytes", b"max_response_bytes", "method", b"method", "query", b"query", "source", b"source", "status", b"status", "timeout", b"timeout", "update_time", b"update_time", "url_template", b"url_template", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "auth", b"auth", "body_template", b"body_template", "disable_trace_propagation", b"disable_trace_propagation", "display_name", b"display_name", "follow_redirects", b"follow_redirects", "headers", b"headers", "id", b"id", "idempotency_key_header", b"idempotency_key_header", "max_response_bytes", b"max_response_bytes", "method", b"method", "query", b"query", "source", b"source", "status", b"status", "timeout", b"timeout", "update_time", b"update_time", "url_template", b"url_template", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,269 @@
+"""Where the sidecar may send requests: the egress policy, judged on addresses, not spellings.
+
+Requests carry values typed by anonymous visitors, from a pod that can reach the cloud metadata
+service and the cluster's internal services, so every destination is judged before a socket
+opens:
+
+- a host that is an IP address in any spelling (decimal `2130706433`, octal `0177.0.0.1`, hex
+  `0x7f.1`, short `127.1`, trailing dot, bracketed IPv6, IPv4-mapped ...) is judged as the
+  address it means;
+- a host name is resolved once by the egress; every address it resolves to is judged, a name
+  with any forbidden address is refused whole, and the connection goes to the judged addresses
+  (no DNS-rebinding window);
+- IPv6 forms that embed an IPv4 address (IPv4-mapped and -compatible, 6to4, NAT64, Teredo) are
+  unwrapped and the embedded address is judged too: Python's `ipaddress` calls the NAT64 and 6to4
+  forms of 169.254.169.254 global;
+- forbidden by default: loopback, private (RFC 1918, ULA), link-local, CGNAT, multicast,
+  unspecified, reserved, benchmarking and documentation ranges, and the cloud metadata
+  addresses and names.
+
+An operator allow-list may re-open ranges and names for in-cluster APIs. Loopback, link-local and
+the metadata addresses stay closed unless an allow-list entry names them explicitly (an entry
+that merely contains them, such as `0.0.0.0/0`, does not). http is refused unless the host is in
+the http allow-list.
+
+    >>> policy = EgressPolicy()
+    >>> policy.judge_address(ipaddress.ip_address("169.254.169.254")).allowed
+    False
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_net = ipaddress.ip_network
+
+# Never reachable unless an allow-list entry names them explicitly.
+SENSITIVE: Final[tuple[tuple[IPNetwork, str], ...]] = (
+    (_net("127.0.0.0/8"), "loopback"),
+    (_net("::1/128"), "loopback"),
+    (_net("169.254.0.0/16"), "link-local (cloud metadata lives here)"),
+    (_net("fe80::/10"), "link-local"),
+    (_net("100.100.100.200/32"), "cloud metadata (Alibaba)"),
+    (_net("fd00:ec2::254/128"), "cloud metadata (AWS IPv6)"),
+)
+# Forbidden by default; an allow-list entry that contains them re-opens them.
+FORBIDDEN: Final[tuple[tuple[IPNetwork, str], ...]] = (
+    (_net("0.0.0.0/8"), "unspecified / this network"),
+    (_net("10.0.0.0/8"), "private (RFC 1918)"),
+    (_net("100.64.0.0/10"), "carrier-grade NAT"),
+    (_net("172.16.0.0/12"), "private (RFC 1918)"),
+    (_net("192.0.0.0/24"), "IETF protocol assignments"),
+    (_net("192.0.2.0/24"), "documentation"),
+    (_net("192.88.99.0/24"), "6to4 relay anycast"),
+    (_net("192.168.0.0/16"), "private (RFC 1918)"),
+    (_net("198.18.0.0/15"), "benchmarking"),
+    (_net("198.51.100.0/24"), "documentation"),
+    (_net("203.0.113.0/24"), "documentation"),
+    (_net("224.0.0.0/4"), "multicast"),
+    (_net("240.0.0.0/4"), "reserved"),
+    (_net("255.255.255.255/32"), "broadcast"),
+    (_net("::/128"), "unspecified"),
+    (_net("100::/64"), "discard-only"),
+    (_net("2001:db8::/32"), "documentation"),
+    (_net("3fff::/20"), "documentation"),
+    (_net("fc00::/7"), "unique local (private)"),
+    (_net("fec0::/10"), "site-local (deprecated private)"),
+    (_net("ff00::/8"), "multicast"),
+    (_net("2001::/23"), "IETF protocol assignments"),
+)
+METADATA_NAMES: Final = frozenset(
+    {
+        "metadata",
+        "metadata.google.internal",
+        "metadata.goog",
+        "metadata.azure.com",
+        "instance-data",
+        "instance-data.ec2.internal",
+        "metadata.packet.net",
+        "metadata.platformequinix.com",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+    }
+)
+_NAT64: Final = (_net("64:ff9b::/96"), _net("64:ff9b:1::/48"))
+_SIXTOFOUR: Final = _net("2002::/16")
+_TEREDO: Final = _net("2001::/32")
+_IPV4_COMPATIBLE: Final = _net("::/96")
+_IPV4_PART = re.compile(r"(0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*)")
+_HOST_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether a destination may be reached, and if not, why (safe to show to callers)."""
+
+    allowed: bool
+    reason: str = ""
+
+
+ALLOWED: Final = Verdict(True)
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    """The operator's egress rules. The defaults reach only public addresses over https.
+
+    >>> EgressPolicy(allow_cidrs=("10.20.0.0/16",), allow_http_hosts=("orders.internal",))
+    ... # doctest: +ELLIPSIS
+    EgressPolicy(...)
+    """
+
+    allow_cidrs: tuple[str, ...] = ()
+    allow_hosts: tuple[str, ...] = ()
+    allow_http_hosts: tuple[str, ...] = ()
+    networks: tuple[IPNetwork, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        networks = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in self.allow_cidrs)
+        object.__setattr__(self, "networks", networks)
+
+    def judge_scheme(self, scheme: str, host: str) -> Verdict:
+        """https always; http only for hosts the operator listed."""
+        if scheme == "https":
+            return ALLOWED
+        if scheme == "http" and _canonical_name(host) in _names(self.allow_http_hosts):
+            return ALLOWED
+        return Verdict(False, f"scheme {scheme!r} is not allowed for {host!r}; use https")
+
+    def judge_host(self, host: str) -> tuple[Verdict, IPAddress | None]:
+        """Judge a URL host before any lookup: an address literal is judged as the address.
+
+        Returns the verdict and, when the host is an address literal, that address (which the
+        egress must then connect to as-is, without resolving).
+        """
+        name = _canonical_name(host)
+        if not name:
+            return Verdict(False, "the URL has no host"), None
+        address = parse_address(name)
+        if address is not None:
+            return self.judge_address(address), address
+        listed = name in _names(self.allow_hosts)
+        metadata = name in METADATA_NAMES or (name.endswith(".internal") and "metadata" in name)
+        if metadata and not listed:
+            return Verdict(False, f"{host!r} is a cloud metadata name"), None
+        if (name == "localhost" or name.endswith(".localhost")) and not listed:
+            return Verdict(False, f"{host!r} is loopback"), None
+        if not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+            return Verdict(False, f"{host!r} is not a valid host name"), None
+        return ALLOWED, None
+
+    def host_is_listed(self, host: str) -> bool:
+        """True when the operator named this host in the allow-list (re-opens its addresses)."""
+        return _canonical_name(host) in _names(self.allow_hosts)
+
+    def judge_address(self, address: IPAddress, *, host_listed: bool = False) -> Verdict:
+        """Judge one address, and every IPv4 address embedded in it.
+
+        `host_listed` is True when the address came from resolving a host name the operator put
+        in `allow_hosts`: that re-opens every range, the sensitive ones included.
+        """
+        for candidate in (*embedded_ipv4(address), address):
+            verdict = self._judge_one(candidate, host_listed=host_listed)
+            if not verdict.allowed:
+                if candidate is not address:
+                    return Verdict(False, f"{address} embeds {candidate}: {verdict.reason}")
+                return verdict
+        return ALLOWED
+
+    def _judge_one(self, address: IPAddress, *, host_listed: bool) -> Verdict:
+        if host_listed:
+            return ALLOWED
+        for network, label in SENSITIVE:
+            if address in network:
+                if any(
+                    address in allowed and allowed.prefixlen >= network.prefixlen
+                    for allowed in self.networks
+                    if allowed.version == address.version
+                ):
+                    return ALLOWED
+                return Verdict(False, f"{address} is {label}")
+        explicitly_allowed = any(
+            address in allowed for allowed in self.networks if allowed.version == address.version
+        )
+        for network, label in FORBIDDEN:
+            if address in network and not explicitly_allowed:
+                return Verdict(False, f"{address} is {label}")
+        if not explicitly_allowed and (address.is_reserved or address.is_multicast):
+            return Verdict(False, f"{address} is reserved")
+        return ALLOWED
+
+
+def parse_address(host: str) -> IPAddress | None:
+    """The address a host spelling means, in every form a resolver would accept; else None.
+
+    IPv4 accepts what inet_aton does: 1 to 4 parts, each decimal, octal (leading 0) or hex
+    (0x), the last part filling the remaining bytes (`127.1`, `2130706433`, `0x7f000001`).
+    """
+    text = host.strip("[]")
+    if ":" in text:
+        try:
+            return ipaddress.IPv6Address(text.split("%", 1)[0])
+        except ValueError:
+            return None
+    parts = text.split(".")
+    if not 1 <= len(parts) <= 4 or not all(_IPV4_PART.fullmatch(part) for part in parts):
+        return None
+    numbers = [_ipv4_number(part) for part in parts]
+    *leading, last = numbers
+    if any(number > 255 for number in leading) or last >= 256 ** (5 - len(numbers)):
+        return None
+    value = last
+    for index, number in enumerate(leading):
+        value += number << (8 * (3 - index))
+    return ipaddress.IPv4Address(value)
+
+
+def _ipv4_number(part: str) -> int:
+    """One inet_aton part: hex with 0x, octal with a leading 0, decimal otherwise."""
+    if part[:2].lower() == "0x":
+        return int(part[2:] or "0", 16)
+    if len(part) > 1 and part[0] == "0":
+        return int(part, 8)
+    return int(part)
+
+
+def embedded_ipv4(address: IPAddress) -> tuple[ipaddress.IPv4Address, ...]:
+    """IPv4 addresses carried inside an IPv6 address (mapped, compatible, 6to4, NAT64, Teredo)."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return ()
+    found: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address in _IPV4_COMPATIBLE and int(address) > 1:
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address in _SIXTOFOUR:
+        found.append(ipaddress.IPv4Address((int(address) >> 80) & 0xFFFFFFFF))
+    if any(address in prefix for prefix in _NAT64):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address in _TEREDO:
+        found.append(ipaddress.IPv4Address(~int(address) & 0xFFFFFFFF))
+        found.append(ipaddress.IPv4Address((int(address) >> 64) & 0xFFFFFFFF))
+    return tuple(found)
+
+
+def host_matches(host: str, patterns: Iterable[str]) -> bool:
+    """True when host equals a pattern or matches a `*.example.com` wildcard (1+ labels)."""
+    name = _canonical_name(host)
+    for pattern in patterns:
+        wanted = _canonical_name(pattern)
+        if wanted.startswith("*.") and name.endswith(wanted[1:]) and len(name) > len(wanted) - 1:
+            return True
+        if name == wanted:
+            return True
+    return False
+
+
+def _canonical_name(host: str) -> str:
+    return host.strip().strip("[]").rstrip(".").lower()
+
+
+def _names(hosts: Iterable[str]) -> frozenset[str]:
+    return frozenset(_canonical_name(host) for host in hosts)
