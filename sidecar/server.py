@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
+from sidecar.access import TokenFile, TokenInterceptor
 from sidecar.egress import Egress, EgressLimits, EgressPolicy
 from sidecar.engine import Engine
 from sidecar.errors import ConfigError
@@ -132,8 +133,19 @@ class SidecarServer:
 def create_server(settings: Settings) -> SidecarServer:
     """Wire the server and bind its ports (TCP, and the unix socket if configured)."""
     message_limit = settings.max_message_bytes
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if settings.admin_token_file or settings.evaluation_token_file:
+        interceptors.append(
+            TokenInterceptor(
+                admin=TokenFile(settings.admin_token_file) if settings.admin_token_file else None,
+                evaluation=TokenFile(settings.evaluation_token_file)
+                if settings.evaluation_token_file
+                else None,
+            )
+        )
+    interceptors.append(ErrorMappingInterceptor())
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
@@ -151,10 +163,11 @@ def create_server(settings: Settings) -> SidecarServer:
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = _bind(server, settings.listen_address)
+    credentials = _server_credentials(settings)
+    port = _bind(server, settings.listen_address, credentials)
     if settings.unix_socket is not None:
         _remove_stale_socket(settings.unix_socket)
-        _bind(server, f"unix:{settings.unix_socket}")
+        _bind(server, f"unix:{settings.unix_socket}", credentials)
     return SidecarServer(settings, server, port, health_servicer, servicer, build_egress(settings))
 
 
@@ -204,9 +217,31 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
-def _bind(server: grpc.aio.Server, address: str) -> int:
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (and mTLS with a client CA) when a certificate is configured."""
+    if settings.tls_cert_file is None and settings.tls_key_file is None:
+        return None
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        raise ConfigError("tls_cert_file and tls_key_file must be set together")
     try:
-        port = server.add_insecure_port(address)
+        chain = settings.tls_cert_file.read_bytes()
+        key = settings.tls_key_file.read_bytes()
+        client_ca = (
+            settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot read a TLS file: {exc}") from exc
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise ConfigError(f"cannot listen on {address}: {exc}") from exc
     if port == 0:

@@ -87,6 +87,24 @@ class Settings(BaseSettings):
     store_busy_timeout_seconds: float = Field(
         5.0, gt=0, description="How long a store write waits for a lock held by another process."
     )
+    admin_token_file: Path | None = Field(
+        None,
+        description="File holding the bearer token required for RegisterConnector and "
+        "DeleteConnector. With any token file set, every call but health and reflection needs "
+        "a token.",
+    )
+    evaluation_token_file: Path | None = Field(
+        None,
+        description="File holding the bearer token for EvaluateNode, ExtractVariables, "
+        "GetConnector and ListConnectors (the admin token works too).",
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="Serve TLS with this PEM certificate chain (with tls_key_file)."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key for tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="Require client certificates signed by this PEM CA bundle (mTLS)."
+    )
     egress_allow_cidrs: list[str] = Field(
         default_factory=list,
         description="Address ranges the sidecar may reach although they are private (RFC 1918, "

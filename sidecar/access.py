@@ -1,0 +1,113 @@
+"""Who may call: bearer tokens for shared (standalone) deployments.
+
+A pod sidecar listens on loopback and answers only inside its pod; a sidecar shared by several
+backends can require tokens, read from files (a mounted Kubernetes Secret; re-read when they
+change, so rotation needs no restart):
+
+    RPC                                        accepted tokens
+    RegisterConnector, DeleteConnector         admin (an admin can point a connector anywhere)
+    EvaluateNode, ExtractVariables,            evaluation or admin
+    GetConnector, ListConnectors
+    grpc.health.v1.Health, reflection          none (probes and tooling)
+
+No token or an unknown one answers UNAUTHENTICATED; an evaluation token on an admin RPC answers
+PERMISSION_DENIED. Tokens are compared in constant time (`hmac.compare_digest`) and never logged.
+When only an evaluation token is configured, the registry cannot be changed through the API at
+all (connectors then come from the connectors file).
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from sidecar.errors import ConfigError
+
+ADMIN_METHODS = frozenset({"RegisterConnector", "DeleteConnector"})
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class Role(enum.Enum):
+    """What a token allows."""
+
+    ADMIN = "admin"
+    EVALUATION = "evaluation"
+
+
+class TokenFile:
+    """A token read from a file, re-read when the file changes (one stat per check)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._token = b""
+        self.current()  # fail at startup, not on the first call
+
+    def current(self) -> bytes:
+        """The token's bytes (surrounding whitespace stripped)."""
+        try:
+            info = os.stat(self._path)
+        except OSError as exc:
+            raise ConfigError(f"cannot read token file {self._path}: {exc.strerror}") from exc
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if stamp != self._stamp:
+            token = self._path.read_bytes().strip()
+            if len(token) < 16:
+                raise ConfigError(f"token file {self._path} holds fewer than 16 characters")
+            self._token, self._stamp = token, stamp
+        return self._token
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Checks `authorization: Bearer <token>` metadata before any handler runs."""
+
+    def __init__(self, *, admin: TokenFile | None, evaluation: TokenFile | None) -> None:
+        self._tokens = {Role.ADMIN: admin, Role.EVALUATION: evaluation}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        if method.startswith(OPEN_SERVICES):
+            return await continuation(handler_call_details)
+        role = self._role_of(_bearer(handler_call_details.invocation_metadata))
+        if role is None:
+            return _refusal(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
+        if method.rsplit("/", 1)[-1] in ADMIN_METHODS and role is not Role.ADMIN:
+            return _refusal(grpc.StatusCode.PERMISSION_DENIED, "this call needs the admin token")
+        return await continuation(handler_call_details)
+
+    def _role_of(self, presented: bytes | None) -> Role | None:
+        if presented is None:
+            return None
+        found = None
+        for role, token_file in self._tokens.items():
+            # Compare against every configured token, always: no early exit to time.
+            if token_file is not None and hmac.compare_digest(presented, token_file.current()):
+                found = found or role
+        return found
+
+
+def _bearer(metadata: Any) -> bytes | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip().encode()
+    return None
+
+
+def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(refuse)
