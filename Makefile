@@ -4,7 +4,7 @@ SHELL := bash
 VENV := .venv/bin
 BUF := proto/node_modules/.bin/buf
 
-.PHONY: help run test setup lint typecheck proto-lint generate check-generated pytest
+.PHONY: bench help run test setup lint typecheck proto-lint generate check-generated pytest
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ generate: ## regenerate all generated code from proto/
 
 check-generated: ## fail if generated code is stale
 	scripts/check-generated
+
+bench: ## the benchmark: sidecar vs direct baseline (ARGS=--quick for a short run)
+	scripts/bench $(ARGS)
 
 pytest: ## the test suites
 	$(VENV)/pytest
