@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sidecar.errors import ConfigError, SidecarError
+from sidecar.logs import configure_logging
 from sidecar.registry import load_connectors_file
 from sidecar.server import serve
 from sidecar.settings import Settings
@@ -41,16 +41,13 @@ def _serve(arguments: argparse.Namespace) -> int:
             "connectors_file": arguments.connectors_file,
             "secrets_dir": arguments.secrets_dir,
             "log_level": arguments.log_level,
+            "log_format": arguments.log_format,
         }.items()
         if value is not None
     }
     try:
         settings = Settings.load(config_file=arguments.config, overrides=overrides)
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+        configure_logging(settings.log_level, settings.log_format)
         return asyncio.run(serve(settings))
     except SidecarError as error:
         _report(error)
@@ -99,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--secrets-dir", type=Path, help="directory with one file per secret")
     run.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    run.add_argument("--log-format", help="json (default: one JSON object per line) or text")
     run.set_defaults(command=_serve)
 
     check = commands.add_parser(

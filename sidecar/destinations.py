@@ -41,14 +41,20 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _net = ipaddress.ip_network
 
 # Never reachable unless an allow-list entry names them explicitly.
-SENSITIVE: Final[tuple[tuple[IPNetwork, str], ...]] = (
+_SENSITIVE_RANGES: Final[tuple[tuple[IPNetwork, str], ...]] = (
     (_net("127.0.0.0/8"), "loopback"),
     (_net("::1/128"), "loopback"),
     (_net("169.254.0.0/16"), "link-local (cloud metadata lives here)"),
     (_net("fe80::/10"), "link-local"),
+    (_net("169.254.169.254/32"), "cloud metadata"),
+    (_net("169.254.170.2/32"), "cloud metadata (AWS ECS task credentials)"),
     (_net("100.100.100.200/32"), "cloud metadata (Alibaba)"),
+    (_net("fd20:ce::254/128"), "cloud metadata (GCP IPv6)"),
     (_net("fd00:ec2::254/128"), "cloud metadata (AWS IPv6)"),
 )
+# Most specific first: 169.254.169.254 is judged as metadata (re-opened only by an entry naming
+# it), never merely as link-local (which an allowed 169.254.0.0/16 would re-open).
+SENSITIVE: Final = tuple(sorted(_SENSITIVE_RANGES, key=lambda item: -item[0].prefixlen))
 # Forbidden by default; an allow-list entry that contains them re-opens them.
 FORBIDDEN: Final[tuple[tuple[IPNetwork, str], ...]] = (
     (_net("0.0.0.0/8"), "unspecified / this network"),
@@ -84,8 +90,10 @@ METADATA_NAMES: Final = frozenset(
         "instance-data.ec2.internal",
         "metadata.packet.net",
         "metadata.platformequinix.com",
+        "kubernetes",
         "kubernetes.default",
         "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
     }
 )
 _NAT64: Final = (_net("64:ff9b::/96"), _net("64:ff9b:1::/48"))

@@ -89,8 +89,17 @@ def compile_extractions(
     """Compile every extraction, or raise InvalidArgumentError naming every bad field at once."""
     violations: list[FieldViolation] = []
     compiled: list[_CompiledExtraction] = []
+    first_index: dict[str, int] = {}
     for index, extraction in enumerate(extractions):
         field = f"{field_prefix}[{index}]"
+        earlier = first_index.setdefault(extraction.variable, index)
+        if earlier != index:
+            violations.append(
+                FieldViolation(
+                    f"{field}.variable",
+                    f"{extraction.variable!r} is already extracted by extraction {earlier}",
+                )
+            )
         try:
             query = compile_query(extraction.path)
         except ValueError as exc:

@@ -1,8 +1,11 @@
-"""Server interceptors: the one place where errors become gRPC statuses.
+"""Server interceptors: the one place where errors become gRPC statuses, and the SERVER span.
 
 A SidecarError becomes the status of `wire.STATUS_BY_ERROR_CODE` (INVALID_ARGUMENT with its
 google.rpc.BadRequest). Anything else is a bug: it is logged with its traceback and the caller gets
 INTERNAL with a generic message, never the exception's text (which may carry internal detail).
+
+`TracingInterceptor` goes first (outermost), so its span also sees the status of calls refused by
+the token check or mapped here; it is installed only when traces are exported.
 """
 
 from __future__ import annotations
@@ -13,9 +16,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, StatusCode
 
 from sidecar import wire
 from sidecar.errors import SidecarError
+from sidecar.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +63,74 @@ def _guard(inner: Handler, method: str) -> Handler:
             await context.abort(grpc.StatusCode.INTERNAL, GENERIC_INTERNAL_MESSAGE)
 
     return guarded
+
+
+# Kubernetes probes and tools: not worth a trace each.
+UNTRACED_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Codes that are the server's fault (RPC conventions); the others leave the span status unset.
+SERVER_ERROR_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """One SERVER span per unary call, child of the caller's W3C trace context (metadata)."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._tracer = telemetry.tracer
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or handler.unary_unary is None or method.startswith(UNTRACED_SERVICES):
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            self._traced(handler.unary_unary, method, handler_call_details.invocation_metadata),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _traced(self, inner: Handler, method: str, metadata: Any) -> Handler:
+        service, _, name = method.lstrip("/").rpartition("/")
+        tracer = self._tracer
+
+        async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            carrier = {key: value for key, value in metadata or () if isinstance(value, str)}
+            span = tracer.start_span(
+                f"{service}/{name}",
+                context=propagate.extract(carrier),
+                kind=SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            )
+            token = otel_context.attach(trace.set_span_in_context(span))
+            code = grpc.StatusCode.UNKNOWN  # what grpc answers for an exception nobody mapped
+            try:
+                response = await inner(request, context)
+                code = context.code() or grpc.StatusCode.OK
+                return response
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                if span.is_recording():
+                    span.set_attribute("rpc.grpc.status_code", code.value[0])
+                    if code in SERVER_ERROR_CODES:
+                        span.set_status(StatusCode.ERROR, code.name)
+                otel_context.detach(token)
+                span.end()
+
+        return traced

@@ -241,6 +241,7 @@ class ConnectorsFileWatcher:
 
     def _install(self, loaded: Iterable[Connector], *, counted: bool) -> None:
         connectors, changes = reconcile(self._current, loaded, self._retired)
+        counted = counted or bool(changes)
         was_valid = self._state.valid
         if changes:
             self._registry.replace_file_connectors(connectors)
@@ -251,7 +252,7 @@ class ConnectorsFileWatcher:
             self._state,
             valid=True,
             connectors=len(connectors),
-            last_good_load=_now() if counted or changes else self._state.last_good_load,
+            last_good_load=_now() if counted else self._state.last_good_load,
             reloads=self._state.reloads + (1 if counted else 0),
         )
         if changes:

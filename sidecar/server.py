@@ -28,12 +28,13 @@ from sidecar.access import TokenFile, TokenInterceptor
 from sidecar.egress import Egress, EgressLimits, EgressPolicy
 from sidecar.engine import Engine
 from sidecar.errors import ConfigError
-from sidecar.interceptors import ErrorMappingInterceptor
+from sidecar.interceptors import ErrorMappingInterceptor, TracingInterceptor
 from sidecar.registry import ConnectorStore, Registry, load_connectors_file
 from sidecar.reload import ConnectorsFileWatcher, ReloadState
 from sidecar.secrets import SecretBindings, SecretStore
 from sidecar.servicer import SERVICE_NAME, RulesSidecarServicer
 from sidecar.settings import Settings
+from sidecar.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,12 @@ class SidecarServer:
     egress: Egress
     registry: Registry | None = field(default=None)
     connectors_watcher: ConnectorsFileWatcher | None = field(default=None)
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     async def start(self) -> None:
         """Start answering; health says NOT_SERVING until `load` has finished."""
         await self._set_health(NOT_SERVING)
+        self.telemetry.start()
         await self.server.start()
 
     async def load(self) -> None:
@@ -120,6 +123,7 @@ class SidecarServer:
         if self.registry is not None:
             await asyncio.to_thread(self.registry.close)
             self.registry = None
+        await asyncio.to_thread(self.telemetry.shutdown)  # flushes the last spans and metrics
 
     async def _report_connectors_file(self, state: ReloadState) -> None:
         status = SERVING if state.valid else NOT_SERVING
@@ -130,10 +134,13 @@ class SidecarServer:
             await self.health.set(service, status)
 
 
-def create_server(settings: Settings) -> SidecarServer:
+def create_server(settings: Settings, *, telemetry: Telemetry | None = None) -> SidecarServer:
     """Wire the server and bind its ports (TCP, and the unix socket if configured)."""
     message_limit = settings.max_message_bytes
+    telemetry = telemetry or Telemetry.from_settings(settings)
     interceptors: list[grpc.aio.ServerInterceptor] = []
+    if telemetry.tracing:  # first, so its span sees every call's final status
+        interceptors.append(TracingInterceptor(telemetry))
     if settings.admin_token_file or settings.evaluation_token_file:
         interceptors.append(
             TokenInterceptor(
@@ -156,6 +163,7 @@ def create_server(settings: Settings) -> SidecarServer:
     servicer = RulesSidecarServicer(
         max_concurrent_evaluations=settings.max_concurrent_evaluations,
         bindings=SecretBindings(settings.secret_hosts),
+        telemetry=telemetry,
     )
     pb_grpc.add_RulesSidecarServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -168,10 +176,16 @@ def create_server(settings: Settings) -> SidecarServer:
     if settings.unix_socket is not None:
         _remove_stale_socket(settings.unix_socket)
         _bind(server, f"unix:{settings.unix_socket}", credentials)
-    return SidecarServer(settings, server, port, health_servicer, servicer, build_egress(settings))
+    egress = build_egress(settings, telemetry)
+    telemetry.watch(
+        in_flight=lambda: servicer.evaluations_in_flight, breakers=egress.breaker_states
+    )
+    return SidecarServer(
+        settings, server, port, health_servicer, servicer, egress, telemetry=telemetry
+    )
 
 
-def build_egress(settings: Settings) -> Egress:
+def build_egress(settings: Settings, telemetry: Telemetry | None = None) -> Egress:
     """The egress with the operator's policy and limits."""
     try:
         policy = EgressPolicy(
@@ -188,7 +202,7 @@ def build_egress(settings: Settings) -> Egress:
         breaker_failure_threshold=settings.breaker_failure_threshold,
         breaker_cooldown_seconds=settings.breaker_cooldown_seconds,
     )
-    return Egress(policy, limits)
+    return Egress(policy, limits, telemetry=telemetry)
 
 
 async def serve(settings: Settings) -> int:

@@ -22,6 +22,7 @@ from sidecar.extraction import compile_extractions, required_failures
 from sidecar.model.node import MAX_EXTRACTIONS
 from sidecar.registry import Registry
 from sidecar.secrets import SecretBindings
+from sidecar.telemetry import Telemetry
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RulesSidecarService"].full_name
 
@@ -30,8 +31,13 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
     """Implements rulesidecar.v1.RulesSidecarService."""
 
     def __init__(
-        self, *, max_concurrent_evaluations: int = 512, bindings: SecretBindings | None = None
+        self,
+        *,
+        max_concurrent_evaluations: int = 512,
+        bindings: SecretBindings | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self._telemetry = telemetry or Telemetry()
         self._registry: Registry | None = None
         self._engine: Engine | None = None
         self._nodes = CompiledNodeCache()
@@ -43,6 +49,11 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         """Start answering (until then every call answers UNAVAILABLE)."""
         self._registry = registry
         self._engine = engine
+
+    @property
+    def evaluations_in_flight(self) -> int:
+        """EvaluateNode calls being evaluated now (a metric)."""
+        return self._evaluations_in_flight
 
     @property
     def registry(self) -> Registry:
@@ -126,13 +137,16 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
             )
         self._evaluations_in_flight += 1
         try:
-            outcome = await self.engine.evaluate(
-                compiled,
-                variables,
-                explain=request.explain,
-                allow_draft=request.mode == pb.EVALUATION_MODE_TEST,
-                time_remaining=context.time_remaining(),
-            )
+            # The INTERNAL span, the evaluations counter and the evaluation's log line.
+            with self._telemetry.evaluation(compiled.node) as evaluation:
+                outcome = await self.engine.evaluate(
+                    compiled,
+                    variables,
+                    explain=request.explain,
+                    allow_draft=request.mode == pb.EVALUATION_MODE_TEST,
+                    time_remaining=context.time_remaining(),
+                )
+                evaluation.record(outcome)
         finally:
             self._evaluations_in_flight -= 1
         return wire.outcome_to_proto(outcome)
@@ -150,7 +164,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
             document = wire.value_from_proto(request.json, "json")
         else:
             try:
-                document = json.loads(request.raw_json)
+                document = json.loads(request.raw_json, parse_constant=_not_json)
             except (ValueError, RecursionError) as exc:
                 raise InvalidArgumentError(
                     [FieldViolation("raw_json", f"not valid UTF-8 JSON: {exc}")]
@@ -160,7 +174,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
             extractions=wire.extraction_results_to_proto(results),
             complete=not required_failures(results),
         )
-        response.variables.update(variables)
+        response.variables.CopyFrom(wire.struct_of(variables))
         return response
 
 
@@ -212,3 +226,8 @@ def _under_node(field: str) -> str:
 def _require_id(connector_id: str) -> None:
     if not connector_id:
         raise InvalidArgumentError([FieldViolation("id", "required")])
+
+
+def _not_json(constant: str) -> None:
+    """json.loads accepts NaN and Infinity; JSON does not."""
+    raise ValueError(f"{constant} is not a JSON number")

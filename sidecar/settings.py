@@ -148,15 +148,45 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL."
     )
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="json: one JSON object per line (timestamp, level, logger, message, trace_id, "
+        "span_id, fields), for log pipelines; text: one readable line, for a terminal.",
+    )
+    metrics_prometheus_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Also serve the metrics for Prometheus to scrape (GET /metrics) on this port, "
+        "apart from gRPC. Off by default; OTLP export is set with the standard OTEL_* variables.",
+    )
+    metrics_prometheus_host: str = Field(
+        "127.0.0.1",
+        description="Address of the Prometheus endpoint: loopback by default; 0.0.0.0 (or the pod "
+        "IP) lets a Prometheus outside the pod scrape it.",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_case_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_case_format(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
     def secret_variables(self) -> dict[str, str]:
         """Environment variables carrying secrets (the only other reading of the environment)."""
         return {k: v for k, v in os.environ.items() if k.startswith(self.secret_env_prefix)}
+
+    def otel_variables(self) -> dict[str, str]:
+        """The standard OTEL_* variables, from which `telemetry` decides what to export.
+
+        The OpenTelemetry SDK also reads the ones it owns (sampler, endpoint, headers, batching,
+        propagators, resource) itself, as every OpenTelemetry SDK does.
+        """
+        return {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
 
     @property
     def store_path(self) -> Path:

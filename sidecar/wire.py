@@ -124,8 +124,33 @@ def value_from_proto(value: struct_pb2.Value | struct_pb2.Struct, field: str) ->
 
 
 def value_to_proto(data: Any) -> struct_pb2.Value:
-    """Plain JSON data as a google.protobuf.Value."""
-    return json_format.ParseDict(data, struct_pb2.Value())
+    """Plain JSON data as a google.protobuf.Value (see `struct_safe`)."""
+    return json_format.ParseDict(struct_safe(data), struct_pb2.Value())
+
+
+def struct_of(data: dict[str, Any]) -> struct_pb2.Struct:
+    """A dict as a google.protobuf.Struct (see `struct_safe`)."""
+    struct = struct_pb2.Struct()
+    struct.update(struct_safe(data))
+    return struct
+
+
+def struct_safe(data: Any) -> Any:
+    """JSON data a Struct can hold: integers beyond a double's range become their decimal text.
+
+    Upstreams may send such integers (valid JSON); a Struct number is a double, and converting
+    them would fail the whole answer.
+    """
+    if isinstance(data, int) and not isinstance(data, bool) and abs(data) > _LARGEST_DOUBLE:
+        return str(data)
+    if isinstance(data, list):
+        return [struct_safe(item) for item in data]
+    if isinstance(data, dict):
+        return {key: struct_safe(item) for key, item in data.items()}
+    return data
+
+
+_LARGEST_DOUBLE = 1.7976931348623157e308
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +376,7 @@ def outcome_to_proto(outcome: model.Outcome) -> pb.EvaluateNodeResponse:
     if outcome.branch_index is not None:
         response.branch_index = outcome.branch_index
     if outcome.variables:
-        response.variables.update(outcome.variables)
+        response.variables.CopyFrom(struct_of(outcome.variables))
     if outcome.explanation is not None:
         response.explanation.CopyFrom(_explanation_to_proto(outcome.explanation))
     return response

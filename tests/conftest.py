@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -33,7 +34,7 @@ from sidecar.settings import ENV_PREFIX, Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONNECTORS_FILE = REPO_ROOT / "examples" / "connectors.yaml"
-STARTUP_DEADLINE_SECONDS = 10.0
+STARTUP_DEADLINE_SECONDS = 30.0  # a deadline, not a measurement: loaded CI machines are slow
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
@@ -171,10 +172,21 @@ def running_sidecar(sidecar_factory: Callable[..., InProcessSidecar]) -> InProce
 
 
 def free_loopback_port() -> int:
-    """A port that was free a moment ago (bound to 127.0.0.1:0, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port that is free now, chosen BELOW the kernel's ephemeral range (32768+).
+
+    A port from bind(("127.0.0.1", 0)) is an ephemeral one, and on a busy machine the next
+    outgoing connection can take it before the sidecar binds it; ports below the range are
+    never handed out that way.
+    """
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port between 20000 and 32000")
 
 
 def sidecar_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -330,3 +342,50 @@ def upstream() -> Iterator[Upstream]:
 def refused_url() -> str:
     """An http:// URL on a loopback port nothing listens on: connecting is refused."""
     return f"http://127.0.0.1:{closed_port()}/orders/A-10023"
+
+
+@pytest.fixture(scope="module")
+def module_upstream() -> Iterator[Upstream]:
+    """One set of upstreams for a whole test module; `reset()` it between tests."""
+    server = Upstream()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def module_sidecar_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., InProcessSidecar]]:
+    """Like `sidecar_factory`, but each sidecar lives for the whole test module.
+
+    For tables of read-only calls (evaluations, extractions) that need not pay a start-up per
+    row. Tests sharing one sidecar must not depend on each other's registrations or counters.
+    """
+    root = tmp_path_factory.mktemp("module-sidecars")
+    started: list[tuple[_ServerThread, grpc.Channel]] = []
+
+    def start(**overrides: Any) -> InProcessSidecar:
+        overrides.setdefault("data_dir", root / f"data-{len(started)}")
+        overrides.setdefault("listen_address", "127.0.0.1:0")
+        with pytest.MonkeyPatch.context() as patch:
+            for name in list(os.environ):
+                if name.startswith(ENV_PREFIX):
+                    patch.delenv(name)
+            settings = Settings.load(overrides=overrides)
+            thread = _ServerThread(settings, grace=1.0)
+            thread.start()
+            try:
+                thread.wait_started()
+            except BaseException:
+                thread.stop()
+                raise
+        channel = grpc.insecure_channel(f"127.0.0.1:{thread.port}")
+        started.append((thread, channel))
+        return InProcessSidecar(
+            settings, thread.port, channel, pb_grpc.RulesSidecarServiceStub(channel)
+        )
+
+    yield start
+    for thread, channel in reversed(started):
+        channel.close()
+        thread.stop()

@@ -350,3 +350,18 @@ def test_apply_never_raises_and_reports_every_extraction(document: Any, has_docu
     for result in results:
         assert result.succeeded or result.message
         assert not has_document or result.status is not NO_DOCUMENT
+
+
+def test_a_variable_extracted_twice_is_refused_naming_the_second_extraction():
+    duplicated = [
+        Extraction(variable="tier", path="a"),
+        Extraction(variable="other", path="b"),
+        Extraction(variable="tier", path="c"),
+    ]
+
+    with pytest.raises(InvalidArgumentError) as caught:
+        compile_extractions(duplicated, field_prefix="node.extractions")
+
+    assert [(v.field, v.description) for v in caught.value.violations] == [
+        ("node.extractions[2].variable", "'tier' is already extracted by extraction 0")
+    ]

@@ -36,6 +36,7 @@ from sidecar.egress.breaker import BreakerState, CircuitBreaker
 from sidecar.egress.transport import ConnectorFactory, Transport
 from sidecar.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 from sidecar.model.outcome import Reason
+from sidecar.telemetry import Telemetry
 
 __all__ = ["Egress", "EgressLimits", "EgressPolicy"]
 
@@ -58,6 +59,16 @@ class EgressLimits:
     backoff_max_seconds: float = 1.0
     breaker_failure_threshold: int = 5
     breaker_cooldown_seconds: float = 10.0
+
+
+class _Tally:
+    """Attempts made so far by one `send`, across retries and redirect hops (a timeout
+    interrupts the count, so it lives outside the calls it counts)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
 
 
 class _RetryableStatusError(Exception):
@@ -83,8 +94,10 @@ class Egress:
         *,
         resolver: AbstractResolver | None = None,
         connector_factory: ConnectorFactory | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.policy = policy
+        self._telemetry = telemetry or Telemetry()
         self._limits = limits or EgressLimits()
         self._transport = Transport(
             policy,
@@ -104,16 +117,15 @@ class Egress:
     async def send(self, request: OutboundRequest, options: SendOptions) -> HttpResponse:
         """Send one request; the response, or SendError with a reason (attempts counted)."""
         deadline = time.monotonic() + options.timeout_seconds
-        attempts = 0
+        attempts = _Tally()
         current = request
         try:
             async with asyncio.timeout(options.timeout_seconds):
                 for hop in range(MAX_REDIRECTS + 1):
                     origin = self._judge(current.url, options)
-                    response, tries = await self._send_with_retries(
-                        current, origin, options, deadline
+                    response = await self._send_with_retries(
+                        current, origin, options, deadline, attempts
                     )
-                    attempts += tries
                     location = response.headers.get("location", "")
                     if not (
                         options.follow_redirects
@@ -121,16 +133,16 @@ class Egress:
                         and location
                         and hop < MAX_REDIRECTS
                     ):
-                        return replace(response, attempts=attempts)
+                        return replace(response, attempts=attempts.count)
                     current = _redirected(current, response.status, location, options)
         except TimeoutError as exc:
             raise SendError(
                 Reason.TIMEOUT,
                 f"no complete response within {options.timeout_seconds:g}s",
-                attempts=max(attempts, 1),
+                attempts=max(attempts.count, 1),
             ) from exc
         except SendError as error:
-            error.attempts += attempts
+            error.attempts = attempts.count
             raise
         raise AssertionError("unreachable: the loop returns on its last hop")
 
@@ -163,9 +175,14 @@ class Egress:
         return verdict
 
     async def _send_with_retries(
-        self, request: OutboundRequest, origin: Origin, options: SendOptions, deadline: float
-    ) -> tuple[HttpResponse, int]:
-        attempts = 0
+        self,
+        request: OutboundRequest,
+        origin: Origin,
+        options: SendOptions,
+        deadline: float,
+        attempts: _Tally,
+    ) -> HttpResponse:
+        first = attempts.count
 
         def backoff(exc: Exception) -> bool | float:
             remaining = deadline - time.monotonic()
@@ -186,21 +203,27 @@ class Egress:
                 wait_jitter=self._limits.backoff_initial_seconds,
             ):
                 with attempt:
-                    attempts += 1
-                    response = await self._attempt(request, origin, options)
+                    response = await self._attempt(
+                        request, origin, options, attempts, deadline, first_attempt=first
+                    )
                     if options.retry_on_status and response.status in RETRYABLE_STATUSES:
                         raise _RetryableStatusError(response)
-                    return response, attempts
+                    return response
         except _RetryableStatusError as last:
-            return last.response, attempts
-        except SendError as error:
-            error.attempts = attempts - 1  # `send` adds the attempts of every hop
-            raise
+            return last.response
         raise AssertionError("unreachable: stamina either returns or raises")
 
     async def _attempt(
-        self, request: OutboundRequest, origin: Origin, options: SendOptions
+        self,
+        request: OutboundRequest,
+        origin: Origin,
+        options: SendOptions,
+        attempts: _Tally,
+        deadline: float,
+        *,
+        first_attempt: int,
     ) -> HttpResponse:
+        """One attempt, counted only if something may have been sent."""
         breaker = self._breakers.get(origin)
         if breaker is None:
             breaker = self._breakers[origin] = CircuitBreaker(
@@ -214,16 +237,35 @@ class Egress:
                 f"{self._limits.breaker_cooldown_seconds:g}s",
             )
         async with self._slots[origin]:
+            attempts.count += 1
             try:
-                response = await self._transport.attempt(request, options.max_response_bytes)
+                # One CLIENT span and duration per attempt, with trace headers (telemetry).
+                response = await self._telemetry.http_attempt(
+                    self._transport.attempt,
+                    request,
+                    options,
+                    origin,
+                    resend_count=attempts.count - 1,
+                    retry=attempts.count - first_attempt > 1,
+                )
             except SendError as error:
-                if error.reason in (Reason.CONNECT_ERROR, Reason.TIMEOUT, Reason.PROTOCOL_ERROR):
+                if error.reason is Reason.BLOCKED_DESTINATION:
+                    attempts.count -= 1  # the resolver refused: nothing was sent
+                    breaker.abandon()
+                elif error.reason in (
+                    Reason.CONNECT_ERROR,
+                    Reason.TIMEOUT,
+                    Reason.PROTOCOL_ERROR,
+                ):
                     breaker.record_failure()
                 else:
                     breaker.record_success()  # the upstream answered; the problem is ours
                 raise
-            except asyncio.CancelledError:  # the total budget ran out mid-attempt
-                breaker.record_failure()
+            except asyncio.CancelledError:
+                if time.monotonic() >= deadline - 0.001:
+                    breaker.record_failure()  # the budget ran out: the upstream was too slow
+                else:
+                    breaker.abandon()  # the caller gave up: says nothing about the upstream
                 raise
         if response.status >= 500:
             breaker.record_failure()

@@ -70,6 +70,10 @@ class CircuitBreaker:
         self._opened_at = None
         self._probe_in_flight = False
 
+    def abandon(self) -> None:
+        """An attempt ended without a verdict on the upstream (cancelled, refused by us)."""
+        self._probe_in_flight = False
+
     def record_failure(self) -> None:
         """The upstream failed: count, and open (again) at the threshold or after a probe."""
         self._failures += 1

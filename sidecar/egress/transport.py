@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import socket
 import ssl
 import zlib
@@ -65,6 +66,18 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
+class RedactQueryFilter(logging.Filter):
+    """Replaces every URL query in a log record with `?REDACTED` (API keys travel there)."""
+
+    _QUERY = re.compile(r"\?[^\s\"']*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "?" in message:
+            record.msg, record.args = self._QUERY.sub("?REDACTED", message), ()
+        return True
+
+
 class Transport:
     """The process-wide pooled client. Create once; `aclose` on shutdown."""
 
@@ -78,8 +91,12 @@ class Transport:
         resolver: AbstractResolver | None = None,
         connector_factory: ConnectorFactory | None = None,
     ) -> None:
-        # httpx logs every request URL at INFO; a URL may carry an API key in its query.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+        # httpx logs every request URL at INFO; a URL may carry an API key in its query. Held
+        # at WARNING, and redacted in case a logging config turns it back up.
+        httpx_logger = logging.getLogger("httpx")
+        httpx_logger.setLevel(logging.WARNING)
+        if not any(isinstance(f, RedactQueryFilter) for f in httpx_logger.filters):
+            httpx_logger.addFilter(RedactQueryFilter())
         self._resolver = GuardedResolver(policy, resolver)
         tls_context = tls or ssl.create_default_context()
         self._connector_factory = connector_factory or (
@@ -111,7 +128,9 @@ class Transport:
             return await self._exchange(request, cap)
         except DestinationBlockedError as exc:
             raise SendError(Reason.BLOCKED_DESTINATION, str(exc)) from exc
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, aiohttp.ClientError) as exc:
+            # httpx-aiohttp lets some aiohttp errors through unmapped (bad status line, bad
+            # Content-Length, malformed headers): they are transport failures all the same.
             raise failure_of(exc) from exc
 
     async def _exchange(self, request: OutboundRequest, cap: int) -> HttpResponse:
@@ -191,7 +210,7 @@ def _too_large(cap: int, *, decoded: bool = False) -> str:
     return f"the {what} is larger than the connector's limit of {cap} bytes"
 
 
-def failure_of(exc: httpx.HTTPError) -> SendError:
+def failure_of(exc: Exception) -> SendError:
     """One reason per transport failure, judged on the underlying aiohttp/OS exception."""
     for cause in _causes(exc):
         if isinstance(cause, DestinationBlockedError):
@@ -214,6 +233,8 @@ def failure_of(exc: httpx.HTTPError) -> SendError:
             return SendError(Reason.PROTOCOL_ERROR, "the upstream sent a malformed response")
     if isinstance(exc, httpx.TimeoutException):
         return SendError(Reason.TIMEOUT, "the upstream did not answer in time")
+    if isinstance(exc, httpx.ProtocolError | httpx.DecodingError | httpx.InvalidURL):
+        return SendError(Reason.PROTOCOL_ERROR, "the upstream sent a malformed response")
     return SendError(Reason.CONNECT_ERROR, f"the exchange failed ({type(exc).__name__})")
 
 

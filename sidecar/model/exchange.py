@@ -37,6 +37,11 @@ class SendOptions:
     # Lower-cased names of headers carrying credentials: dropped when a redirect leaves the
     # origin.
     credential_headers: frozenset[str] = frozenset()
+    # For telemetry: the connector (a metric label), its URL template (to redact the path
+    # segments a visitor's variables fill) and whether trace headers may be sent upstream.
+    connector_id: str = ""
+    url_template: str = ""
+    propagate_trace: bool = True
 
 
 @dataclass(frozen=True, slots=True)

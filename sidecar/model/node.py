@@ -19,7 +19,14 @@ import enum
 import re
 from typing import Annotated, Self
 
-from pydantic import Field, JsonValue, StringConstraints, model_validator
+from pydantic import (
+    Field,
+    JsonValue,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from sidecar.model.base import FrozenModel
 from sidecar.placeholders import TemplateSyntaxError, parse_variable_path
@@ -127,13 +134,16 @@ class Condition(FrozenModel):
 
     subject: Subject
     operator: Operator
-    operand: JsonValue = None
+    operand: JsonValue = Field(default=None, validate_default=True)
     ignore_case: bool = False
     quantifier: Quantifier | None = None
 
-    @model_validator(mode="after")
-    def _operand_fits_operator(self) -> Self:
-        op, operand = self.operator, self.operand
+    @field_validator("operand")
+    @classmethod
+    def _operand_fits_operator(cls, operand: JsonValue, info: ValidationInfo) -> JsonValue:
+        op = info.data.get("operator")
+        if op is None:  # the operator itself is invalid; that is reported on its own field
+            return operand
         if op in UNARY_OPERATORS:
             if operand is not None:
                 raise ValueError(f"operand must be unset for {op}")
@@ -160,7 +170,7 @@ class Condition(FrozenModel):
                 )
         elif operand is None and op not in (Operator.EQUALS, Operator.NOT_EQUALS):
             raise ValueError(f"operand is required for {op}")
-        return self
+        return operand
 
 
 class Branch(FrozenModel):
@@ -190,15 +200,6 @@ class Node(FrozenModel):
     else_target: Target = ""
     error_target: Target = ""
     extractions: Annotated[tuple[Extraction, ...], Field(max_length=MAX_EXTRACTIONS)] = ()
-
-    @model_validator(mode="after")
-    def _unique_variables(self) -> Self:
-        seen: set[str] = set()
-        for extraction in self.extractions:
-            if extraction.variable in seen:
-                raise ValueError(f"variable {extraction.variable!r} is extracted twice")
-            seen.add(extraction.variable)
-        return self
 
 
 def _is_number(value: JsonValue) -> bool:

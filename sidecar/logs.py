@@ -1,0 +1,90 @@
+"""Logging: JSON lines for log pipelines (the default) or readable text for a terminal.
+
+Every line carries the trace and span ids of the span it was written in, so a log search can jump
+to the trace and back. Structured fields travel as `extra={"fields": {...}}` (the evaluation line
+of `telemetry` does so): JSON puts them at the top level, text appends them as `key=value`.
+
+    {"timestamp": "2026-05-10T08:05:00.123Z", "level": "INFO", "logger": "sidecar.evaluations",
+     "message": "node evaluated", "trace_id": "4bf9...", "span_id": "00f0...",
+     "connector": "order-status", "outcome": "MATCHED", "reason": "BRANCH_MATCHED", ...}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from typing import IO, Any
+
+from opentelemetry import trace
+
+# Keys a field may not overwrite.
+_RESERVED = frozenset({"timestamp", "level", "logger", "message", "trace_id", "span_id"})
+
+
+def configure_logging(level: str, log_format: str = "json", stream: IO[str] | None = None) -> None:
+    """Send every log record to `stream` (stderr) as JSON lines or text; replaces any handler."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def trace_ids() -> tuple[str, str] | None:
+    """(trace_id, span_id) in W3C hex of the current span, or None outside any trace."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return None
+    return f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: timestamp (ISO 8601 UTC), level, logger, message, ids, fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "timestamp": _timestamp(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        ids = trace_ids()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
+        for key, value in _fields(record).items():
+            if key not in _RESERVED:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """`<time> <LEVEL> <logger>: <message> key=value ... trace_id=... span_id=...`."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = [f"{key}={value}" for key, value in _fields(record).items()]
+        ids = trace_ids()
+        if ids is not None:
+            extras += [f"trace_id={ids[0]}", f"span_id={ids[1]}"]
+        if not extras:
+            return line
+        head, newline, rest = line.partition("\n")  # keep a traceback below the first line
+        return f"{head} {' '.join(extras)}{newline}{rest}"
+
+
+def _fields(record: logging.LogRecord) -> Mapping[str, Any]:
+    fields = getattr(record, "fields", None)
+    return fields if isinstance(fields, Mapping) else {}
+
+
+def _timestamp(created: float) -> str:
+    moment = dt.datetime.fromtimestamp(created, dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

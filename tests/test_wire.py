@@ -1,0 +1,555 @@
+"""The protobuf edge: connectors both ways, enums by name, errors as gRPC statuses, field paths."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2, struct_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from rulesidecar.v1 import rules_sidecar_pb2 as pb
+
+from sidecar import model, wire
+from sidecar.errors import (
+    ConfigError,
+    ErrorCode,
+    FieldViolation,
+    InvalidArgumentError,
+    SidecarError,
+    field_path,
+)
+
+UPDATE_TIME = datetime(2026, 3, 1, 12, 30, 15, 250000, tzinfo=UTC)
+
+FULL_CONNECTORS = {
+    "no-auth": {
+        "id": "order-status",
+        "status": "LIVE",
+        "url_template": "https://api.store.com/orders/{{order_number}}",
+    },
+    "bearer": {
+        "id": "crm-contact-lookup",
+        "display_name": "Find a CRM contact",
+        "status": "DRAFT",
+        "method": "POST",
+        "url_template": "https://crm.example.com/api/v2/contacts/search",
+        "headers": {"Accept": "application/json", "X-Channel": "{{channel}}"},
+        "query": {"limit": "{{max_results}}", "sort": "name"},
+        "body_template": {
+            "filter": {"email": "{{customer.email}}", "tags": ["vip", "{{tier}}"]},
+            "limit": 10,
+            "ratio": 0.25,
+            "strict": True,
+            "cursor": None,
+            "whole": "{{everything}}",
+        },
+        "auth": {"bearer": {"token_secret": "crm_token"}},
+        "timeout": timedelta(milliseconds=2500),
+        "max_response_bytes": 65536,
+        "version": 4,
+        "update_time": UPDATE_TIME,
+        "source": "API",
+    },
+    "api-key-header": {
+        "id": "stock",
+        "status": "DISABLED",
+        "method": "PUT",
+        "url_template": "https://stock.example.com/items/{{sku}}",
+        "auth": {"api_key": {"name": "X-API-Key", "value_secret": "stock_key"}},
+        "timeout": timedelta(seconds=30),
+        "version": 1,
+        "update_time": UPDATE_TIME,
+        "source": "FILE",
+    },
+    "api-key-query": {
+        "id": "weather",
+        "status": "LIVE",
+        "method": "DELETE",
+        "url_template": "https://weather.example.com/v1/{{city}}",
+        "auth": {"api_key": {"name": "appid", "location": "QUERY", "value_secret": "owm.key"}},
+        "body_template": [1, 2.5, "{{x}}", [], {}],
+        "timeout": timedelta(milliseconds=1),
+    },
+    "basic": {
+        "id": "legacy-erp",
+        "status": "LIVE",
+        "method": "PATCH",
+        "url_template": "http://erp.internal:8080/api/orders/{{id}}",
+        "auth": {"basic": {"username_secret": "erp-user", "password_secret": "erp-pass"}},
+        "body_template": "{{payload}}",
+        "max_response_bytes": 16 * 1024 * 1024,
+    },
+}
+OUTPUT_ONLY_DEFAULTS = {"version": 0, "update_time": None, "source": model.ConnectorSource.API}
+
+
+def minimal_message(**fields: Any) -> pb.Connector:
+    defaults = {
+        "id": "order-status",
+        "status": pb.CONNECTOR_STATUS_LIVE,
+        "url_template": "https://api.store.com/orders/{{order_number}}",
+    }
+    return pb.Connector(**{**defaults, **fields})
+
+
+def violations(error: InvalidArgumentError) -> dict[str, str]:
+    return {violation.field: violation.description for violation in error.violations}
+
+
+# ---------------------------------------------------------------------------------------------
+# Connectors both ways
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("definition", FULL_CONNECTORS.values(), ids=FULL_CONNECTORS.keys())
+def test_connector_survives_a_trip_through_proto(definition):
+    original = model.Connector.model_validate(definition)
+
+    back = wire.connector_from_proto(wire.connector_to_proto(original))
+
+    # Output-only fields are written to proto but never read back from a request.
+    assert back == original.model_copy(update=OUTPUT_ONLY_DEFAULTS)
+
+
+@pytest.mark.parametrize("definition", FULL_CONNECTORS.values(), ids=FULL_CONNECTORS.keys())
+def test_proto_connector_survives_a_trip_through_the_model(definition):
+    message = wire.connector_to_proto(
+        model.Connector.model_validate(definition).model_copy(update=OUTPUT_ONLY_DEFAULTS)
+    )
+
+    again = wire.connector_to_proto(wire.connector_from_proto(message))
+
+    assert again == message
+
+
+def test_connector_to_proto_writes_every_field():
+    connector = model.Connector.model_validate(FULL_CONNECTORS["bearer"])
+
+    message = wire.connector_to_proto(connector)
+
+    assert message.id == "crm-contact-lookup"
+    assert message.display_name == "Find a CRM contact"
+    assert message.status == pb.CONNECTOR_STATUS_DRAFT
+    assert message.method == pb.HTTP_METHOD_POST
+    assert message.url_template == "https://crm.example.com/api/v2/contacts/search"
+    assert dict(message.headers) == {"Accept": "application/json", "X-Channel": "{{channel}}"}
+    assert dict(message.query) == {"limit": "{{max_results}}", "sort": "name"}
+    assert message.auth.WhichOneof("scheme") == "bearer"
+    assert message.auth.bearer.token_secret == "crm_token"
+    assert message.timeout == duration_pb2.Duration(seconds=2, nanos=500_000_000)
+    assert message.max_response_bytes == 65536
+    assert message.version == 4
+    assert message.update_time.ToDatetime(tzinfo=UTC) == UPDATE_TIME
+    assert message.source == pb.CONNECTOR_SOURCE_API
+    body = message.body_template.struct_value
+    assert body["limit"] == 10
+    assert body["filter"]["tags"][1] == "{{tier}}"
+    assert body.fields["cursor"].WhichOneof("kind") == "null_value"
+
+
+@pytest.mark.parametrize(
+    ("auth", "scheme", "fields"),
+    [
+        ({"bearer": {"token_secret": "t"}}, "bearer", {"token_secret": "t"}),
+        (
+            {"api_key": {"name": "X-Key", "value_secret": "k"}},
+            "api_key",
+            {"name": "X-Key", "location": pb.API_KEY_LOCATION_HEADER, "value_secret": "k"},
+        ),
+        (
+            {"api_key": {"name": "key", "location": "QUERY", "value_secret": "k"}},
+            "api_key",
+            {"name": "key", "location": pb.API_KEY_LOCATION_QUERY, "value_secret": "k"},
+        ),
+        (
+            {"basic": {"username_secret": "u", "password_secret": "p"}},
+            "basic",
+            {"username_secret": "u", "password_secret": "p"},
+        ),
+    ],
+)
+def test_each_auth_scheme_is_written_as_its_oneof_member(auth, scheme, fields):
+    connector = model.Connector.model_validate({**FULL_CONNECTORS["no-auth"], "auth": auth})
+
+    message = wire.connector_to_proto(connector).auth
+
+    assert message.WhichOneof("scheme") == scheme
+    assert {name: getattr(getattr(message, scheme), name) for name in fields} == fields
+
+
+def test_output_only_fields_of_a_request_are_ignored():
+    message = minimal_message(version=7, source=pb.CONNECTOR_SOURCE_FILE)
+    message.update_time.FromDatetime(UPDATE_TIME)
+
+    connector = wire.connector_from_proto(message)
+
+    assert connector.version == 0
+    assert connector.update_time is None
+    assert connector.source is model.ConnectorSource.API
+
+
+def test_unset_proto_fields_take_the_model_defaults():
+    message = minimal_message()
+    message.auth.api_key.name = "X-Key"
+    message.auth.api_key.value_secret = "k"
+
+    connector = wire.connector_from_proto(message)
+
+    assert connector.method is model.HttpMethod.GET
+    assert connector.timeout == timedelta(seconds=5)
+    assert connector.max_response_bytes == 1024 * 1024
+    assert connector.body_template is None
+    assert connector.auth.api_key.location is model.ApiKeyLocation.HEADER
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (struct_pb2.Value(number_value=3.0), 3),
+        (struct_pb2.Value(number_value=2.5), 2.5),
+        (struct_pb2.Value(bool_value=True), True),
+        (struct_pb2.Value(string_value="{{x}}"), "{{x}}"),
+        (struct_pb2.Value(null_value=struct_pb2.NULL_VALUE), None),
+        (
+            wire.value_to_proto({"n": 12345, "list": [1.0, [2.0, "a"]]}),
+            {"n": 12345, "list": [1, [2, "a"]]},
+        ),
+    ],
+)
+def test_body_template_numbers_come_back_with_their_json_type(value, expected):
+    message = minimal_message(body_template=value)
+
+    body = wire.connector_from_proto(message).body_template
+
+    # 3 == 3.0 in Python; JSON text tells them apart, so an int must stay an int.
+    assert json.dumps(body, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+@pytest.mark.parametrize(
+    ("duration", "expected"),
+    [
+        (duration_pb2.Duration(seconds=5), timedelta(seconds=5)),
+        (duration_pb2.Duration(nanos=500_000_000), timedelta(milliseconds=500)),
+        (duration_pb2.Duration(seconds=30), timedelta(seconds=30)),
+        (duration_pb2.Duration(seconds=2, nanos=1_000), timedelta(seconds=2, microseconds=1)),
+    ],
+)
+def test_timeout_travels_as_a_duration(duration, expected):
+    connector = wire.connector_from_proto(minimal_message(timeout=duration))
+
+    assert connector.timeout == expected
+    assert wire.connector_to_proto(connector).timeout == duration
+
+
+@pytest.mark.parametrize(
+    "duration",
+    [
+        duration_pb2.Duration(),
+        duration_pb2.Duration(seconds=30, nanos=1_000),
+        duration_pb2.Duration(seconds=-1),
+    ],
+    ids=["zero", "over-30s", "negative"],
+)
+def test_timeout_outside_the_limits_is_a_violation(duration):
+    with pytest.raises(InvalidArgumentError) as caught:
+        wire.connector_from_proto(minimal_message(timeout=duration))
+
+    assert "connector.timeout" in violations(caught.value)
+
+
+def test_unspecified_status_is_a_required_field():
+    message = minimal_message()
+    message.status = pb.CONNECTOR_STATUS_UNSPECIFIED
+
+    with pytest.raises(InvalidArgumentError) as caught:
+        wire.connector_from_proto(message)
+
+    assert caught.value.violations == (FieldViolation("connector.status", "required"),)
+
+
+def test_every_invalid_field_of_a_proto_connector_is_named():
+    message = pb.Connector(
+        id="Not A Slug",
+        url_template="https://{{host}}/x",
+        headers={"Authorization": "Bearer abc", "X-Ok": "fine"},
+        query={"{{name}}": "v"},
+        max_response_bytes=-1,
+    )
+    message.auth.api_key.name = "X-Key"
+    message.auth.api_key.value_secret = "../etc/passwd"
+
+    with pytest.raises(InvalidArgumentError) as caught:
+        wire.connector_from_proto(message)
+
+    found = violations(caught.value)
+    assert set(found) == {
+        "connector.id",
+        "connector.status",
+        "connector.url_template",
+        'connector.headers["Authorization"]',
+        'connector.query["{{name}}"]',
+        "connector.auth.api_key.value_secret",
+        "connector.max_response_bytes",
+    }
+    assert found["connector.status"] == "required"
+    assert "carries a credential" in found['connector.headers["Authorization"]']
+    assert not any(text.startswith("Value error") for text in found.values())
+
+
+def test_auth_without_a_scheme_is_a_violation_of_auth():
+    message = minimal_message(auth=pb.Auth())
+
+    with pytest.raises(InvalidArgumentError) as caught:
+        wire.connector_from_proto(message)
+
+    assert violations(caught.value) == {
+        "connector.auth": "set exactly one of bearer, api_key, basic"
+    }
+
+
+def test_violations_are_named_under_the_given_prefix():
+    message = minimal_message(url_template="ftp://x")
+
+    with pytest.raises(InvalidArgumentError) as caught:
+        wire.connector_from_proto(message, prefix="request.connector")
+
+    assert list(violations(caught.value)) == ["request.connector.url_template"]
+
+
+def _unknown_status() -> pb.Connector:
+    message = minimal_message()
+    message.status = 99
+    return message
+
+
+def _unknown_method() -> pb.Connector:
+    return minimal_message(method=42)
+
+
+def _unknown_api_key_location() -> pb.Connector:
+    message = minimal_message()
+    message.auth.api_key.name = "X-Key"
+    message.auth.api_key.value_secret = "k"
+    message.auth.api_key.location = 7
+    return message
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (_unknown_status, "connector.status"),
+        (_unknown_method, "connector.method"),
+        (_unknown_api_key_location, "connector.auth.api_key.location"),
+    ],
+    ids=["status", "method", "api-key-location"],
+)
+def test_unknown_enum_number_is_a_violation_of_its_field(build, field):
+    with pytest.raises(InvalidArgumentError) as caught:
+        wire.connector_from_proto(build())
+
+    assert violations(caught.value)[field].startswith("Input should be ")  # lists valid values
+
+
+def test_unknown_operator_number_in_a_node_is_a_violation():
+    message = pb.Node(connector_id="order-status")
+    branch = message.branches.add(target="t")
+    branch.conditions.add(subject=pb.Subject(kind=pb.SUBJECT_KIND_STATUS), operator=99)
+
+    with pytest.raises(InvalidArgumentError) as caught:
+        wire.node_from_proto(message)
+
+    assert "node.branches[0].conditions[0].operator" in violations(caught.value)
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_number_in_body_template_is_a_violation(number):
+    message = minimal_message(body_template=struct_pb2.Value(number_value=number))
+
+    with pytest.raises(InvalidArgumentError) as caught:
+        wire.connector_from_proto(message)
+
+    assert "connector.body_template" in violations(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Enums cross by name
+# ---------------------------------------------------------------------------------------------
+
+ENUM_PAIRS = [
+    (pb.ConnectorStatus, model.ConnectorStatus, "CONNECTOR_STATUS_"),
+    (pb.HttpMethod, model.HttpMethod, "HTTP_METHOD_"),
+    (pb.ApiKeyLocation, model.ApiKeyLocation, "API_KEY_LOCATION_"),
+    (pb.ConnectorSource, model.ConnectorSource, "CONNECTOR_SOURCE_"),
+    (pb.Combinator, model.Combinator, "COMBINATOR_"),
+    (pb.SubjectKind, model.SubjectKind, "SUBJECT_KIND_"),
+    (pb.Operator, model.Operator, "OPERATOR_"),
+    (pb.Quantifier, model.Quantifier, "QUANTIFIER_"),
+    (pb.CastType, model.CastType, "CAST_TYPE_"),
+    (pb.Outcome, model.OutcomeKind, "OUTCOME_"),
+    (pb.Reason, model.Reason, "REASON_"),
+    (pb.ExtractionStatus, model.ExtractionStatus, "EXTRACTION_STATUS_"),
+]
+
+
+def _proto_values(proto_enum: Any, prefix: str) -> list[tuple[str, int]]:
+    return [
+        (value.name, value.number)
+        for value in proto_enum.DESCRIPTOR.values
+        if value.name != f"{prefix}UNSPECIFIED"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("proto_enum", "model_enum", "prefix", "name", "number"),
+    [
+        (proto_enum, model_enum, prefix, name, number)
+        for proto_enum, model_enum, prefix in ENUM_PAIRS
+        for name, number in _proto_values(proto_enum, prefix)
+    ],
+)
+def test_every_proto_enum_value_maps_to_a_model_member_and_back(
+    proto_enum, model_enum, prefix, name, number
+):
+    value = wire.enum_from_proto(model_enum, proto_enum, number, prefix)
+
+    assert value == name.removeprefix(prefix)
+    assert wire.enum_to_proto(proto_enum, model_enum(value), prefix) == number
+
+
+@pytest.mark.parametrize(
+    ("proto_enum", "model_enum", "prefix"), ENUM_PAIRS, ids=[p[1].__name__ for p in ENUM_PAIRS]
+)
+def test_model_enum_has_no_member_the_proto_lacks(proto_enum, model_enum, prefix):
+    proto_names = {name.removeprefix(prefix) for name, _ in _proto_values(proto_enum, prefix)}
+
+    assert set(model_enum.__members__) == proto_names
+
+
+@pytest.mark.parametrize(
+    ("proto_enum", "model_enum", "prefix"), ENUM_PAIRS, ids=[p[1].__name__ for p in ENUM_PAIRS]
+)
+def test_unspecified_zero_value_maps_to_none_and_back(proto_enum, model_enum, prefix):
+    assert wire.enum_from_proto(model_enum, proto_enum, 0, prefix) is None
+    assert wire.enum_to_proto(proto_enum, None, prefix) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors as gRPC statuses
+# ---------------------------------------------------------------------------------------------
+
+ERROR_CLASSES = {cls.code: cls for cls in SidecarError.__subclasses__()}
+
+
+def _error_for(code: ErrorCode) -> SidecarError:
+    cls = ERROR_CLASSES[code]
+    if cls is InvalidArgumentError:
+        return InvalidArgumentError(
+            [
+                FieldViolation("connector.id", "must be a slug"),
+                FieldViolation('connector.headers["Cookie"]', "carries a credential"),
+            ]
+        )
+    if cls is ConfigError:
+        return ConfigError("invalid connectors file", ["f.yaml:3: connectors[0].id: bad"])
+    return cls(f"something about {code.value}")
+
+
+def _details_of(status: grpc.Status) -> status_pb2.Status:
+    metadata = dict(status.trailing_metadata)
+    return status_pb2.Status.FromString(metadata["grpc-status-details-bin"])
+
+
+def test_every_error_code_has_an_error_class_and_a_grpc_status():
+    assert set(ERROR_CLASSES) == set(ErrorCode)
+    assert set(wire.STATUS_BY_ERROR_CODE) == set(ErrorCode)
+
+
+@pytest.mark.parametrize("code", list(ErrorCode), ids=[code.name for code in ErrorCode])
+def test_rpc_status_of_uses_the_one_mapping_table(code):
+    error = _error_for(code)
+
+    status = wire.rpc_status_of(error)
+
+    assert status.code is wire.STATUS_BY_ERROR_CODE[code]
+    assert status.details == error.message
+    details = _details_of(status)
+    assert details.code == getattr(code_pb2, status.code.name)
+    assert details.message == error.message
+
+
+@pytest.mark.parametrize(
+    ("code", "grpc_code"),
+    [
+        (ErrorCode.INVALID_ARGUMENT, grpc.StatusCode.INVALID_ARGUMENT),
+        (ErrorCode.NOT_FOUND, grpc.StatusCode.NOT_FOUND),
+        (ErrorCode.VERSION_CONFLICT, grpc.StatusCode.ABORTED),
+        (ErrorCode.READ_ONLY, grpc.StatusCode.FAILED_PRECONDITION),
+        (ErrorCode.NOT_READY, grpc.StatusCode.UNAVAILABLE),
+        (ErrorCode.STORE, grpc.StatusCode.UNAVAILABLE),
+        (ErrorCode.CONFIG, grpc.StatusCode.FAILED_PRECONDITION),
+    ],
+)
+def test_error_code_maps_to_the_documented_grpc_status(code, grpc_code):
+    assert wire.STATUS_BY_ERROR_CODE[code] is grpc_code
+
+
+def test_invalid_argument_carries_a_bad_request_with_every_violation():
+    status = wire.rpc_status_of(_error_for(ErrorCode.INVALID_ARGUMENT))
+
+    details = _details_of(status)
+    assert len(details.details) == 1
+    bad_request = error_details_pb2.BadRequest()
+    assert details.details[0].Unpack(bad_request)
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [
+        ("connector.id", "must be a slug"),
+        ('connector.headers["Cookie"]', "carries a credential"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "code", [code for code in ErrorCode if code is not ErrorCode.INVALID_ARGUMENT]
+)
+def test_other_errors_carry_no_details(code):
+    assert list(_details_of(wire.rpc_status_of(_error_for(code))).details) == []
+
+
+def test_invalid_argument_message_summarises_its_violations():
+    error = InvalidArgumentError([FieldViolation("a", "x"), FieldViolation("b.c", "y")])
+
+    assert error.message == "invalid request: a: x; b.c: y"
+
+
+# ---------------------------------------------------------------------------------------------
+# Field paths
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("location", "path"),
+    [
+        ((), ""),
+        (("connector",), "connector"),
+        (("connector", "url_template"), "connector.url_template"),
+        (("connector", "auth", "api_key", "name"), "connector.auth.api_key.name"),
+        (("connector", "headers", "X-Key"), 'connector.headers["X-Key"]'),
+        (("connector", "headers", "X-Key", "[key]"), 'connector.headers["X-Key"]'),
+        (("connector", "query", "email"), 'connector.query["email"]'),
+        (("connector", "query", "{{name}}", "[key]"), 'connector.query["{{name}}"]'),
+        (("headers", "Accept"), 'headers["Accept"]'),
+        (("node", "branches", 0, "target"), "node.branches[0].target"),
+        (
+            ("node", "branches", 2, "conditions", 10, "subject", "path"),
+            "node.branches[2].conditions[10].subject.path",
+        ),
+        (("node", "extractions", 0), "node.extractions[0]"),
+        (("connectors", 3, "headers", "X-A", "[key]"), 'connectors[3].headers["X-A"]'),
+        (("connectors", 0, "query", "headers"), 'connectors[0].query["headers"]'),
+        ((0, "id"), "[0].id"),
+    ],
+)
+def test_field_path_spells_validation_locations_as_request_paths(location, path):
+    assert field_path(location) == path
