@@ -1,0 +1,220 @@
+"""What telemetry costs on the EvaluateNode hot path: sidecar CPU per evaluation, by setting.
+
+Runs bench/evaluate_node.py (real sidecar process, loopback upstream, 16 concurrent callers) once
+per telemetry setting, `--repeat` times each, and prints the median sidecar CPU (us) per
+evaluation and throughput. The spans and metrics go to a no-op OTLP receiver run here, in this
+process (a gRPC server implementing the OTLP trace and metrics services that drops what it gets),
+so the sidecar pays for building, batching, encoding and sending them, and nothing else.
+
+    .venv/bin/python bench/tracing_cost.py [--calls 5000] [--repeat 3]
+    .venv/bin/python bench/tracing_cost.py --hooks-only   # the hooks alone, in this process
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+EVALUATE_NODE = Path(__file__).resolve().parent / "evaluate_node.py"
+FIGURE = re.compile(r"^\s+(\w+)\s+([0-9.]+)$")
+
+
+class NoopCollector(
+    trace_service_pb2_grpc.TraceServiceServicer, metrics_service_pb2_grpc.MetricsServiceServicer
+):
+    """Accepts OTLP/gRPC exports and drops them, counting spans."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self._lock = threading.Lock()
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(self, self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        if isinstance(request, trace_service_pb2.ExportTraceServiceRequest):
+            with self._lock:
+                self.spans += sum(
+                    len(scope.spans)
+                    for spans in request.resource_spans
+                    for scope in spans.scope_spans
+                )
+            return trace_service_pb2.ExportTraceServiceResponse()
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    def close(self) -> None:
+        self._server.stop(0).wait()
+
+
+def scenarios(endpoint: str) -> dict[str, tuple[dict[str, str], str]]:
+    """Name -> (sidecar environment, sidecar log level)."""
+    otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
+    return {
+        "off (no exporter configured)": ({}, "WARNING"),
+        "OTEL_SDK_DISABLED=true": ({**otlp, "OTEL_SDK_DISABLED": "true"}, "WARNING"),
+        "metrics only (OTLP)": ({**otlp, "OTEL_TRACES_EXPORTER": "none"}, "WARNING"),
+        "traces sampled out (ratio 0) + metrics": (
+            {
+                **otlp,
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0",
+            },
+            "WARNING",
+        ),
+        "traces 100% + metrics (OTLP)": ({**otlp, "OTEL_TRACES_SAMPLER": "always_on"}, "WARNING"),
+        "off + JSON log line per evaluation (INFO)": ({}, "INFO"),
+    }
+
+
+def run_once(calls: int, environment: dict[str, str], log_level: str) -> dict[str, float]:
+    command = [
+        sys.executable,
+        str(EVALUATE_NODE),
+        "--calls",
+        str(calls),
+        "--sidecar-log-level",
+        log_level,
+    ]
+    bench_environment = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    bench_environment["BENCH_SIDECAR_ENV"] = json.dumps(environment)
+    output = subprocess.run(
+        command, env=bench_environment, capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    figures = {}
+    for line in output.splitlines():
+        match = FIGURE.match(line)
+        if match:
+            figures[match.group(1)] = float(match.group(2))
+    return figures
+
+
+def hook_cost(iterations: int = 20_000) -> dict[str, float]:
+    """CPU us per evaluation of the telemetry hooks alone (INTERNAL + one CLIENT attempt), in
+    this process, against a `send` that answers at once: the part of the figures above that
+    the sidecar's own code adds, without gRPC, HTTP or the machine's noise."""
+    import asyncio
+    import logging
+    import time
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from sidecar.model import Node, Outcome, OutcomeKind, Reason
+    from sidecar.model.exchange import HttpResponse, OutboundRequest, SendOptions
+    from sidecar.telemetry import Telemetry
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    node = Node(id="where-is-my-order", connector_id="orders", error_target="e", else_target="x")
+    outcome = Outcome(
+        OutcomeKind.MATCHED, Reason.BRANCH_MATCHED, "show", branch_index=0, http_status=200
+    )
+    request = OutboundRequest("GET", "http://127.0.0.1:8081/orders/A-1", (), None)
+    options = SendOptions(5.0, 1 << 20, connector_id="orders", url_template=request.url)
+    response = HttpResponse(200)
+
+    async def send(request: OutboundRequest, cap: int) -> HttpResponse:
+        return response
+
+    def traced() -> Telemetry:
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(Drop()))
+        return Telemetry(provider, MeterProvider([InMemoryMetricReader()]))
+
+    async def measure(telemetry: Telemetry | None) -> float:
+        started = time.process_time()
+        for _ in range(iterations):
+            if telemetry is None:
+                await send(request, 1 << 20)
+                continue
+            with telemetry.evaluation(node) as evaluation:
+                await telemetry.http_attempt(send, request, options, ("http", "127.0.0.1", 8081))
+                evaluation.record(outcome)
+        return (time.process_time() - started) / iterations * 1e6
+
+    logging.getLogger("sidecar.evaluations").setLevel(logging.WARNING)
+    figures = {}
+    baseline = asyncio.run(measure(None))
+    figures["off"] = asyncio.run(measure(Telemetry())) - baseline
+    metrics_only = Telemetry(meter_provider=MeterProvider([InMemoryMetricReader()]))
+    figures["metrics only"] = asyncio.run(measure(metrics_only)) - baseline
+    figures["traces + metrics, 100%"] = asyncio.run(measure(traced())) - baseline
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--hooks-only", action="store_true", help="only the in-process cost of the hooks"
+    )
+    arguments = parser.parse_args()
+    if arguments.hooks_only:
+        for name, cost in hook_cost().items():
+            print(f"  telemetry hooks, {name}: {cost:.1f} us per evaluation (CPU, in process)")
+        return
+    collector = NoopCollector()
+    chosen = scenarios(f"http://127.0.0.1:{collector.port}")
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
+    spans: dict[str, int] = dict.fromkeys(chosen, 0)
+    try:
+        # Round-robin, so that a burst of load from elsewhere on the machine hits every setting
+        # alike; the median of each setting's runs is reported.
+        for round_number in range(arguments.repeat):
+            for name, (environment, log_level) in chosen.items():
+                before = collector.spans
+                run = run_once(arguments.calls, environment, log_level)
+                runs[name].append(run)
+                spans[name] += collector.spans - before
+                print(
+                    f"  round {round_number + 1}: {name}: "
+                    f"{run['sidecar_cpu_us_per_evaluation']:.0f} us/evaluation",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    finally:
+        collector.close()
+    rows = [
+        (
+            name,
+            statistics.median(run["sidecar_cpu_us_per_evaluation"] for run in results),
+            statistics.median(run["evaluations_per_second"] for run in results),
+            statistics.median(run["p99_ms"] for run in results),
+            spans[name],
+        )
+        for name, results in runs.items()
+    ]
+    print(
+        f"EvaluateNode sidecar CPU by telemetry setting: {arguments.calls} calls x "
+        f"{arguments.repeat} runs (median), 16 concurrent callers, {os.cpu_count()} cores"
+    )
+    print(f"  {'setting':44} {'CPU us/eval':>11} {'eval/s':>8} {'p99 ms':>7} {'spans':>8}")
+    baseline = rows[0][1]
+    for name, cpu, rate, p99, exported in rows:
+        delta = f"{cpu - baseline:+.0f}" if name != rows[0][0] else ""
+        print(f"  {name:44} {cpu:8.0f} {delta:>4} {rate:8.0f} {p99:7.1f} {exported:8d}")
+    print("  (spans: received by the no-op OTLP receiver over all runs, warm-up calls included)")
+
+
+if __name__ == "__main__":
+    main()

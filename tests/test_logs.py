@@ -1,0 +1,91 @@
+"""Log lines: JSON (the default) and text, with the trace and span ids of the current span."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from sidecar.logs import JsonFormatter, TextFormatter, configure_logging
+
+
+def record(text: str, *, exc_info: Any = None, **fields: Any) -> logging.LogRecord:
+    entry = logging.LogRecord("sidecar.test", logging.WARNING, __file__, 1, text, (), exc_info)
+    if fields:
+        entry.fields = fields
+    return entry
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """configure_logging replaces the root handlers: put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_json_line_has_the_fields_and_an_iso_utc_timestamp() -> None:
+    entry = json.loads(JsonFormatter().format(record("hello %s", connector="c")))
+
+    assert set(entry) == {"timestamp", "level", "logger", "message", "connector"}
+    assert (entry["level"], entry["logger"], entry["connector"]) == ("WARNING", "sidecar.test", "c")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["timestamp"])
+
+
+def test_fields_cannot_overwrite_the_reserved_keys() -> None:
+    entry = json.loads(JsonFormatter().format(record("real", message="forged", trace_id="x")))
+
+    assert entry["message"] == "real"
+    assert "trace_id" not in entry  # outside a span: no ids, and none forged
+
+
+def test_json_and_text_lines_inside_a_span_carry_its_ids() -> None:
+    provider = TracerProvider()
+    with provider.get_tracer("test").start_as_current_span("work") as span:
+        entry = json.loads(JsonFormatter().format(record("inside")))
+        text = TextFormatter().format(record("inside", outcome="MATCHED"))
+    ids = span.get_span_context()
+    assert (entry["trace_id"], entry["span_id"]) == (f"{ids.trace_id:032x}", f"{ids.span_id:016x}")
+    assert text.endswith(
+        f"WARNING sidecar.test: inside outcome=MATCHED trace_id={ids.trace_id:032x} "
+        f"span_id={ids.span_id:016x}"
+    )
+
+
+def test_an_exception_stays_inside_its_json_line_and_below_its_text_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError as error:
+        exc_info = (type(error), error, error.__traceback__)
+    entry = json.loads(JsonFormatter().format(record("failed", exc_info=exc_info)))
+    text = TextFormatter().format(record("failed", exc_info=exc_info, outcome="ERROR"))
+
+    assert entry["exception"].endswith("ValueError: boom")
+    first, *rest = text.splitlines()
+    assert first.endswith("failed outcome=ERROR")
+    assert rest[-1] == traceback.format_exception_only(ValueError, exc_info[1])[0].strip()
+
+
+@pytest.mark.parametrize(("log_format", "json_lines"), [("json", True), ("text", False)])
+@pytest.mark.usefixtures("root_logging")
+def test_configure_logging_writes_the_chosen_format(log_format: str, json_lines: bool) -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", log_format, stream)
+
+    logging.getLogger("sidecar.test").info("ready")
+    logging.getLogger("sidecar.test").debug("not shown")
+
+    (line,) = stream.getvalue().splitlines()
+    if json_lines:
+        assert json.loads(line)["message"] == "ready"
+    else:
+        assert line.endswith("INFO sidecar.test: ready")
