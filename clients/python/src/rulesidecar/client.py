@@ -1,0 +1,271 @@
+"""A thin client for rules-sidecar: plain dicts in and out, one default deadline, readable errors.
+
+The generated stubs (`rulesidecar.v1`) are complete but clumsy where the contract carries JSON:
+variables travel as `google.protobuf.Struct` and field violations hide in the status details. This
+module converts at that edge and adds nothing else; every result keeps the generated message too.
+
+    >>> from rulesidecar.client import Client, SidecarError
+    >>> with Client("127.0.0.1:50051", timeout=2.0) as sidecar:       # or "unix:/run/sidecar.sock"
+    ...     evaluation = sidecar.evaluate_node(node, {"order_number": "A-10023"})
+    ...     print(evaluation.target, evaluation.variables["order_status"])
+    show-status shipped
+
+Connectors and nodes are the generated messages, or dicts in their JSON form
+(`{"connectorId": ..., "branches": [...]}`, as `grpcurl` and the README write them). Numbers come
+back as `int` when integral, else `float`, as the sidecar's own extraction rules do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self, TypeAlias, TypeVar
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+
+from rulesidecar.v1 import rules_sidecar_pb2 as pb
+from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
+
+__all__ = ["Client", "Evaluation", "Extracted", "FieldViolation", "JsonValue", "SidecarError"]
+
+JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
+DEFAULT_TIMEOUT_SECONDS = 5.0
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_LARGEST_EXACT_INTEGER = 2.0**53
+_M = TypeVar("_M", bound=Message)
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid field of a request: its path (`connector.url_template`) and what is wrong."""
+
+    field: str
+    description: str
+
+
+class SidecarError(grpc.RpcError):
+    """A failed call, with `code()` and `details()` as on grpc's own errors.
+
+    `violations` lists the fields an INVALID_ARGUMENT names (from its `google.rpc.BadRequest`);
+    it is empty for other errors. A deadline that ran out is `grpc.StatusCode.DEADLINE_EXCEEDED`.
+
+        >>> try:
+        ...     sidecar.register_connector({"id": "Bad Id"})
+        ... except SidecarError as error:
+        ...     print(error.code(), [v.field for v in error.violations])
+        StatusCode.INVALID_ARGUMENT ['connector.id', 'connector.status', ...]
+    """
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, violations: Sequence[FieldViolation] = ()
+    ) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self._code = code
+        self._message = message
+        self.violations = tuple(violations)
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._message
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> SidecarError:
+        """Translate grpc's error (a grpc.Call as well), reading BadRequest from its trailers."""
+        call: Any = error
+        violations: list[FieldViolation] = []
+        for key, value in call.trailing_metadata() or ():
+            if key != _STATUS_DETAILS_KEY:
+                continue
+            for detail in status_pb2.Status.FromString(value).details:
+                bad_request = error_details_pb2.BadRequest()
+                if detail.Unpack(bad_request):
+                    violations.extend(
+                        FieldViolation(v.field, v.description) for v in bad_request.field_violations
+                    )
+        return cls(call.code(), call.details() or "", violations)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """EvaluateNode's verdict, with the extracted variables as plain Python values.
+
+    `branch_index` is None unless a branch matched. `response` is the full generated message
+    (extractions one by one, upstream latency, attempts, explanation).
+    """
+
+    outcome: pb.Outcome.ValueType
+    reason: pb.Reason.ValueType
+    target: str
+    branch_index: int | None
+    variables: dict[str, JsonValue]
+    message: str
+    http_status: int
+    response: pb.EvaluateNodeResponse
+
+    @property
+    def outcome_name(self) -> str:
+        """`OUTCOME_MATCHED`, `OUTCOME_NO_MATCH` or `OUTCOME_ERROR`."""
+        return pb.Outcome.Name(self.outcome)
+
+    @property
+    def reason_name(self) -> str:
+        """`REASON_BRANCH_MATCHED`, `REASON_TIMEOUT` ..."""
+        return pb.Reason.Name(self.reason)
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """ExtractVariables' result: the values that succeeded, and whether every required one did."""
+
+    variables: dict[str, JsonValue]
+    complete: bool
+    response: pb.ExtractVariablesResponse
+
+
+class Client:
+    """A connection to one sidecar. Every call gets `timeout` seconds unless it passes its own.
+
+    `address` is `host:port` or `unix:/path/to/socket`. Use it as a context manager, or `close()`.
+    """
+
+    def __init__(self, address: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        self._channel = grpc.insecure_channel(address)
+        self._stub = pb_grpc.RulesSidecarServiceStub(self._channel)
+        self.timeout = timeout
+
+    def register_connector(
+        self, connector: pb.Connector | Mapping[str, Any], *, expected_version: int | None = None
+    ) -> pb.RegisterConnectorResponse:
+        """Create or replace a connector; `expected_version` makes it conditional (ABORTED)."""
+        request = pb.RegisterConnectorRequest(
+            connector=_message(connector, pb.Connector), expected_version=expected_version
+        )
+        response: pb.RegisterConnectorResponse = self._call(
+            self._stub.RegisterConnector, request, None
+        )
+        return response
+
+    def get_connector(self, connector_id: str) -> pb.Connector:
+        request = pb.GetConnectorRequest(id=connector_id)
+        response: pb.GetConnectorResponse = self._call(self._stub.GetConnector, request, None)
+        return response.connector
+
+    def list_connectors(
+        self, *, status: pb.ConnectorStatus.ValueType = pb.CONNECTOR_STATUS_UNSPECIFIED
+    ) -> Iterator[pb.Connector]:
+        """Every connector in id order (optionally of one status), fetched page by page."""
+        request = pb.ListConnectorsRequest(status=status)
+        while True:
+            page: pb.ListConnectorsResponse = self._call(self._stub.ListConnectors, request, None)
+            yield from page.connectors
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def delete_connector(self, connector_id: str, *, expected_version: int | None = None) -> int:
+        """Delete a connector; returns the version that was deleted."""
+        request = pb.DeleteConnectorRequest(id=connector_id, expected_version=expected_version)
+        response: pb.DeleteConnectorResponse = self._call(self._stub.DeleteConnector, request, None)
+        return response.deleted_version
+
+    def evaluate_node(
+        self,
+        node: pb.Node | Mapping[str, Any],
+        variables: Mapping[str, Any] | None = None,
+        *,
+        explain: bool = False,
+        mode: pb.EvaluationMode.ValueType = pb.EVALUATION_MODE_UNSPECIFIED,
+        timeout: float | None = None,
+    ) -> Evaluation:
+        """Evaluate a node for one conversation whose variables are plain JSON-like values."""
+        request = pb.EvaluateNodeRequest(
+            node=_message(node, pb.Node), variables=_struct(variables), explain=explain, mode=mode
+        )
+        response: pb.EvaluateNodeResponse = self._call(self._stub.EvaluateNode, request, timeout)
+        return Evaluation(
+            outcome=response.outcome,
+            reason=response.reason,
+            target=response.target,
+            branch_index=response.branch_index if response.HasField("branch_index") else None,
+            variables=_native_struct(response.variables),
+            message=response.message,
+            http_status=response.http_status,
+            response=response,
+        )
+
+    def extract_variables(
+        self, extractions: Sequence[pb.Extraction | Mapping[str, Any]], document: Any
+    ) -> Extracted:
+        """Apply extractions to a JSON document you already have (no HTTP call)."""
+        request = pb.ExtractVariablesRequest(
+            extractions=[_message(e, pb.Extraction) for e in extractions],
+            json=_value(document),
+        )
+        response: pb.ExtractVariablesResponse = self._call(
+            self._stub.ExtractVariables, request, None
+        )
+        return Extracted(_native_struct(response.variables), response.complete, response)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(self, method: Any, request: Message, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as error:
+            raise SidecarError.from_rpc_error(error) from error
+
+
+def _message(value: _M | Mapping[str, Any], message_type: type[_M]) -> _M:
+    if isinstance(value, Mapping):
+        return json_format.ParseDict(dict(value), message_type())
+    return value
+
+
+def _struct(variables: Mapping[str, Any] | None) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(dict(variables or {}))
+    return struct
+
+
+def _value(document: Any) -> struct_pb2.Value:
+    return json_format.ParseDict(document, struct_pb2.Value())
+
+
+def _native_struct(struct: struct_pb2.Struct) -> dict[str, JsonValue]:
+    return {name: _native(value) for name, value in struct.fields.items()}
+
+
+def _native(value: struct_pb2.Value) -> JsonValue:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        exact = math.isfinite(number) and number.is_integer()
+        return int(number) if exact and abs(number) <= _LARGEST_EXACT_INTEGER else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _native_struct(value.struct_value)
+    if kind == "list_value":
+        return [_native(item) for item in value.list_value.values]
+    return None
