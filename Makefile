@@ -4,7 +4,7 @@ SHELL := bash
 VENV := .venv/bin
 BUF := proto/node_modules/.bin/buf
 
-.PHONY: bench help run test setup lint typecheck proto-lint generate check-generated pytest
+.PHONY: bench help run test setup lint typecheck proto-lint generate check-generated pytest test-clients
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -13,7 +13,7 @@ run: ## set up, then run the sidecar on 127.0.0.1:50051 with the example connect
 	@scripts/bootstrap --python-only
 	$(VENV)/rules-sidecar serve --config examples/sidecar.yaml
 
-test: setup lint typecheck proto-lint check-generated pytest ## set up, then run every check and test (what CI runs)
+test: setup lint typecheck proto-lint check-generated check-chart check-image-command pytest test-clients ## set up, then run every check and test (what CI runs)
 
 setup: ## install uv, the locked Python environment and buf (idempotent)
 	@scripts/bootstrap
@@ -28,10 +28,12 @@ typecheck: ## mypy --strict on sidecar/
 proto-lint: ## buf lint (STANDARD) and buf format on proto/
 	cd proto && node_modules/.bin/buf lint && node_modules/.bin/buf format --diff --exit-code
 
-generate: ## regenerate all generated code from proto/
+generate: ## regenerate all generated code from proto/ (Python, Go, TypeScript, Java)
+	@scripts/bootstrap --codegen
 	scripts/generate
 
 check-generated: ## fail if generated code is stale
+	@scripts/bootstrap --codegen
 	scripts/check-generated
 
 bench: ## the benchmark: sidecar vs direct baseline (ARGS=--quick for a short run)
@@ -39,3 +41,15 @@ bench: ## the benchmark: sidecar vs direct baseline (ARGS=--quick for a short ru
 
 pytest: ## the test suites
 	$(VENV)/pytest
+
+.PHONY: check-chart check-image-command
+
+check-chart: ## helm lint + helm template per mode, manifests validated against the Kubernetes schemas (offline)
+	scripts/check-chart
+
+check-image-command: ## run the Dockerfile's exact command line outside a container: SERVING, then SIGTERM exits 0
+	@scripts/bootstrap --python-only
+	$(VENV)/python scripts/check-image-command
+
+test-clients: ## the Python, Go, TypeScript and Java clients' tests against a real sidecar
+	scripts/test-clients
