@@ -7,12 +7,13 @@ model can never drift silently: a name missing on one side fails the round-trip 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from pydantic import BaseModel, ValidationError
@@ -27,7 +28,6 @@ from sidecar.errors import (
     clean_message,
     field_path,
 )
-from sidecar.values import normalise_numbers
 
 E = TypeVar("E", bound=StrEnum)
 M = TypeVar("M", bound=BaseModel)
@@ -116,16 +116,62 @@ def value_from_proto(value: struct_pb2.Value | struct_pb2.Struct, field: str) ->
     NaN and infinities are refused with a violation naming `field`: JSON has no such numbers.
     """
     try:
-        return normalise_numbers(json_format.MessageToDict(value))
-    except ValueError as exc:
+        if isinstance(value, struct_pb2.Struct):
+            return {key: _plain(item) for key, item in value.fields.items()}
+        return _plain(value)
+    except _NotFiniteError as exc:
         raise InvalidArgumentError(
             [FieldViolation(field, "numbers must be finite (no NaN or Infinity)")]
         ) from exc
 
 
+def _plain(value: struct_pb2.Value) -> Any:
+    """One Value as plain data; walking the fields directly is several times faster than
+    json_format.MessageToDict, and this runs on every EvaluateNode (the variables)."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise _NotFiniteError
+        return int(number) if number.is_integer() and abs(number) < _MAX_SAFE_INTEGER else number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {key: _plain(item) for key, item in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_plain(item) for item in value.list_value.values]
+    return None
+
+
+class _NotFiniteError(ValueError):
+    """NaN or an infinity in a Value."""
+
+
 def value_to_proto(data: Any) -> struct_pb2.Value:
     """Plain JSON data as a google.protobuf.Value (see `struct_safe`)."""
-    return json_format.ParseDict(struct_safe(data), struct_pb2.Value())
+    value = struct_pb2.Value()
+    _fill(value, struct_safe(data))
+    return value
+
+
+def _fill(value: struct_pb2.Value, data: Any) -> None:
+    """Set one Value from plain data (faster than json_format.ParseDict, on every answer)."""
+    if data is None:
+        value.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(data, bool):
+        value.bool_value = data
+    elif isinstance(data, int | float):
+        value.number_value = data
+    elif isinstance(data, str):
+        value.string_value = data
+    elif isinstance(data, dict):
+        value.struct_value.update(data)
+    elif isinstance(data, list | tuple):
+        value.list_value.extend(data)
+    else:
+        value.string_value = str(data)
 
 
 def struct_of(data: dict[str, Any]) -> struct_pb2.Struct:
@@ -151,6 +197,7 @@ def struct_safe(data: Any) -> Any:
 
 
 _LARGEST_DOUBLE = 1.7976931348623157e308
+_MAX_SAFE_INTEGER = 2**53
 
 
 # ---------------------------------------------------------------------------------------------

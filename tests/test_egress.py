@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 from upstreams import MALFORMED, ORDER_API_KEY, ORDERS, Upstream
 
 from sidecar.egress import Egress, EgressLimits, EgressPolicy
+from sidecar.egress.transport import RedactQueryFilter
 from sidecar.model import Reason
 from sidecar.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 
@@ -356,11 +357,12 @@ def test_request_urls_are_not_logged_at_info(
     assert all("canary" not in record.getMessage() for record in caplog.records)
 
 
-def test_httpx_request_lines_are_redacted_even_when_httpx_logs_at_info(
+def test_no_url_is_logged_even_when_httpx_logs_at_info(
     upstream: Upstream, caplog: pytest.LogCaptureFixture, httpx_logger_unset: logging.Logger
 ) -> None:
-    # A logging config may turn httpx back up: its request line is then logged, query redacted.
-    caplog.set_level(logging.INFO)
+    # A logging config may turn httpx back up: the egress sends through the transport, which
+    # writes no request line, and the redacting filter stays on the httpx logger regardless.
+    caplog.set_level(logging.DEBUG)
 
     async def use(egress: Egress) -> HttpResponse:
         httpx_logger_unset.setLevel(logging.INFO)  # undo the level Egress() set
@@ -368,9 +370,8 @@ def test_httpx_request_lines_are_redacted_even_when_httpx_logs_at_info(
 
     with_egress(use)
 
-    assert "HTTP Request" in caplog.text
-    assert "?REDACTED" in caplog.text
     assert "canary" not in caplog.text
+    assert "/json" not in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -647,3 +648,19 @@ def test_unknown_content_encoding_is_a_protocol_error(upstream: Upstream) -> Non
     upstream.respond("/brotli", body=b"\x0b\x02\x80{}\x03", headers={"Content-Encoding": "br"})
 
     assert send_error(get(upstream.url("/brotli"))).reason is Reason.PROTOCOL_ERROR
+
+
+def test_the_httpx_logger_redacts_queries_in_whatever_it_logs() -> None:
+    record = logging.LogRecord(
+        "httpx",
+        logging.INFO,
+        __file__,
+        1,
+        "HTTP Request: %s %s",
+        ("GET", "https://a.b/x?key=k3y"),
+        None,
+    )
+
+    RedactQueryFilter().filter(record)
+
+    assert record.getMessage() == "HTTP Request: GET https://a.b/x?REDACTED"

@@ -259,13 +259,15 @@ def test_broken_upstream_answers_one_reason(
     assert len(server.requests) == 1  # the request was delivered: never retried
 
 
-def test_redirect_with_an_unparseable_location_is_protocol_error(
+def test_followed_redirect_with_an_unparseable_location_is_protocol_error(
     network: Network, raw_servers: RawServers
 ) -> None:
     answer = b"HTTP/1.1 302 Found\r\nLocation: /next\x7fpage\r\nContent-Length: 0\r\n\r\n"
     server = raw_servers.serve(raw_answer(answer))
 
-    assert failure(network, server, budget=5.0).reason is Reason.PROTOCOL_ERROR
+    error = failure(network, server, budget=5.0, follow_redirects=True)
+
+    assert error.reason is Reason.PROTOCOL_ERROR
 
 
 # ---------------------------------------------------------------------------------------------
