@@ -154,11 +154,14 @@ def upstream() -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def sidecar(upstream_port: int, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+def sidecar(
+    upstream_port: int, extra_env: dict[str, str] | None = None, log_level: str = "WARNING"
+) -> Iterator[Stack]:
     """The real `rules-sidecar serve`, with the scenario's connector, on a free port."""
     port = free_port()
     with tempfile.TemporaryDirectory() as scratch:
         connectors = Path(scratch) / "connectors.json"
+        log = Path(scratch) / "sidecar.log"  # kept out of the report; shown if startup fails
         url = f"http://127.0.0.1:{upstream_port}/orders/{{{{order_number}}}}"
         connectors.write_text(
             json.dumps(
@@ -193,9 +196,11 @@ def sidecar(upstream_port: int, extra_env: dict[str, str] | None = None) -> Iter
                 "--connectors-file",
                 str(connectors),
                 "--log-level",
-                "WARNING",
+                log_level,
             ],
             env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("wb"),
         )
         try:
             wait_for_port(port, process)

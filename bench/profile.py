@@ -38,18 +38,36 @@ def main() -> None:
             folded = Path(scratch) / "folded.txt"
             spy = subprocess.Popen(
                 [
-                    arguments.py_spy, "record", "--pid", str(stack.sidecar.pid), "--duration",
-                    str(arguments.seconds), "--format", "raw", "--output", str(folded),
+                    arguments.py_spy,
+                    "record",
+                    "--pid",
+                    str(stack.sidecar.pid),
+                    "--duration",
+                    str(arguments.seconds),
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(folded),
                     "--nonblocking",
                 ]
             )
             subprocess.run(
                 [
-                    str(GHZ), "--insecure", "--import-paths", str(ROOT / "proto"), "--proto",
-                    "rulesidecar/v1/rules_sidecar.proto", "--call",
-                    "rulesidecar.v1.RulesSidecarService/EvaluateNode", "--data",
-                    json.dumps({"node": NODE, "variables": VARIABLES}), "--concurrency", "16",
-                    "--duration", f"{arguments.seconds + 2}s", stack.sidecar_address,
+                    str(GHZ),
+                    "--insecure",
+                    "--import-paths",
+                    str(ROOT / "proto"),
+                    "--proto",
+                    "rulesidecar/v1/rules_sidecar.proto",
+                    "--call",
+                    "rulesidecar.v1.RulesSidecarService/EvaluateNode",
+                    "--data",
+                    json.dumps({"node": NODE, "variables": VARIABLES}),
+                    "--concurrency",
+                    "16",
+                    "--duration",
+                    f"{arguments.seconds + 2}s",
+                    stack.sidecar_address,
                 ],
                 check=True,
                 capture_output=True,
@@ -74,8 +92,12 @@ def summarise(folded: str, top: int) -> str:
             continue
         count = int(count_text)
         samples += count
-        frames = [frame.split(" (")[0] + " " + frame.split(" (")[1].split(":")[0]
-                  if " (" in frame else frame for frame in stack.split(";")]
+        frames = [
+            frame.split(" (")[0] + " " + frame.split(" (")[1].split(":")[0]
+            if " (" in frame
+            else frame
+            for frame in stack.split(";")
+        ]
         own[frames[-1]] += count
         for frame in set(frames):
             total[frame] += count
