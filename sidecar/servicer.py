@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
@@ -18,12 +20,13 @@ from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 from sidecar import model, wire
 from sidecar.engine import CompiledNode, Engine, compile_node
 from sidecar.errors import FieldViolation, InvalidArgumentError, NotReadyError, OverloadedError
-from sidecar.extraction import compile_extractions, required_failures
+from sidecar.extraction import CompiledExtractions, compile_extractions, required_failures
 from sidecar.model.node import MAX_EXTRACTIONS
 from sidecar.registry import Registry
 from sidecar.secrets import SecretBindings
 from sidecar.telemetry import Telemetry
 
+T = TypeVar("T")
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RulesSidecarService"].full_name
 
 
@@ -40,7 +43,8 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         self._telemetry = telemetry or Telemetry()
         self._registry: Registry | None = None
         self._engine: Engine | None = None
-        self._nodes = CompiledNodeCache()
+        self._nodes: CompiledCache[CompiledNode] = CompiledCache()
+        self._extractions: CompiledCache[CompiledExtractions] = CompiledCache()
         self._bindings = bindings or SecretBindings({})
         self._evaluation_slots = max_concurrent_evaluations
         self._evaluations_in_flight = 0
@@ -128,7 +132,10 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
             raise InvalidArgumentError([FieldViolation("node", "required")])
         if request.mode not in pb.EvaluationMode.values():
             raise InvalidArgumentError([FieldViolation("mode", "unknown evaluation mode")])
-        compiled = self._nodes.get(request.node)
+        node = request.node
+        compiled = self._nodes.get(
+            node.SerializeToString(deterministic=True), lambda: _compile_node_message(node)
+        )
         variables = wire.variables_from_proto(request.variables)
         if self._evaluations_in_flight >= self._evaluation_slots:
             raise OverloadedError(
@@ -154,9 +161,12 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
     async def ExtractVariables(
         self, request: pb.ExtractVariablesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExtractVariablesResponse:
-        data = {"extractions": wire.extractions_data(request.extractions, "extractions")}
-        extractions = wire.validate(_ExtractionsInput, data, prefix="").extractions
-        compiled = compile_extractions(extractions)
+        key = pb.ExtractVariablesRequest(extractions=request.extractions).SerializeToString(
+            deterministic=True
+        )
+        compiled = self._extractions.get(
+            key, lambda: _compile_extraction_messages(request.extractions)
+        )
         document_kind = request.WhichOneof("document")
         if document_kind is None:
             raise InvalidArgumentError([FieldViolation("document", "set json or raw_json")])
@@ -185,37 +195,45 @@ class _ExtractionsInput(BaseModel):
     extractions: tuple[model.Extraction, ...] = Field(max_length=MAX_EXTRACTIONS)
 
 
-class CompiledNodeCache:
-    """Compiled nodes by the node message's bytes: a repeated node costs one dict lookup.
+class CompiledCache(Generic[T]):
+    """Compiled forms by the bytes of the message they came from: a repeat costs one lookup.
 
-    Backends send the same few nodes over and over; validating and compiling them (pydantic,
-    JMESPath, RE2) on every call would dominate the hot path. Bounded, least recently used out.
+    Backends send the same few nodes and extraction lists over and over; validating and
+    compiling them (pydantic, JMESPath, RE2) on every call would dominate the hot path.
+    Bounded, least recently used out. Only successful compilations are kept.
     """
 
     def __init__(self, limit: int = 1024) -> None:
         self._limit = limit
-        self._nodes: OrderedDict[bytes, CompiledNode] = OrderedDict()
+        self._entries: OrderedDict[bytes, T] = OrderedDict()
 
-    def get(self, node: pb.Node) -> CompiledNode:
-        """The compiled node, compiling (and validating: InvalidArgumentError) on first sight."""
-        key = node.SerializeToString(deterministic=True)
-        compiled = self._nodes.get(key)
-        if compiled is not None:
-            self._nodes.move_to_end(key)
-            return compiled
-        try:
-            compiled = compile_node(wire.node_from_proto(node))
-        except InvalidArgumentError as error:
-            raise InvalidArgumentError(
-                [
-                    FieldViolation(_under_node(violation.field), violation.description)
-                    for violation in error.violations
-                ]
-            ) from error
-        self._nodes[key] = compiled
-        if len(self._nodes) > self._limit:
-            self._nodes.popitem(last=False)
-        return compiled
+    def get(self, key: bytes, build: Callable[[], T]) -> T:
+        """The cached value for key, or build() (which may raise) on first sight."""
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+            return found
+        built = self._entries[key] = build()
+        if len(self._entries) > self._limit:
+            self._entries.popitem(last=False)
+        return built
+
+
+def _compile_node_message(node: pb.Node) -> CompiledNode:
+    try:
+        return compile_node(wire.node_from_proto(node))
+    except InvalidArgumentError as error:
+        raise InvalidArgumentError(
+            [
+                FieldViolation(_under_node(violation.field), violation.description)
+                for violation in error.violations
+            ]
+        ) from error
+
+
+def _compile_extraction_messages(extractions: Sequence[pb.Extraction]) -> CompiledExtractions:
+    data = {"extractions": wire.extractions_data(extractions, "extractions")}
+    return compile_extractions(wire.validate(_ExtractionsInput, data, prefix="").extractions)
 
 
 def _under_node(field: str) -> str:
