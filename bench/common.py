@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-API_KEY = "bench-key-0123456789"
+API_KEY = "fake-bench-key-0123456"
 ORDER = {
     "order_number": "A-10023",
     "status": "shipped",
