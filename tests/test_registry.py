@@ -484,3 +484,34 @@ def test_failed_create_on_a_broken_store_is_a_store_error(make_registry):
 
     with pytest.raises(StoreError):
         register(registry, definition())
+
+
+def test_a_reload_during_an_api_write_keeps_the_file_definition(tmp_path):
+    async def scenario():
+        store = ConnectorStore(tmp_path / "store.sqlite3")
+        registry = Registry(store, file_connectors=())
+        original_put = store.put
+
+        def put_while_the_file_arrives(connector):
+            original_put(connector)
+            # A reload lands between the store write and the in-memory update.
+            registry.replace_file_connectors([file_version])
+
+        file_version = Connector.model_validate(
+            {"id": "orders", "status": "LIVE", "url_template": "https://file.example/x"}
+        ).model_copy(update={"version": 1, "source": ConnectorSource.FILE})
+        store.put = put_while_the_file_arrives  # the unit edge case: the interleaving
+        api_version = Connector.model_validate(
+            {"id": "orders", "status": "LIVE", "url_template": "https://api.example/x"}
+        )
+        await registry.register(api_version, expected_version=None)
+        try:
+            return registry.get("orders")
+        finally:
+            registry.close()
+
+    found = asyncio.run(scenario())
+
+    assert found is not None
+    assert found.source is ConnectorSource.FILE
+    assert found.url_template == "https://file.example/x"

@@ -109,7 +109,8 @@ class Registry:
             )
             await self._run(self._store.put, stored)
             self._api[stored.id] = stored
-            self._merged[stored.id] = stored
+            # The file wins, even if a reload declared this id while the write was in flight.
+            self._merged[stored.id] = self._file.get(stored.id, stored)
             return stored, current is None
 
     async def delete(self, connector_id: str, *, expected_version: int | None) -> int:
@@ -122,7 +123,10 @@ class Registry:
             _check_expected(connector_id, expected_version, current.version)
             await self._run(self._store.delete, connector_id, current.version)
             del self._api[connector_id]
-            del self._merged[connector_id]
+            if connector_id in self._file:  # declared by a reload during the write: it stays
+                self._merged[connector_id] = self._file[connector_id]
+            else:
+                del self._merged[connector_id]
             return current.version
 
     def replace_file_connectors(self, connectors: Iterable[Connector]) -> None:
