@@ -24,6 +24,8 @@ import httpx
 from aiohttp import web
 from httpx_aiohttp import AiohttpTransport
 
+from sidecar.egress.aiohttp_transport import AiohttpTransport as OwnTransport
+
 ORDER = {
     "order_number": "A-10023",
     "status": "shipped",
@@ -99,6 +101,22 @@ async def _run(url: str, requests: int, concurrency: int) -> dict[str, dict[str,
             (await client.get(url)).raise_for_status()
 
         results["httpx + httpx-aiohttp"] = await _drive(httpx_on_aiohttp, requests, concurrency)
+
+    own = OwnTransport(
+        lambda: aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=100), auto_decompress=False, trust_env=False
+        )
+    )
+
+    async def httpx_request_on_own_transport() -> None:
+        response = await own.handle_async_request(httpx.Request("GET", url))
+        await response.aread()
+        response.raise_for_status()
+
+    results["httpx Request -> sidecar's transport"] = await _drive(
+        httpx_request_on_own_transport, requests, concurrency
+    )
+    await own.aclose()
 
     transport = AiohttpTransport(limits=limits)
 

@@ -1,9 +1,10 @@
 """One HTTP attempt on the shared pooled client: guarded resolution, capped and bounded body.
 
-httpx's API on the aiohttp transport of httpx-aiohttp. httpx 0.28's default transport (httpcore)
-collapses under concurrency on this machine; `bench/transport_choice.py` measured, at 32
-concurrent loopback GETs: httpx default ~480-600 req/s, p99 ~206-326 ms, ~1,650 us CPU/request;
-httpx + httpx-aiohttp ~2,450-2,900 req/s, p99 ~27 ms, ~280 us.
+httpx's Request and Response on an aiohttp session (`aiohttp_transport.AiohttpTransport`).
+httpx 0.28's default transport (httpcore) collapses under concurrency on this machine;
+`bench/transport_choice.py` measured, at 32 concurrent loopback GETs: httpx default 402-599
+req/s, p99 206-331 ms, 1,650-2,400 us CPU per request; httpx + httpx-aiohttp ~2,450-2,950 req/s,
+~280-296 us; an httpx Request on the transport directly, ~3,050-3,200 req/s, ~186-207 us.
 
 - Names are resolved by `GuardedResolver`, which judges every address and refuses the name
   whole if any is forbidden; aiohttp then connects only to the addresses it returned, so there is
@@ -28,9 +29,9 @@ import aiohttp
 import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
-from httpx_aiohttp import AiohttpTransport
 
 from sidecar.destinations import EgressPolicy
+from sidecar.egress.aiohttp_transport import AiohttpTransport
 from sidecar.model.exchange import HttpResponse, OutboundRequest, SendError
 from sidecar.model.outcome import Reason
 
@@ -112,7 +113,7 @@ class Transport:
         # per-request machinery (cookies, auth flows, redirect handling, URL merging, event
         # hooks) is work the egress does not use, and cost ~100 us of CPU per request here
         # (bench/transport_choice.py: 290 -> 186 us). Redirects and proxies are the egress's.
-        self._transport = AiohttpTransport(client=self._new_session)
+        self._transport = AiohttpTransport(self._new_session)
 
     def _new_session(self) -> aiohttp.ClientSession:
         """Built lazily by the transport, inside the running event loop, as aiohttp requires."""
@@ -120,6 +121,7 @@ class Transport:
             connector=self._connector_factory(self._resolver),
             trust_env=False,
             auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None),  # the egress's budget is the only clock
         )
 
     async def attempt(self, request: OutboundRequest, cap: int) -> HttpResponse:

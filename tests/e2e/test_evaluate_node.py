@@ -612,13 +612,6 @@ def test_query_values_are_percent_encoded_after_the_urls_own_query(shared: Harne
     assert echoed(shared.upstream)["query"] == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sidecar bug: httpx-aiohttp hands aiohttp the URL as a str, and yarl re-quotes it, "
-    "decoding %3A and %40 in the path and %2F, %3F, %3A, %40 in the query; the bytes on the "
-    "wire then differ from the URL templating produced and the explanation shows "
-    "(sidecar/egress.py: pass yarl.URL(url, encoded=True) to aiohttp)",
-)
 def test_request_on_the_wire_is_the_url_the_explanation_shows(shared: Harness) -> None:
     register_echo(shared, "/echo/orders/{{order_number}}", query={"q": "{{q}}"})
 
