@@ -5,8 +5,8 @@ Secret, whose files are symlinks into `..data/`), then environment variables wit
 Files are re-read when they change (Kubernetes rotates a Secret by swapping the `..data` link), so a
 rotated key is used without a restart; an unchanged file costs one `stat`.
 
-    >>> store = SecretStore(directory=None, environ={"RULES_SIDECAR_SECRET_STORE_API_KEY": "k"},
-    ...                     env_prefix="RULES_SIDECAR_SECRET_")
+    >>> store = SecretStore(directory=None, environ={"RULES_SECRET_STORE_API_KEY": "k"},
+    ...                     env_prefix="RULES_SECRET_")
     >>> store.resolve("store_api_key")
     'k'
 """
