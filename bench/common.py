@@ -182,7 +182,6 @@ def sidecar(
             "RULES_SECRET_bench_key": API_KEY,
             "RULES_SIDECAR_EGRESS_ALLOW_CIDRS": '["127.0.0.1/32"]',
             "RULES_SIDECAR_EGRESS_ALLOW_HTTP_HOSTS": '["127.0.0.1"]',
-            "OTEL_SDK_DISABLED": "true",
             **(extra_env or {}),
         }
         process = subprocess.Popen(
