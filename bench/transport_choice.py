@@ -22,17 +22,10 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import httpx
 from aiohttp import web
+from common import ORDER
 from httpx_aiohttp import AiohttpTransport
 
 from sidecar.egress.aiohttp_transport import AiohttpTransport as OwnTransport
-
-ORDER = {
-    "order_number": "A-10023",
-    "status": "shipped",
-    "carrier": {"name": "UPS", "tracking": "1Z999AA10123456784"},
-    "items": [{"sku": f"SKU-{i}", "name": f"Item {i}", "qty": 1, "price": 19.99} for i in range(8)],
-    "customer": {"email": "visitor@example.com", "tier": "gold"},
-}
 
 
 def _serve(port: int) -> None:

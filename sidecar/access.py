@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import enum
 import hmac
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import grpc
 
 from sidecar.errors import ConfigError
+from sidecar.watched_file import WatchedFile
 
 ADMIN_METHODS = frozenset({"RegisterConnector", "DeleteConnector"})
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -44,24 +44,18 @@ class TokenFile:
     """A token read from a file, re-read when the file changes (one stat per check)."""
 
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._stamp: tuple[int, int, int] | None = None
-        self._token = b""
+        self._file = WatchedFile(path)
         self.current()  # fail at startup, not on the first call
 
     def current(self) -> bytes:
         """The token's bytes (surrounding whitespace stripped)."""
         try:
-            info = os.stat(self._path)
+            token = self._file.read().strip()
         except OSError as exc:
-            raise ConfigError(f"cannot read token file {self._path}: {exc.strerror}") from exc
-        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
-        if stamp != self._stamp:
-            token = self._path.read_bytes().strip()
-            if len(token) < 16:
-                raise ConfigError(f"token file {self._path} holds fewer than 16 characters")
-            self._token, self._stamp = token, stamp
-        return self._token
+            raise ConfigError(f"cannot read token file {self._file.path}: {exc.strerror}") from exc
+        if len(token) < 16:
+            raise ConfigError(f"token file {self._file.path} holds fewer than 16 characters")
+        return token
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

@@ -13,18 +13,11 @@ rotated key is used without a restart; an unchanged file costs one `stat`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar.destinations import host_matches
-
-
-@dataclass(frozen=True, slots=True)
-class _CachedFile:
-    stamp: tuple[int, int, int]
-    value: str
+from sidecar.watched_file import WatchedFile
 
 
 class SecretStore:
@@ -39,7 +32,7 @@ class SecretStore:
             for key, value in environ.items()
             if key.startswith(env_prefix) and len(key) > len(env_prefix)
         }
-        self._files: dict[str, _CachedFile] = {}
+        self._files: dict[str, WatchedFile] = {}
 
     def resolve(self, name: str) -> str | None:
         """The secret's value, from its file or its environment variable; None if absent."""
@@ -50,21 +43,13 @@ class SecretStore:
         return self._env.get(name) or self._env.get(_env_spelling(name))
 
     def _read_file(self, path: Path) -> str | None:
+        watched = self._files.get(path.name)
+        if watched is None:
+            watched = self._files[path.name] = WatchedFile(path)
         try:
-            info = os.stat(path)
-        except OSError:
-            self._files.pop(path.name, None)
-            return None
-        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
-        cached = self._files.get(path.name)
-        if cached is not None and cached.stamp == stamp:
-            return cached.value
-        try:
-            value = path.read_text(encoding="utf-8").rstrip("\r\n")
+            return watched.read().decode("utf-8").rstrip("\r\n")
         except (OSError, UnicodeDecodeError):
             return None
-        self._files[path.name] = _CachedFile(stamp, value)
-        return value
 
 
 def _is_plain_name(name: str) -> bool:

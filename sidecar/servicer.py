@@ -27,6 +27,7 @@ from sidecar.secrets import SecretBindings
 from sidecar.telemetry import Telemetry
 
 T = TypeVar("T")
+_EVALUATION_MODES = frozenset(pb.EvaluationMode.values())
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RulesSidecarService"].full_name
 
 
@@ -130,7 +131,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
     ) -> pb.EvaluateNodeResponse:
         if not request.HasField("node"):
             raise InvalidArgumentError([FieldViolation("node", "required")])
-        if request.mode not in pb.EvaluationMode.values():
+        if request.mode not in _EVALUATION_MODES:
             raise InvalidArgumentError([FieldViolation("mode", "unknown evaluation mode")])
         node = request.node
         compiled = self._nodes.get(
