@@ -116,9 +116,9 @@ def hook_cost(iterations: int = 20_000) -> dict[str, float]:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-    from sidecar.model import Node, Outcome, OutcomeKind, Reason
-    from sidecar.model.exchange import HttpResponse, OutboundRequest, SendOptions
-    from sidecar.telemetry import Telemetry
+    from sidecar.core.model import Node, Outcome, OutcomeKind, Reason
+    from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendOptions
+    from sidecar.telemetry.instruments import Telemetry
 
     class Drop(SpanExporter):
         def export(self, spans: Any) -> SpanExportResult:

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.errors import ConfigError, SidecarError
-from sidecar.logs import configure_logging
 from sidecar.registry import load_connectors_file
 from sidecar.server import serve
 from sidecar.settings import Settings
+from sidecar.telemetry.logs import configure_logging
 
 EXIT_INVALID = 1
 EXIT_CONFIG = 2

@@ -1,7 +1,7 @@
 """The one error tree of rules-sidecar.
 
 Inside the sidecar only these errors travel; foreign exceptions (sqlite3, pydantic, yaml, OS) are
-translated where they enter, with ``raise ... from exc``. The edge (``sidecar.wire``) maps each
+translated where they enter, with ``raise ... from exc``. The edge (``sidecar.api.wire``) maps each
 ``ErrorCode`` to a gRPC status in one table.
 
     SidecarError                 code            meaning

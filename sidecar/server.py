@@ -24,17 +24,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
-from sidecar.access import TokenFile, TokenInterceptor
+from sidecar.api.access import TokenFile, TokenInterceptor
+from sidecar.api.interceptors import ErrorMappingInterceptor, TracingInterceptor
+from sidecar.api.servicer import SERVICE_NAME, RulesSidecarServicer
+from sidecar.core.engine import Engine
+from sidecar.core.secrets import SecretBindings, SecretStore
 from sidecar.egress import Egress, EgressLimits, EgressPolicy
-from sidecar.engine import Engine
 from sidecar.errors import ConfigError
-from sidecar.interceptors import ErrorMappingInterceptor, TracingInterceptor
 from sidecar.registry import ConnectorStore, Registry, load_connectors_file
-from sidecar.reload import ConnectorsFileWatcher, ReloadState
-from sidecar.secrets import SecretBindings, SecretStore
-from sidecar.servicer import SERVICE_NAME, RulesSidecarServicer
+from sidecar.registry.watcher import ConnectorsFileWatcher, ReloadState
 from sidecar.settings import Settings
-from sidecar.telemetry import Telemetry
+from sidecar.telemetry.instruments import Telemetry
 
 log = logging.getLogger(__name__)
 

@@ -209,15 +209,16 @@ def test_the_checker_ignores_what_builds_no_client(source: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 CORE = (
-    "sidecar.engine",
-    "sidecar.templating",
-    "sidecar.conditions",
-    "sidecar.extraction",
-    "sidecar.query",
-    "sidecar.model",
-    "sidecar.values",
-    "sidecar.placeholders",
-    "sidecar.destinations",
+    "sidecar.core.engine",
+    "sidecar.core.templating",
+    "sidecar.core.conditions",
+    "sidecar.core.extraction",
+    "sidecar.core.query",
+    "sidecar.core.model",
+    "sidecar.core.values",
+    "sidecar.core.placeholders",
+    "sidecar.core.secrets",
+    "sidecar.core.hosts",
 )
 TRANSPORTS = ("grpc", "rulesidecar", "google.protobuf", "httpx", "httpcore", "aiohttp", "stamina")
 

@@ -1,4 +1,4 @@
-"""sidecar.conditions: the comparison table row by row, subjects, quantifiers, branches, explain."""
+"""sidecar.core.conditions: the comparison table, subjects, quantifiers, branches, explain."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.conditions import (
+from sidecar.core.conditions import (
     BranchDecision,
     ResponseView,
     compile_branches,
     compile_query,
 )
+from sidecar.core.model.node import Branch, Condition, Operator
+from sidecar.core.model.outcome import ConditionExplanation
 from sidecar.errors import InvalidArgumentError
-from sidecar.model.node import Branch, Condition, Operator
-from sidecar.model.outcome import ConditionExplanation
 
 ABSENT = object()
 """Marks a BODY subject whose path does not exist in the body."""

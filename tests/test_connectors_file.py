@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sidecar.core.model import ConnectorSource, ConnectorStatus, HttpMethod
 from sidecar.errors import ConfigError
-from sidecar.model import ConnectorSource, ConnectorStatus, HttpMethod
 from sidecar.registry import load_connectors_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

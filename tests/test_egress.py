@@ -22,10 +22,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 from upstreams import MALFORMED, ORDER_API_KEY, ORDERS, Upstream
 
+from sidecar.core.model import Reason
+from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 from sidecar.egress import Egress, EgressLimits, EgressPolicy
 from sidecar.egress.transport import RedactQueryFilter
-from sidecar.model import Reason
-from sidecar.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 
 T = TypeVar("T")
 DEFAULT_OPTIONS = SendOptions(timeout_seconds=5.0, max_response_bytes=1024 * 1024)

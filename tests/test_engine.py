@@ -1,4 +1,4 @@
-"""sidecar.engine: the outcome table, auth, masking, the template cache, and a property.
+"""sidecar.core.engine: the outcome table, auth, masking, the template cache, and a property.
 
 The engine is transport-free: it is given an async `send`, so these tests hand it a fake one that
 records every request and answers with a canned response or a SendError.
@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sidecar.engine as engine_module
-from sidecar.engine import MASK, Engine, compile_node
-from sidecar.model import (
+import sidecar.core.engine as engine_module
+from sidecar.core.engine import MASK, Engine, compile_node
+from sidecar.core.model import (
     Connector,
     ConnectorStatus,
     ExtractionStatus,
@@ -27,8 +27,8 @@ from sidecar.model import (
     OutcomeKind,
     Reason,
 )
-from sidecar.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
-from sidecar.secrets import SecretBindings
+from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
+from sidecar.core.secrets import SecretBindings
 
 ORIGIN = "https://api.store.example"
 SECRET = "s3cr3t-canary-9f2e"

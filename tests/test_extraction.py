@@ -1,4 +1,4 @@
-"""sidecar.extraction: casts row by row, defaults, required, statuses, order, compile errors."""
+"""sidecar.core.extraction: casts by row, defaults, required, statuses, order, compile errors."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.errors import InvalidArgumentError
-from sidecar.extraction import (
+from sidecar.core.extraction import (
     all_required_succeeded,
     compile_extractions,
     required_failures,
 )
-from sidecar.model.node import Extraction
-from sidecar.model.outcome import ExtractionResult, ExtractionStatus
+from sidecar.core.model.node import Extraction
+from sidecar.core.model.outcome import ExtractionResult, ExtractionStatus
+from sidecar.errors import InvalidArgumentError
 
 EXTRACTED = ExtractionStatus.EXTRACTED
 DEFAULTED = ExtractionStatus.DEFAULTED

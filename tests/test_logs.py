@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from sidecar.logs import JsonFormatter, TextFormatter, configure_logging
+from sidecar.telemetry.logs import JsonFormatter, TextFormatter, configure_logging
 
 
 def record(text: str, *, exc_info: Any = None, **fields: Any) -> logging.LogRecord:

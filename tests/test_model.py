@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from sidecar.model import (
+from sidecar.core.model import (
     ApiKeyLocation,
     Condition,
     Connector,
@@ -22,8 +22,8 @@ from sidecar.model import (
     Node,
     Subject,
 )
-from sidecar.model.connector import CREDENTIAL_HEADERS
-from sidecar.model.node import (
+from sidecar.core.model.connector import CREDENTIAL_HEADERS
+from sidecar.core.model.node import (
     MAX_BRANCHES,
     MAX_CONDITIONS_PER_BRANCH,
     MAX_EXPRESSION_CHARS,

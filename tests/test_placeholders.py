@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from sidecar.placeholders import (
+from sidecar.core.placeholders import (
     Literal,
     Placeholder,
     TemplateSyntaxError,

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from sidecar.core.model import Connector, ConnectorSource, ConnectorStatus
 from sidecar.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -21,7 +22,6 @@ from sidecar.errors import (
     StoreError,
     VersionConflictError,
 )
-from sidecar.model import Connector, ConnectorSource, ConnectorStatus
 from sidecar.registry import ConnectorStore, Registry
 from sidecar.registry.registry import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 

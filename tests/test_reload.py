@@ -17,9 +17,9 @@ import pytest
 import yaml
 from configmap_volume import ConfigMapVolume
 
-from sidecar.model import Connector, ConnectorSource
+from sidecar.core.model import Connector, ConnectorSource
 from sidecar.registry import ConnectorStore, Registry, load_connectors_file
-from sidecar.reload import (
+from sidecar.registry.watcher import (
     Changes,
     ConnectorsFileWatcher,
     ReloadState,
@@ -223,7 +223,7 @@ def test_invalid_file_keeps_the_last_good_set_and_says_why(harness, caplog):
     broken = connector_definition("order-status")
     broken["url_template"] = "https://{{host}}/orders"
     harness.publish(connectors_yaml(broken, connector_definition("brand-new")))
-    with caplog.at_level(logging.ERROR, logger="sidecar.reload"):
+    with caplog.at_level(logging.ERROR, logger="sidecar.registry.watcher"):
         state = harness.check()
     assert harness.versions() == {"order-status": 1, "refunds": 1}
     assert harness.registry.get("brand-new") is None
@@ -243,7 +243,7 @@ def test_invalid_file_keeps_the_last_good_set_and_says_why(harness, caplog):
 def test_invalid_file_is_reported_once_not_at_every_poll(harness, caplog):
     harness.check()
     harness.publish("connectors: [\n")
-    with caplog.at_level(logging.ERROR, logger="sidecar.reload"):
+    with caplog.at_level(logging.ERROR, logger="sidecar.registry.watcher"):
         for _ in range(3):
             state = harness.check()
     assert state.failures == 1

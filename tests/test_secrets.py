@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.secrets import SecretStore
+from sidecar.core.secrets import SecretStore
 
 PREFIX = "RULES_SECRET_"
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from sidecar.core.model import Connector
 from sidecar.errors import StoreError
-from sidecar.model import Connector
 from sidecar.registry.store import SCHEMA_VERSION, ConnectorStore
 
 UPDATE_TIME = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)

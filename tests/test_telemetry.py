@@ -34,11 +34,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from upstreams import ORDER_API_KEY, Upstream
 
-from sidecar.engine import Engine
+from sidecar.core.engine import Engine
 from sidecar.errors import ConfigError
-from sidecar.logs import JsonFormatter
 from sidecar.settings import Settings
-from sidecar.telemetry import Telemetry, TelemetryConfig, redacted_url
+from sidecar.telemetry.instruments import Telemetry, TelemetryConfig, redacted_url
+from sidecar.telemetry.logs import JsonFormatter
 
 RPC_TIMEOUT = 10.0
 SERVICE = "rulesidecar.v1.RulesSidecarService"

@@ -1,4 +1,4 @@
-"""sidecar.templating: one table per position (path, query, headers, body), then properties."""
+"""sidecar.core.templating: one table per position (path, query, headers, body), then properties."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sidecar.templating as templating
-from sidecar.model import Connector, Reason
-from sidecar.model.exchange import OutboundRequest
-from sidecar.templating import RenderError, compile_request
-from sidecar.values import normalise_numbers, scalar_text
+import sidecar.core.templating as templating
+from sidecar.core.model import Connector, Reason
+from sidecar.core.model.exchange import OutboundRequest
+from sidecar.core.templating import RenderError, compile_request
+from sidecar.core.values import normalise_numbers, scalar_text
 
 ORIGIN = "https://api.example.com:8443"
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sidecar.values import (
+from sidecar.core.values import (
     MISSING,
     as_number,
     is_number,

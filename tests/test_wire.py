@@ -13,7 +13,8 @@ from google.protobuf import duration_pb2, struct_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
-from sidecar import model, wire
+from sidecar.api import wire
+from sidecar.core import model
 from sidecar.errors import (
     ConfigError,
     ErrorCode,

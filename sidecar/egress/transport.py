@@ -30,10 +30,10 @@ import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from sidecar.destinations import EgressPolicy
+from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError
+from sidecar.core.model.outcome import Reason
 from sidecar.egress.aiohttp_transport import AiohttpTransport
-from sidecar.model.exchange import HttpResponse, OutboundRequest, SendError
-from sidecar.model.outcome import Reason
+from sidecar.egress.policy import EgressPolicy
 
 ConnectorFactory = Callable[[AbstractResolver], aiohttp.TCPConnector]
 ACCEPTED_ENCODINGS = "gzip, deflate"

@@ -1,6 +1,6 @@
 """The declarative connectors file (YAML or JSON): GitOps and Kubernetes ConfigMaps.
 
-Same schema as the API (field names of `sidecar.model.Connector`, enums without their proto
+Same schema as the API (field names of `sidecar.core.model.Connector`, enums without their proto
 prefix). Every problem is reported with its location, `file:line: connectors[0].url_template:
 why`, so `rules-sidecar validate` can list them all at once.
 
@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from sidecar.core.model import Connector, ConnectorSource
 from sidecar.errors import ConfigError, clean_message, field_path
-from sidecar.model import Connector, ConnectorSource
 
 OUTPUT_ONLY_FIELDS = ("version", "update_time", "source")
 

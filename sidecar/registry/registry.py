@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
 
+from sidecar.core.model import Connector, ConnectorSource, ConnectorStatus
 from sidecar.errors import (
     FieldViolation,
     InvalidArgumentError,
@@ -30,7 +31,6 @@ from sidecar.errors import (
     ReadOnlyConnectorError,
     VersionConflictError,
 )
-from sidecar.model import Connector, ConnectorSource, ConnectorStatus
 from sidecar.registry.store import ConnectorStore
 
 log = logging.getLogger(__name__)

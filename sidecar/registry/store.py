@@ -24,8 +24,8 @@ from typing import IO
 
 from pydantic import ValidationError
 
+from sidecar.core.model import Connector
 from sidecar.errors import StoreError
-from sidecar.model import Connector
 
 SCHEMA_VERSION = 1
 _SCHEMA = (

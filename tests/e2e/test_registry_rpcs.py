@@ -16,8 +16,8 @@ from grpc_status import rpc_status
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
+from sidecar.api.interceptors import GENERIC_INTERNAL_MESSAGE, ErrorMappingInterceptor
 from sidecar.errors import NotFoundError
-from sidecar.interceptors import GENERIC_INTERNAL_MESSAGE, ErrorMappingInterceptor
 
 RPC_TIMEOUT = 5.0
 ORDERS_URL = "https://api.example.com/orders/{{order_number}}"

@@ -40,8 +40,8 @@ from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
 import sidecar.egress.transport
 import sidecar.server
-from sidecar.destinations import EgressPolicy
 from sidecar.egress import Egress, EgressLimits
+from sidecar.egress.policy import EgressPolicy
 
 HOST = "127.0.0.1"
 LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")

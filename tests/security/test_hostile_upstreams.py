@@ -36,10 +36,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from sidecar.core.engine import Engine, compile_node
+from sidecar.core.model import Connector, Node, Outcome, Reason
+from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 from sidecar.egress import Egress, EgressLimits
-from sidecar.engine import Engine, compile_node
-from sidecar.model import Connector, Node, Outcome, Reason
-from sidecar.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 
 from .conftest import (
     FAST_RETRIES,

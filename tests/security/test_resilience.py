@@ -22,9 +22,9 @@ from aiohttp import web
 from conftest import InProcessSidecar
 from upstreams import Upstream, closed_port
 
+from sidecar.core.model import Reason
+from sidecar.core.model.exchange import OutboundRequest, SendError, SendOptions
 from sidecar.egress import EgressLimits
-from sidecar.model import Reason
-from sidecar.model.exchange import OutboundRequest, SendError, SendOptions
 
 from .conftest import (
     HOST,

@@ -101,7 +101,7 @@ def record_text(record: logging.LogRecord) -> str:
     if record.exc_info:
         parts.append(logging.Formatter().formatException(record.exc_info))
     try:
-        from sidecar.logs import JsonFormatter, TextFormatter
+        from sidecar.telemetry.logs import JsonFormatter, TextFormatter
     except ImportError:  # structured logging not there: the attributes above cover it
         return "\n".join(parts)
     parts += [JsonFormatter().format(record), TextFormatter().format(record)]
@@ -127,7 +127,8 @@ class Telemetry:
 def telemetry(monkeypatch: pytest.MonkeyPatch) -> Telemetry:
     """Make every in-process sidecar of the test export spans and metrics to memory."""
     telemetry_module = pytest.importorskip(
-        "sidecar.telemetry", reason="TODO: no sidecar.telemetry yet, so no spans to search"
+        "sidecar.telemetry.instruments",
+        reason="TODO: no sidecar.telemetry.instruments yet, so no spans to search",
     )
     spans = InMemorySpanExporter()
     tracer_provider = TracerProvider()

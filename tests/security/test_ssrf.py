@@ -36,9 +36,9 @@ import pytest
 from conftest import InProcessSidecar
 from upstreams import Upstream, closed_port
 
-from sidecar.destinations import EgressPolicy
-from sidecar.model import Reason
-from sidecar.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
+from sidecar.core.model import Reason
+from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
+from sidecar.egress.policy import EgressPolicy
 
 from .conftest import (
     HOST,

@@ -17,14 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
-from sidecar import model, wire
-from sidecar.engine import CompiledNode, Engine, compile_node
+from sidecar.api import wire
+from sidecar.core import model
+from sidecar.core.engine import CompiledNode, Engine, compile_node
+from sidecar.core.extraction import CompiledExtractions, compile_extractions, required_failures
+from sidecar.core.model.node import MAX_EXTRACTIONS
+from sidecar.core.secrets import SecretBindings
 from sidecar.errors import FieldViolation, InvalidArgumentError, NotReadyError, OverloadedError
-from sidecar.extraction import CompiledExtractions, compile_extractions, required_failures
-from sidecar.model.node import MAX_EXTRACTIONS
 from sidecar.registry import Registry
-from sidecar.secrets import SecretBindings
-from sidecar.telemetry import Telemetry
+from sidecar.telemetry.instruments import Telemetry
 
 T = TypeVar("T")
 _EVALUATION_MODES = frozenset(pb.EvaluationMode.values())

@@ -5,7 +5,7 @@ applied to each response without parsing. `apply` reports every extraction, fail
 in the order the node lists them, and never raises: a value that cannot be found or converted is
 a result with a status and a message, and the caller decides what a required failure means.
 
-    >>> from sidecar.model.node import Extraction
+    >>> from sidecar.core.model.node import Extraction
     >>> compiled = compile_extractions([Extraction(variable="total", path="order.total",
     ...                                            cast=CastType.INTEGER)])
     >>> compiled.apply({"order": {"total": "42"}}, has_document=True)[0]
@@ -41,11 +41,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sidecar import values
+from sidecar.core import values
+from sidecar.core.model.node import CastType, Extraction
+from sidecar.core.model.outcome import ExtractionResult, ExtractionStatus
+from sidecar.core.query import Query, compile_query
 from sidecar.errors import FieldViolation, InvalidArgumentError
-from sidecar.model.node import CastType, Extraction
-from sidecar.model.outcome import ExtractionResult, ExtractionStatus
-from sidecar.query import Query, compile_query
 
 _NO_DEFAULT: Final = object()
 _PREVIEW_CHARS: Final = 80

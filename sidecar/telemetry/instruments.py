@@ -51,9 +51,9 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeter, Observation
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
+from sidecar.core.model import Node, Outcome, OutcomeKind, Reason
+from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 from sidecar.errors import ConfigError
-from sidecar.model import Node, Outcome, OutcomeKind, Reason
-from sidecar.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 from sidecar.settings import Settings
 
 if TYPE_CHECKING:  # the SDK is imported only when something is exported (~130 ms at start-up)

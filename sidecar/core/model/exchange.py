@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from sidecar.model.outcome import Reason
+from sidecar.core.model.outcome import Reason
 
 
 @dataclass(frozen=True, slots=True)

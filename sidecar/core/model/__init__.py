@@ -5,7 +5,7 @@ node       what to decide (sent with each EvaluateNode call)
 outcome    what the evaluation answers
 """
 
-from sidecar.model.connector import (
+from sidecar.core.model.connector import (
     ApiKeyAuth,
     ApiKeyLocation,
     Auth,
@@ -16,7 +16,7 @@ from sidecar.model.connector import (
     ConnectorStatus,
     HttpMethod,
 )
-from sidecar.model.node import (
+from sidecar.core.model.node import (
     Branch,
     CastType,
     Combinator,
@@ -28,7 +28,7 @@ from sidecar.model.node import (
     Subject,
     SubjectKind,
 )
-from sidecar.model.outcome import (
+from sidecar.core.model.outcome import (
     BranchExplanation,
     ConditionExplanation,
     Explanation,

@@ -6,7 +6,7 @@ malformed node is refused at compile time with every bad field named, and whatev
 or the variables hold, `decide` answers rather than raises (a condition that cannot be judged is
 false, with a note saying why).
 
-    >>> from sidecar.model.node import Branch
+    >>> from sidecar.core.model.node import Branch
     >>> branches = compile_branches([Branch.model_validate({"target": "ok", "conditions": [
     ...     {"subject": {"kind": "BODY", "path": "order.total"}, "operator": "GREATER_THAN",
     ...      "operand": 100}]})])
@@ -67,9 +67,8 @@ from typing import Any, Final
 
 import re2
 
-from sidecar import values
-from sidecar.errors import FieldViolation, InvalidArgumentError
-from sidecar.model.node import (
+from sidecar.core import values
+from sidecar.core.model.node import (
     Branch,
     Combinator,
     Condition,
@@ -78,9 +77,10 @@ from sidecar.model.node import (
     Subject,
     SubjectKind,
 )
-from sidecar.model.outcome import BranchExplanation, ConditionExplanation
-from sidecar.placeholders import parse_variable_path
-from sidecar.query import compile_query
+from sidecar.core.model.outcome import BranchExplanation, ConditionExplanation
+from sidecar.core.placeholders import parse_variable_path
+from sidecar.core.query import compile_query
+from sidecar.errors import FieldViolation, InvalidArgumentError
 
 
 @dataclass(frozen=True, slots=True)

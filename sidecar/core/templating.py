@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from sidecar.model.connector import Connector
-from sidecar.model.exchange import OutboundRequest
-from sidecar.model.outcome import Reason
-from sidecar.placeholders import Literal, Part, Placeholder, parse_template
-from sidecar.values import MISSING, lookup, normalise_numbers, number_text, value_text
+from sidecar.core.model.connector import Connector
+from sidecar.core.model.exchange import OutboundRequest
+from sidecar.core.model.outcome import Reason
+from sidecar.core.placeholders import Literal, Part, Placeholder, parse_template
+from sidecar.core.values import MISSING, lookup, normalise_numbers, number_text, value_text
 
 _KINDS = (
     (type(None), "null"),

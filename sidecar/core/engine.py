@@ -3,9 +3,9 @@
     connector -> render request -> add auth -> send -> parse body -> decide branch -> extract
               -> outcome (MATCHED / NO_MATCH / ERROR, always with a reason)
 
-The engine imports no grpc, protobuf or httpx: it is given `send` (see `sidecar.model.exchange`)
-and returns an `Outcome`, so it can be tested, fuzzed and benchmarked alone. Failures are answers,
-not exceptions: every path ends in an Outcome.
+The engine imports no grpc, protobuf or httpx: it is given `send` (see
+`sidecar.core.model.exchange`) and returns an `Outcome`, so it can be tested, fuzzed and
+benchmarked alone. Failures are answers, not exceptions: every path ends in an Outcome.
 
 Outcome rules:
 - a branch held -> MATCHED with its index and target, unless a *required* extraction failed
@@ -31,10 +31,9 @@ from functools import partial
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
-from sidecar.conditions import CompiledBranches, ResponseView, compile_branches
-from sidecar.errors import FieldViolation, InvalidArgumentError
-from sidecar.extraction import CompiledExtractions, compile_extractions, required_failures
-from sidecar.model import (
+from sidecar.core.conditions import CompiledBranches, ResponseView, compile_branches
+from sidecar.core.extraction import CompiledExtractions, compile_extractions, required_failures
+from sidecar.core.model import (
     ApiKeyLocation,
     Connector,
     ConnectorStatus,
@@ -46,9 +45,10 @@ from sidecar.model import (
     Reason,
     RenderedRequest,
 )
-from sidecar.model.exchange import HttpResponse, OutboundRequest, Send, SendError, SendOptions
-from sidecar.secrets import SecretBindings
-from sidecar.templating import RenderError, RequestTemplate, compile_request
+from sidecar.core.model.exchange import HttpResponse, OutboundRequest, Send, SendError, SendOptions
+from sidecar.core.secrets import SecretBindings
+from sidecar.core.templating import RenderError, RequestTemplate, compile_request
+from sidecar.errors import FieldViolation, InvalidArgumentError
 
 MASK = "***"
 MAX_JSON_DEPTH = 64

@@ -20,9 +20,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
-from sidecar import wire
+from sidecar.api import wire
 from sidecar.errors import SidecarError
-from sidecar.telemetry import Telemetry
+from sidecar.telemetry.instruments import Telemetry
 
 log = logging.getLogger(__name__)
 

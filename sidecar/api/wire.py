@@ -19,7 +19,7 @@ from grpc_status import rpc_status
 from pydantic import BaseModel, ValidationError
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
-from sidecar import model
+from sidecar.core import model
 from sidecar.errors import (
     ErrorCode,
     FieldViolation,

@@ -26,8 +26,8 @@ from typing import Any
 
 import grpc
 
+from sidecar.core.watched_file import WatchedFile
 from sidecar.errors import ConfigError
-from sidecar.watched_file import WatchedFile
 
 ADMIN_METHODS = frozenset({"RegisterConnector", "DeleteConnector"})
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")

@@ -39,8 +39,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from sidecar.core.model import Connector
 from sidecar.errors import ConfigError
-from sidecar.model import Connector
 from sidecar.registry import load_connectors_file
 
 log = logging.getLogger(__name__)

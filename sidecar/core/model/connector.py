@@ -1,7 +1,7 @@
 """Connectors: what to call. Frozen once validated; a new registration is a new version.
 
 These are the sidecar's own types; protobuf messages are translated to and from them in
-``sidecar.wire`` only, and connectors files (YAML/JSON) use the same field names, so one set of
+``sidecar.api.wire`` only, and connectors files (YAML/JSON) use the same field names, so one set of
 validation rules serves the API, the file and `rules-sidecar validate`.
 
     >>> Connector.model_validate({
@@ -30,8 +30,8 @@ from pydantic import (
     model_validator,
 )
 
-from sidecar.model.base import FrozenModel
-from sidecar.placeholders import TemplateSyntaxError, has_placeholder, parse_template
+from sidecar.core.model.base import FrozenModel
+from sidecar.core.placeholders import TemplateSyntaxError, has_placeholder, parse_template
 
 DEFAULT_TIMEOUT = timedelta(seconds=5)
 MAX_TIMEOUT = timedelta(seconds=30)

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
+
+from sidecar.core.hosts import canonical_host, host_names
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -137,7 +138,7 @@ class EgressPolicy:
         """https always; http only for hosts the operator listed."""
         if scheme == "https":
             return ALLOWED
-        if scheme == "http" and _canonical_name(host) in _names(self.allow_http_hosts):
+        if scheme == "http" and canonical_host(host) in host_names(self.allow_http_hosts):
             return ALLOWED
         return Verdict(False, f"scheme {scheme!r} is not allowed for {host!r}; use https")
 
@@ -147,13 +148,13 @@ class EgressPolicy:
         Returns the verdict and, when the host is an address literal, that address (which the
         egress must then connect to as-is, without resolving).
         """
-        name = _canonical_name(host)
+        name = canonical_host(host)
         if not name:
             return Verdict(False, "the URL has no host"), None
         address = parse_address(name)
         if address is not None:
             return self.judge_address(address), address
-        listed = name in _names(self.allow_hosts)
+        listed = name in host_names(self.allow_hosts)
         metadata = name in METADATA_NAMES or (name.endswith(".internal") and "metadata" in name)
         if metadata and not listed:
             return Verdict(False, f"{host!r} is a cloud metadata name"), None
@@ -165,7 +166,7 @@ class EgressPolicy:
 
     def host_is_listed(self, host: str) -> bool:
         """True when the operator named this host in the allow-list (re-opens its addresses)."""
-        return _canonical_name(host) in _names(self.allow_hosts)
+        return canonical_host(host) in host_names(self.allow_hosts)
 
     def judge_address(self, address: IPAddress, *, host_listed: bool = False) -> Verdict:
         """Judge one address, and every IPv4 address embedded in it.
@@ -255,23 +256,3 @@ def embedded_ipv4(address: IPAddress) -> tuple[ipaddress.IPv4Address, ...]:
         found.append(ipaddress.IPv4Address(~int(address) & 0xFFFFFFFF))
         found.append(ipaddress.IPv4Address((int(address) >> 64) & 0xFFFFFFFF))
     return tuple(found)
-
-
-def host_matches(host: str, patterns: Iterable[str]) -> bool:
-    """True when host equals a pattern or matches a `*.example.com` wildcard (1+ labels)."""
-    name = _canonical_name(host)
-    for pattern in patterns:
-        wanted = _canonical_name(pattern)
-        if wanted.startswith("*.") and name.endswith(wanted[1:]) and len(name) > len(wanted) - 1:
-            return True
-        if name == wanted:
-            return True
-    return False
-
-
-def _canonical_name(host: str) -> str:
-    return host.strip().strip("[]").rstrip(".").lower()
-
-
-def _names(hosts: Iterable[str]) -> frozenset[str]:
-    return frozenset(_canonical_name(host) for host in hosts)

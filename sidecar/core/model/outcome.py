@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.model.node import Operator, Subject
+from sidecar.core.model.node import Operator, Subject
 
 
 class OutcomeKind(enum.StrEnum):

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from sidecar.destinations import host_matches
-from sidecar.watched_file import WatchedFile
+from sidecar.core.hosts import host_matches
+from sidecar.core.watched_file import WatchedFile
 
 
 class SecretStore:

@@ -28,8 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-from sidecar.model.base import FrozenModel
-from sidecar.placeholders import TemplateSyntaxError, parse_variable_path
+from sidecar.core.model.base import FrozenModel
+from sidecar.core.placeholders import TemplateSyntaxError, parse_variable_path
 
 MAX_BRANCHES = 64
 MAX_CONDITIONS_PER_BRANCH = 64
@@ -55,7 +55,7 @@ class SubjectKind(enum.StrEnum):
 
 
 class Operator(enum.StrEnum):
-    """A condition's test; the comparison table lives in sidecar.conditions."""
+    """A condition's test; the comparison table lives in sidecar.core.conditions."""
 
     EQUALS = "EQUALS"
     NOT_EQUALS = "NOT_EQUALS"

@@ -1,0 +1,313 @@
+"""The one way out: every outbound HTTP request of the sidecar passes through `Egress.send`.
+
+    send(request, options)
+      └ within one total time budget (connect, headers, body, retries, redirects):
+          judge the destination ─ blocked ──────────────► BLOCKED_DESTINATION, no socket opened
+          circuit breaker of (scheme, host, port) ─ open ► CIRCUIT_OPEN, upstream untouched
+          per-upstream concurrency limit
+          attempt (transport: guarded resolve, capped body)
+          retry? connection never established, or 502/503/504/429 when the method is
+                 idempotent (or POST/PATCH with an idempotency key); at most 2 retries,
+                 jittered exponential backoff, Retry-After honoured only if it fits the budget
+          redirect? only if the connector opts in: at most 3 hops, each judged again,
+                 credentials dropped when the origin changes
+
+No other module constructs an HTTP client (tests/security check this).
+
+Retries use `stamina` (well kept, async-native, jittered backoff, a backoff hook that lets
+Retry-After set the wait); the breaker is `breaker.CircuitBreaker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.utils
+import time
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from urllib.parse import urljoin, urlsplit
+
+import stamina
+from aiohttp.abc import AbstractResolver
+
+from sidecar.core.hosts import host_matches
+from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
+from sidecar.core.model.outcome import Reason
+from sidecar.egress.breaker import BreakerState, CircuitBreaker
+from sidecar.egress.policy import EgressPolicy, Verdict
+from sidecar.egress.transport import ConnectorFactory, Transport
+from sidecar.telemetry.instruments import Telemetry
+
+MAX_REDIRECTS = 3
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+Origin = tuple[str, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class EgressLimits:
+    """Resource limits of the egress (from Settings)."""
+
+    max_connections: int = 256
+    per_upstream_concurrency: int = 64
+    retries: int = 2
+    backoff_initial_seconds: float = 0.05
+    backoff_max_seconds: float = 1.0
+    breaker_failure_threshold: int = 5
+    breaker_cooldown_seconds: float = 10.0
+
+
+class _Tally:
+    """Attempts made so far by one `send`, across retries and redirect hops (a timeout
+    interrupts the count, so it lives outside the calls it counts)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class _RetryableStatusError(Exception):
+    """An answer worth retrying (502/503/504/429); carries the response to return if not."""
+
+    def __init__(self, response: HttpResponse) -> None:
+        super().__init__(f"status {response.status}")
+        self.response = response
+
+
+class Egress:
+    """The shared outbound HTTP client with its guard, breakers and limits.
+
+    >>> egress = Egress(EgressPolicy(allow_http_hosts=("127.0.0.1",),
+    ...                              allow_cidrs=("127.0.0.1/32",)))       # doctest: +SKIP
+    >>> response = await egress.send(request, SendOptions(5.0, 1 << 20))   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        policy: EgressPolicy,
+        limits: EgressLimits | None = None,
+        *,
+        resolver: AbstractResolver | None = None,
+        connector_factory: ConnectorFactory | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.policy = policy
+        self._telemetry = telemetry or Telemetry()
+        self._limits = limits or EgressLimits()
+        self._transport = Transport(
+            policy,
+            max_connections=self._limits.max_connections,
+            resolver=resolver,
+            connector_factory=connector_factory,
+        )
+        self._breakers: dict[Origin, CircuitBreaker] = {}
+        self._slots: defaultdict[Origin, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(self._limits.per_upstream_concurrency)
+        )
+
+    def breaker_states(self) -> dict[Origin, BreakerState]:
+        """The state of every upstream's breaker (for metrics and health detail)."""
+        return {origin: breaker.state for origin, breaker in self._breakers.items()}
+
+    async def send(self, request: OutboundRequest, options: SendOptions) -> HttpResponse:
+        """Send one request; the response, or SendError with a reason (attempts counted)."""
+        deadline = time.monotonic() + options.timeout_seconds
+        attempts = _Tally()
+        current = request
+        try:
+            async with asyncio.timeout(options.timeout_seconds):
+                for hop in range(MAX_REDIRECTS + 1):
+                    origin = self._judge(current.url, options)
+                    response = await self._send_with_retries(
+                        current, origin, options, deadline, attempts
+                    )
+                    location = response.headers.get("location", "")
+                    if not (
+                        options.follow_redirects
+                        and response.status in REDIRECT_STATUSES
+                        and location
+                        and hop < MAX_REDIRECTS
+                    ):
+                        return replace(response, attempts=attempts.count)
+                    current = _redirected(current, response.status, location, options)
+        except TimeoutError as exc:
+            raise SendError(
+                Reason.TIMEOUT,
+                f"no complete response within {options.timeout_seconds:g}s",
+                attempts=max(attempts.count, 1),
+            ) from exc
+        except SendError as error:
+            error.attempts = attempts.count
+            raise
+        raise AssertionError("unreachable: the loop returns on its last hop")
+
+    def _judge(self, url: str, options: SendOptions) -> Origin:
+        """The destination's origin, or SendError(BLOCKED_DESTINATION) before any socket."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        try:
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 0)
+        except ValueError:
+            raise _blocked(f"the URL has an invalid port: {url[:80]!r}") from None
+        if parts.username is not None or parts.password is not None:
+            raise _blocked("credentials in the URL (userinfo) are not allowed")
+        if options.allowed_hosts and not host_matches(host, options.allowed_hosts):
+            raise _blocked(f"{host!r} is not one of this connector's hosts")
+        for verdict in (
+            self.policy.judge_scheme(parts.scheme, host),
+            self._judge_host(host),
+        ):
+            if not verdict.allowed:
+                raise _blocked(verdict.reason)
+        return (parts.scheme, host.lower(), port)
+
+    def _judge_host(self, host: str) -> Verdict:
+        verdict, address = self.policy.judge_host(host)
+        if verdict.allowed and address is not None and str(address) != host.strip("[]"):
+            # An allowed address in an unusual spelling (127.1, 0x7f.1 ...): never legitimate
+            # for an API, and resolvers disagree on such forms.
+            return Verdict(False, f"{host!r} is a non-canonical address; write {address}")
+        return verdict
+
+    async def _send_with_retries(
+        self,
+        request: OutboundRequest,
+        origin: Origin,
+        options: SendOptions,
+        deadline: float,
+        attempts: _Tally,
+    ) -> HttpResponse:
+        first = attempts.count
+
+        def backoff(exc: Exception) -> bool | float:
+            remaining = deadline - time.monotonic()
+            if isinstance(exc, _RetryableStatusError):
+                wait = _retry_after_seconds(exc.response)
+                if wait is None:
+                    return True
+                return wait if wait < remaining else False
+            return isinstance(exc, SendError) and exc.retryable
+
+        try:
+            async for attempt in stamina.retry_context(
+                on=backoff,
+                attempts=self._limits.retries + 1,
+                timeout=dt.timedelta(seconds=max(deadline - time.monotonic(), 0.001)),
+                wait_initial=self._limits.backoff_initial_seconds,
+                wait_max=self._limits.backoff_max_seconds,
+                wait_jitter=self._limits.backoff_initial_seconds,
+            ):
+                with attempt:
+                    response = await self._attempt(
+                        request, origin, options, attempts, deadline, first_attempt=first
+                    )
+                    if options.retry_on_status and response.status in RETRYABLE_STATUSES:
+                        raise _RetryableStatusError(response)
+                    return response
+        except _RetryableStatusError as last:
+            return last.response
+        raise AssertionError("unreachable: stamina either returns or raises")
+
+    async def _attempt(
+        self,
+        request: OutboundRequest,
+        origin: Origin,
+        options: SendOptions,
+        attempts: _Tally,
+        deadline: float,
+        *,
+        first_attempt: int,
+    ) -> HttpResponse:
+        """One attempt, counted only if something may have been sent."""
+        breaker = self._breakers.get(origin)
+        if breaker is None:
+            breaker = self._breakers[origin] = CircuitBreaker(
+                failure_threshold=self._limits.breaker_failure_threshold,
+                cooldown_seconds=self._limits.breaker_cooldown_seconds,
+            )
+        if not breaker.allow():
+            raise SendError(
+                Reason.CIRCUIT_OPEN,
+                f"{origin[1]} failed repeatedly; calls are paused for up to "
+                f"{self._limits.breaker_cooldown_seconds:g}s",
+            )
+        async with self._slots[origin]:
+            attempts.count += 1
+            try:
+                # One CLIENT span and duration per attempt, with trace headers (telemetry).
+                response = await self._telemetry.http_attempt(
+                    self._transport.attempt,
+                    request,
+                    options,
+                    origin,
+                    resend_count=attempts.count - 1,
+                    retry=attempts.count - first_attempt > 1,
+                )
+            except SendError as error:
+                if error.reason is Reason.BLOCKED_DESTINATION:
+                    attempts.count -= 1  # the resolver refused: nothing was sent
+                    breaker.abandon()
+                elif error.reason in (
+                    Reason.CONNECT_ERROR,
+                    Reason.TIMEOUT,
+                    Reason.PROTOCOL_ERROR,
+                ):
+                    breaker.record_failure()
+                else:
+                    breaker.record_success()  # the upstream answered; the problem is ours
+                raise
+            except asyncio.CancelledError:
+                if time.monotonic() >= deadline - 0.001:
+                    breaker.record_failure()  # the budget ran out: the upstream was too slow
+                else:
+                    breaker.abandon()  # the caller gave up: says nothing about the upstream
+                raise
+        if response.status >= 500:
+            breaker.record_failure()
+        else:
+            breaker.record_success()
+        return response
+
+    async def aclose(self) -> None:
+        """Close every pooled connection."""
+        await self._transport.aclose()
+
+
+def _blocked(reason: str) -> SendError:
+    return SendError(Reason.BLOCKED_DESTINATION, reason, attempts=0)
+
+
+def _redirected(
+    request: OutboundRequest, status: int, location: str, options: SendOptions
+) -> OutboundRequest:
+    """The next hop: method rules of RFC 9110, credentials dropped across origins."""
+    url = urljoin(request.url, location)
+    before, after = urlsplit(request.url), urlsplit(url)
+    headers = request.headers
+    if (before.scheme, before.hostname, before.port) != (after.scheme, after.hostname, after.port):
+        headers = tuple(
+            (name, value)
+            for name, value in headers
+            if name.lower() not in options.credential_headers
+        )
+    if status == 303 or (status in (301, 302) and request.method == "POST"):
+        headers = tuple((n, v) for n, v in headers if n.lower() != "content-type")
+        return OutboundRequest("GET", url, headers, None)
+    return OutboundRequest(request.method, url, headers, request.body)
+
+
+def _retry_after_seconds(response: HttpResponse) -> float | None:
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max((moment - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)
