@@ -20,12 +20,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
-from upstreams import MALFORMED, ORDER_API_KEY, ORDERS, Upstream
 
 from sidecar.core.model import Reason
 from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 from sidecar.egress import Egress, EgressLimits, EgressPolicy
 from sidecar.egress.transport import RedactQueryFilter
+from tests.support.upstreams import MALFORMED, ORDER_API_KEY, ORDERS, Upstream
 
 T = TypeVar("T")
 DEFAULT_OPTIONS = SendOptions(timeout_seconds=5.0, max_response_bytes=1024 * 1024)

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import yaml
-from configmap_volume import ConfigMapVolume
 
 from sidecar.core.model import Connector, ConnectorSource
 from sidecar.registry import ConnectorStore, Registry, load_connectors_file
@@ -26,6 +25,7 @@ from sidecar.registry.watcher import (
     file_stamp,
     reconcile,
 )
+from tests.support.configmap_volume import ConfigMapVolume
 
 FILE_NAME = "connectors.yaml"
 

@@ -21,7 +21,6 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import InProcessSidecar, free_loopback_port
 from google.protobuf import json_format
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -32,13 +31,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
-from upstreams import ORDER_API_KEY, Upstream
 
 from sidecar.core.engine import Engine
 from sidecar.errors import ConfigError
 from sidecar.settings import Settings
 from sidecar.telemetry.instruments import Telemetry, TelemetryConfig, redacted_url
 from sidecar.telemetry.logs import JsonFormatter
+from tests.support.sidecars import InProcessSidecar, free_loopback_port
+from tests.support.upstreams import ORDER_API_KEY, Upstream
 
 RPC_TIMEOUT = 10.0
 SERVICE = "rulesidecar.v1.RulesSidecarService"

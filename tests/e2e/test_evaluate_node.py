@@ -17,13 +17,14 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import InProcessSidecar
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
-from upstreams import ORDER_API_KEY, Upstream
+
+from tests.support.sidecars import InProcessSidecar
+from tests.support.upstreams import ORDER_API_KEY, Upstream
 
 RPC_TIMEOUT = 10.0
 SECRET_NAME = "store_api_key"

@@ -11,11 +11,12 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import InProcessSidecar
 from google.protobuf import json_format, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
+
+from tests.support.sidecars import InProcessSidecar
 
 RPC_TIMEOUT = 10.0
 ORDER = {

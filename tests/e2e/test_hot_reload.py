@@ -18,14 +18,14 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from configmap_volume import ConfigMapVolume
-from conftest import SidecarProcess
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
-from upstreams import ORDER_API_KEY, Upstream
 
 from sidecar.server import CONNECTORS_FILE_HEALTH_SERVICE
+from tests.support.configmap_volume import ConfigMapVolume
+from tests.support.sidecars import SidecarProcess
+from tests.support.upstreams import ORDER_API_KEY, Upstream
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import (
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from rulesidecar.v1 import rules_sidecar_pb2 as pb
+from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
+
+from tests.support.sidecars import (
     EXAMPLE_CONNECTORS_FILE,
     SERVE_COMMAND,
     STARTUP_DEADLINE_SECONDS,
@@ -25,13 +33,6 @@ from conftest import (
     free_loopback_port,
     sidecar_environment,
 )
-from google.protobuf.descriptor_pool import DescriptorPool
-from grpc_health.v1 import health_pb2
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
-    ProtoReflectionDescriptorDatabase,
-)
-from rulesidecar.v1 import rules_sidecar_pb2 as pb
-from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
 SERVICE_NAME = "rulesidecar.v1.RulesSidecarService"
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -9,7 +9,6 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import EXAMPLE_CONNECTORS_FILE, InProcessSidecar, example_connectors
 from google.protobuf import duration_pb2, json_format, struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -18,6 +17,7 @@ from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
 from sidecar.api.interceptors import GENERIC_INTERNAL_MESSAGE, ErrorMappingInterceptor
 from sidecar.errors import NotFoundError
+from tests.support.sidecars import EXAMPLE_CONNECTORS_FILE, InProcessSidecar, example_connectors
 
 RPC_TIMEOUT = 5.0
 ORDERS_URL = "https://api.example.com/orders/{{order_number}}"

@@ -21,7 +21,6 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from conftest import SidecarProcess
 from google.protobuf import json_format
 from opentelemetry import propagate, trace
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
@@ -29,7 +28,9 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
-from upstreams import ORDER_API_KEY, Upstream
+
+from tests.support.sidecars import SidecarProcess
+from tests.support.upstreams import ORDER_API_KEY, Upstream
 
 RPC_TIMEOUT = 10.0
 ARRIVAL_SECONDS = 10.0

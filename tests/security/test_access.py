@@ -16,15 +16,15 @@ from pathlib import Path
 import grpc
 import pytest
 import trustme
-from conftest import InProcessSidecar
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
-from upstreams import Upstream
 
-from .conftest import RPC_TIMEOUT, connector_message, evaluate_request, verdict
+from tests.support.calls import RPC_TIMEOUT, connector_message, evaluate_request, verdict
+from tests.support.sidecars import InProcessSidecar
+from tests.support.upstreams import Upstream
 
 ADMIN_TOKEN = "admin-token-3c9d1e7f0a2b4c6d"
 EVALUATION_TOKEN = "evaluation-token-8e4f2a6b1c3d5e7f"

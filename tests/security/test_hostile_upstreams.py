@@ -1,9 +1,9 @@
 """Hostile upstreams on loopback: one documented reason per fault, bounded time, bounded memory.
 
-Raw asyncio servers (conftest.RawServers) misbehave in ways no HTTP framework would; the egress
-under test has the recording connector. Each test asserts the reason and that the call came
-back; durations are printed, never asserted. Memory is bounded with tracemalloc's peak during
-the call (a bound, not a timing).
+Raw asyncio servers (tests/support/raw_servers.py) misbehave in ways no HTTP framework would;
+the egress under test has the recording connector. Each test asserts the reason and that the
+call came back; durations are printed, never asserted. Memory is bounded with tracemalloc's peak
+during the call (a bound, not a timing).
 
     fault                                   reason
     drip (1 byte / 0.3 s), slow headers,    TIMEOUT (the budget is total, not per read)
@@ -40,17 +40,13 @@ from sidecar.core.engine import Engine, compile_node
 from sidecar.core.model import Connector, Node, Outcome, Reason
 from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 from sidecar.egress import Egress, EgressLimits
-
-from .conftest import (
-    FAST_RETRIES,
-    LOOPBACK_POLICY,
-    Network,
+from tests.support.network import FAST_RETRIES, LOOPBACK_POLICY, Network, recording_egress
+from tests.support.raw_servers import (
     RawServer,
     RawServers,
     answering,
     http_response,
     read_request,
-    recording_egress,
     silent,
 )
 

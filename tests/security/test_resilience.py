@@ -19,31 +19,22 @@ import grpc
 import pytest
 import stamina.instrumentation
 from aiohttp import web
-from conftest import InProcessSidecar
-from upstreams import Upstream, closed_port
 
 from sidecar.core.model import Reason
 from sidecar.core.model.exchange import OutboundRequest, SendError, SendOptions
 from sidecar.egress import EgressLimits
-
-from .conftest import (
-    HOST,
-    LOOPBACK_POLICY,
-    RPC_TIMEOUT,
-    Network,
+from tests.support.calls import RPC_TIMEOUT, error, evaluate, evaluate_request, register, verdict
+from tests.support.network import HOST, LOOPBACK_POLICY, Network, recording_egress
+from tests.support.raw_servers import (
     RawServer,
     RawServers,
     answering,
-    error,
-    evaluate,
-    evaluate_request,
     http_response,
     read_request,
-    recording_egress,
-    register,
     silent,
-    verdict,
 )
+from tests.support.sidecars import InProcessSidecar
+from tests.support.upstreams import Upstream, closed_port
 
 MATCHED = ("OUTCOME_MATCHED", "REASON_BRANCH_MATCHED")
 POLL_SECONDS = 0.05

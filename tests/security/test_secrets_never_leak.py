@@ -30,7 +30,6 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import InProcessSidecar
 from google.protobuf import text_format
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -38,9 +37,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
-from upstreams import Upstream, closed_port
 
-from .conftest import RawServers, evaluate_request, register, silent
+from tests.support.calls import evaluate_request, register
+from tests.support.raw_servers import RawServers, silent
+from tests.support.sidecars import InProcessSidecar
+from tests.support.upstreams import Upstream, closed_port
 
 CANARY = "canary-7f3a9c2e-do-not-log"
 CANARY_USER = "canary-user-51d0e6a4"

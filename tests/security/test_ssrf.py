@@ -1,10 +1,10 @@
 """SSRF: hostile destinations are refused with BLOCKED_DESTINATION before any connection.
 
 Every case runs through `Egress.send` with the recording connector and the fake resolver of
-`conftest.py`, so a broken guard could at most knock on loopback: each case asserts its reason
-AND that the connector was asked for zero connections. A representative subset goes through the
-real EvaluateNode RPC of an in-process sidecar with the default egress policy, and allow-listed
-loopback controls show the same machinery does connect when it should.
+tests/support/network.py, so a broken guard could at most knock on loopback: each case asserts
+its reason AND that the connector was asked for zero connections. A representative subset goes
+through the real EvaluateNode RPC of an in-process sidecar with the default egress policy, and
+allow-listed loopback controls show the same machinery does connect when it should.
 
 Hostile destinations, by table:
 
@@ -33,23 +33,14 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import InProcessSidecar
-from upstreams import Upstream, closed_port
 
 from sidecar.core.model import Reason
 from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 from sidecar.egress.policy import EgressPolicy
-
-from .conftest import (
-    HOST,
-    LOOPBACK_POLICY,
-    Network,
-    error,
-    evaluate,
-    recording_egress,
-    register,
-    verdict,
-)
+from tests.support.calls import error, evaluate, register, verdict
+from tests.support.network import HOST, LOOPBACK_POLICY, Network, recording_egress
+from tests.support.sidecars import InProcessSidecar
+from tests.support.upstreams import Upstream, closed_port
 
 DEFAULT_POLICY = EgressPolicy()
 OPTIONS = SendOptions(timeout_seconds=5.0, max_response_bytes=1024 * 1024)

@@ -1,0 +1,92 @@
+"""Connectors, nodes and RPCs to a running sidecar, built from plain data.
+
+For one-line tests over the real wire: `register` a connector, `evaluate` a node on it (2xx ->
+"ok", else "else", errors "error"), compare `verdict(response)` with `error("REASON")`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from google.protobuf import json_format
+from rulesidecar.v1 import rules_sidecar_pb2 as pb
+from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
+
+RPC_TIMEOUT = 10.0
+OK_WHEN_2XX = {
+    "target": "ok",
+    "conditions": [
+        {
+            "subject": {"kind": "SUBJECT_KIND_STATUS"},
+            "operator": "OPERATOR_STATUS_CLASS",
+            "operand": "2xx",
+        }
+    ],
+}
+
+
+def connector_message(connector_id: str, url: str, **fields: Any) -> pb.Connector:
+    """A LIVE connector as the proto message (fields as ParseDict data)."""
+    data = {"id": connector_id, "status": "CONNECTOR_STATUS_LIVE", "url_template": url, **fields}
+    return json_format.ParseDict(data, pb.Connector())
+
+
+def register(
+    stub: pb_grpc.RulesSidecarServiceStub,
+    connector_id: str,
+    url: str,
+    *,
+    metadata: Sequence[tuple[str, str]] | None = None,
+    **fields: Any,
+) -> pb.Connector:
+    """RegisterConnector; the stored connector."""
+    request = pb.RegisterConnectorRequest(connector=connector_message(connector_id, url, **fields))
+    response: pb.RegisterConnectorResponse = stub.RegisterConnector(
+        request, timeout=RPC_TIMEOUT, metadata=metadata
+    )
+    return response.connector
+
+
+def evaluate_request(
+    connector_id: str, variables: Mapping[str, Any] | None = None, *, explain: bool = False
+) -> pb.EvaluateNodeRequest:
+    """A node on `connector_id`: 2xx -> "ok", else "else", errors "error"."""
+    data = {
+        "node": {
+            "id": "security-node",
+            "connector_id": connector_id,
+            "branches": [OK_WHEN_2XX],
+            "else_target": "else",
+            "error_target": "error",
+        },
+        "variables": dict(variables or {}),
+        "explain": explain,
+    }
+    return json_format.ParseDict(data, pb.EvaluateNodeRequest())
+
+
+def evaluate(
+    stub: pb_grpc.RulesSidecarServiceStub,
+    connector_id: str,
+    variables: Mapping[str, Any] | None = None,
+    *,
+    explain: bool = False,
+    timeout: float = RPC_TIMEOUT,
+    metadata: Sequence[tuple[str, str]] | None = None,
+) -> pb.EvaluateNodeResponse:
+    """EvaluateNode over the wire."""
+    request = evaluate_request(connector_id, variables, explain=explain)
+    response: pb.EvaluateNodeResponse = stub.EvaluateNode(
+        request, timeout=timeout, metadata=metadata
+    )
+    return response
+
+
+def verdict(response: pb.EvaluateNodeResponse) -> tuple[str, str]:
+    """(outcome, reason) by enum name, for one-line assertions."""
+    return pb.Outcome.Name(response.outcome), pb.Reason.Name(response.reason)
+
+
+def error(reason: str) -> tuple[str, str]:
+    return "OUTCOME_ERROR", f"REASON_{reason}"

@@ -1,0 +1,221 @@
+"""The security suite's safety net: loopback only, and every attempt counted.
+
+Nothing in the security suite may send a packet anywhere but loopback, even if the egress guard
+under test is broken. So every egress built there (directly, or by an in-process sidecar) gets:
+
+- `RecordingConnector`, an `aiohttp.TCPConnector` that records every (host, port) it is asked
+  to connect to and refuses, before any socket exists, anything outside 127.0.0.0/8 (counted as
+  a violation). Its socket factory refuses the same addresses again, a second lock on the
+  same door in case aiohttp's internals change.
+- `FakeResolver`, canned DNS answers per name (recording every lookup): no real DNS query is
+  ever made for a hostile name. A name it does not know fails like NXDOMAIN.
+- `RefusingResolver`, the stand-in for the system resolver: it refuses everything.
+
+The autouse `network` fixture of tests/security/conftest.py installs them and fails the test if
+any violation was recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import ipaddress
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from sidecar.egress import Egress, EgressLimits
+from sidecar.egress.policy import EgressPolicy
+
+HOST = "127.0.0.1"
+LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
+# The policy of an operator who opened exactly 127.0.0.1 over http (the loopback controls).
+LOOPBACK_POLICY = EgressPolicy(allow_cidrs=("127.0.0.1/32",), allow_http_hosts=(HOST,))
+FAST_RETRIES = EgressLimits(backoff_initial_seconds=0.01, backoff_max_seconds=0.05)
+
+
+def is_loopback_v4(host: str) -> bool:
+    """True for an address in 127.0.0.0/8, the only place this suite may connect to."""
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]) in LOOPBACK_V4
+    except ValueError:
+        return False
+
+
+@dataclass
+class Network:
+    """What the egress tried to do on the network during one test.
+
+    `connections` holds every (host, port) a connector was asked to connect to, loopback
+    included; `violations` those outside 127.0.0.0/8 (refused, never opened); `lookups` every
+    name given to the resolver; `dns` the fake resolver's answers (a list of addresses, or a
+    list of such lists answered in turn, the last one repeated).
+    """
+
+    connections: list[tuple[str, int]] = field(default_factory=list)
+    violations: list[tuple[str, int]] = field(default_factory=list)
+    lookups: list[str] = field(default_factory=list)
+    dns: dict[str, Any] = field(default_factory=dict)
+    excused: list[tuple[str, int]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record_connection(self, host: str, port: int) -> bool:
+        """Record an attempt; True when it may go ahead (loopback)."""
+        with self._lock:
+            self.connections.append((host, port))
+            if is_loopback_v4(host):
+                return True
+            self.violations.append((host, port))
+            return False
+
+    def record_lookup(self, host: str) -> int:
+        """Record a lookup; the number of earlier lookups of the same name."""
+        with self._lock:
+            earlier = self.lookups.count(host)
+            self.lookups.append(host)
+            return earlier
+
+    def non_loopback_attempts(self) -> list[tuple[str, int]]:
+        """Connection attempts outside 127.0.0.0/8 (each one refused, and a violation)."""
+        with self._lock:
+            return list(self.violations)
+
+    def excuse_violations(self) -> list[tuple[str, int]]:
+        """Take the refused attempts out of the violations: a strict-xfail test that shows a
+        guard gap uses them as its evidence (they were refused, no socket was opened)."""
+        with self._lock:
+            refused, self.violations[:] = list(self.violations), []
+            self.excused += refused
+            return refused
+
+    def socket_factory(self, addr_info: Any) -> socket.socket:
+        """aiohappyeyeballs' socket step: the second lock, refusing non-loopback addresses."""
+        family, kind, proto, _, address = addr_info
+        host, port = address[0], address[1]
+        if not is_loopback_v4(host):
+            with self._lock:
+                self.violations.append((host, port))
+            raise OSError(errno.ENETUNREACH, f"test guard: {host}:{port} is not loopback")
+        return socket.socket(family, kind, proto)
+
+
+class RecordingConnector(aiohttp.TCPConnector):
+    """A TCPConnector that records every address it is asked to connect to and refuses, without
+    opening a socket, anything outside 127.0.0.0/8."""
+
+    def __init__(self, *, network: Network, **kwargs: Any) -> None:
+        kwargs.setdefault("socket_factory", network.socket_factory)
+        super().__init__(**kwargs)
+        self._network = network
+
+    async def _wrap_create_connection(
+        self,
+        *args: Any,
+        addr_infos: list[Any],
+        req: Any,
+        timeout: Any,  # noqa: ASYNC109 (aiohttp's signature)
+        client_error: type[Exception] = aiohttp.ClientConnectorError,
+        **kwargs: Any,
+    ) -> Any:
+        allowed = [
+            self._network.record_connection(address[0], address[1]) for *_, address in addr_infos
+        ]
+        if not all(allowed):
+            refused = OSError(errno.ENETUNREACH, "test guard: not a loopback address")
+            raise client_error(req.connection_key, refused)
+        return await super()._wrap_create_connection(
+            *args,
+            addr_infos=addr_infos,
+            req=req,
+            timeout=timeout,
+            client_error=client_error,
+            **kwargs,
+        )
+
+
+class FakeResolver(AbstractResolver):
+    """Canned answers from `network.dns`; every lookup recorded; unknown names fail (NXDOMAIN)."""
+
+    def __init__(self, network: Network) -> None:
+        self._network = network
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        earlier = self._network.record_lookup(host)
+        answer = self._network.dns.get(host.rstrip(".").lower())
+        if answer is None:
+            raise OSError(errno.ENOENT, f"{host} is not in the test's fake DNS")
+        if answer and isinstance(answer[0], list):  # answered in turn: DNS rebinding
+            answer = answer[min(earlier, len(answer) - 1)]
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for address in answer
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+class RefusingResolver(AbstractResolver):
+    """Stands in for the system resolver: this suite never makes a real DNS query."""
+
+    def __init__(self, network: Network) -> None:
+        self._network = network
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self._network.record_lookup(host)
+        raise OSError(errno.ENOENT, f"real DNS is off in the security suite ({host})")
+
+    async def close(self) -> None:
+        return None
+
+
+def recording_egress_factory(network: Network) -> Callable[..., Egress]:
+    """`Egress(policy, limits)` with the recording connector and the fake resolver."""
+
+    def connector_factory(resolver: AbstractResolver) -> aiohttp.TCPConnector:
+        return RecordingConnector(network=network, resolver=resolver)
+
+    return functools.partial(
+        Egress, resolver=FakeResolver(network), connector_factory=connector_factory
+    )
+
+
+@contextlib.asynccontextmanager
+async def recording_egress(
+    network: Network,
+    policy: EgressPolicy = LOOPBACK_POLICY,
+    limits: EgressLimits | None = None,
+    **connector_options: Any,
+) -> AsyncIterator[Egress]:
+    """An Egress with the recording connector and the fake resolver, closed on exit."""
+
+    def connector_factory(resolver: AbstractResolver) -> aiohttp.TCPConnector:
+        return RecordingConnector(network=network, resolver=resolver, **connector_options)
+
+    egress = Egress(
+        policy,
+        limits or FAST_RETRIES,
+        resolver=FakeResolver(network),
+        connector_factory=connector_factory,
+    )
+    try:
+        yield egress
+    finally:
+        await egress.aclose()
