@@ -18,9 +18,10 @@ test: setup lint typecheck proto-lint check-generated check-chart check-image-co
 setup: ## install uv, the locked Python environment and buf (idempotent)
 	@scripts/bootstrap
 
-lint: ## ruff lint and format check
+lint: ## ruff lint and format check; the import contracts of ARCHITECTURE.md (pyproject.toml)
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
+	$(VENV)/lint-imports --no-cache
 
 typecheck: ## mypy --strict on sidecar/
 	$(VENV)/mypy

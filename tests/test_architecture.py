@@ -4,16 +4,21 @@
    HTTP client (or opens a raw TCP connection). Every .py is parsed with `ast`; calls and
    references (a factory passed along constructs too) are resolved through the module's imports,
    aliases included. Annotations are not constructions and are ignored.
-2. The engine core is transport-free: importing it loads nothing from grpc, the generated
-   protobuf code, httpx, aiohttp or stamina (checked in a fresh interpreter via sys.modules).
+2. The layers and the transport-free core are import-linter contracts ([tool.importlinter] in
+   pyproject.toml, run by `make lint`); here they run on the package, and on a copy with two
+   planted violations as the control. A fresh interpreter that imports every module of the core
+   checks sys.modules for what static analysis cannot see (imports made at run time).
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -205,29 +210,97 @@ def test_the_checker_ignores_what_builds_no_client(source: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The transport-free engine core
+# The layers and the transport-free core: import-linter contracts in pyproject.toml
 # ---------------------------------------------------------------------------------------------
 
-CORE = (
-    "sidecar.core.engine",
-    "sidecar.core.templating",
-    "sidecar.core.conditions",
-    "sidecar.core.extraction",
-    "sidecar.core.query",
-    "sidecar.core.model",
-    "sidecar.core.values",
-    "sidecar.core.placeholders",
-    "sidecar.core.secrets",
-    "sidecar.core.hosts",
+CONTRACTS = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
+    "importlinter"
+]["contracts"]
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+
+def lint_imports(search_root: Path) -> subprocess.CompletedProcess[str]:
+    """lint-imports with the repository's contracts on the `sidecar` package under `search_root`.
+
+    lint-imports puts its working directory first on sys.path, so a copy of the package there is
+    the one it reads. COLUMNS keeps each contract's line whole.
+    """
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", str(REPO_ROOT / "pyproject.toml")],
+        cwd=search_root,
+        env={**os.environ, "COLUMNS": "400", "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def lint_of_the_package() -> subprocess.CompletedProcess[str]:
+    return lint_imports(REPO_ROOT)
+
+
+def test_the_package_keeps_its_import_contracts(
+    lint_of_the_package: subprocess.CompletedProcess[str],
+) -> None:
+    print(lint_of_the_package.stdout)
+
+    assert lint_of_the_package.returncode == 0, lint_of_the_package.stdout
+    assert f"Contracts: {len(CONTRACTS)} kept, 0 broken." in lint_of_the_package.stdout
+
+
+@pytest.mark.parametrize("name", [contract["name"] for contract in CONTRACTS])
+def test_each_contract_is_checked_and_kept(
+    lint_of_the_package: subprocess.CompletedProcess[str], name: str
+) -> None:
+    assert f"{name} KEPT" in lint_of_the_package.stdout.splitlines()
+
+
+def test_the_contracts_see_a_real_violation(tmp_path: Path) -> None:
+    # The control: a copy of the package with a transport in the core and an upward import.
+    copy = tmp_path / "sidecar"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    values = copy / "core" / "values.py"
+    values.write_text("import grpc\n" + values.read_text(encoding="utf-8"), encoding="utf-8")
+    engine = copy / "core" / "engine.py"
+    engine.write_text(
+        "from sidecar import server\n" + engine.read_text(encoding="utf-8"), encoding="utf-8"
+    )
+
+    result = lint_imports(tmp_path)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    broken = [line for line in result.stdout.splitlines() if line.endswith(" BROKEN")]
+    assert [line for line in broken if line.startswith("Layers:")] != []
+    assert [line for line in broken if line.startswith("The core is transport-free:")] != []
+    assert "- sidecar.core.values -> grpc (l.1)" in result.stdout
+    assert "- sidecar.core.engine -> sidecar.server (l.1)" in result.stdout
+
+
+# What import-linter cannot see: a transport pulled in at run time (importlib, or through a
+# third-party package the core imports). One probe for the whole core, every module of it.
+TRANSPORTS = (
+    "grpc",
+    "rulesidecar",
+    "google.protobuf",
+    "httpx",
+    "httpcore",
+    "aiohttp",
+    "stamina",
+    "opentelemetry",
 )
-TRANSPORTS = ("grpc", "rulesidecar", "google.protobuf", "httpx", "httpcore", "aiohttp", "stamina")
 
 
-def loaded_transports(module: str) -> list[str]:
-    """Transport packages in sys.modules after importing `module` in a fresh interpreter."""
+def loaded_transports(package: str) -> list[str]:
+    """Transport packages in sys.modules after importing `package` and every module under it, in
+    a fresh interpreter."""
     probe = (
-        "import importlib, json, sys\n"
-        f"importlib.import_module({module!r})\n"
+        "import importlib, json, pkgutil, sys\n"
+        f"root = importlib.import_module({package!r})\n"
+        "path = getattr(root, '__path__', [])  # a plain module has nothing under it\n"
+        "for found in pkgutil.walk_packages(path, root.__name__ + '.'):\n"
+        "    importlib.import_module(found.name)\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     result = subprocess.run(
@@ -247,9 +320,8 @@ def loaded_transports(module: str) -> list[str]:
     )
 
 
-@pytest.mark.parametrize("module", CORE)
-def test_engine_core_imports_no_transport(module: str) -> None:
-    assert loaded_transports(module) == []
+def test_importing_the_whole_core_loads_no_transport() -> None:
+    assert loaded_transports("sidecar.core") == []
 
 
 def test_the_import_probe_sees_transports_where_they_are() -> None:
