@@ -24,7 +24,6 @@ from multidict import CIMultiDict
 from sidecar.core.model import Reason
 from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 from sidecar.egress import Egress, EgressLimits, EgressPolicy
-from sidecar.egress.transport import RedactQueryFilter
 from tests.support.upstreams import MALFORMED, ORDER_API_KEY, ORDERS, Upstream
 
 T = TypeVar("T")
@@ -360,12 +359,12 @@ def test_request_urls_are_not_logged_at_info(
 def test_no_url_is_logged_even_when_httpx_logs_at_info(
     upstream: Upstream, caplog: pytest.LogCaptureFixture, httpx_logger_unset: logging.Logger
 ) -> None:
-    # A logging config may turn httpx back up: the egress sends through the transport, which
-    # writes no request line, and the redacting filter stays on the httpx logger regardless.
+    # A logging config may turn httpx up: the egress sends through its own transport, which
+    # writes no request line (only httpx.Client logs one, and nothing uses it).
     caplog.set_level(logging.DEBUG)
 
     async def use(egress: Egress) -> HttpResponse:
-        httpx_logger_unset.setLevel(logging.INFO)  # undo the level Egress() set
+        httpx_logger_unset.setLevel(logging.INFO)
         return await egress.send(get(upstream.url("/json?api_key=canary")), DEFAULT_OPTIONS)
 
     with_egress(use)
@@ -648,19 +647,3 @@ def test_unknown_content_encoding_is_a_protocol_error(upstream: Upstream) -> Non
     upstream.respond("/brotli", body=b"\x0b\x02\x80{}\x03", headers={"Content-Encoding": "br"})
 
     assert send_error(get(upstream.url("/brotli"))).reason is Reason.PROTOCOL_ERROR
-
-
-def test_the_httpx_logger_redacts_queries_in_whatever_it_logs() -> None:
-    record = logging.LogRecord(
-        "httpx",
-        logging.INFO,
-        __file__,
-        1,
-        "HTTP Request: %s %s",
-        ("GET", "https://a.b/x?key=k3y"),
-        None,
-    )
-
-    RedactQueryFilter().filter(record)
-
-    assert record.getMessage() == "HTTP Request: GET https://a.b/x?REDACTED"

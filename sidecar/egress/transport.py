@@ -17,8 +17,6 @@ req/s, p99 206-331 ms, 1,650-2,400 us CPU per request; httpx + httpx-aiohttp ~2,
 from __future__ import annotations
 
 import ipaddress
-import logging
-import re
 import socket
 import ssl
 import zlib
@@ -68,18 +66,6 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
-class RedactQueryFilter(logging.Filter):
-    """Replaces every URL query in a log record with `?REDACTED` (API keys travel there)."""
-
-    _QUERY = re.compile(r"\?[^\s\"']*")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "?" in message:
-            record.msg, record.args = self._QUERY.sub("?REDACTED", message), ()
-        return True
-
-
 class Transport:
     """The process-wide pooled client. Create once; `aclose` on shutdown."""
 
@@ -93,12 +79,6 @@ class Transport:
         resolver: AbstractResolver | None = None,
         connector_factory: ConnectorFactory | None = None,
     ) -> None:
-        # httpx logs every request URL at INFO; a URL may carry an API key in its query. Held
-        # at WARNING, and redacted in case a logging config turns it back up.
-        httpx_logger = logging.getLogger("httpx")
-        httpx_logger.setLevel(logging.WARNING)
-        if not any(isinstance(f, RedactQueryFilter) for f in httpx_logger.filters):
-            httpx_logger.addFilter(RedactQueryFilter())
         self._resolver = GuardedResolver(policy, resolver)
         tls_context = tls or ssl.create_default_context()
         self._connector_factory = connector_factory or (
