@@ -117,7 +117,7 @@ def hook_cost(iterations: int = 20_000) -> dict[str, float]:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
     from sidecar.core.model import Node, Outcome, OutcomeKind, Reason
-    from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendOptions
+    from sidecar.core.model.exchange import HttpResponse, Origin, OutboundRequest, SendOptions
     from sidecar.telemetry.instruments import Telemetry
 
     class Drop(SpanExporter):
@@ -147,7 +147,9 @@ def hook_cost(iterations: int = 20_000) -> dict[str, float]:
                 await send(request, 1 << 20)
                 continue
             with telemetry.evaluation(node) as evaluation:
-                await telemetry.http_attempt(send, request, options, ("http", "127.0.0.1", 8081))
+                await telemetry.http_attempt(
+                    send, request, options, Origin("http", "127.0.0.1", 8081)
+                )
                 evaluation.record(outcome)
         return (time.process_time() - started) / iterations * 1e6
 

@@ -32,7 +32,13 @@ import stamina
 from aiohttp.abc import AbstractResolver
 
 from sidecar.core.hosts import host_matches
-from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
+from sidecar.core.model.exchange import (
+    HttpResponse,
+    Origin,
+    OutboundRequest,
+    SendError,
+    SendOptions,
+)
 from sidecar.core.model.outcome import Reason
 from sidecar.egress.breaker import BreakerState, CircuitBreaker
 from sidecar.egress.policy import EgressPolicy, Verdict
@@ -43,8 +49,6 @@ MAX_REDIRECTS = 3
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-Origin = tuple[str, str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +167,7 @@ class Egress:
         ):
             if not verdict.allowed:
                 raise _blocked(verdict.reason)
-        return (parts.scheme, host.lower(), port)
+        return Origin(parts.scheme, host.lower(), port)
 
     def _judge_host(self, host: str) -> Verdict:
         verdict, address = self.policy.judge_host(host)
@@ -232,7 +236,7 @@ class Egress:
         if not breaker.allow():
             raise SendError(
                 Reason.CIRCUIT_OPEN,
-                f"{origin[1]} failed repeatedly; calls are paused for up to "
+                f"{origin.host} failed repeatedly; calls are paused for up to "
                 f"{self._limits.breaker_cooldown_seconds:g}s",
             )
         async with self._slots[origin]:

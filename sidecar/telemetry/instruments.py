@@ -52,7 +52,13 @@ from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeter, Observation
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from sidecar.core.model import Node, Outcome, OutcomeKind, Reason
-from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
+from sidecar.core.model.exchange import (
+    HttpResponse,
+    Origin,
+    OutboundRequest,
+    SendError,
+    SendOptions,
+)
 from sidecar.errors import ConfigError
 from sidecar.settings import Settings
 
@@ -99,7 +105,6 @@ FLUSH_SECONDS: Final = 3.0
 
 evaluation_log = logging.getLogger("sidecar.evaluations")
 
-Origin = tuple[str, str, int]
 AttemptSend = Callable[[OutboundRequest, int], Awaitable[HttpResponse]]
 
 
@@ -307,9 +312,13 @@ class Telemetry:
             return [
                 Observation(
                     BREAKER_STATE_VALUES.get(str(state), 0),
-                    {URL_SCHEME: scheme, SERVER_ADDRESS: host, SERVER_PORT: port},
+                    {
+                        URL_SCHEME: origin.scheme,
+                        SERVER_ADDRESS: origin.host,
+                        SERVER_PORT: origin.port,
+                    },
                 )
-                for (scheme, host, port), state in states.items()
+                for origin, state in states.items()
             ]
 
         self._meter.create_observable_up_down_counter(
@@ -392,14 +401,13 @@ class Telemetry:
     def _start_client_span(
         self, request: OutboundRequest, options: SendOptions, origin: Origin, resend_count: int
     ) -> Span:
-        _, host, port = origin
         span = self.tracer.start_span(
             request.method,
             kind=SpanKind.CLIENT,
             attributes={
                 HTTP_REQUEST_METHOD: request.method,
-                SERVER_ADDRESS: host,
-                SERVER_PORT: port,
+                SERVER_ADDRESS: origin.host,
+                SERVER_PORT: origin.port,
             },
         )
         if span.is_recording():

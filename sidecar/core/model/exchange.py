@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sidecar.core.model.outcome import Reason
 
@@ -42,6 +43,16 @@ class SendOptions:
     connector_id: str = ""
     url_template: str = ""
     propagate_trace: bool = True
+
+
+class Origin(NamedTuple):
+    """Where a request goes: the egress keeps one breaker and one concurrency limit per origin,
+    and telemetry labels attempts and breaker states with it (host lower-cased, port explicit).
+    """
+
+    scheme: str
+    host: str
+    port: int
 
 
 @dataclass(frozen=True, slots=True)
