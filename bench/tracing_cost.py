@@ -131,6 +131,7 @@ def hook_cost(iterations: int = 20_000) -> dict[str, float]:
     request = OutboundRequest("GET", "http://127.0.0.1:8081/orders/A-1", (), None)
     options = SendOptions(5.0, 1 << 20, connector_id="orders", url_template=request.url)
     response = HttpResponse(200)
+    origin = Origin("http", "127.0.0.1", 8081)
 
     async def send(request: OutboundRequest, cap: int) -> HttpResponse:
         return response
@@ -147,9 +148,10 @@ def hook_cost(iterations: int = 20_000) -> dict[str, float]:
                 await send(request, 1 << 20)
                 continue
             with telemetry.evaluation(node) as evaluation:
-                await telemetry.http_attempt(
-                    send, request, options, Origin("http", "127.0.0.1", 8081)
-                )
+                with telemetry.http_attempt(request, options, origin) as attempt:
+                    if options.propagate_trace:
+                        telemetry.trace_headers()
+                    attempt.record(await send(request, 1 << 20))
                 evaluation.record(outcome)
         return (time.process_time() - started) / iterations * 1e6
 

@@ -5,7 +5,9 @@
           judge the destination ─ blocked ──────────────► BLOCKED_DESTINATION, no socket opened
           circuit breaker of (scheme, host, port) ─ open ► CIRCUIT_OPEN, upstream untouched
           per-upstream concurrency limit
-          attempt (transport: guarded resolve, capped body)
+          attempt: headers on the wire (`headers`: trace context, defaults), observed by
+                   telemetry (CLIENT span, duration), performed by `transport` (guarded
+                   resolve, capped body)
           retry? connection never established, or 502/503/504/429 when the method is
                  idempotent (or POST/PATCH with an idempotency key); at most 2 retries,
                  jittered exponential backoff, Retry-After honoured only if it fits the budget
@@ -41,6 +43,7 @@ from sidecar.core.model.exchange import (
 )
 from sidecar.core.model.outcome import Reason
 from sidecar.egress.breaker import BreakerState, CircuitBreaker
+from sidecar.egress.headers import on_the_wire, without_credentials
 from sidecar.egress.policy import EgressPolicy, Verdict
 from sidecar.egress.transport import ConnectorFactory, Transport
 from sidecar.telemetry.instruments import Telemetry
@@ -242,15 +245,20 @@ class Egress:
         async with self._slots[origin]:
             attempts.count += 1
             try:
-                # One CLIENT span and duration per attempt, with trace headers (telemetry).
-                response = await self._telemetry.http_attempt(
-                    self._transport.attempt,
+                # Telemetry observes the attempt (CLIENT span, duration); the egress performs it.
+                with self._telemetry.http_attempt(
                     request,
                     options,
                     origin,
                     resend_count=attempts.count - 1,
                     retry=attempts.count - first_attempt > 1,
-                )
+                ) as observed:
+                    trace_context = (
+                        self._telemetry.trace_headers() if options.propagate_trace else {}
+                    )
+                    outgoing = replace(request, headers=on_the_wire(request.headers, trace_context))
+                    response = await self._transport.attempt(outgoing, options.max_response_bytes)
+                    observed.record(response)
             except SendError as error:
                 if error.reason is Reason.BLOCKED_DESTINATION:
                     attempts.count -= 1  # the resolver refused: nothing was sent
@@ -293,11 +301,7 @@ def _redirected(
     before, after = urlsplit(request.url), urlsplit(url)
     headers = request.headers
     if (before.scheme, before.hostname, before.port) != (after.scheme, after.hostname, after.port):
-        headers = tuple(
-            (name, value)
-            for name, value in headers
-            if name.lower() not in options.credential_headers
-        )
+        headers = without_credentials(headers, options.credential_headers)
     if status == 303 or (status in (301, 302) and request.method == "POST"):
         headers = tuple((n, v) for n, v in headers if n.lower() != "content-type")
         return OutboundRequest("GET", url, headers, None)

@@ -34,8 +34,6 @@ from sidecar.egress.aiohttp_transport import AiohttpTransport
 from sidecar.egress.policy import EgressPolicy
 
 ConnectorFactory = Callable[[AbstractResolver], aiohttp.TCPConnector]
-ACCEPTED_ENCODINGS = "gzip, deflate"
-_DEFAULT_HEADERS = (("Accept-Encoding", ACCEPTED_ENCODINGS), ("User-Agent", "rules-sidecar"))
 
 
 class DestinationBlockedError(Exception):
@@ -105,7 +103,8 @@ class Transport:
         )
 
     async def attempt(self, request: OutboundRequest, cap: int) -> HttpResponse:
-        """One exchange; SendError with a reason on any failure. Budget enforced by the caller."""
+        """One exchange of `request` as given (its headers are the ones on the wire, see
+        `headers`); SendError with a reason on any failure. Budget enforced by the caller."""
         try:
             return await self._exchange(request, cap)
         except DestinationBlockedError as exc:
@@ -116,8 +115,9 @@ class Transport:
             raise failure_of(exc) from exc
 
     async def _exchange(self, request: OutboundRequest, cap: int) -> HttpResponse:
-        headers = [*request.headers, *_DEFAULT_HEADERS]
-        outgoing = httpx.Request(request.method, request.url, headers=headers, content=request.body)
+        outgoing = httpx.Request(
+            request.method, request.url, headers=request.headers, content=request.body
+        )
         response = await self._transport.handle_async_request(outgoing)
         try:
             declared = response.headers.get("content-length", "")

@@ -41,8 +41,8 @@ import importlib.metadata
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -104,8 +104,6 @@ EXPORTERS: Final = frozenset({"otlp", "console", "none"})
 FLUSH_SECONDS: Final = 3.0
 
 evaluation_log = logging.getLogger("sidecar.evaluations")
-
-AttemptSend = Callable[[OutboundRequest, int], Awaitable[HttpResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,74 +346,34 @@ class Telemetry:
 
     # -- one outbound attempt (egress) -----------------------------------------------------
 
-    async def http_attempt(
+    def http_attempt(
         self,
-        send: AttemptSend,
         request: OutboundRequest,
         options: SendOptions,
         origin: Origin,
         *,
         resend_count: int = 0,
         retry: bool = False,
-    ) -> HttpResponse:
-        """`send(request, cap)` inside a CLIENT span, with trace headers and the duration."""
+    ) -> AttemptScope:
+        """The CLIENT span and the duration of one outbound attempt, which the egress performs
+        inside it (and `trace_headers` reads the span's context from there).
+
+        >>> with telemetry.http_attempt(request, options, origin) as attempt:   # doctest: +SKIP
+        ...     attempt.record(await transport.attempt(request, cap))
+        """
         if not (self.tracing or self.metrics):
-            return await send(request, options.max_response_bytes)
+            return _SILENT_ATTEMPT
         if retry and self.metrics:
             self._retries.add(1, {CONNECTOR_ID: options.connector_id})
-        span: Span | None = None
-        token = None
-        if self.tracing:
-            span = self._start_client_span(request, options, origin, resend_count)
-            token = context.attach(trace.set_span_in_context(span))
-            if options.propagate_trace:
-                request = with_trace_headers(request)
-        started = time.perf_counter()
-        status = 0
-        error_type: str | None = "_OTHER"
-        try:
-            response = await send(request, options.max_response_bytes)
-            status = response.status
-            error_type = str(status) if status >= 400 else None
-            return response
-        except SendError as error:
-            error_type = error.reason.value
-            raise
-        except asyncio.CancelledError:
-            error_type = "cancelled"  # the exchange's total budget ran out mid-attempt
-            raise
-        except Exception as exc:
-            error_type = type(exc).__qualname__
-            raise
-        finally:
-            if self.metrics:
-                status_class = f"{status // 100}xx" if status else "error"
-                self._request_duration.record(
-                    time.perf_counter() - started,
-                    {CONNECTOR_ID: options.connector_id, STATUS_CLASS: status_class},
-                )
-            if span is not None and token is not None:
-                _end_client_span(span, status, error_type)
-                context.detach(token)
+        return AttemptScope(self, request, options, origin, resend_count)
 
-    def _start_client_span(
-        self, request: OutboundRequest, options: SendOptions, origin: Origin, resend_count: int
-    ) -> Span:
-        span = self.tracer.start_span(
-            request.method,
-            kind=SpanKind.CLIENT,
-            attributes={
-                HTTP_REQUEST_METHOD: request.method,
-                SERVER_ADDRESS: origin.host,
-                SERVER_PORT: origin.port,
-            },
-        )
-        if span.is_recording():
-            span.set_attribute(URL_FULL, redacted_url(request.url, options.url_template))
-            span.set_attribute(CONNECTOR_ID, options.connector_id)
-            if resend_count:
-                span.set_attribute(HTTP_RESEND_COUNT, resend_count)
-        return span
+    def trace_headers(self) -> dict[str, str]:
+        """The current context as traceparent/tracestate/baggage (OTEL_PROPAGATORS); nothing
+        when traces are off. Whether they go on the wire is the egress's decision."""
+        carrier: dict[str, str] = {}
+        if self.tracing:
+            propagate.inject(carrier)
+        return carrier
 
     def _count_evaluation(self, connector_id: str, outcome: Outcome) -> None:
         if outcome.reason is Reason.CONNECTOR_NOT_FOUND:
@@ -514,25 +472,116 @@ def _log_evaluation(node: Node, outcome: Outcome, elapsed: float) -> None:
     evaluation_log.info("node evaluated", extra={"fields": fields})
 
 
-def _end_client_span(span: Span, status: int, error_type: str | None) -> None:
-    if span.is_recording():
-        if status:
-            span.set_attribute(HTTP_STATUS_CODE, status)
-        if error_type is not None:
-            span.set_attribute(ERROR_TYPE, error_type)
-            span.set_status(StatusCode.ERROR, error_type)
-    span.end()
+class AttemptScope:
+    """The telemetry of one outbound attempt: a CLIENT span made current while the egress
+    performs the attempt, and its duration; `record` the response when there is one.
+
+    A failure is told by what leaves the block: a SendError by its reason, a cancellation (the
+    exchange's total budget ran out) as `cancelled`, anything else by its type only.
+    """
+
+    __slots__ = (
+        "_options",
+        "_origin",
+        "_request",
+        "_resend_count",
+        "_span",
+        "_started",
+        "_status",
+        "_telemetry",
+        "_token",
+    )
+
+    def __init__(
+        self,
+        telemetry: Telemetry | None,
+        request: OutboundRequest | None,
+        options: SendOptions | None,
+        origin: Origin | None,
+        resend_count: int = 0,
+    ) -> None:
+        self._telemetry = telemetry
+        self._request = request
+        self._options = options
+        self._origin = origin
+        self._resend_count = resend_count
+        self._span: Span | None = None
+        self._token: object = None
+        self._started = 0.0
+        self._status = 0
+
+    def __enter__(self) -> AttemptScope:
+        telemetry, request, options, origin = (
+            self._telemetry,
+            self._request,
+            self._options,
+            self._origin,
+        )
+        if telemetry is None or request is None or options is None or origin is None:
+            return self
+        if telemetry.tracing:
+            span = self._span = telemetry.tracer.start_span(
+                request.method,
+                kind=SpanKind.CLIENT,
+                attributes={
+                    HTTP_REQUEST_METHOD: request.method,
+                    SERVER_ADDRESS: origin.host,
+                    SERVER_PORT: origin.port,
+                },
+            )
+            if span.is_recording():
+                span.set_attribute(URL_FULL, redacted_url(request.url, options.url_template))
+                span.set_attribute(CONNECTOR_ID, options.connector_id)
+                if self._resend_count:
+                    span.set_attribute(HTTP_RESEND_COUNT, self._resend_count)
+            self._token = context.attach(trace.set_span_in_context(span))
+        self._started = time.perf_counter()
+        return self
+
+    def record(self, response: HttpResponse) -> None:
+        """The attempt got an answer (any status)."""
+        self._status = response.status
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        telemetry, options = self._telemetry, self._options
+        if telemetry is None or options is None:
+            return
+        status = self._status
+        error_type: str | None
+        if isinstance(exc, SendError):
+            error_type = exc.reason.value
+        elif isinstance(exc, asyncio.CancelledError):
+            error_type = "cancelled"  # the exchange's total budget ran out mid-attempt
+        elif exc_type is not None:
+            error_type = exc_type.__qualname__
+        elif status:
+            error_type = str(status) if status >= 400 else None
+        else:
+            error_type = "_OTHER"  # left without an answer and without an exception
+        if telemetry.metrics:
+            status_class = f"{status // 100}xx" if status else "error"
+            telemetry._request_duration.record(
+                time.perf_counter() - self._started,
+                {CONNECTOR_ID: options.connector_id, STATUS_CLASS: status_class},
+            )
+        span = self._span
+        if span is not None:
+            if span.is_recording():
+                if status:
+                    span.set_attribute(HTTP_STATUS_CODE, status)
+                if error_type is not None:
+                    span.set_attribute(ERROR_TYPE, error_type)
+                    span.set_status(StatusCode.ERROR, error_type)
+            context.detach(self._token)  # type: ignore[arg-type]
+            span.end()
 
 
-def with_trace_headers(request: OutboundRequest) -> OutboundRequest:
-    """The request with the current context's traceparent/tracestate/baggage (OTEL_PROPAGATORS)."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    if not carrier:
-        return request
-    injected = {name.lower() for name in carrier}
-    kept = tuple((name, value) for name, value in request.headers if name.lower() not in injected)
-    return replace(request, headers=(*kept, *carrier.items()))
+_SILENT_ATTEMPT = AttemptScope(None, None, None, None)
 
 
 def redacted_url(url: str, url_template: str = "") -> str:
