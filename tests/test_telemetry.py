@@ -35,8 +35,10 @@ from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from sidecar.core.engine import Engine
 from sidecar.errors import ConfigError
 from sidecar.settings import Settings
-from sidecar.telemetry.instruments import Telemetry, TelemetryConfig, redacted_url
+from sidecar.telemetry.config import TelemetryConfig
+from sidecar.telemetry.instruments import Telemetry
 from sidecar.telemetry.logs import JsonFormatter
+from sidecar.telemetry.redaction import redacted_url
 from tests.support.sidecars import InProcessSidecar, free_loopback_port
 from tests.support.upstreams import ORDER_API_KEY, Upstream
 

@@ -1,0 +1,263 @@
+"""What telemetry wraps around one evaluation and one outbound attempt: context managers that
+observe a step while its owner performs it (the servicer evaluates, the egress sends).
+
+    with telemetry.evaluation(node) as evaluation:                 INTERNAL span, counter, log
+        with telemetry.http_attempt(request, options, origin) as attempt:   CLIENT span, duration
+            attempt.record(await transport.attempt(...))
+        evaluation.record(outcome)
+
+Nothing recorded ever holds a secret, a header value or a visitor's variable: `url.full` goes
+through `redaction`, and exceptions are recorded by type only (their text may quote input).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from types import TracebackType
+from typing import Any, Final, Protocol
+
+from opentelemetry import context, trace
+from opentelemetry.trace import Span, SpanKind, StatusCode
+
+from sidecar.core.model import Node, Outcome, OutcomeKind
+from sidecar.core.model.exchange import (
+    HttpResponse,
+    Origin,
+    OutboundRequest,
+    SendError,
+    SendOptions,
+)
+from sidecar.telemetry.attributes import (
+    ATTEMPTS,
+    BRANCH_INDEX,
+    CONNECTOR_ID,
+    CONNECTOR_VERSION,
+    ERROR_TYPE,
+    HTTP_REQUEST_METHOD,
+    HTTP_RESEND_COUNT,
+    HTTP_STATUS_CODE,
+    NODE_ID,
+    OUTCOME,
+    REASON,
+    SERVER_ADDRESS,
+    SERVER_PORT,
+    URL_FULL,
+)
+from sidecar.telemetry.redaction import redacted_url
+
+EVALUATION_SPAN: Final = "evaluate_node"
+
+evaluation_log = logging.getLogger("sidecar.evaluations")
+
+
+class Recorder(Protocol):
+    """What a scope records with: `instruments.Telemetry` (named here structurally, so this
+    module does not import the one that builds its scopes)."""
+
+    tracing: bool
+    metrics: bool
+    tracer: trace.Tracer
+
+    def count_evaluation(self, connector_id: str, outcome: Outcome) -> None: ...
+
+    def record_attempt_duration(self, seconds: float, connector_id: str, status: int) -> None: ...
+
+
+class EvaluationScope:
+    """The telemetry of one evaluation: enter before the engine runs, `record` its outcome."""
+
+    __slots__ = ("_node", "_span", "_started", "_telemetry", "_token")
+
+    def __init__(self, telemetry: Recorder | None, node: Node | None) -> None:
+        self._telemetry = telemetry
+        self._node = node
+        self._span: Span | None = None
+        self._token: object = None
+        self._started = 0.0
+
+    def __enter__(self) -> EvaluationScope:
+        telemetry, node = self._telemetry, self._node
+        if telemetry is None or node is None:
+            return self
+        self._started = time.perf_counter()
+        if telemetry.tracing:
+            self._span = telemetry.tracer.start_span(
+                EVALUATION_SPAN,
+                kind=SpanKind.INTERNAL,
+                attributes={CONNECTOR_ID: node.connector_id, NODE_ID: node.id},
+            )
+            self._token = context.attach(trace.set_span_in_context(self._span))
+        return self
+
+    def record(self, outcome: Outcome) -> None:
+        """Attributes, counter and the one INFO log line of the evaluation (within its span)."""
+        telemetry, node = self._telemetry, self._node
+        if telemetry is None or node is None:
+            return
+        span = self._span
+        if span is not None and span.is_recording():
+            span.set_attributes(
+                {
+                    CONNECTOR_VERSION: outcome.connector_version,
+                    OUTCOME: outcome.kind.value,
+                    REASON: outcome.reason.value,
+                    ATTEMPTS: outcome.attempts,
+                }
+            )
+            if outcome.branch_index is not None:
+                span.set_attribute(BRANCH_INDEX, outcome.branch_index)
+            if outcome.http_status:
+                span.set_attribute(HTTP_STATUS_CODE, outcome.http_status)
+            if outcome.kind is OutcomeKind.ERROR:
+                span.set_attribute(ERROR_TYPE, outcome.reason.value)
+                span.set_status(StatusCode.ERROR, outcome.reason.value)
+        if telemetry.metrics:
+            telemetry.count_evaluation(node.connector_id, outcome)
+        if evaluation_log.isEnabledFor(logging.INFO):
+            _log_evaluation(node, outcome, time.perf_counter() - self._started)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        span = self._span
+        if span is None:
+            return
+        if exc_type is not None and span.is_recording():
+            span.set_attribute(ERROR_TYPE, exc_type.__qualname__)
+            span.set_status(StatusCode.ERROR, exc_type.__qualname__)
+        context.detach(self._token)  # type: ignore[arg-type]
+        span.end()
+
+
+SILENT_EVALUATION = EvaluationScope(None, None)
+
+
+def _log_evaluation(node: Node, outcome: Outcome, elapsed: float) -> None:
+    fields: dict[str, Any] = {
+        "connector": node.connector_id,
+        "connector_version": outcome.connector_version,
+        "node_id": node.id,
+        "outcome": outcome.kind.value,
+        "reason": outcome.reason.value,
+        "branch_index": outcome.branch_index,
+        "http_status": outcome.http_status,
+        "attempts": outcome.attempts,
+        "latency_ms": round(elapsed * 1000, 3),
+        "upstream_latency_ms": round(outcome.upstream_latency_seconds * 1000, 3),
+    }
+    evaluation_log.info("node evaluated", extra={"fields": fields})
+
+
+class AttemptScope:
+    """The telemetry of one outbound attempt: a CLIENT span made current while the egress
+    performs the attempt, and its duration; `record` the response when there is one.
+
+    A failure is told by what leaves the block: a SendError by its reason, a cancellation (the
+    exchange's total budget ran out) as `cancelled`, anything else by its type only.
+    """
+
+    __slots__ = (
+        "_options",
+        "_origin",
+        "_request",
+        "_resend_count",
+        "_span",
+        "_started",
+        "_status",
+        "_telemetry",
+        "_token",
+    )
+
+    def __init__(
+        self,
+        telemetry: Recorder | None,
+        request: OutboundRequest | None,
+        options: SendOptions | None,
+        origin: Origin | None,
+        resend_count: int = 0,
+    ) -> None:
+        self._telemetry = telemetry
+        self._request = request
+        self._options = options
+        self._origin = origin
+        self._resend_count = resend_count
+        self._span: Span | None = None
+        self._token: object = None
+        self._started = 0.0
+        self._status = 0
+
+    def __enter__(self) -> AttemptScope:
+        telemetry, request, options, origin = (
+            self._telemetry,
+            self._request,
+            self._options,
+            self._origin,
+        )
+        if telemetry is None or request is None or options is None or origin is None:
+            return self
+        if telemetry.tracing:
+            span = self._span = telemetry.tracer.start_span(
+                request.method,
+                kind=SpanKind.CLIENT,
+                attributes={
+                    HTTP_REQUEST_METHOD: request.method,
+                    SERVER_ADDRESS: origin.host,
+                    SERVER_PORT: origin.port,
+                },
+            )
+            if span.is_recording():
+                span.set_attribute(URL_FULL, redacted_url(request.url, options.url_template))
+                span.set_attribute(CONNECTOR_ID, options.connector_id)
+                if self._resend_count:
+                    span.set_attribute(HTTP_RESEND_COUNT, self._resend_count)
+            self._token = context.attach(trace.set_span_in_context(span))
+        self._started = time.perf_counter()
+        return self
+
+    def record(self, response: HttpResponse) -> None:
+        """The attempt got an answer (any status)."""
+        self._status = response.status
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        telemetry, options = self._telemetry, self._options
+        if telemetry is None or options is None:
+            return
+        status = self._status
+        error_type: str | None
+        if isinstance(exc, SendError):
+            error_type = exc.reason.value
+        elif isinstance(exc, asyncio.CancelledError):
+            error_type = "cancelled"  # the exchange's total budget ran out mid-attempt
+        elif exc_type is not None:
+            error_type = exc_type.__qualname__
+        elif status:
+            error_type = str(status) if status >= 400 else None
+        else:
+            error_type = "_OTHER"  # left without an answer and without an exception
+        if telemetry.metrics:
+            telemetry.record_attempt_duration(
+                time.perf_counter() - self._started, options.connector_id, status
+            )
+        span = self._span
+        if span is not None:
+            if span.is_recording():
+                if status:
+                    span.set_attribute(HTTP_STATUS_CODE, status)
+                if error_type is not None:
+                    span.set_attribute(ERROR_TYPE, error_type)
+                    span.set_status(StatusCode.ERROR, error_type)
+            context.detach(self._token)  # type: ignore[arg-type]
+            span.end()
+
+
+SILENT_ATTEMPT = AttemptScope(None, None, None, None)
