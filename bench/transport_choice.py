@@ -1,10 +1,25 @@
-"""Why the outbound transport is httpx + httpx-aiohttp: figures, not opinions.
+"""Which outbound transport, and whether httpx's types over aiohttp pay: figures, not opinions.
 
 Starts a loopback upstream (aiohttp.web, in its own process, answering a ~1 KB order JSON), then
-for each client makes N GET requests with C concurrent callers through one pooled, keep-alive
-client and prints requests/s, p50/p99 latency and client CPU per request:
+drives each client variant with N GETs from C concurrent callers through one pooled, keep-alive
+client, and reports requests/s, p50/p99 latency and the client's CPU per request:
 
-    .venv/bin/python bench/transport_choice.py [--requests 3000] [--concurrency 32]
+    .venv/bin/python bench/transport_choice.py [--requests 3000] [--concurrency 32] [--rounds 5]
+    .venv/bin/python bench/transport_choice.py --history    # + httpx's own client (httpcore)
+
+The question it answers for the egress: one attempt takes the core's `OutboundRequest` and
+returns an `HttpResponse` (body read raw, counted against a cap, headers folded to lower-cased
+names). Two ways to do that over the same aiohttp session:
+
+- `httpx types over aiohttp`: build an `httpx.Request`, hand it to an httpx transport that sends it
+  through aiohttp and wraps the answer in an `httpx.Response` (the egress up to 0.1.x);
+- `aiohttp direct`: hand the request to aiohttp and read its response (the egress now,
+  `sidecar.egress.transport.Transport`, measured as it is).
+
+The machine is shared and noisy: the variants are interleaved round by round (a burst of load
+elsewhere hits all of them alike), each figure is the median over the rounds with its spread
+(min-max), and each variant's CPU is also given as a ratio to the httpx-types path of the same
+round (median of the per-round ratios).
 """
 
 from __future__ import annotations
@@ -13,19 +28,30 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
+import random
 import resource
 import socket
 import statistics
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
-import httpx
+import yarl
 from aiohttp import web
 from common import ORDER
-from httpx_aiohttp import AiohttpTransport
 
-from sidecar.egress.aiohttp_transport import AiohttpTransport as OwnTransport
+from sidecar.core.model.exchange import HttpResponse, OutboundRequest
+from sidecar.egress.headers import DEFAULT_HEADERS
+from sidecar.egress.policy import EgressPolicy
+from sidecar.egress.transport import Transport
+
+CAP = 1 << 20
+HEADERS = (("X-API-Key", "fake-bench-key-0123456"), ("Accept", "application/json"))
+BASELINE = "httpx types over aiohttp"
+Call = Callable[[], Awaitable[None]]
 
 
 def _serve(port: int) -> None:
@@ -45,9 +71,149 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _drive(
-    call: Callable[[], Awaitable[None]], requests: int, concurrency: int
-) -> dict[str, float]:
+def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=100),
+        auto_decompress=False,
+        trust_env=False,
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+
+
+def _folded(pairs: object) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for name, value in pairs:  # type: ignore[attr-defined]
+        key = name.lower()
+        names[key] = f"{names[key]}, {value}" if key in names else value
+    return names
+
+
+async def _httpx_types_over_aiohttp(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    """The egress's attempt as it was: httpx.Request -> our httpx transport on aiohttp ->
+    httpx.Response, its raw stream counted against the cap (a copy of the 0.1.x code, kept
+    here so the comparison survives its removal from the sidecar)."""
+    import httpx
+
+    class Stream(httpx.AsyncByteStream):
+        def __init__(self, response: aiohttp.ClientResponse) -> None:
+            self._response = response
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            async for chunk in self._response.content.iter_chunked(64 * 1024):
+                yield chunk
+
+        async def aclose(self) -> None:
+            self._response.release()
+
+    class HttpxOverAiohttp(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.session = _session()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await self.session.request(
+                request.method,
+                yarl.URL(str(request.url), encoded=True),
+                headers=request.headers.multi_items(),
+                data=request.content or None,
+                allow_redirects=False,
+                compress=None,
+            )
+            return httpx.Response(
+                status_code=response.status,
+                headers=response.raw_headers,
+                stream=Stream(response),
+                request=request,
+            )
+
+    transport = HttpxOverAiohttp()
+    outbound = OutboundRequest("GET", url, HEADERS, None)
+
+    async def call() -> None:
+        request = httpx.Request(
+            outbound.method,
+            outbound.url,
+            headers=[*outbound.headers, *DEFAULT_HEADERS],
+            content=outbound.body,
+        )
+        response = await transport.handle_async_request(request)
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_raw():
+                body += chunk
+                if len(body) > CAP:
+                    raise RuntimeError("over the cap")
+        finally:
+            await response.aclose()
+        answer = HttpResponse(response.status_code, _folded(response.headers.multi_items()), body)
+        assert answer.status == 200
+
+    return call, transport.session.close
+
+
+async def _aiohttp_direct(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    """The same attempt with aiohttp's own request and response, no httpx types."""
+    session = _session()
+    outbound = OutboundRequest("GET", url, HEADERS, None)
+
+    async def call() -> None:
+        response = await session.request(
+            outbound.method,
+            yarl.URL(outbound.url, encoded=True),
+            headers=[*outbound.headers, *DEFAULT_HEADERS],
+            data=outbound.body,
+            allow_redirects=False,
+            compress=None,
+        )
+        body = bytearray()
+        try:
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > CAP:
+                    raise RuntimeError("over the cap")
+        finally:
+            response.release()
+        answer = HttpResponse(response.status, _folded(response.raw_headers), bytes(body))
+        assert answer.status == 200
+
+    return call, session.close
+
+
+async def _sidecar_transport(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    """`sidecar.egress.transport.Transport.attempt` as the egress calls it (guarded resolver,
+    decoder, caps): what ships."""
+    policy = EgressPolicy(allow_cidrs=("127.0.0.1/32",), allow_http_hosts=("127.0.0.1",))
+    transport = Transport(policy, max_connections=100)
+    outbound = OutboundRequest("GET", url, (*HEADERS, *DEFAULT_HEADERS), None)
+
+    async def call() -> None:
+        assert (await transport.attempt(outbound, CAP)).status == 200
+
+    return call, transport.aclose
+
+
+async def _httpx_client(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    import httpx
+
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    client = httpx.AsyncClient(limits=limits)
+
+    async def call() -> None:
+        (await client.get(url)).raise_for_status()
+
+    return call, client.aclose
+
+
+VARIANTS = {
+    BASELINE: _httpx_types_over_aiohttp,
+    "aiohttp direct": _aiohttp_direct,
+    "sidecar Transport.attempt": _sidecar_transport,
+}
+HISTORY = {
+    "httpx 0.28 AsyncClient (httpcore)": _httpx_client,
+}
+
+
+async def _drive(call: Call, requests: int, concurrency: int) -> dict[str, float]:
     latencies: list[float] = []
     remaining = requests
 
@@ -76,74 +242,39 @@ async def _drive(
     }
 
 
-async def _run(url: str, requests: int, concurrency: int) -> dict[str, dict[str, float]]:
+async def _round(
+    url: str, variants: dict[str, Callable[[str], Awaitable[tuple[Call, Call]]]], arguments: Any
+) -> dict[str, dict[str, float]]:
     results = {}
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-    async with httpx.AsyncClient(limits=limits) as client:
-
-        async def httpx_default() -> None:
-            (await client.get(url)).raise_for_status()
-
-        results["httpx 0.28 default (httpcore)"] = await _drive(
-            httpx_default, requests, concurrency
-        )
-
-    async with httpx.AsyncClient(transport=AiohttpTransport(limits=limits)) as client:
-
-        async def httpx_on_aiohttp() -> None:
-            (await client.get(url)).raise_for_status()
-
-        results["httpx + httpx-aiohttp"] = await _drive(httpx_on_aiohttp, requests, concurrency)
-
-    own = OwnTransport(
-        lambda: aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=100), auto_decompress=False, trust_env=False
-        )
-    )
-
-    async def httpx_request_on_own_transport() -> None:
-        response = await own.handle_async_request(httpx.Request("GET", url))
-        await response.aread()
-        response.raise_for_status()
-
-    results["httpx Request -> sidecar's transport"] = await _drive(
-        httpx_request_on_own_transport, requests, concurrency
-    )
-    await own.aclose()
-
-    transport = AiohttpTransport(limits=limits)
-
-    async def httpx_request_on_transport() -> None:
-        response = await transport.handle_async_request(httpx.Request("GET", url))
-        await response.aread()
-        response.raise_for_status()
-
-    results["httpx Request -> aiohttp transport"] = await _drive(
-        httpx_request_on_transport, requests, concurrency
-    )
-    await transport.aclose()
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session:
-
-        async def plain_aiohttp() -> None:
-            async with session.get(url) as response:
-                response.raise_for_status()
-                await response.read()
-
-        results["aiohttp (no httpx API)"] = await _drive(plain_aiohttp, requests, concurrency)
+    order = list(variants)
+    random.shuffle(order)  # no variant always runs first (or right after the slowest)
+    for name in order:
+        call, close = await variants[name](url)
+        try:
+            results[name] = await _drive(call, arguments.requests, arguments.concurrency)
+        finally:
+            await close()
     return results
+
+
+def _spread(values: list[float], digits: int = 0) -> str:
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--history", action="store_true", help="add httpx's own AsyncClient")
     arguments = parser.parse_args()
+    variants = {**VARIANTS, **(HISTORY if arguments.history else {})}
     port = _free_port()
     upstream = multiprocessing.get_context("spawn").Process(
         target=_serve, args=(port,), daemon=True
     )
     upstream.start()
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     try:
         for _ in range(100):
             try:
@@ -152,16 +283,40 @@ def main() -> None:
             except OSError:
                 time.sleep(0.05)
         url = f"http://127.0.0.1:{port}/orders/A-10023"
-        results = asyncio.run(_run(url, arguments.requests, arguments.concurrency))
+        for number in range(arguments.rounds):
+            results = asyncio.run(_round(url, variants, arguments))
+            for name, row in results.items():
+                runs[name].append(row)
+            print(
+                f"  round {number + 1}: "
+                + ", ".join(f"{name} {row['cpu_us_per_req']:.0f}" for name, row in results.items())
+                + " us/req",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         upstream.terminate()
         upstream.join()
-    print(f"{arguments.requests} GETs, {arguments.concurrency} concurrent, loopback upstream")
-    print(f"{'client':36} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}")
-    for name, row in results.items():
+    print(
+        f"{arguments.requests} GETs x {arguments.rounds} rounds (interleaved), "
+        f"{arguments.concurrency} concurrent, loopback upstream, {os.cpu_count()} cores; "
+        "median (min-max)"
+    )
+    print(
+        f"  {'client':36} {'CPU us/req':>18} {'vs ' + 'httpx types':>14} {'req/s':>18} "
+        f"{'p50 ms':>18} {'p99 ms':>18}"
+    )
+    for name, rows in runs.items():
+        cpu = [row["cpu_us_per_req"] for row in rows]
+        ratios = [
+            row["cpu_us_per_req"] / base["cpu_us_per_req"]
+            for row, base in zip(rows, runs[BASELINE], strict=True)
+        ]
         print(
-            f"{name:36} {row['req_per_s']:8.0f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} "
-            f"{row['cpu_us_per_req']:11.0f}"
+            f"  {name:36} {_spread(cpu):>18} {_spread(ratios, 2):>14} "
+            f"{_spread([row['req_per_s'] for row in rows]):>18} "
+            f"{_spread([row['p50_ms'] for row in rows], 2):>18} "
+            f"{_spread([row['p99_ms'] for row in rows], 2):>18}"
         )
 
 
