@@ -129,7 +129,7 @@ class SidecarServer:
         status = SERVING if state.valid else NOT_SERVING
         await self.health.set(CONNECTORS_FILE_HEALTH_SERVICE, status)
 
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+    async def _set_health(self, status: int) -> None:
         for service in ("", SERVICE_NAME):
             await self.health.set(service, status)
 

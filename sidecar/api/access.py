@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import enum
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -31,6 +31,10 @@ from sidecar.errors import ConfigError
 
 ADMIN_METHODS = frozenset({"RegisterConnector", "DeleteConnector"})
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+# grpc.aio's ServerInterceptor.intercept_service is generic over the call's message types.
+Request = TypeVar("Request")
+Response = TypeVar("Response")
 
 
 class Role(enum.Enum):
@@ -58,7 +62,7 @@ class TokenFile:
         return token
 
 
-class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Checks `authorization: Bearer <token>` metadata before any handler runs."""
 
     def __init__(self, *, admin: TokenFile | None, evaluation: TokenFile | None) -> None:
@@ -66,9 +70,11 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Request, Response] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Request, Response] | None:
         method: str = handler_call_details.method
         if method.startswith(OPEN_SERVICES):
             return await continuation(handler_call_details)
@@ -90,7 +96,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return found
 
 
-def _bearer(metadata: Any) -> bytes | None:
+def _bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
     for key, value in metadata or ():
         if key == "authorization":
             text = value.decode() if isinstance(value, bytes) else str(value)
@@ -100,8 +106,8 @@ def _bearer(metadata: Any) -> bytes | None:
     return None
 
 
-def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(code, message)
 
     return grpc.unary_unary_rpc_method_handler(refuse)

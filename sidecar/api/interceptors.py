@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar, cast
 
 import grpc
 from opentelemetry import context as otel_context
@@ -28,29 +28,37 @@ log = logging.getLogger(__name__)
 
 GENERIC_INTERNAL_MESSAGE = "internal error in rules-sidecar; the sidecar's log has the details"
 
-Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+# The behaviour of a unary grpc.aio call. The stubs type RpcMethodHandler.unary_unary as the
+# synchronous one; under grpc.aio it is this coroutine function, hence the casts below.
+Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+# grpc.aio's ServerInterceptor.intercept_service is generic over the call's message types.
+Request = TypeVar("Request")
+Response = TypeVar("Response")
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Maps SidecarError to its status and any other exception to a generic INTERNAL."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Request, Response] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Request, Response] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         return grpc.unary_unary_rpc_method_handler(
-            _guard(handler.unary_unary, handler_call_details.method),
+            _guard(cast(Handler, handler.unary_unary), handler_call_details.method),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
 
 def _guard(inner: Handler, method: str) -> Handler:
-    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await inner(request, context)
         except SidecarError as error:
@@ -80,7 +88,7 @@ SERVER_ERROR_CODES = frozenset(
 )
 
 
-class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class TracingInterceptor(grpc.aio.ServerInterceptor):
     """One SERVER span per unary call, child of the caller's W3C trace context (metadata)."""
 
     def __init__(self, telemetry: Telemetry) -> None:
@@ -88,24 +96,32 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Request, Response] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Request, Response] | None:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
         if handler is None or handler.unary_unary is None or method.startswith(UNTRACED_SERVICES):
             return handler
         return grpc.unary_unary_rpc_method_handler(
-            self._traced(handler.unary_unary, method, handler_call_details.invocation_metadata),
+            self._traced(
+                cast(Handler, handler.unary_unary),
+                method,
+                handler_call_details.invocation_metadata,
+            ),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    def _traced(self, inner: Handler, method: str, metadata: Any) -> Handler:
+    def _traced(
+        self, inner: Handler, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
+    ) -> Handler:
         service, _, name = method.lstrip("/").rpartition("/")
         tracer = self._tracer
 
-        async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             carrier = {key: value for key, value in metadata or () if isinstance(value, str)}
             span = tracer.start_span(
                 f"{service}/{name}",

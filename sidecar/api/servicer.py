@@ -76,7 +76,11 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         return self._engine
 
     async def RegisterConnector(
-        self, request: pb.RegisterConnectorRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.RegisterConnectorRequest,
+        context: grpc.aio.ServicerContext[
+            pb.RegisterConnectorRequest, pb.RegisterConnectorResponse
+        ],
     ) -> pb.RegisterConnectorResponse:
         if not request.HasField("connector"):
             raise InvalidArgumentError([FieldViolation("connector", "required")])
@@ -96,14 +100,18 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         )
 
     async def GetConnector(
-        self, request: pb.GetConnectorRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetConnectorRequest,
+        context: grpc.aio.ServicerContext[pb.GetConnectorRequest, pb.GetConnectorResponse],
     ) -> pb.GetConnectorResponse:
         _require_id(request.id)
         connector = self.registry.require(request.id)
         return pb.GetConnectorResponse(connector=wire.connector_to_proto(connector))
 
     async def ListConnectors(
-        self, request: pb.ListConnectorsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListConnectorsRequest,
+        context: grpc.aio.ServicerContext[pb.ListConnectorsRequest, pb.ListConnectorsResponse],
     ) -> pb.ListConnectorsResponse:
         status_name = wire.enum_from_proto(
             model.ConnectorStatus, pb.ConnectorStatus, request.status, "CONNECTOR_STATUS_"
@@ -120,7 +128,9 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         )
 
     async def DeleteConnector(
-        self, request: pb.DeleteConnectorRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.DeleteConnectorRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteConnectorRequest, pb.DeleteConnectorResponse],
     ) -> pb.DeleteConnectorResponse:
         _require_id(request.id)
         expected = request.expected_version if request.HasField("expected_version") else None
@@ -128,7 +138,9 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         return pb.DeleteConnectorResponse(deleted_version=version)
 
     async def EvaluateNode(
-        self, request: pb.EvaluateNodeRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.EvaluateNodeRequest,
+        context: grpc.aio.ServicerContext[pb.EvaluateNodeRequest, pb.EvaluateNodeResponse],
     ) -> pb.EvaluateNodeResponse:
         if not request.HasField("node"):
             raise InvalidArgumentError([FieldViolation("node", "required")])
@@ -161,7 +173,9 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         return wire.outcome_to_proto(outcome)
 
     async def ExtractVariables(
-        self, request: pb.ExtractVariablesRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ExtractVariablesRequest,
+        context: grpc.aio.ServicerContext[pb.ExtractVariablesRequest, pb.ExtractVariablesResponse],
     ) -> pb.ExtractVariablesResponse:
         key = pb.ExtractVariablesRequest(extractions=request.extractions).SerializeToString(
             deterministic=True
