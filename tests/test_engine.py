@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sidecar.core.engine as engine_module
+from sidecar.core.documents import MAX_JSON_DEPTH
 from sidecar.core.engine import MASK, Engine, compile_node
 from sidecar.core.model import (
     Connector,
@@ -746,6 +747,20 @@ def test_html_body_makes_body_subjects_null_with_a_note_and_is_not_an_error() ->
     assert outcome.variables == {"carrier": "n/a"}
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_or_infinity_in_a_body_makes_it_not_json(constant: str) -> None:
+    # JSON has no such numbers: the body is refused as a whole, as ExtractVariables refuses it.
+    node = make_node(branch("shipped", IS_SHIPPED), branch("status-only", STATUS_IS_200))
+    body = b'{"status": "shipped", "total": ' + constant.encode() + b"}"
+    response = HttpResponse(200, {"content-type": "application/json"}, body)
+
+    outcome, _ = evaluate(node, response, explain=True)
+
+    assert (outcome.kind, outcome.target) == (OutcomeKind.MATCHED, "status-only")
+    assert outcome.explanation is not None
+    assert any("not valid JSON" in note for note in outcome.explanation.notes)
+
+
 def test_empty_body_is_noted_and_is_not_an_error() -> None:
     node = make_node(branch("shipped", IS_SHIPPED))
 
@@ -758,7 +773,7 @@ def test_empty_body_is_noted_and_is_not_an_error() -> None:
 
 def test_json_nested_too_deep_makes_body_subjects_null_and_is_not_an_error() -> None:
     deep: Any = "shipped"
-    for _ in range(engine_module.MAX_JSON_DEPTH + 5):
+    for _ in range(MAX_JSON_DEPTH + 5):
         deep = {"status": deep}
     node = make_node(branch("shipped", IS_SHIPPED), branch("status-only", STATUS_IS_200))
 

@@ -6,7 +6,6 @@ exactly one place where errors become gRPC codes.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -19,6 +18,7 @@ from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
 from sidecar.api import wire
 from sidecar.core import model
+from sidecar.core.documents import DocumentError, parse_document
 from sidecar.core.engine import CompiledNode, Engine, compile_node
 from sidecar.core.extraction import CompiledExtractions, compile_extractions, required_failures
 from sidecar.core.model.node import MAX_EXTRACTIONS
@@ -190,11 +190,9 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
             document = wire.value_from_proto(request.json, "json")
         else:
             try:
-                document = json.loads(request.raw_json, parse_constant=_not_json)
-            except (ValueError, RecursionError) as exc:
-                raise InvalidArgumentError(
-                    [FieldViolation("raw_json", f"not valid UTF-8 JSON: {exc}")]
-                ) from exc
+                document = parse_document(request.raw_json)
+            except DocumentError as exc:
+                raise InvalidArgumentError([FieldViolation("raw_json", str(exc))]) from exc
         variables, results = compiled.apply(document, has_document=True)
         response = pb.ExtractVariablesResponse(
             extractions=wire.extraction_results_to_proto(results),
@@ -260,8 +258,3 @@ def _under_node(field: str) -> str:
 def _require_id(connector_id: str) -> None:
     if not connector_id:
         raise InvalidArgumentError([FieldViolation("id", "required")])
-
-
-def _not_json(constant: str) -> None:
-    """json.loads accepts NaN and Infinity; JSON does not."""
-    raise ValueError(f"{constant} is not a JSON number")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -32,6 +31,7 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from sidecar.core.conditions import CompiledBranches, ResponseView, compile_branches
+from sidecar.core.documents import DocumentError, parse_document
 from sidecar.core.extraction import CompiledExtractions, compile_extractions, required_failures
 from sidecar.core.model import (
     ApiKeyLocation,
@@ -51,8 +51,6 @@ from sidecar.core.templating import RenderError, RequestTemplate, compile_reques
 from sidecar.errors import FieldViolation, InvalidArgumentError
 
 MASK = "***"
-MAX_JSON_DEPTH = 64
-MAX_JSON_NODES = 200_000
 OFF_LOOP_BODY_BYTES = 256 * 1024
 # Kept back from the caller's deadline so the answer can still reach it, even on a busy CPU.
 DEADLINE_MARGIN_SECONDS = 0.05
@@ -362,43 +360,16 @@ def _parse_body(response: HttpResponse) -> tuple[Any, bool, str]:
     if not response.body:
         return None, False, "the response has no body, so body subjects are null"
     try:
-        document = json.loads(response.body)
-    except (ValueError, RecursionError):
-        content_type = response.headers.get("content-type", "no content type")
-        return (
-            None,
-            False,
-            f"the response body is not valid JSON ({content_type}), so body subjects are null",
-        )
-    body = response.body
-    brackets = body.count(b"[") + body.count(b"{")
-    # Byte counts bound both limits at C speed; walk the tree only when they cannot.
-    problem = (
-        _json_shape_problem(document)
-        if brackets > MAX_JSON_DEPTH or len(body) > MAX_JSON_NODES
-        else ""
+        return parse_document(response.body), True, ""
+    except DocumentError as error:
+        if not error.malformed:
+            return None, False, f"the response body {error}, so body subjects are null"
+    content_type = response.headers.get("content-type", "no content type")
+    return (
+        None,
+        False,
+        f"the response body is not valid JSON ({content_type}), so body subjects are null",
     )
-    if problem:
-        return None, False, f"the response body {problem}, so body subjects are null"
-    return document, True, ""
-
-
-def _json_shape_problem(document: Any) -> str:
-    """Bound what conditions and extractions will walk: depth and node count."""
-    nodes = 0
-    stack: list[tuple[Any, int]] = [(document, 1)]
-    while stack:
-        value, depth = stack.pop()
-        nodes += 1
-        if depth > MAX_JSON_DEPTH:
-            return f"nests deeper than {MAX_JSON_DEPTH} levels"
-        if nodes > MAX_JSON_NODES:
-            return f"has more than {MAX_JSON_NODES} JSON values"
-        if isinstance(value, dict):
-            stack.extend((item, depth + 1) for item in value.values())
-        elif isinstance(value, list):
-            stack.extend((item, depth + 1) for item in value)
-    return ""
 
 
 def _error(

@@ -16,6 +16,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
+from sidecar.core.documents import MAX_JSON_DEPTH
 from tests.support.sidecars import InProcessSidecar
 
 RPC_TIMEOUT = 10.0
@@ -155,6 +156,18 @@ def test_raw_json_with_nan_or_infinity_is_invalid_argument(
     request = request_with([extraction("n", "n")], raw_json=raw_json)
 
     assert "raw_json" in violations(sidecar, request)
+
+
+def test_raw_json_nested_deeper_than_the_engine_walks_is_invalid_argument(
+    sidecar: InProcessSidecar,
+) -> None:
+    # The bounds an upstream body gets in EvaluateNode apply to raw_json too (one parser).
+    deep = b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1)
+    request = request_with([extraction("a", "[0]")], raw_json=deep)
+
+    assert violations(sidecar, request) == {
+        "raw_json": f"nests deeper than {MAX_JSON_DEPTH} levels"
+    }
 
 
 def test_json_value_with_nan_is_invalid_argument_on_json(sidecar: InProcessSidecar) -> None:

@@ -1,0 +1,74 @@
+"""JSON documents the core will walk: one parser, one set of bounds.
+
+Upstream response bodies (the engine) and ExtractVariables' `raw_json` (the API) are parsed here,
+so both refuse the same things:
+
+    refused                                   why
+    text that is not UTF-8 JSON               there is no document to judge or extract from
+    NaN, Infinity, -Infinity                  Python's json reads them; JSON has no such numbers
+    nesting deeper than MAX_JSON_DEPTH        conditions and extractions walk the tree; a deep
+    more than MAX_JSON_NODES values           or vast one would hold the evaluation too long
+
+    >>> parse_document(b'{"order": {"status": "shipped"}}')
+    {'order': {'status': 'shipped'}}
+    >>> parse_document(b'{"total": NaN}')
+    Traceback (most recent call last):
+    ...
+    sidecar.core.documents.DocumentError: not valid UTF-8 JSON: NaN is not a JSON number
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_JSON_DEPTH = 64
+MAX_JSON_NODES = 200_000
+
+
+class DocumentError(ValueError):
+    """Bytes the core will not walk as a document; the message says why, never what they hold.
+
+    `malformed` is True when they are not JSON at all, False when they are JSON beyond the
+    bounds. Each caller turns it into its own answer (a note, a field violation): it never
+    travels further.
+    """
+
+    def __init__(self, message: str, *, malformed: bool) -> None:
+        super().__init__(message)
+        self.malformed = malformed
+
+
+def parse_document(data: bytes) -> Any:
+    """The JSON document in `data`, or DocumentError."""
+    try:
+        document = json.loads(data, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise DocumentError(f"not valid UTF-8 JSON: {exc}", malformed=True) from exc
+    # Byte counts bound both limits at C speed; walk the tree only when they cannot. A value
+    # takes at least one byte, and k brackets nest at most k + 1 levels (the innermost scalar).
+    brackets = data.count(b"[") + data.count(b"{")
+    if brackets >= MAX_JSON_DEPTH or len(data) > MAX_JSON_NODES:
+        _check_shape(document)
+    return document
+
+
+def _refuse_constant(constant: str) -> None:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _check_shape(document: Any) -> None:
+    """Bound what conditions and extractions will walk: depth and node count."""
+    nodes = 0
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_JSON_DEPTH:
+            raise DocumentError(f"nests deeper than {MAX_JSON_DEPTH} levels", malformed=False)
+        if nodes > MAX_JSON_NODES:
+            raise DocumentError(f"has more than {MAX_JSON_NODES} JSON values", malformed=False)
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
