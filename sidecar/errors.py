@@ -1,21 +1,49 @@
-"""The one error tree of rules-sidecar.
+"""The two error trees of rules-sidecar, drawn once.
 
-Inside the sidecar only these errors travel; foreign exceptions (sqlite3, pydantic, yaml, OS) are
-translated where they enter, with ``raise ... from exc``. The edge (``sidecar.api.wire``) maps each
-``ErrorCode`` to a gRPC status in one table.
+Inside the sidecar only these errors travel; foreign exceptions (sqlite3, pydantic, yaml, OS,
+aiohttp) are translated where they enter, with ``raise ... from exc``.
 
-    SidecarError                 code            meaning
-    ├── InvalidArgumentError     INVALID_ARGUMENT  caller's input is wrong; carries field violations
-    ├── NotFoundError            NOT_FOUND         no connector with that id
-    ├── VersionConflictError     VERSION_CONFLICT  expected_version does not match the stored one
-    ├── ReadOnlyConnectorError   READ_ONLY         the connector is owned by the connectors file
-    ├── NotReadyError            NOT_READY         the registry is still loading
-    ├── OverloadedError          OVERLOADED        too many evaluations in progress
-    ├── StoreError               STORE             the embedded store is unreadable or corrupt
-    └── ConfigError              CONFIG            the connectors file or settings are invalid
+A ``SidecarError`` refuses a request or stops the process. The edge (``sidecar.api.wire``) maps
+each ``ErrorCode`` to a gRPC status in one table, ``STATUS_BY_ERROR_CODE``.
 
-Evaluation failures (timeouts, upstream errors ...) are not exceptions of this tree: they are
-answers, carried by ``model.Outcome`` with a ``model.Reason``.
+    SidecarError                code               meaning
+    ├── InvalidArgumentError    INVALID_ARGUMENT   caller's input is wrong; carries field violations
+    ├── NotFoundError           NOT_FOUND          no connector with that id
+    ├── VersionConflictError    VERSION_CONFLICT   expected_version does not match the stored one
+    ├── ReadOnlyConnectorError  READ_ONLY          the connector is owned by the connectors file
+    ├── NotReadyError           NOT_READY          the registry is still loading
+    ├── OverloadedError         OVERLOADED         too many evaluations in progress
+    ├── StoreError              STORE              the embedded store is unreadable or corrupt
+    └── ConfigError             CONFIG             the connectors file or settings are invalid
+
+An ``EvaluationFailure`` stops one evaluation, never the call: ``Engine.evaluate`` catches the
+family once and answers an ERROR outcome with the failure's ``model.Reason`` and message (so the
+message is shown to callers: it never holds a secret, a header or a variable's value). The
+family lives in ``sidecar.core.model.failures``, beside the ``Reason`` it carries, because this
+module imports nothing of sidecar (an import contract), so that every layer can import it.
+
+    EvaluationFailure           reason               meaning
+    ├── ConnectorNotFoundError  CONNECTOR_NOT_FOUND  no connector has the node's connector_id
+    ├── ConnectorNotLiveError   CONNECTOR_NOT_LIVE   the connector is DISABLED, or DRAFT outside
+    │                                                test mode
+    ├── RenderError             MISSING_VARIABLE,    a variable cannot be placed in the request
+    │                           INVALID_VARIABLE
+    ├── MissingSecretError      SECRET_NOT_FOUND     a secret the auth needs has no value
+    ├── SecretBindingError      BLOCKED_DESTINATION  a secret is bound to other hosts than the URL's
+    ├── DeadlineExhaustedError  TIMEOUT              the caller's deadline leaves no time to send
+    ├── SendError               TIMEOUT, CONNECT_    no usable response from the upstream (the
+    │                           ERROR, DNS_ERROR,    egress raises it); carries `attempts`
+    │                           TLS_ERROR, ...
+    └── CastError               EXTRACTION_FAILED    a value does not fit an extraction's cast;
+                                                     caught where it arises and reported as the
+                                                     extraction's CAST_FAILED status
+
+Two ValueErrors stay outside both trees, on purpose. ``TemplateSyntaxError``
+(``sidecar.core.placeholders``) is a compile-time error raised inside pydantic validators:
+pydantic turns only ValueErrors into field errors, and only pydantic knows the field's path, so
+it leaves validation as InvalidArgumentError (API) or ConfigError (connectors file) naming that
+path. ``DocumentError`` (``sidecar.core.documents``) never leaves its two callers: the engine
+turns it into a note, ExtractVariables into an InvalidArgumentError on ``raw_json``.
 """
 
 from __future__ import annotations

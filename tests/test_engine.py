@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sidecar.core.engine as engine_module
+from sidecar.core.auth import MASK
 from sidecar.core.documents import MAX_JSON_DEPTH
-from sidecar.core.engine import MASK, Engine, compile_node
+from sidecar.core.engine import Engine, compile_node
 from sidecar.core.model import (
     Connector,
     ConnectorStatus,
@@ -28,7 +29,8 @@ from sidecar.core.model import (
     OutcomeKind,
     Reason,
 )
-from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
+from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendOptions
+from sidecar.core.model.failures import SendError
 from sidecar.core.secrets import SecretBindings
 
 ORIGIN = "https://api.store.example"

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 import sidecar.core.templating as templating
 from sidecar.core.model import Connector, Reason
 from sidecar.core.model.exchange import OutboundRequest
-from sidecar.core.templating import RenderError, compile_request
+from sidecar.core.model.failures import RenderError
+from sidecar.core.templating import compile_request
 from sidecar.core.values import normalise_numbers, scalar_text
 
 ORIGIN = "https://api.example.com:8443"

@@ -5,7 +5,9 @@
 
 The engine imports no grpc, protobuf or httpx: it is given `send` (see
 `sidecar.core.model.exchange`) and returns an `Outcome`, so it can be tested, fuzzed and
-benchmarked alone. Failures are answers, not exceptions: every path ends in an Outcome.
+benchmarked alone. Failures are answers: a step that cannot go on raises an EvaluationFailure
+(`sidecar.core.model.failures`), which `Engine.evaluate` catches in one place and answers as an
+ERROR outcome, so every path ends in an Outcome. Auth and its masking live in `sidecar.core.auth`.
 
 Outcome rules:
 - a branch held -> MATCHED with its index and target, unless a *required* extraction failed
@@ -22,19 +24,18 @@ Outcome rules:
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
+from sidecar.core.auth import authorise, masked_request
 from sidecar.core.conditions import CompiledBranches, ResponseView, compile_branches
 from sidecar.core.documents import DocumentError, parse_document
 from sidecar.core.extraction import CompiledExtractions, compile_extractions, required_failures
 from sidecar.core.model import (
-    ApiKeyLocation,
     Connector,
     ConnectorStatus,
     Explanation,
@@ -45,12 +46,19 @@ from sidecar.core.model import (
     Reason,
     RenderedRequest,
 )
-from sidecar.core.model.exchange import HttpResponse, OutboundRequest, Send, SendError, SendOptions
+from sidecar.core.model.exchange import HttpResponse, OutboundRequest, Send, SendOptions
+from sidecar.core.model.failures import (
+    ConnectorNotFoundError,
+    ConnectorNotLiveError,
+    DeadlineExhaustedError,
+    EvaluationFailure,
+    SecretBindingError,
+    SendError,
+)
 from sidecar.core.secrets import SecretBindings
-from sidecar.core.templating import RenderError, RequestTemplate, compile_request
+from sidecar.core.templating import RequestTemplate, compile_request
 from sidecar.errors import FieldViolation, InvalidArgumentError
 
-MASK = "***"
 OFF_LOOP_BODY_BYTES = 256 * 1024
 # Kept back from the caller's deadline so the answer can still reach it, even on a busy CPU.
 DEADLINE_MARGIN_SECONDS = 0.05
@@ -126,106 +134,47 @@ class Engine:
         allow_draft: bool = False,
         time_remaining: float | None = None,
     ) -> Outcome:
-        """Run the pipeline for one conversation; never raises for evaluation failures."""
-        node = compiled.node
-        connector = self._connectors.get(node.connector_id)
-        if connector is None:
-            return _error(
-                node,
-                Reason.CONNECTOR_NOT_FOUND,
-                f"no connector with id {node.connector_id!r}",
-                explain=explain,
-            )
-        version = connector.version
-        if connector.status is ConnectorStatus.DISABLED or (
-            connector.status is ConnectorStatus.DRAFT and not allow_draft
-        ):
-            hint = (
-                " (use test mode to run drafts)"
-                if connector.status is ConnectorStatus.DRAFT
-                else ""
-            )
-            return _error(
-                node,
-                Reason.CONNECTOR_NOT_LIVE,
-                f"connector {connector.id!r} is {connector.status.value}{hint}",
-                connector_version=version,
-                explain=explain,
-            )
+        """Run the pipeline for one conversation; never raises for evaluation failures.
 
+        Each step raises an EvaluationFailure when the call cannot go on; the one handler turns
+        it into the ERROR outcome, with what the steps before it established.
+        """
+        connector: Connector | None = None
+        rendered: OutboundRequest | None = None
+        started: float | None = None
         try:
+            connector = self._connector(compiled.node.connector_id)
+            _check_live(connector, allow_draft=allow_draft)
             prepared = self._prepare(connector)
             rendered = prepared.template.render(variables)
-        except RenderError as error:
-            return _error(
-                node, error.reason, error.message, connector_version=version, explain=explain
-            )
-        try:
-            request = self._with_auth(connector, rendered)
-        except _MissingSecretError as error:
-            return _error(
-                node,
-                Reason.SECRET_NOT_FOUND,
-                f"secret {error.name!r} of connector {connector.id!r} is not available",
-                connector_version=version,
-                explain=explain,
-                request=_masked(connector, rendered),
-            )
-
-        refused = self._bindings.violations(connector.secret_names(), prepared.host)
-        if refused:
-            return _error(
-                node,
-                Reason.BLOCKED_DESTINATION,
-                "; ".join(refused),
-                connector_version=version,
-                explain=explain,
-                request=_masked(connector, rendered),
-            )
-        budget = connector.timeout.total_seconds()
-        if time_remaining is not None:
-            budget = min(budget, time_remaining - DEADLINE_MARGIN_SECONDS)
-        if budget <= 0:
-            return _error(
-                node,
-                Reason.TIMEOUT,
-                "the caller's deadline leaves no time for the call",
-                connector_version=version,
-                explain=explain,
-                request=_masked(connector, rendered),
-            )
-        options = replace(prepared.options, timeout_seconds=budget)
-        started = time.perf_counter()
-        try:
-            response = await self._send(request, options)
-        except SendError as failure:
-            return _error(
-                node,
-                failure.reason,
-                failure.message,
-                connector_version=version,
-                explain=explain,
-                request=_masked(connector, rendered),
-                attempts=failure.attempts,
-                latency=time.perf_counter() - started,
-                extracted=compiled.extractions.apply(None, has_document=False),
-            )
-        latency = time.perf_counter() - started
+            request = authorise(connector, rendered, self._secrets.resolve)
+            self._check_bindings(connector, prepared.host)
+            budget = _budget(connector, time_remaining)
+            started = time.perf_counter()
+            response = await self._send(request, replace(prepared.options, timeout_seconds=budget))
+        except EvaluationFailure as failure:
+            return _failed(compiled, failure, connector, rendered, started, explain=explain)
         judge = partial(
             _judge,
             compiled,
             connector,
             response,
             variables,
-            latency=latency,
+            latency=time.perf_counter() - started,
             explain=explain,
-            request=_masked(connector, rendered) if explain else None,
+            request=masked_request(connector, rendered) if explain else None,
         )
         if len(response.body) > OFF_LOOP_BODY_BYTES:
             # Parsing and querying a large document takes milliseconds: do it off the event
             # loop so other conversations' calls keep flowing meanwhile.
             return await asyncio.to_thread(judge)
         return judge()
+
+    def _connector(self, connector_id: str) -> Connector:
+        connector = self._connectors.get(connector_id)
+        if connector is None:
+            raise ConnectorNotFoundError(connector_id)
+        return connector
 
     def _prepare(self, connector: Connector) -> _Prepared:
         """Compiled once per connector version (versions never repeat for an id)."""
@@ -237,29 +186,12 @@ class Engine:
             prepared = self._prepared[key] = _Prepared.of(connector)
         return prepared
 
-    def _with_auth(self, connector: Connector, request: OutboundRequest) -> OutboundRequest:
-        auth = connector.auth
-        if auth is None:
-            return request
-        if auth.bearer is not None:
-            header = ("Authorization", f"Bearer {self._secret(auth.bearer.token_secret)}")
-            return replace(request, headers=(*request.headers, header))
-        if auth.basic is not None:
-            username = self._secret(auth.basic.username_secret)
-            pair = f"{username}:{self._secret(auth.basic.password_secret)}"
-            header = ("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
-            return replace(request, headers=(*request.headers, header))
-        assert auth.api_key is not None
-        key = self._secret(auth.api_key.value_secret)
-        if auth.api_key.location is ApiKeyLocation.QUERY:
-            return replace(request, url=_with_query(request.url, auth.api_key.name, key))
-        return replace(request, headers=(*request.headers, (auth.api_key.name, key)))
-
-    def _secret(self, name: str) -> str:
-        value = self._secrets.resolve(name)
-        if value is None:
-            raise _MissingSecretError(name)
-        return value
+    def _check_bindings(self, connector: Connector, host: str) -> None:
+        """Checked again at send time: the operator's bindings may have changed since the
+        connector was registered."""
+        refused = self._bindings.violations(connector.secret_names(), host)
+        if refused:
+            raise SecretBindingError("; ".join(refused))
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,10 +225,22 @@ class _Prepared:
         return cls(compile_request(connector), options, host)
 
 
-class _MissingSecretError(Exception):
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
+def _check_live(connector: Connector, *, allow_draft: bool) -> None:
+    """LIVE connectors run; DRAFT ones only in test mode; DISABLED ones never."""
+    status = connector.status
+    if status is ConnectorStatus.DISABLED or (status is ConnectorStatus.DRAFT and not allow_draft):
+        hint = " (use test mode to run drafts)" if status is ConnectorStatus.DRAFT else ""
+        raise ConnectorNotLiveError(f"connector {connector.id!r} is {status.value}{hint}")
+
+
+def _budget(connector: Connector, time_remaining: float | None) -> float:
+    """Seconds the call may take: the connector's timeout, within the caller's deadline."""
+    budget = connector.timeout.total_seconds()
+    if time_remaining is not None:
+        budget = min(budget, time_remaining - DEADLINE_MARGIN_SECONDS)
+    if budget <= 0:
+        raise DeadlineExhaustedError("the caller's deadline leaves no time for the call")
+    return budget
 
 
 def _judge(
@@ -372,52 +316,39 @@ def _parse_body(response: HttpResponse) -> tuple[Any, bool, str]:
     )
 
 
-def _error(
-    node: Node,
-    reason: Reason,
-    message: str,
+def _failed(
+    compiled: CompiledNode,
+    failure: EvaluationFailure,
+    connector: Connector | None,
+    rendered: OutboundRequest | None,
+    started: float | None,
     *,
     explain: bool,
-    connector_version: int = 0,
-    request: RenderedRequest | None = None,
-    attempts: int = 0,
-    latency: float = 0.0,
-    extracted: tuple[dict[str, Any], tuple[Any, ...]] | None = None,
 ) -> Outcome:
-    variables, results = extracted if extracted is not None else ({}, ())
+    """The ERROR outcome for a failure, with what the evaluation had reached when it struck.
+
+    Once the request was sent (`started`), the outcome carries the attempts, the time spent and
+    the extractions' defaults, as an answer without a document would.
+    """
+    sent = started is not None
+    latency = time.perf_counter() - started if started is not None else 0.0
+    variables, results = compiled.extractions.apply(None, has_document=False) if sent else ({}, ())
+    request = (
+        masked_request(connector, rendered)
+        if explain and connector is not None and rendered is not None
+        else None
+    )
     return Outcome(
         OutcomeKind.ERROR,
-        reason,
-        node.error_target,
-        message=message,
+        failure.reason,
+        compiled.node.error_target,
+        message=failure.message,
         variables=variables,
         extractions=results,
-        attempts=attempts,
+        attempts=failure.attempts if isinstance(failure, SendError) else 0,
         upstream_latency_seconds=latency,
-        connector_version=connector_version,
-        explanation=Explanation(request, (), (f"no branch was evaluated: {message}",))
+        connector_version=connector.version if connector is not None else 0,
+        explanation=Explanation(request, (), (f"no branch was evaluated: {failure.message}",))
         if explain
         else None,
     )
-
-
-def _masked(connector: Connector, request: OutboundRequest) -> RenderedRequest:
-    """The request as explanations show it: auth present but masked, never a secret value."""
-    headers = dict(request.headers)
-    url = request.url
-    auth = connector.auth
-    if auth is not None and (auth.bearer is not None or auth.basic is not None):
-        headers["Authorization"] = f"{'Bearer' if auth.bearer else 'Basic'} {MASK}"
-    elif auth is not None and auth.api_key is not None:
-        if auth.api_key.location is ApiKeyLocation.QUERY:
-            separator = "&" if "?" in url else "?"
-            url = f"{url}{separator}{quote(auth.api_key.name, safe='')}={MASK}"
-        else:
-            headers[auth.api_key.name] = MASK
-    body = request.body.decode("utf-8", errors="replace") if request.body else ""
-    return RenderedRequest(request.method, url, headers, body)
-
-
-def _with_query(url: str, name: str, value: str) -> str:
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}{quote(name, safe='')}={quote(value, safe='')}"

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from sidecar.core import values
+from sidecar.core.model.failures import CastError
 from sidecar.core.model.node import CastType, Extraction
 from sidecar.core.model.outcome import ExtractionResult, ExtractionStatus
 from sidecar.core.query import Query, compile_query
@@ -49,10 +50,6 @@ from sidecar.errors import FieldViolation, InvalidArgumentError
 
 _NO_DEFAULT: Final = object()
 _PREVIEW_CHARS: Final = 80
-
-
-class CastError(ValueError):
-    """A value does not fit the requested cast; the message says why, without the value."""
 
 
 class CompiledExtractions:

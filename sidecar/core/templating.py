@@ -19,11 +19,11 @@ Where a value goes decides what it may be and how it is encoded:
     body "a{{x}}" any JSON value             value_text: scalars as text, null as "null",
                                              lists and objects as compact JSON
 
-A value that cannot be placed raises `RenderError` before anything is produced: no partial request
-is ever sent. The error names the variable and the position, never the value (it may be personal
-data). NaN, infinities, strings that are not valid Unicode and values that are not JSON at all are
-refused everywhere. Auth is not rendered here: the engine adds it afterwards, so explanations can
-mask it.
+A value that cannot be placed raises `RenderError` (an EvaluationFailure) before anything is
+produced: no partial request is ever sent. The error names the variable and the position, never
+the value (it may be personal data). NaN, infinities, strings that are not valid Unicode and
+values that are not JSON at all are refused everywhere. Auth is not rendered here:
+`sidecar.core.auth` adds it afterwards, so explanations can mask it.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from sidecar.core.model.connector import Connector
 from sidecar.core.model.exchange import OutboundRequest
+from sidecar.core.model.failures import RenderError
 from sidecar.core.model.outcome import Reason
 from sidecar.core.placeholders import Literal, Part, Placeholder, parse_template
 from sidecar.core.values import MISSING, lookup, normalise_numbers, number_text, value_text
@@ -54,25 +55,6 @@ _HEADER_UNSAFE = re.compile(r"[^\t\x20-\x7e]")
 _HEADER_WHITESPACE = " \t"
 _MAX_DEPTH = 100  # protobuf's own nesting limit for Struct values
 _MAX_INT_BITS = 1024  # beyond a double's range: JSON peers could not read it back
-
-
-class RenderError(Exception):
-    """A variable cannot be placed in the request, so nothing may be sent.
-
-    `reason` is MISSING_VARIABLE or INVALID_VARIABLE; `variable` the dotted name; `position`
-    where it was needed. The message never contains the value.
-
-        >>> error = RenderError(Reason.MISSING_VARIABLE, "customer.email", "body", "is missing")
-        >>> str(error)
-        "variable 'customer.email' is missing (needed in body)"
-    """
-
-    def __init__(self, reason: Reason, variable: str, position: str, problem: str) -> None:
-        self.reason = reason
-        self.variable = variable
-        self.position = position
-        self.message = f"variable {variable!r} {problem} (needed in {position})"
-        super().__init__(self.message)
 
 
 # Values: find them, check them for the place they go

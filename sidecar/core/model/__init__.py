@@ -3,6 +3,8 @@
 connector  what to call (registered, versioned, immutable)
 node       what to decide (sent with each EvaluateNode call)
 outcome    what the evaluation answers
+exchange   what crosses to the egress and back: request, options, response
+failures   what stops an evaluation (the EvaluationFailure tree drawn in sidecar.errors)
 """
 
 from sidecar.core.model.connector import (

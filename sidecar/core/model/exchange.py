@@ -2,7 +2,8 @@
 
 The engine hands an `OutboundRequest` to a `send` callable and gets back an `HttpResponse` or a
 `SendError`; it never sees httpx or sockets, so it can be tested and benchmarked with any
-`send`.
+`send`. SendError belongs to the `EvaluationFailure` tree (`sidecar.core.model.failures`); it
+is named here too because it is part of the `Send` contract.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from sidecar.core.model.outcome import Reason
+from sidecar.core.model.failures import SendError
+
+__all__ = ["HttpResponse", "OutboundRequest", "Send", "SendError", "SendOptions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,24 +66,6 @@ class HttpResponse:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     attempts: int = 1
-
-
-class SendError(Exception):
-    """No usable response: the reason says why (TIMEOUT, CONNECT_ERROR, DNS_ERROR ...).
-
-    The message is safe to return to callers: it never holds a secret or a request header.
-    """
-
-    def __init__(
-        self, reason: Reason, message: str, *, attempts: int = 1, retryable: bool = False
-    ) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.attempts = attempts
-        # True when no connection was ever established, so trying again cannot repeat a side
-        # effect: safe to retry whatever the method.
-        self.retryable = retryable
 
 
 Send = Callable[[OutboundRequest, SendOptions], Awaitable[HttpResponse]]
