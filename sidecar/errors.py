@@ -8,6 +8,8 @@ each ``ErrorCode`` to a gRPC status in one table, ``STATUS_BY_ERROR_CODE``.
 
     SidecarError                code               meaning
     ├── InvalidArgumentError    INVALID_ARGUMENT   caller's input is wrong; carries field violations
+    ├── UnauthenticatedError    UNAUTHENTICATED    no bearer token, or not a configured one
+    ├── PermissionDeniedError   PERMISSION_DENIED  the token's role may not make this call
     ├── NotFoundError           NOT_FOUND          no connector with that id
     ├── VersionConflictError    VERSION_CONFLICT   expected_version does not match the stored one
     ├── ReadOnlyConnectorError  READ_ONLY          the connector is owned by the connectors file
@@ -59,6 +61,8 @@ class ErrorCode(enum.Enum):
     """What kind of failure a SidecarError is; wire.py maps each to one gRPC status."""
 
     INVALID_ARGUMENT = "invalid_argument"
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
     NOT_FOUND = "not_found"
     VERSION_CONFLICT = "version_conflict"
     READ_ONLY = "read_only"
@@ -95,6 +99,18 @@ class InvalidArgumentError(SidecarError):
         self.violations = tuple(violations)
         summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
         super().__init__(message or f"invalid request: {summary}")
+
+
+class UnauthenticatedError(SidecarError):
+    """The call carries no bearer token, or one that matches no configured token."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(SidecarError):
+    """The token is valid but its role may not make this call (evaluation token, admin RPC)."""
+
+    code = ErrorCode.PERMISSION_DENIED
 
 
 class NotFoundError(SidecarError):

@@ -486,6 +486,8 @@ def test_rpc_status_of_uses_the_one_mapping_table(code):
     ("code", "grpc_code"),
     [
         (ErrorCode.INVALID_ARGUMENT, grpc.StatusCode.INVALID_ARGUMENT),
+        (ErrorCode.UNAUTHENTICATED, grpc.StatusCode.UNAUTHENTICATED),
+        (ErrorCode.PERMISSION_DENIED, grpc.StatusCode.PERMISSION_DENIED),
         (ErrorCode.NOT_FOUND, grpc.StatusCode.NOT_FOUND),
         (ErrorCode.VERSION_CONFLICT, grpc.StatusCode.ABORTED),
         (ErrorCode.READ_ONLY, grpc.StatusCode.FAILED_PRECONDITION),

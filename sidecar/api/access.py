@@ -11,7 +11,9 @@ change, so rotation needs no restart):
     grpc.health.v1.Health, reflection          none (probes and tooling)
 
 No token or an unknown one answers UNAUTHENTICATED; an evaluation token on an admin RPC answers
-PERMISSION_DENIED. Tokens are compared in constant time (`hmac.compare_digest`) and never logged.
+PERMISSION_DENIED (UnauthenticatedError, PermissionDeniedError: their statuses come from the one
+table, `wire.STATUS_BY_ERROR_CODE`, as every other refusal's). Tokens are compared in constant
+time (`hmac.compare_digest`) and never logged.
 When only an evaluation token is configured, the registry cannot be changed through the API at
 all (connectors then come from the connectors file).
 """
@@ -26,8 +28,9 @@ from typing import Any, TypeVar
 
 import grpc
 
+from sidecar.api import wire
 from sidecar.core.watched_file import WatchedFile
-from sidecar.errors import ConfigError
+from sidecar.errors import ConfigError, PermissionDeniedError, SidecarError, UnauthenticatedError
 
 ADMIN_METHODS = frozenset({"RegisterConnector", "DeleteConnector"})
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -80,9 +83,9 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             return await continuation(handler_call_details)
         role = self._role_of(_bearer(handler_call_details.invocation_metadata))
         if role is None:
-            return _refusal(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
+            return _refusal(UnauthenticatedError("a valid bearer token is required"))
         if method.rsplit("/", 1)[-1] in ADMIN_METHODS and role is not Role.ADMIN:
-            return _refusal(grpc.StatusCode.PERMISSION_DENIED, "this call needs the admin token")
+            return _refusal(PermissionDeniedError("this call needs the admin token"))
         return await continuation(handler_call_details)
 
     def _role_of(self, presented: bytes | None) -> Role | None:
@@ -106,8 +109,11 @@ def _bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
     return None
 
 
-def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:
+def _refusal(error: SidecarError) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler that answers the error's status, from the one table (wire.rpc_status_of)."""
+    status = wire.rpc_status_of(error)
+
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(code, message)
+        await context.abort(status.code, status.details, status.trailing_metadata)
 
     return grpc.unary_unary_rpc_method_handler(refuse)

@@ -34,6 +34,8 @@ M = TypeVar("M", bound=BaseModel)
 
 STATUS_BY_ERROR_CODE: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     ErrorCode.VERSION_CONFLICT: grpc.StatusCode.ABORTED,
     ErrorCode.READ_ONLY: grpc.StatusCode.FAILED_PRECONDITION,

@@ -19,6 +19,7 @@ import trustme
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
@@ -162,6 +163,41 @@ def test_admin_token_works_for_every_rpc(guarded: InProcessSidecar) -> None:
     codes = {rpc: code_of(functools.partial(calls[rpc], bearer(ADMIN_TOKEN))) for rpc in order}
 
     assert codes == dict.fromkeys(order, grpc.StatusCode.OK)
+
+
+@pytest.mark.parametrize(
+    ("rpc", "metadata", "code", "message"),
+    [
+        (
+            "ListConnectors",
+            None,
+            grpc.StatusCode.UNAUTHENTICATED,
+            "a valid bearer token is required",
+        ),
+        (
+            "DeleteConnector",
+            bearer(EVALUATION_TOKEN),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "this call needs the admin token",
+        ),
+    ],
+    ids=["unauthenticated", "permission-denied"],
+)
+def test_refusals_come_from_the_one_status_table(
+    guarded: InProcessSidecar,
+    rpc: str,
+    metadata: object,
+    code: grpc.StatusCode,
+    message: str,
+) -> None:
+    # As every SidecarError's status: the same code and message in the google.rpc.Status detail.
+    with pytest.raises(grpc.RpcError) as caught:
+        every_rpc(guarded.stub)[rpc](metadata)
+
+    status = rpc_status.from_call(caught.value)
+    assert (caught.value.code(), caught.value.details()) == (code, message)
+    assert status is not None
+    assert (status.code, status.message) == (code.value[0], message)
 
 
 def test_lower_case_bearer_scheme_is_accepted(guarded: InProcessSidecar) -> None:
