@@ -8,6 +8,7 @@ import pytest
 
 from sidecar.core.values import (
     MISSING,
+    as_boolean,
     as_number,
     is_number,
     lookup,
@@ -210,3 +211,30 @@ def test_normalise_numbers_turns_integral_floats_into_ints_recursively(value, ex
 @pytest.mark.parametrize("text", ["\u0661\u0662", "\uff15", "5\u0660"])
 def test_non_ascii_digits_are_text_not_numbers(text):
     assert as_number(text) is None
+
+
+def test_as_number_refuses_integer_text_longer_than_python_converts() -> None:
+    # int() raises beyond sys.get_int_max_str_digits(); as_number answers None, as documented.
+    assert as_number("1" * 5000) is None
+    assert as_number("1" * 4000) == int("1" * 4000)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, True),
+        (False, False),
+        ("true", True),
+        (" FALSE ", False),
+        ("True", True),
+        ("yes", None),
+        ("1", None),
+        (1, None),
+        (0, None),
+        (None, None),
+        ("", None),
+        (["true"], None),
+    ],
+)
+def test_as_boolean_reads_booleans_and_their_text_only(value, expected):
+    assert as_boolean(value) is expected

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from sidecar.core import model
+from sidecar.core.values import MAX_SAFE_INTEGER
 from sidecar.errors import (
     ErrorCode,
     FieldViolation,
@@ -137,7 +138,7 @@ def _plain(value: struct_pb2.Value) -> Any:
         number = value.number_value
         if not math.isfinite(number):
             raise _NotFiniteError
-        return int(number) if number.is_integer() and abs(number) < _MAX_SAFE_INTEGER else number
+        return int(number) if number.is_integer() and abs(number) < MAX_SAFE_INTEGER else number
     if kind == "bool_value":
         return value.bool_value
     if kind == "struct_value":
@@ -199,7 +200,6 @@ def struct_safe(data: Any) -> Any:
 
 
 _LARGEST_DOUBLE = 1.7976931348623157e308
-_MAX_SAFE_INTEGER = 2**53
 
 
 # ---------------------------------------------------------------------------------------------

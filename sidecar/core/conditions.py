@@ -278,14 +278,7 @@ class _Operand:
         text = _text(raw)
         structure = values.normalise_numbers(raw) if isinstance(raw, list | dict) else None
         folded = text.casefold() if text is not None else None
-        return cls(raw, _number(raw), _boolean(raw), text, folded, structure)
-
-
-def _number(value: Any) -> float | int | None:
-    try:
-        return values.as_number(value)
-    except ValueError:  # a numeric string beyond Python's int-conversion digit limit
-        return None
+        return cls(raw, values.as_number(raw), values.as_boolean(raw), text, folded, structure)
 
 
 def _text(value: Any) -> str | None:
@@ -293,14 +286,6 @@ def _text(value: Any) -> str | None:
         return values.scalar_text(value)
     except ValueError:  # an integer beyond Python's int-to-text digit limit
         return None
-
-
-def _boolean(value: Any) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        return {"true": True, "false": False}.get(value.strip().casefold())
-    return None
 
 
 def _kind(value: Any) -> str:
@@ -320,11 +305,11 @@ def _kind(value: Any) -> str:
 def _equals(subject: Any, operand: _Operand, folding: bool) -> tuple[bool, str]:
     if operand.raw is None or subject is None:
         return subject is None and operand.raw is None, _NULL
-    number = _number(subject)
+    number = values.as_number(subject)
     if number is not None and operand.number is not None:
         return number == operand.number, _NUMBERS
     if isinstance(subject, bool) or isinstance(operand.raw, bool):
-        boolean = _boolean(subject)
+        boolean = values.as_boolean(subject)
         return boolean is not None and boolean == operand.boolean, _BOOLEANS
     text = _text(subject)
     if text is not None and operand.text is not None:
@@ -371,7 +356,7 @@ def _compile_test(condition: Condition, field: str, violations: list[FieldViolat
         hundreds = int(raw[0]) * 100
         return partial(_in_range, low=hundreds, high=hundreds + 99, note=f"status class {raw}")
     if op is Operator.BETWEEN and isinstance(raw, list) and len(raw) == 2:
-        low, high = (_number(bound) for bound in raw)
+        low, high = (values.as_number(bound) for bound in raw)
         if low is not None and high is not None and low <= high:
             return partial(_in_range, low=low, high=high, note=f"between {low} and {high}")
     violations.append(
@@ -409,7 +394,7 @@ def _negated(value: Any, test: _Test) -> tuple[bool, str]:
 def _ordered(
     value: Any, operand: _Operand, folding: bool, accept: tuple[int, ...]
 ) -> tuple[bool, str]:
-    number = _number(value)
+    number = values.as_number(value)
     if number is not None and operand.number is not None:
         return (number > operand.number) - (number < operand.number) in accept, _NUMBERS
     pair = _text_pair(value, operand, folding)
@@ -482,7 +467,7 @@ def _matches(value: Any, regex: Any) -> tuple[bool, str]:
 
 
 def _in_range(value: Any, low: float, high: float, note: str) -> tuple[bool, str]:
-    number = _number(value)
+    number = values.as_number(value)
     if number is None:
         return False, f"not a number: {_kind(value)}"
     return low <= number <= high, note

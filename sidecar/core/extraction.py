@@ -178,7 +178,7 @@ def _to_string(value: Any) -> str:
 
 
 def _to_number(value: Any) -> float | int:
-    number = _number(value)
+    number = values.as_number(value)
     if number is None:
         raise CastError("is not a NUMBER: use a number or a numeric string")
     normalised: float | int = values.normalise_numbers(number)
@@ -186,7 +186,7 @@ def _to_number(value: Any) -> float | int:
 
 
 def _to_integer(value: Any) -> int:
-    number = _number(value)
+    number = values.as_number(value)
     if number is None:
         raise CastError("is not an INTEGER: use a number or a numeric string")
     if isinstance(number, float):
@@ -197,11 +197,10 @@ def _to_integer(value: Any) -> int:
 
 
 def _to_boolean(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().casefold() in ("true", "false"):
-        return value.strip().casefold() == "true"
-    raise CastError('is not a BOOLEAN: use true, false, "true" or "false"')
+    boolean = values.as_boolean(value)
+    if boolean is None:
+        raise CastError('is not a BOOLEAN: use true, false, "true" or "false"')
+    return boolean
 
 
 def _to_json(value: Any) -> str:
@@ -220,13 +219,6 @@ _CASTS: Final[dict[CastType | None, Callable[[Any], Any]]] = {
     CastType.BOOLEAN: _to_boolean,
     CastType.JSON: _to_json,
 }
-
-
-def _number(value: Any) -> float | int | None:
-    try:
-        return values.as_number(value)
-    except ValueError:  # a numeric string beyond Python's int-conversion digit limit
-        return None
 
 
 _REPR: Final = reprlib.Repr()

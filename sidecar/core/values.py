@@ -19,7 +19,10 @@ MISSING: Final = object()
 
 # ASCII digits only: Arabic-Indic or full-width digits are text, not numbers.
 _NUMERIC_TEXT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
-_MAX_SAFE_INTEGER = 2**53
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+_BOOLEAN_TEXT: Final = {"true": True, "false": False}
+MAX_SAFE_INTEGER: Final = 2**53
+"""Integers below this are exact as doubles (protobuf Struct numbers): 12345.0 reads as 12345."""
 
 
 def lookup(variables: Mapping[str, Any], path: Sequence[str]) -> Any:
@@ -40,22 +43,38 @@ def is_number(value: Any) -> bool:
 def as_number(value: Any) -> float | int | None:
     """A number, or a string that reads as one ("5", " 05 ", "5.0", "1e3"); None otherwise.
 
-    NaN and infinities are not numbers here: they would make comparisons non-deterministic.
+    NaN and infinities are not numbers here: they would make comparisons non-deterministic; nor
+    is integer text longer than Python converts (4300 digits by default).
     """
     if is_number(value):
         return value if not isinstance(value, float) or math.isfinite(value) else None
     if isinstance(value, str) and _NUMERIC_TEXT.fullmatch(value.strip()):
         text = value.strip()
-        if re.fullmatch(r"[+-]?[0-9]+", text):
-            return int(text)
+        if _INTEGER_TEXT.fullmatch(text):
+            try:
+                return int(text)
+            except ValueError:  # beyond sys.get_int_max_str_digits()
+                return None
         number = float(text)
         return number if math.isfinite(number) else None
     return None
 
 
+def as_boolean(value: Any) -> bool | None:
+    """A boolean, or "true" / "false" in any case, surrounding spaces ignored; None otherwise.
+
+    The one reading of a boolean: conditions compare with it, the BOOLEAN cast converts with it.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return _BOOLEAN_TEXT.get(value.strip().casefold())
+    return None
+
+
 def number_text(value: float | int) -> str:
     """Canonical text of a number: integral values without a fraction (12345.0 -> "12345")."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < _MAX_SAFE_INTEGER:
+    if isinstance(value, float) and value.is_integer() and abs(value) < MAX_SAFE_INTEGER:
         return str(int(value))
     return repr(value) if isinstance(value, float) else str(value)
 
@@ -81,7 +100,7 @@ def value_text(value: Any) -> str:
 
 def normalise_numbers(value: Any) -> Any:
     """Turn integral floats (from protobuf Struct) back into ints, recursively."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < _MAX_SAFE_INTEGER:
+    if isinstance(value, float) and value.is_integer() and abs(value) < MAX_SAFE_INTEGER:
         return int(value)
     if isinstance(value, list):
         return [normalise_numbers(item) for item in value]
