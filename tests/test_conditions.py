@@ -662,6 +662,33 @@ def test_compile_refuses_an_operand_the_model_would_have_refused() -> None:
     assert "must be a list" in error.violations[0].description
 
 
+OPERANDS = [None, "x", "2xx", 5, True, [], ["a"], [1, 10], [10, 1], ["1", "10"], {"k": 1}]
+
+
+@pytest.mark.parametrize("operator", list(Operator))
+def test_compile_and_the_model_refuse_the_same_operands_with_the_same_words(
+    operator: Operator,
+) -> None:
+    # One operand rule set: what validation refuses, compiling an unvalidated condition refuses
+    # too, with the same description; what validation accepts, compiling accepts.
+    subject = Condition.model_validate(TRUE).subject
+    for operand in OPERANDS:
+        try:
+            Condition(subject=subject, operator=operator, operand=operand)
+            refused = ""
+        except ValueError as exc:
+            refused = str(exc)
+        unchecked = Condition.model_construct(subject=subject, operator=operator, operand=operand)
+        branch_ = Branch.model_construct(target="t", conditions=(unchecked,))
+        if not refused:
+            compile_branches([branch_])
+            continue
+        assert "operand" in refused
+        descriptions = [v.description for v in compile_error(branch_).violations]
+        assert len(descriptions) == 1
+        assert descriptions[0] in refused, (operator, operand)
+
+
 def test_compile_query_finds_without_raising() -> None:
     assert compile_query("a.b").find({"a": {"b": 5}}) == (5, "")
     assert compile_query("abs(@)").find("x")[0] is None

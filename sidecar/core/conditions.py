@@ -63,7 +63,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import re2
 
@@ -76,6 +76,7 @@ from sidecar.core.model.node import (
     Quantifier,
     Subject,
     SubjectKind,
+    operand_problem,
 )
 from sidecar.core.model.outcome import BranchExplanation, ConditionExplanation
 from sidecar.core.placeholders import parse_variable_path
@@ -331,6 +332,11 @@ def _text_pair(subject: Any, operand: _Operand, folding: bool) -> tuple[str, str
 
 def _compile_test(condition: Condition, field: str, violations: list[FieldViolation]) -> _Test:
     op, raw, folding = condition.operator, condition.operand, condition.ignore_case
+    problem = operand_problem(op, raw)
+    if problem:
+        violations.append(FieldViolation(field, problem))
+        return lambda value: (False, "invalid operand")
+    # From here on the operand has the shape operand_problem asks of it.
     if op in _NEGATIONS:
         positive = condition.model_copy(update={"operator": _NEGATIONS[op]})
         return partial(_negated, test=_compile_test(positive, field, violations))
@@ -338,8 +344,8 @@ def _compile_test(condition: Condition, field: str, violations: list[FieldViolat
         return partial(_ordered, operand=_Operand.of(raw), folding=folding, accept=_ORDERINGS[op])
     if op is Operator.EQUALS:
         return partial(_equals, operand=_Operand.of(raw), folding=folding)
-    if op is Operator.IN and isinstance(raw, list):
-        elements = tuple(_Operand.of(item) for item in raw)
+    if op is Operator.IN:
+        elements = tuple(_Operand.of(item) for item in cast(list[Any], raw))
         return partial(_is_in, elements=elements, folding=folding)
     if op is Operator.CONTAINS:
         return partial(_contains, operand=_Operand.of(raw), folding=folding)
@@ -352,17 +358,12 @@ def _compile_test(condition: Condition, field: str, violations: list[FieldViolat
         return lambda value: (value is not None, f"{_kind(value)} value")
     if op is Operator.IS_EMPTY:
         return lambda value: (value is None or value in ("", [], {}), f"{_kind(value)} value")
-    if op is Operator.STATUS_CLASS and isinstance(raw, str) and _STATUS_CLASS.fullmatch(raw):
-        hundreds = int(raw[0]) * 100
+    if op is Operator.STATUS_CLASS:
+        hundreds = int(cast(str, raw)[0]) * 100
         return partial(_in_range, low=hundreds, high=hundreds + 99, note=f"status class {raw}")
-    if op is Operator.BETWEEN and isinstance(raw, list) and len(raw) == 2:
-        low, high = (values.as_number(bound) for bound in raw)
-        if low is not None and high is not None and low <= high:
-            return partial(_in_range, low=low, high=high, note=f"between {low} and {high}")
-    violations.append(
-        FieldViolation(field, _OPERAND_RULES.get(op, f"operand is not valid for {op}"))
-    )
-    return lambda value: (False, "invalid operand")
+    assert op is Operator.BETWEEN, op  # every other operator has returned above
+    low, high = cast(list[float], raw)
+    return partial(_in_range, low=low, high=high, note=f"between {low} and {high}")
 
 
 _NEGATIONS: Final = {
@@ -378,12 +379,6 @@ _ORDERINGS: Final = {
     Operator.LESS_THAN: (-1,),
     Operator.LESS_THAN_OR_EQUAL: (-1, 0),
 }
-_OPERAND_RULES: Final = {
-    Operator.IN: "operand must be a list for IN",
-    Operator.BETWEEN: "operand must be a [low, high] pair of numbers with low <= high",
-    Operator.STATUS_CLASS: 'operand must be a status class "1xx" ... "5xx"',
-}
-_STATUS_CLASS: Final = re2.compile("[1-5][xX][xX]")
 
 
 def _negated(value: Any, test: _Test) -> tuple[bool, str]:

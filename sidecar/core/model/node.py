@@ -35,6 +35,7 @@ MAX_BRANCHES = 64
 MAX_CONDITIONS_PER_BRANCH = 64
 MAX_EXTRACTIONS = 128
 MAX_EXPRESSION_CHARS = 1024
+STATUS_CLASS_PATTERN = re.compile(r"[1-5][xX][xX]")
 
 Target = Annotated[str, StringConstraints(max_length=256)]
 Expression = Annotated[str, StringConstraints(max_length=MAX_EXPRESSION_CHARS)]
@@ -144,32 +145,9 @@ class Condition(FrozenModel):
         op = info.data.get("operator")
         if op is None:  # the operator itself is invalid; that is reported on its own field
             return operand
-        if op in UNARY_OPERATORS:
-            if operand is not None:
-                raise ValueError(f"operand must be unset for {op}")
-        elif op in (Operator.IN, Operator.NOT_IN):
-            if not isinstance(operand, list):
-                raise ValueError(f"operand must be a list for {op}")
-        elif op is Operator.BETWEEN:
-            if not (
-                isinstance(operand, list)
-                and len(operand) == 2
-                and all(_is_number(bound) for bound in operand)
-            ):
-                raise ValueError("operand must be a [low, high] pair of numbers for BETWEEN")
-            if operand[0] > operand[1]:  # type: ignore[operator]
-                raise ValueError("operand must be [low, high] with low <= high for BETWEEN")
-        elif op is Operator.STATUS_CLASS:
-            if not (isinstance(operand, str) and re.fullmatch(r"[1-5][xX][xX]", operand)):
-                raise ValueError('operand must be a status class "1xx" ... "5xx" for STATUS_CLASS')
-        elif op is Operator.MATCHES:
-            if not isinstance(operand, str) or len(operand) > MAX_EXPRESSION_CHARS:
-                raise ValueError(
-                    f"operand must be a regular expression of at most {MAX_EXPRESSION_CHARS} "
-                    "characters for MATCHES"
-                )
-        elif operand is None and op not in (Operator.EQUALS, Operator.NOT_EQUALS):
-            raise ValueError(f"operand is required for {op}")
+        problem = operand_problem(op, operand)
+        if problem:
+            raise ValueError(problem)
         return operand
 
 
@@ -200,6 +178,43 @@ class Node(FrozenModel):
     else_target: Target = ""
     error_target: Target = ""
     extractions: Annotated[tuple[Extraction, ...], Field(max_length=MAX_EXTRACTIONS)] = ()
+
+
+def operand_problem(op: Operator, operand: JsonValue) -> str:
+    """What is wrong with an operand for an operator ("" when it fits): the one rule set.
+
+    The model checks it when a condition is validated; the compiler (sidecar.core.conditions)
+    checks it again, so a condition built without validation cannot reach a judge it does not
+    fit.
+    """
+    if op in UNARY_OPERATORS:
+        return f"operand must be unset for {op}" if operand is not None else ""
+    if op in (Operator.IN, Operator.NOT_IN):
+        return "" if isinstance(operand, list) else f"operand must be a list for {op}"
+    if op is Operator.BETWEEN:
+        if not (
+            isinstance(operand, list)
+            and len(operand) == 2
+            and all(_is_number(bound) for bound in operand)
+        ):
+            return "operand must be a [low, high] pair of numbers for BETWEEN"
+        if operand[0] > operand[1]:  # type: ignore[operator]
+            return "operand must be [low, high] with low <= high for BETWEEN"
+        return ""
+    if op is Operator.STATUS_CLASS:
+        if isinstance(operand, str) and STATUS_CLASS_PATTERN.fullmatch(operand):
+            return ""
+        return 'operand must be a status class "1xx" ... "5xx" for STATUS_CLASS'
+    if op is Operator.MATCHES:
+        if isinstance(operand, str) and len(operand) <= MAX_EXPRESSION_CHARS:
+            return ""
+        return (
+            f"operand must be a regular expression of at most {MAX_EXPRESSION_CHARS} "
+            "characters for MATCHES"
+        )
+    if operand is None and op not in (Operator.EQUALS, Operator.NOT_EQUALS):
+        return f"operand is required for {op}"
+    return ""
 
 
 def _is_number(value: JsonValue) -> bool:
