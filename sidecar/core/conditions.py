@@ -119,10 +119,12 @@ _ORDER_FOLDED: Final = "ordered as strings, ignoring case"
 
 
 class CompiledBranches:
-    """A node's branches, ready to be judged against any number of responses.
+    """A node's branches, ready to be judged against any number of responses::
 
-    >>> compiled = compile_branches(node.branches)   # once, when the node is compiled
-    >>> compiled.decide(view, explain=False).index   # per response: 0, 1 ... or None
+        compiled = compile_branches(node.branches)   # once, when the node is compiled
+        compiled.decide(view, explain=False).index   # per response: 0, 1 ... or None
+
+    The module docstring has a runnable example.
     """
 
     __slots__ = ("_branches",)

@@ -105,10 +105,12 @@ def compile_node(node: Node) -> CompiledNode:
 
 
 class Engine:
-    """Evaluates compiled nodes against registered connectors.
+    """Evaluates compiled nodes against registered connectors::
 
-    >>> engine = Engine(registry, secret_store, egress.send)                   # doctest: +SKIP
-    >>> outcome = await engine.evaluate(compile_node(node), {"order_number": "A-1"})  # +SKIP
+        engine = Engine(registry, secret_store, egress.send)
+        outcome = await engine.evaluate(compile_node(node), {"order_number": "A-1"})
+
+    The composition root builds one; tests/test_engine.py drives one with a recording `send`.
     """
 
     def __init__(

@@ -53,12 +53,13 @@ _PREVIEW_CHARS: Final = 80
 
 
 class CompiledExtractions:
-    """A node's extractions, ready to be applied to any number of documents.
+    """A node's extractions, ready to be applied to any number of documents::
 
-    >>> compiled = compile_extractions(node.extractions)       # once per node
-    >>> variables, results = compiled.apply(body, has_document=True)
-    >>> all_required_succeeded(results)
-    True
+        compiled = compile_extractions(node.extractions)       # once per node
+        variables, results = compiled.apply(body, has_document=True)
+        all_required_succeeded(results)                        # True when none failed
+
+    The module docstring has a runnable example.
     """
 
     __slots__ = ("_extractions",)
