@@ -21,8 +21,8 @@ each ``ErrorCode`` to a gRPC status in one table, ``STATUS_BY_ERROR_CODE``.
 An ``EvaluationFailure`` stops one evaluation, never the call: ``Engine.evaluate`` catches the
 family once and answers an ERROR outcome with the failure's ``model.Reason`` and message (so the
 message is shown to callers: it never holds a secret, a header or a variable's value). The
-family lives in ``sidecar.core.model.failures``, beside the ``Reason`` it carries, because this
-module imports nothing of sidecar (an import contract), so that every layer can import it.
+family lives in ``sidecar.core.model.failures``, beside the ``Reason`` it carries: this module
+imports nothing of sidecar (an import contract, so that every layer can import it).
 
     EvaluationFailure           reason               meaning
     ├── ConnectorNotFoundError  CONNECTOR_NOT_FOUND  no connector has the node's connector_id
@@ -33,9 +33,9 @@ module imports nothing of sidecar (an import contract), so that every layer can 
     ├── MissingSecretError      SECRET_NOT_FOUND     a secret the auth needs has no value
     ├── SecretBindingError      BLOCKED_DESTINATION  a secret is bound to other hosts than the URL's
     ├── DeadlineExhaustedError  TIMEOUT              the caller's deadline leaves no time to send
-    ├── SendError               TIMEOUT, CONNECT_    no usable response from the upstream (the
-    │                           ERROR, DNS_ERROR,    egress raises it); carries `attempts`
-    │                           TLS_ERROR, ...
+    ├── SendError               TIMEOUT,             no usable response from the upstream (the
+    │                           CONNECT_ERROR,       egress raises it); carries `attempts` and
+    │                           DNS_ERROR, ...       `retryable`
     └── CastError               EXTRACTION_FAILED    a value does not fit an extraction's cast;
                                                      caught where it arises and reported as the
                                                      extraction's CAST_FAILED status
