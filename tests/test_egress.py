@@ -24,6 +24,7 @@ from multidict import CIMultiDict
 from sidecar.core.model import Reason
 from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 from sidecar.egress import Egress, EgressLimits, EgressPolicy
+from sidecar.egress.transport import DestinationBlockedError, failure_of, wire_url
 from tests.support.upstreams import MALFORMED, ORDER_API_KEY, ORDERS, Upstream
 
 T = TypeVar("T")
@@ -359,8 +360,8 @@ def test_request_urls_are_not_logged_at_info(
 def test_no_url_is_logged_even_when_httpx_logs_at_info(
     upstream: Upstream, caplog: pytest.LogCaptureFixture, httpx_logger_unset: logging.Logger
 ) -> None:
-    # A logging config may turn httpx up: the egress sends through its own transport, which
-    # writes no request line (only httpx.Client logs one, and nothing uses it).
+    # A logging config may turn httpx up out of habit: the egress does not use httpx, and its
+    # aiohttp transport writes no request line.
     caplog.set_level(logging.DEBUG)
 
     async def use(egress: Egress) -> HttpResponse:
@@ -647,3 +648,65 @@ def test_unknown_content_encoding_is_a_protocol_error(upstream: Upstream) -> Non
     upstream.respond("/brotli", body=b"\x0b\x02\x80{}\x03", headers={"Content-Encoding": "br"})
 
     assert send_error(get(upstream.url("/brotli"))).reason is Reason.PROTOCOL_ERROR
+
+
+# ---------------------------------------------------------------------------------------------
+# The URL on the wire, and what foreign exceptions mean
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "target"),
+    [
+        ("https://a.example/o/A%3A1?k=%2F%3F&x=1", "/o/A%3A1?k=%2F%3F&x=1"),  # as rendered
+        ("https://a.example/o/a|b?q=x|y", "/o/a|b?q=x|y"),
+        ("https://a.example/o/a b?q=c d", "/o/a%20b?q=c%20d"),
+        ("https://a.example/caf\u00e9?q=\u00e9", "/caf%C3%A9?q=%C3%A9"),
+        ("https://a.example/a/./b/../c", "/a/c"),
+        ("https://a.example/a?", "/a"),  # an empty query is not sent (nor was it with httpx)
+        ("https://a.example/a#part", "/a"),
+    ],
+)
+def test_the_url_goes_out_as_rendered_and_only_unsendable_text_is_encoded(
+    url: str, target: str
+) -> None:
+    assert wire_url(url).raw_path_qs == target
+
+
+def test_a_non_ascii_host_goes_out_idna_encoded() -> None:
+    assert wire_url("https://b\u00fccher.example/x").raw_host == "xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize("url", ["https://a.example/next\x7fpage", "https://a.example/a\tb"])
+def test_a_url_with_a_control_character_is_refused(url: str) -> None:
+    with pytest.raises(SendError) as raised:
+        wire_url(url)
+
+    assert raised.value.reason is Reason.PROTOCOL_ERROR
+
+
+def caused(exc: BaseException, cause: BaseException) -> BaseException:
+    exc.__cause__ = cause
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason", "retryable"),
+    [
+        (DestinationBlockedError("'x' resolves to 10.0.0.1"), Reason.BLOCKED_DESTINATION, False),
+        (aiohttp.ClientConnectorDNSError(None, OSError("no name")), Reason.DNS_ERROR, False),  # type: ignore[arg-type]
+        (aiohttp.ClientConnectorError(None, OSError("refused")), Reason.CONNECT_ERROR, True),  # type: ignore[arg-type]
+        (aiohttp.ServerDisconnectedError(), Reason.CONNECT_ERROR, False),
+        (aiohttp.ClientPayloadError("truncated"), Reason.PROTOCOL_ERROR, False),
+        (aiohttp.ServerTimeoutError(), Reason.TIMEOUT, False),
+        (caused(aiohttp.ClientOSError(), ConnectionResetError()), Reason.CONNECT_ERROR, False),
+        (aiohttp.ClientOSError(), Reason.CONNECT_ERROR, False),  # nothing more specific known
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else None,
+)
+def test_foreign_exceptions_map_to_one_reason(
+    exc: BaseException, reason: Reason, retryable: bool
+) -> None:
+    error = failure_of(exc)
+
+    assert (error.reason, error.retryable) == (reason, retryable)
