@@ -40,6 +40,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError
+from sidecar.core.model.failures import EvaluationFailure
 from sidecar.core.model.outcome import Reason
 from sidecar.egress.policy import EgressPolicy
 
@@ -47,9 +48,13 @@ ConnectorFactory = Callable[[AbstractResolver], aiohttp.TCPConnector]
 CHUNK_BYTES = 64 * 1024
 
 
-class DestinationBlockedError(Exception):
-    """Raised by the resolver: the name resolves to a forbidden address. Never an OSError, so
-    aiohttp does not mistake it for a DNS failure."""
+class DestinationBlockedError(EvaluationFailure):
+    """Raised by the resolver: the name resolves to a forbidden address. One of our evaluation
+    failures (BLOCKED_DESTINATION), never an OSError, so aiohttp does not mistake it for a DNS
+    failure; `Transport.attempt` passes it on as a SendError."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Reason.BLOCKED_DESTINATION, message)
 
 
 class GuardedResolver(AbstractResolver):
@@ -115,6 +120,8 @@ class Transport:
         `headers`); SendError with a reason on any failure. Budget enforced by the caller."""
         try:
             return await self._exchange(request, cap)
+        except DestinationBlockedError as exc:
+            raise SendError(exc.reason, exc.message) from exc
         except _FOREIGN as exc:
             raise failure_of(exc) from exc
 
@@ -275,11 +282,11 @@ def _too_large(cap: int, *, decoded: bool = False) -> str:
 
 
 class Failure(NamedTuple):
-    """What a foreign exception means: its reason, a message safe to return to a caller (None:
-    the exception's own text, ours), and whether trying again cannot repeat a side effect."""
+    """What a foreign exception means: its reason, a message safe to return to a caller, and
+    whether trying again cannot repeat a side effect."""
 
     reason: Reason
-    message: str | None
+    message: str
     retryable: bool = False
 
 
@@ -292,7 +299,6 @@ _MALFORMED = "the upstream sent a malformed response"
 # aiohttp, asyncio, ssl and OS exceptions to what they mean. The first type that matches wins,
 # so a subclass comes before its base (a DNS failure is also a connector error).
 FAILURES: Final[Mapping[type[Exception], Failure]] = {
-    DestinationBlockedError: Failure(Reason.BLOCKED_DESTINATION, None),
     aiohttp.ClientConnectorDNSError: Failure(
         Reason.DNS_ERROR, "the upstream host name could not be resolved"
     ),
@@ -314,12 +320,14 @@ _FOREIGN: Final[tuple[type[Exception], ...]] = (*FAILURES, aiohttp.ClientError)
 
 def failure_of(exc: BaseException) -> SendError:
     """The SendError of a foreign exception, judged on it and the exceptions that caused it
-    (aiohttp wraps the OS's); one that no entry names is a CONNECT_ERROR by type."""
+    (aiohttp wraps the OS's); one of our failures among them keeps its reason, and an
+    exception no entry names is a CONNECT_ERROR by type."""
     for cause in _causes(exc):
+        if isinstance(cause, EvaluationFailure):  # ours, raised inside aiohttp (the resolver)
+            return SendError(cause.reason, cause.message)
         for kind, failure in FAILURES.items():
             if isinstance(cause, kind):
-                message = str(cause) if failure.message is None else failure.message
-                return SendError(failure.reason, message, retryable=failure.retryable)
+                return SendError(failure.reason, failure.message, retryable=failure.retryable)
     return SendError(Reason.CONNECT_ERROR, f"the exchange failed ({type(exc).__name__})")
 
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from sidecar.core.model.failures import SendError
 
-__all__ = ["HttpResponse", "OutboundRequest", "Send", "SendError", "SendOptions"]
+__all__ = ["HttpResponse", "Origin", "OutboundRequest", "Send", "SendError", "SendOptions"]
 
 
 @dataclass(frozen=True, slots=True)
