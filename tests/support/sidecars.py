@@ -197,20 +197,59 @@ SERVE_COMMAND = (sys.executable, "-m", "sidecar.cli", "serve")
 
 @dataclass
 class SidecarProcess:
-    """A `rules-sidecar serve` subprocess and clients connected to its TCP port."""
+    """A `rules-sidecar serve` subprocess and clients connected to its TCP port.
+
+    The channel opens on first use, once the port accepts a connection: a gRPC channel opened
+    before the server listens fails its first connect and waits out a reconnect backoff (about
+    a second) before it tries again.
+    """
 
     process: subprocess.Popen[bytes]
     port: int
     data_dir: Path
     stderr_path: Path
-    channel: grpc.Channel
-    stub: pb_grpc.RulesSidecarServiceStub
-    health_stub: health_pb2_grpc.HealthStub
     _stderr_file: Any = field(repr=False)
+    _channel: grpc.Channel | None = field(default=None, repr=False)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The channel to the TCP port, opened once the port accepts connections."""
+        if self._channel is None:
+            self.wait_until_listening()
+            self._channel = grpc.insecure_channel(self.address)
+        return self._channel
+
+    @property
+    def stub(self) -> pb_grpc.RulesSidecarServiceStub:
+        return pb_grpc.RulesSidecarServiceStub(self.channel)
+
+    @property
+    def health_stub(self) -> health_pb2_grpc.HealthStub:
+        return health_pb2_grpc.HealthStub(self.channel)
+
+    def wait_until_listening(self, deadline_seconds: float = STARTUP_DEADLINE_SECONDS) -> None:
+        """Poll a TCP connect until the port accepts; fail with stderr if the process dies."""
+        deadline = time.monotonic() + deadline_seconds
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"rules-sidecar exited with {self.process.returncode} before listening:\n"
+                    f"{self.stderr_text()}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"rules-sidecar not listening after {deadline_seconds}s:\n{self.stderr_text()}"
+                )
+            time.sleep(0.01)
 
     def stderr_text(self) -> str:
         """Everything the process wrote to stderr so far."""
@@ -253,7 +292,8 @@ class SidecarProcess:
         self.process.wait(STARTUP_DEADLINE_SECONDS)
 
     def close(self) -> None:
-        self.channel.close()
+        if self._channel is not None:
+            self._channel.close()
         if self.process.poll() is None:
             self.kill()
         self._stderr_file.close()
@@ -299,15 +339,11 @@ class SidecarProcesses:
             stdout=subprocess.DEVNULL,
             stderr=stderr_file,
         )
-        channel = grpc.insecure_channel(address)
         handle = SidecarProcess(
             process=process,
             port=port,
             data_dir=data_dir,
             stderr_path=stderr_path,
-            channel=channel,
-            stub=pb_grpc.RulesSidecarServiceStub(channel),
-            health_stub=health_pb2_grpc.HealthStub(channel),
             _stderr_file=stderr_file,
         )
         self._started.append(handle)
