@@ -4,9 +4,10 @@ Secrets and access tokens live in mounted Kubernetes Secrets, rotated by swappin
 symlink; the path stays the same but the file behind it changes. Comparing (inode, mtime, size)
 catches the swap and an in-place rewrite alike, without reading the file on every call.
 
-    >>> token = WatchedFile(Path("/var/run/secrets/sidecar/evaluation-token"))  # doctest: +SKIP
-    >>> token.read()                                                           # doctest: +SKIP
-    b'...'
+Usage::
+
+    token = WatchedFile(Path("/var/run/secrets/sidecar/evaluation-token"))
+    token.read()    # the bytes; read again only after the file changed
 """
 
 from __future__ import annotations

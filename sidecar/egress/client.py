@@ -88,9 +88,11 @@ class _RetryableStatusError(Exception):
 class Egress:
     """The shared outbound HTTP client with its guard, breakers and limits.
 
-    >>> egress = Egress(EgressPolicy(allow_http_hosts=("127.0.0.1",),
-    ...                              allow_cidrs=("127.0.0.1/32",)))       # doctest: +SKIP
-    >>> response = await egress.send(request, SendOptions(5.0, 1 << 20))   # doctest: +SKIP
+    Usage::
+
+        egress = Egress(EgressPolicy(allow_http_hosts=("127.0.0.1",),
+                                     allow_cidrs=("127.0.0.1/32",)))
+        response = await egress.send(request, SendOptions(5.0, 1 << 20))
     """
 
     def __init__(

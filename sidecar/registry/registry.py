@@ -45,8 +45,10 @@ MAX_PAGE_SIZE = 500
 class Registry:
     """Connectors by id, from the store (API) and the connectors file (read-only).
 
-    >>> registry = Registry(store, file_connectors=())   # doctest: +SKIP
-    >>> connector, created = await registry.register(definition, expected_version=0)  # +SKIP
+    Usage::
+
+        registry = Registry(store, file_connectors=())
+        connector, created = await registry.register(definition, expected_version=0)
     """
 
     def __init__(self, store: ConnectorStore, *, file_connectors: Iterable[Connector]) -> None:

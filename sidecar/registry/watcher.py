@@ -20,11 +20,12 @@ A reload goes `stat -> load_connectors_file -> reconcile -> Registry.replace_fil
 The watcher reports every new state to `on_state`; the server turns it into the health status of
 `rulesidecar.v1.ConnectorsFile`. Nothing here knows about gRPC.
 
-    >>> watcher = ConnectorsFileWatcher(path, registry, initial, interval_seconds=1.0)  # +SKIP
-    >>> watcher.start()
-    >>> watcher.state.valid, watcher.state.last_error
-    (True, None)
-    >>> await watcher.stop()
+Usage::
+
+    watcher = ConnectorsFileWatcher(path, registry, initial, interval_seconds=1.0)
+    watcher.start()
+    watcher.state.valid, watcher.state.last_error    # (True, None)
+    await watcher.stop()
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ An update writes a new timestamped directory, points a new link `..data_tmp` at 
 link onto `..data` (one atomic rename), adds or removes the user-visible links, and deletes the old
 directory. `ConfigMapVolume.write` does exactly that, so tests see what a pod sees.
 
-    >>> volume = ConfigMapVolume(tmp_path / "connectors")      # doctest: +SKIP
-    >>> path = volume.write({"connectors.yaml": "connectors: []\\n"})["connectors.yaml"]
+Usage::
+
+    volume = ConfigMapVolume(tmp_path / "connectors")
+    path = volume.write({"connectors.yaml": "connectors: []\\n"})["connectors.yaml"]
 """
 
 from __future__ import annotations

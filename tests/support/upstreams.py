@@ -35,11 +35,12 @@ all), then close.
 `close()` stops the servers, cancels in-flight handlers and closes the loop, so nothing leaks
 under `filterwarnings = error`.
 
-    >>> upstream = Upstream()                                           # doctest: +SKIP
-    >>> upstream.respond("/teapot", status=418, json={"short": "stout"})
-    >>> upstream.url("/teapot")
-    'http://127.0.0.1:40123/teapot'
-    >>> upstream.close()
+Usage::
+
+    upstream = Upstream()
+    upstream.respond("/teapot", status=418, json={"short": "stout"})
+    upstream.url("/teapot")    # 'http://127.0.0.1:40123/teapot'
+    upstream.close()
 """
 
 from __future__ import annotations
