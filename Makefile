@@ -4,7 +4,7 @@ SHELL := bash
 VENV := .venv/bin
 BUF := proto/node_modules/.bin/buf
 
-.PHONY: bench help run test setup lint typecheck proto-lint generate check-generated pytest test-clients
+.PHONY: bench help run test test-fast setup lint typecheck proto-lint generate check-generated pytest test-clients
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -14,6 +14,9 @@ run: ## set up, then run the sidecar on 127.0.0.1:50051 with the example connect
 	$(VENV)/rules-sidecar serve --config examples/sidecar.yaml
 
 test: setup lint typecheck proto-lint check-generated check-chart check-image-command pytest test-clients ## set up, then run every check and test (what CI runs)
+
+test-fast: lint typecheck ## the developer loop: lint, types, unit tests and doctests (no e2e/process marks)
+	$(VENV)/pytest -q -m "not e2e and not process"
 
 setup: ## install uv, the locked Python environment and buf (idempotent)
 	@scripts/bootstrap

@@ -2,6 +2,11 @@
 
 The machinery lives in tests/support (sidecars.py, upstreams.py); these fixtures start it and
 stop what they started at teardown.
+
+A test that uses an in-process sidecar is marked `e2e`, one that starts a subprocess `process`
+(pytest_collection_modifyitems below), so the marks follow the fixtures and cannot drift; a
+module that runs `rules-sidecar` itself says `pytestmark = pytest.mark.process`.
+`make test-fast` deselects both marks.
 """
 
 from __future__ import annotations
@@ -21,6 +26,19 @@ from tests.support.sidecars import (
     hide_sidecar_environment,
 )
 from tests.support.upstreams import Upstream, closed_port
+
+IN_PROCESS_FIXTURES = frozenset({"sidecar_factory", "running_sidecar", "module_sidecar_factory"})
+PROCESS_FIXTURES = frozenset({"sidecar_process"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the sidecar fixtures it uses (directly or through other fixtures)."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & IN_PROCESS_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+        if used & PROCESS_FIXTURES:
+            item.add_marker(pytest.mark.process)
 
 
 @pytest.fixture

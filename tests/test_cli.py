@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.process  # every test runs `rules-sidecar` as a subprocess
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = Path("examples") / "connectors.yaml"
 DEADLINE_SECONDS = 60  # a hang is a failure, not a wait

@@ -34,6 +34,8 @@ from tests.support.sidecars import (
     sidecar_environment,
 )
 
+pytestmark = pytest.mark.process  # runs `rules-sidecar` itself, not only via the fixture
+
 SERVICE_NAME = "rulesidecar.v1.RulesSidecarService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
