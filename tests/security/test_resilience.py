@@ -1,15 +1,17 @@
 """Retries, circuit breakers, concurrency limits, deadlines and admission, with counted hits.
 
 Everything goes through the real EvaluateNode RPC of an in-process sidecar (egress with the
-recording connector) against loopback upstreams whose hits are counted server-side. The one
-timing assertion is the issue's: a call with a 300 ms gRPC deadline answers ERROR/TIMEOUT
-within 100 ms before that deadline.
+recording connector) against loopback upstreams whose hits are counted server-side. No
+assertion is on elapsed time: concurrency is held open by gates the test releases (counted
+events), and the deadline test reads the budget the sidecar derived from the caller's deadline.
+Durations are printed, never asserted; the only sleeps wait past a breaker's cool-down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -226,10 +228,12 @@ def test_breaker_opens_after_consecutive_failures_and_closes_after_one_probe(
 ) -> None:
     sidecar = sidecar_factory(**BREAKER)
     healthy = False
+    probe_may_answer = threading.Event()
 
     async def crm(request: web.Request) -> web.StreamResponse:
         if healthy:
-            await asyncio.sleep(0.8)  # long enough for the other calls to find the probe busy
+            # The probe is held until the other calls have found it busy (the test opens it).
+            await asyncio.to_thread(probe_may_answer.wait, POLL_LIMIT_SECONDS)
             return web.json_response({"ok": True})
         return web.json_response({"down": True}, status=500)
 
@@ -255,6 +259,8 @@ def test_breaker_opens_after_consecutive_failures_and_closes_after_one_probe(
         sidecar.stub.EvaluateNode.future(evaluate_request("crm"), timeout=RPC_TIMEOUT)
         for _ in range(3)
     ]
+    wait_until(lambda: sum(future.done() for future in probes) == 2, "two calls were refused")
+    probe_may_answer.set()
     answers = sorted(verdict(future.result()) for future in probes)
 
     assert answers == sorted([MATCHED, error("CIRCUIT_OPEN"), error("CIRCUIT_OPEN")])
@@ -390,13 +396,15 @@ def test_per_upstream_limit_bounds_concurrent_requests_and_leaves_others_alone(
 ) -> None:
     sidecar = sidecar_factory(per_upstream_concurrency=2)
     in_flight = peak = 0
+    slow_may_answer = threading.Event()
 
     async def slow(request: web.Request) -> web.StreamResponse:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
         try:
-            await asyncio.sleep(0.3)
+            # Held until the test has seen both slots taken (it opens the gate).
+            await asyncio.to_thread(slow_may_answer.wait, POLL_LIMIT_SECONDS)
             return web.json_response({"ok": True})
         finally:
             in_flight -= 1
@@ -409,11 +417,14 @@ def test_per_upstream_limit_bounds_concurrent_requests_and_leaves_others_alone(
         sidecar.stub.EvaluateNode.future(evaluate_request("slow"), timeout=RPC_TIMEOUT)
         for _ in range(6)
     ]
-    wait_until(lambda: upstream.hits("/slow-api") >= 1, "the slow upstream is busy")
+    wait_until(lambda: upstream.hits("/slow-api") == 2, "both slots at the slow upstream are taken")
     other = evaluate(sidecar.stub, "other")
+    held = upstream.hits("/slow-api")  # the other four calls wait for a slot meanwhile
+    slow_may_answer.set()
     slow_answers = [verdict(call.result()) for call in calls]
 
     assert verdict(other) == MATCHED
+    assert held == 2
     assert slow_answers == [MATCHED] * 6
     assert upstream.hits("/slow-api") == 6
     assert peak == 2
@@ -428,7 +439,6 @@ def test_per_upstream_limit_bounds_concurrent_requests_and_leaves_others_alone(
 # ---------------------------------------------------------------------------------------------
 
 DEADLINE_SECONDS = 0.3
-DEADLINE_WINDOW_SECONDS = 0.1
 
 
 @pytest.mark.parametrize("run", range(5))
@@ -445,8 +455,14 @@ def test_rpc_deadline_is_the_budget_and_the_answer_arrives_before_it(
     elapsed = time.monotonic() - started
 
     print(f"run {run}: answered after {elapsed * 1000:.1f} ms (deadline 300 ms)")
+    # An answer at all (not DEADLINE_EXCEEDED) means it came before the deadline. The budget in
+    # the message is the one the sidecar took from the deadline, not the connector's 5 s (the
+    # margin it keeps is test_engine's to prove: gRPC's time remaining can run a little over
+    # the caller's 300 ms). The upstream got the request: the budget left room to send it.
     assert verdict(response) == error("TIMEOUT")
-    assert DEADLINE_SECONDS - DEADLINE_WINDOW_SECONDS <= elapsed <= DEADLINE_SECONDS
+    within = re.fullmatch(r"no complete response within ([0-9.]+)s", response.message)
+    assert within, response.message
+    assert 0 < float(within[1]) < DEADLINE_SECONDS
     assert len(quiet.requests) == 1
 
 
