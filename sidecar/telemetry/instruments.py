@@ -231,8 +231,10 @@ class Telemetry:
     def evaluation(self, node: Node) -> EvaluationScope:
         """The INTERNAL span, the evaluations counter and the log line of one evaluation.
 
-        >>> with telemetry.evaluation(compiled.node) as evaluation:      # doctest: +SKIP
-        ...     evaluation.record(await engine.evaluate(compiled, variables))
+        Usage::
+
+            with telemetry.evaluation(compiled.node) as evaluation:
+                evaluation.record(await engine.evaluate(compiled, variables))
         """
         if self.tracing or self.metrics or evaluation_log.isEnabledFor(logging.INFO):
             return EvaluationScope(self, node)
@@ -252,8 +254,10 @@ class Telemetry:
         """The CLIENT span and the duration of one outbound attempt, which the egress performs
         inside it (and `trace_headers` reads the span's context from there).
 
-        >>> with telemetry.http_attempt(request, options, origin) as attempt:   # doctest: +SKIP
-        ...     attempt.record(await transport.attempt(request, cap))
+        Usage::
+
+            with telemetry.http_attempt(request, options, origin) as attempt:
+                attempt.record(await transport.attempt(request, cap))
         """
         if not (self.tracing or self.metrics):
             return SILENT_ATTEMPT
