@@ -15,7 +15,9 @@ run: ## set up, then run the sidecar on 127.0.0.1:50051 with the example connect
 
 test: setup lint typecheck proto-lint check-generated check-chart check-image-command pytest test-clients ## set up, then run every check and test (what CI runs)
 
-test-fast: lint typecheck ## the developer loop: lint, types, unit tests and doctests (no e2e/process marks)
+test-fast: ## the developer loop: lint, types, unit tests and doctests (no e2e/process marks)
+	@scripts/bootstrap --python-only
+	@$(MAKE) --no-print-directory lint typecheck
 	$(VENV)/pytest -q -m "not e2e and not process"
 
 setup: ## install uv, the locked Python environment and buf (idempotent)
