@@ -22,6 +22,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -219,6 +220,9 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             problems = [_problem(error) for error in exc.errors()]
             raise ConfigError("invalid settings", problems) from exc
+        except SettingsError as exc:  # a variable that does not parse (lists, maps: JSON)
+            problem = f"{exc}; lists and mappings are written as JSON in the environment"
+            raise ConfigError("invalid settings", [problem]) from exc
         except (yaml.YAMLError, ValueError) as exc:
             message = f"config file {chosen} is not a YAML mapping of settings: {exc}"
             raise ConfigError(message) from exc

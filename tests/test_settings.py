@@ -195,6 +195,22 @@ def test_invalid_environment_value_is_a_config_error_naming_the_field(
     assert problem.startswith(f"{field}: ")
 
 
+@pytest.mark.parametrize("with_config_file", [False, True], ids=["alone", "with-config-file"])
+def test_environment_value_that_is_not_json_for_a_mapping_is_a_config_error_naming_it(
+    tmp_path, monkeypatch, with_config_file
+):
+    monkeypatch.setenv("RULES_SIDECAR_SECRET_HOSTS", "[not json")
+    chosen = config_file(tmp_path, {"log_level": "INFO"}) if with_config_file else None
+
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(config_file=chosen)
+
+    assert caught.value.message == "invalid settings"
+    (problem,) = caught.value.problems
+    assert '"secret_hosts"' in problem
+    assert "JSON" in problem
+
+
 def test_every_invalid_setting_is_listed(tmp_path):
     path = config_file(tmp_path, {"max_message_bytes": 1, "bogus": True})
 
