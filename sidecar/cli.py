@@ -1,5 +1,8 @@
 """The `rules-sidecar` command: `serve` runs the sidecar, `validate` checks a connectors file.
 
+`validate` reads the same settings as `serve` (environment and `--config`), so a file it accepts
+is one the sidecar loads: `secret_hosts` included.
+
 Configuration errors (a bad connectors file, a corrupt store, a port in use) end the process with
 exit code 2 and a message that says what to fix, never a traceback.
 """
@@ -13,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sidecar.core.secrets import SecretBindings
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.registry import load_connectors_file
 from sidecar.server import serve
@@ -58,7 +62,14 @@ def _serve(arguments: argparse.Namespace) -> int:
 
 def _validate(arguments: argparse.Namespace) -> int:
     try:
-        connectors = load_connectors_file(arguments.file)
+        settings = Settings.load(config_file=arguments.config)
+    except SidecarError as error:
+        _report(error)
+        return EXIT_CONFIG
+    try:
+        connectors = load_connectors_file(
+            arguments.file, bindings=SecretBindings(settings.secret_hosts)
+        )
     except ConfigError as error:
         _report(error)
         return EXIT_INVALID
@@ -102,10 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "validate",
         help="check a connectors file",
-        description="Check a connectors file and report every error with its location "
-        "(file:line: field: problem). Exit code 0 when valid, 1 when not.",
+        description="Check a connectors file against the settings `serve` would use (secret_hosts "
+        "included) and report every error with its location (file:line: field: problem). Exit "
+        "code 0 when valid, 1 when not, 2 when the settings are invalid.",
     )
     check.add_argument("file", type=Path, help="the YAML or JSON connectors file")
+    check.add_argument("--config", type=Path, help="YAML config file (RULES_SIDECAR_CONFIG_FILE)")
     check.set_defaults(command=_validate)
     return parser
 

@@ -1,13 +1,16 @@
-"""Building the gRPC server apart from running it.
+"""The composition root, and the server built apart from running it.
 
-`create_server(settings)` wires the object graph and binds the ports (port 0 in tests) without
-loading anything; `SidecarServer.load()` opens the store and the connectors file and only then
-reports SERVING; `serve(settings)` adds the signal handling and the graceful drain:
+`start_sidecar(settings)` turns Settings into running objects, in one place and in order:
+
+    telemetry -> gRPC server (ports bound, health NOT_SERVING, RulesSidecarService closed)
+    -> egress, secret store, secret bindings -> store + connectors file -> registry -> engine
+    -> servicer -> gate open, health SERVING
+
+`create_server(settings, telemetry)` builds and binds the gRPC server only (port 0 in tests);
+`serve(settings)` adds the signal handling and the graceful drain:
 
     SIGTERM -> health NOT_SERVING at once -> new calls refused -> in-flight calls get
     `shutdown_grace_seconds` to finish -> store closed -> exit 0
-
-This is the composition root: the one function that turns Settings into running objects.
 """
 
 from __future__ import annotations
@@ -16,20 +19,20 @@ import asyncio
 import logging
 import signal
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
 from sidecar.api.access import TokenFile, TokenInterceptor
 from sidecar.api.interceptors import ErrorMappingInterceptor, TracingInterceptor
-from sidecar.api.servicer import SERVICE_NAME, RulesSidecarServicer
+from sidecar.api.servicer import SERVICE_NAME, RulesSidecarServicer, ServiceGate
 from sidecar.core.engine import Engine
+from sidecar.core.model import Connector
 from sidecar.core.secrets import SecretBindings, SecretStore
-from sidecar.egress import Egress, EgressLimits, EgressPolicy
+from sidecar.egress import ConnectorFactory, Egress, EgressLimits, EgressPolicy, Resolver
 from sidecar.errors import ConfigError
 from sidecar.registry import ConnectorStore, Registry, load_connectors_file
 from sidecar.registry.watcher import ConnectorsFileWatcher, ReloadState
@@ -44,88 +47,147 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 CONNECTORS_FILE_HEALTH_SERVICE = "rulesidecar.v1.ConnectorsFile"
 
 
-@dataclass
-class SidecarServer:
-    """A bound, not yet loaded, sidecar: the gRPC server and the objects it serves."""
+async def start_sidecar(
+    settings: Settings,
+    *,
+    telemetry: Telemetry | None = None,
+    resolver: Resolver | None = None,
+    connector_factory: ConnectorFactory | None = None,
+) -> Sidecar:
+    """Build every object the sidecar runs on from Settings, start answering, load, serve.
+
+    The keyword arguments are the seams tests pass: their own telemetry, and the egress's
+    resolver and connector factory (no real DNS, recorded connections). ConfigError or
+    StoreError when something cannot start; whatever had started is stopped first.
+    """
+    telemetry = telemetry or Telemetry.from_settings(settings)
+    server = create_server(settings, telemetry)
+    egress = build_egress(
+        settings, telemetry, resolver=resolver, connector_factory=connector_factory
+    )
+    secrets = SecretStore(
+        directory=settings.secrets_dir,
+        environ=settings.secret_variables(),
+        env_prefix=settings.secret_env_prefix,
+    )
+    bindings = SecretBindings(settings.secret_hosts)
+    try:
+        telemetry.start()
+        await server.start()
+        log.info("rules-sidecar listening on %s (port %d)", settings.listen_address, server.port)
+        file_connectors, registry = await _load_registry(settings, bindings)
+    except BaseException:
+        await server.stop(grace=0)
+        await egress.aclose()
+        await asyncio.to_thread(telemetry.shutdown)
+        raise
+    engine = Engine(registry, secrets, egress.send, bindings=bindings)
+    servicer = RulesSidecarServicer(
+        registry,
+        engine,
+        telemetry=telemetry,
+        max_concurrent_evaluations=settings.max_concurrent_evaluations,
+    )
+    telemetry.watch(
+        in_flight=lambda: servicer.evaluations_in_flight, breakers=egress.breaker_states
+    )
+    watcher = None
+    if settings.connectors_file and settings.connectors_reload_seconds > 0:
+        watcher = ConnectorsFileWatcher(
+            settings.connectors_file,
+            registry,
+            file_connectors,
+            bindings=bindings,
+            interval_seconds=settings.connectors_reload_seconds,
+            on_state=server.report_connectors_file,
+        )
+        watcher.start()
+    await server.open(servicer)
+    return Sidecar(settings, server, telemetry, egress, registry, watcher)
+
+
+async def _load_registry(
+    settings: Settings, bindings: SecretBindings
+) -> tuple[tuple[Connector, ...], Registry]:
+    """The connectors file's connectors, and the registry over them and the opened store."""
+    file_connectors: tuple[Connector, ...] = (
+        await asyncio.to_thread(load_connectors_file, settings.connectors_file, bindings=bindings)
+        if settings.connectors_file
+        else ()
+    )
+    store = await asyncio.to_thread(
+        ConnectorStore,
+        settings.store_path,
+        busy_timeout_seconds=settings.store_busy_timeout_seconds,
+    )
+    try:
+        registry = await asyncio.to_thread(
+            Registry, store, bindings=bindings, file_connectors=file_connectors
+        )
+    except BaseException:
+        store.close()
+        raise
+    log.info(
+        "loaded %d connector(s) (%d from %s)",
+        len(registry),
+        len(file_connectors),
+        settings.connectors_file or "no connectors file",
+    )
+    return file_connectors, registry
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """A loaded, serving sidecar: what `stop` drains and closes, in order."""
 
     settings: Settings
-    server: grpc.aio.Server
-    port: int
-    health: health.aio.HealthServicer
-    servicer: RulesSidecarServicer
+    server: SidecarServer
+    telemetry: Telemetry
     egress: Egress
-    registry: Registry | None = field(default=None)
-    connectors_watcher: ConnectorsFileWatcher | None = field(default=None)
-    telemetry: Telemetry = field(default_factory=Telemetry)
+    registry: Registry
+    connectors_watcher: ConnectorsFileWatcher | None
 
-    async def start(self) -> None:
-        """Start answering; health says NOT_SERVING until `load` has finished."""
-        await self._set_health(NOT_SERVING)
-        self.telemetry.start()
-        await self.server.start()
-
-    async def load(self) -> None:
-        """Open the store and the connectors file, then report SERVING. ConfigError/StoreError."""
-        settings = self.settings
-        file_connectors = (
-            await asyncio.to_thread(load_connectors_file, settings.connectors_file)
-            if settings.connectors_file
-            else ()
-        )
-        store = await asyncio.to_thread(
-            ConnectorStore,
-            settings.store_path,
-            busy_timeout_seconds=settings.store_busy_timeout_seconds,
-        )
-        try:
-            self.registry = await asyncio.to_thread(
-                Registry, store, file_connectors=file_connectors
-            )
-        except BaseException:
-            store.close()
-            raise
-        secrets = SecretStore(
-            directory=settings.secrets_dir,
-            environ=settings.secret_variables(),
-            env_prefix=settings.secret_env_prefix,
-        )
-        engine = Engine(
-            self.registry,
-            secrets,
-            self.egress.send,
-            bindings=SecretBindings(settings.secret_hosts),
-        )
-        self.servicer.attach(self.registry, engine)
-        log.info(
-            "loaded %d connector(s) (%d from %s)",
-            len(self.registry),
-            len(file_connectors),
-            settings.connectors_file or "no connectors file",
-        )
-        if settings.connectors_file and settings.connectors_reload_seconds > 0:
-            self.connectors_watcher = ConnectorsFileWatcher(
-                settings.connectors_file,
-                self.registry,
-                file_connectors,
-                interval_seconds=settings.connectors_reload_seconds,
-                on_state=self._report_connectors_file,
-            )
-            self.connectors_watcher.start()
-        await self._set_health(SERVING)
+    @property
+    def port(self) -> int:
+        """The TCP port bound (the one chosen by the system when the address asked for 0)."""
+        return self.server.port
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING at once, refuse new calls, let in-flight ones finish, close."""
         if self.connectors_watcher is not None:
             await self.connectors_watcher.stop()
-        await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         await self.egress.aclose()
-        if self.registry is not None:
-            await asyncio.to_thread(self.registry.close)
-            self.registry = None
+        await asyncio.to_thread(self.registry.close)
         await asyncio.to_thread(self.telemetry.shutdown)  # flushes the last spans and metrics
 
-    async def _report_connectors_file(self, state: ReloadState) -> None:
+
+@dataclass(frozen=True)
+class SidecarServer:
+    """The gRPC server with its ports bound, its health, and the gate of RulesSidecarService."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    gate: ServiceGate
+
+    async def start(self) -> None:
+        """Start answering: health NOT_SERVING and RulesSidecarService UNAVAILABLE until `open`."""
+        await self._set_health(NOT_SERVING)
+        await self.server.start()
+
+    async def open(self, servicer: RulesSidecarServicer) -> None:
+        """Serve the loaded sidecar: calls go to `servicer`, health says SERVING."""
+        self.gate.open(servicer)
+        await self._set_health(SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """NOT_SERVING at once, refuse new calls, give in-flight ones `grace` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+    async def report_connectors_file(self, state: ReloadState) -> None:
+        """The health of the last connectors file reload (a service of its own)."""
         status = SERVING if state.valid else NOT_SERVING
         await self.health.set(CONNECTORS_FILE_HEALTH_SERVICE, status)
 
@@ -134,10 +196,10 @@ class SidecarServer:
             await self.health.set(service, status)
 
 
-def create_server(settings: Settings, *, telemetry: Telemetry | None = None) -> SidecarServer:
-    """Wire the server and bind its ports (TCP, and the unix socket if configured)."""
+def create_server(settings: Settings, telemetry: Telemetry) -> SidecarServer:
+    """The gRPC server with its interceptors and services, bound to its ports (TCP, and the
+    unix socket if configured); RulesSidecarService stays closed until `SidecarServer.open`."""
     message_limit = settings.max_message_bytes
-    telemetry = telemetry or Telemetry.from_settings(settings)
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if telemetry.tracing:  # first, so its span sees every call's final status
         interceptors.append(TracingInterceptor(telemetry))
@@ -151,7 +213,9 @@ def create_server(settings: Settings, *, telemetry: Telemetry | None = None) -> 
             )
         )
     interceptors.append(ErrorMappingInterceptor())
+    gate = ServiceGate()
     server = grpc.aio.server(
+        handlers=(gate,),
         interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", message_limit),
@@ -160,12 +224,6 @@ def create_server(settings: Settings, *, telemetry: Telemetry | None = None) -> 
             ("grpc.so_reuseport", 0),
         ],
     )
-    servicer = RulesSidecarServicer(
-        max_concurrent_evaluations=settings.max_concurrent_evaluations,
-        bindings=SecretBindings(settings.secret_hosts),
-        telemetry=telemetry,
-    )
-    pb_grpc.add_RulesSidecarServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -176,17 +234,17 @@ def create_server(settings: Settings, *, telemetry: Telemetry | None = None) -> 
     if settings.unix_socket is not None:
         _remove_stale_socket(settings.unix_socket)
         _bind(server, f"unix:{settings.unix_socket}", credentials)
-    egress = build_egress(settings, telemetry)
-    telemetry.watch(
-        in_flight=lambda: servicer.evaluations_in_flight, breakers=egress.breaker_states
-    )
-    return SidecarServer(
-        settings, server, port, health_servicer, servicer, egress, telemetry=telemetry
-    )
+    return SidecarServer(server, port, health_servicer, gate)
 
 
-def build_egress(settings: Settings, telemetry: Telemetry | None = None) -> Egress:
-    """The egress with the operator's policy and limits."""
+def build_egress(
+    settings: Settings,
+    telemetry: Telemetry,
+    *,
+    resolver: Resolver | None = None,
+    connector_factory: ConnectorFactory | None = None,
+) -> Egress:
+    """The egress with the operator's policy and limits (and the tests' seams, if given)."""
     try:
         policy = EgressPolicy(
             allow_cidrs=tuple(settings.egress_allow_cidrs),
@@ -202,20 +260,18 @@ def build_egress(settings: Settings, telemetry: Telemetry | None = None) -> Egre
         breaker_failure_threshold=settings.breaker_failure_threshold,
         breaker_cooldown_seconds=settings.breaker_cooldown_seconds,
     )
-    return Egress(policy, limits, telemetry=telemetry)
+    return Egress(
+        policy,
+        limits,
+        resolver=resolver,
+        connector_factory=connector_factory,
+        telemetry=telemetry,
+    )
 
 
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT, then drain. Returns the process exit code."""
-    sidecar = create_server(settings)
-    await sidecar.start()
-    log.info("rules-sidecar listening on %s (port %d)", settings.listen_address, sidecar.port)
-    try:
-        await sidecar.load()
-    except BaseException:
-        await sidecar.stop(grace=0)
-        raise
-
+    sidecar = await start_sidecar(settings)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):

@@ -12,15 +12,18 @@ module that runs `rules-sidecar` itself says `pytestmark = pytest.mark.process`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sidecar.telemetry.instruments import Telemetry
 from tests.support.sidecars import (
     LOOPBACK_ALLOW,
     InProcessSidecar,
     InProcessSidecars,
+    Seams,
     SidecarProcess,
     SidecarProcesses,
     hide_sidecar_environment,
@@ -42,24 +45,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
+def sidecar_seams() -> Seams:
+    """The seams every in-process sidecar of a test gets: none here; the security suite's
+    conftest overrides this with its recording network."""
+    return Seams()
+
+
+@pytest.fixture
 def sidecar_factory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sidecar_seams: Seams
 ) -> Iterator[Callable[..., InProcessSidecar]]:
-    """Start in-process sidecars: `sidecar_factory(connectors_file=None, **setting_overrides)`.
+    """Start in-process sidecars: `sidecar_factory(connectors_file=None, *, telemetry=None,
+    **setting_overrides)`.
 
     Each gets its own data_dir under tmp_path unless `data_dir` is given, and the egress opens
-    exactly 127.0.0.1 over http (LOOPBACK_ALLOW) unless overridden. RULES_SIDECAR_* variables
-    of the developer's environment are hidden so they cannot change the settings.
+    exactly 127.0.0.1 over http (LOOPBACK_ALLOW) unless overridden. `telemetry` replaces the one
+    built from the settings (a test's in-memory exporters). RULES_SIDECAR_* variables of the
+    developer's environment are hidden so they cannot change the settings.
     """
     hide_sidecar_environment(monkeypatch)
     sidecars = InProcessSidecars(tmp_path)
 
-    def start(connectors_file: Path | None = None, **overrides: Any) -> InProcessSidecar:
+    def start(
+        connectors_file: Path | None = None,
+        *,
+        telemetry: Telemetry | None = None,
+        **overrides: Any,
+    ) -> InProcessSidecar:
         for name, value in LOOPBACK_ALLOW.items():
             overrides.setdefault(name, value)
         if connectors_file is not None:
             overrides["connectors_file"] = connectors_file
-        return sidecars.start(sidecars.settings(**overrides))
+        seams = replace(sidecar_seams, telemetry=telemetry) if telemetry else sidecar_seams
+        return sidecars.start(sidecars.settings(**overrides), seams)
 
     yield start
     sidecars.close()

@@ -20,12 +20,15 @@ EXAMPLE = Path("examples") / "connectors.yaml"
 DEADLINE_SECONDS = 60  # a hang is a failure, not a wait
 
 
-def run_cli(*arguments: str | Path) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *arguments: str | Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     environment = {
         name: value
         for name, value in os.environ.items()
         if not name.upper().startswith("RULES_SIDECAR_")
     }
+    environment.update(env or {})
     result = subprocess.run(
         [sys.executable, "-m", "sidecar.cli", *map(str, arguments)],
         cwd=REPO_ROOT,
@@ -155,6 +158,58 @@ def test_validate_unusable_file_exits_one_with_a_message(tmp_path, content, mess
     assert result.returncode == 1
     assert message in result.stderr
     assert str(path) in result.stderr
+
+
+BOUND_SECRET_FILE = """\
+connectors:
+  - id: order-status
+    status: LIVE
+    url_template: https://api.store.com/orders/{{order_number}}
+    auth:
+      bearer: {token_secret: store_token}
+"""
+SECRET_ELSEWHERE = (
+    "connectors[0].auth: connector 'order-status': secret 'store_token' may only be sent to "
+    "api.payments.example, not to 'api.store.com' (the secret_hosts setting)"
+)
+
+
+@pytest.mark.parametrize("source", ["config-file", "environment"])
+def test_validate_applies_secret_hosts_as_serve_would(tmp_path, source):
+    path = tmp_path / "connectors.yaml"
+    path.write_text(BOUND_SECRET_FILE)
+    config = tmp_path / "sidecar.yaml"
+    config.write_text("secret_hosts:\n  store_token: [api.payments.example]\n")
+    if source == "config-file":
+        result = run_cli("validate", path, "--config", config)
+    else:
+        hosts = '{"store_token": ["api.payments.example"]}'
+        result = run_cli("validate", path, env={"RULES_SIDECAR_SECRET_HOSTS": hosts})
+
+    assert result.returncode == 1
+    assert f"  {path}:6: {SECRET_ELSEWHERE}\n" in result.stderr
+
+
+def test_validate_accepts_a_secret_sent_to_its_bound_host(tmp_path):
+    path = tmp_path / "connectors.yaml"
+    path.write_text(BOUND_SECRET_FILE)
+
+    result = run_cli(
+        "validate", path, env={"RULES_SIDECAR_SECRET_HOSTS": '{"store_token": ["*.store.com"]}'}
+    )
+
+    assert (result.returncode, result.stdout.strip()) == (0, f"{path}: OK, 1 connector(s)")
+
+
+def test_validate_with_invalid_settings_exits_two_naming_them(tmp_path):
+    path = tmp_path / "connectors.yaml"
+    path.write_text(BOUND_SECRET_FILE)
+
+    result = run_cli("validate", path, env={"RULES_SIDECAR_SECRET_HOSTS": "[not a mapping"})
+
+    assert result.returncode == 2
+    assert "rules-sidecar: error: invalid settings" in result.stderr
+    assert "secret_hosts" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------

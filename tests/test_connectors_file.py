@@ -16,10 +16,12 @@ import pytest
 import yaml
 
 from sidecar.core.model import ConnectorSource, ConnectorStatus, HttpMethod
+from sidecar.core.secrets import SecretBindings
 from sidecar.errors import ConfigError
 from sidecar.registry import load_connectors_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+NO_BINDINGS = SecretBindings({})
 PROBLEM = re.compile(r"(?P<path>.+?):(?P<line>\d+): (?P<field>\S+): (?P<message>.+)", re.DOTALL)
 
 VALID_YAML = """\
@@ -52,9 +54,9 @@ def write(tmp_path: Path, text: str, name: str = "connectors.yaml") -> Path:
     return path
 
 
-def problems_of(path: Path) -> tuple[str, ...]:
+def problems_of(path: Path, bindings: SecretBindings = NO_BINDINGS) -> tuple[str, ...]:
     with pytest.raises(ConfigError) as caught:
-        load_connectors_file(path)
+        load_connectors_file(path, bindings=bindings)
     assert caught.value.problems, "a ConfigError must list its problems"
     return caught.value.problems
 
@@ -80,7 +82,7 @@ def test_valid_yaml_file_gives_read_only_connectors_at_version_one(tmp_path):
     modified = datetime(2026, 2, 3, 4, 5, 6, tzinfo=UTC)
     os.utime(path, (modified.timestamp(), modified.timestamp()))
 
-    order, crm = load_connectors_file(path)
+    order, crm = load_connectors_file(path, bindings=NO_BINDINGS)
 
     assert (order.id, crm.id) == ("order-status", "crm-contact-lookup")
     for connector in (order, crm):
@@ -101,8 +103,8 @@ def test_valid_json_file_gives_the_same_connectors_as_yaml(tmp_path, indent):
     path = write(tmp_path, json.dumps(document, indent=indent), "connectors.json")
     yaml_path = write(tmp_path, VALID_YAML)
 
-    from_json = load_connectors_file(path)
-    from_yaml = load_connectors_file(yaml_path)
+    from_json = load_connectors_file(path, bindings=NO_BINDINGS)
+    from_yaml = load_connectors_file(yaml_path, bindings=NO_BINDINGS)
 
     strip = {"update_time": None}
     assert [c.model_copy(update=strip) for c in from_json] == [
@@ -114,7 +116,7 @@ def test_valid_json_file_indented_with_tabs_is_accepted(tmp_path):
     document = yaml.safe_load(VALID_YAML)
     path = write(tmp_path, json.dumps(document, indent="\t"), "connectors.json")
 
-    assert len(load_connectors_file(path)) == 2
+    assert len(load_connectors_file(path, bindings=NO_BINDINGS)) == 2
 
 
 @pytest.mark.parametrize(
@@ -123,11 +125,13 @@ def test_valid_json_file_indented_with_tabs_is_accepted(tmp_path):
     ids=["empty", "blank-lines", "comment-only", "empty-document", "empty-list"],
 )
 def test_file_without_connectors_gives_none(tmp_path, text):
-    assert load_connectors_file(write(tmp_path, text)) == ()
+    assert load_connectors_file(write(tmp_path, text), bindings=NO_BINDINGS) == ()
 
 
 def test_example_connectors_file_is_valid():
-    connectors = load_connectors_file(REPO_ROOT / "examples" / "connectors.yaml")
+    connectors = load_connectors_file(
+        REPO_ROOT / "examples" / "connectors.yaml", bindings=NO_BINDINGS
+    )
 
     declared = yaml.safe_load((REPO_ROOT / "examples" / "connectors.yaml").read_text())
     assert [c.id for c in connectors] == [entry["id"] for entry in declared["connectors"]]
@@ -197,7 +201,7 @@ def test_yaml_syntax_error_names_the_file_and_the_line(tmp_path):
     )
 
     with pytest.raises(ConfigError) as caught:
-        load_connectors_file(path)
+        load_connectors_file(path, bindings=NO_BINDINGS)
 
     assert str(path) in caught.value.message
     (problem,) = caught.value.problems
@@ -237,7 +241,7 @@ def test_unreadable_file_is_a_config_error_naming_it(tmp_path, make, reason):
     path = make(tmp_path)
 
     with pytest.raises(ConfigError) as caught:
-        load_connectors_file(path)
+        load_connectors_file(path, bindings=NO_BINDINGS)
 
     assert caught.value.message.startswith(f"cannot read connectors file {path}")
     assert reason in caught.value.message
@@ -321,7 +325,7 @@ def test_config_error_message_counts_the_problems(tmp_path):
     path = write(tmp_path, MANY_PROBLEMS)
 
     with pytest.raises(ConfigError) as caught:
-        load_connectors_file(path)
+        load_connectors_file(path, bindings=NO_BINDINGS)
 
     assert caught.value.message == f"{path}: 10 problem(s)"
 
@@ -402,3 +406,29 @@ def test_one_bad_connector_refuses_the_whole_file(tmp_path):
     (problem,) = problems_of(path)
 
     assert problem == f"{path}:21: connectors[2].url_template: Field required"
+
+
+# ---------------------------------------------------------------------------------------------
+# Secrets bound to hosts: the rule RegisterConnector applies
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_secret_bound_to_another_host_is_refused_at_its_auth_line(tmp_path):
+    path = write(tmp_path, VALID_YAML)
+    bindings = SecretBindings({"store_api_key": ["api.payments.example"]})
+
+    (problem,) = problems_of(path, bindings)
+
+    assert problem == (
+        f"{path}:10: connectors[0].auth: connector 'order-status': secret 'store_api_key' may "
+        "only be sent to api.payments.example, not to 'api.store.com' (the secret_hosts setting)"
+    )
+
+
+def test_secrets_bound_to_their_connectors_hosts_load(tmp_path):
+    path = write(tmp_path, VALID_YAML)
+    bindings = SecretBindings({"store_api_key": ["*.store.com"], "crm_token": ["crm.example.com"]})
+
+    connectors = load_connectors_file(path, bindings=bindings)
+
+    assert [connector.id for connector in connectors] == ["order-status", "crm-contact-lookup"]

@@ -160,7 +160,7 @@ def evaluate(
 ) -> tuple[Outcome, FakeSend]:
     send = FakeSend(answer)
     connectors = Connectors(connector or make_connector())
-    engine = Engine(connectors, Secrets(secrets), send, bindings=bindings)
+    engine = Engine(connectors, Secrets(secrets), send, bindings=bindings or SecretBindings({}))
     outcome = asyncio.run(
         engine.evaluate(
             compile_node(node),
@@ -825,7 +825,7 @@ def test_templates_are_compiled_once_per_connector_version(
     monkeypatch.setattr(engine_module, "compile_request", counting)
     connectors = Connectors(make_connector(version=1))
     send = FakeSend(json_response(SHIPPED))
-    engine = Engine(connectors, Secrets(), send)
+    engine = Engine(connectors, Secrets(), send, bindings=SecretBindings({}))
     node = compile_node(make_node(branch("always")))
 
     async def three_calls() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from sidecar.core.model import Connector, ConnectorSource, ConnectorStatus
+from sidecar.core.secrets import SecretBindings
 from sidecar.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -26,6 +27,7 @@ from sidecar.registry import ConnectorStore, Registry
 from sidecar.registry.registry import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 MakeRegistry = Callable[..., Registry]
+NO_BINDINGS = SecretBindings({})
 
 
 def definition(connector_id: str = "order-status", **fields: Any) -> Connector:
@@ -61,9 +63,11 @@ def make_registry(tmp_path: Path) -> Iterator[MakeRegistry]:
     """Builds registries over a store in tmp_path/data and closes every one afterwards."""
     made: list[Registry] = []
 
-    def make(file_connectors: Iterable[Connector] = ()) -> Registry:
+    def make(
+        file_connectors: Iterable[Connector] = (), bindings: SecretBindings = NO_BINDINGS
+    ) -> Registry:
         store = ConnectorStore(tmp_path / "data" / "connectors.sqlite3")
-        registry = Registry(store, file_connectors=file_connectors)
+        registry = Registry(store, bindings=bindings, file_connectors=file_connectors)
         made.append(registry)
         return registry
 
@@ -236,6 +240,38 @@ def test_versions_continue_after_delete_across_a_restart(make_registry):
     second = make_registry()
 
     assert register(second, definition())[0].version == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Secrets bound to hosts (secret_hosts)
+# ---------------------------------------------------------------------------------------------
+
+BEARER = {"bearer": {"token_secret": "store_token"}}
+
+
+def test_a_secret_bound_to_another_host_is_refused_on_auth_and_nothing_is_stored(make_registry):
+    registry = make_registry(bindings=SecretBindings({"store_token": ["api.crm.example"]}))
+
+    with pytest.raises(InvalidArgumentError) as refused:
+        register(registry, definition(auth=BEARER))
+
+    assert [(v.field, v.description) for v in refused.value.violations] == [
+        (
+            "connector.auth",
+            "secret 'store_token' may only be sent to api.crm.example, not to 'api.store.com'",
+        )
+    ]
+    assert registry.get("order-status") is None
+    registry.close()
+    assert make_registry().get("order-status") is None  # nor in the store
+
+
+def test_a_secret_bound_to_the_connectors_host_is_registered(make_registry):
+    registry = make_registry(bindings=SecretBindings({"store_token": ["*.store.com"]}))
+
+    stored, created = register(registry, definition(auth=BEARER))
+
+    assert (stored.version, created) == (1, True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,7 +525,7 @@ def test_failed_create_on_a_broken_store_is_a_store_error(make_registry):
 def test_a_reload_during_an_api_write_keeps_the_file_definition(tmp_path):
     async def scenario():
         store = ConnectorStore(tmp_path / "store.sqlite3")
-        registry = Registry(store, file_connectors=())
+        registry = Registry(store, bindings=NO_BINDINGS, file_connectors=())
         original_put = store.put
 
         def put_while_the_file_arrives(connector):

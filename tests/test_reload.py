@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from sidecar.core.model import Connector, ConnectorSource
+from sidecar.core.secrets import SecretBindings
 from sidecar.registry import ConnectorStore, Registry, load_connectors_file
 from sidecar.registry.watcher import (
     Changes,
@@ -28,6 +29,7 @@ from sidecar.registry.watcher import (
 from tests.support.configmap_volume import ConfigMapVolume
 
 FILE_NAME = "connectors.yaml"
+NO_BINDINGS = SecretBindings({})
 
 
 def connector_definition(connector_id: str, path: str = "orders") -> dict[str, Any]:
@@ -56,7 +58,7 @@ def volume(tmp_path: Path) -> ConfigMapVolume:
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
     store = ConnectorStore(tmp_path / "store.sqlite3", busy_timeout_seconds=1.0)
-    registry = Registry(store, file_connectors=())
+    registry = Registry(store, bindings=NO_BINDINGS, file_connectors=())
     yield registry
     registry.close()
 
@@ -64,15 +66,26 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 class Harness:
     """A registry loaded from the volume's first version, and a watcher over the visible path."""
 
-    def __init__(self, volume: ConfigMapVolume, registry: Registry, text: str) -> None:
+    def __init__(
+        self,
+        volume: ConfigMapVolume,
+        registry: Registry,
+        text: str,
+        bindings: SecretBindings = NO_BINDINGS,
+    ) -> None:
         self.volume = volume
         self.registry = registry
         self.path = volume.write({FILE_NAME: text})[FILE_NAME]
-        initial = load_connectors_file(self.path)
+        initial = load_connectors_file(self.path, bindings=NO_BINDINGS)
         registry.replace_file_connectors(initial)
         self.states: list[ReloadState] = []
         self.watcher = ConnectorsFileWatcher(
-            self.path, registry, initial, interval_seconds=0.01, on_state=self._record
+            self.path,
+            registry,
+            initial,
+            bindings=bindings,
+            interval_seconds=0.01,
+            on_state=self._record,
         )
 
     async def _record(self, state: ReloadState) -> None:
@@ -238,6 +251,26 @@ def test_invalid_file_keeps_the_last_good_set_and_says_why(harness, caplog):
     assert "keeping the last good set (2 connector(s)" in message
     assert "connectors[0].url_template" in message
     assert "\n" not in message
+
+
+def test_a_reload_carrying_a_secret_to_an_unbound_host_keeps_the_last_good_set(volume, registry):
+    bound = connector_definition("order-status")
+    bound["auth"] = {"bearer": {"token_secret": "store_token"}}
+    bindings = SecretBindings({"store_token": ["api.store.com"]})
+    harness = Harness(volume, registry, connectors_yaml(bound), bindings)
+    harness.check()
+    moved = {**bound, "url_template": "https://api.elsewhere.example/orders/{{order_number}}"}
+    harness.publish(connectors_yaml(moved))
+
+    state = harness.check()
+
+    assert not state.valid
+    assert state.last_error is not None
+    assert (
+        "connectors[0].auth: connector 'order-status': secret 'store_token' may only be sent to "
+        "api.store.com, not to 'api.elsewhere.example' (the secret_hosts setting)"
+    ) in state.last_error
+    assert harness.registry.require("order-status").url_template == bound["url_template"]
 
 
 def test_invalid_file_is_reported_once_not_at_every_poll(harness, caplog):

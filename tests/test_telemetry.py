@@ -1,7 +1,7 @@
 """Telemetry: spans, metrics and evaluation log lines, over the real wire.
 
 An in-process sidecar (127.0.0.1:0) gets a `Telemetry` with in-memory exporters (the composition
-root's `Telemetry.from_settings` is patched to hand it over) and calls real loopback upstreams;
+root's `telemetry` parameter, through `sidecar_factory`) and calls real loopback upstreams;
 the tests read back the span tree, the attributes, the metric points and the log lines. The
 configuration tables and URL redaction are checked without a server.
 """
@@ -156,7 +156,6 @@ def traced(
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     reader = InMemoryMetricReader()
     telemetry = Telemetry(tracer_provider, MeterProvider([reader]))
-    monkeypatch.setattr(Telemetry, "from_settings", staticmethod(lambda settings: telemetry))
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     (secrets / "store_api_key").write_text(ORDER_API_KEY)
@@ -167,7 +166,8 @@ def traced(
     evaluations.addHandler(handler)
     monkeypatch.setattr(evaluations, "level", logging.INFO)
     try:
-        yield Traced(sidecar_factory(secrets_dir=secrets), upstream, spans, reader, log)
+        sidecar = sidecar_factory(secrets_dir=secrets, telemetry=telemetry)
+        yield Traced(sidecar, upstream, spans, reader, log)
     finally:
         evaluations.removeHandler(handler)
 
@@ -457,10 +457,9 @@ def test_server_span_sees_a_call_refused_by_the_token_check(
     provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
     provider.add_span_processor(SimpleSpanProcessor(spans))
     telemetry = Telemetry(provider)
-    monkeypatch.setattr(Telemetry, "from_settings", staticmethod(lambda settings: telemetry))
     token = tmp_path / "evaluation-token"
     token.write_text("let-me-in-0123456789")
-    sidecar = sidecar_factory(evaluation_token_file=token)
+    sidecar = sidecar_factory(evaluation_token_file=token, telemetry=telemetry)
 
     with pytest.raises(grpc.RpcError) as raised:
         sidecar.stub.ListConnectors(pb.ListConnectorsRequest(), timeout=RPC_TIMEOUT)
@@ -537,8 +536,7 @@ def test_open_breaker_shows_in_the_state_gauge(
 ) -> None:
     reader = InMemoryMetricReader()
     telemetry = Telemetry(meter_provider=MeterProvider([reader]))
-    monkeypatch.setattr(Telemetry, "from_settings", staticmethod(lambda settings: telemetry))
-    sidecar = sidecar_factory(breaker_failure_threshold=1, retries=0)
+    sidecar = sidecar_factory(breaker_failure_threshold=1, retries=0, telemetry=telemetry)
     upstream.respond("/down", status=500, json={})
     traced = Traced(sidecar, upstream, InMemorySpanExporter(), reader, io.StringIO())
     traced.register("down", upstream.url("/down"))

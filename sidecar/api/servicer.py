@@ -2,14 +2,15 @@
 
 Handlers raise SidecarError subclasses and let `interceptors` turn them into statuses, so there is
 exactly one place where errors become gRPC codes.
+
+The servicer is built complete, once the registry has loaded; until then `ServiceGate` stands in
+its place on the server and answers every call UNAVAILABLE (health says NOT_SERVING meanwhile).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
-from urllib.parse import urlsplit
+from collections.abc import Sequence
+from typing import Any, cast
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,16 +19,15 @@ from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
 from sidecar.api import wire
 from sidecar.core import model
+from sidecar.core.compiled_cache import CompiledCache
 from sidecar.core.documents import DocumentError, parse_document
 from sidecar.core.engine import CompiledNode, Engine, compile_node
 from sidecar.core.extraction import CompiledExtractions, compile_extractions, required_failures
 from sidecar.core.model.node import MAX_EXTRACTIONS
-from sidecar.core.secrets import SecretBindings
 from sidecar.errors import FieldViolation, InvalidArgumentError, NotReadyError, OverloadedError
 from sidecar.registry import Registry
 from sidecar.telemetry.instruments import Telemetry
 
-T = TypeVar("T")
 _EVALUATION_MODES = frozenset(pb.EvaluationMode.values())
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RulesSidecarService"].full_name
 
@@ -37,43 +37,24 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
 
     def __init__(
         self,
+        registry: Registry,
+        engine: Engine,
         *,
-        max_concurrent_evaluations: int = 512,
-        bindings: SecretBindings | None = None,
-        telemetry: Telemetry | None = None,
+        telemetry: Telemetry,
+        max_concurrent_evaluations: int,
     ) -> None:
-        self._telemetry = telemetry or Telemetry()
-        self._registry: Registry | None = None
-        self._engine: Engine | None = None
-        self._nodes: CompiledCache[CompiledNode] = CompiledCache()
-        self._extractions: CompiledCache[CompiledExtractions] = CompiledCache()
-        self._bindings = bindings or SecretBindings({})
-        self._evaluation_slots = max_concurrent_evaluations
-        self._evaluations_in_flight = 0
-
-    def attach(self, registry: Registry, engine: Engine) -> None:
-        """Start answering (until then every call answers UNAVAILABLE)."""
         self._registry = registry
         self._engine = engine
+        self._telemetry = telemetry
+        self._nodes: CompiledCache[bytes, CompiledNode] = CompiledCache(limit=1024)
+        self._extractions: CompiledCache[bytes, CompiledExtractions] = CompiledCache(limit=1024)
+        self._evaluation_slots = max_concurrent_evaluations
+        self._evaluations_in_flight = 0
 
     @property
     def evaluations_in_flight(self) -> int:
         """EvaluateNode calls being evaluated now (a metric)."""
         return self._evaluations_in_flight
-
-    @property
-    def registry(self) -> Registry:
-        """The loaded registry, or NotReadyError while the sidecar is still starting."""
-        if self._registry is None:
-            raise NotReadyError("the sidecar is still loading its connectors; retry shortly")
-        return self._registry
-
-    @property
-    def engine(self) -> Engine:
-        """The evaluation engine, or NotReadyError while the sidecar is still starting."""
-        if self._engine is None:
-            raise NotReadyError("the sidecar is still loading its connectors; retry shortly")
-        return self._engine
 
     async def RegisterConnector(
         self,
@@ -85,16 +66,10 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         if not request.HasField("connector"):
             raise InvalidArgumentError([FieldViolation("connector", "required")])
         connector = wire.connector_from_proto(request.connector)
-        host = urlsplit(connector.url_template).hostname or ""
-        refused = self._bindings.violations(connector.secret_names(), host)
-        if refused:
-            raise InvalidArgumentError(
-                [FieldViolation("connector.auth", problem) for problem in refused]
-            )
         expected = request.expected_version if request.HasField("expected_version") else None
         if expected is not None and expected < 0:
             raise InvalidArgumentError([FieldViolation("expected_version", "must be >= 0")])
-        stored, created = await self.registry.register(connector, expected_version=expected)
+        stored, created = await self._registry.register(connector, expected_version=expected)
         return pb.RegisterConnectorResponse(
             connector=wire.connector_to_proto(stored), created=created
         )
@@ -105,7 +80,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         context: grpc.aio.ServicerContext[pb.GetConnectorRequest, pb.GetConnectorResponse],
     ) -> pb.GetConnectorResponse:
         _require_id(request.id)
-        connector = self.registry.require(request.id)
+        connector = self._registry.require(request.id)
         return pb.GetConnectorResponse(connector=wire.connector_to_proto(connector))
 
     async def ListConnectors(
@@ -118,7 +93,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         )
         if status_name is not None and status_name not in model.ConnectorStatus.__members__:
             raise InvalidArgumentError([FieldViolation("status", status_name)])
-        page, next_token = self.registry.list_page(
+        page, next_token = self._registry.list_page(
             page_size=request.page_size,
             page_token=request.page_token,
             status=model.ConnectorStatus(status_name) if status_name else None,
@@ -134,7 +109,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
     ) -> pb.DeleteConnectorResponse:
         _require_id(request.id)
         expected = request.expected_version if request.HasField("expected_version") else None
-        version = await self.registry.delete(request.id, expected_version=expected)
+        version = await self._registry.delete(request.id, expected_version=expected)
         return pb.DeleteConnectorResponse(deleted_version=version)
 
     async def EvaluateNode(
@@ -160,7 +135,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         try:
             # The INTERNAL span, the evaluations counter and the evaluation's log line.
             with self._telemetry.evaluation(compiled.node) as evaluation:
-                outcome = await self.engine.evaluate(
+                outcome = await self._engine.evaluate(
                     compiled,
                     variables,
                     explain=request.explain,
@@ -202,35 +177,70 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         return response
 
 
+class ServiceGate(grpc.GenericRpcHandler):
+    """RulesSidecarService on the server: closed (UNAVAILABLE) until `open` hands it a servicer.
+
+    The server answers health (NOT_SERVING) before the store and the connectors file are loaded,
+    but a servicer needs the registry they fill; the gate holds the servicer's place meanwhile,
+    so the servicer is built complete, once, with nothing in it that can still be missing.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: tuple[grpc.GenericRpcHandler, ...] = ()
+
+    def open(self, servicer: RulesSidecarServicer) -> None:
+        """Route calls to `servicer` from now on."""
+        registrar = _HandlerRegistrar()
+        # The generated function calls only the two registration methods _HandlerRegistrar has.
+        pb_grpc.add_RulesSidecarServiceServicer_to_server(
+            servicer, cast("grpc.aio.Server", registrar)
+        )
+        self._handlers = registrar.handlers
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        """The servicer's handler for this call, a refusal while closed, None for other services."""
+        method: str = handler_call_details.method
+        if not method.startswith(f"/{SERVICE_NAME}/"):
+            return None
+        if not self._handlers:
+            return _NOT_READY
+        for handler in self._handlers:
+            found = handler.service(handler_call_details)
+            if found is not None:
+                return found
+        return None
+
+
+class _HandlerRegistrar:
+    """Takes what the generated `add_..._to_server` registers, for the gate to route to."""
+
+    def __init__(self) -> None:
+        self.handlers: tuple[grpc.GenericRpcHandler, ...] = ()
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self.handlers += tuple(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: object) -> None:
+        """The same handlers again, pre-registered; the generic ones are enough for the gate."""
+
+
+async def _refuse_while_loading(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    raise NotReadyError("the sidecar is still loading its connectors; retry shortly")
+
+
+# Request bytes are never parsed: whatever was sent, the answer is the same refusal.
+_NOT_READY: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
+    _refuse_while_loading
+)
+
+
 class _ExtractionsInput(BaseModel):
     """Validates ExtractVariables' extractions, with field paths `extractions[i]...`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     extractions: tuple[model.Extraction, ...] = Field(max_length=MAX_EXTRACTIONS)
-
-
-class CompiledCache(Generic[T]):
-    """Compiled forms by the bytes of the message they came from: a repeat costs one lookup.
-
-    Backends send the same few nodes and extraction lists over and over; validating and
-    compiling them (pydantic, JMESPath, RE2) on every call would dominate the hot path.
-    Bounded, least recently used out. Only successful compilations are kept.
-    """
-
-    def __init__(self, limit: int = 1024) -> None:
-        self._limit = limit
-        self._entries: OrderedDict[bytes, T] = OrderedDict()
-
-    def get(self, key: bytes, build: Callable[[], T]) -> T:
-        """The cached value for key, or build() (which may raise) on first sight."""
-        found = self._entries.get(key)
-        if found is not None:
-            self._entries.move_to_end(key)
-            return found
-        built = self._entries[key] = build()
-        if len(self._entries) > self._limit:
-            self._entries.popitem(last=False)
-        return built
 
 
 def _compile_node_message(node: pb.Node) -> CompiledNode:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from sidecar.core.auth import authorise, masked_request
+from sidecar.core.compiled_cache import CompiledCache
 from sidecar.core.conditions import CompiledBranches, ResponseView, compile_branches
 from sidecar.core.documents import DocumentError, parse_document
 from sidecar.core.extraction import CompiledExtractions, compile_extractions, required_failures
@@ -107,7 +108,7 @@ def compile_node(node: Node) -> CompiledNode:
 class Engine:
     """Evaluates compiled nodes against registered connectors::
 
-        engine = Engine(registry, secret_store, egress.send)
+        engine = Engine(registry, secret_store, egress.send, bindings=bindings)
         outcome = await engine.evaluate(compile_node(node), {"order_number": "A-1"})
 
     The composition root builds one; tests/test_engine.py drives one with a recording `send`.
@@ -119,13 +120,15 @@ class Engine:
         secrets: SecretLookup,
         send: Send,
         *,
-        bindings: SecretBindings | None = None,
+        bindings: SecretBindings,
     ) -> None:
         self._connectors = connectors
         self._secrets = secrets
         self._send = send
-        self._bindings = bindings or SecretBindings({})
-        self._prepared: dict[tuple[object, ...], _Prepared] = {}
+        self._bindings = bindings
+        self._prepared: CompiledCache[tuple[object, ...], _Prepared] = CompiledCache(
+            limit=_TEMPLATE_CACHE_LIMIT
+        )
 
     async def evaluate(
         self,
@@ -181,12 +184,7 @@ class Engine:
     def _prepare(self, connector: Connector) -> _Prepared:
         """Compiled once per connector version (versions never repeat for an id)."""
         key = (connector.id, connector.version, connector.source, connector.update_time)
-        prepared = self._prepared.get(key)
-        if prepared is None:
-            if len(self._prepared) >= _TEMPLATE_CACHE_LIMIT:
-                self._prepared.clear()
-            prepared = self._prepared[key] = _Prepared.of(connector)
-        return prepared
+        return self._prepared.get(key, lambda: _Prepared.of(connector))
 
     def _check_bindings(self, connector: Connector, host: str) -> None:
         """Checked again at send time: the operator's bindings may have changed since the

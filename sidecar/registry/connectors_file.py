@@ -2,7 +2,9 @@
 
 Same schema as the API (field names of `sidecar.core.model.Connector`, enums without their proto
 prefix). Every problem is reported with its location, `file:line: connectors[0].url_template:
-why`, so `rules-sidecar validate` can list them all at once.
+why`, so `rules-sidecar validate` can list them all at once. A connector that would carry a secret
+to a host the `secret_hosts` setting does not bind it to is one of those problems: the file obeys
+the same rule as RegisterConnector.
 
     connectors:
       - id: order-status
@@ -22,12 +24,14 @@ import yaml
 from pydantic import ValidationError
 
 from sidecar.core.model import Connector, ConnectorSource
+from sidecar.core.secrets import SecretBindings
 from sidecar.errors import ConfigError, clean_message, field_path
+from sidecar.registry.registry import secret_host_refusals
 
 OUTPUT_ONLY_FIELDS = ("version", "update_time", "source")
 
 
-def load_connectors_file(path: Path) -> tuple[Connector, ...]:
+def load_connectors_file(path: Path, *, bindings: SecretBindings) -> tuple[Connector, ...]:
     """Parse and validate a connectors file; ConfigError listing every problem with its line."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -96,6 +100,15 @@ def load_connectors_file(path: Path) -> tuple[Connector, ...]:
             )
             continue
         seen[connector.id] = index
+        for refused in secret_host_refusals(connector, bindings):
+            problems.append(
+                _problem(
+                    path,
+                    root_node,
+                    (*location, "auth"),
+                    f"connector {connector.id!r}: {refused} (the secret_hosts setting)",
+                )
+            )
         connectors.append(
             connector.model_copy(
                 update={"version": 1, "update_time": modified, "source": ConnectorSource.FILE}

@@ -9,6 +9,11 @@ declares. Those connectors are read-only at runtime (RegisterConnector and Delet
 FAILED_PRECONDITION for them) and are never written to the store; an API-registered connector with
 the same id is shadowed by the file's (and a warning is logged). Every other id is managed through
 the API and kept in the store across restarts.
+
+Every connector that enters obeys the operator's `secret_hosts`: a registration that would carry a
+bound secret to another host is refused here (INVALID_ARGUMENT on `connector.auth`), as the
+connectors file refuses such a connector when it is loaded (`load_connectors_file`). Stored
+connectors registered under an older binding still load; the engine refuses to send them.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 from sidecar.core.model import Connector, ConnectorSource, ConnectorStatus
+from sidecar.core.model.connector import CONNECTOR_ID_PATTERN
+from sidecar.core.secrets import SecretBindings
 from sidecar.errors import (
     FieldViolation,
     InvalidArgumentError,
@@ -37,7 +45,7 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_CONNECTOR_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_CONNECTOR_ID = re.compile(CONNECTOR_ID_PATTERN)
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
@@ -47,12 +55,19 @@ class Registry:
 
     Usage::
 
-        registry = Registry(store, file_connectors=())
+        registry = Registry(store, bindings=bindings, file_connectors=())
         connector, created = await registry.register(definition, expected_version=0)
     """
 
-    def __init__(self, store: ConnectorStore, *, file_connectors: Iterable[Connector]) -> None:
+    def __init__(
+        self,
+        store: ConnectorStore,
+        *,
+        bindings: SecretBindings,
+        file_connectors: Iterable[Connector],
+    ) -> None:
         self._store = store
+        self._bindings = bindings
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-store")
         self._write_lock = asyncio.Lock()
         self._api = {connector.id: connector for connector in store.load_all()}
@@ -94,6 +109,11 @@ class Registry:
         self, connector: Connector, *, expected_version: int | None
     ) -> tuple[Connector, bool]:
         """Create or replace a connector; returns the stored version and whether it was new."""
+        refused = secret_host_refusals(connector, self._bindings)
+        if refused:
+            raise InvalidArgumentError(
+                [FieldViolation("connector.auth", problem) for problem in refused]
+            )
         async with self._write_lock:
             self._refuse_file_managed(connector.id)
             current = self._api.get(connector.id)
@@ -160,6 +180,12 @@ class Registry:
     async def _run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._writer, lambda: function(*args, **kwargs))
+
+
+def secret_host_refusals(connector: Connector, bindings: SecretBindings) -> list[str]:
+    """The rule every connector obeys on entering: a bound secret goes only to its hosts."""
+    host = urlsplit(connector.url_template).hostname or ""
+    return bindings.violations(connector.secret_names(), host)
 
 
 def _check_expected(connector_id: str, expected: int | None, current: int) -> None:

@@ -22,7 +22,8 @@ The watcher reports every new state to `on_state`; the server turns it into the 
 
 Usage::
 
-    watcher = ConnectorsFileWatcher(path, registry, initial, interval_seconds=1.0)
+    watcher = ConnectorsFileWatcher(path, registry, initial, bindings=bindings,
+                                    interval_seconds=1.0)
     watcher.start()
     watcher.state.valid, watcher.state.last_error    # (True, None)
     await watcher.stop()
@@ -41,12 +42,11 @@ from pathlib import Path
 from typing import Protocol
 
 from sidecar.core.model import Connector
+from sidecar.core.secrets import SecretBindings
 from sidecar.errors import ConfigError
-from sidecar.registry import load_connectors_file
+from sidecar.registry.connectors_file import OUTPUT_ONLY_FIELDS, load_connectors_file
 
 log = logging.getLogger(__name__)
-
-OUTPUT_ONLY_FIELDS = {"version", "update_time", "source"}
 
 
 class FileConnectorSink(Protocol):
@@ -153,9 +153,8 @@ def reconcile(
 
 def same_definition(left: Connector, right: Connector) -> bool:
     """Equal in everything but the output-only fields (version, update_time, source)."""
-    return left.model_dump(exclude=OUTPUT_ONLY_FIELDS) == right.model_dump(
-        exclude=OUTPUT_ONLY_FIELDS
-    )
+    output_only = set(OUTPUT_ONLY_FIELDS)
+    return left.model_dump(exclude=output_only) == right.model_dump(exclude=output_only)
 
 
 StateListener = Callable[[ReloadState], Awaitable[None]]
@@ -174,11 +173,13 @@ class ConnectorsFileWatcher:
         registry: FileConnectorSink,
         initial: Iterable[Connector],
         *,
+        bindings: SecretBindings,
         interval_seconds: float,
         on_state: StateListener | None = None,
     ) -> None:
         self._path = path
         self._registry = registry
+        self._bindings = bindings
         self._interval = interval_seconds
         self._on_state = on_state
         self._current = {connector.id: connector for connector in initial}
@@ -221,7 +222,9 @@ class ConnectorsFileWatcher:
         try:
             if stamp is None:
                 raise ConfigError(f"cannot read connectors file {self._path}: it is missing")
-            loaded = await asyncio.to_thread(load_connectors_file, self._path)
+            loaded = await asyncio.to_thread(
+                load_connectors_file, self._path, bindings=self._bindings
+            )
         except ConfigError as error:
             self._fail(error)
         else:

@@ -194,6 +194,38 @@ def test_an_invalid_connectors_file_stops_startup_with_exit_2_listing_each_probl
     assert "Traceback" not in result.stderr
 
 
+def test_a_file_connector_carrying_a_secret_to_an_unbound_host_stops_startup_with_exit_2(
+    tmp_path: Path,
+) -> None:
+    connectors_file = tmp_path / "connectors.yaml"
+    connectors_file.write_text(
+        "connectors:\n"
+        "  - id: order-status\n"
+        "    status: LIVE\n"
+        "    url_template: https://api.store.com/orders/{{order_number}}\n"
+        "    auth: {bearer: {token_secret: store_token}}\n"
+    )
+    config_file = tmp_path / "sidecar.yaml"
+    config_file.write_text("secret_hosts: {store_token: [api.payments.example]}\n")
+
+    result = run_serve_until_exit(
+        "--config",
+        str(config_file),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--connectors-file",
+        str(connectors_file),
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert (
+        f"{connectors_file}:5: connectors[0].auth: connector 'order-status': secret "
+        "'store_token' may only be sent to api.payments.example, not to 'api.store.com' (the "
+        "secret_hosts setting)"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_second_sidecar_on_the_same_data_dir_is_refused(sidecar_process: StartSidecar) -> None:
     running = sidecar_process()
 

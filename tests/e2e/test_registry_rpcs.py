@@ -488,6 +488,20 @@ INVALID_REGISTRATIONS = [
 ]
 
 
+def test_a_secret_bound_to_another_host_is_a_violation_of_connector_auth(
+    sidecar_factory: Callable[..., InProcessSidecar],
+) -> None:
+    sidecar = sidecar_factory(secret_hosts={"store_token": ["api.payments.example"]})
+    bearer = pb.Auth(bearer=pb.BearerAuth(token_secret="store_token"))
+
+    error = rpc_error_of(lambda: register(sidecar.stub, connector(auth=bearer)))
+
+    assert violated_fields(error) == ["connector.auth"]
+    assert "secret 'store_token' may only be sent to api.payments.example" in error.details()
+    missing = rpc_error_of(lambda: get(sidecar.stub, "orders"))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+
 @pytest.mark.parametrize(("request_or_connector", "expected_fields"), INVALID_REGISTRATIONS)
 def test_invalid_registration_names_every_bad_field(
     running_sidecar: InProcessSidecar,

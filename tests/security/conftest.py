@@ -1,9 +1,9 @@
 """The security suite's safety net: loopback only, and every attempt counted.
 
-The autouse `network` fixture installs the recording connector and the fake resolver of
-tests/support/network.py into `sidecar.server` (so in-process sidecars use them) and replaces the
-system resolver of `sidecar.egress.transport` with one that refuses everything; at teardown it
-fails the test if any violation was recorded. `raw_servers` gives raw loopback servers
+The autouse `network` fixture records every connection and lookup of the test; `sidecar_seams`
+hands its recording connector and fake resolver (tests/support/network.py) to every in-process
+sidecar the test starts, through the composition root's parameters. At teardown `network` fails
+the test if any violation was recorded. `raw_servers` gives raw loopback servers
 (tests/support/raw_servers.py).
 """
 
@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 
-import sidecar.egress.transport
-import sidecar.server
-from tests.support.network import Network, RefusingResolver, recording_egress_factory
+from tests.support.network import Network, recording_seams
 from tests.support.raw_servers import RawServers
+from tests.support.sidecars import Seams
 
 # Totals over the session, reported at the end of the run (pytest_terminal_summary).
 SESSION_TOTALS = {
@@ -30,13 +29,9 @@ SESSION_TOTALS = {
 
 
 @pytest.fixture(autouse=True)
-def network(monkeypatch: pytest.MonkeyPatch) -> Iterator[Network]:
+def network() -> Iterator[Network]:
     """Loopback only for every egress of the test; fails the test on any violation."""
     recorded = Network()
-    monkeypatch.setattr(sidecar.server, "Egress", recording_egress_factory(recorded))
-    monkeypatch.setattr(
-        sidecar.egress.transport, "DefaultResolver", lambda: RefusingResolver(recorded)
-    )
     yield recorded
     violations = recorded.non_loopback_attempts()
     SESSION_TOTALS["tests"] += 1
@@ -46,6 +41,12 @@ def network(monkeypatch: pytest.MonkeyPatch) -> Iterator[Network]:
     SESSION_TOTALS["refused as strict-xfail evidence"] += len(recorded.excused)
     SESSION_TOTALS["lookups"] += len(recorded.lookups)
     assert violations == [], "a connection outside loopback was attempted"
+
+
+@pytest.fixture
+def sidecar_seams(network: Network) -> Seams:
+    """Every in-process sidecar of the suite connects through the recording network."""
+    return recording_seams(network)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -39,6 +39,7 @@ import pytest
 from sidecar.core.engine import Engine, compile_node
 from sidecar.core.model import Connector, Node, Outcome, Reason
 from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
+from sidecar.core.secrets import SecretBindings
 from sidecar.egress import Egress, EgressLimits
 from tests.support.network import FAST_RETRIES, LOOPBACK_POLICY, Network, recording_egress
 from tests.support.raw_servers import (
@@ -423,7 +424,9 @@ def evaluate_many(
     )
 
     async def use(egress: Egress) -> list[Outcome]:
-        engine = Engine({"hostile": connector}, NoSecrets(), egress.send)
+        engine = Engine(
+            {"hostile": connector}, NoSecrets(), egress.send, bindings=SecretBindings({})
+        )
         return [await engine.evaluate(node, {}) for _ in range(calls)]
 
     return run_bounded(network, use, limits)

@@ -111,10 +111,11 @@ def record_text(record: logging.LogRecord) -> str:
 
 @dataclass
 class Telemetry:
-    """In-memory span exporter and metric reader handed to the sidecar under test."""
+    """In-memory span exporter and metric reader, and the sidecar telemetry that feeds them."""
 
     spans: InMemorySpanExporter
     metrics: InMemoryMetricReader
+    instruments: Any  # sidecar.telemetry.instruments.Telemetry, handed to the sidecar
 
     def span_texts(self) -> list[str]:
         return [span.to_json() for span in self.spans.get_finished_spans()]
@@ -125,8 +126,8 @@ class Telemetry:
 
 
 @pytest.fixture
-def telemetry(monkeypatch: pytest.MonkeyPatch) -> Telemetry:
-    """Make every in-process sidecar of the test export spans and metrics to memory."""
+def telemetry() -> Telemetry:
+    """Spans and metrics exported to memory, for the sidecar the test starts with them."""
     telemetry_module = pytest.importorskip(
         "sidecar.telemetry.instruments",
         reason="TODO: no sidecar.telemetry.instruments yet, so no spans to search",
@@ -137,10 +138,7 @@ def telemetry(monkeypatch: pytest.MonkeyPatch) -> Telemetry:
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
     built = telemetry_module.Telemetry(tracer_provider, meter_provider)
-    monkeypatch.setattr(
-        telemetry_module.Telemetry, "from_settings", classmethod(lambda cls, settings: built)
-    )
-    return Telemetry(spans, reader)
+    return Telemetry(spans, reader, built)
 
 
 @pytest.fixture
@@ -339,7 +337,9 @@ def harness(
 ) -> Harness:
     caplog.set_level(logging.DEBUG)  # the root logger: what `log_level=DEBUG` sets
     # The breaker is not the subject here: repeated failures must not turn into CIRCUIT_OPEN.
-    sidecar = sidecar_factory(secrets_dir=secrets_dir, breaker_failure_threshold=100)
+    sidecar = sidecar_factory(
+        secrets_dir=secrets_dir, breaker_failure_threshold=100, telemetry=telemetry.instruments
+    )
     return Harness(sidecar, telemetry, caplog, Stage(upstream, other_upstream, raw_servers))
 
 

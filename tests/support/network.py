@@ -9,21 +9,20 @@ under test is broken. So every egress built there (directly, or by an in-process
   same door in case aiohttp's internals change.
 - `FakeResolver`, canned DNS answers per name (recording every lookup): no real DNS query is
   ever made for a hostile name. A name it does not know fails like NXDOMAIN.
-- `RefusingResolver`, the stand-in for the system resolver: it refuses everything.
 
-The autouse `network` fixture of tests/security/conftest.py installs them and fails the test if
-any violation was recorded.
+The security suite's `sidecar_seams` fixture hands them to every in-process sidecar
+(`recording_seams`, parameters of the composition root); `recording_egress` builds a bare
+egress with them. The autouse `network` fixture fails the test if any violation was recorded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import ipaddress
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +31,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from sidecar.egress import Egress, EgressLimits
 from sidecar.egress.policy import EgressPolicy
+from tests.support.sidecars import Seams
 
 HOST = "127.0.0.1"
 LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
@@ -170,31 +170,13 @@ class FakeResolver(AbstractResolver):
         return None
 
 
-class RefusingResolver(AbstractResolver):
-    """Stands in for the system resolver: this suite never makes a real DNS query."""
-
-    def __init__(self, network: Network) -> None:
-        self._network = network
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        self._network.record_lookup(host)
-        raise OSError(errno.ENOENT, f"real DNS is off in the security suite ({host})")
-
-    async def close(self) -> None:
-        return None
-
-
-def recording_egress_factory(network: Network) -> Callable[..., Egress]:
-    """`Egress(policy, limits)` with the recording connector and the fake resolver."""
+def recording_seams(network: Network) -> Seams:
+    """The composition root's egress seams: the recording connector and the fake resolver."""
 
     def connector_factory(resolver: AbstractResolver) -> aiohttp.TCPConnector:
         return RecordingConnector(network=network, resolver=resolver)
 
-    return functools.partial(
-        Egress, resolver=FakeResolver(network), connector_factory=connector_factory
-    )
+    return Seams(resolver=FakeResolver(network), connector_factory=connector_factory)
 
 
 @contextlib.asynccontextmanager

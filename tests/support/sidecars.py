@@ -1,7 +1,9 @@
 """The real sidecar under test, in-process or as a `rules-sidecar serve` subprocess.
 
-`InProcessSidecars` runs the real server (create_server -> start -> load) on 127.0.0.1:0 in a
-background thread with its own event loop, and hands the test a synchronous channel and stub.
+`InProcessSidecars` runs the real sidecar (`start_sidecar`, the composition root) on
+127.0.0.1:0 in a background thread with its own event loop, and hands the test a synchronous
+channel and stub. `Seams` are what a test hands the composition root in place of the real thing
+(its own telemetry, a fake DNS, a recording connector): parameters, never patched globals.
 `SidecarProcesses` starts the real CLI on a free loopback port and waits until its health check
 says SERVING. Both stop everything they started on `close()`; the fixtures in tests/conftest.py
 call it at teardown.
@@ -20,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,10 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
-from sidecar.server import SidecarServer, create_server
+from sidecar.egress import ConnectorFactory, Resolver
+from sidecar.server import start_sidecar
 from sidecar.settings import ENV_PREFIX, Settings
+from sidecar.telemetry.instruments import Telemetry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONNECTORS_FILE = REPO_ROOT / "examples" / "connectors.yaml"
@@ -57,6 +61,18 @@ def example_connectors() -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Seams:
+    """The keyword arguments of `start_sidecar` a test may fill; None keeps the real one."""
+
+    telemetry: Telemetry | None = None
+    resolver: Resolver | None = None
+    connector_factory: ConnectorFactory | None = None
+
+    def as_arguments(self) -> dict[str, Any]:
+        return {seam.name: getattr(self, seam.name) for seam in fields(self)}
+
+
 @dataclass
 class InProcessSidecar:
     """A loaded sidecar served from a background thread, with a synchronous client."""
@@ -72,11 +88,12 @@ class InProcessSidecar:
 
 
 class ServerThread(threading.Thread):
-    """Runs create_server -> start -> load, waits for `stop`, then drains and closes."""
+    """Runs start_sidecar, waits for `stop`, then drains and closes."""
 
-    def __init__(self, settings: Settings, *, grace: float) -> None:
+    def __init__(self, settings: Settings, seams: Seams, *, grace: float) -> None:
         super().__init__(name="sidecar-under-test", daemon=True)
         self._settings = settings
+        self._seams = seams
         self._grace = grace
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -90,16 +107,11 @@ class ServerThread(threading.Thread):
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
-        sidecar: SidecarServer | None = None
         try:
-            sidecar = create_server(self._settings)
-            await sidecar.start()
-            await sidecar.load()
+            sidecar = await start_sidecar(self._settings, **self._seams.as_arguments())
             self.port = sidecar.port
-        except BaseException as exc:
+        except BaseException as exc:  # start_sidecar stopped what it had started
             self.error = exc
-            if sidecar is not None:
-                await sidecar.stop(grace=0)
             return
         finally:
             self._ready.set()
@@ -134,9 +146,9 @@ class InProcessSidecars:
         overrides.setdefault("listen_address", "127.0.0.1:0")
         return Settings.load(overrides=overrides)
 
-    def start(self, settings: Settings) -> InProcessSidecar:
+    def start(self, settings: Settings, seams: Seams = Seams()) -> InProcessSidecar:
         """Serve `settings` and return once the sidecar is loaded (or raise what stopped it)."""
-        thread = ServerThread(settings, grace=1.0)
+        thread = ServerThread(settings, seams, grace=1.0)
         thread.start()
         try:
             thread.wait_started()

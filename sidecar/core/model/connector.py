@@ -212,11 +212,12 @@ def _check_url_template(template: str) -> str:
     return template
 
 
+CONNECTOR_ID_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
 ConnectorId = Annotated[
     str,
     AfterValidator(
         _pattern_check(
-            r"[a-z0-9][a-z0-9_-]{0,63}",
+            CONNECTOR_ID_PATTERN,
             "must be a slug of 1-64 characters (a-z, 0-9, '-', '_') starting with a letter or "
             "digit",
         )
