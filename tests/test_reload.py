@@ -326,7 +326,7 @@ def test_background_watcher_applies_a_swap_and_stops_cleanly(harness):
         return harness.versions()
 
     assert asyncio.run(scenario()) == {"loyalty-points": 1}
-    assert harness.watcher.state.valid
+    assert harness.states[-1].valid
 
 
 def test_api_connectors_are_untouched_by_a_reload(harness):

@@ -29,11 +29,11 @@ from typing import Any, TypeVar
 import grpc
 
 from sidecar.api import wire
+from sidecar.api.interceptors import OPEN_SERVICES
 from sidecar.core.watched_file import WatchedFile
 from sidecar.errors import ConfigError, PermissionDeniedError, SidecarError, UnauthenticatedError
 
 ADMIN_METHODS = frozenset({"RegisterConnector", "DeleteConnector"})
-OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 # grpc.aio's ServerInterceptor.intercept_service is generic over the call's message types.
 Request = TypeVar("Request")

@@ -73,8 +73,8 @@ def _guard(inner: Handler, method: str) -> Handler:
     return guarded
 
 
-# Kubernetes probes and tools: not worth a trace each.
-UNTRACED_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Kubernetes probes and tooling: open without a token (`access`), and not worth a trace each.
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # Codes that are the server's fault (RPC conventions); the others leave the span status unset.
 SERVER_ERROR_CODES = frozenset(
     {
@@ -103,7 +103,7 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Request, Response] | None:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or handler.unary_unary is None or method.startswith(UNTRACED_SERVICES):
+        if handler is None or handler.unary_unary is None or method.startswith(OPEN_SERVICES):
             return handler
         return grpc.unary_unary_rpc_method_handler(
             self._traced(

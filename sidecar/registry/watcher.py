@@ -23,9 +23,8 @@ The watcher reports every new state to `on_state`; the server turns it into the 
 Usage::
 
     watcher = ConnectorsFileWatcher(path, registry, initial, bindings=bindings,
-                                    interval_seconds=1.0)
-    watcher.start()
-    watcher.state.valid, watcher.state.last_error    # (True, None)
+                                    interval_seconds=1.0, on_state=report)
+    watcher.start()       # polls until stop(); every new ReloadState goes to `report`
     await watcher.stop()
 """
 
@@ -192,11 +191,6 @@ class ConnectorsFileWatcher:
             path=path, valid=True, connectors=len(self._current), last_good_load=_now()
         )
         self._task: asyncio.Task[None] | None = None
-
-    @property
-    def state(self) -> ReloadState:
-        """The current reload state (a frozen snapshot)."""
-        return self._state
 
     def start(self) -> None:
         """Poll in the background until `stop`."""
