@@ -37,6 +37,7 @@ from sidecar.errors import ConfigError
 from sidecar.registry import ConnectorStore, Registry, load_connectors_file
 from sidecar.registry.watcher import ConnectorsFileWatcher, ReloadState
 from sidecar.settings import Settings
+from sidecar.telemetry.config import TelemetryConfig
 from sidecar.telemetry.instruments import Telemetry
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ async def start_sidecar(
     resolver and connector factory (no real DNS, recorded connections). ConfigError or
     StoreError when something cannot start; whatever had started is stopped first.
     """
-    telemetry = telemetry or Telemetry.from_settings(settings)
+    telemetry = telemetry or Telemetry.from_config(telemetry_config(settings))
     server = create_server(settings, telemetry)
     egress = build_egress(
         settings, telemetry, resolver=resolver, connector_factory=connector_factory
@@ -104,6 +105,14 @@ async def start_sidecar(
         watcher.start()
     await server.open(servicer)
     return Sidecar(settings, server, telemetry, egress, registry, watcher)
+
+
+def telemetry_config(settings: Settings) -> TelemetryConfig:
+    """What telemetry switches on: the OTEL_* variables and the Prometheus endpoint settings."""
+    prometheus = None
+    if settings.metrics_prometheus_port is not None:
+        prometheus = (settings.metrics_prometheus_host, settings.metrics_prometheus_port)
+    return TelemetryConfig.of(settings.otel_variables(), prometheus=prometheus)
 
 
 async def _load_registry(

@@ -34,6 +34,7 @@ from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from sidecar.core.engine import Engine
 from sidecar.errors import ConfigError
+from sidecar.server import telemetry_config
 from sidecar.settings import Settings
 from sidecar.telemetry.config import TelemetryConfig
 from sidecar.telemetry.instruments import Telemetry
@@ -619,7 +620,7 @@ def config_from(monkeypatch: pytest.MonkeyPatch, **variables: str) -> TelemetryC
             monkeypatch.delenv(name)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
-    return TelemetryConfig.of(Settings.load())
+    return telemetry_config(Settings.load())
 
 
 ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}
@@ -690,7 +691,7 @@ def test_sdk_disabled_builds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     config_from(monkeypatch, OTEL_SDK_DISABLED="true", **ENDPOINT)
     monkeypatch.setenv("RULES_SIDECAR_METRICS_PROMETHEUS_PORT", "9464")
 
-    telemetry = Telemetry.from_settings(Settings.load())
+    telemetry = Telemetry.from_config(telemetry_config(Settings.load()))
 
     assert (telemetry.tracing, telemetry.metrics) == (False, False)
 

@@ -2,10 +2,11 @@
 
 Traces and metrics are exported only when an exporter is configured (`OTEL_TRACES_EXPORTER` /
 `OTEL_METRICS_EXPORTER` = `otlp`, `console` or `none`; when unset, `otlp` if an OTLP endpoint is
-set, else nothing), and `OTEL_SDK_DISABLED=true` turns everything off. Settings hands us the
-OTEL_* variables (`Settings.otel_variables`) to take those decisions; the SDK reads the variables
-it owns itself (sampler and ratio, endpoint, headers, batch and export intervals, propagators,
-resource). Metrics may also be scraped from a Prometheus endpoint (`metrics_prometheus_port`).
+set, else nothing), and `OTEL_SDK_DISABLED=true` turns everything off. The composition root hands
+us the OTEL_* variables (`Settings.otel_variables`) to take those decisions; the SDK reads the
+variables it owns itself (sampler and ratio, endpoint, headers, batch and export intervals,
+propagators, resource). Metrics may also be scraped from a Prometheus endpoint (the root passes
+the `metrics_prometheus_host`/`_port` settings). Nothing here reads Settings.
 With nothing exported, the SDK is never imported.
 """
 
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from sidecar.errors import ConfigError
-from sidecar.settings import Settings
 
 if TYPE_CHECKING:  # the SDK is imported only when something is exported (~130 ms at start-up)
     from opentelemetry.sdk.metrics import MeterProvider
@@ -48,9 +48,11 @@ class TelemetryConfig:
     resource_attributes: Mapping[str, str] | None = None
 
     @classmethod
-    def of(cls, settings: Settings) -> TelemetryConfig:
-        """The configuration; ConfigError naming the variable if one is not understood."""
-        variables = settings.otel_variables()
+    def of(
+        cls, variables: Mapping[str, str], *, prometheus: tuple[str, int] | None
+    ) -> TelemetryConfig:
+        """The configuration from the OTEL_* variables and the scrape endpoint (host, port), if
+        one is asked for; ConfigError naming the variable if one is not understood."""
         if variables.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
             return cls()
         for name in (
@@ -61,9 +63,6 @@ class TelemetryConfig:
             protocol = variables.get(name, "grpc").strip().lower()
             if protocol not in ("grpc", ""):
                 raise ConfigError(f"{name}={protocol}: the sidecar exports OTLP over grpc only")
-        prometheus = None
-        if settings.metrics_prometheus_port is not None:
-            prometheus = (settings.metrics_prometheus_host, settings.metrics_prometheus_port)
         resource = None
         named = "service.name=" in variables.get("OTEL_RESOURCE_ATTRIBUTES", "")
         if not variables.get("OTEL_SERVICE_NAME") and not named:

@@ -44,7 +44,6 @@ from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeter, Observation
 from sidecar.core.model import Node, Outcome, Reason
 from sidecar.core.model.exchange import Origin, OutboundRequest, SendOptions
 from sidecar.errors import ConfigError
-from sidecar.settings import Settings
 from sidecar.telemetry.attributes import (
     CONNECTOR_ID,
     OUTCOME,
@@ -137,9 +136,9 @@ class Telemetry:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Telemetry:
-        """Exporters and providers as the OTEL_* variables and the settings ask."""
-        providers = TelemetryConfig.of(settings).providers()
+    def from_config(cls, config: TelemetryConfig) -> Telemetry:
+        """Exporters and providers as the configuration asks."""
+        providers = config.providers()
         return cls(providers.tracer, providers.meter, prometheus=providers.prometheus)
 
     def start(self) -> None:
