@@ -2,8 +2,8 @@
 
 `start_sidecar(settings)` turns Settings into running objects, in one place and in order:
 
-    telemetry -> gRPC server (ports bound, health NOT_SERVING, RulesSidecarService closed)
-    -> egress, secret store, secret bindings -> store + connectors file -> registry -> engine
+    telemetry -> egress, secret store, secret bindings -> gRPC server (ports bound, health
+    NOT_SERVING, RulesSidecarService closed) -> connectors file + store -> registry -> engine
     -> servicer -> gate open, health SERVING
 
 `create_server(settings, telemetry)` builds and binds the gRPC server only (port 0 in tests);
@@ -62,8 +62,7 @@ async def start_sidecar(
     StoreError when something cannot start; whatever had started is stopped first.
     """
     telemetry = telemetry or Telemetry.from_config(telemetry_config(settings))
-    server = create_server(settings, telemetry)
-    egress = build_egress(
+    egress = build_egress(  # nothing opened yet: its session is made on the first call
         settings, telemetry, resolver=resolver, connector_factory=connector_factory
     )
     secrets = SecretStore(
@@ -72,6 +71,7 @@ async def start_sidecar(
         env_prefix=settings.secret_env_prefix,
     )
     bindings = SecretBindings(settings.secret_hosts)
+    server = create_server(settings, telemetry)
     try:
         telemetry.start()
         await server.start()

@@ -6,6 +6,7 @@ and talks to it over loopback gRPC with the synchronous API.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import sqlite3
@@ -17,13 +18,16 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.descriptor_pool import DescriptorPool
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
+from sidecar.server import create_server
+from sidecar.settings import Settings
+from sidecar.telemetry.instruments import Telemetry
 from tests.support.sidecars import (
     EXAMPLE_CONNECTORS_FILE,
     SERVE_COMMAND,
@@ -31,6 +35,7 @@ from tests.support.sidecars import (
     SidecarProcess,
     example_connectors,
     free_loopback_port,
+    hide_sidecar_environment,
     sidecar_environment,
 )
 
@@ -286,6 +291,47 @@ def test_health_is_not_serving_until_the_store_is_loaded_then_serving(
         SERVICE_NAME: SERVING,
     }
     assert versions(sidecar.stub) == {}
+
+
+def test_a_bound_server_refuses_every_service_call_until_a_servicer_is_handed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # create_server alone, on port 0: what the process serves while its store is loading.
+    hide_sidecar_environment(monkeypatch)
+    settings = Settings.load(overrides={"listen_address": "127.0.0.1:0", "data_dir": tmp_path})
+    requests = {
+        "RegisterConnector": pb.RegisterConnectorRequest(connector=connector("alpha")),
+        "GetConnector": pb.GetConnectorRequest(id="alpha"),
+        "ListConnectors": pb.ListConnectorsRequest(),
+        "DeleteConnector": pb.DeleteConnectorRequest(id="alpha"),
+        "EvaluateNode": pb.EvaluateNodeRequest(),
+        "ExtractVariables": pb.ExtractVariablesRequest(),
+    }
+
+    async def scenario() -> tuple[int, dict[str, tuple[grpc.StatusCode, str]]]:
+        server = create_server(settings, Telemetry())
+        await server.start()
+        answers = {}
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                check = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+                status = (await health.Check(check, timeout=RPC_TIMEOUT)).status
+                stub = pb_grpc.RulesSidecarServiceStub(channel)
+                for method, request in requests.items():
+                    try:
+                        await getattr(stub, method)(request, timeout=RPC_TIMEOUT)
+                    except grpc.aio.AioRpcError as error:
+                        answers[method] = (error.code(), error.details() or "")
+        finally:
+            await server.stop(grace=0)
+        return status, answers
+
+    status, answers = asyncio.run(scenario())
+
+    assert status == NOT_SERVING
+    loading = "the sidecar is still loading its connectors; retry shortly"
+    assert answers == dict.fromkeys(requests, (grpc.StatusCode.UNAVAILABLE, loading))
 
 
 def _first_health_answer(sidecar: SidecarProcess) -> int:
