@@ -258,7 +258,8 @@ def test_each_contract_is_checked_and_kept(
 
 
 def test_the_contracts_see_a_real_violation(tmp_path: Path) -> None:
-    # The control: a copy of the package with a transport in the core and an upward import.
+    # The control: a copy of the package with a transport in the core, an upward import, and
+    # Settings read below the composition root.
     copy = tmp_path / "sidecar"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     values = copy / "core" / "values.py"
@@ -266,6 +267,10 @@ def test_the_contracts_see_a_real_violation(tmp_path: Path) -> None:
     engine = copy / "core" / "engine.py"
     engine.write_text(
         "from sidecar import server\n" + engine.read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    logs = copy / "telemetry" / "logs.py"
+    logs.write_text(
+        "import sidecar.settings\n" + logs.read_text(encoding="utf-8"), encoding="utf-8"
     )
 
     result = lint_imports(tmp_path)
@@ -276,6 +281,7 @@ def test_the_contracts_see_a_real_violation(tmp_path: Path) -> None:
     assert [line for line in broken if line.startswith("The core is transport-free:")] != []
     assert "- sidecar.core.values -> grpc (l.1)" in result.stdout
     assert "- sidecar.core.engine -> sidecar.server (l.1)" in result.stdout
+    assert [line for line in broken if line.startswith("Settings are read in one place")] != []
 
 
 # What import-linter cannot see: a transport pulled in at run time (importlib, or through a
