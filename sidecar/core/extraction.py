@@ -57,7 +57,7 @@ class CompiledExtractions:
 
         compiled = compile_extractions(node.extractions)       # once per node
         variables, results = compiled.apply(body, has_document=True)
-        all_required_succeeded(results)                        # True when none failed
+        required_failures(results)                             # () when none failed
 
     The module docstring has a runnable example.
     """
@@ -121,11 +121,6 @@ def compile_extractions(
 def required_failures(results: Iterable[ExtractionResult]) -> tuple[ExtractionResult, ...]:
     """The required extractions that set no value; non-empty means EXTRACTION_FAILED."""
     return tuple(result for result in results if result.required and not result.succeeded)
-
-
-def all_required_succeeded(results: Iterable[ExtractionResult]) -> bool:
-    """True when every required extraction set a value (extracted or defaulted)."""
-    return not required_failures(results)
 
 
 @dataclass(frozen=True, slots=True)
