@@ -326,12 +326,6 @@ class RequestTemplate:
     _headers: tuple[_Header, ...]
     _body: _BodyNode | None
     _constant_body: bytes | None  # the serialised body when it has no placeholders
-    _names: frozenset[str]
-
-    @property
-    def variable_names(self) -> frozenset[str]:
-        """Every dotted variable name the request refers to, for diagnostics."""
-        return self._names
 
     def render(self, variables: Mapping[str, Any]) -> OutboundRequest:
         """Fill the request in, or raise RenderError; nothing else escapes."""
@@ -347,13 +341,6 @@ class RequestTemplate:
 
 def compile_request(connector: Connector) -> RequestTemplate:
     """Parse every template of a connector once; the engine caches the result per version."""
-    names: set[str] = set()  # filled in by parsed(), as a side effect of compiling
-
-    def parsed(text: str) -> tuple[Part, ...]:
-        parts = parse_template(text)
-        names.update(part.name for part in parts if isinstance(part, Placeholder))
-        return parts
-
     url = urlsplit(connector.url_template)
     # The origin is never templated (the model refuses it); constant path text is joined in
     # advance, so render only joins what varies.
@@ -361,7 +348,7 @@ def compile_request(connector: Connector) -> RequestTemplate:
     constant = f"{url.scheme}://{url.netloc}"
     for index, segment in enumerate(url.path.split("/")):
         constant += "/" if index else ""
-        parts = parsed(segment)
+        parts = parse_template(segment)
         placeholders = [part for part in parts if isinstance(part, Placeholder)]
         if placeholders:
             path.extend((constant, _PathSegment(parts, placeholders[0])))
@@ -374,7 +361,7 @@ def compile_request(connector: Connector) -> RequestTemplate:
     for name in sorted(connector.query):
         encoded: tuple[str | Placeholder, ...] = tuple(
             quote(part.text, safe="") if isinstance(part, Literal) else part
-            for part in parsed(connector.query[name])
+            for part in parse_template(connector.query[name])
         )
         query.append(_Query(f"query {name!r}", f"{quote(name, safe='')}=", encoded))
 
@@ -384,7 +371,7 @@ def compile_request(connector: Connector) -> RequestTemplate:
         header_templates["Content-Type"] = "application/json"
     # Sorted by lower-cased name (then name), so equal connectors give byte-equal requests.
     headers = tuple(
-        _Header(name, f"header {name!r}", parsed(header_templates[name]))
+        _Header(name, f"header {name!r}", parse_template(header_templates[name]))
         for name in sorted(header_templates, key=lambda name: (name.lower(), name))
     )
 
@@ -392,9 +379,8 @@ def compile_request(connector: Connector) -> RequestTemplate:
     if has_body:
         # Fail here, once, if the template's own literals cannot be sent (NaN, invalid text).
         _serialise(normalise_numbers(connector.body_template))
-        body = _compile_body(connector.body_template, parsed)
+        body = _compile_body(connector.body_template, parse_template)
     constant_body = _serialise(body.value) if isinstance(body, _Constant) else None
-    variable_names = frozenset(names)
     return RequestTemplate(
         connector.method.value,
         tuple(path),
@@ -402,5 +388,4 @@ def compile_request(connector: Connector) -> RequestTemplate:
         headers,
         body,
         constant_body,
-        variable_names,
     )
