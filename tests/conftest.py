@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from sidecar.telemetry.instruments import Telemetry
+from tests.support.loopback import LOOPBACK_ALLOW
 from tests.support.sidecars import (
-    LOOPBACK_ALLOW,
     InProcessSidecar,
     InProcessSidecars,
     Seams,

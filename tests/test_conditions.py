@@ -18,27 +18,10 @@ from sidecar.core.conditions import (
 from sidecar.core.model.node import Branch, Condition, Operator
 from sidecar.core.model.outcome import ConditionExplanation
 from sidecar.errors import InvalidArgumentError
+from tests.support.conditions import condition
 
 ABSENT = object()
 """Marks a BODY subject whose path does not exist in the body."""
-
-
-def condition(
-    operator: str,
-    operand: Any = None,
-    *,
-    kind: str = "BODY",
-    path: str = "v",
-    ignore_case: bool = False,
-    quantifier: str | None = None,
-) -> dict[str, Any]:
-    subject = {"kind": kind, "path": path} if kind != "STATUS" else {"kind": "STATUS"}
-    spec: dict[str, Any] = {"subject": subject, "operator": operator, "operand": operand}
-    if ignore_case:
-        spec["ignore_case"] = True
-    if quantifier:
-        spec["quantifier"] = quantifier
-    return spec
 
 
 def branch(*conditions: dict[str, Any], target: str = "t", combinator: str = "ALL") -> Branch:

@@ -25,11 +25,11 @@ from sidecar.core.model import Reason
 from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 from sidecar.egress import Egress, EgressLimits, EgressPolicy
 from sidecar.egress.transport import DestinationBlockedError, failure_of, wire_url
+from tests.support.loopback import LOOPBACK_POLICY
 from tests.support.upstreams import MALFORMED, ORDER_API_KEY, ORDERS, Upstream
 
 T = TypeVar("T")
 DEFAULT_OPTIONS = SendOptions(timeout_seconds=5.0, max_response_bytes=1024 * 1024)
-LOOPBACK_POLICY = EgressPolicy(allow_cidrs=("127.0.0.1/32",), allow_http_hosts=("127.0.0.1",))
 NO_RETRIES = EgressLimits(retries=0)
 PROXY_VARIABLES = (
     "HTTP_PROXY",

@@ -32,6 +32,7 @@ from sidecar.core.model import (
 from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendOptions
 from sidecar.core.model.failures import SendError
 from sidecar.core.secrets import SecretBindings
+from tests.support.conditions import condition
 
 ORIGIN = "https://api.store.example"
 SECRET = "s3cr3t-canary-9f2e"
@@ -119,16 +120,9 @@ def make_connector(**fields: Any) -> Connector:
     return Connector.model_validate(data)
 
 
-def condition(kind: str, operator: str, operand: Any = None, path: str = "") -> dict[str, Any]:
-    spec: dict[str, Any] = {"subject": {"kind": kind, "path": path}, "operator": operator}
-    if operand is not None:
-        spec["operand"] = operand
-    return spec
-
-
-STATUS_IS_200 = condition("STATUS", "EQUALS", 200)
-IS_SHIPPED = condition("BODY", "EQUALS", "shipped", "status")
-IN_CHICAGO = condition("VARIABLE", "EQUALS", "Chicago", "location")
+STATUS_IS_200 = condition("EQUALS", 200, kind="STATUS")
+IS_SHIPPED = condition("EQUALS", "shipped", path="status")
+IN_CHICAGO = condition("EQUALS", "Chicago", kind="VARIABLE", path="location")
 
 
 def make_node(*branches: dict[str, Any], **fields: Any) -> Node:
@@ -185,7 +179,7 @@ def assert_error(outcome: Outcome, reason: Reason) -> None:
 
 def test_branch_that_holds_is_matched_with_its_index_and_target() -> None:
     node = make_node(
-        branch("not-found", condition("STATUS", "EQUALS", 404)),
+        branch("not-found", condition("EQUALS", 404, kind="STATUS")),
         branch("show-status", STATUS_IS_200, IS_SHIPPED),
     )
 
@@ -272,7 +266,7 @@ def test_5xx_that_no_branch_matches_is_upstream_error(status: int) -> None:
 def test_branch_that_explicitly_matches_5xx_wins_over_upstream_error() -> None:
     node = make_node(
         branch("show-status", STATUS_IS_200),
-        branch("maintenance", condition("STATUS", "STATUS_CLASS", "5xx")),
+        branch("maintenance", condition("STATUS_CLASS", "5xx", kind="STATUS")),
     )
 
     outcome, _ = evaluate(node, json_response({"error": "down"}, status=503))
@@ -951,11 +945,11 @@ PROPERTY_NODE = make_node(
     branch("shipped", STATUS_IS_200, IS_SHIPPED),
     branch(
         "flagged-or-chicago",
-        condition("HEADER", "EXISTS", path="X-Flag"),
+        condition("EXISTS", kind="HEADER", path="X-Flag"),
         IN_CHICAGO,
         combinator="ANY",
     ),
-    branch("maintenance", condition("STATUS", "EQUALS", 503)),
+    branch("maintenance", condition("EQUALS", 503, kind="STATUS")),
     branch(
         "all-positive",
         {
@@ -965,7 +959,7 @@ PROPERTY_NODE = make_node(
             "quantifier": "ALL",
         },
     ),
-    branch("named", condition("BODY", "MATCHES", "^[A-Z][a-z]+$", "name")),
+    branch("named", condition("MATCHES", "^[A-Z][a-z]+$", path="name")),
     extractions=[
         {"variable": "status", "path": "status", "required": True, "cast": "STRING"},
         {"variable": "carrier", "path": "carrier", "default_value": "n/a"},

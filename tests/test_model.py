@@ -29,6 +29,7 @@ from sidecar.core.model.node import (
     MAX_EXPRESSION_CHARS,
     MAX_EXTRACTIONS,
 )
+from tests.support.conditions import condition
 
 MINIMAL = {"id": "order-status", "status": "LIVE", "url_template": "https://api.store.com/orders"}
 
@@ -549,7 +550,6 @@ def test_a_new_version_is_a_copy_not_a_change():
 # ---------------------------------------------------------------------------------------------
 
 STATUS = {"kind": "STATUS"}
-BODY = {"kind": "BODY", "path": "order.state"}
 
 
 @pytest.mark.parametrize(
@@ -598,10 +598,6 @@ def test_subject_fields_are_checked(subject, loc, message):
 
     assert error_loc == loc
     assert message in error
-
-
-def condition(operator: str, *, subject: dict[str, str] = BODY, **fields: Any) -> dict[str, Any]:
-    return {"subject": subject, "operator": operator, **fields}
 
 
 @pytest.mark.parametrize(

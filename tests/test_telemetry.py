@@ -40,10 +40,10 @@ from sidecar.telemetry.config import TelemetryConfig
 from sidecar.telemetry.instruments import Telemetry
 from sidecar.telemetry.logs import JsonFormatter
 from sidecar.telemetry.redaction import redacted_url
+from tests.support.calls import RPC_TIMEOUT, register
 from tests.support.sidecars import InProcessSidecar, free_loopback_port
 from tests.support.upstreams import ORDER_API_KEY, Upstream
 
-RPC_TIMEOUT = 10.0
 SERVICE = "rulesidecar.v1.RulesSidecarService"
 CLIENT_TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 CLIENT_SPAN_ID = 0x00F067AA0BA902B7
@@ -65,13 +65,8 @@ class Traced:
     metrics: InMemoryMetricReader
     log: io.StringIO
 
-    def register(self, connector_id: str, url: str, **fields: Any) -> None:
-        data = {"id": connector_id, "status": "CONNECTOR_STATUS_LIVE", "url_template": url}
-        data.update(fields)
-        connector = json_format.ParseDict(data, pb.Connector())
-        self.sidecar.stub.RegisterConnector(
-            pb.RegisterConnectorRequest(connector=connector), timeout=RPC_TIMEOUT
-        )
+    def register(self, connector_id: str, url: str, **fields: Any) -> pb.Connector:
+        return register(self.sidecar.stub, connector_id, url, **fields)
 
     def register_orders(self, connector_id: str = "orders", **fields: Any) -> None:
         auth = {"api_key": {"name": "X-API-Key", "value_secret": "store_api_key"}}

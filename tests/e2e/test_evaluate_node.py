@@ -23,60 +23,33 @@ from grpc_status import rpc_status
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
+from tests.support.calls import RPC_TIMEOUT, register
+from tests.support.conditions import NO_OPERAND, condition, on_the_wire
+from tests.support.loopback import LOOPBACK_ALLOW
 from tests.support.sidecars import InProcessSidecar
 from tests.support.upstreams import ORDER_API_KEY, Upstream
 
-RPC_TIMEOUT = 10.0
 SECRET_NAME = "store_api_key"
-# The egress refuses loopback and plain http by default: open exactly the test upstreams.
-LOOPBACK_EGRESS = {
-    "egress_allow_cidrs": ["127.0.0.1/32"],
-    "egress_allow_http_hosts": ["127.0.0.1"],
-}
-NO_OPERAND = object()
 
 # ---------------------------------------------------------------------------------------------
 # Building requests and reading answers
 # ---------------------------------------------------------------------------------------------
 
 
-def condition(
-    kind: str,
-    operator: str,
-    operand: Any = NO_OPERAND,
-    path: str = "",
-    *,
-    ignore_case: bool = False,
-    quantifier: str | None = None,
-) -> dict[str, Any]:
-    """A Condition as ParseDict data; kind/operator/quantifier without their enum prefixes."""
-    data: dict[str, Any] = {
-        "subject": {"kind": f"SUBJECT_KIND_{kind}", "path": path},
-        "operator": f"OPERATOR_{operator}",
-    }
-    if operand is not NO_OPERAND:
-        data["operand"] = operand
-    if ignore_case:
-        data["ignore_case"] = True
-    if quantifier:
-        data["quantifier"] = f"QUANTIFIER_{quantifier}"
-    return data
-
-
 def body(path: str, operator: str, operand: Any = NO_OPERAND, **options: Any) -> dict[str, Any]:
-    return condition("BODY", operator, operand, path, **options)
+    return on_the_wire(condition(operator, operand, path=path, **options))
 
 
 def status(operator: str, operand: Any) -> dict[str, Any]:
-    return condition("STATUS", operator, operand)
+    return on_the_wire(condition(operator, operand, kind="STATUS"))
 
 
 def header(name: str, operator: str, operand: Any = NO_OPERAND) -> dict[str, Any]:
-    return condition("HEADER", operator, operand, name)
+    return on_the_wire(condition(operator, operand, kind="HEADER", path=name))
 
 
 def variable(path: str, operator: str, operand: Any = NO_OPERAND) -> dict[str, Any]:
-    return condition("VARIABLE", operator, operand, path)
+    return on_the_wire(condition(operator, operand, kind="VARIABLE", path=path))
 
 
 def branch(target: str, *conditions: dict[str, Any], combinator: str = "ALL") -> dict[str, Any]:
@@ -118,15 +91,7 @@ class Harness:
         return self.sidecar.stub
 
     def register(self, connector_id: str, url: str, **fields: Any) -> pb.Connector:
-        data = {
-            "id": connector_id,
-            "status": "CONNECTOR_STATUS_LIVE",
-            "url_template": url,
-            **fields,
-        }
-        request = pb.RegisterConnectorRequest(connector=json_format.ParseDict(data, pb.Connector()))
-        response = self.stub.RegisterConnector(request, timeout=RPC_TIMEOUT)
-        return response.connector
+        return register(self.stub, connector_id, url, **fields)
 
     def register_orders(self, connector_id: str = "order-status", **fields: Any) -> pb.Connector:
         """The seed connector: GET /orders/{{order_number}} with the API key from a secret."""
@@ -161,7 +126,7 @@ def harness(
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     (secrets / SECRET_NAME).write_text(ORDER_API_KEY + "\n", encoding="utf-8")
-    sidecar = sidecar_factory(secrets_dir=secrets, **LOOPBACK_EGRESS)
+    sidecar = sidecar_factory(secrets_dir=secrets, **LOOPBACK_ALLOW)
     return Harness(sidecar, upstream)
 
 
@@ -173,7 +138,7 @@ def module_harness(
 ) -> Harness:
     secrets = tmp_path_factory.mktemp("secrets")
     (secrets / SECRET_NAME).write_text(ORDER_API_KEY + "\n", encoding="utf-8")
-    sidecar = module_sidecar_factory(secrets_dir=secrets, **LOOPBACK_EGRESS)
+    sidecar = module_sidecar_factory(secrets_dir=secrets, **LOOPBACK_ALLOW)
     harness = Harness(sidecar, module_upstream)
     harness.register("document", module_upstream.url("/json"))
     return harness

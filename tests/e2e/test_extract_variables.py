@@ -17,9 +17,9 @@ from grpc_status import rpc_status
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from sidecar.core.documents import MAX_JSON_DEPTH
+from tests.support.calls import RPC_TIMEOUT
 from tests.support.sidecars import InProcessSidecar
 
-RPC_TIMEOUT = 10.0
 ORDER = {
     "order": {
         "number": "A-10023",

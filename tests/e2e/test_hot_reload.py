@@ -24,6 +24,7 @@ from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from sidecar.server import CONNECTORS_FILE_HEALTH_SERVICE
 from tests.support.configmap_volume import ConfigMapVolume
+from tests.support.loopback import LOOPBACK_ENVIRONMENT
 from tests.support.sidecars import SidecarProcess
 from tests.support.upstreams import ORDER_API_KEY, Upstream
 
@@ -133,8 +134,7 @@ def pod(sidecar_process: Callable[..., SidecarProcess], upstream: Upstream, tmp_
             "RULES_SIDECAR_CONNECTORS_RELOAD_SECONDS": "0.2",
             # The test upstream is plain http on loopback, which the egress guard refuses unless
             # the operator opens it, as here.
-            "RULES_SIDECAR_EGRESS_ALLOW_CIDRS": json.dumps(["127.0.0.1/32"]),
-            "RULES_SIDECAR_EGRESS_ALLOW_HTTP_HOSTS": json.dumps(["127.0.0.1"]),
+            **LOOPBACK_ENVIRONMENT,
         },
     )
     return Pod(sidecar, connectors, secrets, upstream)

@@ -29,10 +29,11 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
+from tests.support.calls import RPC_TIMEOUT
+from tests.support.loopback import LOOPBACK_ENVIRONMENT
 from tests.support.sidecars import SidecarProcess
 from tests.support.upstreams import ORDER_API_KEY, Upstream
 
-RPC_TIMEOUT = 10.0
 ARRIVAL_SECONDS = 10.0
 VISITOR_ORDER = "A-10023"
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
@@ -128,8 +129,7 @@ def traced_sidecar(
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
             "OTEL_BSP_SCHEDULE_DELAY": "50",
             "OTEL_METRIC_EXPORT_INTERVAL": "200",
-            "RULES_SIDECAR_EGRESS_ALLOW_CIDRS": json.dumps(["127.0.0.1/32"]),
-            "RULES_SIDECAR_EGRESS_ALLOW_HTTP_HOSTS": json.dumps(["127.0.0.1"]),
+            **LOOPBACK_ENVIRONMENT,
             "RULES_SECRET_store_api_key": ORDER_API_KEY,
         },
     )

@@ -41,7 +41,8 @@ from sidecar.core.model import Connector, Node, Outcome, Reason
 from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 from sidecar.core.secrets import SecretBindings
 from sidecar.egress import Egress, EgressLimits
-from tests.support.network import FAST_RETRIES, LOOPBACK_POLICY, Network, recording_egress
+from tests.support.loopback import LOOPBACK_POLICY
+from tests.support.network import FAST_RETRIES, Network, recording_egress
 from tests.support.raw_servers import (
     RawServer,
     RawServers,

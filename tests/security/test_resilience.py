@@ -26,7 +26,8 @@ from sidecar.core.model import Reason
 from sidecar.core.model.exchange import OutboundRequest, SendError, SendOptions
 from sidecar.egress import EgressLimits
 from tests.support.calls import RPC_TIMEOUT, error, evaluate, evaluate_request, register, verdict
-from tests.support.network import HOST, LOOPBACK_POLICY, Network, recording_egress
+from tests.support.loopback import HOST, LOOPBACK_POLICY
+from tests.support.network import Network, recording_egress
 from tests.support.raw_servers import (
     RawServer,
     RawServers,

@@ -38,7 +38,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
-from tests.support.calls import evaluate_request, register
+from tests.support.calls import RPC_TIMEOUT, evaluate_request, register
 from tests.support.raw_servers import RawServers, silent
 from tests.support.sidecars import InProcessSidecar
 from tests.support.upstreams import Upstream, closed_port
@@ -51,7 +51,6 @@ BASIC_VALUE = base64.b64encode(f"{CANARY_USER}:{CANARY}".encode()).decode()
 FORMS = (CANARY, CANARY_USER, BASIC_VALUE.rstrip("="))
 SECRETS = {"canary_token": CANARY, "canary_key": CANARY, "canary_user": CANARY_USER}
 LOGGERS = ("", "sidecar", "httpx", "httpcore", "aiohttp", "stamina", "grpc", "asyncio")
-RPC_TIMEOUT = 10.0
 
 AUTH = {
     "bearer": {"bearer": {"token_secret": "canary_token"}},

@@ -38,7 +38,8 @@ from sidecar.core.model import Reason
 from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 from sidecar.egress.policy import EgressPolicy
 from tests.support.calls import error, evaluate, register, verdict
-from tests.support.network import HOST, LOOPBACK_POLICY, Network, recording_egress
+from tests.support.loopback import HOST, LOOPBACK_ALLOW, LOOPBACK_POLICY
+from tests.support.network import Network, recording_egress
 from tests.support.sidecars import InProcessSidecar
 from tests.support.upstreams import Upstream, closed_port
 
@@ -783,9 +784,7 @@ def test_evaluate_node_redirect_to_metadata_is_blocked_over_the_wire(
 def test_evaluate_node_loopback_control_succeeds_when_allow_listed(
     sidecar_factory: Callable[..., InProcessSidecar], network: Network, upstream: Upstream
 ) -> None:
-    sidecar = sidecar_factory(
-        egress_allow_cidrs=["127.0.0.1/32"], egress_allow_http_hosts=["127.0.0.1"]
-    )
+    sidecar = sidecar_factory(**LOOPBACK_ALLOW)
     register(sidecar.stub, "control", upstream.url("/json"))
 
     response = evaluate(sidecar.stub, "control")

@@ -31,12 +31,10 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from sidecar.egress import Egress, EgressLimits
 from sidecar.egress.policy import EgressPolicy
+from tests.support.loopback import LOOPBACK_POLICY
 from tests.support.sidecars import Seams
 
-HOST = "127.0.0.1"
 LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
-# The policy of an operator who opened exactly 127.0.0.1 over http (the loopback controls).
-LOOPBACK_POLICY = EgressPolicy(allow_cidrs=("127.0.0.1/32",), allow_http_hosts=(HOST,))
 FAST_RETRIES = EgressLimits(backoff_initial_seconds=0.01, backoff_max_seconds=0.05)
 
 

@@ -12,7 +12,8 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-HOST = "127.0.0.1"
+from tests.support.loopback import HOST
+
 START_DEADLINE_SECONDS = 10.0
 RawHandler = Callable[["RawServer", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 REQUEST_HEAD_LIMIT = 64 * 1024

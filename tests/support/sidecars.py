@@ -42,13 +42,6 @@ EXAMPLE_CONNECTORS_FILE = REPO_ROOT / "examples" / "connectors.yaml"
 STARTUP_DEADLINE_SECONDS = 30.0  # a deadline, not a measurement: loaded CI machines are slow
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
-# The egress guard refuses loopback and plain http by default; the test upstreams are both, so
-# the tests open exactly 127.0.0.1 over http, as an operator would.
-LOOPBACK_ALLOW: dict[str, list[str]] = {
-    "egress_allow_cidrs": ["127.0.0.1/32"],
-    "egress_allow_http_hosts": ["127.0.0.1"],
-}
-
 
 def example_connectors() -> list[dict[str, Any]]:
     """The connector definitions of examples/connectors.yaml, as plain data."""

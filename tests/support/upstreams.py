@@ -57,7 +57,8 @@ from typing import Any
 
 from aiohttp import web
 
-HOST = "127.0.0.1"
+from tests.support.loopback import HOST
+
 START_DEADLINE_SECONDS = 10.0
 ORDER_API_KEY = "upstream-key-5bd1c0ffee"
 SLOW_SECONDS = 3.0
