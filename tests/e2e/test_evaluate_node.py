@@ -18,12 +18,10 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
-from tests.support.calls import RPC_TIMEOUT, register
+from tests.support.calls import RPC_TIMEOUT, field_violations, register
 from tests.support.conditions import NO_OPERAND, condition, on_the_wire
 from tests.support.loopback import LOOPBACK_ALLOW
 from tests.support.sidecars import InProcessSidecar
@@ -184,19 +182,6 @@ def extraction_statuses(response: Any) -> dict[str, str]:
         result.variable: pb.ExtractionStatus.Name(result.status).removeprefix("EXTRACTION_STATUS_")
         for result in response.extractions
     }
-
-
-def violations(error: grpc.RpcError) -> dict[str, str]:
-    """field -> description of the google.rpc.BadRequest in an INVALID_ARGUMENT status."""
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    status_message = rpc_status.from_call(error)
-    assert status_message is not None
-    found: dict[str, str] = {}
-    for detail in status_message.details:
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request):
-            found.update({v.field: v.description for v in bad_request.field_violations})
-    return found
 
 
 def echoed(upstream: Upstream) -> dict[str, Any]:
@@ -1210,7 +1195,7 @@ def request_for(node_data: dict[str, Any]) -> pb.EvaluateNodeRequest:
 
 
 def test_request_without_a_node_is_invalid_argument(shared: Harness) -> None:
-    assert "node" in violations(rpc_error(shared, pb.EvaluateNodeRequest()))
+    assert "node" in field_violations(rpc_error(shared, pb.EvaluateNodeRequest()))
 
 
 @pytest.mark.parametrize(
@@ -1276,7 +1261,7 @@ def test_malformed_node_is_invalid_argument_naming_the_field(
 ) -> None:
     request = request_for(node("document", *branches, extractions=extractions))
 
-    found = violations(rpc_error(shared, request))
+    found = field_violations(rpc_error(shared, request))
 
     assert field in found, found
     assert words in found[field]
@@ -1286,7 +1271,7 @@ def test_malformed_node_is_invalid_argument_naming_the_field(
 def test_in_with_a_non_list_operand_is_invalid_argument(shared: Harness) -> None:
     request = request_for(node("document", branch("x", body("status", "IN", "shipped"))))
 
-    found = violations(rpc_error(shared, request))
+    found = field_violations(rpc_error(shared, request))
 
     fields = [field for field in found if field.startswith("node.branches[0].conditions[0]")]
     assert len(fields) == 1, found
@@ -1296,7 +1281,7 @@ def test_in_with_a_non_list_operand_is_invalid_argument(shared: Harness) -> None
 def test_in_with_a_non_list_operand_names_the_operand_field(shared: Harness) -> None:
     request = request_for(node("document", branch("x", body("status", "IN", "shipped"))))
 
-    assert "node.branches[0].conditions[0].operand" in violations(rpc_error(shared, request))
+    assert "node.branches[0].conditions[0].operand" in field_violations(rpc_error(shared, request))
 
 
 def test_duplicate_extraction_variable_is_invalid_argument(shared: Harness) -> None:
@@ -1304,7 +1289,7 @@ def test_duplicate_extraction_variable_is_invalid_argument(shared: Harness) -> N
         node("document", extractions=[extraction("a", "x"), extraction("a", "y")])
     )
 
-    found = violations(rpc_error(shared, request))
+    found = field_violations(rpc_error(shared, request))
 
     assert any(
         field.startswith("node") and "'a' is already extracted by extraction 0" in text
@@ -1317,14 +1302,14 @@ def test_duplicate_extraction_variable_names_the_second_extraction(shared: Harne
         node("document", extractions=[extraction("a", "x"), extraction("a", "y")])
     )
 
-    assert "node.extractions[1].variable" in violations(rpc_error(shared, request))
+    assert "node.extractions[1].variable" in field_violations(rpc_error(shared, request))
 
 
 def test_unknown_operator_number_is_invalid_argument(shared: Harness) -> None:
     request = request_for(node("document", branch("x", body("status", "EQUALS", "a"))))
     request.node.branches[0].conditions[0].operator = 99  # type: ignore[assignment]
 
-    found = violations(rpc_error(shared, request))
+    found = field_violations(rpc_error(shared, request))
 
     assert "node.branches[0].conditions[0].operator" in found
 
@@ -1333,7 +1318,7 @@ def test_unknown_evaluation_mode_is_invalid_argument(shared: Harness) -> None:
     request = request_for(node("document", branch("x")))
     request.mode = 42  # type: ignore[assignment]
 
-    assert "mode" in violations(rpc_error(shared, request))
+    assert "mode" in field_violations(rpc_error(shared, request))
 
 
 def test_every_bad_field_is_reported_at_once(shared: Harness) -> None:
@@ -1345,7 +1330,7 @@ def test_every_bad_field_is_reported_at_once(shared: Harness) -> None:
         )
     )
 
-    found = violations(rpc_error(shared, request))
+    found = field_violations(rpc_error(shared, request))
 
     assert {
         "node.branches[0].conditions[0].subject.path",

@@ -12,12 +12,10 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from sidecar.core.documents import MAX_JSON_DEPTH
-from tests.support.calls import RPC_TIMEOUT
+from tests.support.calls import RPC_TIMEOUT, field_violations
 from tests.support.sidecars import InProcessSidecar
 
 ORDER = {
@@ -81,16 +79,7 @@ def violations(sidecar: InProcessSidecar, request: pb.ExtractVariablesRequest) -
     """field -> description, from the INVALID_ARGUMENT the request must get."""
     with pytest.raises(grpc.RpcError) as caught:
         extract(sidecar, request)
-    error = caught.value
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    status = rpc_status.from_call(error)
-    assert status is not None
-    found: dict[str, str] = {}
-    for detail in status.details:
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request):
-            found.update({v.field: v.description for v in bad_request.field_violations})
-    return found
+    return field_violations(caught.value)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,13 +10,13 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import duration_pb2, json_format, struct_pb2
-from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
 from sidecar.api.interceptors import GENERIC_INTERNAL_MESSAGE, ErrorMappingInterceptor
 from sidecar.errors import NotFoundError
+from tests.support.calls import bad_requests
 from tests.support.sidecars import EXAMPLE_CONNECTORS_FILE, InProcessSidecar, example_connectors
 
 RPC_TIMEOUT = 5.0
@@ -71,16 +71,9 @@ def rpc_error_of(call: Callable[[], object]) -> grpc.RpcError:
 
 def violated_fields(error: grpc.RpcError) -> list[str]:
     """The `field` of every google.rpc.BadRequest violation in an INVALID_ARGUMENT status."""
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    status = rpc_status.from_call(error)
-    assert status is not None, "INVALID_ARGUMENT without a google.rpc.Status"
-    bad_requests = []
-    for detail in status.details:
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request):
-            bad_requests.append(bad_request)
-    assert len(bad_requests) == 1, status.details
-    return [violation.field for violation in bad_requests[0].field_violations]
+    found = bad_requests(error)
+    assert len(found) == 1, found
+    return [violation.field for violation in found[0].field_violations]
 
 
 def json_value(data: Any) -> struct_pb2.Value:

@@ -1,7 +1,8 @@
 """Connectors, nodes and RPCs to a running sidecar, built from plain data.
 
 For one-line tests over the real wire: `register` a connector, `evaluate` a node on it (2xx ->
-"ok", else "else", errors "error"), compare `verdict(response)` with `error("REASON")`.
+"ok", else "else", errors "error"), compare `verdict(response)` with `error("REASON")`; read an
+INVALID_ARGUMENT's `field_violations`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
@@ -90,3 +94,25 @@ def verdict(response: pb.EvaluateNodeResponse) -> tuple[str, str]:
 
 def error(reason: str) -> tuple[str, str]:
     return "OUTCOME_ERROR", f"REASON_{reason}"
+
+
+def bad_requests(error: grpc.RpcError) -> list[error_details_pb2.BadRequest]:
+    """The google.rpc.BadRequest details of an INVALID_ARGUMENT status (any other code fails)."""
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    status = rpc_status.from_call(error)
+    assert status is not None, "INVALID_ARGUMENT without a google.rpc.Status"
+    found = []
+    for detail in status.details:
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            found.append(bad_request)
+    return found
+
+
+def field_violations(error: grpc.RpcError) -> dict[str, str]:
+    """field -> description of every BadRequest violation in an INVALID_ARGUMENT status."""
+    return {
+        violation.field: violation.description
+        for bad_request in bad_requests(error)
+        for violation in bad_request.field_violations
+    }

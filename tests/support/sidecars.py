@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -236,26 +236,6 @@ class SidecarProcess:
     def health_stub(self) -> health_pb2_grpc.HealthStub:
         return health_pb2_grpc.HealthStub(self.channel)
 
-    def wait_until_listening(self, deadline_seconds: float = STARTUP_DEADLINE_SECONDS) -> None:
-        """Poll a TCP connect until the port accepts; fail with stderr if the process dies."""
-        deadline = time.monotonic() + deadline_seconds
-        while True:
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"rules-sidecar exited with {self.process.returncode} before listening:\n"
-                    f"{self.stderr_text()}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"rules-sidecar not listening after {deadline_seconds}s:\n{self.stderr_text()}"
-                )
-            time.sleep(0.01)
-
     def stderr_text(self) -> str:
         """Everything the process wrote to stderr so far."""
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")
@@ -268,23 +248,43 @@ class SidecarProcess:
             ).status
         )
 
+    def wait_until_listening(self, deadline_seconds: float = STARTUP_DEADLINE_SECONDS) -> None:
+        """Until a TCP connect to the port succeeds; fail with stderr if the process dies."""
+        self._wait_until(self._accepts_connections, "listening", deadline_seconds, 0.01)
+
     def wait_until_serving(self, deadline_seconds: float = STARTUP_DEADLINE_SECONDS) -> None:
-        """Poll health Check until SERVING; fail with the process's stderr if it dies."""
+        """Until health Check says SERVING; fail with the process's stderr if it dies."""
+        self._wait_until(self._is_serving, "SERVING", deadline_seconds, 0.05)
+
+    def _accepts_connections(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
+                return True
+        except OSError:
+            return False
+
+    def _is_serving(self) -> bool:
+        with contextlib.suppress(grpc.RpcError):
+            return self.health_status() == SERVING
+        return False
+
+    def _wait_until(
+        self, holds: Callable[[], bool], what: str, deadline_seconds: float, interval: float
+    ) -> None:
         deadline = time.monotonic() + deadline_seconds
         while True:
             if self.process.poll() is not None:
                 pytest.fail(
-                    f"rules-sidecar exited with {self.process.returncode} before SERVING:\n"
+                    f"rules-sidecar exited with {self.process.returncode} before {what}:\n"
                     f"{self.stderr_text()}"
                 )
-            with contextlib.suppress(grpc.RpcError):
-                if self.health_status() == SERVING:
-                    return
+            if holds():
+                return
             if time.monotonic() > deadline:
                 pytest.fail(
-                    f"rules-sidecar not SERVING after {deadline_seconds}s:\n{self.stderr_text()}"
+                    f"rules-sidecar not {what} after {deadline_seconds}s:\n{self.stderr_text()}"
                 )
-            time.sleep(0.05)
+            time.sleep(interval)
 
     def terminate(self, timeout: float = STARTUP_DEADLINE_SECONDS) -> int:
         """SIGTERM, then wait for the exit code."""
