@@ -2,8 +2,9 @@
 
 The autouse `network` fixture records every connection and lookup of the test; `sidecar_seams`
 hands its recording connector and fake resolver (tests/support/network.py) to every in-process
-sidecar the test starts, through the composition root's parameters. At teardown `network` fails
-the test if any violation was recorded. `raw_servers` gives raw loopback servers
+sidecar the test starts, through the composition root's parameters, and `guard_process` refuses
+any other non-loopback connect or real DNS lookup in the test process. At teardown `network`
+fails the test if any violation was recorded. `raw_servers` gives raw loopback servers
 (tests/support/raw_servers.py).
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.network import Network, recording_seams
+from tests.support.network import Network, guard_process, is_loopback_v4, recording_seams
 from tests.support.raw_servers import RawServers
 from tests.support.sidecars import Seams
 
@@ -32,10 +33,11 @@ SESSION_TOTALS = {
 def network() -> Iterator[Network]:
     """Loopback only for every egress of the test; fails the test on any violation."""
     recorded = Network()
-    yield recorded
+    with guard_process(recorded):
+        yield recorded
     violations = recorded.non_loopback_attempts()
     SESSION_TOTALS["tests"] += 1
-    loopback = len(recorded.connections) - len(violations) - len(recorded.excused)
+    loopback = sum(is_loopback_v4(host) for host, _ in recorded.connections)
     SESSION_TOTALS["loopback connections"] += loopback
     SESSION_TOTALS["non-loopback attempts"] += len(violations)
     SESSION_TOTALS["refused as strict-xfail evidence"] += len(recorded.excused)

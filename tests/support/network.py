@@ -13,6 +13,12 @@ under test is broken. So every egress built there (directly, or by an in-process
 The security suite's `sidecar_seams` fixture hands them to every in-process sidecar
 (`recording_seams`, parameters of the composition root); `recording_egress` builds a bare
 egress with them. The autouse `network` fixture fails the test if any violation was recorded.
+
+- `guard_process`, the last lock, for what the seams cannot reach (an egress built without them,
+  a future test that forgets them): while a security test runs, every socket `connect` in the
+  test process to an address outside loopback, and every real DNS lookup of a name, is refused
+  before the system call and recorded as a violation. Loopback, unix sockets and numeric
+  loopback lookups go through.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import errno
 import ipaddress
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +107,62 @@ class Network:
                 self.violations.append((host, port))
             raise OSError(errno.ENETUNREACH, f"test guard: {host}:{port} is not loopback")
         return socket.socket(family, kind, proto)
+
+
+def _is_local(address: Any) -> bool:
+    """A unix socket path, or an (host, port, ...) tuple on loopback."""
+    if isinstance(address, str | bytes):
+        return True
+    host = str(address[0])
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def guard_process(network: Network) -> Iterator[None]:
+    """Refuse (and record) every non-loopback connect and every name lookup in this process.
+
+    Patched on the socket class and module, which asyncio and aiohttp look up at call time, so
+    it holds whatever connector or resolver an egress was built with.
+    """
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_getaddrinfo = socket.getaddrinfo
+
+    def refuse(address: Any) -> OSError:
+        with network._lock:
+            network.violations.append((str(address[0]), int(address[1])))
+        return OSError(errno.ENETUNREACH, f"test guard: {address[0]} is not loopback")
+
+    def connect(self: socket.socket, address: Any) -> None:
+        if not _is_local(address):
+            raise refuse(address)
+        real_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        if not _is_local(address):
+            return refuse(address).errno or errno.ENETUNREACH
+        return real_connect_ex(self, address)
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        text = host.decode() if isinstance(host, bytes) else str(host)
+        if host is not None and not _is_local((text, 0)):
+            network.record_lookup(text)
+            with network._lock:
+                network.violations.append((text, int(port or 0)))
+            raise socket.gaierror(socket.EAI_NONAME, f"test guard: no real DNS for {text!r}")
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    socket.socket.connect = connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+    socket.getaddrinfo = getaddrinfo
+    try:
+        yield
+    finally:
+        socket.socket.connect = real_connect  # type: ignore[method-assign]
+        socket.socket.connect_ex = real_connect_ex  # type: ignore[method-assign]
+        socket.getaddrinfo = real_getaddrinfo
 
 
 class RecordingConnector(aiohttp.TCPConnector):
