@@ -145,7 +145,6 @@ def traced(
     sidecar_factory: Callable[..., InProcessSidecar],
     upstream: Upstream,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Traced]:
     spans = InMemorySpanExporter()
     tracer_provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
@@ -160,12 +159,16 @@ def traced(
     handler.setFormatter(JsonFormatter())
     evaluations = logging.getLogger("sidecar.evaluations")
     evaluations.addHandler(handler)
-    monkeypatch.setattr(evaluations, "level", logging.INFO)
+    # setLevel, not an attribute patch: it also clears the loggers' isEnabledFor cache, which an
+    # earlier test (caplog on "sidecar") may have filled with "INFO is off".
+    level = evaluations.level
+    evaluations.setLevel(logging.INFO)
     try:
         sidecar = sidecar_factory(secrets_dir=secrets, telemetry=telemetry)
         yield Traced(sidecar, upstream, spans, reader, log)
     finally:
         evaluations.removeHandler(handler)
+        evaluations.setLevel(level)
 
 
 def client_traceparent(sampled: bool = True) -> str:

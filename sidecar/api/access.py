@@ -22,22 +22,18 @@ from __future__ import annotations
 
 import enum
 import hmac
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
 from sidecar.api import wire
-from sidecar.api.interceptors import OPEN_SERVICES
+from sidecar.api.interceptors import OPEN_SERVICES, Continuation, Request, Response
 from sidecar.core.watched_file import WatchedFile
 from sidecar.errors import ConfigError, PermissionDeniedError, SidecarError, UnauthenticatedError
 
 ADMIN_METHODS = frozenset({"RegisterConnector", "DeleteConnector"})
-
-# grpc.aio's ServerInterceptor.intercept_service is generic over the call's message types.
-Request = TypeVar("Request")
-Response = TypeVar("Response")
 
 
 class Role(enum.Enum):
@@ -73,9 +69,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Request, Response] | None]
-        ],
+        continuation: Continuation[Request, Response],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Request, Response] | None:
         method: str = handler_call_details.method

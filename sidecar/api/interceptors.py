@@ -35,6 +35,21 @@ Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 # grpc.aio's ServerInterceptor.intercept_service is generic over the call's message types.
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+# (A string inside: grpc's RpcMethodHandler is generic for the type checker only.)
+Continuation = Callable[
+    [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Request, Response] | None"]
+]
+
+
+def rewrapped(
+    handler: grpc.RpcMethodHandler[Request, Response], behaviour: Callable[[Handler], Handler]
+) -> grpc.RpcMethodHandler[Request, Response]:
+    """The same unary method with its behaviour wrapped (its (de)serializers kept)."""
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour(cast(Handler, handler.unary_unary)),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -42,19 +57,14 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Request, Response] | None]
-        ],
+        continuation: Continuation[Request, Response],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Request, Response] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            _guard(cast(Handler, handler.unary_unary), handler_call_details.method),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        method: str = handler_call_details.method
+        return rewrapped(handler, lambda inner: _guard(inner, method))
 
 
 def _guard(inner: Handler, method: str) -> Handler:
@@ -96,24 +106,15 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Request, Response] | None]
-        ],
+        continuation: Continuation[Request, Response],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Request, Response] | None:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
         if handler is None or handler.unary_unary is None or method.startswith(OPEN_SERVICES):
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            self._traced(
-                cast(Handler, handler.unary_unary),
-                method,
-                handler_call_details.invocation_metadata,
-            ),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        metadata = handler_call_details.invocation_metadata
+        return rewrapped(handler, lambda inner: self._traced(inner, method, metadata))
 
     def _traced(
         self, inner: Handler, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
