@@ -2,7 +2,9 @@
 
 Reads (`get`, on every EvaluateNode) are a dict lookup. Writes are serialised by one lock, go to
 the store first and change memory only once the commit is durable, so a failed write never leaves
-a half-updated registry.
+a half-updated registry. The store, not memory, decides versions and checks `expected_version`
+(`sidecar/registry/backend.py`): with a shared database another replica may have written since
+this one last heard of the id.
 
 How file and API connectors relate: the connectors file is the source of truth for the ids it
 declares. Those connectors are read-only at runtime (RegisterConnector and DeleteConnector answer
@@ -37,9 +39,8 @@ from sidecar.errors import (
     InvalidArgumentError,
     NotFoundError,
     ReadOnlyConnectorError,
-    VersionConflictError,
 )
-from sidecar.registry.store import ConnectorStore
+from sidecar.registry.backend import Store
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -61,7 +62,7 @@ class Registry:
 
     def __init__(
         self,
-        store: ConnectorStore,
+        store: Store,
         *,
         bindings: SecretBindings,
         file_connectors: Iterable[Connector],
@@ -116,40 +117,30 @@ class Registry:
             )
         async with self._write_lock:
             self._refuse_file_managed(connector.id)
-            current = self._api.get(connector.id)
-            current_version = current.version if current else 0
-            _check_expected(connector.id, expected_version, current_version)
-            base_version = current_version or await self._run(
-                self._store.tombstone_version, connector.id
+            entering = connector.model_copy(
+                update={"update_time": datetime.now(UTC), "source": ConnectorSource.API}
             )
-            stored = connector.model_copy(
-                update={
-                    "version": base_version + 1,
-                    "update_time": datetime.now(UTC),
-                    "source": ConnectorSource.API,
-                }
+            stored, created = await self._run(
+                self._store.save, entering, expected_version=expected_version
             )
-            await self._run(self._store.put, stored)
             self._api[stored.id] = stored
             # The file wins, even if a reload declared this id while the write was in flight.
             self._merged[stored.id] = self._file.get(stored.id, stored)
-            return stored, current is None
+            return stored, created
 
     async def delete(self, connector_id: str, *, expected_version: int | None) -> int:
         """Delete a connector; returns the version deleted."""
         async with self._write_lock:
             self._refuse_file_managed(connector_id)
-            current = self._api.get(connector_id)
-            if current is None:
-                raise NotFoundError(f"no connector with id {connector_id!r}")
-            _check_expected(connector_id, expected_version, current.version)
-            await self._run(self._store.delete, connector_id, current.version)
-            del self._api[connector_id]
+            deleted = await self._run(
+                self._store.remove, connector_id, expected_version=expected_version
+            )
+            self._api.pop(connector_id, None)
             if connector_id in self._file:  # declared by a reload during the write: it stays
                 self._merged[connector_id] = self._file[connector_id]
             else:
-                del self._merged[connector_id]
-            return current.version
+                self._merged.pop(connector_id, None)
+            return deleted
 
     def replace_file_connectors(self, connectors: Iterable[Connector]) -> None:
         """Install a new set of file connectors (startup, or a reload of the file)."""
@@ -186,15 +177,6 @@ def secret_host_refusals(connector: Connector, bindings: SecretBindings) -> list
     """The rule every connector obeys on entering: a bound secret goes only to its hosts."""
     host = urlsplit(connector.url_template).hostname or ""
     return bindings.violations(connector.secret_names(), host)
-
-
-def _check_expected(connector_id: str, expected: int | None, current: int) -> None:
-    if expected is not None and expected != current:
-        state = f"is at version {current}" if current else "does not exist"
-        raise VersionConflictError(
-            f"connector {connector_id!r} {state}, but expected_version was {expected}; "
-            "read it again and retry"
-        )
 
 
 def _encode_page_token(last_id: str) -> str:

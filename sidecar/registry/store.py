@@ -9,7 +9,9 @@ Versions only grow: deleting a connector leaves a tombstone with its last versio
 re-created under the same id never reuses a (id, version) pair that a cache may still hold.
 
 One process owns a store at a time (an advisory lock on `<data_dir>/lock`); two sidecars sharing
-one file would each keep a stale in-memory view of the other's writes.
+one file would each keep a stale in-memory view of the other's writes. That single owner is also
+what makes `save` and `remove` atomic here: inside the process they hold one lock from the version
+check to the commit (a fleet shares PostgreSQL instead, `sidecar/registry/postgres.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -25,7 +28,8 @@ from typing import IO
 from pydantic import ValidationError
 
 from sidecar.core.model import Connector
-from sidecar.errors import StoreError
+from sidecar.errors import NotFoundError, StoreError
+from sidecar.registry.backend import check_expected_version
 
 SCHEMA_VERSION = 1
 _SCHEMA = (
@@ -36,10 +40,12 @@ _SCHEMA = (
 
 
 class ConnectorStore:
-    """Durable storage of API-registered connectors. Calls block: run them off the event loop."""
+    """Durable storage of API-registered connectors (a `Store`). Calls block: run them off the
+    event loop."""
 
     def __init__(self, path: Path, *, busy_timeout_seconds: float = 5.0) -> None:
         self.path = path
+        self._write_lock = threading.Lock()
         self._lock_file = _acquire_lock(path.parent / "lock")
         try:
             self._db = sqlite3.connect(
@@ -78,14 +84,44 @@ class ConnectorStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot read the connector store {self.path}: {exc}") from exc
         for connector_id, definition in rows:
-            try:
-                connectors.append(Connector.model_validate_json(definition))
-            except ValidationError as exc:
-                raise StoreError(
-                    f"connector {connector_id!r} in store {self.path} cannot be read: "
-                    f"{exc.error_count()} invalid field(s), first: {exc.errors()[0]['msg']}"
-                ) from exc
+            connectors.append(_parse(connector_id, definition, self.path))
         return connectors
+
+    def get(self, connector_id: str) -> Connector | None:
+        """The stored connector with this id, or None."""
+        try:
+            row = self._db.execute(
+                "SELECT definition FROM connectors WHERE id = ?", (connector_id,)
+            ).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot read the connector store {self.path}: {exc}") from exc
+        return _parse(connector_id, row[0], self.path) if row else None
+
+    def save(self, connector: Connector, *, expected_version: int | None) -> tuple[Connector, bool]:
+        """Create or replace, at the next version of the id (after its tombstone, if deleted)."""
+        with self._write_lock:
+            try:
+                current = self._version_of(connector.id)
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"cannot write connector {connector.id!r}: {exc}") from exc
+            check_expected_version(connector.id, expected_version, current)
+            base = current or self.tombstone_version(connector.id)
+            stored = connector.model_copy(update={"version": base + 1})
+            self.put(stored)
+            return stored, current == 0
+
+    def remove(self, connector_id: str, *, expected_version: int | None) -> int:
+        """Delete the connector, leaving its tombstone; returns the version deleted."""
+        with self._write_lock:
+            try:
+                current = self._version_of(connector_id)
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"cannot delete connector {connector_id!r}: {exc}") from exc
+            if current == 0:
+                raise NotFoundError(f"no connector with id {connector_id!r}")
+            check_expected_version(connector_id, expected_version, current)
+            self.delete(connector_id, current)
+            return current
 
     def tombstone_version(self, connector_id: str) -> int:
         """The last version of a deleted connector, or 0."""
@@ -124,6 +160,13 @@ class ConnectorStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot delete connector {connector_id!r}: {exc}") from exc
 
+    def _version_of(self, connector_id: str) -> int:
+        """The stored version of this id, 0 when it is not stored (sqlite3 errors pass)."""
+        row = self._db.execute(
+            "SELECT version FROM connectors WHERE id = ?", (connector_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
     def close(self) -> None:
         """Close the database and release the store lock."""
         self._db.close()
@@ -148,6 +191,16 @@ class ConnectorStore:
     def _release_lock(self) -> None:
         if not self._lock_file.closed:
             self._lock_file.close()
+
+
+def _parse(connector_id: str, definition: str, path: Path) -> Connector:
+    try:
+        return Connector.model_validate_json(definition)
+    except ValidationError as exc:
+        raise StoreError(
+            f"connector {connector_id!r} in store {path} cannot be read: "
+            f"{exc.error_count()} invalid field(s), first: {exc.errors()[0]['msg']}"
+        ) from exc
 
 
 def _acquire_lock(path: Path) -> IO[bytes]:
