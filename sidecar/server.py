@@ -34,7 +34,8 @@ from sidecar.core.model import Connector
 from sidecar.core.secrets import SecretBindings, SecretStore
 from sidecar.egress import ConnectorFactory, Egress, EgressLimits, EgressPolicy, Resolver
 from sidecar.errors import ConfigError
-from sidecar.registry import ConnectorStore, Registry, load_connectors_file
+from sidecar.registry import ConnectorStore, Registry, Store, load_connectors_file
+from sidecar.registry.postgres import PostgresStore
 from sidecar.registry.watcher import ConnectorsFileWatcher, ReloadState
 from sidecar.settings import Settings
 from sidecar.telemetry.config import TelemetryConfig
@@ -124,11 +125,7 @@ async def _load_registry(
         if settings.connectors_file
         else ()
     )
-    store = await asyncio.to_thread(
-        ConnectorStore,
-        settings.store_path,
-        busy_timeout_seconds=settings.store_busy_timeout_seconds,
-    )
+    store = await asyncio.to_thread(open_store, settings)
     try:
         registry = await asyncio.to_thread(
             Registry, store, bindings=bindings, file_connectors=file_connectors
@@ -143,6 +140,19 @@ async def _load_registry(
         settings.connectors_file or "no connectors file",
     )
     return file_connectors, registry
+
+
+def open_store(settings: Settings) -> Store:
+    """PostgreSQL when `store_url` is set (a fleet shares it), else the embedded SQLite store."""
+    if settings.store_url is None:
+        return ConnectorStore(
+            settings.store_path, busy_timeout_seconds=settings.store_busy_timeout_seconds
+        )
+    return PostgresStore(
+        settings.store_url,
+        password=settings.store_password(),
+        lock_timeout_seconds=settings.store_busy_timeout_seconds,
+    )
 
 
 @dataclass(frozen=True)

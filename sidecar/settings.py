@@ -30,6 +30,11 @@ from sidecar.errors import ConfigError
 
 ENV_PREFIX = "RULES_SIDECAR_"
 CONFIG_FILE_VARIABLE = f"{ENV_PREFIX}CONFIG_FILE"
+# The PostgreSQL password, when no store_password_file is given. Not a setting (settings are
+# shown in errors and logs) and not under secret_env_prefix (that would make it a connector secret).
+STORE_PASSWORD_VARIABLE = f"{ENV_PREFIX}STORE_PASSWORD"
+# Settings whose given value is never repeated in an error message.
+_NEVER_ECHOED = frozenset({"store_url"})
 
 
 class Settings(BaseSettings):
@@ -86,7 +91,23 @@ class Settings(BaseSettings):
         description="On SIGTERM, in-flight calls get this long to finish; new calls are refused.",
     )
     store_busy_timeout_seconds: float = Field(
-        5.0, gt=0, description="How long a store write waits for a lock held by another process."
+        5.0,
+        gt=0,
+        description="How long a store write waits for a lock held by another writer (another "
+        "process on SQLite; another replica writing the same connector on PostgreSQL).",
+    )
+    store_url: str | None = Field(
+        None,
+        description="Keep API-registered connectors in this PostgreSQL database, shared by every "
+        "replica: postgresql://user@host:port/dbname (query parameters such as sslmode allowed). "
+        "Without it, the embedded SQLite store under data_dir serves this process alone. The "
+        "password never goes in the URL: see store_password_file.",
+    )
+    store_password_file: Path | None = Field(
+        None,
+        description="File holding the password of the store_url user (e.g. a mounted Kubernetes "
+        "Secret), read at startup. Without it, the RULES_SIDECAR_STORE_PASSWORD environment "
+        "variable is used if set. Kept apart from secrets_dir, whose files connectors may send.",
     )
     admin_token_file: Path | None = Field(
         None,
@@ -167,6 +188,23 @@ class Settings(BaseSettings):
         "IP) lets a Prometheus outside the pod scrape it.",
     )
 
+    @field_validator("store_url")
+    @classmethod
+    def _store_url_without_password(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, _, rest = value.partition("://")
+        if scheme not in ("postgresql", "postgres") or not rest:
+            raise ValueError("must be postgresql://user@host:port/dbname")
+        authority = rest.split("/", 1)[0]
+        query = value.partition("?")[2].lower()
+        if ":" in authority.rpartition("@")[0] or "password=" in query:
+            raise ValueError(
+                "must not carry a password; give it in store_password_file or "
+                f"{STORE_PASSWORD_VARIABLE}"
+            )
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_case_level(cls, value: Any) -> Any:
@@ -188,6 +226,17 @@ class Settings(BaseSettings):
         propagators, resource) itself, as every OpenTelemetry SDK does.
         """
         return {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
+
+    def store_password(self) -> str | None:
+        """The store_url user's password: store_password_file, else the environment, else None."""
+        if self.store_password_file is not None:
+            try:
+                return self.store_password_file.read_text().strip("\r\n")
+            except OSError as exc:
+                raise ConfigError(
+                    f"store_password_file {self.store_password_file} cannot be read: {exc.strerror}"
+                ) from exc
+        return os.environ.get(STORE_PASSWORD_VARIABLE)
 
     @property
     def store_path(self) -> Path:
@@ -246,14 +295,17 @@ def _known_variables() -> list[str]:
 
 def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """RULES_SIDECAR_* variables that name no setting: ignored silently, they hide typos."""
-    known = {*_known_variables(), CONFIG_FILE_VARIABLE}
+    known = {*_known_variables(), CONFIG_FILE_VARIABLE, STORE_PASSWORD_VARIABLE}
     return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
 
 
 def _problem(error: Any) -> str:
     """One settings problem, with the value given when it is short (settings hold no secrets)."""
     given = error.get("input")
+    echo = not (error["loc"] and error["loc"][0] in _NEVER_ECHOED)
     shown = (
-        f" (got {given!r})" if isinstance(given, str | int | float) and len(str(given)) < 80 else ""
+        f" (got {given!r})"
+        if echo and isinstance(given, str | int | float) and len(str(given)) < 80
+        else ""
     )
     return f"{'.'.join(map(str, error['loc']))}: {error['msg']}{shown}"

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from pydantic import ValidationError
+
 from sidecar.core.model import Connector
-from sidecar.errors import VersionConflictError
+from sidecar.errors import StoreError, VersionConflictError
 
 
 class Store(Protocol):
@@ -67,3 +69,14 @@ def check_expected_version(connector_id: str, expected: int | None, current: int
             f"connector {connector_id!r} {state}, but expected_version was {expected}; "
             "read it again and retry"
         )
+
+
+def parse_definition(connector_id: str, definition: str, where: str) -> Connector:
+    """A stored row's connector; StoreError naming the id and the store if it cannot be read."""
+    try:
+        return Connector.model_validate_json(definition)
+    except ValidationError as exc:
+        raise StoreError(
+            f"connector {connector_id!r} in store {where} cannot be read: "
+            f"{exc.error_count()} invalid field(s), first: {exc.errors()[0]['msg']}"
+        ) from exc

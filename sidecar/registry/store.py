@@ -25,11 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from pydantic import ValidationError
-
 from sidecar.core.model import Connector
 from sidecar.errors import NotFoundError, StoreError
-from sidecar.registry.backend import check_expected_version
+from sidecar.registry.backend import check_expected_version, parse_definition
 
 SCHEMA_VERSION = 1
 _SCHEMA = (
@@ -84,7 +82,7 @@ class ConnectorStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot read the connector store {self.path}: {exc}") from exc
         for connector_id, definition in rows:
-            connectors.append(_parse(connector_id, definition, self.path))
+            connectors.append(parse_definition(connector_id, definition, str(self.path)))
         return connectors
 
     def get(self, connector_id: str) -> Connector | None:
@@ -95,7 +93,7 @@ class ConnectorStore:
             ).fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot read the connector store {self.path}: {exc}") from exc
-        return _parse(connector_id, row[0], self.path) if row else None
+        return parse_definition(connector_id, row[0], str(self.path)) if row else None
 
     def save(self, connector: Connector, *, expected_version: int | None) -> tuple[Connector, bool]:
         """Create or replace, at the next version of the id (after its tombstone, if deleted)."""
@@ -191,16 +189,6 @@ class ConnectorStore:
     def _release_lock(self) -> None:
         if not self._lock_file.closed:
             self._lock_file.close()
-
-
-def _parse(connector_id: str, definition: str, path: Path) -> Connector:
-    try:
-        return Connector.model_validate_json(definition)
-    except ValidationError as exc:
-        raise StoreError(
-            f"connector {connector_id!r} in store {path} cannot be read: "
-            f"{exc.error_count()} invalid field(s), first: {exc.errors()[0]['msg']}"
-        ) from exc
 
 
 def _acquire_lock(path: Path) -> IO[bytes]:

@@ -1,0 +1,264 @@
+"""The fleet's connector store: one PostgreSQL database shared by every replica (`store_url`).
+
+The database is the one authority for versions. Each write is one transaction that first locks
+the id's row in `rules_sidecar_versions` (its high-water mark, created on the id's first write
+and kept after a delete), then checks `expected_version` against the stored connector, writes,
+raises the mark and announces the change. Writers racing on one id, from any replica, queue on
+that row lock: exactly one meets the version it expected, the others get VersionConflictError.
+Versions never repeat because the mark outlives the connector.
+
+Every change is announced with `pg_notify(NOTIFY_CHANNEL, '{"id": ..., "version": ...}')` in
+the writing transaction, so it is heard only once committed; a replica that hears it re-reads
+the row (`get`). The payload is small on purpose: the row stays the truth.
+
+The schema is versioned (`MIGRATIONS`) and brought up to date at open, inside one transaction
+holding `pg_advisory_xact_lock(MIGRATION_LOCK)`: ten replicas starting at once apply each
+migration exactly once, the others wait and find it done. A database whose schema is newer than
+this binary is refused, as a rolled-back deployment must not write rows it does not understand.
+
+Every psycopg and OS error becomes a StoreError naming the database (host:port/dbname, never the
+password) and what to do, `from exc`. A broken connection is dropped and the next call opens a
+new one. The password never appears in the URL: it is passed apart (`password=`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+
+import psycopg
+from psycopg import conninfo, errors
+from psycopg.rows import TupleRow
+
+from sidecar.core.model import Connector
+from sidecar.errors import NotFoundError, StoreError
+from sidecar.registry.backend import check_expected_version, parse_definition
+
+SCHEMA_VERSION = 1
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            "CREATE TABLE rules_sidecar_connectors ("
+            " id text PRIMARY KEY, version bigint NOT NULL, definition text NOT NULL)",
+            # The last version each id ever had: kept after a delete, so versions never repeat.
+            "CREATE TABLE rules_sidecar_versions (id text PRIMARY KEY, version bigint NOT NULL)",
+        ),
+    ),
+)
+MIGRATION_LOCK = 0x5253_4D49  # any constant; every replica takes the same one ("RSMI")
+NOTIFY_CHANNEL = "rules_sidecar_connectors"
+
+
+class PostgresStore:
+    """API-registered connectors in a shared PostgreSQL database (a `Store`). Calls block.
+
+    Usage::
+
+        store = PostgresStore("postgresql://sidecar@db:5432/rules", password=password)
+        stored, created = store.save(connector, expected_version=None)
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        password: str | None,
+        connect_timeout_seconds: float = 5.0,
+        lock_timeout_seconds: float = 5.0,
+    ) -> None:
+        try:
+            parts = conninfo.conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:
+            raise StoreError(
+                "store_url is not a PostgreSQL URL; write postgresql://user@host:port/dbname"
+            ) from exc
+        if "password" in parts:
+            raise StoreError(
+                "store_url carries a password; remove it and give it through "
+                "store_password_file or RULES_SIDECAR_STORE_PASSWORD"
+            )
+        self.where = (
+            f"PostgreSQL {parts.get('host', 'localhost')}:{parts.get('port', 5432)}"
+            f"/{parts.get('dbname', parts.get('user', ''))}"
+        )
+        self._url = url
+        self._password = password
+        self._connect_timeout = max(1, round(connect_timeout_seconds))
+        self._lock_timeout_ms = round(lock_timeout_seconds * 1000)
+        self._lock = threading.Lock()  # one connection, used by one thread at a time
+        self._conn: psycopg.Connection[TupleRow] | None = None
+        with self._lock:
+            self._migrate()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.where})"
+
+    def load_all(self) -> list[Connector]:
+        """Every stored connector, in id order."""
+        with self._session("read the connectors") as conn:
+            rows = conn.execute(
+                "SELECT id, definition FROM rules_sidecar_connectors ORDER BY id"
+            ).fetchall()
+        return [parse_definition(i, d, self.where) for i, d in rows]
+
+    def get(self, connector_id: str) -> Connector | None:
+        """The stored connector with this id, or None."""
+        with self._session(f"read connector {connector_id!r}") as conn:
+            row = conn.execute(
+                "SELECT definition FROM rules_sidecar_connectors WHERE id = %s", (connector_id,)
+            ).fetchone()
+        return parse_definition(connector_id, row[0], self.where) if row else None
+
+    def save(self, connector: Connector, *, expected_version: int | None) -> tuple[Connector, bool]:
+        """Create or replace at the id's next version: check and write in one transaction."""
+        with self._session(f"write connector {connector.id!r}") as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO rules_sidecar_versions (id, version) VALUES (%s, 0) "
+                "ON CONFLICT (id) DO NOTHING",
+                (connector.id,),
+            )
+            high_water = self._lock_id(conn, connector.id)
+            current = self._version_of(conn, connector.id)
+            check_expected_version(connector.id, expected_version, current)
+            stored = connector.model_copy(update={"version": high_water + 1})
+            conn.execute(
+                "INSERT INTO rules_sidecar_connectors (id, version, definition) "
+                "VALUES (%s, %s, %s) ON CONFLICT (id) DO UPDATE "
+                "SET version = excluded.version, definition = excluded.definition",
+                (stored.id, stored.version, stored.model_dump_json(exclude_none=True)),
+            )
+            conn.execute(
+                "UPDATE rules_sidecar_versions SET version = %s WHERE id = %s",
+                (stored.version, stored.id),
+            )
+            _announce(conn, stored.id, stored.version)
+        return stored, current == 0
+
+    def remove(self, connector_id: str, *, expected_version: int | None) -> int:
+        """Delete; the high-water mark stays, so the id's next version continues after it."""
+        with self._session(f"delete connector {connector_id!r}") as conn, conn.transaction():
+            self._lock_id(conn, connector_id)
+            current = self._version_of(conn, connector_id)
+            if current == 0:
+                raise NotFoundError(f"no connector with id {connector_id!r}")
+            check_expected_version(connector_id, expected_version, current)
+            conn.execute("DELETE FROM rules_sidecar_connectors WHERE id = %s", (connector_id,))
+            _announce(conn, connector_id, current)
+        return current
+
+    def close(self) -> None:
+        """Close the connection (a later call would open a new one)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @contextlib.contextmanager
+    def _session(self, doing: str) -> Iterator[psycopg.Connection[TupleRow]]:
+        """The open connection, for one call; every psycopg error becomes a StoreError."""
+        with self._lock:
+            try:
+                yield self._connection()
+            except errors.LockNotAvailable as exc:
+                raise StoreError(
+                    f"cannot {doing} in {self.where}: another writer held it for longer than "
+                    f"{self._lock_timeout_ms} ms; retry"
+                ) from exc
+            except psycopg.Error as exc:
+                if self._conn is not None and (self._conn.broken or self._conn.closed):
+                    self._conn = None  # the next call connects again
+                raise StoreError(
+                    f"cannot {doing} in {self.where}: {_reason(exc)}; check that the database "
+                    "is up and reachable, then read the connector again and retry"
+                ) from exc
+
+    def _connection(self) -> psycopg.Connection[TupleRow]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = self._connect()
+        return self._conn
+
+    def _connect(self) -> psycopg.Connection[TupleRow]:
+        try:
+            return psycopg.connect(
+                self._url,
+                password=self._password,
+                autocommit=True,  # transactions are explicit: `with conn.transaction()`
+                connect_timeout=self._connect_timeout,
+                application_name="rules-sidecar",
+                options=f"-c lock_timeout={self._lock_timeout_ms}",
+            )
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"cannot connect to {self.where}: {_reason(exc)}; check store_url, the "
+                "password, and that the database accepts connections from this host"
+            ) from exc
+
+    def _migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION, under the advisory lock; refuse a newer one."""
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS rules_sidecar_schema (version integer NOT NULL)"
+                )
+                row = conn.execute("SELECT max(version) FROM rules_sidecar_schema").fetchone()
+                found = int(row[0]) if row and row[0] is not None else 0
+                if found > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"the connector store in {self.where} has schema {found}, written by a "
+                        f"newer rules-sidecar (this one knows up to {SCHEMA_VERSION}); upgrade "
+                        "this sidecar, or point store_url at another database"
+                    )
+                for version, statements in MIGRATIONS:
+                    if version > found:
+                        for statement in statements:
+                            conn.execute(statement)
+                if found < SCHEMA_VERSION:
+                    conn.execute("DELETE FROM rules_sidecar_schema")
+                    conn.execute(
+                        "INSERT INTO rules_sidecar_schema (version) VALUES (%s)", (SCHEMA_VERSION,)
+                    )
+        except psycopg.Error as exc:
+            self._conn = None
+            conn.close()
+            raise StoreError(
+                f"cannot prepare the connector tables in {self.where}: {_reason(exc)}; the "
+                "store_url user needs CREATE on the database's public schema"
+            ) from exc
+        except StoreError:
+            self._conn = None
+            conn.close()
+            raise
+
+    def _lock_id(self, conn: psycopg.Connection[TupleRow], connector_id: str) -> int:
+        """Lock the id's high-water row until commit; its version, NotFoundError if none."""
+        row = conn.execute(
+            "SELECT version FROM rules_sidecar_versions WHERE id = %s FOR UPDATE", (connector_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no connector with id {connector_id!r}")
+        return int(row[0])
+
+    def _version_of(self, conn: psycopg.Connection[TupleRow], connector_id: str) -> int:
+        row = conn.execute(
+            "SELECT version FROM rules_sidecar_connectors WHERE id = %s", (connector_id,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def notification(connector_id: str, version: int) -> str:
+    """The payload announcing a change: the id and its version (re-read the row for the rest)."""
+    return json.dumps({"id": connector_id, "version": version}, separators=(",", ":"))
+
+
+def _announce(conn: psycopg.Connection[TupleRow], connector_id: str, version: int) -> None:
+    conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, notification(connector_id, version)))
+
+
+def _reason(exc: psycopg.Error) -> str:
+    """The server's or libpq's first line: enough to act on, without the driver's trail."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
