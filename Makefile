@@ -4,7 +4,7 @@ SHELL := bash
 VENV := .venv/bin
 BUF := proto/node_modules/.bin/buf
 
-.PHONY: bench help run test test-fast setup lint typecheck proto-lint generate check-generated pytest test-clients
+.PHONY: bench help run test test-fast setup lint typecheck proto-lint generate check-generated postgres pytest test-clients
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -13,12 +13,12 @@ run: ## set up, then run the sidecar on 127.0.0.1:50051 with the example connect
 	@scripts/bootstrap --python-only
 	$(VENV)/rules-sidecar serve --config examples/sidecar.yaml
 
-test: setup lint typecheck proto-lint check-generated check-chart check-image-command pytest test-clients ## set up, then run every check and test (what CI runs)
+test: setup lint typecheck proto-lint check-generated check-chart check-image-command postgres pytest test-clients ## set up, then run every check and test (what CI runs)
 
-test-fast: ## the developer loop: lint, types, unit tests and doctests (no e2e/process marks)
+test-fast: ## the developer loop: lint, types, unit tests and doctests (no e2e/process/fleet marks)
 	@scripts/bootstrap --python-only
 	@$(MAKE) --no-print-directory lint typecheck
-	$(VENV)/pytest -q -m "not e2e and not process"
+	$(VENV)/pytest -q -m "not e2e and not process and not fleet"
 
 setup: ## install uv, the locked Python environment and buf (idempotent)
 	@scripts/bootstrap
@@ -44,6 +44,9 @@ check-generated: ## fail if generated code is stale
 
 bench: ## the benchmark: sidecar vs direct baseline (ARGS=--quick for a short run)
 	scripts/bench $(ARGS)
+
+postgres: ## install Debian's PostgreSQL server when missing (the fleet tests start their own clusters)
+	scripts/postgres install
 
 pytest: ## the test suites
 	$(VENV)/pytest

@@ -11,6 +11,7 @@ module that runs `rules-sidecar` itself says `pytestmark = pytest.mark.process`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from sidecar.telemetry.instruments import Telemetry
 from tests.support.loopback import LOOPBACK_ALLOW
+from tests.support.postgres import Database, PostgresCluster, server_bindir
 from tests.support.sidecars import (
     InProcessSidecar,
     InProcessSidecars,
@@ -32,6 +34,7 @@ from tests.support.upstreams import Upstream, closed_port
 
 IN_PROCESS_FIXTURES = frozenset({"sidecar_factory", "running_sidecar", "module_sidecar_factory"})
 PROCESS_FIXTURES = frozenset({"sidecar_process"})
+FLEET_FIXTURES = frozenset({"postgres_cluster"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -42,6 +45,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
         if used & PROCESS_FIXTURES:
             item.add_marker(pytest.mark.process)
+        if used & FLEET_FIXTURES:
+            item.add_marker(pytest.mark.fleet)
 
 
 @pytest.fixture
@@ -142,3 +147,29 @@ def module_upstream() -> Iterator[Upstream]:
     server = Upstream()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL cluster for the session (tests/support/postgres.py).
+
+    Skipped when the server is not installed (scripts/postgres install puts it there), except in
+    CI, where `make test` installs it and its absence is a failure.
+    """
+    bindir = server_bindir()
+    if bindir is None:
+        reason = (
+            "PostgreSQL server not installed (/usr/lib/postgresql/*/bin): scripts/postgres install"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = PostgresCluster.start(bindir)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_database(postgres_cluster: PostgresCluster) -> Database:
+    """An empty database of its own for one test (marked `fleet`)."""
+    return postgres_cluster.create_database()
