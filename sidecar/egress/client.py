@@ -165,7 +165,10 @@ class Egress:
         if parts.username is not None or parts.password is not None:
             raise _blocked("credentials in the URL (userinfo) are not allowed")
         if options.allowed_hosts and not host_matches(host, options.allowed_hosts):
-            raise _blocked(f"{host!r} is not one of this connector's hosts")
+            raise _blocked(
+                f"{host!r} is not one of this connector's hosts; to allow it, "
+                "add it to the connector's allowed_hosts"
+            )
         for verdict in (
             self.policy.judge_scheme(parts.scheme, host),
             self._judge_host(host),

@@ -68,12 +68,11 @@ class GuardedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        listed = self._policy.host_is_listed(host)
         for result in results:
             address = ipaddress.ip_address(result["host"].split("%", 1)[0])
-            verdict = self._policy.judge_address(address, host_listed=listed)
+            verdict = self._policy.judge_resolved(host, address)
             if not verdict.allowed:
-                raise DestinationBlockedError(f"{host!r} resolves to {verdict.reason}")
+                raise DestinationBlockedError(verdict.reason)
         return results
 
     async def close(self) -> None:
