@@ -169,12 +169,14 @@ class Egress:
                 f"{host!r} is not one of this connector's hosts; to allow it, "
                 "add it to the connector's allowed_hosts"
             )
-        for verdict in (
-            self.policy.judge_scheme(parts.scheme, host),
-            self._judge_host(host),
-        ):
-            if not verdict.allowed:
-                raise _blocked(verdict.reason)
+        # Both judged, so one message names every setting the destination needs.
+        refusals = [
+            verdict.reason
+            for verdict in (self.policy.judge_scheme(parts.scheme, host), self._judge_host(host))
+            if not verdict.allowed
+        ]
+        if refusals:
+            raise _blocked(". ".join(refusals))
         return Origin(parts.scheme, host.lower(), port)
 
     def _judge_host(self, host: str) -> Verdict:
