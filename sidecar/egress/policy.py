@@ -14,13 +14,14 @@ opens:
   unwrapped and the embedded address is judged too: Python's `ipaddress` calls the NAT64 and 6to4
   forms of 169.254.169.254 global;
 - forbidden by default: loopback, private (RFC 1918, ULA), link-local, CGNAT, multicast,
-  unspecified, reserved, benchmarking and documentation ranges, and the cloud metadata
-  addresses and names.
+  unspecified, reserved, benchmarking and documentation ranges, and the cloud and hosting
+  platforms' special-purpose addresses (metadata, host agents, DNS, time; some public-range, such
+  as Azure's WireServer) and metadata names, each entry citing the page that documents it.
 
 An operator allow-list may re-open ranges and names for in-cluster APIs. Loopback, link-local and
-the metadata addresses stay closed unless an allow-list entry names them explicitly (an entry
+the platforms' addresses stay closed unless an allow-list entry names them explicitly (an entry
 that merely contains them, such as `0.0.0.0/0`, does not). http is refused unless the host is in
-the http allow-list.
+the http allow-list. A refusal says what the destination is and which setting would allow it.
 
     >>> policy = EgressPolicy()
     >>> policy.judge_address(ipaddress.ip_address("169.254.169.254")).allowed
