@@ -385,6 +385,11 @@ def test_default_policy_refuses_loopback_without_connecting(upstream: Upstream) 
     assert error.reason is Reason.BLOCKED_DESTINATION
     assert error.attempts == 0
     assert upstream.connections == 0
+    # The refusal names every setting the destination needs (http and loopback here), and that
+    # loopback opens only when named.
+    assert "add 127.0.0.1 to egress_allow_http_hosts" in error.message
+    assert "127.0.0.1 is loopback; to allow it, add it" in error.message
+    assert "egress_allow_cidrs (a wider range does not open it)" in error.message
 
 
 def test_plain_http_is_refused_unless_the_host_is_listed(upstream: Upstream) -> None:
@@ -394,6 +399,7 @@ def test_plain_http_is_refused_unless_the_host_is_listed(upstream: Upstream) -> 
 
     assert error.reason is Reason.BLOCKED_DESTINATION
     assert upstream.connections == 0
+    assert "add 127.0.0.1 to egress_allow_http_hosts" in error.message
 
 
 @pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f.0.0.1", "localhost"])
@@ -409,7 +415,10 @@ def test_other_spellings_of_loopback_are_refused(upstream: Upstream, host: str) 
 def test_host_outside_the_connectors_hosts_is_refused(upstream: Upstream) -> None:
     options = SendOptions(5.0, 1024 * 1024, allowed_hosts=("api.example.com",))
 
-    assert send_error(get(upstream.url("/json")), options).reason is Reason.BLOCKED_DESTINATION
+    error = send_error(get(upstream.url("/json")), options)
+
+    assert error.reason is Reason.BLOCKED_DESTINATION
+    assert "add it to the connector's allowed_hosts" in error.message
     assert upstream.connections == 0
 
 

@@ -14,6 +14,10 @@ Hostile destinations, by table:
                       -compatible, 6to4, NAT64 (/96 and the local-use /48), Teredo
     REOPENED_WRAPPERS the same embedded targets when the operator allow-listed the wrapping
                       prefix (NAT64, 6to4 ...): the embedded address is still judged
+    PLATFORMS         every cloud/hosting platform's special-purpose address (metadata, wire
+                      server, DNS, time ...: AWS, Azure, GCP, Oracle, Alibaba, Tencent, IBM,
+                      OpenStack, Scaleway, Akamai ...) as IPv4, decimal, IPv4-mapped and NAT64,
+                      under the default policy and under an allow-list of everything
     NAMES             cloud metadata names and localhost, in several spellings
     RESOLVED          names the fake DNS resolves to forbidden addresses (one public + one
                       private answer included: refused whole)
@@ -27,16 +31,18 @@ Hostile destinations, by table:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
 
 from sidecar.core.model import Reason
 from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
-from sidecar.egress.policy import EgressPolicy
+from sidecar.egress.policy import FORBIDDEN, METADATA_NAMES, SENSITIVE, EgressPolicy
 from tests.support.calls import error, evaluate, register, verdict
 from tests.support.loopback import HOST, LOOPBACK_ALLOW, LOOPBACK_POLICY
 from tests.support.network import Network, recording_egress
@@ -204,6 +210,59 @@ REOPENED_WRAPPERS = [
     case("opened-all-v4-loopback", "https://127.0.0.1/", policy=WRAPPERS_OPEN),
 ]
 
+# The platforms' special-purpose addresses, one row per address the policy names (its comments
+# cite each vendor's page). A block (IBM's service networks) is tried by a sample inside it.
+PLATFORM_ADDRESSES = [
+    ("169.254.169.254", "instance metadata: AWS, Azure, GCP, Oracle, IBM, DigitalOcean, Hetzner"),
+    ("fd00:ec2::254", "AWS instance metadata, IPv6"),
+    ("169.254.169.253", "AWS Route 53 Resolver"),
+    ("fd00:ec2::253", "AWS Route 53 Resolver, IPv6"),
+    ("169.254.169.123", "Amazon Time Sync Service"),
+    ("fd00:ec2::123", "Amazon Time Sync Service, IPv6"),
+    ("169.254.170.2", "AWS ECS task credentials"),
+    ("169.254.170.23", "AWS EKS Pod Identity Agent"),
+    ("fd00:ec2::23", "AWS EKS Pod Identity Agent, IPv6"),
+    ("169.254.169.250", "AWS Windows activation (KMS)"),
+    ("169.254.169.251", "AWS Windows activation (KMS)"),
+    ("168.63.129.16", "Azure WireServer (public range)"),
+    ("fd20:ce::254", "GCP metadata, IPv6"),
+    ("192.0.0.192", "Oracle Cloud Classic metadata"),
+    ("100.100.100.200", "Alibaba Cloud metadata"),
+    ("169.254.0.23", "Tencent Cloud metadata"),
+    ("161.26.0.10", "IBM Cloud service network: DNS (public range)"),
+    ("161.26.0.6", "IBM Cloud service network: NTP (public range)"),
+    ("166.8.0.1", "IBM Cloud private service endpoints (public range)"),
+    ("fe80::a9fe:a9fe", "OpenStack metadata, IPv6"),
+    ("169.254.42.42", "Scaleway metadata"),
+    ("fd00:42::42", "Scaleway metadata, IPv6"),
+    ("fd00:a9fe:a9fe::1", "Akamai / Linode metadata, IPv6"),
+]
+# An operator who opened everything: the platforms' addresses must stay closed all the same.
+EVERYTHING_OPEN = EgressPolicy(allow_cidrs=("0.0.0.0/0", "::/0"))
+
+
+def spellings(address: str) -> list[tuple[str, str]]:
+    """(form, URL host) for each way an address may be written: IPv6 as itself; IPv4 also as a
+    decimal number, IPv4-mapped IPv6 and NAT64 (RFC 6052)."""
+    parsed = ipaddress.ip_address(address)
+    if parsed.version == 6:
+        return [("v6", f"[{address}]")]
+    return [
+        ("v4", address),
+        ("decimal", str(int(parsed))),
+        # Canonical (hex) forms: refused for what they embed, not for an odd spelling.
+        ("mapped", f"[{ipaddress.IPv6Address(f'::ffff:{address}')}]"),
+        ("nat64", f"[{ipaddress.IPv6Address(f'64:ff9b::{address}')}]"),
+    ]
+
+
+PLATFORMS = [
+    case(f"platform-{address}-{form}{suffix}", f"https://{host}/", policy=policy)
+    for address, _ in PLATFORM_ADDRESSES
+    for form, host in spellings(address)
+    for suffix, policy in (("", DEFAULT_POLICY), ("-all-open", EVERYTHING_OPEN))
+]
+
 NAMES = [
     case("name-gcp", "https://metadata.google.internal/computeMetadata/v1/"),
     case("name-gcp-upper-trailing-dot", "https://METADATA.GOOGLE.INTERNAL./"),
@@ -216,6 +275,10 @@ NAMES = [
     case("name-azure", "https://metadata.azure.com/"),
     case("name-equinix", "https://metadata.platformequinix.com/"),
     case("name-packet", "https://metadata.packet.net/"),
+    case("name-ibm", "https://api.metadata.cloud.ibm.com/metadata/v1/instance"),
+    case("name-tencent", "https://metadata.tencentyun.com/latest/meta-data/"),
+    case("name-tencent-upper-dot", "https://METADATA.TENCENTYUN.COM./"),
+    case("name-kubernetes-bare", "https://kubernetes/api"),
     case("name-kubernetes", "https://kubernetes.default/api"),
     case("name-kubernetes-svc", "https://kubernetes.default.svc/api"),
     case("name-localhost", "https://localhost/"),
@@ -236,6 +299,27 @@ RESOLVED = [
     case("dns-cgnat", "https://cgnat.example.test/", dns={"cgnat.example.test": ["100.64.1.1"]}),
     case("dns-alibaba", "https://ali.example.test/", dns={"ali.example.test": ["100.100.100.200"]}),
     case("dns-aws-v6", "https://aws6.example.test/", dns={"aws6.example.test": ["fd00:ec2::254"]}),
+    case(
+        "dns-azure-wireserver",
+        "https://wire.example.test/machine/?comp=goalstate",
+        dns={"wire.example.test": ["168.63.129.16"]},
+    ),
+    case(
+        "dns-public-and-wireserver",
+        "https://wire-mixed.example.test/",
+        dns={"wire-mixed.example.test": [PUBLIC, "168.63.129.16"]},
+    ),
+    case("dns-ibm-dns", "https://ibm.example.test/", dns={"ibm.example.test": ["161.26.0.7"]}),
+    case(
+        "dns-aws-resolver-v6",
+        "https://r53.example.test/",
+        dns={"r53.example.test": ["fd00:ec2::253"]},
+    ),
+    case(
+        "dns-openstack-v6",
+        "https://os6.example.test/",
+        dns={"os6.example.test": ["fe80::a9fe:a9fe%2"]},
+    ),
     case("dns-ula", "https://ula.example.test/", dns={"ula.example.test": ["fd12:3456::1"]}),
     case(
         "dns-mapped-metadata",
@@ -387,6 +471,7 @@ HOSTILE = [
     *ENCODED_IPV4,
     *IPV6_FORMS,
     *REOPENED_WRAPPERS,
+    *PLATFORMS,
     *NAMES,
     *RESOLVED,
     *TRICKS,
@@ -540,6 +625,8 @@ REDIRECT_TARGETS = [
     pytest.param(302, "http://169.254.169.254" + METADATA_PATH, {}, id="metadata"),
     pytest.param(301, "https://169.254.169.254/computeMetadata/v1/", {}, id="metadata-https"),
     pytest.param(307, "http://100.100.100.200/latest/meta-data/", {}, id="metadata-alibaba"),
+    pytest.param(302, "http://168.63.129.16/machine/?comp=goalstate", {}, id="azure-wireserver"),
+    pytest.param(302, "http://169.254.170.23/v1/credentials", {}, id="eks-pod-identity"),
     pytest.param(308, "http://metadata.google.internal/computeMetadata/v1/", {}, id="gcp-name"),
     pytest.param(302, "//169.254.169.254/latest/", {}, id="scheme-relative-metadata"),
     pytest.param(302, "http://[::ffff:169.254.169.254]/", {}, id="mapped-metadata"),
@@ -705,6 +792,8 @@ RPC_CASES = [
     pytest.param("https://[64:ff9b::a9fe:a9fe]/", {}, id="nat64-metadata"),
     pytest.param("https://[2002:a9fe:a9fe::]/", {}, id="6to4-metadata"),
     pytest.param("https://[fd00::1]/orders", {}, id="ula"),
+    pytest.param("https://168.63.129.16/machine/?comp=goalstate", {}, id="azure-wireserver"),
+    pytest.param("https://[fd00:ec2::23]/v1/credentials", {}, id="eks-pod-identity-v6"),
     pytest.param("https://metadata.google.internal/computeMetadata/v1/", {}, id="gcp-name"),
     pytest.param("https://localhost/orders", {}, id="localhost"),
     pytest.param("https://10.0.0.1/orders", {}, id="private-10"),
@@ -792,6 +881,170 @@ def test_evaluate_node_loopback_control_succeeds_when_allow_listed(
     assert verdict(response) == ("OUTCOME_MATCHED", "REASON_BRANCH_MATCHED")
     assert response.http_status == 200
     assert network.connections == [(HOST, upstream.port)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The platforms' special addresses: every entry closed under any wider allow-list, open when named
+# ---------------------------------------------------------------------------------------------
+
+# Generic ranges rather than one platform's service: their own rows are in the tables above.
+GENERIC_SENSITIVE = {"127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10"}
+# The ranges an operator may open for in-cluster services (169.254.0.0/16, fc00::/7 ...).
+OPENABLE_RANGES = [str(network) for network, _ in FORBIDDEN] + sorted(GENERIC_SENSITIVE)
+
+
+def test_every_special_address_the_policy_names_has_a_platform_row() -> None:
+    tried = [ipaddress.ip_address(address) for address, _ in PLATFORM_ADDRESSES]
+    untried = [
+        f"{network} ({label})"
+        for network, label in SENSITIVE
+        if str(network) not in GENERIC_SENSITIVE and not any(a in network for a in tried)
+    ]
+
+    assert untried == []
+
+
+def test_every_metadata_name_is_tried_by_a_hostile_row() -> None:
+    hosts = {(urlsplit(p.values[0].url).hostname or "").rstrip(".") for p in HOSTILE}
+
+    assert sorted(METADATA_NAMES - hosts) == []
+
+
+@pytest.mark.parametrize(
+    ("address", "platform"), PLATFORM_ADDRESSES, ids=[a for a, _ in PLATFORM_ADDRESSES]
+)
+def test_platform_address_opens_only_for_an_entry_that_names_it(
+    address: str, platform: str
+) -> None:
+    parsed = ipaddress.ip_address(address)
+    itself = ipaddress.ip_network(address)
+    # Wider than any block the policy names (IBM's /14 and /16, link-local /16, ULA /7).
+    wider = itself.supernet(new_prefix=12 if parsed.version == 4 else 7)
+    everything = "0.0.0.0/0" if parsed.version == 4 else "::/0"
+    around = [r for r in OPENABLE_RANGES if parsed in ipaddress.ip_network(r)]
+    allow_lists = [(), (everything,), (str(wider),), *((r,) for r in around)]
+
+    refused = [
+        allow
+        for allow in allow_lists
+        if not EgressPolicy(allow_cidrs=allow).judge_address(parsed).allowed
+    ]
+    named = EgressPolicy(allow_cidrs=(str(itself),)).judge_address(parsed)
+    listed_name = EgressPolicy().judge_address(parsed, host_listed=True)
+
+    assert refused == allow_lists, f"{platform}: re-opened by an entry that does not name it"
+    assert named.allowed, f"{platform}: {named.reason}"
+    assert listed_name.allowed, platform
+
+
+# ---------------------------------------------------------------------------------------------
+# A refusal names the setting that would allow the destination, and nothing secret
+# ---------------------------------------------------------------------------------------------
+
+CANARY = "canary-secret-7f3a"
+FIXES = [
+    pytest.param(
+        f"http://api.example.com/orders?key={CANARY}",
+        {"api.example.com": [PUBLIC]},
+        ("plain http", "add api.example.com to egress_allow_http_hosts"),
+        id="http",
+    ),
+    pytest.param(
+        f"https://10.0.0.5/orders?key={CANARY}",
+        {},
+        ("10.0.0.5 is private (RFC 1918)", "add it (or its range) to egress_allow_cidrs"),
+        id="private-range",
+    ),
+    pytest.param(
+        "https://[fd12:3456::1]/",
+        {},
+        ("unique local", "add it (or its range) to egress_allow_cidrs"),
+        id="ula-range",
+    ),
+    pytest.param(
+        f"https://168.63.129.16/machine/?comp={CANARY}",
+        {},
+        ("Azure WireServer", "add 168.63.129.16/32 itself to egress_allow_cidrs"),
+        id="azure-wireserver",
+    ),
+    pytest.param(
+        "https://169.254.169.254/latest/",
+        {},
+        ("cloud metadata", "add 169.254.169.254/32 itself to egress_allow_cidrs"),
+        id="metadata",
+    ),
+    pytest.param(
+        "https://161.26.0.10/",
+        {},
+        ("IBM Cloud", "a range no wider than 161.26.0.0/16"),
+        id="ibm-block",
+    ),
+    pytest.param(
+        "https://[::ffff:169.254.169.254]/",
+        {},
+        ("embeds 169.254.169.254", "add 169.254.169.254/32 itself to egress_allow_cidrs"),
+        id="mapped-metadata",
+    ),
+    pytest.param(
+        f"https://metadata.google.internal/computeMetadata/v1/?{CANARY}",
+        {},
+        ("cloud metadata name", "add metadata.google.internal itself to egress_allow_hosts"),
+        id="metadata-name",
+    ),
+    pytest.param(
+        "https://localhost/",
+        {},
+        ("loopback", "add localhost itself to egress_allow_hosts"),
+        id="localhost",
+    ),
+    pytest.param(
+        f"https://orders.example.test/{CANARY}",
+        {"orders.example.test": ["10.0.0.5"]},
+        (
+            "'orders.example.test' resolves to a refused address: 10.0.0.5 is private",
+            "egress_allow_cidrs, or add orders.example.test to egress_allow_hosts",
+        ),
+        id="name-resolving-private",
+    ),
+    pytest.param(
+        "https://wire.example.test/",
+        {"wire.example.test": [PUBLIC, "168.63.129.16"]},
+        ("168.63.129.16", "or add wire.example.test to egress_allow_hosts"),
+        id="name-resolving-wireserver",
+    ),
+]
+
+
+@pytest.mark.parametrize(("url", "dns", "phrases"), FIXES)
+def test_refusal_names_the_setting_that_would_allow_it_and_no_secret(
+    network: Network, url: str, dns: dict[str, Any], phrases: tuple[str, str]
+) -> None:
+    network.dns.update(dns)
+    request = get(url, ("Authorization", f"Bearer {CANARY}"), ("X-Api-Key", CANARY))
+
+    result = send(network, request, policy=DEFAULT_POLICY)
+
+    assert blocked(result), describe(result)
+    assert isinstance(result, SendError)
+    what, fix = phrases
+    assert what in result.message
+    assert "; to allow it, " in result.message
+    assert fix in result.message.split("; to allow it, ", 1)[1]
+    assert CANARY not in f"{result.message} {result!r}"
+    assert network.connections == []
+
+
+def test_evaluate_node_refusal_message_names_the_setting(
+    default_policy_sidecar: InProcessSidecar, network: Network
+) -> None:
+    register(default_policy_sidecar.stub, "private", "https://10.0.0.5/orders")
+
+    response = evaluate(default_policy_sidecar.stub, "private", explain=True)
+
+    assert verdict(response) == error("BLOCKED_DESTINATION"), response.message
+    assert "10.0.0.5" in response.message
+    assert "egress_allow_cidrs" in response.message
+    assert network.connections == []
 
 
 # ---------------------------------------------------------------------------------------------
