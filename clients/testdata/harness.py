@@ -11,12 +11,23 @@ Starts, on free loopback ports:
 - a silent TCP listener that accepts connections and never answers, to show that a client's
   default deadline bounds a call to a sidecar that hangs;
 - the real sidecar, `.venv/bin/rules-sidecar serve --config <settings file>`, on TCP and on a unix
-  socket, with its own empty store and a secrets directory holding the `vector_api_key` secret.
+  socket, with its own empty store and a secrets directory holding the `vector_api_key` secret;
+- two secured sidecars for the clients' credential tests, both requiring bearer tokens (an admin
+  and an evaluation token file) and serving TLS with a certificate for 127.0.0.1 and localhost from
+  a throwaway CA (trustme): `secure_sidecar` (TLS) and `mtls_sidecar` (also requires a client
+  certificate from that CA).
 
-When the sidecar's health check says SERVING, prints ONE JSON line on stdout and flushes it:
+When every sidecar's health check says SERVING, prints ONE JSON line on stdout and flushes it:
 
     {"sidecar": "127.0.0.1:P", "sidecar_unix": "unix:/tmp/.../sidecar.sock",
-     "upstream": "http://127.0.0.1:U", "silent": "127.0.0.1:S"}
+     "upstream": "http://127.0.0.1:U", "silent": "127.0.0.1:S",
+     "secure_sidecar": "127.0.0.1:T", "mtls_sidecar": "127.0.0.1:M",
+     "ca_file": ".../ca.pem", "client_cert_file": ".../client.pem",
+     "client_key_file": ".../client.key", "admin_token": "...", "evaluation_token": "..."}
+
+(PEM files; the client key is PKCS#8, which every client's TLS stack reads. The tokens are the
+contents of the sidecars' token files, which the tests never change: a test that rotates a token
+rotates its own client-side file.)
 
 then runs until its stdin closes or it gets SIGTERM/SIGINT (at any time, startup included), stops
 the sidecar and removes its temporary directory. Tests replace `${UPSTREAM}` in the vectors' URL
@@ -41,8 +52,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import trustme
 import yaml
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 HOST = "127.0.0.1"
@@ -54,6 +67,8 @@ VECTOR_SECRETS = {"vector_api_key": "vector-secret-4f1d"}
 SLOW_SECONDS = 5.0
 STARTUP_DEADLINE_SECONDS = 30.0
 STOP_DEADLINE_SECONDS = 10.0
+# Fixed, not secret: throwaway tokens of a throwaway sidecar (at least 16 characters each).
+TOKENS = {"admin": "harness-admin-token-7c2e91", "evaluation": "harness-evaluation-token-3b8d"}
 
 
 def sidecar_settings(workdir: Path, port: int) -> dict[str, Any]:
@@ -74,6 +89,68 @@ def sidecar_settings(workdir: Path, port: int) -> dict[str, Any]:
         "egress_allow_http_hosts": [HOST],
         "secret_hosts": {name: [HOST] for name in VECTOR_SECRETS},
     }
+
+
+def secured_settings(workdir: Path, name: str, port: int, *, mutual: bool) -> dict[str, Any]:
+    """A sidecar that requires tokens and serves TLS (mTLS when `mutual`), on TCP only."""
+    tls = workdir / "tls"
+    settings = sidecar_settings(workdir, port)
+    del settings["unix_socket"]
+    settings["data_dir"] = str(workdir / name / "data")
+    settings |= {
+        "admin_token_file": str(workdir / "tokens" / "admin"),
+        "evaluation_token_file": str(workdir / "tokens" / "evaluation"),
+        "tls_cert_file": str(tls / "server.pem"),
+        "tls_key_file": str(tls / "server.key"),
+    }
+    if mutual:
+        settings["tls_client_ca_file"] = str(tls / "ca.pem")
+    return settings
+
+
+def write_credentials(workdir: Path) -> dict[str, str]:
+    """The token files and a throwaway CA's PEM files; returns what the clients need."""
+    tokens = workdir / "tokens"
+    tokens.mkdir()
+    for role, token in TOKENS.items():
+        (tokens / role).write_text(token + "\n")
+    tls = workdir / "tls"
+    tls.mkdir()
+    authority = trustme.CA()
+    server = authority.issue_cert(HOST, "localhost")
+    client = authority.issue_cert("client.rules-sidecar.test")
+    authority.cert_pem.write_to_path(str(tls / "ca.pem"))
+    server.cert_chain_pems[0].write_to_path(str(tls / "server.pem"))
+    server.private_key_pem.write_to_path(str(tls / "server.key"))
+    client.cert_chain_pems[0].write_to_path(str(tls / "client.pem"))
+    (tls / "client.key").write_bytes(pkcs8(client.private_key_pem.bytes()))
+    return {
+        "ca_file": str(tls / "ca.pem"),
+        "client_cert_file": str(tls / "client.pem"),
+        "client_key_file": str(tls / "client.key"),
+        "admin_token": TOKENS["admin"],
+        "evaluation_token": TOKENS["evaluation"],
+    }
+
+
+def health_tls(credentials: dict[str, str], *, mutual: bool) -> grpc.ChannelCredentials:
+    """What the harness's own health checks of a secured sidecar connect with."""
+    ca = Path(credentials["ca_file"]).read_bytes()
+    if not mutual:
+        return grpc.ssl_channel_credentials(ca)
+    key = Path(credentials["client_key_file"]).read_bytes()
+    chain = Path(credentials["client_cert_file"]).read_bytes()
+    return grpc.ssl_channel_credentials(ca, key, chain)
+
+
+def pkcs8(private_key_pem: bytes) -> bytes:
+    """The key as PKCS#8 PEM: Java's TLS stack reads no other form."""
+    key = serialization.load_pem_private_key(private_key_pem, password=None)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 def free_port() -> int:
@@ -111,10 +188,19 @@ def upstream_application(cases: dict[str, dict[str, Any]]) -> web.Application:
     return app
 
 
-async def wait_until_serving(address: str, process: asyncio.subprocess.Process) -> None:
+async def wait_until_serving(
+    address: str,
+    process: asyncio.subprocess.Process,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
     """Poll the sidecar's health check until SERVING; raise if it exits or takes too long."""
     deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
-    async with grpc.aio.insecure_channel(address) as channel:
+    channel = (
+        grpc.aio.insecure_channel(address)
+        if credentials is None
+        else grpc.aio.secure_channel(address, credentials)
+    )
+    async with channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.returncode is not None:
@@ -155,6 +241,41 @@ async def stdin_closed() -> None:
     await closed.wait()
 
 
+async def start_sidecar(
+    workdir: Path,
+    name: str,
+    settings: dict[str, Any],
+    credentials: grpc.ChannelCredentials | None = None,
+) -> asyncio.subprocess.Process:
+    """Start one sidecar with `settings` and wait until SERVING; its output goes to a file that is
+    copied to stderr if it fails to start."""
+    settings_file = workdir / f"{name}.yaml"
+    settings_file.write_text(yaml.safe_dump(settings))
+    stderr_path = workdir / f"{name}.stderr"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(SIDECAR_SETTINGS_PREFIX)}
+    with stderr_path.open("wb") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            *SIDECAR_COMMAND,
+            "--config",
+            str(settings_file),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            env=environment,
+            cwd=workdir,
+        )
+    try:
+        await wait_until_serving(settings["listen_address"], process, credentials)
+    except RuntimeError as error:
+        await stop_sidecar(process)
+        sys.stderr.write(stderr_path.read_text(errors="replace"))
+        raise RuntimeError(f"{name}: {error}") from error
+    except asyncio.CancelledError:  # SIGTERM during startup: no sidecar left behind
+        await stop_sidecar(process)
+        raise
+    return process
+
+
 async def main() -> None:
     # SIGTERM/SIGINT cancel this task, at startup too, so the `finally` below always runs.
     task = asyncio.current_task()
@@ -165,9 +286,8 @@ async def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="rules-sidecar-harness-"))
     runner = web.AppRunner(upstream_application(cases), handle_signals=False)
     silent_connections: list[asyncio.StreamWriter] = []
-    process: asyncio.subprocess.Process | None = None
+    starting: list[asyncio.Task[asyncio.subprocess.Process]] = []
     silent: asyncio.Server | None = None
-    stderr_path = workdir / "sidecar.stderr"
     try:
         await runner.setup()
         upstream_socket = socket.create_server((HOST, 0))
@@ -184,43 +304,46 @@ async def main() -> None:
         secrets.mkdir()
         for name, value in VECTOR_SECRETS.items():
             (secrets / name).write_text(value)
-        port = free_port()
-        settings = sidecar_settings(workdir, port)
-        settings_file = workdir / "sidecar.yaml"
-        settings_file.write_text(yaml.safe_dump(settings))
-        environment = {
-            k: v for k, v in os.environ.items() if not k.startswith(SIDECAR_SETTINGS_PREFIX)
-        }
-        with stderr_path.open("wb") as stderr:
-            process = await asyncio.create_subprocess_exec(
-                *SIDECAR_COMMAND,
-                "--config",
-                str(settings_file),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
-                env=environment,
-                cwd=workdir,
-            )
-        try:
-            await wait_until_serving(settings["listen_address"], process)
-        except RuntimeError:
-            await stop_sidecar(process)
-            sys.stderr.write(stderr_path.read_text(errors="replace"))
-            raise
+        credentials = write_credentials(workdir)
+        plain = sidecar_settings(workdir, free_port())
+        secure = secured_settings(workdir, "secure", free_port(), mutual=False)
+        mutual = secured_settings(workdir, "mtls", free_port(), mutual=True)
+        # Started together: three sidecars, one startup's wait.
+        starting = [
+            asyncio.create_task(start_sidecar(workdir, "sidecar", plain)),
+            asyncio.create_task(
+                start_sidecar(workdir, "secure", secure, health_tls(credentials, mutual=False))
+            ),
+            asyncio.create_task(
+                start_sidecar(workdir, "mtls", mutual, health_tls(credentials, mutual=True))
+            ),
+        ]
+        await asyncio.gather(*starting)
         addresses = {
-            "sidecar": settings["listen_address"],
-            "sidecar_unix": f"unix:{settings['unix_socket']}",
+            "sidecar": plain["listen_address"],
+            "sidecar_unix": f"unix:{plain['unix_socket']}",
             "upstream": f"http://{HOST}:{upstream_port}",
             "silent": f"{HOST}:{silent_port}",
+            "secure_sidecar": secure["listen_address"],
+            "mtls_sidecar": mutual["listen_address"],
+            **credentials,
         }
         print(json.dumps(addresses), flush=True)
         await stdin_closed()
     finally:
         if silent is not None:
             silent.close()
-        if process is not None:
-            await stop_sidecar(process)
+        for started in starting:
+            if not started.done():
+                started.cancel()
+        await asyncio.gather(*starting, return_exceptions=True)
+        await asyncio.gather(
+            *(
+                stop_sidecar(started.result())
+                for started in starting
+                if not started.cancelled() and started.exception() is None
+            )
+        )
         for writer in silent_connections:
             writer.close()
         await runner.cleanup()

@@ -18,12 +18,20 @@ HARNESS_COMMAND = (str(REPO_ROOT / ".venv" / "bin" / "python"), str(TESTDATA / "
 
 @dataclass(frozen=True)
 class Harness:
-    """Addresses printed by the harness: the sidecar (TCP and unix), the upstream, a silent port."""
+    """What the harness prints: the sidecar (TCP and unix), the upstream, a silent port, and the
+    secured sidecars (tokens and TLS; mTLS) with their CA, client certificate and tokens."""
 
     sidecar: str
     sidecar_unix: str
     upstream: str
     silent: str
+    secure_sidecar: str
+    mtls_sidecar: str
+    ca_file: str
+    client_cert_file: str
+    client_key_file: str
+    admin_token: str
+    evaluation_token: str
 
 
 @pytest.fixture(scope="session")

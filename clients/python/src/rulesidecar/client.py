@@ -10,6 +10,11 @@ module converts at that edge and adds nothing else; every result keeps the gener
     ...     print(evaluation.target, evaluation.variables["order_status"])
     show-status shipped
 
+A sidecar that requires tokens or serves TLS (a shared, standalone one) takes them as keywords:
+
+    >>> sidecar = Client("rules.internal:50051", token=TokenFile("/var/run/secrets/rules/token"),
+    ...                  tls=TLS(ca_file="/etc/rules/ca.pem"))
+
 Connectors and nodes are the generated messages, or dicts in their JSON form
 (`{"connectorId": ..., "branches": [...]}`, as `grpcurl` and the README write them). Numbers come
 back as `int` when integral, else `float`, as the sidecar's own extraction rules do.
@@ -17,9 +22,13 @@ back as `int` when integral, else `float`, as the sidecar's own extraction rules
 
 from __future__ import annotations
 
+import ipaddress
 import math
-from collections.abc import Iterator, Mapping, Sequence
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeAlias, TypeVar
 
@@ -31,7 +40,17 @@ from google.rpc import error_details_pb2, status_pb2
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
-__all__ = ["Client", "Evaluation", "Extracted", "FieldViolation", "JsonValue", "SidecarError"]
+__all__ = [
+    "TLS",
+    "Client",
+    "Evaluation",
+    "Extracted",
+    "FieldViolation",
+    "JsonValue",
+    "SidecarError",
+    "TokenFile",
+    "TokenSource",
+]
 
 JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
 DEFAULT_TIMEOUT_SECONDS = 5.0
@@ -129,15 +148,104 @@ class Extracted:
     response: pb.ExtractVariablesResponse
 
 
+class TokenFile:
+    """A bearer token read from a file and read again when the file changes.
+
+    For a token mounted from a Kubernetes Secret: the kubelet replaces the file when the Secret is
+    rotated, and the next call sends the new token, without a restart. One `stat` per call; the
+    file is read again when its inode, size or modification time changes. Surrounding whitespace
+    (a trailing newline) is stripped.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._seen: tuple[int, int, int] | None = None
+        self._token = ""
+
+    def __call__(self) -> str:
+        stat = self.path.stat()
+        seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            if seen != self._seen:
+                self._token = self.path.read_text(encoding="utf-8").strip()
+                self._seen = seen
+            return self._token
+
+
+@dataclass(frozen=True)
+class TLS:
+    """How to reach a sidecar that serves TLS: the CA to trust, and a client certificate for mTLS.
+
+    The CA as PEM bytes (`ca`) or a file (`ca_file`); neither trusts the system's roots. The client
+    certificate chain and key likewise (`cert`/`cert_file`, `key`/`key_file`), for a sidecar with
+    `tls_client_ca_file`. `server_name` overrides the name checked in the sidecar's certificate.
+    """
+
+    ca: bytes | None = None
+    ca_file: str | os.PathLike[str] | None = None
+    cert: bytes | None = None
+    cert_file: str | os.PathLike[str] | None = None
+    key: bytes | None = None
+    key_file: str | os.PathLike[str] | None = None
+    server_name: str | None = None
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """grpc's credentials for these settings (the files are read now)."""
+        chain = _pem(self.cert, self.cert_file)
+        key = _pem(self.key, self.key_file)
+        if (chain is None) != (key is None):
+            raise ValueError("TLS: a client certificate needs its key, and a key its certificate")
+        return grpc.ssl_channel_credentials(_pem(self.ca, self.ca_file), key, chain)
+
+
+TokenSource: TypeAlias = str | Callable[[], str]
+
+
 class Client:
     """A connection to one sidecar. Every call gets `timeout` seconds unless it passes its own.
 
     `address` is `host:port` or `unix:/path/to/socket`. Use it as a context manager, or `close()`.
+
+    `token` is sent as `authorization: Bearer <token>` on every call: a string, or a callable
+    asked before each call (`TokenFile(path)` re-reads a mounted Secret). `tls` makes the
+    connection TLS (mTLS with a client certificate). A token travels in plaintext only to a
+    loopback address or a unix socket, unless `allow_token_without_tls` says the network is
+    trusted (a service mesh that encrypts it); otherwise the constructor raises ValueError.
     """
 
-    def __init__(self, address: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
-        self._channel = grpc.insecure_channel(address)
-        self._stub = pb_grpc.RulesSidecarServiceStub(self._channel)
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        token: TokenSource | None = None,
+        tls: TLS | None = None,
+        allow_token_without_tls: bool = False,
+    ) -> None:
+        tokens = None if token is None else _token_source(token)
+        if tls is not None:
+            credentials = tls.channel_credentials()
+            if tokens is not None:
+                credentials = grpc.composite_channel_credentials(
+                    credentials, grpc.metadata_call_credentials(_BearerPlugin(tokens))
+                )
+            options = []
+            if tls.server_name is not None:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            self._channel = grpc.secure_channel(address, credentials, options)
+        else:
+            if tokens is not None and not (allow_token_without_tls or _is_local(address)):
+                raise ValueError(
+                    f"a bearer token to {address} without TLS would cross the network in "
+                    "plaintext: pass tls=TLS(...), or allow_token_without_tls=True if the "
+                    "network is trusted"
+                )
+            self._channel = grpc.insecure_channel(address)
+        channel: grpc.Channel = self._channel
+        if tokens is not None and tls is None:
+            channel = grpc.intercept_channel(channel, _BearerInterceptor(tokens))
+        self._stub = pb_grpc.RulesSidecarServiceStub(channel)
         self.timeout = timeout
 
     def register_connector(
@@ -232,6 +340,80 @@ class Client:
             return method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as error:
             raise SidecarError.from_rpc_error(error) from error
+
+
+def _token_source(token: TokenSource) -> Callable[[], str]:
+    if isinstance(token, str):
+        return lambda: token
+    return token
+
+
+def _bearer(tokens: Callable[[], str]) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {tokens()}"),)
+
+
+class _BearerPlugin(grpc.AuthMetadataPlugin):
+    """Call credentials over TLS: grpc sends them only on a secure connection."""
+
+    def __init__(self, tokens: Callable[[], str]) -> None:
+        self._tokens = tokens
+
+    def __call__(
+        self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback
+    ) -> None:
+        try:
+            metadata = _bearer(self._tokens)
+        except Exception as exc:  # the provider failed: the call fails with its message
+            callback((), exc)
+        else:
+            callback(metadata, None)
+
+
+class _BearerCallDetails(grpc.ClientCallDetails):
+    def __init__(
+        self, details: grpc.ClientCallDetails, metadata: tuple[tuple[str, str | bytes], ...]
+    ) -> None:
+        self.method = details.method
+        self.timeout = details.timeout
+        self.metadata = metadata
+        self.credentials = details.credentials
+        self.wait_for_ready = getattr(details, "wait_for_ready", None)
+        self.compression = getattr(details, "compression", None)
+
+
+class _BearerInterceptor(grpc.UnaryUnaryClientInterceptor):
+    """The token on a plaintext connection (loopback, a unix socket, or allowed explicitly),
+    where grpc's call credentials are refused."""
+
+    def __init__(self, tokens: Callable[[], str]) -> None:
+        self._tokens = tokens
+
+    def intercept_unary_unary(
+        self, continuation: Any, client_call_details: grpc.ClientCallDetails, request: Any
+    ) -> Any:
+        metadata = (*(client_call_details.metadata or ()), *_bearer(self._tokens))
+        return continuation(_BearerCallDetails(client_call_details, metadata), request)
+
+
+def _is_local(address: str) -> bool:
+    """A unix socket or a loopback address (`127.0.0.1:50051`, `localhost:50051`, `[::1]:50051`)."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = address.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
+    host = host.rpartition(":")[0] or host
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _pem(value: bytes | None, path: str | os.PathLike[str] | None) -> bytes | None:
+    if value is not None and path is not None:
+        raise ValueError("TLS: give the PEM bytes or the file, not both")
+    return Path(path).read_bytes() if path is not None else value
 
 
 def _message(value: _M | Mapping[str, Any], message_type: type[_M]) -> _M:
