@@ -23,7 +23,6 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -39,13 +38,20 @@ type Client struct {
 }
 
 // New connects to the sidecar at address ("127.0.0.1:50051" or "unix:/run/rules/sidecar.sock",
-// plaintext as a sidecar on loopback or a socket is). Every call whose context has no deadline
-// gets timeout. The connection is made lazily, on the first call.
+// plaintext as a sidecar on loopback or a socket is, unless WithTLS says otherwise). Every call
+// whose context has no deadline gets timeout. The connection is made lazily, on the first call.
+//
+// options are this package's credentials (WithToken, WithTokenFile, WithTokenSource, WithTLS,
+// WithTLSConfig, AllowTokenWithoutTLS) and any grpc.DialOption. A token without TLS to an address
+// that is not loopback or a unix socket is an error unless AllowTokenWithoutTLS is given.
 func New(address string, timeout time.Duration, options ...grpc.DialOption) (*Client, error) {
-	options = append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	options, transport, err := credentialOptions(address, options)
+	if err != nil {
+		return nil, fmt.Errorf("rulesidecar: %w", err)
+	}
+	options = append(append(transport,
 		grpc.WithChainUnaryInterceptor(defaultDeadline(timeout), sidecarErrors),
-	}, options...)
+	), options...)
 	conn, err := grpc.NewClient(address, options...)
 	if err != nil {
 		return nil, fmt.Errorf("rulesidecar: %w", err)

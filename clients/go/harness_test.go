@@ -10,12 +10,21 @@ import (
 	"testing"
 )
 
-// addresses is the JSON line clients/testdata/harness.py prints once the sidecar is SERVING.
+// addresses is the JSON line clients/testdata/harness.py prints once the sidecars are SERVING:
+// the plain sidecar, and the secured ones (tokens and TLS; mTLS) with their CA, client
+// certificate and tokens.
 type addresses struct {
-	Sidecar     string `json:"sidecar"`
-	SidecarUnix string `json:"sidecar_unix"`
-	Upstream    string `json:"upstream"`
-	Silent      string `json:"silent"`
+	Sidecar         string `json:"sidecar"`
+	SidecarUnix     string `json:"sidecar_unix"`
+	Upstream        string `json:"upstream"`
+	Silent          string `json:"silent"`
+	SecureSidecar   string `json:"secure_sidecar"`
+	MTLSSidecar     string `json:"mtls_sidecar"`
+	CAFile          string `json:"ca_file"`
+	ClientCertFile  string `json:"client_cert_file"`
+	ClientKeyFile   string `json:"client_key_file"`
+	AdminToken      string `json:"admin_token"`
+	EvaluationToken string `json:"evaluation_token"`
 }
 
 var harness addresses
