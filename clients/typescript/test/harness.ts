@@ -8,12 +8,22 @@ import { fileURLToPath } from "node:url";
 const repoRoot = fileURLToPath(new URL("../../../../", import.meta.url)); // from dist/test/
 export const testdata = `${repoRoot}clients/testdata/`;
 
-/** The addresses the harness prints once the sidecar is SERVING. */
+/**
+ * What the harness prints once the sidecars are SERVING: the plain sidecar, and the secured ones
+ * (tokens and TLS; mTLS) with their CA, client certificate and tokens.
+ */
 export interface Addresses {
   sidecar: string;
   sidecar_unix: string;
   upstream: string;
   silent: string;
+  secure_sidecar: string;
+  mtls_sidecar: string;
+  ca_file: string;
+  client_cert_file: string;
+  client_key_file: string;
+  admin_token: string;
+  evaluation_token: string;
 }
 
 export interface Harness {
