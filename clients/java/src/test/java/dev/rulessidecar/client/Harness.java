@@ -12,7 +12,10 @@ import java.nio.file.Path;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
 
-/** clients/testdata/harness.py (a real sidecar and a loopback upstream) for one test class. */
+/**
+ * clients/testdata/harness.py (a real sidecar and a loopback upstream, and two secured sidecars:
+ * tokens and TLS, tokens and mTLS) for one test class.
+ */
 final class Harness implements AutoCloseable {
   static final Path TESTDATA = Path.of("..", "testdata").toAbsolutePath().normalize();
   private static final Path PYTHON = Path.of("..", "..", ".venv", "bin", "python");
@@ -21,6 +24,13 @@ final class Harness implements AutoCloseable {
   final String sidecarUnix;
   final String upstream;
   final String silent;
+  final String secureSidecar;
+  final String mtlsSidecar;
+  final Path caFile;
+  final Path clientCertFile;
+  final Path clientKeyFile;
+  final String adminToken;
+  final String evaluationToken;
   private final Process process;
 
   private Harness(Process process, Struct addresses) {
@@ -29,6 +39,13 @@ final class Harness implements AutoCloseable {
     this.sidecarUnix = addresses.getFieldsOrThrow("sidecar_unix").getStringValue();
     this.upstream = addresses.getFieldsOrThrow("upstream").getStringValue();
     this.silent = addresses.getFieldsOrThrow("silent").getStringValue();
+    this.secureSidecar = addresses.getFieldsOrThrow("secure_sidecar").getStringValue();
+    this.mtlsSidecar = addresses.getFieldsOrThrow("mtls_sidecar").getStringValue();
+    this.caFile = Path.of(addresses.getFieldsOrThrow("ca_file").getStringValue());
+    this.clientCertFile = Path.of(addresses.getFieldsOrThrow("client_cert_file").getStringValue());
+    this.clientKeyFile = Path.of(addresses.getFieldsOrThrow("client_key_file").getStringValue());
+    this.adminToken = addresses.getFieldsOrThrow("admin_token").getStringValue();
+    this.evaluationToken = addresses.getFieldsOrThrow("evaluation_token").getStringValue();
   }
 
   static Harness start() throws IOException {
