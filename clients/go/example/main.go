@@ -15,6 +15,7 @@ import (
 	"os"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	rulesidecar "github.com/rules-sidecar/rules-sidecar/clients/go"
@@ -29,7 +30,13 @@ func main() {
 	if len(os.Args) > 2 {
 		orderAPI = os.Args[2]
 	}
-	sidecar, err := rulesidecar.New(address, 5*time.Second)
+	// With RULES_SIDECAR_TOKEN_FILE set (as deploy/examples/chat-backend sets it), send that
+	// file's token, read again when the file changes.
+	var options []grpc.DialOption
+	if path := os.Getenv("RULES_SIDECAR_TOKEN_FILE"); path != "" {
+		options = append(options, rulesidecar.WithTokenFile(path))
+	}
+	sidecar, err := rulesidecar.New(address, 5*time.Second, options...)
 	if err != nil {
 		log.Fatal(err)
 	}

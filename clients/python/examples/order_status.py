@@ -3,19 +3,25 @@
 With `make run` and `.venv/bin/python examples/demo_order_api.py` running (repository root):
 
     .venv/bin/python clients/python/examples/order_status.py [sidecar address] [order API URL]
+
+With RULES_SIDECAR_TOKEN_FILE set (as deploy/examples/chat-backend sets it), sends that file's
+token, read again when the file changes.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-from rulesidecar.client import Client, SidecarError
+from rulesidecar.client import Client, SidecarError, TokenFile
 
 
 def main() -> None:
     address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"
     order_api = sys.argv[2] if len(sys.argv) > 2 else "http://127.0.0.1:8081"
-    with Client(address, timeout=5.0) as sidecar:
+    token_file = os.environ.get("RULES_SIDECAR_TOKEN_FILE")
+    token = TokenFile(token_file) if token_file else None
+    with Client(address, timeout=5.0, token=token) as sidecar:
         registered = sidecar.register_connector(
             {
                 "id": "order-status-example",

@@ -3,6 +3,8 @@
 //
 // With `make run` and `.venv/bin/python examples/demo_order_api.py` running:
 //   npm run example -- [sidecar address] [order API base URL]
+// With RULES_SIDECAR_TOKEN_FILE set (as deploy/examples/chat-backend sets it), sends that file's
+// token, read again when the file changes.
 import {
   Code,
   ConnectorStatus,
@@ -12,10 +14,15 @@ import {
   SidecarError,
   SubjectKind,
   jsonValue,
+  tokenFile,
 } from "../src/index.js";
 
 const [address = "127.0.0.1:50051", orderApi = "http://127.0.0.1:8081"] = process.argv.slice(2);
-const sidecar = new RulesSidecarClient(address, { timeoutMs: 5000 });
+const tokenPath = process.env.RULES_SIDECAR_TOKEN_FILE;
+const sidecar = new RulesSidecarClient(address, {
+  timeoutMs: 5000,
+  ...(tokenPath ? { token: tokenFile(tokenPath) } : {}),
+});
 try {
   const registered = await sidecar.registerConnector({
     id: "order-status-example",

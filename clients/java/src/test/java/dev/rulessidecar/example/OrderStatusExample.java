@@ -16,6 +16,7 @@ import dev.rulessidecar.v1.Operator;
 import dev.rulessidecar.v1.RegisterConnectorResponse;
 import dev.rulessidecar.v1.Subject;
 import dev.rulessidecar.v1.SubjectKind;
+import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;
 import java.util.Map;
@@ -25,7 +26,9 @@ import java.util.Map;
  * node for one order and prints the branch and the extracted status.
  *
  * <p>With {@code make run} and {@code .venv/bin/python examples/demo_order_api.py} running: {@code
- * mvn -q test-compile exec:java -Dexec.args="[sidecar address] [order API base URL]"}
+ * mvn -q test-compile exec:java -Dexec.args="[sidecar address] [order API base URL]"}. With
+ * RULES_SIDECAR_TOKEN_FILE set (as deploy/examples/chat-backend sets it), sends that file's token,
+ * read again when the file changes.
  */
 public final class OrderStatusExample {
   private OrderStatusExample() {}
@@ -33,7 +36,13 @@ public final class OrderStatusExample {
   public static void main(String[] args) {
     String address = args.length > 0 ? args[0] : "127.0.0.1:50051";
     String orderApi = args.length > 1 ? args[1] : "http://127.0.0.1:8081";
-    try (RulesSidecarClient sidecar = new RulesSidecarClient(address, Duration.ofSeconds(5))) {
+    RulesSidecarClient.Builder builder =
+        RulesSidecarClient.builder(address).timeout(Duration.ofSeconds(5));
+    String tokenFile = System.getenv("RULES_SIDECAR_TOKEN_FILE");
+    if (tokenFile != null && !tokenFile.isEmpty()) {
+      builder.tokenFile(Path.of(tokenFile));
+    }
+    try (RulesSidecarClient sidecar = builder.build()) {
       RegisterConnectorResponse registered = sidecar.registerConnector(Connector.newBuilder()
           .setId("order-status-example")
           .setDisplayName("Where is my order? (client example)")
