@@ -35,6 +35,7 @@ from sidecar.core.secrets import SecretBindings, SecretStore
 from sidecar.egress import ConnectorFactory, Egress, EgressLimits, EgressPolicy, Resolver
 from sidecar.errors import ConfigError
 from sidecar.registry import ConnectorStore, Registry, Store, load_connectors_file
+from sidecar.registry.follower import Follower
 from sidecar.registry.postgres import PostgresStore
 from sidecar.registry.watcher import ConnectorsFileWatcher, ReloadState
 from sidecar.settings import Settings
@@ -77,7 +78,7 @@ async def start_sidecar(
         telemetry.start()
         await server.start()
         log.info("rules-sidecar listening on %s (port %d)", settings.listen_address, server.port)
-        file_connectors, registry = await _load_registry(settings, bindings)
+        file_connectors, registry, follower = await _load_registry(settings, bindings)
     except BaseException:
         await server.stop(grace=0)
         await egress.aclose()
@@ -105,7 +106,7 @@ async def start_sidecar(
         )
         watcher.start()
     await server.open(servicer)
-    return Sidecar(settings, server, telemetry, egress, registry, watcher)
+    return Sidecar(settings, server, telemetry, egress, registry, watcher, follower)
 
 
 def telemetry_config(settings: Settings) -> TelemetryConfig:
@@ -118,8 +119,9 @@ def telemetry_config(settings: Settings) -> TelemetryConfig:
 
 async def _load_registry(
     settings: Settings, bindings: SecretBindings
-) -> tuple[tuple[Connector, ...], Registry]:
-    """The connectors file's connectors, and the registry over them and the opened store."""
+) -> tuple[tuple[Connector, ...], Registry, Follower | None]:
+    """The connectors file's connectors, the registry over them and the opened store, and
+    (with a shared store) the follower keeping it current."""
     file_connectors: tuple[Connector, ...] = (
         await asyncio.to_thread(load_connectors_file, settings.connectors_file, bindings=bindings)
         if settings.connectors_file
@@ -139,7 +141,11 @@ async def _load_registry(
         len(file_connectors),
         settings.connectors_file or "no connectors file",
     )
-    return file_connectors, registry
+    follower = None
+    if isinstance(store, PostgresStore):
+        follower = Follower(registry, store.changes(resync_seconds=settings.store_resync_seconds))
+        follower.start()
+    return file_connectors, registry, follower
 
 
 def open_store(settings: Settings) -> Store:
@@ -165,6 +171,7 @@ class Sidecar:
     egress: Egress
     registry: Registry
     connectors_watcher: ConnectorsFileWatcher | None
+    follower: Follower | None = None
 
     @property
     def port(self) -> int:
@@ -175,6 +182,8 @@ class Sidecar:
         """Drain: NOT_SERVING at once, refuse new calls, let in-flight ones finish, close."""
         if self.connectors_watcher is not None:
             await self.connectors_watcher.stop()
+        if self.follower is not None:
+            await self.follower.stop()
         await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         await self.egress.aclose()
         await asyncio.to_thread(self.registry.close)

@@ -103,6 +103,13 @@ class Settings(BaseSettings):
         "Without it, the embedded SQLite store under data_dir serves this process alone. The "
         "password never goes in the URL: see store_password_file.",
     )
+    store_resync_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="With store_url: how often each replica re-reads every connector, besides "
+        "the change notifications it hears (and a re-read on every reconnect). Heals a missed "
+        "notification.",
+    )
     store_password_file: Path | None = Field(
         None,
         description="File holding the password of the store_url user (e.g. a mounted Kubernetes "

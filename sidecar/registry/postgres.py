@@ -9,7 +9,10 @@ Versions never repeat because the mark outlives the connector.
 
 Every change is announced with `pg_notify(NOTIFY_CHANNEL, '{"id": ..., "version": ...}')` in
 the writing transaction, so it is heard only once committed; a replica that hears it re-reads
-the row (`get`). The payload is small on purpose: the row stays the truth.
+the row (`get`). The payload is small on purpose: the row stays the truth. `changes()` is that
+feed for one replica: LISTEN on a connection of its own, a full resync after every (re)connect
+and every `resync_seconds` (a notification missed while disconnected heals), reconnecting with
+backoff when the database goes away.
 
 The schema is versioned (`MIGRATIONS`) and brought up to date at open, inside one transaction
 holding `pg_advisory_xact_lock(MIGRATION_LOCK)`: ten replicas starting at once apply each
@@ -23,10 +26,12 @@ new one. The password never appears in the URL: it is passed apart (`password=`)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import psycopg
 from psycopg import conninfo, errors
@@ -48,6 +53,8 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         ),
     ),
 )
+log = logging.getLogger(__name__)
+
 MIGRATION_LOCK = 0x5253_4D49  # any constant; every replica takes the same one ("RSMI")
 NOTIFY_CHANNEL = "rules_sidecar_connectors"
 
@@ -148,6 +155,56 @@ class PostgresStore:
             conn.execute("DELETE FROM rules_sidecar_connectors WHERE id = %s", (connector_id,))
             _announce(conn, connector_id, current)
         return current
+
+    async def changes(
+        self,
+        *,
+        resync_seconds: float,
+        retry_seconds: float = 0.5,
+        max_retry_seconds: float = 10.0,
+    ) -> AsyncIterator[str | None]:
+        """The change feed, forever: an id (re-read that connector) or None (re-read all).
+
+        None comes first on every (re)connect, once LISTEN is in place (so no change falls
+        between the resync and the notifications), then every `resync_seconds`.
+        """
+        delay = retry_seconds
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._url,
+                    password=self._password,
+                    autocommit=True,
+                    connect_timeout=self._connect_timeout,
+                    application_name="rules-sidecar-feed",
+                )
+            except psycopg.Error as exc:
+                log.warning(
+                    "cannot listen for connector changes in %s: %s; retrying in %.1fs",
+                    self.where,
+                    _reason(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_retry_seconds)
+                continue
+            try:
+                async with conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}".encode())
+                    delay = retry_seconds
+                    while True:
+                        yield None
+                        async for note in conn.notifies(timeout=resync_seconds):
+                            yield _changed_id(note.payload)
+            except psycopg.Error as exc:
+                log.warning(
+                    "lost the connector change feed from %s: %s; reconnecting in %.1fs",
+                    self.where,
+                    _reason(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_retry_seconds)
 
     def close(self) -> None:
         """Close the connection (a later call would open a new one)."""
@@ -253,6 +310,18 @@ class PostgresStore:
 def notification(connector_id: str, version: int) -> str:
     """The payload announcing a change: the id and its version (re-read the row for the rest)."""
     return json.dumps({"id": connector_id, "version": version}, separators=(",", ":"))
+
+
+def _changed_id(payload: str) -> str | None:
+    """The id a notification names; None (resync everything) if it names none."""
+    try:
+        connector_id = json.loads(payload)["id"]
+    except (ValueError, TypeError, KeyError):
+        connector_id = None
+    if not isinstance(connector_id, str):
+        log.warning("a connector change notification without an id (%r): resyncing", payload)
+        return None
+    return connector_id
 
 
 def _announce(conn: psycopg.Connection[TupleRow], connector_id: str, version: int) -> None:

@@ -142,6 +142,30 @@ class Registry:
                 self._merged.pop(connector_id, None)
             return deleted
 
+    async def resync(self) -> None:
+        """Re-read every stored connector: a replica of a fleet catching up (startup of its
+        change feed, a reconnect, the periodic resync that heals a missed notification)."""
+        async with self._write_lock:
+            stored = await self._run(self._store.load_all)
+            self._api = {connector.id: connector for connector in stored}
+            self._merged = {**self._api, **self._file}
+
+    async def refresh(self, connector_id: str) -> None:
+        """Re-read one connector another replica changed; under the write lock, so what lands
+        in memory is the row as read after every write of this replica."""
+        async with self._write_lock:
+            stored = await self._run(self._store.get, connector_id)
+            if stored is None:
+                self._api.pop(connector_id, None)
+            else:
+                self._api[connector_id] = stored
+            if connector_id in self._file:
+                self._merged[connector_id] = self._file[connector_id]
+            elif stored is None:
+                self._merged.pop(connector_id, None)
+            else:
+                self._merged[connector_id] = stored
+
     def replace_file_connectors(self, connectors: Iterable[Connector]) -> None:
         """Install a new set of file connectors (startup, or a reload of the file)."""
         self._file = {connector.id: connector for connector in connectors}
