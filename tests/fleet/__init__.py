@@ -1,0 +1,1 @@
+"""Multi-process suites of a fleet: several `rules-sidecar serve` on one real PostgreSQL."""
