@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from sidecar.errors import StoreError
 from sidecar.registry.registry import Registry
@@ -31,7 +31,7 @@ class Follower:
         await follower.stop()
     """
 
-    def __init__(self, registry: Registry, changes: AsyncIterator[str | None]) -> None:
+    def __init__(self, registry: Registry, changes: AsyncGenerator[str | None, None]) -> None:
         self._registry = registry
         self._changes = changes
         self._task: asyncio.Task[None] | None = None
@@ -50,16 +50,19 @@ class Follower:
 
     async def _follow(self) -> None:
         needs_resync = False
-        async for changed in self._changes:
-            try:
-                if changed is None or needs_resync:
-                    await self._registry.resync()
-                    needs_resync = False
-                else:
-                    await self._registry.refresh(changed)
-            except StoreError as exc:
-                log.warning("cannot apply a connector change: %s; resyncing at the next one", exc)
-                needs_resync = True
+        # aclosing: a feed stopped while this task waits on the registry still closes its
+        # connection now, not whenever the garbage collector finds it.
+        async with contextlib.aclosing(self._changes) as changes:
+            async for changed in changes:
+                try:
+                    if changed is None or needs_resync:
+                        await self._registry.resync()
+                        needs_resync = False
+                    else:
+                        await self._registry.refresh(changed)
+                except StoreError as exc:
+                    log.warning("cannot apply a connector change: %s; resyncing next time", exc)
+                    needs_resync = True
 
 
 def _report_unexpected_end(task: asyncio.Task[None]) -> None:

@@ -31,7 +31,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 
 import psycopg
 from psycopg import conninfo, errors
@@ -162,7 +162,7 @@ class PostgresStore:
         resync_seconds: float,
         retry_seconds: float = 0.5,
         max_retry_seconds: float = 10.0,
-    ) -> AsyncIterator[str | None]:
+    ) -> AsyncGenerator[str | None, None]:
         """The change feed, forever: an id (re-read that connector) or None (re-read all).
 
         None comes first on every (re)connect, once LISTEN is in place (so no change falls
