@@ -20,8 +20,10 @@ migration exactly once, the others wait and find it done. A database whose schem
 this binary is refused, as a rolled-back deployment must not write rows it does not understand.
 
 Every psycopg and OS error becomes a StoreError naming the database (host:port/dbname, never the
-password) and what to do, `from exc`. A broken connection is dropped and the next call opens a
-new one. The password never appears in the URL: it is passed apart (`password=`).
+password) and what to do, `from exc`. Each call first checks its connection (an empty query)
+and replaces one a restarted server has cut, so the first write after an outage does not fail
+on a dead socket; TCP keepalives and tcp_user_timeout make a vanished server fail a call within
+seconds instead of hanging it. The password never appears in the URL: it is passed apart.
 """
 
 from __future__ import annotations
@@ -233,29 +235,44 @@ class PostgresStore:
                 ) from exc
 
     def _connection(self) -> psycopg.Connection[TupleRow]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = self._connect()
+        """The connection, checked first with an empty query (psycopg_pool's check): one cut
+        by a restarted server is replaced here, before a write starts, not in its middle."""
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            try:
+                conn.execute(b"")
+                return conn
+            except psycopg.Error:
+                conn.close()
+        self._conn = None
+        self._conn = self._connect()
         return self._conn
 
     def _connect(self) -> psycopg.Connection[TupleRow]:
+        return psycopg.connect(
+            self._url,
+            password=self._password,
+            autocommit=True,  # transactions are explicit: `with conn.transaction()`
+            connect_timeout=self._connect_timeout,
+            application_name="rules-sidecar",
+            options=f"-c lock_timeout={self._lock_timeout_ms}",
+            # A database that vanishes without closing the socket fails a call in seconds.
+            keepalives=1,
+            keepalives_idle=self._connect_timeout,
+            keepalives_interval=1,
+            keepalives_count=3,
+            tcp_user_timeout=self._connect_timeout * 1000,
+        )
+
+    def _migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION, under the advisory lock; refuse a newer one."""
         try:
-            return psycopg.connect(
-                self._url,
-                password=self._password,
-                autocommit=True,  # transactions are explicit: `with conn.transaction()`
-                connect_timeout=self._connect_timeout,
-                application_name="rules-sidecar",
-                options=f"-c lock_timeout={self._lock_timeout_ms}",
-            )
+            conn = self._connection()
         except psycopg.Error as exc:
             raise StoreError(
                 f"cannot connect to {self.where}: {_reason(exc)}; check store_url, the "
                 "password, and that the database accepts connections from this host"
             ) from exc
-
-    def _migrate(self) -> None:
-        """Bring the schema to SCHEMA_VERSION, under the advisory lock; refuse a newer one."""
-        conn = self._connection()
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
