@@ -74,32 +74,24 @@ class PostgresCluster:
             for path in (directory, directory / "pwfile"):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         cluster = cls(directory, bindir, closed_port(), password, owner)
-        cluster._run(
-            "initdb",
-            "--pgdata",
-            str(directory / "data"),
-            "--username",
-            SUPERUSER,
-            "--pwfile",
-            str(directory / "pwfile"),
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            "--encoding=UTF8",
-            "--no-sync",
-        )
-        options = (
-            f"-c listen_addresses=127.0.0.1 -c port={cluster.port} "
-            f"-c unix_socket_directories={directory} -c fsync=off -c max_connections=200"
-        )
         try:
             cluster._run(
-                "pg_ctl", "start", "--wait", "--pgdata", str(directory / "data"),
-                "--log", str(directory / "server.log"), "-o", options,
-            )  # fmt: skip
-        except RuntimeError as exc:
-            log = (directory / "server.log").read_text(errors="replace")[-2000:]
+                "initdb",
+                "--pgdata",
+                str(directory / "data"),
+                "--username",
+                SUPERUSER,
+                "--pwfile",
+                str(directory / "pwfile"),
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-sync",
+            )
+            cluster.start_server()
+        except RuntimeError:
             shutil.rmtree(directory, ignore_errors=True)
-            raise RuntimeError(f"{exc}\nserver log:\n{log}") from exc
+            raise
         return cluster
 
     def url(self, database: str = "postgres", user: str = SUPERUSER) -> str:
@@ -116,10 +108,30 @@ class PostgresCluster:
             conn.execute(f"CREATE DATABASE {name} STRATEGY FILE_COPY".encode())
         return Database(self.url(name), self.password)
 
-    def stop(self) -> None:
-        """pg_ctl stop -m fast, then remove the directory."""
+    def start_server(self) -> None:
+        """pg_ctl start on the cluster's port (again, after `stop_server`: an outage's end)."""
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+            f"-c unix_socket_directories={self.directory} -c fsync=off -c max_connections=200"
+        )
         try:
-            self._run("pg_ctl", "stop", "--pgdata", str(self.directory / "data"), "-m", "fast")
+            self._run(
+                "pg_ctl", "start", "--wait", "--pgdata", str(self.directory / "data"),
+                "--log", str(self.directory / "server.log"), "-o", options,
+            )  # fmt: skip
+        except RuntimeError as exc:
+            log = (self.directory / "server.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{exc}\nserver log:\n{log}") from exc
+
+    def stop_server(self) -> None:
+        """pg_ctl stop -m fast: every connection is cut, the data stays (an outage)."""
+        self._run("pg_ctl", "stop", "--pgdata", str(self.directory / "data"), "-m", "fast")
+
+    def stop(self) -> None:
+        """Stop the server if it runs, then remove the directory."""
+        try:
+            if (self.directory / "data" / "postmaster.pid").exists():
+                self.stop_server()
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
 
