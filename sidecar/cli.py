@@ -67,9 +67,10 @@ def _validate(arguments: argparse.Namespace) -> int:
         _report(error)
         return EXIT_CONFIG
     try:
-        connectors = load_connectors_file(
-            arguments.file, bindings=SecretBindings(settings.secret_hosts)
+        bindings = SecretBindings(
+            settings.secret_hosts, allow_unbound=settings.allow_unbound_secrets
         )
+        connectors = load_connectors_file(arguments.file, bindings=bindings)
     except ConfigError as error:
         _report(error)
         return EXIT_INVALID

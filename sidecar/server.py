@@ -63,6 +63,11 @@ async def start_sidecar(
     resolver and connector factory (no real DNS, recorded connections). ConfigError or
     StoreError when something cannot start; whatever had started is stopped first.
     """
+    if settings.allow_unbound_secrets:
+        log.warning(
+            "allow_unbound_secrets is on: connectors may use secrets that have no secret_hosts "
+            "entry (development only; bind every secret in secret_hosts and turn it off)"
+        )
     telemetry = telemetry or Telemetry.from_config(telemetry_config(settings))
     egress = build_egress(  # nothing opened yet: its session is made on the first call
         settings, telemetry, resolver=resolver, connector_factory=connector_factory
@@ -72,7 +77,7 @@ async def start_sidecar(
         environ=settings.secret_variables(),
         env_prefix=settings.secret_env_prefix,
     )
-    bindings = SecretBindings(settings.secret_hosts)
+    bindings = SecretBindings(settings.secret_hosts, allow_unbound=settings.allow_unbound_secrets)
     server = create_server(settings, telemetry)
     try:
         telemetry.start()

@@ -152,8 +152,14 @@ class Settings(BaseSettings):
     secret_hosts: dict[str, list[str]] = Field(
         default_factory=dict,
         description="Binds secrets to the hosts they may be sent to: {secret name: [hosts]} "
-        "(`*.example.com` wildcards allowed). Without an entry, a secret may be sent only to the "
-        "URL host of the connector using it.",
+        "(`*.example.com` wildcards allowed). Every secret a connector uses needs an entry: a "
+        "connector with an unbound secret is refused.",
+    )
+    allow_unbound_secrets: bool = Field(
+        False,
+        description="Development only: accept connectors whose secrets have no secret_hosts "
+        "entry; such a secret goes only to the URL host of the connector using it. A WARNING "
+        "says so at startup.",
     )
     max_concurrent_evaluations: int = Field(
         512,

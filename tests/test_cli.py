@@ -17,6 +17,7 @@ pytestmark = pytest.mark.process  # every test runs `rules-sidecar` as a subproc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = Path("examples") / "connectors.yaml"
+EXAMPLE_SETTINGS = Path("examples") / "sidecar.yaml"
 DEADLINE_SECONDS = 60  # a hang is a failure, not a wait
 
 
@@ -91,7 +92,7 @@ def test_no_command_is_a_usage_error():
 def test_validate_example_file_prints_ok_and_the_count():
     declared = yaml.safe_load((REPO_ROOT / EXAMPLE).read_text())["connectors"]
 
-    result = run_cli("validate", EXAMPLE)
+    result = run_cli("validate", EXAMPLE, "--config", EXAMPLE_SETTINGS)
 
     assert result.returncode == 0
     assert result.stdout.strip() == f"{EXAMPLE}: OK, {len(declared)} connector(s)"
@@ -188,6 +189,22 @@ def test_validate_applies_secret_hosts_as_serve_would(tmp_path, source):
 
     assert result.returncode == 1
     assert f"  {path}:6: {SECRET_ELSEWHERE}\n" in result.stderr
+
+
+def test_validate_refuses_a_secret_bound_to_no_host_naming_the_setting(tmp_path):
+    path = tmp_path / "connectors.yaml"
+    path.write_text(BOUND_SECRET_FILE)
+
+    refused = run_cli("validate", path)
+    allowed = run_cli("validate", path, env={"RULES_SIDECAR_ALLOW_UNBOUND_SECRETS": "true"})
+
+    assert refused.returncode == 1
+    assert (
+        f"  {path}:6: connectors[0].auth: connector 'order-status': secret 'store_token' is "
+        "bound to no host: add it to the secret_hosts setting, e.g. secret_hosts: "
+        "{store_token: [api.store.com]}"
+    ) in refused.stderr
+    assert (allowed.returncode, allowed.stdout.strip()) == (0, f"{path}: OK, 1 connector(s)")
 
 
 def test_validate_accepts_a_secret_sent_to_its_bound_host(tmp_path):

@@ -19,9 +19,11 @@ from sidecar.core.model import ConnectorSource, ConnectorStatus, HttpMethod
 from sidecar.core.secrets import SecretBindings
 from sidecar.errors import ConfigError
 from sidecar.registry import load_connectors_file
+from sidecar.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-NO_BINDINGS = SecretBindings({})
+# The secrets of VALID_YAML, bound to their connectors' hosts (every secret must be bound).
+BINDINGS = SecretBindings({"store_api_key": ["api.store.com"], "crm_token": ["crm.example.com"]})
 PROBLEM = re.compile(r"(?P<path>.+?):(?P<line>\d+): (?P<field>\S+): (?P<message>.+)", re.DOTALL)
 
 VALID_YAML = """\
@@ -54,7 +56,7 @@ def write(tmp_path: Path, text: str, name: str = "connectors.yaml") -> Path:
     return path
 
 
-def problems_of(path: Path, bindings: SecretBindings = NO_BINDINGS) -> tuple[str, ...]:
+def problems_of(path: Path, bindings: SecretBindings = BINDINGS) -> tuple[str, ...]:
     with pytest.raises(ConfigError) as caught:
         load_connectors_file(path, bindings=bindings)
     assert caught.value.problems, "a ConfigError must list its problems"
@@ -82,7 +84,7 @@ def test_valid_yaml_file_gives_read_only_connectors_at_version_one(tmp_path):
     modified = datetime(2026, 2, 3, 4, 5, 6, tzinfo=UTC)
     os.utime(path, (modified.timestamp(), modified.timestamp()))
 
-    order, crm = load_connectors_file(path, bindings=NO_BINDINGS)
+    order, crm = load_connectors_file(path, bindings=BINDINGS)
 
     assert (order.id, crm.id) == ("order-status", "crm-contact-lookup")
     for connector in (order, crm):
@@ -103,8 +105,8 @@ def test_valid_json_file_gives_the_same_connectors_as_yaml(tmp_path, indent):
     path = write(tmp_path, json.dumps(document, indent=indent), "connectors.json")
     yaml_path = write(tmp_path, VALID_YAML)
 
-    from_json = load_connectors_file(path, bindings=NO_BINDINGS)
-    from_yaml = load_connectors_file(yaml_path, bindings=NO_BINDINGS)
+    from_json = load_connectors_file(path, bindings=BINDINGS)
+    from_yaml = load_connectors_file(yaml_path, bindings=BINDINGS)
 
     strip = {"update_time": None}
     assert [c.model_copy(update=strip) for c in from_json] == [
@@ -116,7 +118,7 @@ def test_valid_json_file_indented_with_tabs_is_accepted(tmp_path):
     document = yaml.safe_load(VALID_YAML)
     path = write(tmp_path, json.dumps(document, indent="\t"), "connectors.json")
 
-    assert len(load_connectors_file(path, bindings=NO_BINDINGS)) == 2
+    assert len(load_connectors_file(path, bindings=BINDINGS)) == 2
 
 
 @pytest.mark.parametrize(
@@ -125,12 +127,15 @@ def test_valid_json_file_indented_with_tabs_is_accepted(tmp_path):
     ids=["empty", "blank-lines", "comment-only", "empty-document", "empty-list"],
 )
 def test_file_without_connectors_gives_none(tmp_path, text):
-    assert load_connectors_file(write(tmp_path, text), bindings=NO_BINDINGS) == ()
+    assert load_connectors_file(write(tmp_path, text), bindings=BINDINGS) == ()
 
 
-def test_example_connectors_file_is_valid():
+def test_example_connectors_file_is_valid_with_the_example_settings():
+    """`make run`'s pair: examples/sidecar.yaml binds every secret examples/connectors.yaml uses."""
+    settings = Settings.load(config_file=REPO_ROOT / "examples" / "sidecar.yaml")
     connectors = load_connectors_file(
-        REPO_ROOT / "examples" / "connectors.yaml", bindings=NO_BINDINGS
+        REPO_ROOT / "examples" / "connectors.yaml",
+        bindings=SecretBindings(settings.secret_hosts),
     )
 
     declared = yaml.safe_load((REPO_ROOT / "examples" / "connectors.yaml").read_text())
@@ -201,7 +206,7 @@ def test_yaml_syntax_error_names_the_file_and_the_line(tmp_path):
     )
 
     with pytest.raises(ConfigError) as caught:
-        load_connectors_file(path, bindings=NO_BINDINGS)
+        load_connectors_file(path, bindings=BINDINGS)
 
     assert str(path) in caught.value.message
     (problem,) = caught.value.problems
@@ -241,7 +246,7 @@ def test_unreadable_file_is_a_config_error_naming_it(tmp_path, make, reason):
     path = make(tmp_path)
 
     with pytest.raises(ConfigError) as caught:
-        load_connectors_file(path, bindings=NO_BINDINGS)
+        load_connectors_file(path, bindings=BINDINGS)
 
     assert caught.value.message.startswith(f"cannot read connectors file {path}")
     assert reason in caught.value.message
@@ -325,7 +330,7 @@ def test_config_error_message_counts_the_problems(tmp_path):
     path = write(tmp_path, MANY_PROBLEMS)
 
     with pytest.raises(ConfigError) as caught:
-        load_connectors_file(path, bindings=NO_BINDINGS)
+        load_connectors_file(path, bindings=BINDINGS)
 
     assert caught.value.message == f"{path}: 10 problem(s)"
 
@@ -415,7 +420,9 @@ def test_one_bad_connector_refuses_the_whole_file(tmp_path):
 
 def test_a_secret_bound_to_another_host_is_refused_at_its_auth_line(tmp_path):
     path = write(tmp_path, VALID_YAML)
-    bindings = SecretBindings({"store_api_key": ["api.payments.example"]})
+    bindings = SecretBindings(
+        {"store_api_key": ["api.payments.example"], "crm_token": ["crm.example.com"]}
+    )
 
     (problem,) = problems_of(path, bindings)
 
@@ -423,6 +430,27 @@ def test_a_secret_bound_to_another_host_is_refused_at_its_auth_line(tmp_path):
         f"{path}:10: connectors[0].auth: connector 'order-status': secret 'store_api_key' may "
         "only be sent to api.payments.example, not to 'api.store.com' (the secret_hosts setting)"
     )
+
+
+def test_a_secret_bound_to_no_host_is_refused_naming_the_setting(tmp_path):
+    path = write(tmp_path, VALID_YAML)
+    bindings = SecretBindings({"store_api_key": ["api.store.com"]})
+
+    (problem,) = problems_of(path, bindings)
+
+    assert problem.startswith(
+        f"{path}:20: connectors[1].auth: connector 'crm-contact-lookup': secret 'crm_token' is "
+        "bound to no host: add it to the secret_hosts setting, e.g. secret_hosts: {crm_token: "
+        "[crm.example.com]}"
+    )
+
+
+def test_unbound_secrets_load_when_the_development_opt_out_is_on(tmp_path):
+    path = write(tmp_path, VALID_YAML)
+
+    connectors = load_connectors_file(path, bindings=SecretBindings({}, allow_unbound=True))
+
+    assert len(connectors) == 2
 
 
 def test_secrets_bound_to_their_connectors_hosts_load(tmp_path):

@@ -35,6 +35,10 @@ from sidecar.core.secrets import SecretBindings
 from tests.support.conditions import condition
 
 ORIGIN = "https://api.store.example"
+# Every secret the tables use, bound to ORIGIN's host: an unbound secret is never sent.
+ORIGIN_BINDINGS = SecretBindings(
+    {name: ["api.store.example"] for name in ("key", "password", "store_token", "token", "user")}
+)
 SECRET = "s3cr3t-canary-9f2e"
 USERNAME = "basic-user-canary"
 PASSWORD = "basic-pass-canary"
@@ -154,7 +158,7 @@ def evaluate(
 ) -> tuple[Outcome, FakeSend]:
     send = FakeSend(answer)
     connectors = Connectors(connector or make_connector())
-    engine = Engine(connectors, Secrets(secrets), send, bindings=bindings or SecretBindings({}))
+    engine = Engine(connectors, Secrets(secrets), send, bindings=bindings or ORIGIN_BINDINGS)
     outcome = asyncio.run(
         engine.evaluate(
             compile_node(node),
@@ -589,6 +593,23 @@ def test_secret_bound_to_another_host_is_blocked_and_nothing_is_sent() -> None:
     assert "key" in outcome.message
     assert send.calls == []
     assert SECRET not in repr(outcome)
+
+
+def test_secret_bound_to_no_host_is_blocked_and_nothing_is_sent() -> None:
+    """A connector stored before its secret lost (or never had) a secret_hosts entry."""
+    auth, secrets = AUTH_CASES["api-key-header"]
+
+    outcome, send = evaluate(
+        make_node(branch("always")),
+        json_response(SHIPPED),
+        connector=make_connector(auth=auth),
+        secrets=secrets,
+        bindings=SecretBindings({"other": ["api.store.example"]}),
+    )
+
+    assert_error(outcome, Reason.BLOCKED_DESTINATION)
+    assert "secret_hosts" in outcome.message
+    assert send.calls == []
 
 
 def test_secret_bound_to_the_connectors_host_is_sent() -> None:

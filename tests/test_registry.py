@@ -266,6 +266,30 @@ def test_a_secret_bound_to_another_host_is_refused_on_auth_and_nothing_is_stored
     assert make_registry().get("order-status") is None  # nor in the store
 
 
+def test_a_secret_bound_to_no_host_is_refused_on_auth_naming_secret_hosts(make_registry):
+    registry = make_registry(bindings=SecretBindings({"other_token": ["api.store.com"]}))
+
+    with pytest.raises(InvalidArgumentError) as refused:
+        register(registry, definition(auth=BEARER))
+
+    assert [(v.field, v.description) for v in refused.value.violations] == [
+        (
+            "connector.auth",
+            "secret 'store_token' is bound to no host: add it to the secret_hosts setting, "
+            "e.g. secret_hosts: {store_token: [api.store.com]}",
+        )
+    ]
+    assert registry.get("order-status") is None
+
+
+def test_a_secret_bound_to_no_host_is_registered_with_the_development_opt_out(make_registry):
+    registry = make_registry(bindings=SecretBindings({}, allow_unbound=True))
+
+    stored, created = register(registry, definition(auth=BEARER))
+
+    assert (stored.version, created) == (1, True)
+
+
 def test_a_secret_bound_to_the_connectors_host_is_registered(make_registry):
     registry = make_registry(bindings=SecretBindings({"store_token": ["*.store.com"]}))
 

@@ -76,7 +76,7 @@ class Harness:
         self.volume = volume
         self.registry = registry
         self.path = volume.write({FILE_NAME: text})[FILE_NAME]
-        initial = load_connectors_file(self.path, bindings=NO_BINDINGS)
+        initial = load_connectors_file(self.path, bindings=bindings)
         registry.replace_file_connectors(initial)
         self.states: list[ReloadState] = []
         self.watcher = ConnectorsFileWatcher(
@@ -271,6 +271,23 @@ def test_a_reload_carrying_a_secret_to_an_unbound_host_keeps_the_last_good_set(v
         "api.store.com, not to 'api.elsewhere.example' (the secret_hosts setting)"
     ) in state.last_error
     assert harness.registry.require("order-status").url_template == bound["url_template"]
+
+
+def test_a_reload_carrying_a_secret_bound_to_no_host_keeps_the_last_good_set(volume, registry):
+    harness = Harness(volume, registry, connectors_yaml(connector_definition("order-status")))
+    harness.check()
+    with_secret = connector_definition("order-status")
+    with_secret["auth"] = {"bearer": {"token_secret": "store_token"}}
+    harness.publish(connectors_yaml(with_secret))
+
+    state = harness.check()
+
+    assert not state.valid
+    assert state.last_error is not None
+    assert "secret 'store_token' is bound to no host: add it to the secret_hosts setting" in (
+        state.last_error
+    )
+    assert harness.registry.require("order-status").auth is None
 
 
 def test_invalid_file_is_reported_once_not_at_every_poll(harness, caplog):

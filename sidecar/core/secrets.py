@@ -65,25 +65,40 @@ def _env_spelling(name: str) -> str:
 class SecretBindings:
     """Which hosts each secret may be sent to (operator-declared `secret_hosts`).
 
-    A bound secret can only be carried by a connector whose URL host matches the binding: the
-    registry refuses such a connector, and the engine refuses to send if the binding changed
-    since. An unbound secret goes only to the URL host of the connector that uses it (redirects
-    drop credentials when they leave that origin).
+    Every secret a connector uses must be bound: a connector whose URL host a secret's binding
+    does not match, or that uses a secret with no binding at all, is refused by the registry
+    (RegisterConnector, the connectors file, `rules-sidecar validate`), and the engine refuses to
+    send if the bindings changed since. Without the rule, whoever may register a connector could
+    point any secret the sidecar holds at a host of their choosing. `allow_unbound` (the
+    `allow_unbound_secrets` setting, for development) restores the old leniency: an unbound
+    secret goes only to the URL host of the connector that uses it.
 
-    >>> SecretBindings({"store_api_key": ["api.store.com"]}).violations(
-    ...     ("store_api_key",), "evil.example")
+    >>> bindings = SecretBindings({"store_api_key": ["api.store.com"]})
+    >>> bindings.violations(("store_api_key",), "evil.example")
     ["secret 'store_api_key' may only be sent to api.store.com, not to 'evil.example'"]
+    >>> bindings.violations(("crm_token",), "crm.example.com")  # doctest: +NORMALIZE_WHITESPACE
+    ["secret 'crm_token' is bound to no host: add it to the secret_hosts setting,
+      e.g. secret_hosts: {crm_token: [crm.example.com]}"]
     """
 
-    def __init__(self, bindings: Mapping[str, Sequence[str]]) -> None:
+    def __init__(
+        self, bindings: Mapping[str, Sequence[str]], *, allow_unbound: bool = False
+    ) -> None:
         self._bindings = {name: tuple(hosts) for name, hosts in bindings.items()}
+        self._allow_unbound = allow_unbound
 
     def violations(self, secret_names: Sequence[str], host: str) -> list[str]:
-        """One message per secret that may not be sent to `host`."""
+        """One message per secret that may not be sent to `host`, naming the fix."""
         problems = []
         for name in secret_names:
             hosts = self._bindings.get(name)
-            if hosts is not None and not host_matches(host, hosts):
+            if hosts is None:
+                if not self._allow_unbound:
+                    problems.append(
+                        f"secret {name!r} is bound to no host: add it to the secret_hosts "
+                        f"setting, e.g. secret_hosts: {{{name}: [{host or 'api.example.com'}]}}"
+                    )
+            elif not host_matches(host, hosts):
                 problems.append(
                     f"secret {name!r} may only be sent to {', '.join(hosts)}, not to {host!r}"
                 )

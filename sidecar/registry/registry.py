@@ -13,9 +13,11 @@ the same id is shadowed by the file's (and a warning is logged). Every other id 
 the API and kept in the store across restarts.
 
 Every connector that enters obeys the operator's `secret_hosts`: a registration that would carry a
-bound secret to another host is refused here (INVALID_ARGUMENT on `connector.auth`), as the
-connectors file refuses such a connector when it is loaded (`load_connectors_file`). Stored
-connectors registered under an older binding still load; the engine refuses to send them.
+secret to a host its binding does not name, or a secret with no binding at all (unless the
+`allow_unbound_secrets` development setting says so), is refused here (INVALID_ARGUMENT on
+`connector.auth`), as the connectors file refuses such a connector when it is loaded
+(`load_connectors_file`). Stored connectors registered under older bindings still load; the
+engine refuses to send them.
 """
 
 from __future__ import annotations
@@ -198,7 +200,8 @@ class Registry:
 
 
 def secret_host_refusals(connector: Connector, bindings: SecretBindings) -> list[str]:
-    """The rule every connector obeys on entering: a bound secret goes only to its hosts."""
+    """The rule every connector obeys on entering: each secret is bound, and goes only to its
+    bound hosts."""
     host = urlsplit(connector.url_template).hostname or ""
     return bindings.violations(connector.secret_names(), host)
 

@@ -17,7 +17,12 @@ from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 from sidecar.api.interceptors import GENERIC_INTERNAL_MESSAGE, ErrorMappingInterceptor
 from sidecar.errors import NotFoundError
 from tests.support.calls import bad_requests
-from tests.support.sidecars import EXAMPLE_CONNECTORS_FILE, InProcessSidecar, example_connectors
+from tests.support.sidecars import (
+    EXAMPLE_CONNECTORS_FILE,
+    InProcessSidecar,
+    example_connectors,
+    example_secret_hosts,
+)
 
 RPC_TIMEOUT = 5.0
 ORDERS_URL = "https://api.example.com/orders/{{order_number}}"
@@ -139,6 +144,14 @@ def test_output_only_fields_sent_by_the_caller_are_ignored(
     assert (stored.version, stored.source) == (1, pb.CONNECTOR_SOURCE_API)
 
 
+@pytest.fixture
+def bound_sidecar(sidecar_factory: Callable[..., InProcessSidecar]) -> InProcessSidecar:
+    """A sidecar binding the secrets of these round trips to their connectors' hosts."""
+    hosts = ["api.example.com", "crm.example.com"]
+    names = ("crm_token", "store_api_key", "erp.user", "erp.password")
+    return sidecar_factory(secret_hosts=dict.fromkeys(names, hosts))
+
+
 @pytest.mark.parametrize(
     "auth",
     [
@@ -154,14 +167,14 @@ def test_output_only_fields_sent_by_the_caller_are_ignored(
     ],
     ids=["bearer", "api_key", "basic"],
 )
-def test_auth_round_trips_as_secret_names(running_sidecar: InProcessSidecar, auth: pb.Auth) -> None:
-    register(running_sidecar.stub, connector(auth=auth))
+def test_auth_round_trips_as_secret_names(bound_sidecar: InProcessSidecar, auth: pb.Auth) -> None:
+    register(bound_sidecar.stub, connector(auth=auth))
 
-    assert get(running_sidecar.stub, "orders").auth == auth
+    assert get(bound_sidecar.stub, "orders").auth == auth
 
 
 def test_every_field_round_trips_through_register_and_get(
-    running_sidecar: InProcessSidecar,
+    bound_sidecar: InProcessSidecar,
 ) -> None:
     body = {"filter": {"email": "{{customer.email}}", "limit": "{{max_results}}"}, "page": 1}
     sent = connector(
@@ -178,8 +191,8 @@ def test_every_field_round_trips_through_register_and_get(
         max_response_bytes=65536,
     )
 
-    register(running_sidecar.stub, sent)
-    stored = get(running_sidecar.stub, "crm-lookup")
+    register(bound_sidecar.stub, sent)
+    stored = get(bound_sidecar.stub, "crm-lookup")
 
     for name in (
         "id", "display_name", "status", "method", "url_template", "headers", "query", "auth",
@@ -495,6 +508,22 @@ def test_a_secret_bound_to_another_host_is_a_violation_of_connector_auth(
     assert missing.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_a_secret_bound_to_no_host_is_a_violation_of_connector_auth_naming_secret_hosts(
+    sidecar_factory: Callable[..., InProcessSidecar],
+) -> None:
+    sidecar = sidecar_factory(secret_hosts={"other_token": ["api.example.com"]})
+    bearer = pb.Auth(bearer=pb.BearerAuth(token_secret="store_token"))
+
+    error = rpc_error_of(lambda: register(sidecar.stub, connector(auth=bearer)))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(error) == ["connector.auth"]
+    assert (
+        "secret 'store_token' is bound to no host: add it to the secret_hosts setting, e.g. "
+        "secret_hosts: {store_token: [api.example.com]}"
+    ) in error.details()
+
+
 @pytest.mark.parametrize(("request_or_connector", "expected_fields"), INVALID_REGISTRATIONS)
 def test_invalid_registration_names_every_bad_field(
     running_sidecar: InProcessSidecar,
@@ -706,7 +735,9 @@ def test_list_with_a_status_unknown_to_the_proto_is_invalid(
 def sidecar_with_example_file(
     sidecar_factory: Callable[..., InProcessSidecar],
 ) -> InProcessSidecar:
-    return sidecar_factory(connectors_file=EXAMPLE_CONNECTORS_FILE)
+    return sidecar_factory(
+        connectors_file=EXAMPLE_CONNECTORS_FILE, secret_hosts=example_secret_hosts()
+    )
 
 
 def test_connectors_file_connectors_are_listed_as_file_sourced_version_1(

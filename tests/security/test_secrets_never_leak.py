@@ -39,6 +39,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from tests.support.calls import RPC_TIMEOUT, evaluate_request, register
+from tests.support.loopback import HOST
 from tests.support.raw_servers import RawServers, silent
 from tests.support.sidecars import InProcessSidecar
 from tests.support.upstreams import Upstream, closed_port
@@ -193,8 +194,11 @@ def refused(stage: Stage) -> tuple[str, dict[str, Any]]:
     return f"http://127.0.0.1:{closed_port()}/orders/{{{{order}}}}", {}
 
 
+BLOCKED_HOST = "169.254.169.254"
+
+
 def blocked(stage: Stage) -> tuple[str, dict[str, Any]]:
-    return "https://169.254.169.254/latest/{{order}}", {}
+    return f"https://{BLOCKED_HOST}/latest/{{{{order}}}}", {}
 
 
 def not_json(stage: Stage) -> tuple[str, dict[str, Any]]:
@@ -336,8 +340,14 @@ def harness(
 ) -> Harness:
     caplog.set_level(logging.DEBUG)  # the root logger: what `log_level=DEBUG` sets
     # The breaker is not the subject here: repeated failures must not turn into CIRCUIT_OPEN.
+    # The canaries are bound to the blocked stage's address too, so that stage reaches the
+    # egress guard (BLOCKED_DESTINATION) rather than being refused at registration.
+    bound = {name: [HOST, BLOCKED_HOST] for name in SECRETS}
     sidecar = sidecar_factory(
-        secrets_dir=secrets_dir, breaker_failure_threshold=100, telemetry=telemetry.instruments
+        secrets_dir=secrets_dir,
+        secret_hosts=bound,
+        breaker_failure_threshold=100,
+        telemetry=telemetry.instruments,
     )
     return Harness(sidecar, telemetry, caplog, Stage(upstream, other_upstream, raw_servers))
 

@@ -39,6 +39,7 @@ from sidecar.telemetry.instruments import Telemetry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONNECTORS_FILE = REPO_ROOT / "examples" / "connectors.yaml"
+EXAMPLE_SETTINGS_FILE = REPO_ROOT / "examples" / "sidecar.yaml"
 STARTUP_DEADLINE_SECONDS = 30.0  # a deadline, not a measurement: loaded CI machines are slow
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -47,6 +48,12 @@ def example_connectors() -> list[dict[str, Any]]:
     """The connector definitions of examples/connectors.yaml, as plain data."""
     document = yaml.safe_load(EXAMPLE_CONNECTORS_FILE.read_text(encoding="utf-8"))
     return list(document["connectors"])
+
+
+def example_secret_hosts() -> dict[str, list[str]]:
+    """The secret_hosts of examples/sidecar.yaml: they bind every secret the example file uses."""
+    document = yaml.safe_load(EXAMPLE_SETTINGS_FILE.read_text(encoding="utf-8"))
+    return dict(document["secret_hosts"])
 
 
 # ---------------------------------------------------------------------------------------------
