@@ -2,9 +2,15 @@
 
 `start_sidecar(settings)` turns Settings into running objects, in one place and in order:
 
-    telemetry -> egress, secret store, secret bindings -> gRPC server (ports bound, health
-    NOT_SERVING, RulesSidecarService closed) -> connectors file + store -> registry -> engine
-    -> servicer -> gate open, health SERVING
+    checks (protected mode, secrets_dir, data_dir) -> telemetry -> egress, secret store, secret
+    bindings -> gRPC servers (ports bound, health NOT_SERVING, RulesSidecarService closed) ->
+    connectors file + store -> registry -> engine -> servicer -> gate open, health SERVING
+
+Two listeners. The API (`listen_address`: the six RPCs of rulesidecar.v1, health, reflection) is
+on loopback by default, and refuses to start elsewhere unprotected (protected mode, as Redis's:
+a token file or client certificates, or `allow_unprotected_api` with a WARNING). Health alone may
+also be served on `health_listen_address`, plaintext, for probes that connect to the pod IP: in a
+cluster the kubelet must reach health, but it must not reach RegisterConnector.
 
 `create_server(settings, telemetry)` builds and binds the gRPC server only (port 0 in tests);
 `serve(settings)` adds the signal handling and the graceful drain:
@@ -16,7 +22,9 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import os
 import signal
 import stat
 from dataclasses import dataclass
@@ -63,6 +71,8 @@ async def start_sidecar(
     resolver and connector factory (no real DNS, recorded connections). ConfigError or
     StoreError when something cannot start; whatever had started is stopped first.
     """
+    check_protected_mode(settings)
+    check_secrets_dir(settings.secrets_dir)
     if settings.allow_unbound_secrets:
         log.warning(
             "allow_unbound_secrets is on: connectors may use secrets that have no secret_hosts "
@@ -82,7 +92,6 @@ async def start_sidecar(
     try:
         telemetry.start()
         await server.start()
-        log.info("rules-sidecar listening on %s (port %d)", settings.listen_address, server.port)
         file_connectors, registry, follower = await _load_registry(settings, bindings)
     except BaseException:
         await server.stop(grace=0)
@@ -111,7 +120,106 @@ async def start_sidecar(
         )
         watcher.start()
     await server.open(servicer)
+    # Logged once loaded: a data_dir or store that cannot be opened stops the start first.
+    log.info("rules-sidecar listening on %s (port %d)", settings.listen_address, server.port)
+    if server.health_port is not None:
+        log.info(
+            "health (only) listening on %s (port %d)",
+            settings.health_listen_address,
+            server.health_port,
+        )
     return Sidecar(settings, server, telemetry, egress, registry, watcher, follower)
+
+
+def check_protected_mode(settings: Settings) -> None:
+    """Protected mode: an API other hosts can reach must ask for a token (or a client
+    certificate); the admin RPCs would otherwise let anyone who reaches the port point a
+    connector, and the secrets it carries, anywhere. Loopback and unix sockets are local."""
+    protected = bool(
+        settings.admin_token_file or settings.evaluation_token_file or settings.tls_client_ca_file
+    )
+    if protected or is_local_address(settings.listen_address):
+        return
+    if settings.allow_unprotected_api:
+        log.warning(
+            "UNPROTECTED API: listen_address %s is reachable from other hosts and no token "
+            "(admin_token_file) or client certificate (tls_client_ca_file) is required; anyone "
+            "who reaches it may register connectors. allow_unprotected_api is on: do this only "
+            "on a network you trust",
+            settings.listen_address,
+        )
+        return
+    raise ConfigError(
+        f"protected mode: listen_address {settings.listen_address} is not loopback and the API "
+        "requires no token, so anyone who reaches it could register connectors",
+        [
+            "set admin_token_file (RULES_SIDECAR_ADMIN_TOKEN_FILE) to a file holding a token",
+            "or listen on loopback (listen_address: 127.0.0.1:50051; health_listen_address "
+            "serves probes from the pod IP)",
+            "or, on a network you trust, set allow_unprotected_api: true",
+        ],
+    )
+
+
+def is_local_address(address: str) -> bool:
+    """Loopback (127.0.0.0/8, ::1, localhost) or a unix socket; a name may resolve elsewhere.
+
+    >>> [is_local_address(a) for a in ("127.0.0.1:1", "[::1]:1", "0.0.0.0:1", "unix:/s")]
+    [True, True, False, True]
+    """
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_secrets_dir(directory: Path | None) -> None:
+    """A configured secrets_dir that is missing is a typo or a missing mount: every connector
+    using a secret would answer SECRET_NOT_FOUND later, so it stops the start now (a Kubernetes
+    Secret volume is mounted before the container starts, so it never appears later)."""
+    if directory is None:
+        return
+    if not directory.is_dir():
+        state = "is not a directory" if directory.exists() else "does not exist"
+        raise ConfigError(
+            f"secrets_dir {directory} {state}: mount the secrets there, or point secrets_dir "
+            "(RULES_SIDECAR_SECRETS_DIR, --secrets-dir) at the directory that holds them, or "
+            "unset it to read secrets only from RULES_SECRET_* variables"
+        )
+    if not os.access(directory, os.R_OK | os.X_OK):
+        raise ConfigError(
+            f"secrets_dir {directory} is not readable by this process (uid {os.getuid()}): "
+            "give it read permission (a Kubernetes Secret's defaultMode, or fsGroup)"
+        )
+
+
+def check_data_dir(directory: Path) -> None:
+    """The store's directory, created if missing; an error that says what to fix instead of
+    the operating system's 'File exists' or 'Permission denied: .../lock'."""
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(
+            f"data_dir {directory} is a file, not a directory: point data_dir "
+            "(RULES_SIDECAR_DATA_DIR, --data-dir) at a directory, or move the file aside"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create data_dir {directory} ({exc.strerror}): create it with write "
+            "permission for this process, or point data_dir (RULES_SIDECAR_DATA_DIR, "
+            "--data-dir) at a writable directory"
+        ) from exc
+    if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"data_dir {directory} is not writable by this process (uid {os.getuid()}): give "
+            "it write permission (chown or chmod; in Kubernetes a writable volume, or fsGroup), "
+            "or point data_dir (RULES_SIDECAR_DATA_DIR, --data-dir) elsewhere"
+        )
 
 
 def telemetry_config(settings: Settings) -> TelemetryConfig:
@@ -156,6 +264,7 @@ async def _load_registry(
 def open_store(settings: Settings) -> Store:
     """PostgreSQL when `store_url` is set (a fleet shares it), else the embedded SQLite store."""
     if settings.store_url is None:
+        check_data_dir(settings.data_dir)
         return ConnectorStore(
             settings.store_path, busy_timeout_seconds=settings.store_busy_timeout_seconds
         )
@@ -180,8 +289,13 @@ class Sidecar:
 
     @property
     def port(self) -> int:
-        """The TCP port bound (the one chosen by the system when the address asked for 0)."""
+        """The API's TCP port (the one chosen by the system when the address asked for 0)."""
         return self.server.port
+
+    @property
+    def health_port(self) -> int | None:
+        """The health-only listener's TCP port, if `health_listen_address` is set."""
+        return self.server.health_port
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING at once, refuse new calls, let in-flight ones finish, close."""
@@ -197,17 +311,22 @@ class Sidecar:
 
 @dataclass(frozen=True)
 class SidecarServer:
-    """The gRPC server with its ports bound, its health, and the gate of RulesSidecarService."""
+    """The gRPC server with its ports bound, its health, and the gate of RulesSidecarService;
+    and, if configured, the health-only server for probes (same health states)."""
 
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
     gate: ServiceGate
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
 
     async def start(self) -> None:
         """Start answering: health NOT_SERVING and RulesSidecarService UNAVAILABLE until `open`."""
         await self._set_health(NOT_SERVING)
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
 
     async def open(self, servicer: RulesSidecarServicer) -> None:
         """Serve the loaded sidecar: calls go to `servicer`, health says SERVING."""
@@ -218,6 +337,8 @@ class SidecarServer:
         """NOT_SERVING at once, refuse new calls, give in-flight ones `grace` seconds."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.health_server is not None:  # probes see NOT_SERVING until the drain is over
+            await self.health_server.stop(0)
 
     async def report_connectors_file(self, state: ReloadState) -> None:
         """The health of the last connectors file reload (a service of its own)."""
@@ -267,7 +388,13 @@ def create_server(settings: Settings, telemetry: Telemetry) -> SidecarServer:
     if settings.unix_socket is not None:
         _remove_stale_socket(settings.unix_socket)
         _bind(server, f"unix:{settings.unix_socket}", credentials)
-    return SidecarServer(server, port, health_servicer, gate)
+    health_server, health_port = None, None
+    if settings.health_listen_address is not None:
+        # Health only, no interceptors, plaintext: what the kubelet's gRPC probes can speak.
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = _bind(health_server, settings.health_listen_address, None)
+    return SidecarServer(server, port, health_servicer, gate, health_server, health_port)
 
 
 def build_egress(

@@ -49,8 +49,23 @@ class Settings(BaseSettings):
 
     listen_address: str = Field(
         "127.0.0.1:50051",
-        description="host:port for gRPC over TCP. Loopback by default: a pod sidecar answers only "
-        "inside its pod. Port 0 picks a free port.",
+        description="host:port of the API (the six RPCs of rulesidecar.v1, health and "
+        "reflection) over TCP. Loopback by default: a pod sidecar answers only inside its pod. "
+        "Any other address needs a token (admin_token_file) or allow_unprotected_api. Port 0 "
+        "picks a free port.",
+    )
+    health_listen_address: str | None = Field(
+        None,
+        description="Also serve gRPC health, and nothing else, on this host:port, e.g. "
+        "0.0.0.0:50052 in Kubernetes, where the kubelet's probes connect to the pod IP while the "
+        "API stays on loopback. Plaintext even when the API serves TLS (gRPC probes speak no "
+        "TLS). Off by default: a process started by hand opens nothing but loopback.",
+    )
+    allow_unprotected_api: bool = Field(
+        False,
+        description="Let the API listen on a non-loopback address with no token and no client "
+        "certificates (anyone who reaches the port may register connectors). Refused at "
+        "startup otherwise; when set, a WARNING says so at every start.",
     )
     unix_socket: Path | None = Field(
         None, description="Also listen on this unix socket path (e.g. a volume shared in the pod)."

@@ -43,6 +43,15 @@ def test_defaults_are_the_embedded_loopback_setup():
     assert settings.log_level == "INFO"
 
 
+def test_defaults_are_secure_health_shares_the_api_port_and_nothing_is_allowed_unprotected():
+    settings = Settings.load()
+
+    assert settings.health_listen_address is None  # a process by hand opens only loopback
+    assert settings.allow_unprotected_api is False
+    assert settings.allow_unbound_secrets is False
+    assert settings.secret_hosts == {}
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "field", "expected"),
     [
@@ -61,6 +70,14 @@ def test_defaults_are_the_embedded_loopback_setup():
         ("RULES_SIDECAR_SHUTDOWN_GRACE_SECONDS", "2.5", "shutdown_grace_seconds", 2.5),
         ("RULES_SIDECAR_STORE_BUSY_TIMEOUT_SECONDS", "0.5", "store_busy_timeout_seconds", 0.5),
         ("RULES_SIDECAR_LOG_LEVEL", "DEBUG", "log_level", "DEBUG"),
+        (
+            "RULES_SIDECAR_HEALTH_LISTEN_ADDRESS",
+            "0.0.0.0:50052",
+            "health_listen_address",
+            "0.0.0.0:50052",
+        ),
+        ("RULES_SIDECAR_ALLOW_UNPROTECTED_API", "true", "allow_unprotected_api", True),
+        ("RULES_SIDECAR_ALLOW_UNBOUND_SECRETS", "true", "allow_unbound_secrets", True),
     ],
 )
 def test_environment_variable_overrides_the_default(monkeypatch, variable, value, field, expected):

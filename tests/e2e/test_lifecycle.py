@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,8 +35,10 @@ from tests.support.sidecars import (
     EXAMPLE_CONNECTORS_FILE,
     SERVE_COMMAND,
     STARTUP_DEADLINE_SECONDS,
+    InProcessSidecar,
     SidecarProcess,
     example_connectors,
+    example_secret_hosts,
     free_loopback_port,
     hide_sidecar_environment,
     sidecar_environment,
@@ -231,6 +236,142 @@ def test_a_file_connector_carrying_a_secret_to_an_unbound_host_stops_startup_wit
     assert "Traceback" not in result.stderr
 
 
+VALIDATE_COMMAND = (sys.executable, "-m", "sidecar.cli", "validate")
+UNBOUND_SECRET_FILE = (
+    "connectors:\n"
+    "  - id: order-status\n"
+    "    status: LIVE\n"
+    "    url_template: https://api.store.com/orders/{{order_number}}\n"
+    "    auth: {bearer: {token_secret: store_token}}\n"
+)
+UNBOUND = (
+    "secret 'store_token' is bound to no host: add it to the secret_hosts setting, e.g. "
+    "secret_hosts: {store_token: [api.store.com]}"
+)
+
+
+def test_an_unbound_secret_is_refused_on_the_api_in_the_file_and_by_validate(
+    sidecar_process: StartSidecar, tmp_path: Path
+) -> None:
+    """One connector whose secret has no secret_hosts entry, through the three doors."""
+    config_file = tmp_path / "sidecar.yaml"
+    config_file.write_text("secret_hosts: {other_token: [api.store.com]}\n")
+    connectors_file = tmp_path / "connectors.yaml"
+    connectors_file.write_text(UNBOUND_SECRET_FILE)
+    sidecar = sidecar_process(args=["--config", str(config_file)])
+    with_secret = pb.Connector(
+        id="order-status",
+        status=pb.CONNECTOR_STATUS_LIVE,
+        url_template="https://api.store.com/orders/{{order_number}}",
+        auth=pb.Auth(bearer=pb.BearerAuth(token_secret="store_token")),
+    )
+
+    with pytest.raises(grpc.RpcError) as on_the_api:
+        register(sidecar.stub, with_secret)
+    in_the_file = run_serve_until_exit(
+        "--config",
+        str(config_file),
+        "--data-dir",
+        str(tmp_path / "other-data"),
+        "--connectors-file",
+        str(connectors_file),
+    )
+    by_validate = subprocess.run(
+        [*VALIDATE_COMMAND, str(connectors_file), "--config", str(config_file)],
+        capture_output=True,
+        text=True,
+        env=sidecar_environment(),
+        timeout=STARTUP_DEADLINE_SECONDS,
+        check=False,
+    )
+
+    assert on_the_api.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "connector.auth" in on_the_api.value.details()
+    assert UNBOUND in on_the_api.value.details()
+    assert versions(sidecar.stub) == {}
+    located = f"{connectors_file}:5: connectors[0].auth: connector 'order-status': {UNBOUND}"
+    assert in_the_file.returncode == 2, in_the_file.stderr
+    assert located in in_the_file.stderr
+    assert by_validate.returncode == 1, by_validate.stderr
+    assert located in by_validate.stderr
+    for result in (in_the_file, by_validate):
+        assert "Traceback" not in result.stderr
+
+
+def test_a_non_loopback_api_without_a_token_is_refused_naming_the_fixes(tmp_path: Path) -> None:
+    address = f"0.0.0.0:{free_loopback_port()}"
+
+    result = run_serve_until_exit("--listen", address, "--data-dir", str(tmp_path / "data"))
+
+    assert result.returncode == 2, result.stderr
+    assert (
+        f"rules-sidecar: error: protected mode: listen_address {address} is not loopback and "
+        "the API requires no token"
+    ) in result.stderr
+    assert "admin_token_file" in result.stderr
+    assert "allow_unprotected_api: true" in result.stderr
+    assert "listening on" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_non_loopback_api_starts_with_a_token_or_with_a_loud_warning(
+    sidecar_factory: Callable[..., InProcessSidecar],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    token_file = tmp_path / "admin-token"
+    token_file.write_text("an-admin-token-of-some-length\n")
+    caplog.set_level(logging.WARNING, logger="sidecar.server")
+
+    with_token = sidecar_factory(listen_address="0.0.0.0:0", admin_token_file=token_file)
+    warnings_with_token = [r.getMessage() for r in caplog.records]
+    allowed = sidecar_factory(listen_address="[::]:0", allow_unprotected_api=True)
+
+    for sidecar in (with_token, allowed):
+        health = health_pb2_grpc.HealthStub(sidecar.channel)
+        answer = health.Check(health_pb2.HealthCheckRequest(), timeout=RPC_TIMEOUT)
+        assert answer.status == SERVING
+    assert warnings_with_token == []
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage().startswith("UNPROTECTED API: listen_address [::]:0")
+    assert "allow_unprotected_api is on" in warning.getMessage()
+
+
+def test_a_data_dir_that_is_a_file_stops_startup_saying_what_to_fix(tmp_path: Path) -> None:
+    data_file = tmp_path / "data"
+    data_file.write_text("not a directory\n")
+    below_a_file = data_file / "store"
+
+    is_a_file = run_serve_until_exit("--data-dir", str(data_file))
+    cannot_create = run_serve_until_exit("--data-dir", str(below_a_file))
+
+    assert is_a_file.returncode == 2, is_a_file.stderr
+    assert (
+        f"data_dir {data_file} is a file, not a directory: point data_dir "
+        "(RULES_SIDECAR_DATA_DIR, --data-dir) at a directory, or move the file aside"
+    ) in is_a_file.stderr
+    assert cannot_create.returncode == 2, cannot_create.stderr
+    assert f"cannot create data_dir {below_a_file} (Not a directory)" in cannot_create.stderr
+    assert "point data_dir (RULES_SIDECAR_DATA_DIR, --data-dir)" in cannot_create.stderr
+    for result in (is_a_file, cannot_create):
+        assert "File exists" not in result.stderr
+        assert "listening on" not in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_missing_secrets_dir_stops_startup_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "secrets"
+
+    result = run_serve_until_exit(
+        "--data-dir", str(tmp_path / "data"), "--secrets-dir", str(missing)
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert f"secrets_dir {missing} does not exist: mount the secrets there" in result.stderr
+    assert "RULES_SECRET_*" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_second_sidecar_on_the_same_data_dir_is_refused(sidecar_process: StartSidecar) -> None:
     running = sidecar_process()
 
@@ -291,6 +432,33 @@ def test_health_is_not_serving_until_the_store_is_loaded_then_serving(
         SERVICE_NAME: SERVING,
     }
     assert versions(sidecar.stub) == {}
+
+
+def test_the_health_port_serves_health_and_nothing_else(sidecar_process: StartSidecar) -> None:
+    health_address = f"127.0.0.1:{free_loopback_port()}"
+    sidecar = sidecar_process(env={"RULES_SIDECAR_HEALTH_LISTEN_ADDRESS": health_address})
+
+    with grpc.insecure_channel(health_address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        statuses = {
+            service: health.Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=RPC_TIMEOUT
+            ).status
+            for service in ("", SERVICE_NAME)
+        }
+        with pytest.raises(grpc.RpcError) as api_call:
+            pb_grpc.RulesSidecarServiceStub(channel).ListConnectors(
+                pb.ListConnectorsRequest(), timeout=RPC_TIMEOUT
+            )
+        with pytest.raises(grpc.RpcError) as reflection_call:
+            ProtoReflectionDescriptorDatabase(channel).get_services()
+
+    assert statuses == {"": SERVING, SERVICE_NAME: SERVING}
+    assert api_call.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert reflection_call.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert versions(sidecar.stub) == {}  # the API is on its own port
+    assert sidecar.health_status() == SERVING  # and keeps health for clients that check it
+    assert f"health (only) listening on {health_address}" in sidecar.stderr_text()
 
 
 def test_a_bound_server_refuses_every_service_call_until_a_servicer_is_handed_over(
@@ -485,6 +653,7 @@ def test_settings_come_from_the_environment(sidecar_process: StartSidecar) -> No
         settings_via_env=True,
         env={
             "RULES_SIDECAR_CONNECTORS_FILE": str(EXAMPLE_CONNECTORS_FILE),
+            "RULES_SIDECAR_SECRET_HOSTS": json.dumps(example_secret_hosts()),
             "RULES_SIDECAR_LOG_LEVEL": "WARNING",
         },
     )
