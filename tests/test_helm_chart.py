@@ -8,6 +8,8 @@ scripts/check-chart installs (.tools/go/bin/helm), else one on PATH.
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import shutil
 import subprocess
@@ -177,11 +179,14 @@ def test_app_reaches_the_sidecar_on_loopback(sidecar_mode):
 # ---------------------------------------------------------------------------------------------
 
 
+def container_ports(container: dict[str, Any]) -> dict[str, int]:
+    return {port["name"]: port["containerPort"] for port in container["ports"]}
+
+
 @pytest.mark.parametrize("mode", MODES)
-def test_probes_are_native_grpc_on_the_numeric_container_port(request, mode):
+def test_probes_are_native_grpc_on_the_numeric_health_port(request, mode):
     container, _ = container_in(request, mode)
-    port = container["ports"][0]["containerPort"]
-    assert container["ports"][0]["name"] == "grpc"
+    port = container_ports(container)["health"]
     services = {}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc_probe = container[probe]["grpc"]
@@ -197,11 +202,34 @@ def test_probes_are_native_grpc_on_the_numeric_container_port(request, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_server_listens_on_the_pod_ip_at_the_probed_port(request, mode):
+def test_health_listens_on_the_pod_ip_at_the_probed_port(request, mode):
     container, _ = container_in(request, mode)
-    address = env_of(container)["RULES_SIDECAR_LISTEN_ADDRESS"]
-    assert address.rpartition(":")[2] == str(container["ports"][0]["containerPort"])
+    address = env_of(container)["RULES_SIDECAR_HEALTH_LISTEN_ADDRESS"]
+    assert address.rpartition(":")[2] == str(container_ports(container)["health"])
     assert not address.startswith("127.")
+
+
+@pytest.mark.parametrize("mode", ["sidecar_mode", "plain_container_mode"])
+def test_sidecar_mode_api_listens_on_loopback_only(request, mode):
+    container, _ = container_in(request, mode)
+    app = sidecar_container(pod_spec(request.getfixturevalue(mode)), "chat-backend")
+    address = env_of(container)["RULES_SIDECAR_LISTEN_ADDRESS"]
+    assert address == "127.0.0.1:50051" == env_of(app)["RULES_SIDECAR_ADDRESS"]
+    assert "grpc" not in container_ports(container)  # nothing to reach from outside the pod
+
+
+@pytest.mark.parametrize("mode", ["standalone_mode", "all_options"])
+def test_standalone_api_listens_on_the_pod_ip_behind_the_service_with_tokens(request, mode):
+    container, manifests = container_in(request, mode)
+    env = env_of(container)
+    api_port = container_ports(container)["grpc"]
+    assert env["RULES_SIDECAR_LISTEN_ADDRESS"].rpartition(":")[::2] in (
+        ("0.0.0.0", str(api_port)),
+        ("[::]", str(api_port)),
+    )
+    assert api_port != container_ports(container)["health"]
+    assert one(manifests, "Service")["spec"]["ports"][0]["targetPort"] == "grpc"
+    assert env["RULES_SIDECAR_ADMIN_TOKEN_FILE"]  # protected mode: the server needs a token
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -257,7 +285,11 @@ def test_access_tokens_come_from_their_own_secret_not_the_connectors_secrets(req
 
 def test_tls_settings_are_refused_because_grpc_probes_speak_plaintext():
     message = render_error(
-        CHART, "--set", "mode=standalone", "--set", "settings.tls_cert_file=/tls/tls.crt"
+        CHART,
+        "--set",
+        "mode=standalone,accessTokens.generate=true",
+        "--set",
+        "settings.tls_cert_file=/tls/tls.crt",
     )
     assert "cannot speak TLS" in message
 
@@ -294,7 +326,7 @@ def test_container_runs_the_image_command_line(request, mode):
 
 def test_standalone_renders_a_deployment_service_and_account_without_a_token(standalone_mode):
     kinds = sorted(manifest["kind"] for manifest in standalone_mode)
-    assert kinds == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == ["ConfigMap", "Deployment", "Secret", "Service", "ServiceAccount"]
     account = one(standalone_mode, "ServiceAccount")
     assert account["automountServiceAccountToken"] is False
     spec = pod_spec(standalone_mode)
@@ -304,6 +336,45 @@ def test_standalone_renders_a_deployment_service_and_account_without_a_token(sta
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     service = one(standalone_mode, "Service")
     assert service["spec"]["ports"][0]["targetPort"] == "grpc"
+
+
+def test_standalone_without_access_tokens_is_refused_naming_the_fixes():
+    message = render_error(CHART, "--set", "mode=standalone")
+    assert "standalone mode exposes the API" in message
+    assert "accessTokens.existingSecret" in message
+    assert "accessTokens.generate: true" in message
+    assert "settings.allow_unprotected_api: true" in message
+
+
+def test_standalone_unprotected_renders_only_when_the_setting_says_so():
+    manifests = render(
+        CHART, "--set", "mode=standalone", "--set", "settings.allow_unprotected_api=true"
+    )
+    env = env_of(sidecar_container(pod_spec(manifests)))
+    assert env["RULES_SIDECAR_ALLOW_UNPROTECTED_API"] == "true"
+    assert "RULES_SIDECAR_ADMIN_TOKEN_FILE" not in env
+
+
+def test_generated_tokens_are_random_and_mounted_where_the_server_reads_them(standalone_mode):
+    secret = next(m for m in standalone_mode if m["metadata"]["name"].endswith("-tokens"))
+    assert secret["kind"] == "Secret"
+    tokens = {key: base64.b64decode(value) for key, value in secret["data"].items()}
+    assert set(tokens) == {"admin-token", "evaluation-token"}
+    assert all(len(token) == 40 for token in tokens.values())
+    assert tokens["admin-token"] != tokens["evaluation-token"]
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    spec = pod_spec(standalone_mode)
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    assert volumes["rules-sidecar-tokens"]["secret"]["secretName"] == secret["metadata"]["name"]
+    env = env_of(sidecar_container(spec))
+    assert env["RULES_SIDECAR_ADMIN_TOKEN_FILE"] == "/etc/rules-sidecar/tokens/admin-token"
+
+
+def test_the_api_and_health_ports_must_differ():
+    message = render_error(
+        CHART, "-f", str(CHART / "ci" / "standalone-values.yaml"), "--set", "healthPort=50051"
+    )
+    assert "port and healthPort are both 50051" in message
 
 
 def test_standalone_grace_period_covers_the_prestop_sleep_and_the_drain(standalone_mode):
@@ -364,9 +435,61 @@ def test_settings_are_passed_as_variables_and_structured_ones_as_json(all_option
     assert settings.secret_hosts["crm_token"] == ["*.crm.example.com"]
 
 
+def test_prometheus_metrics_are_served_on_the_pod_ip_at_a_named_port(all_options):
+    container = sidecar_container(pod_spec(all_options), "rules")
+    env = env_of(container)
+    assert container_ports(container)["metrics"] == 9464
+    assert env["RULES_SIDECAR_METRICS_PROMETHEUS_PORT"] == "9464"
+    assert env["RULES_SIDECAR_METRICS_PROMETHEUS_HOST"] == "::"  # listenHost "[::]", unbracketed
+
+
+@pytest.mark.parametrize(
+    ("setting", "problem"),
+    [
+        ("settings.retrys=1", "additional properties 'retrys' not allowed"),
+        ("settings.max_concurrent_evaluations=many", "/settings/max_concurrent_evaluations"),
+    ],
+)
+def test_a_misspelt_or_mistyped_setting_fails_to_render(setting, problem):
+    message = render_error(
+        CHART, "-f", str(CHART / "ci" / "standalone-values.yaml"), "--set", setting
+    )
+    assert problem in message
+
+
+def test_the_settings_schema_is_generated_from_the_settings():
+    """values.schema.json's `settings` lists every Settings field with its JSON schema."""
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["settings"]
+    expected = {
+        name: _without_annotations(field)
+        for name, field in Settings.model_json_schema()["properties"].items()
+    }
+    assert schema["additionalProperties"] is False
+    assert schema["properties"] == expected, (
+        "regenerate the `settings` properties of values.schema.json from sidecar/settings.py: "
+        "Settings.model_json_schema() without title, default and format"
+    )
+
+
+def _without_annotations(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            key: _without_annotations(value)
+            for key, value in node.items()
+            if key not in ("title", "default", "format")
+        }
+    if isinstance(node, list):
+        return [_without_annotations(value) for value in node]
+    return node
+
+
 def test_a_setting_the_chart_owns_is_refused_in_settings():
     message = render_error(
-        CHART, "--set", "mode=standalone", "--set", "settings.listen_address=0.0.0.0:1"
+        CHART,
+        "--set",
+        "mode=standalone,accessTokens.generate=true",
+        "--set",
+        "settings.listen_address=0.0.0.0:1",
     )
     assert "settings.listen_address is set by the chart" in message
 

@@ -97,6 +97,32 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- .values.secrets.existingSecret | default (printf "%s-secrets" (include "rules-sidecar.fullname" .)) }}
 {{- end }}
 
+{{/* The Secret holding the access tokens: existingSecret, the generated one, or none. */}}
+{{- define "rules-sidecar.tokenSecretName" -}}
+{{- if .values.accessTokens.existingSecret }}
+{{- .values.accessTokens.existingSecret }}
+{{- else if .values.accessTokens.generate }}
+{{- printf "%s-tokens" (include "rules-sidecar.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Protected mode, as the server enforces it: in standalone mode the API is reachable from
+     other pods, so it needs a token Secret (or the explicit settings.allow_unprotected_api). */}}
+{{- define "rules-sidecar.checkProtected" -}}
+{{- if and (eq .values.mode "standalone") (not (include "rules-sidecar.tokenSecretName" .)) (not .values.settings.allow_unprotected_api) }}
+{{- fail "rules-sidecar: standalone mode exposes the API (RegisterConnector included) to the cluster, so it needs access tokens: set accessTokens.existingSecret to a Secret with the keys admin-token and evaluation-token, or accessTokens.generate: true to have the chart generate one (kept across upgrades). On a network you trust only: settings.allow_unprotected_api: true." }}
+{{- end }}
+{{- if eq (.values.port | int) (.values.healthPort | int) }}
+{{- fail (printf "rules-sidecar: port and healthPort are both %d; the API and health need ports of their own" (.values.port | int)) }}
+{{- end }}
+{{- end }}
+
+{{/* The address the API binds: loopback in sidecar mode (only the pod's own containers may call
+     it), listenHost in standalone mode (the Service's endpoints). */}}
+{{- define "rules-sidecar.apiHost" -}}
+{{- if eq .values.mode "standalone" }}{{ .values.listenHost }}{{ else }}127.0.0.1{{ end }}
+{{- end }}
+
 {{- define "rules-sidecar.hasSecrets" -}}
 {{- if or .values.secrets.existingSecret .values.secrets.create }}true{{ end }}
 {{- end }}
@@ -121,15 +147,24 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 
 {{/* Settings the chart sets itself; `settings` may not repeat them. */}}
 {{- define "rules-sidecar.managedSettings" -}}
-listen_address data_dir connectors_file connectors_reload_seconds secrets_dir admin_token_file evaluation_token_file shutdown_grace_seconds log_level config_file
+listen_address health_listen_address metrics_prometheus_port metrics_prometheus_host data_dir connectors_file connectors_reload_seconds secrets_dir admin_token_file evaluation_token_file shutdown_grace_seconds log_level config_file
 {{- end }}
 
 {{/* The container's environment. */}}
 {{- define "rules-sidecar.env" -}}
 {{- $v := .values -}}
 - name: RULES_SIDECAR_LISTEN_ADDRESS
-  # Not loopback: the kubelet's gRPC probes connect to the pod IP.
-  value: {{ printf "%s:%d" $v.listenHost ($v.port | int) | quote }}
+  # The API: loopback in sidecar mode, listenHost (with tokens) in standalone mode.
+  value: {{ printf "%s:%d" (include "rules-sidecar.apiHost" .) ($v.port | int) | quote }}
+- name: RULES_SIDECAR_HEALTH_LISTEN_ADDRESS
+  # Health only, not loopback: the kubelet's gRPC probes connect to the pod IP.
+  value: {{ printf "%s:%d" $v.listenHost ($v.healthPort | int) | quote }}
+{{- with $v.metrics.prometheusPort }}
+- name: RULES_SIDECAR_METRICS_PROMETHEUS_PORT
+  value: {{ . | quote }}
+- name: RULES_SIDECAR_METRICS_PROMETHEUS_HOST
+  value: {{ $v.listenHost | trimPrefix "[" | trimSuffix "]" | quote }}
+{{- end }}
 - name: RULES_SIDECAR_DATA_DIR
   value: {{ $v.data.mountPath | quote }}
 {{- if include "rules-sidecar.hasConnectors" . }}
@@ -142,7 +177,7 @@ listen_address data_dir connectors_file connectors_reload_seconds secrets_dir ad
 - name: RULES_SIDECAR_SECRETS_DIR
   value: {{ $v.secrets.mountPath | quote }}
 {{- end }}
-{{- if $v.accessTokens.existingSecret }}
+{{- if include "rules-sidecar.tokenSecretName" . }}
 {{- with $v.accessTokens.adminTokenKey }}
 - name: RULES_SIDECAR_ADMIN_TOKEN_FILE
   value: {{ printf "%s/%s" $v.accessTokens.mountPath . | quote }}
@@ -162,7 +197,7 @@ listen_address data_dir connectors_file connectors_reload_seconds secrets_dir ad
 {{- fail (printf "rules-sidecar: settings.%s is set by the chart; use the chart's own value for it (see values.yaml)" $name) }}
 {{- end }}
 {{- if hasPrefix "tls_" $name }}
-{{- fail (printf "rules-sidecar: settings.%s: the kubelet's gRPC probes cannot speak TLS; leave TLS to a service mesh" $name) }}
+{{- fail (printf "rules-sidecar: settings.%s: the chart mounts no certificates, and the kubelet's gRPC probes cannot speak TLS (health stays plaintext on healthPort); leave TLS to a service mesh" $name) }}
 {{- end }}
 - name: {{ printf "RULES_SIDECAR_%s" (upper $name) }}
   value: {{ if kindIs "string" $value }}{{ $value | quote }}{{ else }}{{ toJson $value | quote }}{{ end }}
@@ -197,7 +232,7 @@ listen_address data_dir connectors_file connectors_reload_seconds secrets_dir ad
 {{- end }}
 {{- end }}
 
-{{/* A native gRPC probe on the health service: numeric port (gRPC probes take no port name). */}}
+{{/* A native gRPC probe on the health port: numeric (gRPC probes take no port name). */}}
 {{- define "rules-sidecar.probe" -}}
 grpc:
   port: {{ .port | int }}
@@ -208,6 +243,7 @@ grpc:
 {{/* The sidecar container: one list item. */}}
 {{- define "rules-sidecar.container" -}}
 {{- include "rules-sidecar.checkKubeVersion" . }}
+{{- include "rules-sidecar.checkProtected" . }}
 {{- $v := .values }}
 {{- $native := and (eq $v.mode "sidecar") $v.nativeSidecar }}
 {{- $preStop := include "rules-sidecar.preStopSeconds" . | int -}}
@@ -222,17 +258,27 @@ grpc:
   # No command or args: the image's ENTRYPOINT ["rules-sidecar"] CMD ["serve"] runs as PID 1 and
   # receives SIGTERM itself (scripts/check-image-command runs exactly that command line).
   ports:
+    {{- if eq $v.mode "standalone" }}
     - name: grpc
       containerPort: {{ $v.port | int }}
       protocol: TCP
+    {{- end }}
+    - name: health
+      containerPort: {{ $v.healthPort | int }}
+      protocol: TCP
+    {{- with $v.metrics.prometheusPort }}
+    - name: metrics
+      containerPort: {{ . | int }}
+      protocol: TCP
+    {{- end }}
   env:
     {{- include "rules-sidecar.env" . | nindent 4 }}
   startupProbe:
-    {{- include "rules-sidecar.probe" (dict "port" $v.port "service" "" "probe" $v.probes.startup) | nindent 4 }}
+    {{- include "rules-sidecar.probe" (dict "port" $v.healthPort "service" "" "probe" $v.probes.startup) | nindent 4 }}
   readinessProbe:
-    {{- include "rules-sidecar.probe" (dict "port" $v.port "service" "rulesidecar.v1.RulesSidecarService" "probe" $v.probes.readiness) | nindent 4 }}
+    {{- include "rules-sidecar.probe" (dict "port" $v.healthPort "service" "rulesidecar.v1.RulesSidecarService" "probe" $v.probes.readiness) | nindent 4 }}
   livenessProbe:
-    {{- include "rules-sidecar.probe" (dict "port" $v.port "service" "" "probe" $v.probes.liveness) | nindent 4 }}
+    {{- include "rules-sidecar.probe" (dict "port" $v.healthPort "service" "" "probe" $v.probes.liveness) | nindent 4 }}
   {{- if gt $preStop 0 }}
   lifecycle:
     preStop:
@@ -259,7 +305,7 @@ grpc:
       mountPath: {{ $v.secrets.mountPath | quote }}
       readOnly: true
     {{- end }}
-    {{- if $v.accessTokens.existingSecret }}
+    {{- if include "rules-sidecar.tokenSecretName" . }}
     - name: {{ $v.volumePrefix }}-tokens
       mountPath: {{ $v.accessTokens.mountPath | quote }}
       readOnly: true
@@ -300,10 +346,10 @@ grpc:
     secretName: {{ include "rules-sidecar.secretName" . }}
     defaultMode: {{ $v.secrets.defaultMode }}
 {{- end }}
-{{- if $v.accessTokens.existingSecret }}
+{{- if include "rules-sidecar.tokenSecretName" . }}
 - name: {{ $v.volumePrefix }}-tokens
   secret:
-    secretName: {{ $v.accessTokens.existingSecret }}
+    secretName: {{ include "rules-sidecar.tokenSecretName" . }}
     defaultMode: {{ $v.secrets.defaultMode }}
 {{- end }}
 {{- end }}
