@@ -86,6 +86,9 @@ class Secrets:
     def resolve(self, name: str) -> str | None:
         return self.values.get(name)
 
+    def searched(self, name: str) -> str:
+        return f"looked in the test's dict for {name!r}"
+
 
 class FakeSend:
     """An async `send` that records its calls and answers with a response or a SendError."""
@@ -411,7 +414,10 @@ def test_missing_secret_is_secret_not_found_and_nothing_is_sent() -> None:
     )
 
     assert_error(outcome, Reason.SECRET_NOT_FOUND)
-    assert "store_token" in outcome.message
+    assert outcome.message == (
+        "secret 'store_token' of connector 'orders' is not available: "
+        "looked in the test's dict for 'store_token'"
+    )
     assert send.calls == []
     assert outcome.explanation is not None
     assert outcome.explanation.request is not None

@@ -198,3 +198,50 @@ def test_kubernetes_layout_hides_its_internal_entries(secrets_dir):
     assert secrets.resolve("..data") is None
     assert secrets.resolve("..2026_01_01") is None
     assert secrets.resolve("token") == "t"
+
+
+@pytest.mark.parametrize(
+    ("directory", "name", "expected"),
+    [
+        (
+            "secrets",
+            "store_api_key",
+            "looked for the file {dir}/store_api_key (secrets_dir) and the environment variables "
+            "RULES_SECRET_store_api_key, RULES_SECRET_STORE_API_KEY",
+        ),
+        (
+            "secrets",
+            "STORE_KEY",
+            "looked for the file {dir}/STORE_KEY (secrets_dir) and the environment variable "
+            "RULES_SECRET_STORE_KEY",
+        ),
+        (
+            None,
+            "crm.token",
+            "looked for the environment variables RULES_SECRET_crm.token, RULES_SECRET_CRM_TOKEN "
+            "(no secrets_dir is set)",
+        ),
+        (
+            "secrets",
+            ".hidden",
+            "looked for the environment variables RULES_SECRET_.hidden, "
+            "RULES_SECRET__HIDDEN (not a file name, so not in secrets_dir)",
+        ),
+    ],
+)
+def test_searched_names_the_file_and_the_variables_to_create(tmp_path, directory, name, expected):
+    path = tmp_path / directory if directory else None
+
+    searched = store(path).searched(name)
+
+    assert searched == expected.format(dir=path)
+
+
+def test_searched_never_carries_a_value(secrets_dir):
+    (secrets_dir / "token").write_text("from-file-value\n")
+    environ = {f"{PREFIX}token": "from-env-value"}
+
+    searched = store(secrets_dir, environ).searched("token")
+
+    assert "value" not in searched
+    assert str(secrets_dir / "token") in searched

@@ -53,6 +53,7 @@ from sidecar.core.model.failures import (
     ConnectorNotLiveError,
     DeadlineExhaustedError,
     EvaluationFailure,
+    MissingSecretError,
     SecretBindingError,
     SendError,
 )
@@ -77,6 +78,10 @@ class SecretLookup(Protocol):
     """Where the engine finds secret values (the secret store)."""
 
     def resolve(self, name: str) -> str | None: ...
+
+    def searched(self, name: str) -> str:
+        """Where a secret of this name is looked for, to say so when it is missing."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +157,7 @@ class Engine:
             _check_live(connector, allow_draft=allow_draft)
             prepared = self._prepare(connector)
             rendered = prepared.template.render(variables)
-            request = authorise(connector, rendered, self._secrets.resolve)
+            request = self._authorise(connector, rendered)
             self._check_bindings(connector, prepared.host)
             budget = _budget(connector, time_remaining)
             started = time.perf_counter()
@@ -185,6 +190,13 @@ class Engine:
         """Compiled once per connector version (versions never repeat for an id)."""
         key = (connector.id, connector.version, connector.source, connector.update_time)
         return self._prepared.get(key, lambda: _Prepared.of(connector))
+
+    def _authorise(self, connector: Connector, rendered: OutboundRequest) -> OutboundRequest:
+        try:
+            return authorise(connector, rendered, self._secrets.resolve)
+        except MissingSecretError as missing:  # say where it was looked for
+            searched = self._secrets.searched(missing.name)
+            raise MissingSecretError(missing.name, connector.id, searched) from None
 
     def _check_bindings(self, connector: Connector, host: str) -> None:
         """Checked again at send time: the operator's bindings may have changed since the

@@ -27,6 +27,7 @@ class SecretStore:
         self, *, directory: Path | None, environ: Mapping[str, str], env_prefix: str
     ) -> None:
         self._directory = directory
+        self._env_prefix = env_prefix
         self._env = {
             key[len(env_prefix) :]: value
             for key, value in environ.items()
@@ -41,6 +42,28 @@ class SecretStore:
             if value is not None:
                 return value
         return self._env.get(name) or self._env.get(_env_spelling(name))
+
+    def searched(self, name: str) -> str:
+        """Where `resolve` looked for `name`: the file and variables to create when it is missing
+        (names only, never a value).
+
+        >>> store = SecretStore(directory=Path("/etc/secrets"), environ={},
+        ...                     env_prefix="RULES_SECRET_")
+        >>> print(store.searched("store-api.key"))  # doctest: +NORMALIZE_WHITESPACE
+        looked for the file /etc/secrets/store-api.key (secrets_dir) and the environment
+        variables RULES_SECRET_store-api.key, RULES_SECRET_STORE_API_KEY
+        """
+        variables = dict.fromkeys(
+            (f"{self._env_prefix}{name}", f"{self._env_prefix}{_env_spelling(name)}")
+        )
+        environment = f"the environment variables {', '.join(variables)}"
+        if len(variables) == 1:
+            environment = f"the environment variable {next(iter(variables))}"
+        if self._directory is None:
+            return f"looked for {environment} (no secrets_dir is set)"
+        if not _is_plain_name(name):
+            return f"looked for {environment} (not a file name, so not in secrets_dir)"
+        return f"looked for the file {self._directory / name} (secrets_dir) and {environment}"
 
     def _read_file(self, path: Path) -> str | None:
         watched = self._files.get(path.name)

@@ -340,7 +340,13 @@ def test_missing_secret_is_secret_not_found_and_nothing_is_sent(harness: Harness
     response = harness.evaluate(WHERE_IS_MY_ORDER, {"order_number": "A-10023"})
 
     assert verdict(response) == ("OUTCOME_ERROR", "REASON_SECRET_NOT_FOUND", "hand-off-to-an-agent")
-    assert "not_provisioned" in response.message
+    secrets_dir = harness.sidecar.settings.secrets_dir
+    assert response.message == (
+        "secret 'not_provisioned' of connector 'order-status' is not available: looked for the "
+        "file "
+        f"{secrets_dir}/not_provisioned (secrets_dir) and the environment variables "
+        "RULES_SECRET_not_provisioned, RULES_SECRET_NOT_PROVISIONED"
+    )
     assert harness.upstream.hits() == 0
 
 

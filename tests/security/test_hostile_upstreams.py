@@ -394,6 +394,9 @@ class NoSecrets:
     def resolve(self, name: str) -> str | None:
         return None
 
+    def searched(self, name: str) -> str:
+        return "looked nowhere"
+
 
 def evaluate_many(
     network: Network, url: str, calls: int, limits: EgressLimits, *, timeout: str = "5s"

@@ -59,14 +59,14 @@ class RenderError(EvaluationFailure):
 
 
 class MissingSecretError(EvaluationFailure):
-    """A secret the connector's auth needs resolves to nothing; `name` says which."""
+    """A secret the connector's auth needs resolves to nothing; `name` says which, `searched`
+    where it was looked for (so the operator knows which file or variable to create)."""
 
-    def __init__(self, name: str, connector_id: str) -> None:
-        super().__init__(
-            Reason.SECRET_NOT_FOUND,
-            f"secret {name!r} of connector {connector_id!r} is not available",
-        )
+    def __init__(self, name: str, connector_id: str, searched: str = "") -> None:
+        message = f"secret {name!r} of connector {connector_id!r} is not available"
+        super().__init__(Reason.SECRET_NOT_FOUND, f"{message}: {searched}" if searched else message)
         self.name = name
+        self.connector_id = connector_id
 
 
 class SecretBindingError(EvaluationFailure):
