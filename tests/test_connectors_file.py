@@ -460,3 +460,65 @@ def test_secrets_bound_to_their_connectors_hosts_load(tmp_path):
     connectors = load_connectors_file(path, bindings=bindings)
 
     assert [connector.id for connector in connectors] == ["order-status", "crm-contact-lookup"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Query and header values are text: scalars are taken as written
+# ---------------------------------------------------------------------------------------------
+
+SCALARS_YAML = """\
+connectors:
+  - id: search
+    status: LIVE
+    url_template: https://api.store.com/search
+    query:
+      limit: 10
+      page: 010
+      ratio: 1.50
+      verbose: yes
+      at: 12:30
+      term: "{{term}}"
+    headers:
+      X-Retry: 3
+      X-Debug: false
+"""
+
+
+def test_numbers_and_bools_in_query_and_headers_are_taken_as_written(tmp_path):
+    (connector,) = load_connectors_file(write(tmp_path, SCALARS_YAML), bindings=BINDINGS)
+
+    assert connector.query == {
+        "limit": "10",
+        "page": "010",
+        "ratio": "1.50",
+        "verbose": "yes",
+        "at": "12:30",
+        "term": "{{term}}",
+    }
+    assert connector.headers == {"X-Retry": "3", "X-Debug": "false"}
+
+
+def test_numbers_in_a_json_file_query_are_taken_as_written(tmp_path):
+    document = {
+        "connectors": [
+            {
+                "id": "search",
+                "status": "LIVE",
+                "url_template": "https://api.store.com/search",
+                "query": {"limit": 10, "ratio": 0.5, "all": True},
+            }
+        ]
+    }
+    path = write(tmp_path, json.dumps(document), "connectors.json")
+
+    (connector,) = load_connectors_file(path, bindings=BINDINGS)
+
+    assert connector.query == {"limit": "10", "ratio": "0.5", "all": "true"}
+
+
+def test_an_empty_query_value_is_still_refused_at_its_line(tmp_path):
+    path = write(tmp_path, SCALARS_YAML.replace("limit: 10", "limit:"))
+
+    (problem,) = problems_of(path)
+
+    assert problem == f'{path}:6: connectors[0].query["limit"]: Input should be a valid string'

@@ -3,8 +3,9 @@
 Same schema as the API (field names of `sidecar.core.model.Connector`, enums without their proto
 prefix). Every problem is reported with its location, `file:line: connectors[0].url_template:
 why`, so `rules-sidecar validate` can list them all at once. A connector that would carry a secret
-to a host the `secret_hosts` setting does not bind it to is one of those problems: the file obeys
-the same rule as RegisterConnector.
+to a host the `secret_hosts` setting does not bind it to (or a secret with no binding) is one of
+those problems: the file obeys the same rule as RegisterConnector. Query and header values are
+text: a YAML scalar there that reads as a number or a bool (`limit: 10`) is taken as written.
 
     connectors:
       - id: order-status
@@ -83,6 +84,7 @@ def load_connectors_file(path: Path, *, bindings: SecretBindings) -> tuple[Conne
                     _problem(path, root_node, (*location, name), "output-only; remove it")
                 )
         definition = {k: v for k, v in raw.items() if k not in OUTPUT_ONLY_FIELDS}
+        _take_values_as_written(definition, _node_at(root_node, location))
         try:
             connector = Connector.model_validate(definition)
         except ValidationError as exc:
@@ -117,6 +119,37 @@ def load_connectors_file(path: Path, *, bindings: SecretBindings) -> tuple[Conne
     if problems:
         raise ConfigError(f"{path}: {len(problems)} problem(s)", problems)
     return tuple(connectors)
+
+
+def _take_values_as_written(definition: dict[Any, Any], connector: yaml.Node | None) -> None:
+    """Query and header values are text, but YAML reads `limit: 10` as a number, `on: yes` as
+    a bool and `at: 12:30` as 750: such a scalar is taken as written in the file (`010` stays
+    `010`), rather than refused as "not a valid string" or turned into another spelling."""
+    for field in ("query", "headers"):
+        values = definition.get(field)
+        mapping = _node_at(connector, (field,))
+        if not isinstance(values, dict) or not isinstance(mapping, yaml.MappingNode):
+            continue
+        written = {key.value: value for key, value in mapping.value}
+        definition[field] = {
+            name: written[str(name)].value
+            if isinstance(value, int | float)
+            and isinstance(written.get(str(name)), yaml.ScalarNode)
+            else value
+            for name, value in values.items()
+        }
+
+
+def _node_at(node: yaml.Node | None, location: Sequence[Any]) -> yaml.Node | None:
+    """The node at the location path, or None where the document has none."""
+    for part in location:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            node = node.value[part] if part < len(node.value) else None
+        else:
+            return None
+    return node
 
 
 def _problem(path: Path, root: yaml.Node | None, location: Sequence[Any], message: str) -> str:
