@@ -2,21 +2,25 @@
 
     .venv/bin/python examples/first_call.py [127.0.0.1:50051]
 
-Starts the demo order API (examples/demo_order_api.py) on 127.0.0.1:8081, then asks the sidecar
-to evaluate a "Where is my order?" node for three visitors: a shipped order (MATCHED, with the
-status extracted), an unknown order (NO_MATCH: the API answers 404) and a visitor who gave no
-order number (ERROR: MISSING_VARIABLE, nothing sent). Finally it shows a validation error.
+Starts the demo order API (examples/demo_order_api.py) on 127.0.0.1:8081, or reuses it when it
+already answers there (a second run, or `python examples/demo_order_api.py` in another
+terminal), then asks the sidecar to evaluate a "Where is my order?" node for three visitors: a
+shipped order (MATCHED, with the status extracted), an unknown order (NO_MATCH: the API answers
+404) and a visitor who gave no order number (ERROR: MISSING_VARIABLE, nothing sent). Finally it
+shows a validation error.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
 import threading
-import time
+import urllib.request
 
 import grpc
 from aiohttp import web
-from demo_order_api import ADDRESS, application
+from demo_order_api import ADDRESS, API_KEY, application
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -54,25 +58,69 @@ NODE = json_format.ParseDict(
 )
 
 
+DEMO_API = f"http://{ADDRESS[0]}:{ADDRESS[1]}"
+
+
+def demo_api_is_running() -> bool:
+    """Whether the demo order API already answers on ADDRESS (it knows order A-10023)."""
+    url = f"{DEMO_API}/orders/A-10023"  # a fixed http URL: no file: or custom scheme
+    request = urllib.request.Request(url, headers={"X-API-Key": API_KEY})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=2) as answer:  # noqa: S310
+            return bool(json.load(answer).get("order_number") == "A-10023")
+    except (OSError, ValueError):  # refused, an HTTP error, or not this API's JSON
+        return False
+
+
 def start_demo_api() -> None:
+    """Serve the demo API from a background thread; return once it listens, or exit saying
+    why it cannot."""
+    listening = threading.Event()
+    failures: list[OSError] = []
+
     def run() -> None:
-        web.run_app(
-            application(), host=ADDRESS[0], port=ADDRESS[1], print=None, handle_signals=False
-        )
+        loop = asyncio.new_event_loop()
+        runner = web.AppRunner(application())
+        try:
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.TCPSite(runner, *ADDRESS).start())
+        except OSError as exc:
+            failures.append(exc)
+            return
+        finally:
+            listening.set()
+        loop.run_forever()
 
     threading.Thread(target=run, daemon=True).start()
-    time.sleep(0.5)
+    listening.wait(10)
+    if failures:
+        sys.exit(
+            f"first_call: cannot start the demo order API on {DEMO_API} "
+            f"({failures[0].strerror}), and what answers there is not the demo API: stop "
+            "whatever uses that port and run this again"
+        )
 
 
 def main() -> None:
     address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"
-    start_demo_api()
+    if demo_api_is_running():
+        print(f"the demo order API already answers on {DEMO_API}: using it")
+    else:
+        start_demo_api()
     with grpc.insecure_channel(address) as channel:
         sidecar = pb_grpc.RulesSidecarServiceStub(channel)
         for visitor in ({"order_number": "A-10023"}, {"order_number": "Z-1"}, {}):
             request = pb.EvaluateNodeRequest(node=NODE)
             request.variables.update(visitor)
-            answer = sidecar.EvaluateNode(request, timeout=5)
+            try:
+                answer = sidecar.EvaluateNode(request, timeout=5)
+            except grpc.RpcError as error:
+                if error.code() is not grpc.StatusCode.UNAVAILABLE:
+                    raise
+                sys.exit(
+                    f"first_call: no sidecar answers on {address} ({error.details()}): start "
+                    "one with `make run` in another terminal, then run this again"
+                )
             print(
                 f"{visitor!s:30} -> {pb.Outcome.Name(answer.outcome):16} "
                 f"{pb.Reason.Name(answer.reason):26} target={answer.target} "
