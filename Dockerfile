@@ -9,12 +9,16 @@
 # The command line is ENTRYPOINT + CMD in exec form: `rules-sidecar serve` is PID 1 and receives
 # SIGTERM itself, drains (shutdown_grace_seconds) and exits 0. It starts no child processes, so
 # no init process is needed to reap them. It listens on 127.0.0.1:50051 unless configured: the
-# Helm chart sets RULES_SIDECAR_LISTEN_ADDRESS=0.0.0.0:50051 so the kubelet's probes reach it.
+# Helm chart sets RULES_SIDECAR_HEALTH_LISTEN_ADDRESS=0.0.0.0:50052 so the kubelet's probes reach
+# health, and an API beyond loopback needs a token (RULES_SIDECAR_ADMIN_TOKEN_FILE) or it refuses
+# to start (protected mode).
 # No Docker engine runs in CI: scripts/check-image-command runs exactly this command line and
 # environment outside a container, from an environment built by the same script.
 #
 #   docker build -t rules-sidecar:0.1.0 .
-#   docker run --rm -p 50051:50051 -e RULES_SIDECAR_LISTEN_ADDRESS=0.0.0.0:50051 rules-sidecar:0.1.0
+#   docker run --rm -p 50051:50051 -e RULES_SIDECAR_LISTEN_ADDRESS=0.0.0.0:50051 \
+#     -e RULES_SIDECAR_ADMIN_TOKEN_FILE=/run/secrets/admin-token \
+#     -v "$PWD/admin-token:/run/secrets/admin-token:ro" rules-sidecar:0.1.0
 
 # The machine's Python (3.11) and Debian (bookworm); pin a digest in your registry's mirror.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
