@@ -28,7 +28,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
-from sidecar.server import create_server
+from sidecar.errors import ConfigError
+from sidecar.server import check_protected_mode, create_server
 from sidecar.settings import Settings
 from sidecar.telemetry.instruments import Telemetry
 from tests.support.sidecars import (
@@ -312,6 +313,39 @@ def test_a_non_loopback_api_without_a_token_is_refused_naming_the_fixes(tmp_path
     assert "allow_unprotected_api: true" in result.stderr
     assert "listening on" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("address", "protection", "refused"),
+    [
+        ("127.0.0.1:50051", {}, False),
+        ("127.9.9.9:50051", {}, False),
+        ("localhost:50051", {}, False),
+        ("[::1]:50051", {}, False),
+        ("unix:/run/sidecar.sock", {}, False),
+        ("0.0.0.0:50051", {}, True),
+        ("[::]:50051", {}, True),
+        (":50051", {}, True),
+        ("10.1.2.3:50051", {}, True),
+        ("sidecar.shop.svc:50051", {}, True),  # a name may resolve anywhere
+        ("0.0.0.0:50051", {"admin_token_file": "admin-token"}, False),
+        ("0.0.0.0:50051", {"evaluation_token_file": "token"}, False),  # admin RPCs closed
+        ("0.0.0.0:50051", {"tls_client_ca_file": "ca.pem"}, False),  # mTLS: clients proven
+        ("0.0.0.0:50051", {"allow_unprotected_api": True}, False),
+    ],
+)
+def test_protected_mode_refuses_only_an_open_api_beyond_loopback(
+    address: str, protection: dict[str, object], refused: bool
+) -> None:
+    settings = Settings.model_construct(
+        **{**Settings.model_construct().__dict__, "listen_address": address, **protection}
+    )
+
+    if refused:
+        with pytest.raises(ConfigError, match="protected mode"):
+            check_protected_mode(settings)
+    else:
+        check_protected_mode(settings)
 
 
 def test_a_non_loopback_api_starts_with_a_token_or_with_a_loud_warning(
