@@ -8,8 +8,10 @@ polled with GetConnector until it shows; the deadline only guards against a hang
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -98,3 +100,35 @@ def test_a_replica_with_a_stale_view_is_refused_by_the_database_not_by_memory(fl
 
     assert caught.value.code() is grpc.StatusCode.ABORTED
     assert "is at version 2, but expected_version was 1" in (caught.value.details() or "")
+
+
+def test_racing_writers_on_different_replicas_have_exactly_one_winner(fleet):
+    register(fleet[0].stub, "racing", URL)
+    seen_everywhere(fleet, "racing", 1)
+    racers = [fleet[n % len(fleet)] for n in range(6)]
+    start = threading.Barrier(len(racers))
+
+    def race(n: int) -> str:
+        start.wait()
+        try:
+            racers[n].stub.RegisterConnector(
+                pb.RegisterConnectorRequest(
+                    connector=pb.Connector(
+                        id="racing",
+                        status=pb.CONNECTOR_STATUS_LIVE,
+                        url_template=URL,
+                        display_name=f"racer {n}",
+                    ),
+                    expected_version=1,
+                ),
+                timeout=RPC_TIMEOUT,
+            )
+        except grpc.RpcError as exc:
+            return str(exc.code().name)
+        return "OK"
+
+    with ThreadPoolExecutor(max_workers=len(racers)) as pool:
+        outcomes = sorted(pool.map(race, range(len(racers))))
+
+    assert outcomes == ["ABORTED"] * 5 + ["OK"]
+    assert seen_everywhere(fleet, "racing", 2) == [2, 2, 2]
