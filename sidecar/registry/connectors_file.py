@@ -103,12 +103,15 @@ def load_connectors_file(path: Path, *, bindings: SecretBindings) -> tuple[Conne
             continue
         seen[connector.id] = index
         for refused in secret_host_refusals(connector, bindings):
+            named = (
+                refused if "secret_hosts" in refused else f"{refused} (the secret_hosts setting)"
+            )
             problems.append(
                 _problem(
                     path,
                     root_node,
                     (*location, "auth"),
-                    f"connector {connector.id!r}: {refused} (the secret_hosts setting)",
+                    f"connector {connector.id!r}: {named}",
                 )
             )
         connectors.append(
