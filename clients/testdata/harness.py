@@ -64,6 +64,9 @@ VECTORS_FILE = Path(__file__).with_name("vectors.json")
 SIDECAR_COMMAND = (str(REPO_ROOT / ".venv" / "bin" / "rules-sidecar"), "serve")
 SIDECAR_SETTINGS_PREFIX = "RULES_SIDECAR_"
 VECTOR_SECRETS = {"vector_api_key": "vector-secret-4f1d"}
+# Bound but never stored: the vector that expects SECRET_NOT_FOUND (an unbound secret would be
+# refused at registration instead).
+UNSTORED_SECRETS = ("no_such_secret",)
 SLOW_SECONDS = 5.0
 STARTUP_DEADLINE_SECONDS = 30.0
 STOP_DEADLINE_SECONDS = 10.0
@@ -87,7 +90,7 @@ def sidecar_settings(workdir: Path, port: int) -> dict[str, Any]:
         # The upstream is plain http on loopback, which the egress guard refuses by default.
         "egress_allow_cidrs": [f"{HOST}/32"],
         "egress_allow_http_hosts": [HOST],
-        "secret_hosts": {name: [HOST] for name in VECTOR_SECRETS},
+        "secret_hosts": {name: [HOST] for name in (*VECTOR_SECRETS, *UNSTORED_SECRETS)},
     }
 
 
