@@ -182,6 +182,8 @@ def sidecar(
             "RULES_SECRET_bench_key": API_KEY,
             "RULES_SIDECAR_EGRESS_ALLOW_CIDRS": '["127.0.0.1/32"]',
             "RULES_SIDECAR_EGRESS_ALLOW_HTTP_HOSTS": '["127.0.0.1"]',
+            # Secrets are bound to hosts: the bench key may go to the loopback upstream only.
+            "RULES_SIDECAR_SECRET_HOSTS": '{"bench_key": ["127.0.0.1"]}',
             **(extra_env or {}),
         }
         process = subprocess.Popen(
