@@ -481,6 +481,114 @@ def test_a_setting_the_chart_owns_is_refused_in_settings():
 
 
 # ---------------------------------------------------------------------------------------------
+# The fleet store (store.url): PostgreSQL shared by every pod, the password a mounted file
+# ---------------------------------------------------------------------------------------------
+
+FLEET_URL = "postgresql://chat@postgres.data:5432/rules"
+# The password a store.url must never carry into a render (or an error message).
+CANARY = "canary-db-password-7f3a"
+
+
+@pytest.fixture(scope="module")
+def sidecar_fleet(example_dependencies: None) -> list[Manifest]:
+    return render(
+        EXAMPLE,
+        "--set",
+        f"rulesSidecar.store.url={FLEET_URL}",
+        "--set",
+        "rulesSidecar.store.password.existingSecret=chat-backend-db",
+    )
+
+
+FLEET_MODES = ["sidecar_fleet", "all_options"]
+
+
+def fleet_container(request: pytest.FixtureRequest, mode: str) -> tuple[dict[str, Any], Any]:
+    manifests = request.getfixturevalue(mode)
+    spec = pod_spec(manifests)
+    return sidecar_container(spec, "rules" if mode == "all_options" else "rules-sidecar"), spec
+
+
+@pytest.mark.parametrize("mode", FLEET_MODES)
+def test_the_store_password_is_one_secret_key_mounted_as_the_password_file(request, mode):
+    container, spec = fleet_container(request, mode)
+    env = env_of(container)
+    secret, key = (
+        ("chat-backend-db", "password")
+        if mode == "sidecar_fleet"
+        else ("rules-sidecar-db", "db-password")
+    )
+    directory, _, file_name = env["RULES_SIDECAR_STORE_PASSWORD_FILE"].rpartition("/")
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == directory)
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert env["RULES_SIDECAR_STORE_URL"].startswith("postgresql://")
+    assert "@" in env["RULES_SIDECAR_STORE_URL"]
+    assert file_name == key
+    assert volume["secret"]["secretName"] == secret
+    assert volume["secret"]["items"] == [{"key": key, "path": key}]  # that key alone
+    assert mount["readOnly"] is True
+    # Apart from the connectors' secrets directory and the tokens.
+    assert directory not in (
+        env["RULES_SIDECAR_SECRETS_DIR"],
+        env.get("RULES_SIDECAR_ADMIN_TOKEN_FILE", "/").rpartition("/")[0],
+    )
+
+
+@pytest.mark.parametrize("mode", FLEET_MODES)
+def test_the_store_password_is_in_no_environment_variable_and_no_other_container(request, mode):
+    container, spec = fleet_container(request, mode)
+    store_volume = next(v["name"] for v in spec["volumes"] if "items" in v.get("secret", {}))
+    rendered = json.dumps(request.getfixturevalue(mode))
+    others = [
+        c for c in [*(spec.get("initContainers") or []), *spec["containers"]] if c is not container
+    ]
+    assert "RULES_SIDECAR_STORE_PASSWORD" not in env_of(container)
+    assert "password=" not in rendered.lower()
+    assert not re.search(r"postgres(ql)?://[^/@\"]*:[^/@\"]*@", rendered)
+    for other in others:
+        assert store_volume not in [m["name"] for m in other.get("volumeMounts", [])]
+
+
+def test_without_a_store_url_each_pod_keeps_its_own_store(sidecar_mode, standalone_mode):
+    for manifests in (sidecar_mode, standalone_mode):
+        env = env_of(sidecar_container(pod_spec(manifests)))
+        assert not [name for name in env if name.startswith("RULES_SIDECAR_STORE_")]
+        assert env["RULES_SIDECAR_DATA_DIR"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://chat:{CANARY}@postgres.data:5432/rules",
+        f"postgres://chat@postgres.data:5432/rules?sslmode=require&password={CANARY}",
+    ],
+)
+def test_a_store_url_with_a_password_is_refused_without_echoing_it(url):
+    message = render_error(
+        CHART, "-f", str(CHART / "ci" / "standalone-values.yaml"), "--set", f"store.url={url}"
+    )
+    assert "store.url carries a password" in message
+    assert "store.password.existingSecret" in message
+    assert CANARY not in message
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        ("store.password.existingSecret=db", "store.url is empty"),
+        ("store.url=mysql://chat@db/rules", "/store/url"),
+        ("settings.store_url=postgresql://chat@db/rules", "settings.store_url is set by the chart"),
+        ("settings.store_password_file=/p", "settings.store_password_file is set by the chart"),
+    ],
+)
+def test_a_store_misconfiguration_fails_to_render(values, problem):
+    message = render_error(
+        CHART, "-f", str(CHART / "ci" / "standalone-values.yaml"), "--set", values
+    )
+    assert problem in message
+
+
+# ---------------------------------------------------------------------------------------------
 # The chart's own files
 # ---------------------------------------------------------------------------------------------
 

@@ -23,7 +23,8 @@ argument, a dict with the caller's root context and this chart's values:
   rules-sidecar.containers       the sidecar as a plain container when nativeSidecar is false;
                                  else nothing. Include both: exactly one renders the container.
   rules-sidecar.container        the container itself, one list item, for callers that place it
-  rules-sidecar.volumes          its volumes (data emptyDir, connectors ConfigMap, secrets)
+  rules-sidecar.volumes          its volumes (data emptyDir, connectors ConfigMap, secrets,
+                                 the store password)
   rules-sidecar.terminationGracePeriodSeconds
                                  the seconds the sidecar needs to stop; add your app's own
   rules-sidecar.fullname         the name of the objects this chart renders (ConfigMap, Secret)
@@ -123,6 +124,23 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- if eq .values.mode "standalone" }}{{ .values.listenHost }}{{ else }}127.0.0.1{{ end }}
 {{- end }}
 
+{{/* The store's password Secret: mounted only with store.url and store.password.existingSecret. */}}
+{{- define "rules-sidecar.hasStorePassword" -}}
+{{- if and .values.store.url .values.store.password.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/* store.url as the server checks it, at render time: never a password in it (it would be in
+     the pod spec), and a password Secret only with a URL to use it for. */}}
+{{- define "rules-sidecar.checkStore" -}}
+{{- $url := .values.store.url }}
+{{- if and $url (or (regexMatch "^[^:]+://[^/@?]*:[^/@?]*@" $url) (regexMatch "(?i)[?&]password=" $url)) }}
+{{- fail "rules-sidecar: store.url carries a password, which would be rendered into the pod spec; remove it and put the password in a Secret named by store.password.existingSecret (key store.password.key)" }}
+{{- end }}
+{{- if and .values.store.password.existingSecret (not $url) }}
+{{- fail "rules-sidecar: store.password.existingSecret is set but store.url is empty; set store.url (postgresql://user@host:port/dbname) or remove the Secret" }}
+{{- end }}
+{{- end }}
+
 {{- define "rules-sidecar.hasSecrets" -}}
 {{- if or .values.secrets.existingSecret .values.secrets.create }}true{{ end }}
 {{- end }}
@@ -147,7 +165,7 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 
 {{/* Settings the chart sets itself; `settings` may not repeat them. */}}
 {{- define "rules-sidecar.managedSettings" -}}
-listen_address health_listen_address metrics_prometheus_port metrics_prometheus_host data_dir connectors_file connectors_reload_seconds secrets_dir admin_token_file evaluation_token_file shutdown_grace_seconds log_level config_file
+listen_address health_listen_address metrics_prometheus_port metrics_prometheus_host data_dir connectors_file connectors_reload_seconds secrets_dir admin_token_file evaluation_token_file shutdown_grace_seconds log_level config_file store_url store_password_file
 {{- end }}
 
 {{/* The container's environment. */}}
@@ -176,6 +194,16 @@ listen_address health_listen_address metrics_prometheus_port metrics_prometheus_
 {{- if include "rules-sidecar.hasSecrets" . }}
 - name: RULES_SIDECAR_SECRETS_DIR
   value: {{ $v.secrets.mountPath | quote }}
+{{- end }}
+{{- with $v.store.url }}
+- name: RULES_SIDECAR_STORE_URL
+  # The fleet's shared registry (PostgreSQL); no password in it.
+  value: {{ . | quote }}
+{{- end }}
+{{- if include "rules-sidecar.hasStorePassword" . }}
+- name: RULES_SIDECAR_STORE_PASSWORD_FILE
+  # The path of the mounted Secret key, not the password.
+  value: {{ printf "%s/%s" $v.store.password.mountPath $v.store.password.key | quote }}
 {{- end }}
 {{- if include "rules-sidecar.tokenSecretName" . }}
 {{- with $v.accessTokens.adminTokenKey }}
@@ -244,6 +272,7 @@ grpc:
 {{- define "rules-sidecar.container" -}}
 {{- include "rules-sidecar.checkKubeVersion" . }}
 {{- include "rules-sidecar.checkProtected" . }}
+{{- include "rules-sidecar.checkStore" . }}
 {{- $v := .values }}
 {{- $native := and (eq $v.mode "sidecar") $v.nativeSidecar }}
 {{- $preStop := include "rules-sidecar.preStopSeconds" . | int -}}
@@ -310,6 +339,11 @@ grpc:
       mountPath: {{ $v.accessTokens.mountPath | quote }}
       readOnly: true
     {{- end }}
+    {{- if include "rules-sidecar.hasStorePassword" . }}
+    - name: {{ $v.volumePrefix }}-store
+      mountPath: {{ $v.store.password.mountPath | quote }}
+      readOnly: true
+    {{- end }}
 {{- end }}
 
 {{- define "rules-sidecar.initContainers" -}}
@@ -332,7 +366,8 @@ grpc:
   persistentVolumeClaim:
     claimName: {{ $v.data.existingClaim }}
   {{- else }}
-  # The embedded store (SQLite). The root filesystem is read-only; this is the one writable place.
+  # The data directory (the embedded SQLite store without store.url). The root filesystem is
+  # read-only; this is the one writable place.
   emptyDir: {{ if $v.data.sizeLimit }}{sizeLimit: {{ $v.data.sizeLimit }}}{{ else }}{}{{ end }}
   {{- end }}
 {{- if include "rules-sidecar.hasConnectors" . }}
@@ -351,6 +386,16 @@ grpc:
   secret:
     secretName: {{ include "rules-sidecar.tokenSecretName" . }}
     defaultMode: {{ $v.secrets.defaultMode }}
+{{- end }}
+{{- if include "rules-sidecar.hasStorePassword" . }}
+- name: {{ $v.volumePrefix }}-store
+  secret:
+    secretName: {{ $v.store.password.existingSecret }}
+    defaultMode: {{ $v.secrets.defaultMode }}
+    # The password key alone: nothing else in that Secret reaches the pod.
+    items:
+      - key: {{ $v.store.password.key | quote }}
+        path: {{ $v.store.password.key | quote }}
 {{- end }}
 {{- end }}
 
