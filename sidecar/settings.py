@@ -125,6 +125,18 @@ class Settings(BaseSettings):
         "the change notifications it hears (and a re-read on every reconnect). Heals a missed "
         "notification.",
     )
+    store_connect_timeout_seconds: float = Field(
+        5.0,
+        ge=1,
+        description="With store_url: how long a connection attempt to the database may take "
+        "before it counts as an outage (writes answer UNAVAILABLE, the replica retries).",
+    )
+    store_statement_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="With store_url: how long one database statement may run before it is "
+        "cancelled and the call answers UNAVAILABLE; a slow database never hangs a write.",
+    )
     store_password_file: Path | None = Field(
         None,
         description="File holding the password of the store_url user (e.g. a mounted Kubernetes "

@@ -23,7 +23,13 @@ from sidecar.core.model import Connector, ConnectorSource
 from sidecar.core.secrets import SecretBindings
 from sidecar.errors import ConfigError, StoreError, VersionConflictError
 from sidecar.registry import Registry
-from sidecar.registry.postgres import NOTIFY_CHANNEL, SCHEMA_VERSION, PostgresStore
+from sidecar.registry.backend import StoreUnreachableError
+from sidecar.registry.postgres import (
+    NOTIFY_CHANNEL,
+    SCHEMA_VERSION,
+    PostgresStore,
+    is_unreachable,
+)
 from sidecar.settings import Settings
 from tests.support.calls import register
 from tests.support.postgres import Database, PostgresCluster
@@ -149,6 +155,7 @@ def test_a_wrong_password_is_a_store_error_that_does_not_repeat_it(postgres_data
     assert "password authentication failed" in message
     assert "not-the-password-4711" not in message
     assert postgres_database.password not in message
+    assert not isinstance(caught.value, StoreUnreachableError)  # a configuration: no retry
 
 
 def test_an_unreachable_database_is_a_store_error_naming_host_and_port():
@@ -160,6 +167,62 @@ def test_an_unreachable_database_is_a_store_error_naming_host_and_port():
     message = caught.value.message
     assert message.startswith(f"cannot connect to PostgreSQL 127.0.0.1:{port}/rules")
     assert "pw-1234567" not in message
+    assert isinstance(caught.value, StoreUnreachableError)  # an outage: the sidecar retries
+
+
+def test_a_missing_database_is_a_configuration_error_not_an_outage(postgres_cluster):
+    with pytest.raises(StoreError) as caught:
+        PostgresStore(postgres_cluster.url("no_such_database"), password=postgres_cluster.password)
+
+    assert 'database "no_such_database" does not exist' in caught.value.message
+    assert not isinstance(caught.value, StoreUnreachableError)
+
+
+@pytest.mark.parametrize(
+    ("error", "unreachable"),
+    [
+        (psycopg.OperationalError("connection failed: ... failed: Connection refused"), True),
+        (psycopg.OperationalError("connection failed: timeout expired"), True),
+        (psycopg.OperationalError("server closed the connection unexpectedly"), True),
+        (psycopg.OperationalError('failed: FATAL:  password authentication failed for "u"'), False),
+        (psycopg.OperationalError('failed: FATAL:  database "x" does not exist'), False),
+        (psycopg.OperationalError("failed: FATAL:  the database system is starting up"), True),
+        (psycopg.OperationalError("failed: FATAL:  sorry, too many clients already"), True),
+        (psycopg.errors.AdminShutdown("terminating connection"), True),
+        (psycopg.errors.InsufficientPrivilege("permission denied for schema public"), False),
+        (psycopg.errors.UniqueViolation("duplicate key"), False),
+    ],
+)
+def test_an_outage_is_told_apart_from_a_refusal(error, unreachable):
+    assert is_unreachable(error) is unreachable
+
+
+def test_a_statement_slower_than_the_statement_timeout_is_cancelled_as_unavailable(
+    postgres_database,
+):
+    store = open_store(postgres_database, statement_timeout_seconds=0.3)
+    sql(
+        postgres_database,
+        "CREATE FUNCTION stall() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(60); RETURN NEW; END $$",
+    )
+    sql(
+        postgres_database,
+        "CREATE TRIGGER stall BEFORE INSERT ON rules_sidecar_connectors "
+        "FOR EACH ROW EXECUTE FUNCTION stall()",
+    )
+    try:
+        with pytest.raises(StoreUnreachableError) as caught:
+            store.save(definition(), expected_version=0)
+        sql(postgres_database, "DROP TRIGGER stall ON rules_sidecar_connectors")
+        stored, _ = store.save(definition(), expected_version=0)  # nothing of it was kept
+    finally:
+        store.close()
+
+    assert "did not answer within 300 ms (store_statement_timeout_seconds)" in (
+        caught.value.message
+    )
+    assert stored.version == 1
 
 
 def test_a_url_with_a_password_is_refused_without_repeating_it():

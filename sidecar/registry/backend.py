@@ -61,6 +61,12 @@ class Store(Protocol):
         ...
 
 
+class StoreUnreachableError(StoreError):
+    """The store cannot be reached now (refused, timed out, cut, starting up): an outage, retried
+    with backoff at startup, UNAVAILABLE for a write. A refusal by the database (a wrong password,
+    a missing database) is a plain StoreError: no retry fixes a configuration."""
+
+
 def check_expected_version(connector_id: str, expected: int | None, current: int) -> None:
     """VersionConflictError unless `expected` is None or the id's current version (0: absent)."""
     if expected is not None and expected != current:

@@ -23,7 +23,10 @@ Every psycopg and OS error becomes a StoreError naming the database (host:port/d
 password) and what to do, `from exc`. Each call first checks its connection (an empty query)
 and replaces one a restarted server has cut, so the first write after an outage does not fail
 on a dead socket; TCP keepalives and tcp_user_timeout make a vanished server fail a call within
-seconds instead of hanging it. The password never appears in the URL: it is passed apart.
+seconds instead of hanging it, statement_timeout a server that answers too slowly. An error that
+means "cannot reach it now" (refused, timed out, cut, starting up) is a StoreUnreachableError:
+the sidecar retries its startup on it, while a refusal (password, database) stays fatal. The
+password never appears in the URL: it is passed apart.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import threading
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from typing import Any
 
 import psycopg
 from psycopg import conninfo, errors
@@ -41,7 +46,7 @@ from psycopg.rows import TupleRow
 
 from sidecar.core.model import Connector
 from sidecar.errors import NotFoundError, StoreError
-from sidecar.registry.backend import check_expected_version, parse_definition
+from sidecar.registry.backend import StoreUnreachableError, check_expected_version, parse_definition
 
 SCHEMA_VERSION = 1
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
@@ -59,6 +64,18 @@ log = logging.getLogger(__name__)
 
 MIGRATION_LOCK = 0x5253_4D49  # any constant; every replica takes the same one ("RSMI")
 NOTIFY_CHANNEL = "rules_sidecar_connectors"
+# Server refusals that end by themselves (a restart, a failover, a full server): retried. Any other
+# FATAL answer at connect (password, database, role, pg_hba) is a configuration to fix.
+_PASSING_REFUSALS = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "too many clients",
+    "remaining connection slots are reserved",
+)
+# Connection-level SQLSTATEs: the connection is gone or the server cannot take it now.
+_UNREACHABLE_STATES = ("57P01", "57P02", "57P03", "53300")
 
 
 class PostgresStore:
@@ -77,6 +94,7 @@ class PostgresStore:
         password: str | None,
         connect_timeout_seconds: float = 5.0,
         lock_timeout_seconds: float = 5.0,
+        statement_timeout_seconds: float = 5.0,
     ) -> None:
         try:
             parts = conninfo.conninfo_to_dict(url)
@@ -97,6 +115,7 @@ class PostgresStore:
         self._password = password
         self._connect_timeout = max(1, round(connect_timeout_seconds))
         self._lock_timeout_ms = round(lock_timeout_seconds * 1000)
+        self._statement_timeout_ms = round(statement_timeout_seconds * 1000)
         self._lock = threading.Lock()  # one connection, used by one thread at a time
         self._conn: psycopg.Connection[TupleRow] | None = None
         with self._lock:
@@ -164,49 +183,58 @@ class PostgresStore:
         resync_seconds: float,
         retry_seconds: float = 0.5,
         max_retry_seconds: float = 10.0,
+        on_connection: Callable[[bool], Awaitable[None]] | None = None,
     ) -> AsyncGenerator[str | None, None]:
         """The change feed, forever: an id (re-read that connector) or None (re-read all).
 
         None comes first on every (re)connect, once LISTEN is in place (so no change falls
         between the resync and the notifications), then every `resync_seconds`.
+        `on_connection(True)` is awaited once LISTEN is in place, `on_connection(False)` when
+        the feed's connection is lost or cannot be made (the replica's store health).
         """
-        delay = retry_seconds
+        backoff = Backoff(retry_seconds, max_retry_seconds)
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
                     self._url,
                     password=self._password,
                     autocommit=True,
-                    connect_timeout=self._connect_timeout,
                     application_name="rules-sidecar-feed",
+                    **self._connection_limits(),
                 )
             except psycopg.Error as exc:
+                delay = backoff.next()
                 log.warning(
                     "cannot listen for connector changes in %s: %s; retrying in %.1fs",
                     self.where,
                     _reason(exc),
                     delay,
                 )
+                if on_connection is not None:
+                    await on_connection(False)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, max_retry_seconds)
                 continue
             try:
                 async with conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}".encode())
-                    delay = retry_seconds
+                    backoff.reset()
+                    if on_connection is not None:
+                        await on_connection(True)
                     while True:
                         yield None
                         async for note in conn.notifies(timeout=resync_seconds):
                             yield _changed_id(note.payload)
             except psycopg.Error as exc:
+                delay = backoff.next()
                 log.warning(
                     "lost the connector change feed from %s: %s; reconnecting in %.1fs",
                     self.where,
                     _reason(exc),
                     delay,
                 )
+                if on_connection is not None:
+                    await on_connection(False)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, max_retry_seconds)
 
     def close(self) -> None:
         """Close the connection (a later call would open a new one)."""
@@ -226,10 +254,17 @@ class PostgresStore:
                     f"cannot {doing} in {self.where}: another writer held it for longer than "
                     f"{self._lock_timeout_ms} ms; retry"
                 ) from exc
+            except errors.QueryCanceled as exc:
+                raise StoreUnreachableError(
+                    f"cannot {doing} in {self.where}: the database did not answer within "
+                    f"{self._statement_timeout_ms} ms (store_statement_timeout_seconds); read the "
+                    "connector again and retry"
+                ) from exc
             except psycopg.Error as exc:
                 if self._conn is not None and (self._conn.broken or self._conn.closed):
                     self._conn = None  # the next call connects again
-                raise StoreError(
+                kind = StoreUnreachableError if is_unreachable(exc) else StoreError
+                raise kind(
                     f"cannot {doing} in {self.where}: {_reason(exc)}; check that the database "
                     "is up and reachable, then read the connector again and retry"
                 ) from exc
@@ -253,22 +288,36 @@ class PostgresStore:
             self._url,
             password=self._password,
             autocommit=True,  # transactions are explicit: `with conn.transaction()`
-            connect_timeout=self._connect_timeout,
             application_name="rules-sidecar",
-            options=f"-c lock_timeout={self._lock_timeout_ms}",
-            # A database that vanishes without closing the socket fails a call in seconds.
-            keepalives=1,
-            keepalives_idle=self._connect_timeout,
-            keepalives_interval=1,
-            keepalives_count=3,
-            tcp_user_timeout=self._connect_timeout * 1000,
+            options=(
+                f"-c lock_timeout={self._lock_timeout_ms} "
+                f"-c statement_timeout={self._statement_timeout_ms}"
+            ),
+            **self._connection_limits(),
         )
+
+    def _connection_limits(self) -> dict[str, Any]:
+        """connect_timeout, and TCP keepalives and tcp_user_timeout: a database that vanishes
+        without closing the socket fails a call (or the change feed) in seconds, not never."""
+        return {
+            "connect_timeout": self._connect_timeout,
+            "keepalives": 1,
+            "keepalives_idle": self._connect_timeout,
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+            "tcp_user_timeout": self._connect_timeout * 1000,
+        }
 
     def _migrate(self) -> None:
         """Bring the schema to SCHEMA_VERSION, under the advisory lock; refuse a newer one."""
         try:
             conn = self._connection()
         except psycopg.Error as exc:
+            if is_unreachable(exc):
+                raise StoreUnreachableError(
+                    f"cannot connect to {self.where}: {_reason(exc)}; check that the database "
+                    "is up and reachable from this host"
+                ) from exc
             raise StoreError(
                 f"cannot connect to {self.where}: {_reason(exc)}; check store_url, the "
                 "password, and that the database accepts connections from this host"
@@ -299,6 +348,11 @@ class PostgresStore:
         except psycopg.Error as exc:
             self._conn = None
             conn.close()
+            if is_unreachable(exc):
+                raise StoreUnreachableError(
+                    f"cannot prepare the connector tables in {self.where}: {_reason(exc)}; "
+                    "check that the database is up and reachable from this host"
+                ) from exc
             raise StoreError(
                 f"cannot prepare the connector tables in {self.where}: {_reason(exc)}; the "
                 "store_url user needs CREATE on the database's public schema"
@@ -322,6 +376,48 @@ class PostgresStore:
             "SELECT version FROM rules_sidecar_connectors WHERE id = %s", (connector_id,)
         ).fetchone()
         return int(row[0]) if row else 0
+
+
+class Backoff:
+    """Exponential retry delays, bounded and jittered: `first` doubling up to `most`, each
+    drawn from [half, all] of its step, so replicas that lost the database together do not
+    come back in step.
+
+    >>> backoff = Backoff(0.5, 10.0)
+    >>> 0.25 <= backoff.next() <= 0.5, all(0 < backoff.next() <= 10.0 for _ in range(20))
+    (True, True)
+    """
+
+    def __init__(self, first: float, most: float) -> None:
+        self._first = first
+        self._most = most
+        self._step = first
+
+    def next(self) -> float:
+        """The delay before the next attempt; each call doubles the step, up to `most`."""
+        step = self._step
+        self._step = min(step * 2, self._most)
+        return random.uniform(step / 2, step)  # noqa: S311 (jitter, not a secret)
+
+    def reset(self) -> None:
+        """Back to `first` (after a success)."""
+        self._step = self._first
+
+
+def is_unreachable(exc: psycopg.Error) -> bool:
+    """Whether `exc` says the database cannot be reached now (an outage, retried), rather than
+    that it refused us (a configuration to fix).
+
+    libpq gives no SQLSTATE for a failed connect, only its text: a FATAL answer from the server
+    is a refusal unless it is one that passes (starting up, shutting down, full); no answer at
+    all (refused, timed out, no route, name not resolved, cut) is an outage.
+    """
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    if exc.sqlstate is not None:
+        return exc.sqlstate.startswith("08") or exc.sqlstate in _UNREACHABLE_STATES
+    text = str(exc)
+    return "FATAL:" not in text or any(refusal in text for refusal in _PASSING_REFUSALS)
 
 
 def notification(connector_id: str, version: int) -> str:
