@@ -6,6 +6,14 @@
     bindings -> gRPC servers (ports bound, health NOT_SERVING, RulesSidecarService closed) ->
     connectors file + store -> registry -> engine -> servicer -> gate open, health SERVING
 
+With a shared store (`store_url`), a database that cannot be reached at startup is an outage,
+not a configuration error: the replica stays bound and NOT_SERVING, refuses calls UNAVAILABLE
+saying why, and retries the load with bounded, jittered backoff until the registry is loaded
+(a wrong password, a missing database or a newer schema still stops the start). Once loaded,
+readiness stays SERVING through later outages, as evaluations go on from memory; the store's
+own health name (`rulesidecar.v1.Store`) and the `rules_sidecar.store.connected` gauge show
+whether the change feed is connected.
+
 Two listeners. The API (`listen_address`: the six RPCs of rulesidecar.v1, health, reflection) is
 on loopback by default, and refuses to start elsewhere unprotected (protected mode, as Redis's:
 a token file or client certificates, or `allow_unprotected_api` with a WARNING). Health alone may
@@ -22,11 +30,13 @@ cluster the kubelet must reach health, but it must not reach RegisterConnector.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
 import signal
 import stat
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +53,9 @@ from sidecar.core.secrets import SecretBindings, SecretStore
 from sidecar.egress import ConnectorFactory, Egress, EgressLimits, EgressPolicy, Resolver
 from sidecar.errors import ConfigError
 from sidecar.registry import ConnectorStore, Registry, Store, load_connectors_file
+from sidecar.registry.backend import StoreUnreachableError
 from sidecar.registry.follower import Follower
-from sidecar.registry.postgres import PostgresStore
+from sidecar.registry.postgres import Backoff, PostgresStore
 from sidecar.registry.watcher import ConnectorsFileWatcher, ReloadState
 from sidecar.settings import Settings
 from sidecar.telemetry.config import TelemetryConfig
@@ -56,6 +67,12 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Health of the last connectors file reload. Not part of readiness: the last good set still serves.
 CONNECTORS_FILE_HEALTH_SERVICE = "rulesidecar.v1.ConnectorsFile"
+# Whether the shared store's change feed is connected (store_url only). Not part of readiness
+# either: during an outage the loaded registry still serves evaluations.
+STORE_HEALTH_SERVICE = "rulesidecar.v1.Store"
+# The initial load's retries while the shared store is unreachable: doubling, jittered.
+LOAD_RETRY_FIRST_SECONDS = 0.5
+LOAD_RETRY_MOST_SECONDS = 10.0
 
 
 async def start_sidecar(
@@ -89,10 +106,21 @@ async def start_sidecar(
     )
     bindings = SecretBindings(settings.secret_hosts, allow_unbound=settings.allow_unbound_secrets)
     server = create_server(settings, telemetry)
+    store_link = StoreLink(server) if settings.store_url is not None else None
     try:
         telemetry.start()
         await server.start()
-        file_connectors, registry, follower = await _load_registry(settings, bindings)
+        if store_link is not None:
+            telemetry.watch_store(lambda: store_link.connected)
+            await store_link.report(False)
+        file_connectors, registry, follower = await _load_registry(
+            settings,
+            bindings,
+            server.gate,
+            on_connection=store_link.report if store_link is not None else None,
+        )
+        if follower is not None:
+            follower.start()
     except BaseException:
         await server.stop(grace=0)
         await egress.aclose()
@@ -231,23 +259,20 @@ def telemetry_config(settings: Settings) -> TelemetryConfig:
 
 
 async def _load_registry(
-    settings: Settings, bindings: SecretBindings
+    settings: Settings,
+    bindings: SecretBindings,
+    gate: ServiceGate,
+    *,
+    on_connection: Callable[[bool], Awaitable[None]] | None,
 ) -> tuple[tuple[Connector, ...], Registry, Follower | None]:
     """The connectors file's connectors, the registry over them and the opened store, and
-    (with a shared store) the follower keeping it current."""
+    (with a shared store) the follower to keep it current, not started yet."""
     file_connectors: tuple[Connector, ...] = (
         await asyncio.to_thread(load_connectors_file, settings.connectors_file, bindings=bindings)
         if settings.connectors_file
         else ()
     )
-    store = await asyncio.to_thread(open_store, settings)
-    try:
-        registry = await asyncio.to_thread(
-            Registry, store, bindings=bindings, file_connectors=file_connectors
-        )
-    except BaseException:
-        store.close()
-        raise
+    store, registry = await _open_registry(settings, bindings, file_connectors, gate)
     log.info(
         "loaded %d connector(s) (%d from %s)",
         len(registry),
@@ -256,9 +281,48 @@ async def _load_registry(
     )
     follower = None
     if isinstance(store, PostgresStore):
-        follower = Follower(registry, store.changes(resync_seconds=settings.store_resync_seconds))
-        follower.start()
+        follower = Follower(
+            registry,
+            store.changes(
+                resync_seconds=settings.store_resync_seconds, on_connection=on_connection
+            ),
+        )
     return file_connectors, registry, follower
+
+
+async def _open_registry(
+    settings: Settings,
+    bindings: SecretBindings,
+    file_connectors: tuple[Connector, ...],
+    gate: ServiceGate,
+) -> tuple[Store, Registry]:
+    """The store opened and the registry loaded from it; while the shared store cannot be
+    reached, retried with backoff (calls meanwhile are refused saying why)."""
+    backoff = Backoff(LOAD_RETRY_FIRST_SECONDS, LOAD_RETRY_MOST_SECONDS)
+    while True:
+        try:
+            return await asyncio.to_thread(_registry_over, settings, bindings, file_connectors)
+        except StoreUnreachableError as exc:
+            delay = backoff.next()
+            gate.waiting_for(
+                f"the sidecar has not loaded its connectors yet: {exc}. It retries by itself; "
+                "retry this call shortly"
+            )
+            log.warning(
+                "%s; NOT_SERVING until the connectors are loaded, retrying in %.1fs", exc, delay
+            )
+            await asyncio.sleep(delay)
+
+
+def _registry_over(
+    settings: Settings, bindings: SecretBindings, file_connectors: tuple[Connector, ...]
+) -> tuple[Store, Registry]:
+    store = open_store(settings)
+    try:
+        return store, Registry(store, bindings=bindings, file_connectors=file_connectors)
+    except BaseException:
+        store.close()
+        raise
 
 
 def open_store(settings: Settings) -> Store:
@@ -271,8 +335,26 @@ def open_store(settings: Settings) -> Store:
     return PostgresStore(
         settings.store_url,
         password=settings.store_password(),
+        connect_timeout_seconds=settings.store_connect_timeout_seconds,
         lock_timeout_seconds=settings.store_busy_timeout_seconds,
+        statement_timeout_seconds=settings.store_statement_timeout_seconds,
     )
+
+
+class StoreLink:
+    """Whether this replica's change feed from the shared store is connected: read by the
+    `rules_sidecar.store.connected` gauge (any thread), shown on STORE_HEALTH_SERVICE."""
+
+    def __init__(self, server: SidecarServer) -> None:
+        self._server = server
+        self.connected = False
+
+    async def report(self, connected: bool) -> None:
+        """The feed connected (True) or lost or could not be made (False)."""
+        if connected != self.connected:
+            log.info("store change feed %s", "connected" if connected else "disconnected")
+        self.connected = connected
+        await self._server.health.set(STORE_HEALTH_SERVICE, SERVING if connected else NOT_SERVING)
 
 
 @dataclass(frozen=True)
@@ -431,11 +513,22 @@ def build_egress(
 
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT, then drain. Returns the process exit code."""
-    sidecar = await start_sidecar(settings)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stop_requested.set)
+    # The signals are heard while starting too: a replica retrying an unreachable store stops.
+    starting = asyncio.create_task(start_sidecar(settings), name="start")
+    stopping = asyncio.create_task(stop_requested.wait(), name="stop-requested")
+    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()  # start_sidecar stops what it had started
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        log.info("rules-sidecar stopped before it had loaded its connectors")
+        return 0
+    stopping.cancel()
+    sidecar = starting.result()  # ConfigError, StoreError: raised here, as before
     log.info("rules-sidecar is SERVING")
     await stop_requested.wait()
     log.info(

@@ -187,6 +187,11 @@ class ServiceGate(grpc.GenericRpcHandler):
 
     def __init__(self) -> None:
         self._handlers: tuple[grpc.GenericRpcHandler, ...] = ()
+        self._not_ready = _refusal(LOADING)
+
+    def waiting_for(self, reason: str) -> None:
+        """Say why calls are refused while closed (the store is unreachable, retrying)."""
+        self._not_ready = _refusal(reason)
 
     def open(self, servicer: RulesSidecarServicer) -> None:
         """Route calls to `servicer` from now on."""
@@ -205,7 +210,7 @@ class ServiceGate(grpc.GenericRpcHandler):
         if not method.startswith(f"/{SERVICE_NAME}/"):
             return None
         if not self._handlers:
-            return _NOT_READY
+            return self._not_ready
         for handler in self._handlers:
             found = handler.service(handler_call_details)
             if found is not None:
@@ -226,14 +231,18 @@ class _HandlerRegistrar:
         """The same handlers again, pre-registered; the generic ones are enough for the gate."""
 
 
-async def _refuse_while_loading(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-    raise NotReadyError("the sidecar is still loading its connectors; retry shortly")
+LOADING = "the sidecar is still loading its connectors; retry shortly"
 
 
-# Request bytes are never parsed: whatever was sent, the answer is the same refusal.
-_NOT_READY: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
-    _refuse_while_loading
-)
+def _refusal(reason: str) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler refusing every call UNAVAILABLE with `reason`; request bytes are never parsed."""
+
+    async def refuse_while_loading(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        raise NotReadyError(reason)
+
+    return grpc.unary_unary_rpc_method_handler(refuse_while_loading)
 
 
 class _ExtractionsInput(BaseModel):

@@ -25,6 +25,7 @@ Metrics (instrumentation scope `rules-sidecar`):
 | `rules_sidecar.evaluations.in_flight` | observable up-down counter | - |
 | `rules_sidecar.egress.retries` | counter | connector id |
 | `rules_sidecar.egress.breaker.state` | observable gauge: 0 closed, 1 half-open, 2 open | origin |
+| `rules_sidecar.store.connected` | observable gauge: 1 connected, 0 not (store_url only) | - |
 
 Exporters and the scrape endpoint are chosen in `config`; with nothing exported, no span is
 started and no instrument is touched: the hot path checks two booleans.
@@ -223,6 +224,23 @@ class Telemetry:
             callbacks=[observe_breakers],
             unit="1",
             description="Circuit breaker of each upstream origin: 0 closed, 1 half-open, 2 open.",
+        )
+
+    def watch_store(self, connected: Callable[[], bool]) -> None:
+        """Register the shared store's connectivity (0/1): a replica in an outage still serves
+        from memory, so readiness cannot show it; this gauge and the Store health name do."""
+        if not self.metrics:
+            return
+
+        def observe_store(options: CallbackOptions) -> Iterable[Observation]:
+            return (Observation(1 if connected() else 0),)
+
+        self._meter.create_observable_gauge(
+            "rules_sidecar.store.connected",
+            callbacks=[observe_store],
+            unit="1",
+            description="1 while this replica's change feed from the shared store (store_url) is "
+            "connected, 0 during an outage (evaluations go on from memory; writes fail).",
         )
 
     # -- the evaluation (servicer) ---------------------------------------------------------
