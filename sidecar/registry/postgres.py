@@ -35,7 +35,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import socket
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any
@@ -116,6 +118,7 @@ class PostgresStore:
         self._connect_timeout = max(1, round(connect_timeout_seconds))
         self._lock_timeout_ms = round(lock_timeout_seconds * 1000)
         self._statement_timeout_ms = round(statement_timeout_seconds * 1000)
+        self._call_deadline = self._connect_timeout + statement_timeout_seconds
         self._lock = threading.Lock()  # one connection, used by one thread at a time
         self._conn: psycopg.Connection[TupleRow] | None = None
         with self._lock:
@@ -245,8 +248,18 @@ class PostgresStore:
 
     @contextlib.contextmanager
     def _session(self, doing: str) -> Iterator[psycopg.Connection[TupleRow]]:
-        """The open connection, for one call; every psycopg error becomes a StoreError."""
+        """The open connection, for one call; every psycopg error becomes a StoreError.
+
+        The call has a deadline of its own (connect_timeout + statement_timeout): a server that
+        keeps the socket open but never answers (a hung or stopped backend; the kernel still
+        acknowledges, so neither keepalives nor statement_timeout fire) has its socket shut
+        down by a timer, and the blocked call fails instead of hanging the registry's writer.
+        """
         with self._lock:
+            cut = threading.Event()
+            watchdog = threading.Timer(self._call_deadline, self._cut_connection, (cut,))
+            watchdog.daemon = True
+            watchdog.start()
             try:
                 yield self._connection()
             except errors.LockNotAvailable as exc:
@@ -263,11 +276,35 @@ class PostgresStore:
             except psycopg.Error as exc:
                 if self._conn is not None and (self._conn.broken or self._conn.closed):
                     self._conn = None  # the next call connects again
+                if cut.is_set():
+                    self._conn = None
+                    raise StoreUnreachableError(
+                        f"cannot {doing} in {self.where}: the database did not answer within "
+                        f"{self._call_deadline:g} s (store_connect_timeout_seconds + "
+                        "store_statement_timeout_seconds); read the connector again and retry"
+                    ) from exc
                 kind = StoreUnreachableError if is_unreachable(exc) else StoreError
                 raise kind(
                     f"cannot {doing} in {self.where}: {_reason(exc)}; check that the database "
                     "is up and reachable, then read the connector again and retry"
                 ) from exc
+            finally:
+                watchdog.cancel()
+
+    def _cut_connection(self, cut: threading.Event) -> None:
+        """The watchdog: shut the socket of a call past its deadline down (on the timer's
+        thread, without the lock: the call holding it is the one stuck). Fired late, after the
+        call ended, it only makes the next call's check reconnect."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        cut.set()
+        with contextlib.suppress(OSError, psycopg.Error):
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            finally:
+                sock.close()
 
     def _connection(self) -> psycopg.Connection[TupleRow]:
         """The connection, checked first with an empty query (psycopg_pool's check): one cut

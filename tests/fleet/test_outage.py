@@ -10,6 +10,7 @@ answered and counted, never on how long it took.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from sidecar.api.servicer import SERVICE_NAME
 from sidecar.core.model import Connector, ConnectorSource
+from sidecar.registry.backend import StoreUnreachableError
 from sidecar.registry.postgres import PostgresStore
 from sidecar.server import NOT_SERVING, SERVING, STORE_HEALTH_SERVICE
 from sidecar.telemetry.instruments import Telemetry
@@ -69,6 +71,18 @@ def poll(condition: Callable[[], bool]) -> bool:
     return True
 
 
+def definition(connector_id: str) -> Connector:
+    return Connector.model_validate(
+        {
+            "id": connector_id,
+            "status": "LIVE",
+            "url_template": URL,
+            "update_time": datetime(2026, 1, 1, tzinfo=UTC),
+            "source": ConnectorSource.API,
+        }
+    )
+
+
 def test_through_an_outage_reads_go_on_writes_are_unavailable_and_the_replica_catches_up(
     sidecar_factory, own_cluster, tmp_path
 ):
@@ -110,6 +124,46 @@ def test_through_an_outage_reads_go_on_writes_are_unavailable_and_the_replica_ca
     assert database.password not in details
     assert after.version == 1
     assert heard
+
+
+def test_a_database_that_stops_answering_fails_a_write_instead_of_hanging_it(own_cluster):
+    database = own_cluster.create_database()
+    store = PostgresStore(
+        database.url,
+        password=database.password,
+        connect_timeout_seconds=1,
+        statement_timeout_seconds=0.5,
+    )
+    first = definition("held")
+    store.save(first, expected_version=0)
+    outcome: list[Exception | Connector] = []
+
+    def write() -> None:
+        try:
+            outcome.append(store.save(first, expected_version=1)[0])
+        except Exception as exc:  # the outcome is what the test asserts
+            outcome.append(exc)
+
+    own_cluster.pause_server()
+    try:
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        writer.join(DEADLINE_SECONDS)  # a guard against the hang this test is about
+        hung = writer.is_alive()
+    finally:
+        own_cluster.resume_server()
+    writer.join(DEADLINE_SECONDS)
+    try:
+        after, _ = store.save(first, expected_version=1)
+    finally:
+        store.close()
+
+    assert not hung
+    (failure,) = outcome
+    assert isinstance(failure, StoreUnreachableError)
+    assert "cannot write connector 'held' in PostgreSQL" in failure.message
+    assert "did not answer within" in failure.message
+    assert after.version == 2  # the refused write left nothing behind
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pwd
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -126,6 +127,30 @@ class PostgresCluster:
     def stop_server(self) -> None:
         """pg_ctl stop -m fast: every connection is cut, the data stays (an outage)."""
         self._run("pg_ctl", "stop", "--pgdata", str(self.directory / "data"), "-m", "fast")
+
+    def pause_server(self) -> None:
+        """SIGSTOP the postmaster and every process it started: a hung server whose sockets
+        stay open (the kernel still acknowledges), the outage timeouts alone cannot see."""
+        for pid in self._server_pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume_server(self) -> None:
+        """SIGCONT what `pause_server` stopped."""
+        for pid in reversed(self._server_pids()):
+            os.kill(pid, signal.SIGCONT)
+
+    def _server_pids(self) -> list[int]:
+        """The postmaster's pid, then its children's (from /proc)."""
+        postmaster = int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat_file in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat_file.read_text().rpartition(")")[2].split()
+            except OSError:
+                continue  # ended meanwhile
+            if int(fields[1]) == postmaster:
+                children.append(int(stat_file.parent.name))
+        return [postmaster, *children]
 
     def stop(self) -> None:
         """Stop the server if it runs, then remove the directory."""
