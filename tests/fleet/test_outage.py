@@ -22,7 +22,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
-from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from sidecar.api.servicer import SERVICE_NAME
 from sidecar.core.model import Connector, ConnectorSource
@@ -30,10 +29,10 @@ from sidecar.registry.backend import StoreUnreachableError
 from sidecar.registry.postgres import PostgresStore
 from sidecar.server import NOT_SERVING, SERVING, STORE_HEALTH_SERVICE
 from sidecar.telemetry.instruments import Telemetry
-from tests.support.calls import RPC_TIMEOUT, evaluate, register
+from tests.support.calls import RPC_TIMEOUT, connector_version, evaluate, register
 from tests.support.loopback import LOOPBACK_ENVIRONMENT
 from tests.support.postgres import Database, PostgresCluster, server_bindir
-from tests.support.sidecars import STARTUP_DEADLINE_SECONDS, InProcessSidecar, SidecarProcess
+from tests.support.sidecars import STARTUP_DEADLINE_SECONDS, SidecarProcess
 from tests.support.upstreams import closed_port
 
 DEADLINE_SECONDS = 20.0
@@ -48,18 +47,6 @@ def own_cluster(postgres_cluster: PostgresCluster) -> Iterator[PostgresCluster]:
     cluster = PostgresCluster.start(bindir)
     yield cluster
     cluster.stop()
-
-
-def version_on(sidecar: InProcessSidecar, connector_id: str) -> int:
-    try:
-        response = sidecar.stub.GetConnector(
-            pb.GetConnectorRequest(id=connector_id), timeout=RPC_TIMEOUT
-        )
-    except grpc.RpcError as exc:
-        if exc.code() is grpc.StatusCode.NOT_FOUND:
-            return 0
-        raise
-    return int(response.connector.version)
 
 
 def poll(condition: Callable[[], bool]) -> bool:
@@ -95,7 +82,7 @@ def test_through_an_outage_reads_go_on_writes_are_unavailable_and_the_replica_ca
     register(sidecar.stub, "before", URL)
 
     own_cluster.stop_server()
-    during = version_on(sidecar, "before")
+    during = connector_version(sidecar.stub, "before")
     with pytest.raises(grpc.RpcError) as refused:
         register(sidecar.stub, "during", URL)
 
@@ -115,7 +102,7 @@ def test_through_an_outage_reads_go_on_writes_are_unavailable_and_the_replica_ca
         other_replica.save(elsewhere, expected_version=0)
     finally:
         other_replica.close()
-    heard = poll(lambda: version_on(sidecar, "elsewhere") == 1)
+    heard = poll(lambda: connector_version(sidecar.stub, "elsewhere") == 1)
 
     assert during == 1
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
@@ -240,18 +227,6 @@ def store_environment(database: Database) -> dict[str, str]:
     }
 
 
-def version_in(replica: SidecarProcess, connector_id: str) -> int:
-    try:
-        response = replica.stub.GetConnector(
-            pb.GetConnectorRequest(id=connector_id), timeout=RPC_TIMEOUT
-        )
-    except grpc.RpcError as exc:
-        if exc.code() is grpc.StatusCode.NOT_FOUND:
-            return 0
-        raise
-    return int(response.connector.version)
-
-
 def refusal(call: Callable[..., object], *args: object) -> tuple[str, str]:
     """(status code name, details) of `call(*args)`, expected to fail; ("OK", "") if not."""
     try:
@@ -272,7 +247,7 @@ def test_three_replicas_through_a_database_restart_evaluate_from_memory_and_catc
     ]
     upstream.respond("/orders/A-1", json={"status": "shipped"})
     register(fleet[0].stub, "orders", upstream.url("/orders/{{order_number}}"))
-    loaded = poll(lambda: [version_in(r, "orders") for r in fleet] == [1, 1, 1])
+    loaded = poll(lambda: [connector_version(r.stub, "orders") for r in fleet] == [1, 1, 1])
     store_up = poll(lambda: all(r.health_status(STORE_HEALTH_SERVICE) == SERVING for r in fleet))
 
     own_cluster.stop_server()
@@ -286,7 +261,7 @@ def test_three_replicas_through_a_database_restart_evaluate_from_memory_and_catc
     for n, replica in enumerate(fleet):
         for _ in range(EVALUATIONS_PER_REPLICA):
             targets[evaluate(replica.stub, "orders", {"order_number": "A-1"}).target] += 1
-        reads[version_in(replica, "orders")] += 1
+        reads[connector_version(replica.stub, "orders")] += 1
         for w in range(WRITES_PER_REPLICA):
             code, text = refusal(register, replica.stub, f"during-{n}-{w}", upstream.url("/x"))
             writes[code] += 1
@@ -295,7 +270,7 @@ def test_three_replicas_through_a_database_restart_evaluate_from_memory_and_catc
 
     own_cluster.start_server()
     after = register(fleet[1].stub, "after", upstream.url("/orders/{{order_number}}"))
-    reached = poll(lambda: [version_in(r, "after") for r in fleet] == [1, 1, 1])
+    reached = poll(lambda: [connector_version(r.stub, "after") for r in fleet] == [1, 1, 1])
     store_back = poll(lambda: all(r.health_status(STORE_HEALTH_SERVICE) == SERVING for r in fleet))
 
     assert (loaded, store_up, store_down) == (True, True, True)
@@ -309,7 +284,8 @@ def test_three_replicas_through_a_database_restart_evaluate_from_memory_and_catc
     assert not [d for d in details if database.password in d]
     assert readiness == [SERVING] * 3
     assert (after.version, reached, store_back) == (1, True, True)
-    assert [version_in(r, "during-0-0") for r in fleet] == [0, 0, 0]  # refused: never written
+    never_written = [connector_version(r.stub, "during-0-0") for r in fleet]
+    assert never_written == [0, 0, 0]  # refused: never written
 
 
 @pytest.mark.process
@@ -323,8 +299,8 @@ def test_a_replica_started_while_the_database_is_down_is_not_serving_until_it_ha
 
     late = sidecar_process(tmp_path / "late", env=store_environment(database), wait=False)
     late.wait_until_listening()
-    explained = poll(lambda: "PostgreSQL" in refusal(version_in, late, "known")[1])
-    code, text = refusal(version_in, late, "known")
+    explained = poll(lambda: "PostgreSQL" in refusal(connector_version, late.stub, "known")[1])
+    code, text = refusal(connector_version, late.stub, "known")
     statuses = {
         service: late.health_status(service) for service in ("", SERVICE_NAME, STORE_HEALTH_SERVICE)
     }
@@ -342,7 +318,7 @@ def test_a_replica_started_while_the_database_is_down_is_not_serving_until_it_ha
     assert database.password not in text
     assert statuses == dict.fromkeys(statuses, NOT_SERVING)
     assert (retried, still_running) == (True, True)
-    assert version_in(late, "known") == 1
+    assert connector_version(late.stub, "known") == 1
     assert store_serving
 
 

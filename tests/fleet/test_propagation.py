@@ -17,7 +17,7 @@ import grpc
 import pytest
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
-from tests.support.calls import RPC_TIMEOUT, register
+from tests.support.calls import RPC_TIMEOUT, connector_version, register
 from tests.support.postgres import Database
 from tests.support.sidecars import SidecarProcess
 
@@ -38,24 +38,11 @@ def fleet(
     return [sidecar_process(tmp_path / f"replica-{n}", env=environment) for n in range(3)]
 
 
-def version_on(replica: SidecarProcess, connector_id: str) -> int:
-    """The version this replica answers for the id; 0 for NOT_FOUND."""
-    try:
-        response = replica.stub.GetConnector(
-            pb.GetConnectorRequest(id=connector_id), timeout=RPC_TIMEOUT
-        )
-    except grpc.RpcError as exc:
-        if exc.code() is grpc.StatusCode.NOT_FOUND:
-            return 0
-        raise
-    return int(response.connector.version)
-
-
 def seen_everywhere(replicas: list[SidecarProcess], connector_id: str, version: int) -> list[int]:
     """Poll every replica until each answers `version`; what each answered last."""
     give_up = time.monotonic() + DEADLINE_SECONDS
     while True:
-        answers = [version_on(replica, connector_id) for replica in replicas]
+        answers = [connector_version(replica.stub, connector_id) for replica in replicas]
         if answers == [version] * len(replicas) or time.monotonic() > give_up:
             return answers
         time.sleep(0.02)

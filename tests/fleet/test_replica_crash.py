@@ -14,9 +14,8 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
-from tests.support.calls import RPC_TIMEOUT, register
+from tests.support.calls import connector_version, register
 from tests.support.postgres import Database
 from tests.support.sidecars import SidecarProcess
 
@@ -58,20 +57,9 @@ def test_acknowledged_writes_survive_a_kill_9_of_the_replica_that_took_them(
     doomed.kill()
     writer.join(timeout=DEADLINE_SECONDS)
 
-    def answered(connector_id: str) -> int:
-        try:
-            response = survivor.stub.GetConnector(
-                pb.GetConnectorRequest(id=connector_id), timeout=RPC_TIMEOUT
-            )
-        except grpc.RpcError as exc:
-            if exc.code() is grpc.StatusCode.NOT_FOUND:
-                return 0
-            raise
-        return int(response.connector.version)
-
     give_up = time.monotonic() + DEADLINE_SECONDS
     while True:
-        behind = {i: v for i, v in acknowledged.items() if answered(i) < v}
+        behind = {i: v for i, v in acknowledged.items() if connector_version(survivor.stub, i) < v}
         if not behind or time.monotonic() > give_up:
             break
         time.sleep(0.02)

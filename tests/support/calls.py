@@ -52,6 +52,17 @@ def register(
     return response.connector
 
 
+def connector_version(stub: pb_grpc.RulesSidecarServiceStub, connector_id: str) -> int:
+    """The version a sidecar answers for the id; 0 for NOT_FOUND (other failures raise)."""
+    try:
+        response = stub.GetConnector(pb.GetConnectorRequest(id=connector_id), timeout=RPC_TIMEOUT)
+    except grpc.RpcError as exc:
+        if exc.code() is grpc.StatusCode.NOT_FOUND:
+            return 0
+        raise
+    return int(response.connector.version)
+
+
 def evaluate_request(
     connector_id: str, variables: Mapping[str, Any] | None = None, *, explain: bool = False
 ) -> pb.EvaluateNodeRequest:
