@@ -50,7 +50,7 @@ _KINDS = (
     (Sequence, "a list"),
 )
 _DOT_SEGMENTS = frozenset({".", ".."})
-# Header values go out as ASCII (httpx encodes them so, h11 refuses controls); TAB is allowed.
+# Header values go out as ASCII (the HTTP client refuses controls); TAB is allowed.
 _HEADER_UNSAFE = re.compile(r"[^\t\x20-\x7e]")
 _HEADER_WHITESPACE = " \t"
 _MAX_DEPTH = 100  # protobuf's own nesting limit for Struct values

@@ -206,16 +206,9 @@ class PostgresStore:
                     **self._connection_limits(),
                 )
             except psycopg.Error as exc:
-                delay = backoff.next()
-                log.warning(
-                    "cannot listen for connector changes in %s: %s; retrying in %.1fs",
-                    self.where,
-                    _reason(exc),
-                    delay,
+                await self._feed_down(
+                    "cannot listen for connector changes in", exc, backoff, on_connection
                 )
-                if on_connection is not None:
-                    await on_connection(False)
-                await asyncio.sleep(delay)
                 continue
             try:
                 async with conn:
@@ -228,16 +221,23 @@ class PostgresStore:
                         async for note in conn.notifies(timeout=resync_seconds):
                             yield _changed_id(note.payload)
             except psycopg.Error as exc:
-                delay = backoff.next()
-                log.warning(
-                    "lost the connector change feed from %s: %s; reconnecting in %.1fs",
-                    self.where,
-                    _reason(exc),
-                    delay,
+                await self._feed_down(
+                    "lost the connector change feed from", exc, backoff, on_connection
                 )
-                if on_connection is not None:
-                    await on_connection(False)
-                await asyncio.sleep(delay)
+
+    async def _feed_down(
+        self,
+        what: str,
+        exc: psycopg.Error,
+        backoff: Backoff,
+        on_connection: Callable[[bool], Awaitable[None]] | None,
+    ) -> None:
+        """The feed could not be made or was lost: say so, report the store down, wait."""
+        delay = backoff.next()
+        log.warning("%s %s: %s; retrying in %.1fs", what, self.where, _reason(exc), delay)
+        if on_connection is not None:
+            await on_connection(False)
+        await asyncio.sleep(delay)
 
     def close(self) -> None:
         """Close the connection (a later call would open a new one)."""

@@ -14,7 +14,7 @@ during the call (a bound, not a timing).
     endless header or status line, broken
     framing (NUL, bad or double Content-
     Length, chunked + Content-Length ...)
-    3xx with a Location httpx refuses       PROTOCOL_ERROR
+    3xx with a Location the client refuses     PROTOCOL_ERROR
     unknown or stacked content encoding     PROTOCOL_ERROR
     gzip / deflate bomb, huge body          RESPONSE_TOO_LARGE, memory well under 64 MiB
     (declared, chunked, until close)

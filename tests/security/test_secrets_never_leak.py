@@ -281,7 +281,7 @@ def upstream_saw(upstream: Upstream) -> str:
 
 
 def path_cases() -> list[Any]:
-    """auth x path; a query API key meets httpx's request line on the paths that get an answer."""
+    """auth x path; a query API key meets the request line on the paths that get an answer."""
     cases = []
     for auth in AUTH:
         for path in PATHS:
@@ -354,7 +354,7 @@ def harness(
 
 @pytest.mark.parametrize(("auth", "path"), path_cases())
 def test_canary_appears_nowhere_on_any_path(harness: Harness, auth: str, path: str) -> None:
-    for name in LOGGERS:  # after startup, as the egress sets httpx to WARNING when built
+    for name in LOGGERS:  # after startup, so no logger level set while building wins
         harness.caplog.set_level(logging.DEBUG, logger=name)
 
     answers, leftovers = harness.run(auth, path)
@@ -372,7 +372,7 @@ def test_canary_appears_nowhere_on_any_path(harness: Harness, auth: str, path: s
 def test_query_api_key_is_not_logged_with_the_sidecars_own_logger_levels(
     harness: Harness, path: str
 ) -> None:
-    # The root logger at DEBUG, httpx left where the egress put it: what an operator's
+    # The root logger at DEBUG, the client libraries left at their defaults: what an operator's
     # `log_level: DEBUG` gives.
     answers, leftovers = harness.run("api-key-query", path)
 

@@ -9,20 +9,10 @@ import {
   RulesSidecarClient,
   SidecarError,
 } from "../src/index.js";
-import { startHarness, type Harness } from "./harness.js";
+import { rejection, startHarness, type Harness } from "./harness.js";
 
 function liveConnector(id: string, urlTemplate: string) {
   return { id, status: ConnectorStatus.LIVE, urlTemplate };
-}
-
-async function rejection(promise: Promise<unknown>): Promise<SidecarError> {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof SidecarError, `want a SidecarError, got ${String(error)}`);
-    return error;
-  }
-  assert.fail("the call succeeded");
 }
 
 describe("client", () => {

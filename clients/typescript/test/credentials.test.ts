@@ -8,22 +8,11 @@ import {
   Code,
   ConnectorStatus,
   RulesSidecarClient,
-  SidecarError,
   tokenFile,
   type ClientOptions,
   type TokenProvider,
 } from "../src/index.js";
-import { startHarness, type Harness } from "./harness.js";
-
-async function rejection(promise: Promise<unknown>): Promise<SidecarError> {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(error instanceof SidecarError, `want a SidecarError, got ${String(error)}`);
-    return error;
-  }
-  assert.fail("the call succeeded");
-}
+import { rejection, startHarness, type Harness } from "./harness.js";
 
 describe("credentials", () => {
   let harness: Harness;

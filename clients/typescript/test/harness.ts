@@ -1,9 +1,12 @@
 // Starts clients/testdata/harness.py (a real sidecar and a loopback upstream) for a test file.
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
+import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+
+import { SidecarError } from "../src/index.js";
 
 const repoRoot = fileURLToPath(new URL("../../../../", import.meta.url)); // from dist/test/
 export const testdata = `${repoRoot}clients/testdata/`;
@@ -70,4 +73,15 @@ export interface Vector {
 
 export function loadVectors(): Vector[] {
   return (JSON.parse(readFileSync(`${testdata}vectors.json`, "utf8")) as { cases: Vector[] }).cases;
+}
+
+/** The SidecarError a call is expected to reject with; fails the test if it succeeds. */
+export async function rejection(promise: Promise<unknown>): Promise<SidecarError> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(error instanceof SidecarError, `want a SidecarError, got ${String(error)}`);
+    return error;
+  }
+  assert.fail("the call succeeded");
 }
