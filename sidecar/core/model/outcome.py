@@ -42,6 +42,7 @@ class Reason(enum.StrEnum):
     CIRCUIT_OPEN = "CIRCUIT_OPEN"
     PROTOCOL_ERROR = "PROTOCOL_ERROR"
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    ANSWER_TOO_LARGE = "ANSWER_TOO_LARGE"
 
 
 class ExtractionStatus(enum.StrEnum):

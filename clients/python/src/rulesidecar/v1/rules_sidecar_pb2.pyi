@@ -452,6 +452,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """ERROR: the upstream broke the HTTP protocol (garbage status line, bad encoding ...)."""
     REASON_INTERNAL_ERROR: _Reason.ValueType  # 18
     """ERROR: an unexpected failure inside the sidecar (details are in its logs)."""
+    REASON_ANSWER_TOO_LARGE: _Reason.ValueType  # 21
+    """ERROR: the answer would not fit the wire: larger than the gRPC message limit, or a value
+    nested deeper than protobuf can carry. The message says which.
+    """
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Reason says why an evaluation ended as it did."""
@@ -494,6 +498,10 @@ REASON_PROTOCOL_ERROR: Reason.ValueType  # 17
 """ERROR: the upstream broke the HTTP protocol (garbage status line, bad encoding ...)."""
 REASON_INTERNAL_ERROR: Reason.ValueType  # 18
 """ERROR: an unexpected failure inside the sidecar (details are in its logs)."""
+REASON_ANSWER_TOO_LARGE: Reason.ValueType  # 21
+"""ERROR: the answer would not fit the wire: larger than the gRPC message limit, or a value
+nested deeper than protobuf can carry. The message says which.
+"""
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
 class _ExtractionStatus:

@@ -167,6 +167,15 @@ public enum Reason
    * <code>REASON_INTERNAL_ERROR = 18;</code>
    */
   REASON_INTERNAL_ERROR(18),
+  /**
+   * <pre>
+   * ERROR: the answer would not fit the wire: larger than the gRPC message limit, or a value
+   * nested deeper than protobuf can carry. The message says which.
+   * </pre>
+   *
+   * <code>REASON_ANSWER_TOO_LARGE = 21;</code>
+   */
+  REASON_ANSWER_TOO_LARGE(21),
   UNRECOGNIZED(-1),
   ;
 
@@ -331,6 +340,15 @@ public enum Reason
    * <code>REASON_INTERNAL_ERROR = 18;</code>
    */
   public static final int REASON_INTERNAL_ERROR_VALUE = 18;
+  /**
+   * <pre>
+   * ERROR: the answer would not fit the wire: larger than the gRPC message limit, or a value
+   * nested deeper than protobuf can carry. The message says which.
+   * </pre>
+   *
+   * <code>REASON_ANSWER_TOO_LARGE = 21;</code>
+   */
+  public static final int REASON_ANSWER_TOO_LARGE_VALUE = 21;
 
 
   public final int getNumber() {
@@ -376,6 +394,7 @@ public enum Reason
       case 16: return REASON_CIRCUIT_OPEN;
       case 17: return REASON_PROTOCOL_ERROR;
       case 18: return REASON_INTERNAL_ERROR;
+      case 21: return REASON_ANSWER_TOO_LARGE;
       default: return null;
     }
   }
