@@ -767,6 +767,12 @@ const (
 	Reason_REASON_PROTOCOL_ERROR Reason = 17
 	// ERROR: an unexpected failure inside the sidecar (details are in its logs).
 	Reason_REASON_INTERNAL_ERROR Reason = 18
+	// ERROR: the evaluation's time budget (the caller's deadline, or the call was cancelled)
+	// ran out while the sidecar was rendering, judging or extracting; the work was stopped.
+	Reason_REASON_BUDGET_EXHAUSTED Reason = 19
+	// ERROR: the evaluation would exceed one of the sidecar's work limits (a JMESPath result,
+	// a regex subject, the node's cost bound ...); the message names the limit and its setting.
+	Reason_REASON_LIMIT_EXCEEDED Reason = 20
 	// ERROR: the answer would not fit the wire: larger than the gRPC message limit, or a value
 	// nested deeper than protobuf can carry. The message says which.
 	Reason_REASON_ANSWER_TOO_LARGE Reason = 21
@@ -794,6 +800,8 @@ var (
 		16: "REASON_CIRCUIT_OPEN",
 		17: "REASON_PROTOCOL_ERROR",
 		18: "REASON_INTERNAL_ERROR",
+		19: "REASON_BUDGET_EXHAUSTED",
+		20: "REASON_LIMIT_EXCEEDED",
 		21: "REASON_ANSWER_TOO_LARGE",
 	}
 	Reason_value = map[string]int32{
@@ -816,6 +824,8 @@ var (
 		"REASON_CIRCUIT_OPEN":        16,
 		"REASON_PROTOCOL_ERROR":      17,
 		"REASON_INTERNAL_ERROR":      18,
+		"REASON_BUDGET_EXHAUSTED":    19,
+		"REASON_LIMIT_EXCEEDED":      20,
 		"REASON_ANSWER_TOO_LARGE":    21,
 	}
 )
@@ -3225,7 +3235,7 @@ const file_rulesidecar_v1_rules_sidecar_proto_rawDesc = "" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fOUTCOME_MATCHED\x10\x01\x12\x14\n" +
 	"\x10OUTCOME_NO_MATCH\x10\x02\x12\x11\n" +
-	"\rOUTCOME_ERROR\x10\x03*\xad\x04\n" +
+	"\rOUTCOME_ERROR\x10\x03*\xe5\x04\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15REASON_BRANCH_MATCHED\x10\x01\x12\x1c\n" +
@@ -3247,6 +3257,8 @@ const file_rulesidecar_v1_rules_sidecar_proto_rawDesc = "" +
 	"\x13REASON_CIRCUIT_OPEN\x10\x10\x12\x19\n" +
 	"\x15REASON_PROTOCOL_ERROR\x10\x11\x12\x19\n" +
 	"\x15REASON_INTERNAL_ERROR\x10\x12\x12\x1b\n" +
+	"\x17REASON_BUDGET_EXHAUSTED\x10\x13\x12\x19\n" +
+	"\x15REASON_LIMIT_EXCEEDED\x10\x14\x12\x1b\n" +
 	"\x17REASON_ANSWER_TOO_LARGE\x10\x15*\xdc\x01\n" +
 	"\x10ExtractionStatus\x12!\n" +
 	"\x1dEXTRACTION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n" +

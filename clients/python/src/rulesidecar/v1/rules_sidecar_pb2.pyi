@@ -452,6 +452,14 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """ERROR: the upstream broke the HTTP protocol (garbage status line, bad encoding ...)."""
     REASON_INTERNAL_ERROR: _Reason.ValueType  # 18
     """ERROR: an unexpected failure inside the sidecar (details are in its logs)."""
+    REASON_BUDGET_EXHAUSTED: _Reason.ValueType  # 19
+    """ERROR: the evaluation's time budget (the caller's deadline, or the call was cancelled)
+    ran out while the sidecar was rendering, judging or extracting; the work was stopped.
+    """
+    REASON_LIMIT_EXCEEDED: _Reason.ValueType  # 20
+    """ERROR: the evaluation would exceed one of the sidecar's work limits (a JMESPath result,
+    a regex subject, the node's cost bound ...); the message names the limit and its setting.
+    """
     REASON_ANSWER_TOO_LARGE: _Reason.ValueType  # 21
     """ERROR: the answer would not fit the wire: larger than the gRPC message limit, or a value
     nested deeper than protobuf can carry. The message says which.
@@ -498,6 +506,14 @@ REASON_PROTOCOL_ERROR: Reason.ValueType  # 17
 """ERROR: the upstream broke the HTTP protocol (garbage status line, bad encoding ...)."""
 REASON_INTERNAL_ERROR: Reason.ValueType  # 18
 """ERROR: an unexpected failure inside the sidecar (details are in its logs)."""
+REASON_BUDGET_EXHAUSTED: Reason.ValueType  # 19
+"""ERROR: the evaluation's time budget (the caller's deadline, or the call was cancelled)
+ran out while the sidecar was rendering, judging or extracting; the work was stopped.
+"""
+REASON_LIMIT_EXCEEDED: Reason.ValueType  # 20
+"""ERROR: the evaluation would exceed one of the sidecar's work limits (a JMESPath result,
+a regex subject, the node's cost bound ...); the message names the limit and its setting.
+"""
 REASON_ANSWER_TOO_LARGE: Reason.ValueType  # 21
 """ERROR: the answer would not fit the wire: larger than the gRPC message limit, or a value
 nested deeper than protobuf can carry. The message says which.

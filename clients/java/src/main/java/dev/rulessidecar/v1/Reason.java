@@ -169,6 +169,24 @@ public enum Reason
   REASON_INTERNAL_ERROR(18),
   /**
    * <pre>
+   * ERROR: the evaluation's time budget (the caller's deadline, or the call was cancelled)
+   * ran out while the sidecar was rendering, judging or extracting; the work was stopped.
+   * </pre>
+   *
+   * <code>REASON_BUDGET_EXHAUSTED = 19;</code>
+   */
+  REASON_BUDGET_EXHAUSTED(19),
+  /**
+   * <pre>
+   * ERROR: the evaluation would exceed one of the sidecar's work limits (a JMESPath result,
+   * a regex subject, the node's cost bound ...); the message names the limit and its setting.
+   * </pre>
+   *
+   * <code>REASON_LIMIT_EXCEEDED = 20;</code>
+   */
+  REASON_LIMIT_EXCEEDED(20),
+  /**
+   * <pre>
    * ERROR: the answer would not fit the wire: larger than the gRPC message limit, or a value
    * nested deeper than protobuf can carry. The message says which.
    * </pre>
@@ -342,6 +360,24 @@ public enum Reason
   public static final int REASON_INTERNAL_ERROR_VALUE = 18;
   /**
    * <pre>
+   * ERROR: the evaluation's time budget (the caller's deadline, or the call was cancelled)
+   * ran out while the sidecar was rendering, judging or extracting; the work was stopped.
+   * </pre>
+   *
+   * <code>REASON_BUDGET_EXHAUSTED = 19;</code>
+   */
+  public static final int REASON_BUDGET_EXHAUSTED_VALUE = 19;
+  /**
+   * <pre>
+   * ERROR: the evaluation would exceed one of the sidecar's work limits (a JMESPath result,
+   * a regex subject, the node's cost bound ...); the message names the limit and its setting.
+   * </pre>
+   *
+   * <code>REASON_LIMIT_EXCEEDED = 20;</code>
+   */
+  public static final int REASON_LIMIT_EXCEEDED_VALUE = 20;
+  /**
+   * <pre>
    * ERROR: the answer would not fit the wire: larger than the gRPC message limit, or a value
    * nested deeper than protobuf can carry. The message says which.
    * </pre>
@@ -394,6 +430,8 @@ public enum Reason
       case 16: return REASON_CIRCUIT_OPEN;
       case 17: return REASON_PROTOCOL_ERROR;
       case 18: return REASON_INTERNAL_ERROR;
+      case 19: return REASON_BUDGET_EXHAUSTED;
+      case 20: return REASON_LIMIT_EXCEEDED;
       case 21: return REASON_ANSWER_TOO_LARGE;
       default: return null;
     }

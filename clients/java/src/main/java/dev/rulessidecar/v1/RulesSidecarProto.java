@@ -368,7 +368,7 @@ public final class RulesSidecarProto extends com.google.protobuf.GeneratedFile {
       "\020\004\022\022\n\016CAST_TYPE_JSON\020\005*`\n\007Outcome\022\027\n\023OUT" +
       "COME_UNSPECIFIED\020\000\022\023\n\017OUTCOME_MATCHED\020\001\022" +
       "\024\n\020OUTCOME_NO_MATCH\020\002\022\021\n\rOUTCOME_ERROR\020\003" +
-      "*\255\004\n\006Reason\022\026\n\022REASON_UNSPECIFIED\020\000\022\031\n\025R" +
+      "*\345\004\n\006Reason\022\026\n\022REASON_UNSPECIFIED\020\000\022\031\n\025R" +
       "EASON_BRANCH_MATCHED\020\001\022\034\n\030REASON_NO_BRAN" +
       "CH_MATCHED\020\002\022\022\n\016REASON_TIMEOUT\020\003\022\030\n\024REAS" +
       "ON_CONNECT_ERROR\020\004\022\024\n\020REASON_DNS_ERROR\020\005" +
@@ -381,32 +381,33 @@ public final class RulesSidecarProto extends com.google.protobuf.GeneratedFile {
       "_EXTRACTION_FAILED\020\016\022\036\n\032REASON_BLOCKED_D" +
       "ESTINATION\020\017\022\027\n\023REASON_CIRCUIT_OPEN\020\020\022\031\n" +
       "\025REASON_PROTOCOL_ERROR\020\021\022\031\n\025REASON_INTER" +
-      "NAL_ERROR\020\022\022\033\n\027REASON_ANSWER_TOO_LARGE\020\025" +
-      "*\334\001\n\020ExtractionStatus\022!\n\035EXTRACTION_STAT" +
-      "US_UNSPECIFIED\020\000\022\037\n\033EXTRACTION_STATUS_EX" +
-      "TRACTED\020\001\022\037\n\033EXTRACTION_STATUS_DEFAULTED" +
-      "\020\002\022\035\n\031EXTRACTION_STATUS_MISSING\020\003\022!\n\035EXT" +
-      "RACTION_STATUS_CAST_FAILED\020\004\022!\n\035EXTRACTI" +
-      "ON_STATUS_NO_DOCUMENT\020\0052\341\004\n\023RulesSidecar" +
-      "Service\022h\n\021RegisterConnector\022(.rulesidec" +
-      "ar.v1.RegisterConnectorRequest\032).rulesid" +
-      "ecar.v1.RegisterConnectorResponse\022Y\n\014Get" +
-      "Connector\022#.rulesidecar.v1.GetConnectorR" +
-      "equest\032$.rulesidecar.v1.GetConnectorResp" +
-      "onse\022_\n\016ListConnectors\022%.rulesidecar.v1." +
-      "ListConnectorsRequest\032&.rulesidecar.v1.L" +
-      "istConnectorsResponse\022b\n\017DeleteConnector" +
-      "\022&.rulesidecar.v1.DeleteConnectorRequest" +
-      "\032\'.rulesidecar.v1.DeleteConnectorRespons" +
-      "e\022Y\n\014EvaluateNode\022#.rulesidecar.v1.Evalu" +
-      "ateNodeRequest\032$.rulesidecar.v1.Evaluate" +
-      "NodeResponse\022e\n\020ExtractVariables\022\'.rules" +
-      "idecar.v1.ExtractVariablesRequest\032(.rule" +
-      "sidecar.v1.ExtractVariablesResponseBy\n\023d" +
-      "ev.rulessidecar.v1B\021RulesSidecarProtoP\001Z" +
-      "Mgithub.com/rules-sidecar/rules-sidecar/" +
-      "clients/go/rulesidecarv1;rulesidecarv1b\006" +
-      "proto3"
+      "NAL_ERROR\020\022\022\033\n\027REASON_BUDGET_EXHAUSTED\020\023" +
+      "\022\031\n\025REASON_LIMIT_EXCEEDED\020\024\022\033\n\027REASON_AN" +
+      "SWER_TOO_LARGE\020\025*\334\001\n\020ExtractionStatus\022!\n" +
+      "\035EXTRACTION_STATUS_UNSPECIFIED\020\000\022\037\n\033EXTR" +
+      "ACTION_STATUS_EXTRACTED\020\001\022\037\n\033EXTRACTION_" +
+      "STATUS_DEFAULTED\020\002\022\035\n\031EXTRACTION_STATUS_" +
+      "MISSING\020\003\022!\n\035EXTRACTION_STATUS_CAST_FAIL" +
+      "ED\020\004\022!\n\035EXTRACTION_STATUS_NO_DOCUMENT\020\0052" +
+      "\341\004\n\023RulesSidecarService\022h\n\021RegisterConne" +
+      "ctor\022(.rulesidecar.v1.RegisterConnectorR" +
+      "equest\032).rulesidecar.v1.RegisterConnecto" +
+      "rResponse\022Y\n\014GetConnector\022#.rulesidecar." +
+      "v1.GetConnectorRequest\032$.rulesidecar.v1." +
+      "GetConnectorResponse\022_\n\016ListConnectors\022%" +
+      ".rulesidecar.v1.ListConnectorsRequest\032&." +
+      "rulesidecar.v1.ListConnectorsResponse\022b\n" +
+      "\017DeleteConnector\022&.rulesidecar.v1.Delete" +
+      "ConnectorRequest\032\'.rulesidecar.v1.Delete" +
+      "ConnectorResponse\022Y\n\014EvaluateNode\022#.rule" +
+      "sidecar.v1.EvaluateNodeRequest\032$.rulesid" +
+      "ecar.v1.EvaluateNodeResponse\022e\n\020ExtractV" +
+      "ariables\022\'.rulesidecar.v1.ExtractVariabl" +
+      "esRequest\032(.rulesidecar.v1.ExtractVariab" +
+      "lesResponseBy\n\023dev.rulessidecar.v1B\021Rule" +
+      "sSidecarProtoP\001ZMgithub.com/rules-sideca" +
+      "r/rules-sidecar/clients/go/rulesidecarv1" +
+      ";rulesidecarv1b\006proto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
