@@ -1,4 +1,6 @@
 # The one place the project's commands live; CI (.ci/run) only calls `make test`.
+# Every target first runs the (idempotent, quick when done) setup it needs, so a fresh clone can
+# run any single target; tests/test_makefile.py checks that each target does.
 .DEFAULT_GOAL := help
 SHELL := bash
 VENV := .venv/bin
@@ -24,15 +26,19 @@ setup: ## install uv, the locked Python environment and buf (idempotent)
 	@scripts/bootstrap
 
 lint: ## ruff lint and format check; the import contracts of ARCHITECTURE.md (pyproject.toml)
+	@scripts/bootstrap --python-only
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
 	$(VENV)/lint-imports --no-cache
 
 typecheck: ## mypy --strict on sidecar/
+	@scripts/bootstrap --python-only
 	$(VENV)/mypy
 
-proto-lint: ## buf lint (STANDARD) and buf format on proto/
+proto-lint: ## buf lint (STANDARD), buf format, and buf breaking against the last release (proto/releases)
+	@scripts/bootstrap
 	cd proto && node_modules/.bin/buf lint && node_modules/.bin/buf format --diff --exit-code
+	scripts/check-breaking
 
 generate: ## regenerate all generated code from proto/ (Python, Go, TypeScript, Java)
 	@scripts/bootstrap --codegen
@@ -49,6 +55,7 @@ postgres: ## install Debian's PostgreSQL server when missing (the fleet tests st
 	scripts/postgres install
 
 pytest: ## the test suites
+	@scripts/bootstrap
 	$(VENV)/pytest
 
 .PHONY: check-chart check-image-command

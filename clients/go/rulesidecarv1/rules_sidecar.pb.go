@@ -6,10 +6,16 @@
 
 // rules-sidecar: register business-API connectors, then call them mid-conversation and let the
 // sidecar decide which workflow branch fires.
+//
+// Every field a caller sends carries google.api.field_behavior (AIP-203): REQUIRED fields are refused
+// when unset (INVALID_ARGUMENT naming the field), OPTIONAL ones have a documented default, and
+// OUTPUT_ONLY ones are ignored on input. Messages only the sidecar sends (responses, explanations)
+// are output as a whole and carry no annotation.
 
 package rulesidecarv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -89,7 +95,7 @@ func (ConnectorStatus) EnumDescriptor() ([]byte, []int) {
 type HttpMethod int32
 
 const (
-	// Not set; refused at registration.
+	// Not set; GET is used.
 	HttpMethod_HTTP_METHOD_UNSPECIFIED HttpMethod = 0
 	// GET.
 	HttpMethod_HTTP_METHOD_GET HttpMethod = 1
@@ -2988,118 +2994,118 @@ var File_rulesidecar_v1_rules_sidecar_proto protoreflect.FileDescriptor
 
 const file_rulesidecar_v1_rules_sidecar_proto_rawDesc = "" +
 	"\n" +
-	"\"rulesidecar/v1/rules_sidecar.proto\x12\x0erulesidecar.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\a\n" +
-	"\tConnector\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
-	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x127\n" +
-	"\x06status\x18\x03 \x01(\x0e2\x1f.rulesidecar.v1.ConnectorStatusR\x06status\x122\n" +
-	"\x06method\x18\x04 \x01(\x0e2\x1a.rulesidecar.v1.HttpMethodR\x06method\x12!\n" +
-	"\furl_template\x18\x05 \x01(\tR\vurlTemplate\x12@\n" +
-	"\aheaders\x18\x06 \x03(\v2&.rulesidecar.v1.Connector.HeadersEntryR\aheaders\x12:\n" +
-	"\x05query\x18\a \x03(\v2$.rulesidecar.v1.Connector.QueryEntryR\x05query\x12;\n" +
-	"\rbody_template\x18\b \x01(\v2\x16.google.protobuf.ValueR\fbodyTemplate\x12(\n" +
-	"\x04auth\x18\t \x01(\v2\x14.rulesidecar.v1.AuthR\x04auth\x123\n" +
+	"\"rulesidecar/v1/rules_sidecar.proto\x12\x0erulesidecar.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\b\n" +
+	"\tConnector\x12\x14\n" +
+	"\x02id\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x02id\x12'\n" +
+	"\fdisplay_name\x18\x02 \x01(\tB\x04\xe2A\x01\x01R\vdisplayName\x12=\n" +
+	"\x06status\x18\x03 \x01(\x0e2\x1f.rulesidecar.v1.ConnectorStatusB\x04\xe2A\x01\x02R\x06status\x128\n" +
+	"\x06method\x18\x04 \x01(\x0e2\x1a.rulesidecar.v1.HttpMethodB\x04\xe2A\x01\x01R\x06method\x12'\n" +
+	"\furl_template\x18\x05 \x01(\tB\x04\xe2A\x01\x02R\vurlTemplate\x12F\n" +
+	"\aheaders\x18\x06 \x03(\v2&.rulesidecar.v1.Connector.HeadersEntryB\x04\xe2A\x01\x01R\aheaders\x12@\n" +
+	"\x05query\x18\a \x03(\v2$.rulesidecar.v1.Connector.QueryEntryB\x04\xe2A\x01\x01R\x05query\x12A\n" +
+	"\rbody_template\x18\b \x01(\v2\x16.google.protobuf.ValueB\x04\xe2A\x01\x01R\fbodyTemplate\x12.\n" +
+	"\x04auth\x18\t \x01(\v2\x14.rulesidecar.v1.AuthB\x04\xe2A\x01\x01R\x04auth\x129\n" +
 	"\atimeout\x18\n" +
-	" \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12,\n" +
-	"\x12max_response_bytes\x18\v \x01(\x03R\x10maxResponseBytes\x12\x18\n" +
-	"\aversion\x18\f \x01(\x03R\aversion\x12;\n" +
-	"\vupdate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\x127\n" +
-	"\x06source\x18\x0e \x01(\x0e2\x1f.rulesidecar.v1.ConnectorSourceR\x06source\x12#\n" +
-	"\rallowed_hosts\x18\x0f \x03(\tR\fallowedHosts\x12)\n" +
-	"\x10follow_redirects\x18\x10 \x01(\bR\x0ffollowRedirects\x124\n" +
-	"\x16idempotency_key_header\x18\x11 \x01(\tR\x14idempotencyKeyHeader\x12:\n" +
-	"\x19disable_trace_propagation\x18\x12 \x01(\bR\x17disableTracePropagation\x1a:\n" +
+	" \x01(\v2\x19.google.protobuf.DurationB\x04\xe2A\x01\x01R\atimeout\x122\n" +
+	"\x12max_response_bytes\x18\v \x01(\x03B\x04\xe2A\x01\x01R\x10maxResponseBytes\x12\x1e\n" +
+	"\aversion\x18\f \x01(\x03B\x04\xe2A\x01\x03R\aversion\x12A\n" +
+	"\vupdate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampB\x04\xe2A\x01\x03R\n" +
+	"updateTime\x12=\n" +
+	"\x06source\x18\x0e \x01(\x0e2\x1f.rulesidecar.v1.ConnectorSourceB\x04\xe2A\x01\x03R\x06source\x12)\n" +
+	"\rallowed_hosts\x18\x0f \x03(\tB\x04\xe2A\x01\x01R\fallowedHosts\x12/\n" +
+	"\x10follow_redirects\x18\x10 \x01(\bB\x04\xe2A\x01\x01R\x0ffollowRedirects\x12:\n" +
+	"\x16idempotency_key_header\x18\x11 \x01(\tB\x04\xe2A\x01\x01R\x14idempotencyKeyHeader\x12@\n" +
+	"\x19disable_trace_propagation\x18\x12 \x01(\bB\x04\xe2A\x01\x01R\x17disableTracePropagation\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a8\n" +
 	"\n" +
 	"QueryEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb0\x01\n" +
-	"\x04Auth\x124\n" +
-	"\x06bearer\x18\x01 \x01(\v2\x1a.rulesidecar.v1.BearerAuthH\x00R\x06bearer\x125\n" +
-	"\aapi_key\x18\x02 \x01(\v2\x1a.rulesidecar.v1.ApiKeyAuthH\x00R\x06apiKey\x121\n" +
-	"\x05basic\x18\x03 \x01(\v2\x19.rulesidecar.v1.BasicAuthH\x00R\x05basicB\b\n" +
-	"\x06scheme\"/\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc2\x01\n" +
+	"\x04Auth\x12:\n" +
+	"\x06bearer\x18\x01 \x01(\v2\x1a.rulesidecar.v1.BearerAuthB\x04\xe2A\x01\x01H\x00R\x06bearer\x12;\n" +
+	"\aapi_key\x18\x02 \x01(\v2\x1a.rulesidecar.v1.ApiKeyAuthB\x04\xe2A\x01\x01H\x00R\x06apiKey\x127\n" +
+	"\x05basic\x18\x03 \x01(\v2\x19.rulesidecar.v1.BasicAuthB\x04\xe2A\x01\x01H\x00R\x05basicB\b\n" +
+	"\x06scheme\"5\n" +
 	"\n" +
-	"BearerAuth\x12!\n" +
-	"\ftoken_secret\x18\x01 \x01(\tR\vtokenSecret\"\x7f\n" +
+	"BearerAuth\x12'\n" +
+	"\ftoken_secret\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\vtokenSecret\"\x91\x01\n" +
 	"\n" +
-	"ApiKeyAuth\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\x12:\n" +
-	"\blocation\x18\x02 \x01(\x0e2\x1e.rulesidecar.v1.ApiKeyLocationR\blocation\x12!\n" +
-	"\fvalue_secret\x18\x03 \x01(\tR\vvalueSecret\"]\n" +
-	"\tBasicAuth\x12'\n" +
-	"\x0fusername_secret\x18\x01 \x01(\tR\x0eusernameSecret\x12'\n" +
-	"\x0fpassword_secret\x18\x02 \x01(\tR\x0epasswordSecret\"\x98\x01\n" +
-	"\x18RegisterConnectorRequest\x127\n" +
-	"\tconnector\x18\x01 \x01(\v2\x19.rulesidecar.v1.ConnectorR\tconnector\x12.\n" +
-	"\x10expected_version\x18\x02 \x01(\x03H\x00R\x0fexpectedVersion\x88\x01\x01B\x13\n" +
+	"ApiKeyAuth\x12\x18\n" +
+	"\x04name\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x04name\x12@\n" +
+	"\blocation\x18\x02 \x01(\x0e2\x1e.rulesidecar.v1.ApiKeyLocationB\x04\xe2A\x01\x01R\blocation\x12'\n" +
+	"\fvalue_secret\x18\x03 \x01(\tB\x04\xe2A\x01\x02R\vvalueSecret\"i\n" +
+	"\tBasicAuth\x12-\n" +
+	"\x0fusername_secret\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x0eusernameSecret\x12-\n" +
+	"\x0fpassword_secret\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\x0epasswordSecret\"\xa4\x01\n" +
+	"\x18RegisterConnectorRequest\x12=\n" +
+	"\tconnector\x18\x01 \x01(\v2\x19.rulesidecar.v1.ConnectorB\x04\xe2A\x01\x02R\tconnector\x124\n" +
+	"\x10expected_version\x18\x02 \x01(\x03B\x04\xe2A\x01\x01H\x00R\x0fexpectedVersion\x88\x01\x01B\x13\n" +
 	"\x11_expected_version\"n\n" +
 	"\x19RegisterConnectorResponse\x127\n" +
 	"\tconnector\x18\x01 \x01(\v2\x19.rulesidecar.v1.ConnectorR\tconnector\x12\x18\n" +
-	"\acreated\x18\x02 \x01(\bR\acreated\"%\n" +
-	"\x13GetConnectorRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"O\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\"+\n" +
+	"\x13GetConnectorRequest\x12\x14\n" +
+	"\x02id\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x02id\"O\n" +
 	"\x14GetConnectorResponse\x127\n" +
-	"\tconnector\x18\x01 \x01(\v2\x19.rulesidecar.v1.ConnectorR\tconnector\"\x8c\x01\n" +
-	"\x15ListConnectorsRequest\x12\x1b\n" +
-	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\tconnector\x18\x01 \x01(\v2\x19.rulesidecar.v1.ConnectorR\tconnector\"\x9e\x01\n" +
+	"\x15ListConnectorsRequest\x12!\n" +
+	"\tpage_size\x18\x01 \x01(\x05B\x04\xe2A\x01\x01R\bpageSize\x12#\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\x127\n" +
-	"\x06status\x18\x03 \x01(\x0e2\x1f.rulesidecar.v1.ConnectorStatusR\x06status\"{\n" +
+	"page_token\x18\x02 \x01(\tB\x04\xe2A\x01\x01R\tpageToken\x12=\n" +
+	"\x06status\x18\x03 \x01(\x0e2\x1f.rulesidecar.v1.ConnectorStatusB\x04\xe2A\x01\x01R\x06status\"{\n" +
 	"\x16ListConnectorsResponse\x129\n" +
 	"\n" +
 	"connectors\x18\x01 \x03(\v2\x19.rulesidecar.v1.ConnectorR\n" +
 	"connectors\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"m\n" +
-	"\x16DeleteConnectorRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
-	"\x10expected_version\x18\x02 \x01(\x03H\x00R\x0fexpectedVersion\x88\x01\x01B\x13\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"y\n" +
+	"\x16DeleteConnectorRequest\x12\x14\n" +
+	"\x02id\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x02id\x124\n" +
+	"\x10expected_version\x18\x02 \x01(\x03B\x04\xe2A\x01\x01H\x00R\x0fexpectedVersion\x88\x01\x01B\x13\n" +
 	"\x11_expected_version\"B\n" +
 	"\x17DeleteConnectorResponse\x12'\n" +
-	"\x0fdeleted_version\x18\x01 \x01(\x03R\x0edeletedVersion\"\xc4\x01\n" +
-	"\x13EvaluateNodeRequest\x12(\n" +
-	"\x04node\x18\x01 \x01(\v2\x14.rulesidecar.v1.NodeR\x04node\x125\n" +
-	"\tvariables\x18\x02 \x01(\v2\x17.google.protobuf.StructR\tvariables\x12\x18\n" +
-	"\aexplain\x18\x03 \x01(\bR\aexplain\x122\n" +
-	"\x04mode\x18\x04 \x01(\x0e2\x1e.rulesidecar.v1.EvaluationModeR\x04mode\"\xef\x01\n" +
-	"\x04Node\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
-	"\fconnector_id\x18\x02 \x01(\tR\vconnectorId\x122\n" +
-	"\bbranches\x18\x03 \x03(\v2\x16.rulesidecar.v1.BranchR\bbranches\x12\x1f\n" +
-	"\velse_target\x18\x04 \x01(\tR\n" +
-	"elseTarget\x12!\n" +
-	"\ferror_target\x18\x05 \x01(\tR\verrorTarget\x12<\n" +
-	"\vextractions\x18\x06 \x03(\v2\x1a.rulesidecar.v1.ExtractionR\vextractions\"\x97\x01\n" +
-	"\x06Branch\x12\x16\n" +
-	"\x06target\x18\x01 \x01(\tR\x06target\x12:\n" +
+	"\x0fdeleted_version\x18\x01 \x01(\x03R\x0edeletedVersion\"\xdc\x01\n" +
+	"\x13EvaluateNodeRequest\x12.\n" +
+	"\x04node\x18\x01 \x01(\v2\x14.rulesidecar.v1.NodeB\x04\xe2A\x01\x02R\x04node\x12;\n" +
+	"\tvariables\x18\x02 \x01(\v2\x17.google.protobuf.StructB\x04\xe2A\x01\x01R\tvariables\x12\x1e\n" +
+	"\aexplain\x18\x03 \x01(\bB\x04\xe2A\x01\x01R\aexplain\x128\n" +
+	"\x04mode\x18\x04 \x01(\x0e2\x1e.rulesidecar.v1.EvaluationModeB\x04\xe2A\x01\x01R\x04mode\"\x93\x02\n" +
+	"\x04Node\x12\x14\n" +
+	"\x02id\x18\x01 \x01(\tB\x04\xe2A\x01\x01R\x02id\x12'\n" +
+	"\fconnector_id\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\vconnectorId\x128\n" +
+	"\bbranches\x18\x03 \x03(\v2\x16.rulesidecar.v1.BranchB\x04\xe2A\x01\x01R\bbranches\x12%\n" +
+	"\velse_target\x18\x04 \x01(\tB\x04\xe2A\x01\x01R\n" +
+	"elseTarget\x12'\n" +
+	"\ferror_target\x18\x05 \x01(\tB\x04\xe2A\x01\x01R\verrorTarget\x12B\n" +
+	"\vextractions\x18\x06 \x03(\v2\x1a.rulesidecar.v1.ExtractionB\x04\xe2A\x01\x01R\vextractions\"\xa9\x01\n" +
+	"\x06Branch\x12\x1c\n" +
+	"\x06target\x18\x01 \x01(\tB\x04\xe2A\x01\x01R\x06target\x12@\n" +
 	"\n" +
-	"combinator\x18\x02 \x01(\x0e2\x1a.rulesidecar.v1.CombinatorR\n" +
-	"combinator\x129\n" +
+	"combinator\x18\x02 \x01(\x0e2\x1a.rulesidecar.v1.CombinatorB\x04\xe2A\x01\x01R\n" +
+	"combinator\x12?\n" +
 	"\n" +
-	"conditions\x18\x03 \x03(\v2\x19.rulesidecar.v1.ConditionR\n" +
-	"conditions\"N\n" +
-	"\aSubject\x12/\n" +
-	"\x04kind\x18\x01 \x01(\x0e2\x1b.rulesidecar.v1.SubjectKindR\x04kind\x12\x12\n" +
-	"\x04path\x18\x02 \x01(\tR\x04path\"\x83\x02\n" +
-	"\tCondition\x121\n" +
-	"\asubject\x18\x01 \x01(\v2\x17.rulesidecar.v1.SubjectR\asubject\x124\n" +
-	"\boperator\x18\x02 \x01(\x0e2\x18.rulesidecar.v1.OperatorR\boperator\x120\n" +
-	"\aoperand\x18\x03 \x01(\v2\x16.google.protobuf.ValueR\aoperand\x12\x1f\n" +
-	"\vignore_case\x18\x04 \x01(\bR\n" +
-	"ignoreCase\x12:\n" +
+	"conditions\x18\x03 \x03(\v2\x19.rulesidecar.v1.ConditionB\x04\xe2A\x01\x01R\n" +
+	"conditions\"Z\n" +
+	"\aSubject\x125\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1b.rulesidecar.v1.SubjectKindB\x04\xe2A\x01\x02R\x04kind\x12\x18\n" +
+	"\x04path\x18\x02 \x01(\tB\x04\xe2A\x01\x01R\x04path\"\xa1\x02\n" +
+	"\tCondition\x127\n" +
+	"\asubject\x18\x01 \x01(\v2\x17.rulesidecar.v1.SubjectB\x04\xe2A\x01\x02R\asubject\x12:\n" +
+	"\boperator\x18\x02 \x01(\x0e2\x18.rulesidecar.v1.OperatorB\x04\xe2A\x01\x02R\boperator\x126\n" +
+	"\aoperand\x18\x03 \x01(\v2\x16.google.protobuf.ValueB\x04\xe2A\x01\x01R\aoperand\x12%\n" +
+	"\vignore_case\x18\x04 \x01(\bB\x04\xe2A\x01\x01R\n" +
+	"ignoreCase\x12@\n" +
 	"\n" +
-	"quantifier\x18\x05 \x01(\x0e2\x1a.rulesidecar.v1.QuantifierR\n" +
-	"quantifier\"\xc3\x01\n" +
+	"quantifier\x18\x05 \x01(\x0e2\x1a.rulesidecar.v1.QuantifierB\x04\xe2A\x01\x01R\n" +
+	"quantifier\"\xe1\x01\n" +
 	"\n" +
-	"Extraction\x12\x1a\n" +
-	"\bvariable\x18\x01 \x01(\tR\bvariable\x12\x12\n" +
-	"\x04path\x18\x02 \x01(\tR\x04path\x12;\n" +
-	"\rdefault_value\x18\x03 \x01(\v2\x16.google.protobuf.ValueR\fdefaultValue\x12\x1a\n" +
-	"\brequired\x18\x04 \x01(\bR\brequired\x12,\n" +
-	"\x04cast\x18\x05 \x01(\x0e2\x18.rulesidecar.v1.CastTypeR\x04cast\"\xce\x04\n" +
+	"Extraction\x12 \n" +
+	"\bvariable\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\bvariable\x12\x18\n" +
+	"\x04path\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\x04path\x12A\n" +
+	"\rdefault_value\x18\x03 \x01(\v2\x16.google.protobuf.ValueB\x04\xe2A\x01\x01R\fdefaultValue\x12 \n" +
+	"\brequired\x18\x04 \x01(\bB\x04\xe2A\x01\x01R\brequired\x122\n" +
+	"\x04cast\x18\x05 \x01(\x0e2\x18.rulesidecar.v1.CastTypeB\x04\xe2A\x01\x01R\x04cast\"\xce\x04\n" +
 	"\x14EvaluateNodeResponse\x121\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x17.rulesidecar.v1.OutcomeR\aoutcome\x12.\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x16.rulesidecar.v1.ReasonR\x06reason\x12\x18\n" +
@@ -3149,11 +3155,11 @@ const file_rulesidecar_v1_rules_sidecar_proto_rawDesc = "" +
 	"\rsubject_value\x18\x04 \x01(\v2\x16.google.protobuf.ValueR\fsubjectValue\x12'\n" +
 	"\x0fsubject_present\x18\x05 \x01(\bR\x0esubjectPresent\x12\x16\n" +
 	"\x06result\x18\x06 \x01(\bR\x06result\x12\x12\n" +
-	"\x04note\x18\a \x01(\tR\x04note\"\xae\x01\n" +
-	"\x17ExtractVariablesRequest\x12<\n" +
-	"\vextractions\x18\x01 \x03(\v2\x1a.rulesidecar.v1.ExtractionR\vextractions\x12,\n" +
-	"\x04json\x18\x02 \x01(\v2\x16.google.protobuf.ValueH\x00R\x04json\x12\x1b\n" +
-	"\braw_json\x18\x03 \x01(\fH\x00R\arawJsonB\n" +
+	"\x04note\x18\a \x01(\tR\x04note\"\xc0\x01\n" +
+	"\x17ExtractVariablesRequest\x12B\n" +
+	"\vextractions\x18\x01 \x03(\v2\x1a.rulesidecar.v1.ExtractionB\x04\xe2A\x01\x01R\vextractions\x122\n" +
+	"\x04json\x18\x02 \x01(\v2\x16.google.protobuf.ValueB\x04\xe2A\x01\x01H\x00R\x04json\x12!\n" +
+	"\braw_json\x18\x03 \x01(\fB\x04\xe2A\x01\x01H\x00R\arawJsonB\n" +
 	"\n" +
 	"\bdocument\"\xb1\x01\n" +
 	"\x18ExtractVariablesResponse\x125\n" +

@@ -6,6 +6,11 @@
 
 // rules-sidecar: register business-API connectors, then call them mid-conversation and let the
 // sidecar decide which workflow branch fires.
+//
+// Every field a caller sends carries google.api.field_behavior (AIP-203): REQUIRED fields are refused
+// when unset (INVALID_ARGUMENT naming the field), OPTIONAL ones have a documented default, and
+// OUTPUT_ONLY ones are ignored on input. Messages only the sidecar sends (responses, explanations)
+// are output as a whole and carry no annotation.
 
 package rulesidecarv1
 

@@ -3,6 +3,11 @@
 isort:skip_file
 rules-sidecar: register business-API connectors, then call them mid-conversation and let the
 sidecar decide which workflow branch fires.
+
+Every field a caller sends carries google.api.field_behavior (AIP-203): REQUIRED fields are refused
+when unset (INVALID_ARGUMENT naming the field), OPTIONAL ones have a documented default, and
+OUTPUT_ONLY ones are ignored on input. Messages only the sidecar sends (responses, explanations)
+are output as a whole and carry no annotation.
 """
 
 from collections import abc as _abc
@@ -61,7 +66,7 @@ class _HttpMethod:
 class _HttpMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HttpMethod.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     HTTP_METHOD_UNSPECIFIED: _HttpMethod.ValueType  # 0
-    """Not set; refused at registration."""
+    """Not set; GET is used."""
     HTTP_METHOD_GET: _HttpMethod.ValueType  # 1
     """GET."""
     HTTP_METHOD_POST: _HttpMethod.ValueType  # 2
@@ -77,7 +82,7 @@ class HttpMethod(_HttpMethod, metaclass=_HttpMethodEnumTypeWrapper):
     """HttpMethod is the method of the outbound request."""
 
 HTTP_METHOD_UNSPECIFIED: HttpMethod.ValueType  # 0
-"""Not set; refused at registration."""
+"""Not set; GET is used."""
 HTTP_METHOD_GET: HttpMethod.ValueType  # 1
 """GET."""
 HTTP_METHOD_POST: HttpMethod.ValueType  # 2

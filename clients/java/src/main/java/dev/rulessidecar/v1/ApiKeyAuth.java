@@ -63,7 +63,7 @@ private static final long serialVersionUID = 0L;
    * Header or query parameter name, e.g. `X-API-Key`.
    * </pre>
    *
-   * <code>string name = 1 [json_name = "name"];</code>
+   * <code>string name = 1 [json_name = "name", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The name.
    */
   @java.lang.Override
@@ -84,7 +84,7 @@ private static final long serialVersionUID = 0L;
    * Header or query parameter name, e.g. `X-API-Key`.
    * </pre>
    *
-   * <code>string name = 1 [json_name = "name"];</code>
+   * <code>string name = 1 [json_name = "name", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for name.
    */
   @java.lang.Override
@@ -109,7 +109,7 @@ private static final long serialVersionUID = 0L;
    * Where the key is sent.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location"];</code>
+   * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The enum numeric value on the wire for location.
    */
   @java.lang.Override public int getLocationValue() {
@@ -120,7 +120,7 @@ private static final long serialVersionUID = 0L;
    * Where the key is sent.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location"];</code>
+   * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The location.
    */
   @java.lang.Override public dev.rulessidecar.v1.ApiKeyLocation getLocation() {
@@ -136,7 +136,7 @@ private static final long serialVersionUID = 0L;
    * Name of the secret holding the key.
    * </pre>
    *
-   * <code>string value_secret = 3 [json_name = "valueSecret"];</code>
+   * <code>string value_secret = 3 [json_name = "valueSecret", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The valueSecret.
    */
   @java.lang.Override
@@ -157,7 +157,7 @@ private static final long serialVersionUID = 0L;
    * Name of the secret holding the key.
    * </pre>
    *
-   * <code>string value_secret = 3 [json_name = "valueSecret"];</code>
+   * <code>string value_secret = 3 [json_name = "valueSecret", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for valueSecret.
    */
   @java.lang.Override
@@ -527,7 +527,7 @@ private static final long serialVersionUID = 0L;
      * Header or query parameter name, e.g. `X-API-Key`.
      * </pre>
      *
-     * <code>string name = 1 [json_name = "name"];</code>
+     * <code>string name = 1 [json_name = "name", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The name.
      */
     public java.lang.String getName() {
@@ -547,7 +547,7 @@ private static final long serialVersionUID = 0L;
      * Header or query parameter name, e.g. `X-API-Key`.
      * </pre>
      *
-     * <code>string name = 1 [json_name = "name"];</code>
+     * <code>string name = 1 [json_name = "name", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The bytes for name.
      */
     public com.google.protobuf.ByteString
@@ -568,7 +568,7 @@ private static final long serialVersionUID = 0L;
      * Header or query parameter name, e.g. `X-API-Key`.
      * </pre>
      *
-     * <code>string name = 1 [json_name = "name"];</code>
+     * <code>string name = 1 [json_name = "name", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The name to set.
      * @return This builder for chaining.
      */
@@ -585,7 +585,7 @@ private static final long serialVersionUID = 0L;
      * Header or query parameter name, e.g. `X-API-Key`.
      * </pre>
      *
-     * <code>string name = 1 [json_name = "name"];</code>
+     * <code>string name = 1 [json_name = "name", (.google.api.field_behavior) = REQUIRED];</code>
      * @return This builder for chaining.
      */
     public Builder clearName() {
@@ -599,7 +599,7 @@ private static final long serialVersionUID = 0L;
      * Header or query parameter name, e.g. `X-API-Key`.
      * </pre>
      *
-     * <code>string name = 1 [json_name = "name"];</code>
+     * <code>string name = 1 [json_name = "name", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The bytes for name to set.
      * @return This builder for chaining.
      */
@@ -619,7 +619,7 @@ private static final long serialVersionUID = 0L;
      * Where the key is sent.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location"];</code>
+     * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The enum numeric value on the wire for location.
      */
     @java.lang.Override public int getLocationValue() {
@@ -630,7 +630,7 @@ private static final long serialVersionUID = 0L;
      * Where the key is sent.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location"];</code>
+     * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The enum numeric value on the wire for location to set.
      * @return This builder for chaining.
      */
@@ -645,7 +645,7 @@ private static final long serialVersionUID = 0L;
      * Where the key is sent.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location"];</code>
+     * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The location.
      */
     @java.lang.Override
@@ -658,7 +658,7 @@ private static final long serialVersionUID = 0L;
      * Where the key is sent.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location"];</code>
+     * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The location to set.
      * @throws IllegalArgumentException if UNRECOGNIZED is provided.
      * @return This builder for chaining.
@@ -675,7 +675,7 @@ private static final long serialVersionUID = 0L;
      * Where the key is sent.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location"];</code>
+     * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearLocation() {
@@ -691,7 +691,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the key.
      * </pre>
      *
-     * <code>string value_secret = 3 [json_name = "valueSecret"];</code>
+     * <code>string value_secret = 3 [json_name = "valueSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The valueSecret.
      */
     public java.lang.String getValueSecret() {
@@ -711,7 +711,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the key.
      * </pre>
      *
-     * <code>string value_secret = 3 [json_name = "valueSecret"];</code>
+     * <code>string value_secret = 3 [json_name = "valueSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The bytes for valueSecret.
      */
     public com.google.protobuf.ByteString
@@ -732,7 +732,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the key.
      * </pre>
      *
-     * <code>string value_secret = 3 [json_name = "valueSecret"];</code>
+     * <code>string value_secret = 3 [json_name = "valueSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The valueSecret to set.
      * @return This builder for chaining.
      */
@@ -749,7 +749,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the key.
      * </pre>
      *
-     * <code>string value_secret = 3 [json_name = "valueSecret"];</code>
+     * <code>string value_secret = 3 [json_name = "valueSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @return This builder for chaining.
      */
     public Builder clearValueSecret() {
@@ -763,7 +763,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the key.
      * </pre>
      *
-     * <code>string value_secret = 3 [json_name = "valueSecret"];</code>
+     * <code>string value_secret = 3 [json_name = "valueSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The bytes for valueSecret to set.
      * @return This builder for chaining.
      */

@@ -15,7 +15,7 @@ public interface ApiKeyAuthOrBuilder extends
    * Header or query parameter name, e.g. `X-API-Key`.
    * </pre>
    *
-   * <code>string name = 1 [json_name = "name"];</code>
+   * <code>string name = 1 [json_name = "name", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The name.
    */
   java.lang.String getName();
@@ -24,7 +24,7 @@ public interface ApiKeyAuthOrBuilder extends
    * Header or query parameter name, e.g. `X-API-Key`.
    * </pre>
    *
-   * <code>string name = 1 [json_name = "name"];</code>
+   * <code>string name = 1 [json_name = "name", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for name.
    */
   com.google.protobuf.ByteString
@@ -35,7 +35,7 @@ public interface ApiKeyAuthOrBuilder extends
    * Where the key is sent.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location"];</code>
+   * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The enum numeric value on the wire for location.
    */
   int getLocationValue();
@@ -44,7 +44,7 @@ public interface ApiKeyAuthOrBuilder extends
    * Where the key is sent.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location"];</code>
+   * <code>.rulesidecar.v1.ApiKeyLocation location = 2 [json_name = "location", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The location.
    */
   dev.rulessidecar.v1.ApiKeyLocation getLocation();
@@ -54,7 +54,7 @@ public interface ApiKeyAuthOrBuilder extends
    * Name of the secret holding the key.
    * </pre>
    *
-   * <code>string value_secret = 3 [json_name = "valueSecret"];</code>
+   * <code>string value_secret = 3 [json_name = "valueSecret", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The valueSecret.
    */
   java.lang.String getValueSecret();
@@ -63,7 +63,7 @@ public interface ApiKeyAuthOrBuilder extends
    * Name of the secret holding the key.
    * </pre>
    *
-   * <code>string value_secret = 3 [json_name = "valueSecret"];</code>
+   * <code>string value_secret = 3 [json_name = "valueSecret", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for valueSecret.
    */
   com.google.protobuf.ByteString

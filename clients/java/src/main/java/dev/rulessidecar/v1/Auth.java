@@ -103,7 +103,7 @@ private static final long serialVersionUID = 0L;
    * `Authorization: Bearer &lt;token&gt;`.
    * </pre>
    *
-   * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer"];</code>
+   * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the bearer field is set.
    */
   @java.lang.Override
@@ -115,7 +115,7 @@ private static final long serialVersionUID = 0L;
    * `Authorization: Bearer &lt;token&gt;`.
    * </pre>
    *
-   * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer"];</code>
+   * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bearer.
    */
   @java.lang.Override
@@ -130,7 +130,7 @@ private static final long serialVersionUID = 0L;
    * `Authorization: Bearer &lt;token&gt;`.
    * </pre>
    *
-   * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer"];</code>
+   * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public dev.rulessidecar.v1.BearerAuthOrBuilder getBearerOrBuilder() {
@@ -146,7 +146,7 @@ private static final long serialVersionUID = 0L;
    * An API key in a header or query parameter.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey"];</code>
+   * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the apiKey field is set.
    */
   @java.lang.Override
@@ -158,7 +158,7 @@ private static final long serialVersionUID = 0L;
    * An API key in a header or query parameter.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey"];</code>
+   * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The apiKey.
    */
   @java.lang.Override
@@ -173,7 +173,7 @@ private static final long serialVersionUID = 0L;
    * An API key in a header or query parameter.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey"];</code>
+   * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public dev.rulessidecar.v1.ApiKeyAuthOrBuilder getApiKeyOrBuilder() {
@@ -189,7 +189,7 @@ private static final long serialVersionUID = 0L;
    * `Authorization: Basic &lt;base64(username:password)&gt;`.
    * </pre>
    *
-   * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic"];</code>
+   * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the basic field is set.
    */
   @java.lang.Override
@@ -201,7 +201,7 @@ private static final long serialVersionUID = 0L;
    * `Authorization: Basic &lt;base64(username:password)&gt;`.
    * </pre>
    *
-   * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic"];</code>
+   * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The basic.
    */
   @java.lang.Override
@@ -216,7 +216,7 @@ private static final long serialVersionUID = 0L;
    * `Authorization: Basic &lt;base64(username:password)&gt;`.
    * </pre>
    *
-   * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic"];</code>
+   * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public dev.rulessidecar.v1.BasicAuthOrBuilder getBasicOrBuilder() {
@@ -646,7 +646,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Bearer &lt;token&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer"];</code>
+     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return Whether the bearer field is set.
      */
     @java.lang.Override
@@ -658,7 +658,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Bearer &lt;token&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer"];</code>
+     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The bearer.
      */
     @java.lang.Override
@@ -680,7 +680,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Bearer &lt;token&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer"];</code>
+     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setBearer(dev.rulessidecar.v1.BearerAuth value) {
       if (bearerBuilder_ == null) {
@@ -698,7 +698,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Bearer &lt;token&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer"];</code>
+     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setBearer(
         dev.rulessidecar.v1.BearerAuth.Builder builderForValue) {
@@ -716,7 +716,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Bearer &lt;token&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer"];</code>
+     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder mergeBearer(dev.rulessidecar.v1.BearerAuth value) {
       if (bearerBuilder_ == null) {
@@ -743,7 +743,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Bearer &lt;token&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer"];</code>
+     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder clearBearer() {
       if (bearerBuilder_ == null) {
@@ -766,7 +766,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Bearer &lt;token&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer"];</code>
+     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.BearerAuth.Builder getBearerBuilder() {
       return internalGetBearerFieldBuilder().getBuilder();
@@ -776,7 +776,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Bearer &lt;token&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer"];</code>
+     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     @java.lang.Override
     public dev.rulessidecar.v1.BearerAuthOrBuilder getBearerOrBuilder() {
@@ -794,7 +794,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Bearer &lt;token&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer"];</code>
+     * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     private com.google.protobuf.SingleFieldBuilder<
         dev.rulessidecar.v1.BearerAuth, dev.rulessidecar.v1.BearerAuth.Builder, dev.rulessidecar.v1.BearerAuthOrBuilder> 
@@ -822,7 +822,7 @@ private static final long serialVersionUID = 0L;
      * An API key in a header or query parameter.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey"];</code>
+     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return Whether the apiKey field is set.
      */
     @java.lang.Override
@@ -834,7 +834,7 @@ private static final long serialVersionUID = 0L;
      * An API key in a header or query parameter.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey"];</code>
+     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The apiKey.
      */
     @java.lang.Override
@@ -856,7 +856,7 @@ private static final long serialVersionUID = 0L;
      * An API key in a header or query parameter.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey"];</code>
+     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setApiKey(dev.rulessidecar.v1.ApiKeyAuth value) {
       if (apiKeyBuilder_ == null) {
@@ -874,7 +874,7 @@ private static final long serialVersionUID = 0L;
      * An API key in a header or query parameter.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey"];</code>
+     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setApiKey(
         dev.rulessidecar.v1.ApiKeyAuth.Builder builderForValue) {
@@ -892,7 +892,7 @@ private static final long serialVersionUID = 0L;
      * An API key in a header or query parameter.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey"];</code>
+     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder mergeApiKey(dev.rulessidecar.v1.ApiKeyAuth value) {
       if (apiKeyBuilder_ == null) {
@@ -919,7 +919,7 @@ private static final long serialVersionUID = 0L;
      * An API key in a header or query parameter.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey"];</code>
+     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder clearApiKey() {
       if (apiKeyBuilder_ == null) {
@@ -942,7 +942,7 @@ private static final long serialVersionUID = 0L;
      * An API key in a header or query parameter.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey"];</code>
+     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.ApiKeyAuth.Builder getApiKeyBuilder() {
       return internalGetApiKeyFieldBuilder().getBuilder();
@@ -952,7 +952,7 @@ private static final long serialVersionUID = 0L;
      * An API key in a header or query parameter.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey"];</code>
+     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     @java.lang.Override
     public dev.rulessidecar.v1.ApiKeyAuthOrBuilder getApiKeyOrBuilder() {
@@ -970,7 +970,7 @@ private static final long serialVersionUID = 0L;
      * An API key in a header or query parameter.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey"];</code>
+     * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     private com.google.protobuf.SingleFieldBuilder<
         dev.rulessidecar.v1.ApiKeyAuth, dev.rulessidecar.v1.ApiKeyAuth.Builder, dev.rulessidecar.v1.ApiKeyAuthOrBuilder> 
@@ -998,7 +998,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Basic &lt;base64(username:password)&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic"];</code>
+     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return Whether the basic field is set.
      */
     @java.lang.Override
@@ -1010,7 +1010,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Basic &lt;base64(username:password)&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic"];</code>
+     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The basic.
      */
     @java.lang.Override
@@ -1032,7 +1032,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Basic &lt;base64(username:password)&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic"];</code>
+     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setBasic(dev.rulessidecar.v1.BasicAuth value) {
       if (basicBuilder_ == null) {
@@ -1050,7 +1050,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Basic &lt;base64(username:password)&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic"];</code>
+     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setBasic(
         dev.rulessidecar.v1.BasicAuth.Builder builderForValue) {
@@ -1068,7 +1068,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Basic &lt;base64(username:password)&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic"];</code>
+     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder mergeBasic(dev.rulessidecar.v1.BasicAuth value) {
       if (basicBuilder_ == null) {
@@ -1095,7 +1095,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Basic &lt;base64(username:password)&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic"];</code>
+     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder clearBasic() {
       if (basicBuilder_ == null) {
@@ -1118,7 +1118,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Basic &lt;base64(username:password)&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic"];</code>
+     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.BasicAuth.Builder getBasicBuilder() {
       return internalGetBasicFieldBuilder().getBuilder();
@@ -1128,7 +1128,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Basic &lt;base64(username:password)&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic"];</code>
+     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     @java.lang.Override
     public dev.rulessidecar.v1.BasicAuthOrBuilder getBasicOrBuilder() {
@@ -1146,7 +1146,7 @@ private static final long serialVersionUID = 0L;
      * `Authorization: Basic &lt;base64(username:password)&gt;`.
      * </pre>
      *
-     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic"];</code>
+     * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     private com.google.protobuf.SingleFieldBuilder<
         dev.rulessidecar.v1.BasicAuth, dev.rulessidecar.v1.BasicAuth.Builder, dev.rulessidecar.v1.BasicAuthOrBuilder> 

@@ -15,7 +15,7 @@ public interface AuthOrBuilder extends
    * `Authorization: Bearer &lt;token&gt;`.
    * </pre>
    *
-   * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer"];</code>
+   * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the bearer field is set.
    */
   boolean hasBearer();
@@ -24,7 +24,7 @@ public interface AuthOrBuilder extends
    * `Authorization: Bearer &lt;token&gt;`.
    * </pre>
    *
-   * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer"];</code>
+   * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bearer.
    */
   dev.rulessidecar.v1.BearerAuth getBearer();
@@ -33,7 +33,7 @@ public interface AuthOrBuilder extends
    * `Authorization: Bearer &lt;token&gt;`.
    * </pre>
    *
-   * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer"];</code>
+   * <code>.rulesidecar.v1.BearerAuth bearer = 1 [json_name = "bearer", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   dev.rulessidecar.v1.BearerAuthOrBuilder getBearerOrBuilder();
 
@@ -42,7 +42,7 @@ public interface AuthOrBuilder extends
    * An API key in a header or query parameter.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey"];</code>
+   * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the apiKey field is set.
    */
   boolean hasApiKey();
@@ -51,7 +51,7 @@ public interface AuthOrBuilder extends
    * An API key in a header or query parameter.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey"];</code>
+   * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The apiKey.
    */
   dev.rulessidecar.v1.ApiKeyAuth getApiKey();
@@ -60,7 +60,7 @@ public interface AuthOrBuilder extends
    * An API key in a header or query parameter.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey"];</code>
+   * <code>.rulesidecar.v1.ApiKeyAuth api_key = 2 [json_name = "apiKey", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   dev.rulessidecar.v1.ApiKeyAuthOrBuilder getApiKeyOrBuilder();
 
@@ -69,7 +69,7 @@ public interface AuthOrBuilder extends
    * `Authorization: Basic &lt;base64(username:password)&gt;`.
    * </pre>
    *
-   * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic"];</code>
+   * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the basic field is set.
    */
   boolean hasBasic();
@@ -78,7 +78,7 @@ public interface AuthOrBuilder extends
    * `Authorization: Basic &lt;base64(username:password)&gt;`.
    * </pre>
    *
-   * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic"];</code>
+   * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The basic.
    */
   dev.rulessidecar.v1.BasicAuth getBasic();
@@ -87,7 +87,7 @@ public interface AuthOrBuilder extends
    * `Authorization: Basic &lt;base64(username:password)&gt;`.
    * </pre>
    *
-   * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic"];</code>
+   * <code>.rulesidecar.v1.BasicAuth basic = 3 [json_name = "basic", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   dev.rulessidecar.v1.BasicAuthOrBuilder getBasicOrBuilder();
 

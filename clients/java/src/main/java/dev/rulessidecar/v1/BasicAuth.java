@@ -62,7 +62,7 @@ private static final long serialVersionUID = 0L;
    * Name of the secret holding the username.
    * </pre>
    *
-   * <code>string username_secret = 1 [json_name = "usernameSecret"];</code>
+   * <code>string username_secret = 1 [json_name = "usernameSecret", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The usernameSecret.
    */
   @java.lang.Override
@@ -83,7 +83,7 @@ private static final long serialVersionUID = 0L;
    * Name of the secret holding the username.
    * </pre>
    *
-   * <code>string username_secret = 1 [json_name = "usernameSecret"];</code>
+   * <code>string username_secret = 1 [json_name = "usernameSecret", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for usernameSecret.
    */
   @java.lang.Override
@@ -109,7 +109,7 @@ private static final long serialVersionUID = 0L;
    * Name of the secret holding the password.
    * </pre>
    *
-   * <code>string password_secret = 2 [json_name = "passwordSecret"];</code>
+   * <code>string password_secret = 2 [json_name = "passwordSecret", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The passwordSecret.
    */
   @java.lang.Override
@@ -130,7 +130,7 @@ private static final long serialVersionUID = 0L;
    * Name of the secret holding the password.
    * </pre>
    *
-   * <code>string password_secret = 2 [json_name = "passwordSecret"];</code>
+   * <code>string password_secret = 2 [json_name = "passwordSecret", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for passwordSecret.
    */
   @java.lang.Override
@@ -478,7 +478,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the username.
      * </pre>
      *
-     * <code>string username_secret = 1 [json_name = "usernameSecret"];</code>
+     * <code>string username_secret = 1 [json_name = "usernameSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The usernameSecret.
      */
     public java.lang.String getUsernameSecret() {
@@ -498,7 +498,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the username.
      * </pre>
      *
-     * <code>string username_secret = 1 [json_name = "usernameSecret"];</code>
+     * <code>string username_secret = 1 [json_name = "usernameSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The bytes for usernameSecret.
      */
     public com.google.protobuf.ByteString
@@ -519,7 +519,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the username.
      * </pre>
      *
-     * <code>string username_secret = 1 [json_name = "usernameSecret"];</code>
+     * <code>string username_secret = 1 [json_name = "usernameSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The usernameSecret to set.
      * @return This builder for chaining.
      */
@@ -536,7 +536,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the username.
      * </pre>
      *
-     * <code>string username_secret = 1 [json_name = "usernameSecret"];</code>
+     * <code>string username_secret = 1 [json_name = "usernameSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @return This builder for chaining.
      */
     public Builder clearUsernameSecret() {
@@ -550,7 +550,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the username.
      * </pre>
      *
-     * <code>string username_secret = 1 [json_name = "usernameSecret"];</code>
+     * <code>string username_secret = 1 [json_name = "usernameSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The bytes for usernameSecret to set.
      * @return This builder for chaining.
      */
@@ -570,7 +570,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the password.
      * </pre>
      *
-     * <code>string password_secret = 2 [json_name = "passwordSecret"];</code>
+     * <code>string password_secret = 2 [json_name = "passwordSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The passwordSecret.
      */
     public java.lang.String getPasswordSecret() {
@@ -590,7 +590,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the password.
      * </pre>
      *
-     * <code>string password_secret = 2 [json_name = "passwordSecret"];</code>
+     * <code>string password_secret = 2 [json_name = "passwordSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The bytes for passwordSecret.
      */
     public com.google.protobuf.ByteString
@@ -611,7 +611,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the password.
      * </pre>
      *
-     * <code>string password_secret = 2 [json_name = "passwordSecret"];</code>
+     * <code>string password_secret = 2 [json_name = "passwordSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The passwordSecret to set.
      * @return This builder for chaining.
      */
@@ -628,7 +628,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the password.
      * </pre>
      *
-     * <code>string password_secret = 2 [json_name = "passwordSecret"];</code>
+     * <code>string password_secret = 2 [json_name = "passwordSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @return This builder for chaining.
      */
     public Builder clearPasswordSecret() {
@@ -642,7 +642,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the password.
      * </pre>
      *
-     * <code>string password_secret = 2 [json_name = "passwordSecret"];</code>
+     * <code>string password_secret = 2 [json_name = "passwordSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The bytes for passwordSecret to set.
      * @return This builder for chaining.
      */

@@ -15,7 +15,7 @@ public interface BasicAuthOrBuilder extends
    * Name of the secret holding the username.
    * </pre>
    *
-   * <code>string username_secret = 1 [json_name = "usernameSecret"];</code>
+   * <code>string username_secret = 1 [json_name = "usernameSecret", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The usernameSecret.
    */
   java.lang.String getUsernameSecret();
@@ -24,7 +24,7 @@ public interface BasicAuthOrBuilder extends
    * Name of the secret holding the username.
    * </pre>
    *
-   * <code>string username_secret = 1 [json_name = "usernameSecret"];</code>
+   * <code>string username_secret = 1 [json_name = "usernameSecret", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for usernameSecret.
    */
   com.google.protobuf.ByteString
@@ -35,7 +35,7 @@ public interface BasicAuthOrBuilder extends
    * Name of the secret holding the password.
    * </pre>
    *
-   * <code>string password_secret = 2 [json_name = "passwordSecret"];</code>
+   * <code>string password_secret = 2 [json_name = "passwordSecret", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The passwordSecret.
    */
   java.lang.String getPasswordSecret();
@@ -44,7 +44,7 @@ public interface BasicAuthOrBuilder extends
    * Name of the secret holding the password.
    * </pre>
    *
-   * <code>string password_secret = 2 [json_name = "passwordSecret"];</code>
+   * <code>string password_secret = 2 [json_name = "passwordSecret", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for passwordSecret.
    */
   com.google.protobuf.ByteString

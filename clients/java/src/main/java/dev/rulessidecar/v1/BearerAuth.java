@@ -61,7 +61,7 @@ private static final long serialVersionUID = 0L;
    * Name of the secret holding the token.
    * </pre>
    *
-   * <code>string token_secret = 1 [json_name = "tokenSecret"];</code>
+   * <code>string token_secret = 1 [json_name = "tokenSecret", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The tokenSecret.
    */
   @java.lang.Override
@@ -82,7 +82,7 @@ private static final long serialVersionUID = 0L;
    * Name of the secret holding the token.
    * </pre>
    *
-   * <code>string token_secret = 1 [json_name = "tokenSecret"];</code>
+   * <code>string token_secret = 1 [json_name = "tokenSecret", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for tokenSecret.
    */
   @java.lang.Override
@@ -406,7 +406,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the token.
      * </pre>
      *
-     * <code>string token_secret = 1 [json_name = "tokenSecret"];</code>
+     * <code>string token_secret = 1 [json_name = "tokenSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The tokenSecret.
      */
     public java.lang.String getTokenSecret() {
@@ -426,7 +426,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the token.
      * </pre>
      *
-     * <code>string token_secret = 1 [json_name = "tokenSecret"];</code>
+     * <code>string token_secret = 1 [json_name = "tokenSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The bytes for tokenSecret.
      */
     public com.google.protobuf.ByteString
@@ -447,7 +447,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the token.
      * </pre>
      *
-     * <code>string token_secret = 1 [json_name = "tokenSecret"];</code>
+     * <code>string token_secret = 1 [json_name = "tokenSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The tokenSecret to set.
      * @return This builder for chaining.
      */
@@ -464,7 +464,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the token.
      * </pre>
      *
-     * <code>string token_secret = 1 [json_name = "tokenSecret"];</code>
+     * <code>string token_secret = 1 [json_name = "tokenSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @return This builder for chaining.
      */
     public Builder clearTokenSecret() {
@@ -478,7 +478,7 @@ private static final long serialVersionUID = 0L;
      * Name of the secret holding the token.
      * </pre>
      *
-     * <code>string token_secret = 1 [json_name = "tokenSecret"];</code>
+     * <code>string token_secret = 1 [json_name = "tokenSecret", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The bytes for tokenSecret to set.
      * @return This builder for chaining.
      */

@@ -15,7 +15,7 @@ public interface BearerAuthOrBuilder extends
    * Name of the secret holding the token.
    * </pre>
    *
-   * <code>string token_secret = 1 [json_name = "tokenSecret"];</code>
+   * <code>string token_secret = 1 [json_name = "tokenSecret", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The tokenSecret.
    */
   java.lang.String getTokenSecret();
@@ -24,7 +24,7 @@ public interface BearerAuthOrBuilder extends
    * Name of the secret holding the token.
    * </pre>
    *
-   * <code>string token_secret = 1 [json_name = "tokenSecret"];</code>
+   * <code>string token_secret = 1 [json_name = "tokenSecret", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for tokenSecret.
    */
   com.google.protobuf.ByteString

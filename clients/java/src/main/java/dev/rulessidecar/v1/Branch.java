@@ -63,7 +63,7 @@ private static final long serialVersionUID = 0L;
    * Where the workflow goes when this branch wins.
    * </pre>
    *
-   * <code>string target = 1 [json_name = "target"];</code>
+   * <code>string target = 1 [json_name = "target", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The target.
    */
   @java.lang.Override
@@ -84,7 +84,7 @@ private static final long serialVersionUID = 0L;
    * Where the workflow goes when this branch wins.
    * </pre>
    *
-   * <code>string target = 1 [json_name = "target"];</code>
+   * <code>string target = 1 [json_name = "target", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bytes for target.
    */
   @java.lang.Override
@@ -109,7 +109,7 @@ private static final long serialVersionUID = 0L;
    * How the conditions combine.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator"];</code>
+   * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The enum numeric value on the wire for combinator.
    */
   @java.lang.Override public int getCombinatorValue() {
@@ -120,7 +120,7 @@ private static final long serialVersionUID = 0L;
    * How the conditions combine.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator"];</code>
+   * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The combinator.
    */
   @java.lang.Override public dev.rulessidecar.v1.Combinator getCombinator() {
@@ -136,7 +136,7 @@ private static final long serialVersionUID = 0L;
    * The conditions.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public java.util.List<dev.rulessidecar.v1.Condition> getConditionsList() {
@@ -147,7 +147,7 @@ private static final long serialVersionUID = 0L;
    * The conditions.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public java.util.List<? extends dev.rulessidecar.v1.ConditionOrBuilder> 
@@ -159,7 +159,7 @@ private static final long serialVersionUID = 0L;
    * The conditions.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public int getConditionsCount() {
@@ -170,7 +170,7 @@ private static final long serialVersionUID = 0L;
    * The conditions.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public dev.rulessidecar.v1.Condition getConditions(int index) {
@@ -181,7 +181,7 @@ private static final long serialVersionUID = 0L;
    * The conditions.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public dev.rulessidecar.v1.ConditionOrBuilder getConditionsOrBuilder(
@@ -594,7 +594,7 @@ private static final long serialVersionUID = 0L;
      * Where the workflow goes when this branch wins.
      * </pre>
      *
-     * <code>string target = 1 [json_name = "target"];</code>
+     * <code>string target = 1 [json_name = "target", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The target.
      */
     public java.lang.String getTarget() {
@@ -614,7 +614,7 @@ private static final long serialVersionUID = 0L;
      * Where the workflow goes when this branch wins.
      * </pre>
      *
-     * <code>string target = 1 [json_name = "target"];</code>
+     * <code>string target = 1 [json_name = "target", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The bytes for target.
      */
     public com.google.protobuf.ByteString
@@ -635,7 +635,7 @@ private static final long serialVersionUID = 0L;
      * Where the workflow goes when this branch wins.
      * </pre>
      *
-     * <code>string target = 1 [json_name = "target"];</code>
+     * <code>string target = 1 [json_name = "target", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The target to set.
      * @return This builder for chaining.
      */
@@ -652,7 +652,7 @@ private static final long serialVersionUID = 0L;
      * Where the workflow goes when this branch wins.
      * </pre>
      *
-     * <code>string target = 1 [json_name = "target"];</code>
+     * <code>string target = 1 [json_name = "target", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearTarget() {
@@ -666,7 +666,7 @@ private static final long serialVersionUID = 0L;
      * Where the workflow goes when this branch wins.
      * </pre>
      *
-     * <code>string target = 1 [json_name = "target"];</code>
+     * <code>string target = 1 [json_name = "target", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The bytes for target to set.
      * @return This builder for chaining.
      */
@@ -686,7 +686,7 @@ private static final long serialVersionUID = 0L;
      * How the conditions combine.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator"];</code>
+     * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The enum numeric value on the wire for combinator.
      */
     @java.lang.Override public int getCombinatorValue() {
@@ -697,7 +697,7 @@ private static final long serialVersionUID = 0L;
      * How the conditions combine.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator"];</code>
+     * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The enum numeric value on the wire for combinator to set.
      * @return This builder for chaining.
      */
@@ -712,7 +712,7 @@ private static final long serialVersionUID = 0L;
      * How the conditions combine.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator"];</code>
+     * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The combinator.
      */
     @java.lang.Override
@@ -725,7 +725,7 @@ private static final long serialVersionUID = 0L;
      * How the conditions combine.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator"];</code>
+     * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The combinator to set.
      * @throws IllegalArgumentException if UNRECOGNIZED is provided.
      * @return This builder for chaining.
@@ -742,7 +742,7 @@ private static final long serialVersionUID = 0L;
      * How the conditions combine.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator"];</code>
+     * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearCombinator() {
@@ -769,7 +769,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public java.util.List<dev.rulessidecar.v1.Condition> getConditionsList() {
       if (conditionsBuilder_ == null) {
@@ -783,7 +783,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public int getConditionsCount() {
       if (conditionsBuilder_ == null) {
@@ -797,7 +797,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Condition getConditions(int index) {
       if (conditionsBuilder_ == null) {
@@ -811,7 +811,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setConditions(
         int index, dev.rulessidecar.v1.Condition value) {
@@ -830,7 +830,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setConditions(
         int index, dev.rulessidecar.v1.Condition.Builder builderForValue) {
@@ -848,7 +848,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addConditions(dev.rulessidecar.v1.Condition value) {
       if (conditionsBuilder_ == null) {
@@ -866,7 +866,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addConditions(
         int index, dev.rulessidecar.v1.Condition value) {
@@ -885,7 +885,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addConditions(
         dev.rulessidecar.v1.Condition.Builder builderForValue) {
@@ -903,7 +903,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addConditions(
         int index, dev.rulessidecar.v1.Condition.Builder builderForValue) {
@@ -921,7 +921,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addAllConditions(
         java.lang.Iterable<? extends dev.rulessidecar.v1.Condition> values) {
@@ -940,7 +940,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder clearConditions() {
       if (conditionsBuilder_ == null) {
@@ -957,7 +957,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder removeConditions(int index) {
       if (conditionsBuilder_ == null) {
@@ -974,7 +974,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Condition.Builder getConditionsBuilder(
         int index) {
@@ -985,7 +985,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.ConditionOrBuilder getConditionsOrBuilder(
         int index) {
@@ -999,7 +999,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public java.util.List<? extends dev.rulessidecar.v1.ConditionOrBuilder> 
          getConditionsOrBuilderList() {
@@ -1014,7 +1014,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Condition.Builder addConditionsBuilder() {
       return internalGetConditionsFieldBuilder().addBuilder(
@@ -1025,7 +1025,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Condition.Builder addConditionsBuilder(
         int index) {
@@ -1037,7 +1037,7 @@ private static final long serialVersionUID = 0L;
      * The conditions.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+     * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public java.util.List<dev.rulessidecar.v1.Condition.Builder> 
          getConditionsBuilderList() {

@@ -15,7 +15,7 @@ public interface BranchOrBuilder extends
    * Where the workflow goes when this branch wins.
    * </pre>
    *
-   * <code>string target = 1 [json_name = "target"];</code>
+   * <code>string target = 1 [json_name = "target", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The target.
    */
   java.lang.String getTarget();
@@ -24,7 +24,7 @@ public interface BranchOrBuilder extends
    * Where the workflow goes when this branch wins.
    * </pre>
    *
-   * <code>string target = 1 [json_name = "target"];</code>
+   * <code>string target = 1 [json_name = "target", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bytes for target.
    */
   com.google.protobuf.ByteString
@@ -35,7 +35,7 @@ public interface BranchOrBuilder extends
    * How the conditions combine.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator"];</code>
+   * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The enum numeric value on the wire for combinator.
    */
   int getCombinatorValue();
@@ -44,7 +44,7 @@ public interface BranchOrBuilder extends
    * How the conditions combine.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator"];</code>
+   * <code>.rulesidecar.v1.Combinator combinator = 2 [json_name = "combinator", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The combinator.
    */
   dev.rulessidecar.v1.Combinator getCombinator();
@@ -54,7 +54,7 @@ public interface BranchOrBuilder extends
    * The conditions.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   java.util.List<dev.rulessidecar.v1.Condition> 
       getConditionsList();
@@ -63,7 +63,7 @@ public interface BranchOrBuilder extends
    * The conditions.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   dev.rulessidecar.v1.Condition getConditions(int index);
   /**
@@ -71,7 +71,7 @@ public interface BranchOrBuilder extends
    * The conditions.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   int getConditionsCount();
   /**
@@ -79,7 +79,7 @@ public interface BranchOrBuilder extends
    * The conditions.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   java.util.List<? extends dev.rulessidecar.v1.ConditionOrBuilder> 
       getConditionsOrBuilderList();
@@ -88,7 +88,7 @@ public interface BranchOrBuilder extends
    * The conditions.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions"];</code>
+   * <code>repeated .rulesidecar.v1.Condition conditions = 3 [json_name = "conditions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   dev.rulessidecar.v1.ConditionOrBuilder getConditionsOrBuilder(
       int index);

@@ -62,7 +62,7 @@ private static final long serialVersionUID = 0L;
    * The value tested.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject"];</code>
+   * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject", (.google.api.field_behavior) = REQUIRED];</code>
    * @return Whether the subject field is set.
    */
   @java.lang.Override
@@ -74,7 +74,7 @@ private static final long serialVersionUID = 0L;
    * The value tested.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject"];</code>
+   * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The subject.
    */
   @java.lang.Override
@@ -86,7 +86,7 @@ private static final long serialVersionUID = 0L;
    * The value tested.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject"];</code>
+   * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject", (.google.api.field_behavior) = REQUIRED];</code>
    */
   @java.lang.Override
   public dev.rulessidecar.v1.SubjectOrBuilder getSubjectOrBuilder() {
@@ -100,7 +100,7 @@ private static final long serialVersionUID = 0L;
    * The test.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator"];</code>
+   * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The enum numeric value on the wire for operator.
    */
   @java.lang.Override public int getOperatorValue() {
@@ -111,7 +111,7 @@ private static final long serialVersionUID = 0L;
    * The test.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator"];</code>
+   * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The operator.
    */
   @java.lang.Override public dev.rulessidecar.v1.Operator getOperator() {
@@ -127,7 +127,7 @@ private static final long serialVersionUID = 0L;
    * for IN and NOT_IN, a [low, high] pair for BETWEEN, a pattern for MATCHES.
    * </pre>
    *
-   * <code>.google.protobuf.Value operand = 3 [json_name = "operand"];</code>
+   * <code>.google.protobuf.Value operand = 3 [json_name = "operand", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the operand field is set.
    */
   @java.lang.Override
@@ -140,7 +140,7 @@ private static final long serialVersionUID = 0L;
    * for IN and NOT_IN, a [low, high] pair for BETWEEN, a pattern for MATCHES.
    * </pre>
    *
-   * <code>.google.protobuf.Value operand = 3 [json_name = "operand"];</code>
+   * <code>.google.protobuf.Value operand = 3 [json_name = "operand", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The operand.
    */
   @java.lang.Override
@@ -153,7 +153,7 @@ private static final long serialVersionUID = 0L;
    * for IN and NOT_IN, a [low, high] pair for BETWEEN, a pattern for MATCHES.
    * </pre>
    *
-   * <code>.google.protobuf.Value operand = 3 [json_name = "operand"];</code>
+   * <code>.google.protobuf.Value operand = 3 [json_name = "operand", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public com.google.protobuf.ValueOrBuilder getOperandOrBuilder() {
@@ -167,7 +167,7 @@ private static final long serialVersionUID = 0L;
    * Compare strings case-insensitively (EQUALS, CONTAINS, STARTS_WITH, ENDS_WITH, IN, MATCHES ...).
    * </pre>
    *
-   * <code>bool ignore_case = 4 [json_name = "ignoreCase"];</code>
+   * <code>bool ignore_case = 4 [json_name = "ignoreCase", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The ignoreCase.
    */
   @java.lang.Override
@@ -182,7 +182,7 @@ private static final long serialVersionUID = 0L;
    * Apply the operator to each element of a list subject.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier"];</code>
+   * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The enum numeric value on the wire for quantifier.
    */
   @java.lang.Override public int getQuantifierValue() {
@@ -193,7 +193,7 @@ private static final long serialVersionUID = 0L;
    * Apply the operator to each element of a list subject.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier"];</code>
+   * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The quantifier.
    */
   @java.lang.Override public dev.rulessidecar.v1.Quantifier getQuantifier() {
@@ -636,7 +636,7 @@ private static final long serialVersionUID = 0L;
      * The value tested.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject"];</code>
+     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject", (.google.api.field_behavior) = REQUIRED];</code>
      * @return Whether the subject field is set.
      */
     public boolean hasSubject() {
@@ -647,7 +647,7 @@ private static final long serialVersionUID = 0L;
      * The value tested.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject"];</code>
+     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The subject.
      */
     public dev.rulessidecar.v1.Subject getSubject() {
@@ -662,7 +662,7 @@ private static final long serialVersionUID = 0L;
      * The value tested.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject"];</code>
+     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public Builder setSubject(dev.rulessidecar.v1.Subject value) {
       if (subjectBuilder_ == null) {
@@ -680,7 +680,7 @@ private static final long serialVersionUID = 0L;
      * The value tested.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject"];</code>
+     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public Builder setSubject(
         dev.rulessidecar.v1.Subject.Builder builderForValue) {
@@ -698,7 +698,7 @@ private static final long serialVersionUID = 0L;
      * The value tested.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject"];</code>
+     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public Builder mergeSubject(dev.rulessidecar.v1.Subject value) {
       if (subjectBuilder_ == null) {
@@ -723,7 +723,7 @@ private static final long serialVersionUID = 0L;
      * The value tested.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject"];</code>
+     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public Builder clearSubject() {
       bitField0_ = (bitField0_ & ~0x00000001);
@@ -740,7 +740,7 @@ private static final long serialVersionUID = 0L;
      * The value tested.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject"];</code>
+     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public dev.rulessidecar.v1.Subject.Builder getSubjectBuilder() {
       bitField0_ |= 0x00000001;
@@ -752,7 +752,7 @@ private static final long serialVersionUID = 0L;
      * The value tested.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject"];</code>
+     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public dev.rulessidecar.v1.SubjectOrBuilder getSubjectOrBuilder() {
       if (subjectBuilder_ != null) {
@@ -767,7 +767,7 @@ private static final long serialVersionUID = 0L;
      * The value tested.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject"];</code>
+     * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject", (.google.api.field_behavior) = REQUIRED];</code>
      */
     private com.google.protobuf.SingleFieldBuilder<
         dev.rulessidecar.v1.Subject, dev.rulessidecar.v1.Subject.Builder, dev.rulessidecar.v1.SubjectOrBuilder> 
@@ -789,7 +789,7 @@ private static final long serialVersionUID = 0L;
      * The test.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator"];</code>
+     * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The enum numeric value on the wire for operator.
      */
     @java.lang.Override public int getOperatorValue() {
@@ -800,7 +800,7 @@ private static final long serialVersionUID = 0L;
      * The test.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator"];</code>
+     * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The enum numeric value on the wire for operator to set.
      * @return This builder for chaining.
      */
@@ -815,7 +815,7 @@ private static final long serialVersionUID = 0L;
      * The test.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator"];</code>
+     * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The operator.
      */
     @java.lang.Override
@@ -828,7 +828,7 @@ private static final long serialVersionUID = 0L;
      * The test.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator"];</code>
+     * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The operator to set.
      * @throws IllegalArgumentException if UNRECOGNIZED is provided.
      * @return This builder for chaining.
@@ -845,7 +845,7 @@ private static final long serialVersionUID = 0L;
      * The test.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator"];</code>
+     * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator", (.google.api.field_behavior) = REQUIRED];</code>
      * @return This builder for chaining.
      */
     public Builder clearOperator() {
@@ -864,7 +864,7 @@ private static final long serialVersionUID = 0L;
      * for IN and NOT_IN, a [low, high] pair for BETWEEN, a pattern for MATCHES.
      * </pre>
      *
-     * <code>.google.protobuf.Value operand = 3 [json_name = "operand"];</code>
+     * <code>.google.protobuf.Value operand = 3 [json_name = "operand", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return Whether the operand field is set.
      */
     public boolean hasOperand() {
@@ -876,7 +876,7 @@ private static final long serialVersionUID = 0L;
      * for IN and NOT_IN, a [low, high] pair for BETWEEN, a pattern for MATCHES.
      * </pre>
      *
-     * <code>.google.protobuf.Value operand = 3 [json_name = "operand"];</code>
+     * <code>.google.protobuf.Value operand = 3 [json_name = "operand", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The operand.
      */
     public com.google.protobuf.Value getOperand() {
@@ -892,7 +892,7 @@ private static final long serialVersionUID = 0L;
      * for IN and NOT_IN, a [low, high] pair for BETWEEN, a pattern for MATCHES.
      * </pre>
      *
-     * <code>.google.protobuf.Value operand = 3 [json_name = "operand"];</code>
+     * <code>.google.protobuf.Value operand = 3 [json_name = "operand", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setOperand(com.google.protobuf.Value value) {
       if (operandBuilder_ == null) {
@@ -911,7 +911,7 @@ private static final long serialVersionUID = 0L;
      * for IN and NOT_IN, a [low, high] pair for BETWEEN, a pattern for MATCHES.
      * </pre>
      *
-     * <code>.google.protobuf.Value operand = 3 [json_name = "operand"];</code>
+     * <code>.google.protobuf.Value operand = 3 [json_name = "operand", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setOperand(
         com.google.protobuf.Value.Builder builderForValue) {
@@ -930,7 +930,7 @@ private static final long serialVersionUID = 0L;
      * for IN and NOT_IN, a [low, high] pair for BETWEEN, a pattern for MATCHES.
      * </pre>
      *
-     * <code>.google.protobuf.Value operand = 3 [json_name = "operand"];</code>
+     * <code>.google.protobuf.Value operand = 3 [json_name = "operand", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder mergeOperand(com.google.protobuf.Value value) {
       if (operandBuilder_ == null) {
@@ -956,7 +956,7 @@ private static final long serialVersionUID = 0L;
      * for IN and NOT_IN, a [low, high] pair for BETWEEN, a pattern for MATCHES.
      * </pre>
      *
-     * <code>.google.protobuf.Value operand = 3 [json_name = "operand"];</code>
+     * <code>.google.protobuf.Value operand = 3 [json_name = "operand", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder clearOperand() {
       bitField0_ = (bitField0_ & ~0x00000004);
@@ -974,7 +974,7 @@ private static final long serialVersionUID = 0L;
      * for IN and NOT_IN, a [low, high] pair for BETWEEN, a pattern for MATCHES.
      * </pre>
      *
-     * <code>.google.protobuf.Value operand = 3 [json_name = "operand"];</code>
+     * <code>.google.protobuf.Value operand = 3 [json_name = "operand", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public com.google.protobuf.Value.Builder getOperandBuilder() {
       bitField0_ |= 0x00000004;
@@ -987,7 +987,7 @@ private static final long serialVersionUID = 0L;
      * for IN and NOT_IN, a [low, high] pair for BETWEEN, a pattern for MATCHES.
      * </pre>
      *
-     * <code>.google.protobuf.Value operand = 3 [json_name = "operand"];</code>
+     * <code>.google.protobuf.Value operand = 3 [json_name = "operand", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public com.google.protobuf.ValueOrBuilder getOperandOrBuilder() {
       if (operandBuilder_ != null) {
@@ -1003,7 +1003,7 @@ private static final long serialVersionUID = 0L;
      * for IN and NOT_IN, a [low, high] pair for BETWEEN, a pattern for MATCHES.
      * </pre>
      *
-     * <code>.google.protobuf.Value operand = 3 [json_name = "operand"];</code>
+     * <code>.google.protobuf.Value operand = 3 [json_name = "operand", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     private com.google.protobuf.SingleFieldBuilder<
         com.google.protobuf.Value, com.google.protobuf.Value.Builder, com.google.protobuf.ValueOrBuilder> 
@@ -1025,7 +1025,7 @@ private static final long serialVersionUID = 0L;
      * Compare strings case-insensitively (EQUALS, CONTAINS, STARTS_WITH, ENDS_WITH, IN, MATCHES ...).
      * </pre>
      *
-     * <code>bool ignore_case = 4 [json_name = "ignoreCase"];</code>
+     * <code>bool ignore_case = 4 [json_name = "ignoreCase", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The ignoreCase.
      */
     @java.lang.Override
@@ -1037,7 +1037,7 @@ private static final long serialVersionUID = 0L;
      * Compare strings case-insensitively (EQUALS, CONTAINS, STARTS_WITH, ENDS_WITH, IN, MATCHES ...).
      * </pre>
      *
-     * <code>bool ignore_case = 4 [json_name = "ignoreCase"];</code>
+     * <code>bool ignore_case = 4 [json_name = "ignoreCase", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The ignoreCase to set.
      * @return This builder for chaining.
      */
@@ -1053,7 +1053,7 @@ private static final long serialVersionUID = 0L;
      * Compare strings case-insensitively (EQUALS, CONTAINS, STARTS_WITH, ENDS_WITH, IN, MATCHES ...).
      * </pre>
      *
-     * <code>bool ignore_case = 4 [json_name = "ignoreCase"];</code>
+     * <code>bool ignore_case = 4 [json_name = "ignoreCase", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearIgnoreCase() {
@@ -1069,7 +1069,7 @@ private static final long serialVersionUID = 0L;
      * Apply the operator to each element of a list subject.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier"];</code>
+     * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The enum numeric value on the wire for quantifier.
      */
     @java.lang.Override public int getQuantifierValue() {
@@ -1080,7 +1080,7 @@ private static final long serialVersionUID = 0L;
      * Apply the operator to each element of a list subject.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier"];</code>
+     * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The enum numeric value on the wire for quantifier to set.
      * @return This builder for chaining.
      */
@@ -1095,7 +1095,7 @@ private static final long serialVersionUID = 0L;
      * Apply the operator to each element of a list subject.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier"];</code>
+     * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The quantifier.
      */
     @java.lang.Override
@@ -1108,7 +1108,7 @@ private static final long serialVersionUID = 0L;
      * Apply the operator to each element of a list subject.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier"];</code>
+     * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The quantifier to set.
      * @throws IllegalArgumentException if UNRECOGNIZED is provided.
      * @return This builder for chaining.
@@ -1125,7 +1125,7 @@ private static final long serialVersionUID = 0L;
      * Apply the operator to each element of a list subject.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier"];</code>
+     * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearQuantifier() {

@@ -15,7 +15,7 @@ public interface ConditionOrBuilder extends
    * The value tested.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject"];</code>
+   * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject", (.google.api.field_behavior) = REQUIRED];</code>
    * @return Whether the subject field is set.
    */
   boolean hasSubject();
@@ -24,7 +24,7 @@ public interface ConditionOrBuilder extends
    * The value tested.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject"];</code>
+   * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The subject.
    */
   dev.rulessidecar.v1.Subject getSubject();
@@ -33,7 +33,7 @@ public interface ConditionOrBuilder extends
    * The value tested.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject"];</code>
+   * <code>.rulesidecar.v1.Subject subject = 1 [json_name = "subject", (.google.api.field_behavior) = REQUIRED];</code>
    */
   dev.rulessidecar.v1.SubjectOrBuilder getSubjectOrBuilder();
 
@@ -42,7 +42,7 @@ public interface ConditionOrBuilder extends
    * The test.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator"];</code>
+   * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The enum numeric value on the wire for operator.
    */
   int getOperatorValue();
@@ -51,7 +51,7 @@ public interface ConditionOrBuilder extends
    * The test.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator"];</code>
+   * <code>.rulesidecar.v1.Operator operator = 2 [json_name = "operator", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The operator.
    */
   dev.rulessidecar.v1.Operator getOperator();
@@ -62,7 +62,7 @@ public interface ConditionOrBuilder extends
    * for IN and NOT_IN, a [low, high] pair for BETWEEN, a pattern for MATCHES.
    * </pre>
    *
-   * <code>.google.protobuf.Value operand = 3 [json_name = "operand"];</code>
+   * <code>.google.protobuf.Value operand = 3 [json_name = "operand", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the operand field is set.
    */
   boolean hasOperand();
@@ -72,7 +72,7 @@ public interface ConditionOrBuilder extends
    * for IN and NOT_IN, a [low, high] pair for BETWEEN, a pattern for MATCHES.
    * </pre>
    *
-   * <code>.google.protobuf.Value operand = 3 [json_name = "operand"];</code>
+   * <code>.google.protobuf.Value operand = 3 [json_name = "operand", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The operand.
    */
   com.google.protobuf.Value getOperand();
@@ -82,7 +82,7 @@ public interface ConditionOrBuilder extends
    * for IN and NOT_IN, a [low, high] pair for BETWEEN, a pattern for MATCHES.
    * </pre>
    *
-   * <code>.google.protobuf.Value operand = 3 [json_name = "operand"];</code>
+   * <code>.google.protobuf.Value operand = 3 [json_name = "operand", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   com.google.protobuf.ValueOrBuilder getOperandOrBuilder();
 
@@ -91,7 +91,7 @@ public interface ConditionOrBuilder extends
    * Compare strings case-insensitively (EQUALS, CONTAINS, STARTS_WITH, ENDS_WITH, IN, MATCHES ...).
    * </pre>
    *
-   * <code>bool ignore_case = 4 [json_name = "ignoreCase"];</code>
+   * <code>bool ignore_case = 4 [json_name = "ignoreCase", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The ignoreCase.
    */
   boolean getIgnoreCase();
@@ -101,7 +101,7 @@ public interface ConditionOrBuilder extends
    * Apply the operator to each element of a list subject.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier"];</code>
+   * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The enum numeric value on the wire for quantifier.
    */
   int getQuantifierValue();
@@ -110,7 +110,7 @@ public interface ConditionOrBuilder extends
    * Apply the operator to each element of a list subject.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier"];</code>
+   * <code>.rulesidecar.v1.Quantifier quantifier = 5 [json_name = "quantifier", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The quantifier.
    */
   dev.rulessidecar.v1.Quantifier getQuantifier();

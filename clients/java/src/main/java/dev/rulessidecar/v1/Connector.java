@@ -87,7 +87,7 @@ private static final long serialVersionUID = 0L;
    * letter or digit.
    * </pre>
    *
-   * <code>string id = 1 [json_name = "id"];</code>
+   * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The id.
    */
   @java.lang.Override
@@ -109,7 +109,7 @@ private static final long serialVersionUID = 0L;
    * letter or digit.
    * </pre>
    *
-   * <code>string id = 1 [json_name = "id"];</code>
+   * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for id.
    */
   @java.lang.Override
@@ -135,7 +135,7 @@ private static final long serialVersionUID = 0L;
    * Human-readable name shown in workflow editors.
    * </pre>
    *
-   * <code>string display_name = 2 [json_name = "displayName"];</code>
+   * <code>string display_name = 2 [json_name = "displayName", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The displayName.
    */
   @java.lang.Override
@@ -156,7 +156,7 @@ private static final long serialVersionUID = 0L;
    * Human-readable name shown in workflow editors.
    * </pre>
    *
-   * <code>string display_name = 2 [json_name = "displayName"];</code>
+   * <code>string display_name = 2 [json_name = "displayName", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bytes for displayName.
    */
   @java.lang.Override
@@ -181,7 +181,7 @@ private static final long serialVersionUID = 0L;
    * Whether the connector may run.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+   * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The enum numeric value on the wire for status.
    */
   @java.lang.Override public int getStatusValue() {
@@ -192,7 +192,7 @@ private static final long serialVersionUID = 0L;
    * Whether the connector may run.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+   * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The status.
    */
   @java.lang.Override public dev.rulessidecar.v1.ConnectorStatus getStatus() {
@@ -207,7 +207,7 @@ private static final long serialVersionUID = 0L;
    * HTTP method of the outbound request.
    * </pre>
    *
-   * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method"];</code>
+   * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The enum numeric value on the wire for method.
    */
   @java.lang.Override public int getMethodValue() {
@@ -218,7 +218,7 @@ private static final long serialVersionUID = 0L;
    * HTTP method of the outbound request.
    * </pre>
    *
-   * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method"];</code>
+   * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The method.
    */
   @java.lang.Override public dev.rulessidecar.v1.HttpMethod getMethod() {
@@ -235,7 +235,7 @@ private static final long serialVersionUID = 0L;
    * `https://api.store.com/orders/{{order_number}}`.
    * </pre>
    *
-   * <code>string url_template = 5 [json_name = "urlTemplate"];</code>
+   * <code>string url_template = 5 [json_name = "urlTemplate", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The urlTemplate.
    */
   @java.lang.Override
@@ -257,7 +257,7 @@ private static final long serialVersionUID = 0L;
    * `https://api.store.com/orders/{{order_number}}`.
    * </pre>
    *
-   * <code>string url_template = 5 [json_name = "urlTemplate"];</code>
+   * <code>string url_template = 5 [json_name = "urlTemplate", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for urlTemplate.
    */
   @java.lang.Override
@@ -306,7 +306,7 @@ private static final long serialVersionUID = 0L;
    * Header name to value template. Literal credentials are refused: use `auth` with a secret name.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers"];</code>
+   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public boolean containsHeaders(
@@ -327,7 +327,7 @@ private static final long serialVersionUID = 0L;
    * Header name to value template. Literal credentials are refused: use `auth` with a secret name.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers"];</code>
+   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public java.util.Map<java.lang.String, java.lang.String> getHeadersMap() {
@@ -338,7 +338,7 @@ private static final long serialVersionUID = 0L;
    * Header name to value template. Literal credentials are refused: use `auth` with a secret name.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers"];</code>
+   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public /* nullable */
@@ -356,7 +356,7 @@ java.lang.String defaultValue) {
    * Header name to value template. Literal credentials are refused: use `auth` with a secret name.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers"];</code>
+   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public java.lang.String getHeadersOrThrow(
@@ -402,7 +402,7 @@ java.lang.String defaultValue) {
    * order.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; query = 7 [json_name = "query"];</code>
+   * <code>map&lt;string, string&gt; query = 7 [json_name = "query", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public boolean containsQuery(
@@ -424,7 +424,7 @@ java.lang.String defaultValue) {
    * order.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; query = 7 [json_name = "query"];</code>
+   * <code>map&lt;string, string&gt; query = 7 [json_name = "query", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public java.util.Map<java.lang.String, java.lang.String> getQueryMap() {
@@ -436,7 +436,7 @@ java.lang.String defaultValue) {
    * order.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; query = 7 [json_name = "query"];</code>
+   * <code>map&lt;string, string&gt; query = 7 [json_name = "query", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public /* nullable */
@@ -455,7 +455,7 @@ java.lang.String defaultValue) {
    * order.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; query = 7 [json_name = "query"];</code>
+   * <code>map&lt;string, string&gt; query = 7 [json_name = "query", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public java.lang.String getQueryOrThrow(
@@ -477,7 +477,7 @@ java.lang.String defaultValue) {
    * placeholder inside a longer string is replaced by the value's text. Unset means no body.
    * </pre>
    *
-   * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate"];</code>
+   * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the bodyTemplate field is set.
    */
   @java.lang.Override
@@ -490,7 +490,7 @@ java.lang.String defaultValue) {
    * placeholder inside a longer string is replaced by the value's text. Unset means no body.
    * </pre>
    *
-   * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate"];</code>
+   * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bodyTemplate.
    */
   @java.lang.Override
@@ -503,7 +503,7 @@ java.lang.String defaultValue) {
    * placeholder inside a longer string is replaced by the value's text. Unset means no body.
    * </pre>
    *
-   * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate"];</code>
+   * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public com.google.protobuf.ValueOrBuilder getBodyTemplateOrBuilder() {
@@ -517,7 +517,7 @@ java.lang.String defaultValue) {
    * How the request authenticates. Unset means no authentication.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth"];</code>
+   * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the auth field is set.
    */
   @java.lang.Override
@@ -529,7 +529,7 @@ java.lang.String defaultValue) {
    * How the request authenticates. Unset means no authentication.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth"];</code>
+   * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The auth.
    */
   @java.lang.Override
@@ -541,7 +541,7 @@ java.lang.String defaultValue) {
    * How the request authenticates. Unset means no authentication.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth"];</code>
+   * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public dev.rulessidecar.v1.AuthOrBuilder getAuthOrBuilder() {
@@ -555,7 +555,7 @@ java.lang.String defaultValue) {
    * Total time budget of one evaluation's HTTP exchange. Default 5 s, at most 30 s.
    * </pre>
    *
-   * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout"];</code>
+   * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the timeout field is set.
    */
   @java.lang.Override
@@ -567,7 +567,7 @@ java.lang.String defaultValue) {
    * Total time budget of one evaluation's HTTP exchange. Default 5 s, at most 30 s.
    * </pre>
    *
-   * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout"];</code>
+   * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The timeout.
    */
   @java.lang.Override
@@ -579,7 +579,7 @@ java.lang.String defaultValue) {
    * Total time budget of one evaluation's HTTP exchange. Default 5 s, at most 30 s.
    * </pre>
    *
-   * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout"];</code>
+   * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public com.google.protobuf.DurationOrBuilder getTimeoutOrBuilder() {
@@ -593,7 +593,7 @@ java.lang.String defaultValue) {
    * Largest response body accepted, in bytes. Default 1 MiB (1048576); at most 16 MiB.
    * </pre>
    *
-   * <code>int64 max_response_bytes = 11 [json_name = "maxResponseBytes"];</code>
+   * <code>int64 max_response_bytes = 11 [json_name = "maxResponseBytes", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The maxResponseBytes.
    */
   @java.lang.Override
@@ -608,7 +608,7 @@ java.lang.String defaultValue) {
    * Output only: incremented by every successful registration of this id, starting at 1.
    * </pre>
    *
-   * <code>int64 version = 12 [json_name = "version"];</code>
+   * <code>int64 version = 12 [json_name = "version", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
    * @return The version.
    */
   @java.lang.Override
@@ -623,7 +623,7 @@ java.lang.String defaultValue) {
    * Output only: when this version was registered.
    * </pre>
    *
-   * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime"];</code>
+   * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
    * @return Whether the updateTime field is set.
    */
   @java.lang.Override
@@ -635,7 +635,7 @@ java.lang.String defaultValue) {
    * Output only: when this version was registered.
    * </pre>
    *
-   * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime"];</code>
+   * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
    * @return The updateTime.
    */
   @java.lang.Override
@@ -647,7 +647,7 @@ java.lang.String defaultValue) {
    * Output only: when this version was registered.
    * </pre>
    *
-   * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime"];</code>
+   * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
    */
   @java.lang.Override
   public com.google.protobuf.TimestampOrBuilder getUpdateTimeOrBuilder() {
@@ -661,7 +661,7 @@ java.lang.String defaultValue) {
    * Output only: where this definition came from.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source"];</code>
+   * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
    * @return The enum numeric value on the wire for source.
    */
   @java.lang.Override public int getSourceValue() {
@@ -672,7 +672,7 @@ java.lang.String defaultValue) {
    * Output only: where this definition came from.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source"];</code>
+   * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
    * @return The source.
    */
   @java.lang.Override public dev.rulessidecar.v1.ConnectorSource getSource() {
@@ -691,7 +691,7 @@ java.lang.String defaultValue) {
    * operator's egress policy applies on top: this list can only narrow it.
    * </pre>
    *
-   * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+   * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return A list containing the allowedHosts.
    */
   public com.google.protobuf.ProtocolStringList
@@ -705,7 +705,7 @@ java.lang.String defaultValue) {
    * operator's egress policy applies on top: this list can only narrow it.
    * </pre>
    *
-   * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+   * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The count of allowedHosts.
    */
   public int getAllowedHostsCount() {
@@ -718,7 +718,7 @@ java.lang.String defaultValue) {
    * operator's egress policy applies on top: this list can only narrow it.
    * </pre>
    *
-   * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+   * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
    * @param index The index of the element to return.
    * @return The allowedHosts at the given index.
    */
@@ -732,7 +732,7 @@ java.lang.String defaultValue) {
    * operator's egress policy applies on top: this list can only narrow it.
    * </pre>
    *
-   * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+   * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
    * @param index The index of the value to return.
    * @return The bytes of the allowedHosts at the given index.
    */
@@ -749,7 +749,7 @@ java.lang.String defaultValue) {
    * credentials are dropped when the origin changes). Default: a 3xx is the answer.
    * </pre>
    *
-   * <code>bool follow_redirects = 16 [json_name = "followRedirects"];</code>
+   * <code>bool follow_redirects = 16 [json_name = "followRedirects", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The followRedirects.
    */
   @java.lang.Override
@@ -766,7 +766,7 @@ java.lang.String defaultValue) {
    * requests are retried like idempotent ones (on 502/503/504/429 and connection failures).
    * </pre>
    *
-   * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader"];</code>
+   * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The idempotencyKeyHeader.
    */
   @java.lang.Override
@@ -788,7 +788,7 @@ java.lang.String defaultValue) {
    * requests are retried like idempotent ones (on 502/503/504/429 and connection failures).
    * </pre>
    *
-   * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader"];</code>
+   * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bytes for idempotencyKeyHeader.
    */
   @java.lang.Override
@@ -814,7 +814,7 @@ java.lang.String defaultValue) {
    * third-party APIs reject unknown headers.
    * </pre>
    *
-   * <code>bool disable_trace_propagation = 18 [json_name = "disableTracePropagation"];</code>
+   * <code>bool disable_trace_propagation = 18 [json_name = "disableTracePropagation", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The disableTracePropagation.
    */
   @java.lang.Override
@@ -1666,7 +1666,7 @@ java.lang.String defaultValue) {
      * letter or digit.
      * </pre>
      *
-     * <code>string id = 1 [json_name = "id"];</code>
+     * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The id.
      */
     public java.lang.String getId() {
@@ -1687,7 +1687,7 @@ java.lang.String defaultValue) {
      * letter or digit.
      * </pre>
      *
-     * <code>string id = 1 [json_name = "id"];</code>
+     * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The bytes for id.
      */
     public com.google.protobuf.ByteString
@@ -1709,7 +1709,7 @@ java.lang.String defaultValue) {
      * letter or digit.
      * </pre>
      *
-     * <code>string id = 1 [json_name = "id"];</code>
+     * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The id to set.
      * @return This builder for chaining.
      */
@@ -1727,7 +1727,7 @@ java.lang.String defaultValue) {
      * letter or digit.
      * </pre>
      *
-     * <code>string id = 1 [json_name = "id"];</code>
+     * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
      * @return This builder for chaining.
      */
     public Builder clearId() {
@@ -1742,7 +1742,7 @@ java.lang.String defaultValue) {
      * letter or digit.
      * </pre>
      *
-     * <code>string id = 1 [json_name = "id"];</code>
+     * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The bytes for id to set.
      * @return This builder for chaining.
      */
@@ -1762,7 +1762,7 @@ java.lang.String defaultValue) {
      * Human-readable name shown in workflow editors.
      * </pre>
      *
-     * <code>string display_name = 2 [json_name = "displayName"];</code>
+     * <code>string display_name = 2 [json_name = "displayName", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The displayName.
      */
     public java.lang.String getDisplayName() {
@@ -1782,7 +1782,7 @@ java.lang.String defaultValue) {
      * Human-readable name shown in workflow editors.
      * </pre>
      *
-     * <code>string display_name = 2 [json_name = "displayName"];</code>
+     * <code>string display_name = 2 [json_name = "displayName", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The bytes for displayName.
      */
     public com.google.protobuf.ByteString
@@ -1803,7 +1803,7 @@ java.lang.String defaultValue) {
      * Human-readable name shown in workflow editors.
      * </pre>
      *
-     * <code>string display_name = 2 [json_name = "displayName"];</code>
+     * <code>string display_name = 2 [json_name = "displayName", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The displayName to set.
      * @return This builder for chaining.
      */
@@ -1820,7 +1820,7 @@ java.lang.String defaultValue) {
      * Human-readable name shown in workflow editors.
      * </pre>
      *
-     * <code>string display_name = 2 [json_name = "displayName"];</code>
+     * <code>string display_name = 2 [json_name = "displayName", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearDisplayName() {
@@ -1834,7 +1834,7 @@ java.lang.String defaultValue) {
      * Human-readable name shown in workflow editors.
      * </pre>
      *
-     * <code>string display_name = 2 [json_name = "displayName"];</code>
+     * <code>string display_name = 2 [json_name = "displayName", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The bytes for displayName to set.
      * @return This builder for chaining.
      */
@@ -1854,7 +1854,7 @@ java.lang.String defaultValue) {
      * Whether the connector may run.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The enum numeric value on the wire for status.
      */
     @java.lang.Override public int getStatusValue() {
@@ -1865,7 +1865,7 @@ java.lang.String defaultValue) {
      * Whether the connector may run.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The enum numeric value on the wire for status to set.
      * @return This builder for chaining.
      */
@@ -1880,7 +1880,7 @@ java.lang.String defaultValue) {
      * Whether the connector may run.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The status.
      */
     @java.lang.Override
@@ -1893,7 +1893,7 @@ java.lang.String defaultValue) {
      * Whether the connector may run.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The status to set.
      * @throws IllegalArgumentException if UNRECOGNIZED is provided.
      * @return This builder for chaining.
@@ -1910,7 +1910,7 @@ java.lang.String defaultValue) {
      * Whether the connector may run.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = REQUIRED];</code>
      * @return This builder for chaining.
      */
     public Builder clearStatus() {
@@ -1926,7 +1926,7 @@ java.lang.String defaultValue) {
      * HTTP method of the outbound request.
      * </pre>
      *
-     * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method"];</code>
+     * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The enum numeric value on the wire for method.
      */
     @java.lang.Override public int getMethodValue() {
@@ -1937,7 +1937,7 @@ java.lang.String defaultValue) {
      * HTTP method of the outbound request.
      * </pre>
      *
-     * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method"];</code>
+     * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The enum numeric value on the wire for method to set.
      * @return This builder for chaining.
      */
@@ -1952,7 +1952,7 @@ java.lang.String defaultValue) {
      * HTTP method of the outbound request.
      * </pre>
      *
-     * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method"];</code>
+     * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The method.
      */
     @java.lang.Override
@@ -1965,7 +1965,7 @@ java.lang.String defaultValue) {
      * HTTP method of the outbound request.
      * </pre>
      *
-     * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method"];</code>
+     * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The method to set.
      * @throws IllegalArgumentException if UNRECOGNIZED is provided.
      * @return This builder for chaining.
@@ -1982,7 +1982,7 @@ java.lang.String defaultValue) {
      * HTTP method of the outbound request.
      * </pre>
      *
-     * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method"];</code>
+     * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearMethod() {
@@ -1999,7 +1999,7 @@ java.lang.String defaultValue) {
      * `https://api.store.com/orders/{{order_number}}`.
      * </pre>
      *
-     * <code>string url_template = 5 [json_name = "urlTemplate"];</code>
+     * <code>string url_template = 5 [json_name = "urlTemplate", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The urlTemplate.
      */
     public java.lang.String getUrlTemplate() {
@@ -2020,7 +2020,7 @@ java.lang.String defaultValue) {
      * `https://api.store.com/orders/{{order_number}}`.
      * </pre>
      *
-     * <code>string url_template = 5 [json_name = "urlTemplate"];</code>
+     * <code>string url_template = 5 [json_name = "urlTemplate", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The bytes for urlTemplate.
      */
     public com.google.protobuf.ByteString
@@ -2042,7 +2042,7 @@ java.lang.String defaultValue) {
      * `https://api.store.com/orders/{{order_number}}`.
      * </pre>
      *
-     * <code>string url_template = 5 [json_name = "urlTemplate"];</code>
+     * <code>string url_template = 5 [json_name = "urlTemplate", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The urlTemplate to set.
      * @return This builder for chaining.
      */
@@ -2060,7 +2060,7 @@ java.lang.String defaultValue) {
      * `https://api.store.com/orders/{{order_number}}`.
      * </pre>
      *
-     * <code>string url_template = 5 [json_name = "urlTemplate"];</code>
+     * <code>string url_template = 5 [json_name = "urlTemplate", (.google.api.field_behavior) = REQUIRED];</code>
      * @return This builder for chaining.
      */
     public Builder clearUrlTemplate() {
@@ -2075,7 +2075,7 @@ java.lang.String defaultValue) {
      * `https://api.store.com/orders/{{order_number}}`.
      * </pre>
      *
-     * <code>string url_template = 5 [json_name = "urlTemplate"];</code>
+     * <code>string url_template = 5 [json_name = "urlTemplate", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The bytes for urlTemplate to set.
      * @return This builder for chaining.
      */
@@ -2120,7 +2120,7 @@ java.lang.String defaultValue) {
      * Header name to value template. Literal credentials are refused: use `auth` with a secret name.
      * </pre>
      *
-     * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers"];</code>
+     * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     @java.lang.Override
     public boolean containsHeaders(
@@ -2141,7 +2141,7 @@ java.lang.String defaultValue) {
      * Header name to value template. Literal credentials are refused: use `auth` with a secret name.
      * </pre>
      *
-     * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers"];</code>
+     * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     @java.lang.Override
     public java.util.Map<java.lang.String, java.lang.String> getHeadersMap() {
@@ -2152,7 +2152,7 @@ java.lang.String defaultValue) {
      * Header name to value template. Literal credentials are refused: use `auth` with a secret name.
      * </pre>
      *
-     * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers"];</code>
+     * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     @java.lang.Override
     public /* nullable */
@@ -2170,7 +2170,7 @@ java.lang.String defaultValue) {
      * Header name to value template. Literal credentials are refused: use `auth` with a secret name.
      * </pre>
      *
-     * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers"];</code>
+     * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     @java.lang.Override
     public java.lang.String getHeadersOrThrow(
@@ -2194,7 +2194,7 @@ java.lang.String defaultValue) {
      * Header name to value template. Literal credentials are refused: use `auth` with a secret name.
      * </pre>
      *
-     * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers"];</code>
+     * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder removeHeaders(
         java.lang.String key) {
@@ -2217,7 +2217,7 @@ java.lang.String defaultValue) {
      * Header name to value template. Literal credentials are refused: use `auth` with a secret name.
      * </pre>
      *
-     * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers"];</code>
+     * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder putHeaders(
         java.lang.String key,
@@ -2234,7 +2234,7 @@ java.lang.String defaultValue) {
      * Header name to value template. Literal credentials are refused: use `auth` with a secret name.
      * </pre>
      *
-     * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers"];</code>
+     * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder putAllHeaders(
         java.util.Map<java.lang.String, java.lang.String> values) {
@@ -2276,7 +2276,7 @@ java.lang.String defaultValue) {
      * order.
      * </pre>
      *
-     * <code>map&lt;string, string&gt; query = 7 [json_name = "query"];</code>
+     * <code>map&lt;string, string&gt; query = 7 [json_name = "query", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     @java.lang.Override
     public boolean containsQuery(
@@ -2298,7 +2298,7 @@ java.lang.String defaultValue) {
      * order.
      * </pre>
      *
-     * <code>map&lt;string, string&gt; query = 7 [json_name = "query"];</code>
+     * <code>map&lt;string, string&gt; query = 7 [json_name = "query", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     @java.lang.Override
     public java.util.Map<java.lang.String, java.lang.String> getQueryMap() {
@@ -2310,7 +2310,7 @@ java.lang.String defaultValue) {
      * order.
      * </pre>
      *
-     * <code>map&lt;string, string&gt; query = 7 [json_name = "query"];</code>
+     * <code>map&lt;string, string&gt; query = 7 [json_name = "query", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     @java.lang.Override
     public /* nullable */
@@ -2329,7 +2329,7 @@ java.lang.String defaultValue) {
      * order.
      * </pre>
      *
-     * <code>map&lt;string, string&gt; query = 7 [json_name = "query"];</code>
+     * <code>map&lt;string, string&gt; query = 7 [json_name = "query", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     @java.lang.Override
     public java.lang.String getQueryOrThrow(
@@ -2354,7 +2354,7 @@ java.lang.String defaultValue) {
      * order.
      * </pre>
      *
-     * <code>map&lt;string, string&gt; query = 7 [json_name = "query"];</code>
+     * <code>map&lt;string, string&gt; query = 7 [json_name = "query", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder removeQuery(
         java.lang.String key) {
@@ -2378,7 +2378,7 @@ java.lang.String defaultValue) {
      * order.
      * </pre>
      *
-     * <code>map&lt;string, string&gt; query = 7 [json_name = "query"];</code>
+     * <code>map&lt;string, string&gt; query = 7 [json_name = "query", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder putQuery(
         java.lang.String key,
@@ -2396,7 +2396,7 @@ java.lang.String defaultValue) {
      * order.
      * </pre>
      *
-     * <code>map&lt;string, string&gt; query = 7 [json_name = "query"];</code>
+     * <code>map&lt;string, string&gt; query = 7 [json_name = "query", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder putAllQuery(
         java.util.Map<java.lang.String, java.lang.String> values) {
@@ -2415,7 +2415,7 @@ java.lang.String defaultValue) {
      * placeholder inside a longer string is replaced by the value's text. Unset means no body.
      * </pre>
      *
-     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate"];</code>
+     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return Whether the bodyTemplate field is set.
      */
     public boolean hasBodyTemplate() {
@@ -2427,7 +2427,7 @@ java.lang.String defaultValue) {
      * placeholder inside a longer string is replaced by the value's text. Unset means no body.
      * </pre>
      *
-     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate"];</code>
+     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The bodyTemplate.
      */
     public com.google.protobuf.Value getBodyTemplate() {
@@ -2443,7 +2443,7 @@ java.lang.String defaultValue) {
      * placeholder inside a longer string is replaced by the value's text. Unset means no body.
      * </pre>
      *
-     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate"];</code>
+     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setBodyTemplate(com.google.protobuf.Value value) {
       if (bodyTemplateBuilder_ == null) {
@@ -2462,7 +2462,7 @@ java.lang.String defaultValue) {
      * placeholder inside a longer string is replaced by the value's text. Unset means no body.
      * </pre>
      *
-     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate"];</code>
+     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setBodyTemplate(
         com.google.protobuf.Value.Builder builderForValue) {
@@ -2481,7 +2481,7 @@ java.lang.String defaultValue) {
      * placeholder inside a longer string is replaced by the value's text. Unset means no body.
      * </pre>
      *
-     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate"];</code>
+     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder mergeBodyTemplate(com.google.protobuf.Value value) {
       if (bodyTemplateBuilder_ == null) {
@@ -2507,7 +2507,7 @@ java.lang.String defaultValue) {
      * placeholder inside a longer string is replaced by the value's text. Unset means no body.
      * </pre>
      *
-     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate"];</code>
+     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder clearBodyTemplate() {
       bitField0_ = (bitField0_ & ~0x00000080);
@@ -2525,7 +2525,7 @@ java.lang.String defaultValue) {
      * placeholder inside a longer string is replaced by the value's text. Unset means no body.
      * </pre>
      *
-     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate"];</code>
+     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public com.google.protobuf.Value.Builder getBodyTemplateBuilder() {
       bitField0_ |= 0x00000080;
@@ -2538,7 +2538,7 @@ java.lang.String defaultValue) {
      * placeholder inside a longer string is replaced by the value's text. Unset means no body.
      * </pre>
      *
-     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate"];</code>
+     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public com.google.protobuf.ValueOrBuilder getBodyTemplateOrBuilder() {
       if (bodyTemplateBuilder_ != null) {
@@ -2554,7 +2554,7 @@ java.lang.String defaultValue) {
      * placeholder inside a longer string is replaced by the value's text. Unset means no body.
      * </pre>
      *
-     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate"];</code>
+     * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     private com.google.protobuf.SingleFieldBuilder<
         com.google.protobuf.Value, com.google.protobuf.Value.Builder, com.google.protobuf.ValueOrBuilder> 
@@ -2578,7 +2578,7 @@ java.lang.String defaultValue) {
      * How the request authenticates. Unset means no authentication.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth"];</code>
+     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return Whether the auth field is set.
      */
     public boolean hasAuth() {
@@ -2589,7 +2589,7 @@ java.lang.String defaultValue) {
      * How the request authenticates. Unset means no authentication.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth"];</code>
+     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The auth.
      */
     public dev.rulessidecar.v1.Auth getAuth() {
@@ -2604,7 +2604,7 @@ java.lang.String defaultValue) {
      * How the request authenticates. Unset means no authentication.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth"];</code>
+     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setAuth(dev.rulessidecar.v1.Auth value) {
       if (authBuilder_ == null) {
@@ -2622,7 +2622,7 @@ java.lang.String defaultValue) {
      * How the request authenticates. Unset means no authentication.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth"];</code>
+     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setAuth(
         dev.rulessidecar.v1.Auth.Builder builderForValue) {
@@ -2640,7 +2640,7 @@ java.lang.String defaultValue) {
      * How the request authenticates. Unset means no authentication.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth"];</code>
+     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder mergeAuth(dev.rulessidecar.v1.Auth value) {
       if (authBuilder_ == null) {
@@ -2665,7 +2665,7 @@ java.lang.String defaultValue) {
      * How the request authenticates. Unset means no authentication.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth"];</code>
+     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder clearAuth() {
       bitField0_ = (bitField0_ & ~0x00000100);
@@ -2682,7 +2682,7 @@ java.lang.String defaultValue) {
      * How the request authenticates. Unset means no authentication.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth"];</code>
+     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Auth.Builder getAuthBuilder() {
       bitField0_ |= 0x00000100;
@@ -2694,7 +2694,7 @@ java.lang.String defaultValue) {
      * How the request authenticates. Unset means no authentication.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth"];</code>
+     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.AuthOrBuilder getAuthOrBuilder() {
       if (authBuilder_ != null) {
@@ -2709,7 +2709,7 @@ java.lang.String defaultValue) {
      * How the request authenticates. Unset means no authentication.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth"];</code>
+     * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     private com.google.protobuf.SingleFieldBuilder<
         dev.rulessidecar.v1.Auth, dev.rulessidecar.v1.Auth.Builder, dev.rulessidecar.v1.AuthOrBuilder> 
@@ -2733,7 +2733,7 @@ java.lang.String defaultValue) {
      * Total time budget of one evaluation's HTTP exchange. Default 5 s, at most 30 s.
      * </pre>
      *
-     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout"];</code>
+     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return Whether the timeout field is set.
      */
     public boolean hasTimeout() {
@@ -2744,7 +2744,7 @@ java.lang.String defaultValue) {
      * Total time budget of one evaluation's HTTP exchange. Default 5 s, at most 30 s.
      * </pre>
      *
-     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout"];</code>
+     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The timeout.
      */
     public com.google.protobuf.Duration getTimeout() {
@@ -2759,7 +2759,7 @@ java.lang.String defaultValue) {
      * Total time budget of one evaluation's HTTP exchange. Default 5 s, at most 30 s.
      * </pre>
      *
-     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout"];</code>
+     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setTimeout(com.google.protobuf.Duration value) {
       if (timeoutBuilder_ == null) {
@@ -2777,7 +2777,7 @@ java.lang.String defaultValue) {
      * Total time budget of one evaluation's HTTP exchange. Default 5 s, at most 30 s.
      * </pre>
      *
-     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout"];</code>
+     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setTimeout(
         com.google.protobuf.Duration.Builder builderForValue) {
@@ -2795,7 +2795,7 @@ java.lang.String defaultValue) {
      * Total time budget of one evaluation's HTTP exchange. Default 5 s, at most 30 s.
      * </pre>
      *
-     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout"];</code>
+     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder mergeTimeout(com.google.protobuf.Duration value) {
       if (timeoutBuilder_ == null) {
@@ -2820,7 +2820,7 @@ java.lang.String defaultValue) {
      * Total time budget of one evaluation's HTTP exchange. Default 5 s, at most 30 s.
      * </pre>
      *
-     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout"];</code>
+     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder clearTimeout() {
       bitField0_ = (bitField0_ & ~0x00000200);
@@ -2837,7 +2837,7 @@ java.lang.String defaultValue) {
      * Total time budget of one evaluation's HTTP exchange. Default 5 s, at most 30 s.
      * </pre>
      *
-     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout"];</code>
+     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public com.google.protobuf.Duration.Builder getTimeoutBuilder() {
       bitField0_ |= 0x00000200;
@@ -2849,7 +2849,7 @@ java.lang.String defaultValue) {
      * Total time budget of one evaluation's HTTP exchange. Default 5 s, at most 30 s.
      * </pre>
      *
-     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout"];</code>
+     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public com.google.protobuf.DurationOrBuilder getTimeoutOrBuilder() {
       if (timeoutBuilder_ != null) {
@@ -2864,7 +2864,7 @@ java.lang.String defaultValue) {
      * Total time budget of one evaluation's HTTP exchange. Default 5 s, at most 30 s.
      * </pre>
      *
-     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout"];</code>
+     * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     private com.google.protobuf.SingleFieldBuilder<
         com.google.protobuf.Duration, com.google.protobuf.Duration.Builder, com.google.protobuf.DurationOrBuilder> 
@@ -2886,7 +2886,7 @@ java.lang.String defaultValue) {
      * Largest response body accepted, in bytes. Default 1 MiB (1048576); at most 16 MiB.
      * </pre>
      *
-     * <code>int64 max_response_bytes = 11 [json_name = "maxResponseBytes"];</code>
+     * <code>int64 max_response_bytes = 11 [json_name = "maxResponseBytes", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The maxResponseBytes.
      */
     @java.lang.Override
@@ -2898,7 +2898,7 @@ java.lang.String defaultValue) {
      * Largest response body accepted, in bytes. Default 1 MiB (1048576); at most 16 MiB.
      * </pre>
      *
-     * <code>int64 max_response_bytes = 11 [json_name = "maxResponseBytes"];</code>
+     * <code>int64 max_response_bytes = 11 [json_name = "maxResponseBytes", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The maxResponseBytes to set.
      * @return This builder for chaining.
      */
@@ -2914,7 +2914,7 @@ java.lang.String defaultValue) {
      * Largest response body accepted, in bytes. Default 1 MiB (1048576); at most 16 MiB.
      * </pre>
      *
-     * <code>int64 max_response_bytes = 11 [json_name = "maxResponseBytes"];</code>
+     * <code>int64 max_response_bytes = 11 [json_name = "maxResponseBytes", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearMaxResponseBytes() {
@@ -2930,7 +2930,7 @@ java.lang.String defaultValue) {
      * Output only: incremented by every successful registration of this id, starting at 1.
      * </pre>
      *
-     * <code>int64 version = 12 [json_name = "version"];</code>
+     * <code>int64 version = 12 [json_name = "version", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      * @return The version.
      */
     @java.lang.Override
@@ -2942,7 +2942,7 @@ java.lang.String defaultValue) {
      * Output only: incremented by every successful registration of this id, starting at 1.
      * </pre>
      *
-     * <code>int64 version = 12 [json_name = "version"];</code>
+     * <code>int64 version = 12 [json_name = "version", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      * @param value The version to set.
      * @return This builder for chaining.
      */
@@ -2958,7 +2958,7 @@ java.lang.String defaultValue) {
      * Output only: incremented by every successful registration of this id, starting at 1.
      * </pre>
      *
-     * <code>int64 version = 12 [json_name = "version"];</code>
+     * <code>int64 version = 12 [json_name = "version", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      * @return This builder for chaining.
      */
     public Builder clearVersion() {
@@ -2976,7 +2976,7 @@ java.lang.String defaultValue) {
      * Output only: when this version was registered.
      * </pre>
      *
-     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime"];</code>
+     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      * @return Whether the updateTime field is set.
      */
     public boolean hasUpdateTime() {
@@ -2987,7 +2987,7 @@ java.lang.String defaultValue) {
      * Output only: when this version was registered.
      * </pre>
      *
-     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime"];</code>
+     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      * @return The updateTime.
      */
     public com.google.protobuf.Timestamp getUpdateTime() {
@@ -3002,7 +3002,7 @@ java.lang.String defaultValue) {
      * Output only: when this version was registered.
      * </pre>
      *
-     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime"];</code>
+     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      */
     public Builder setUpdateTime(com.google.protobuf.Timestamp value) {
       if (updateTimeBuilder_ == null) {
@@ -3020,7 +3020,7 @@ java.lang.String defaultValue) {
      * Output only: when this version was registered.
      * </pre>
      *
-     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime"];</code>
+     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      */
     public Builder setUpdateTime(
         com.google.protobuf.Timestamp.Builder builderForValue) {
@@ -3038,7 +3038,7 @@ java.lang.String defaultValue) {
      * Output only: when this version was registered.
      * </pre>
      *
-     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime"];</code>
+     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      */
     public Builder mergeUpdateTime(com.google.protobuf.Timestamp value) {
       if (updateTimeBuilder_ == null) {
@@ -3063,7 +3063,7 @@ java.lang.String defaultValue) {
      * Output only: when this version was registered.
      * </pre>
      *
-     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime"];</code>
+     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      */
     public Builder clearUpdateTime() {
       bitField0_ = (bitField0_ & ~0x00001000);
@@ -3080,7 +3080,7 @@ java.lang.String defaultValue) {
      * Output only: when this version was registered.
      * </pre>
      *
-     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime"];</code>
+     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      */
     public com.google.protobuf.Timestamp.Builder getUpdateTimeBuilder() {
       bitField0_ |= 0x00001000;
@@ -3092,7 +3092,7 @@ java.lang.String defaultValue) {
      * Output only: when this version was registered.
      * </pre>
      *
-     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime"];</code>
+     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      */
     public com.google.protobuf.TimestampOrBuilder getUpdateTimeOrBuilder() {
       if (updateTimeBuilder_ != null) {
@@ -3107,7 +3107,7 @@ java.lang.String defaultValue) {
      * Output only: when this version was registered.
      * </pre>
      *
-     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime"];</code>
+     * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      */
     private com.google.protobuf.SingleFieldBuilder<
         com.google.protobuf.Timestamp, com.google.protobuf.Timestamp.Builder, com.google.protobuf.TimestampOrBuilder> 
@@ -3129,7 +3129,7 @@ java.lang.String defaultValue) {
      * Output only: where this definition came from.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source"];</code>
+     * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      * @return The enum numeric value on the wire for source.
      */
     @java.lang.Override public int getSourceValue() {
@@ -3140,7 +3140,7 @@ java.lang.String defaultValue) {
      * Output only: where this definition came from.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source"];</code>
+     * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      * @param value The enum numeric value on the wire for source to set.
      * @return This builder for chaining.
      */
@@ -3155,7 +3155,7 @@ java.lang.String defaultValue) {
      * Output only: where this definition came from.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source"];</code>
+     * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      * @return The source.
      */
     @java.lang.Override
@@ -3168,7 +3168,7 @@ java.lang.String defaultValue) {
      * Output only: where this definition came from.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source"];</code>
+     * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      * @param value The source to set.
      * @throws IllegalArgumentException if UNRECOGNIZED is provided.
      * @return This builder for chaining.
@@ -3185,7 +3185,7 @@ java.lang.String defaultValue) {
      * Output only: where this definition came from.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source"];</code>
+     * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
      * @return This builder for chaining.
      */
     public Builder clearSource() {
@@ -3210,7 +3210,7 @@ java.lang.String defaultValue) {
      * operator's egress policy applies on top: this list can only narrow it.
      * </pre>
      *
-     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return A list containing the allowedHosts.
      */
     public com.google.protobuf.ProtocolStringList
@@ -3225,7 +3225,7 @@ java.lang.String defaultValue) {
      * operator's egress policy applies on top: this list can only narrow it.
      * </pre>
      *
-     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The count of allowedHosts.
      */
     public int getAllowedHostsCount() {
@@ -3238,7 +3238,7 @@ java.lang.String defaultValue) {
      * operator's egress policy applies on top: this list can only narrow it.
      * </pre>
      *
-     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param index The index of the element to return.
      * @return The allowedHosts at the given index.
      */
@@ -3252,7 +3252,7 @@ java.lang.String defaultValue) {
      * operator's egress policy applies on top: this list can only narrow it.
      * </pre>
      *
-     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param index The index of the value to return.
      * @return The bytes of the allowedHosts at the given index.
      */
@@ -3267,7 +3267,7 @@ java.lang.String defaultValue) {
      * operator's egress policy applies on top: this list can only narrow it.
      * </pre>
      *
-     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param index The index to set the value at.
      * @param value The allowedHosts to set.
      * @return This builder for chaining.
@@ -3288,7 +3288,7 @@ java.lang.String defaultValue) {
      * operator's egress policy applies on top: this list can only narrow it.
      * </pre>
      *
-     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The allowedHosts to add.
      * @return This builder for chaining.
      */
@@ -3308,7 +3308,7 @@ java.lang.String defaultValue) {
      * operator's egress policy applies on top: this list can only narrow it.
      * </pre>
      *
-     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param values The allowedHosts to add.
      * @return This builder for chaining.
      */
@@ -3328,7 +3328,7 @@ java.lang.String defaultValue) {
      * operator's egress policy applies on top: this list can only narrow it.
      * </pre>
      *
-     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearAllowedHosts() {
@@ -3345,7 +3345,7 @@ java.lang.String defaultValue) {
      * operator's egress policy applies on top: this list can only narrow it.
      * </pre>
      *
-     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+     * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The bytes of the allowedHosts to add.
      * @return This builder for chaining.
      */
@@ -3367,7 +3367,7 @@ java.lang.String defaultValue) {
      * credentials are dropped when the origin changes). Default: a 3xx is the answer.
      * </pre>
      *
-     * <code>bool follow_redirects = 16 [json_name = "followRedirects"];</code>
+     * <code>bool follow_redirects = 16 [json_name = "followRedirects", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The followRedirects.
      */
     @java.lang.Override
@@ -3380,7 +3380,7 @@ java.lang.String defaultValue) {
      * credentials are dropped when the origin changes). Default: a 3xx is the answer.
      * </pre>
      *
-     * <code>bool follow_redirects = 16 [json_name = "followRedirects"];</code>
+     * <code>bool follow_redirects = 16 [json_name = "followRedirects", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The followRedirects to set.
      * @return This builder for chaining.
      */
@@ -3397,7 +3397,7 @@ java.lang.String defaultValue) {
      * credentials are dropped when the origin changes). Default: a 3xx is the answer.
      * </pre>
      *
-     * <code>bool follow_redirects = 16 [json_name = "followRedirects"];</code>
+     * <code>bool follow_redirects = 16 [json_name = "followRedirects", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearFollowRedirects() {
@@ -3414,7 +3414,7 @@ java.lang.String defaultValue) {
      * requests are retried like idempotent ones (on 502/503/504/429 and connection failures).
      * </pre>
      *
-     * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader"];</code>
+     * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The idempotencyKeyHeader.
      */
     public java.lang.String getIdempotencyKeyHeader() {
@@ -3435,7 +3435,7 @@ java.lang.String defaultValue) {
      * requests are retried like idempotent ones (on 502/503/504/429 and connection failures).
      * </pre>
      *
-     * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader"];</code>
+     * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The bytes for idempotencyKeyHeader.
      */
     public com.google.protobuf.ByteString
@@ -3457,7 +3457,7 @@ java.lang.String defaultValue) {
      * requests are retried like idempotent ones (on 502/503/504/429 and connection failures).
      * </pre>
      *
-     * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader"];</code>
+     * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The idempotencyKeyHeader to set.
      * @return This builder for chaining.
      */
@@ -3475,7 +3475,7 @@ java.lang.String defaultValue) {
      * requests are retried like idempotent ones (on 502/503/504/429 and connection failures).
      * </pre>
      *
-     * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader"];</code>
+     * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearIdempotencyKeyHeader() {
@@ -3490,7 +3490,7 @@ java.lang.String defaultValue) {
      * requests are retried like idempotent ones (on 502/503/504/429 and connection failures).
      * </pre>
      *
-     * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader"];</code>
+     * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The bytes for idempotencyKeyHeader to set.
      * @return This builder for chaining.
      */
@@ -3511,7 +3511,7 @@ java.lang.String defaultValue) {
      * third-party APIs reject unknown headers.
      * </pre>
      *
-     * <code>bool disable_trace_propagation = 18 [json_name = "disableTracePropagation"];</code>
+     * <code>bool disable_trace_propagation = 18 [json_name = "disableTracePropagation", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The disableTracePropagation.
      */
     @java.lang.Override
@@ -3524,7 +3524,7 @@ java.lang.String defaultValue) {
      * third-party APIs reject unknown headers.
      * </pre>
      *
-     * <code>bool disable_trace_propagation = 18 [json_name = "disableTracePropagation"];</code>
+     * <code>bool disable_trace_propagation = 18 [json_name = "disableTracePropagation", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The disableTracePropagation to set.
      * @return This builder for chaining.
      */
@@ -3541,7 +3541,7 @@ java.lang.String defaultValue) {
      * third-party APIs reject unknown headers.
      * </pre>
      *
-     * <code>bool disable_trace_propagation = 18 [json_name = "disableTracePropagation"];</code>
+     * <code>bool disable_trace_propagation = 18 [json_name = "disableTracePropagation", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearDisableTracePropagation() {

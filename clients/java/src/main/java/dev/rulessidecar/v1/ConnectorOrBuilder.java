@@ -16,7 +16,7 @@ public interface ConnectorOrBuilder extends
    * letter or digit.
    * </pre>
    *
-   * <code>string id = 1 [json_name = "id"];</code>
+   * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The id.
    */
   java.lang.String getId();
@@ -26,7 +26,7 @@ public interface ConnectorOrBuilder extends
    * letter or digit.
    * </pre>
    *
-   * <code>string id = 1 [json_name = "id"];</code>
+   * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for id.
    */
   com.google.protobuf.ByteString
@@ -37,7 +37,7 @@ public interface ConnectorOrBuilder extends
    * Human-readable name shown in workflow editors.
    * </pre>
    *
-   * <code>string display_name = 2 [json_name = "displayName"];</code>
+   * <code>string display_name = 2 [json_name = "displayName", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The displayName.
    */
   java.lang.String getDisplayName();
@@ -46,7 +46,7 @@ public interface ConnectorOrBuilder extends
    * Human-readable name shown in workflow editors.
    * </pre>
    *
-   * <code>string display_name = 2 [json_name = "displayName"];</code>
+   * <code>string display_name = 2 [json_name = "displayName", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bytes for displayName.
    */
   com.google.protobuf.ByteString
@@ -57,7 +57,7 @@ public interface ConnectorOrBuilder extends
    * Whether the connector may run.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+   * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The enum numeric value on the wire for status.
    */
   int getStatusValue();
@@ -66,7 +66,7 @@ public interface ConnectorOrBuilder extends
    * Whether the connector may run.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+   * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The status.
    */
   dev.rulessidecar.v1.ConnectorStatus getStatus();
@@ -76,7 +76,7 @@ public interface ConnectorOrBuilder extends
    * HTTP method of the outbound request.
    * </pre>
    *
-   * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method"];</code>
+   * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The enum numeric value on the wire for method.
    */
   int getMethodValue();
@@ -85,7 +85,7 @@ public interface ConnectorOrBuilder extends
    * HTTP method of the outbound request.
    * </pre>
    *
-   * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method"];</code>
+   * <code>.rulesidecar.v1.HttpMethod method = 4 [json_name = "method", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The method.
    */
   dev.rulessidecar.v1.HttpMethod getMethod();
@@ -96,7 +96,7 @@ public interface ConnectorOrBuilder extends
    * `https://api.store.com/orders/{{order_number}}`.
    * </pre>
    *
-   * <code>string url_template = 5 [json_name = "urlTemplate"];</code>
+   * <code>string url_template = 5 [json_name = "urlTemplate", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The urlTemplate.
    */
   java.lang.String getUrlTemplate();
@@ -106,7 +106,7 @@ public interface ConnectorOrBuilder extends
    * `https://api.store.com/orders/{{order_number}}`.
    * </pre>
    *
-   * <code>string url_template = 5 [json_name = "urlTemplate"];</code>
+   * <code>string url_template = 5 [json_name = "urlTemplate", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for urlTemplate.
    */
   com.google.protobuf.ByteString
@@ -117,7 +117,7 @@ public interface ConnectorOrBuilder extends
    * Header name to value template. Literal credentials are refused: use `auth` with a secret name.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers"];</code>
+   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   int getHeadersCount();
   /**
@@ -125,7 +125,7 @@ public interface ConnectorOrBuilder extends
    * Header name to value template. Literal credentials are refused: use `auth` with a secret name.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers"];</code>
+   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   boolean containsHeaders(
       java.lang.String key);
@@ -140,7 +140,7 @@ public interface ConnectorOrBuilder extends
    * Header name to value template. Literal credentials are refused: use `auth` with a secret name.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers"];</code>
+   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   java.util.Map<java.lang.String, java.lang.String>
   getHeadersMap();
@@ -149,7 +149,7 @@ public interface ConnectorOrBuilder extends
    * Header name to value template. Literal credentials are refused: use `auth` with a secret name.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers"];</code>
+   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   /* nullable */
 java.lang.String getHeadersOrDefault(
@@ -161,7 +161,7 @@ java.lang.String defaultValue);
    * Header name to value template. Literal credentials are refused: use `auth` with a secret name.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers"];</code>
+   * <code>map&lt;string, string&gt; headers = 6 [json_name = "headers", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   java.lang.String getHeadersOrThrow(
       java.lang.String key);
@@ -172,7 +172,7 @@ java.lang.String defaultValue);
    * order.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; query = 7 [json_name = "query"];</code>
+   * <code>map&lt;string, string&gt; query = 7 [json_name = "query", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   int getQueryCount();
   /**
@@ -181,7 +181,7 @@ java.lang.String defaultValue);
    * order.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; query = 7 [json_name = "query"];</code>
+   * <code>map&lt;string, string&gt; query = 7 [json_name = "query", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   boolean containsQuery(
       java.lang.String key);
@@ -197,7 +197,7 @@ java.lang.String defaultValue);
    * order.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; query = 7 [json_name = "query"];</code>
+   * <code>map&lt;string, string&gt; query = 7 [json_name = "query", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   java.util.Map<java.lang.String, java.lang.String>
   getQueryMap();
@@ -207,7 +207,7 @@ java.lang.String defaultValue);
    * order.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; query = 7 [json_name = "query"];</code>
+   * <code>map&lt;string, string&gt; query = 7 [json_name = "query", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   /* nullable */
 java.lang.String getQueryOrDefault(
@@ -220,7 +220,7 @@ java.lang.String defaultValue);
    * order.
    * </pre>
    *
-   * <code>map&lt;string, string&gt; query = 7 [json_name = "query"];</code>
+   * <code>map&lt;string, string&gt; query = 7 [json_name = "query", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   java.lang.String getQueryOrThrow(
       java.lang.String key);
@@ -231,7 +231,7 @@ java.lang.String defaultValue);
    * placeholder inside a longer string is replaced by the value's text. Unset means no body.
    * </pre>
    *
-   * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate"];</code>
+   * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the bodyTemplate field is set.
    */
   boolean hasBodyTemplate();
@@ -241,7 +241,7 @@ java.lang.String defaultValue);
    * placeholder inside a longer string is replaced by the value's text. Unset means no body.
    * </pre>
    *
-   * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate"];</code>
+   * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bodyTemplate.
    */
   com.google.protobuf.Value getBodyTemplate();
@@ -251,7 +251,7 @@ java.lang.String defaultValue);
    * placeholder inside a longer string is replaced by the value's text. Unset means no body.
    * </pre>
    *
-   * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate"];</code>
+   * <code>.google.protobuf.Value body_template = 8 [json_name = "bodyTemplate", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   com.google.protobuf.ValueOrBuilder getBodyTemplateOrBuilder();
 
@@ -260,7 +260,7 @@ java.lang.String defaultValue);
    * How the request authenticates. Unset means no authentication.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth"];</code>
+   * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the auth field is set.
    */
   boolean hasAuth();
@@ -269,7 +269,7 @@ java.lang.String defaultValue);
    * How the request authenticates. Unset means no authentication.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth"];</code>
+   * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The auth.
    */
   dev.rulessidecar.v1.Auth getAuth();
@@ -278,7 +278,7 @@ java.lang.String defaultValue);
    * How the request authenticates. Unset means no authentication.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth"];</code>
+   * <code>.rulesidecar.v1.Auth auth = 9 [json_name = "auth", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   dev.rulessidecar.v1.AuthOrBuilder getAuthOrBuilder();
 
@@ -287,7 +287,7 @@ java.lang.String defaultValue);
    * Total time budget of one evaluation's HTTP exchange. Default 5 s, at most 30 s.
    * </pre>
    *
-   * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout"];</code>
+   * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the timeout field is set.
    */
   boolean hasTimeout();
@@ -296,7 +296,7 @@ java.lang.String defaultValue);
    * Total time budget of one evaluation's HTTP exchange. Default 5 s, at most 30 s.
    * </pre>
    *
-   * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout"];</code>
+   * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The timeout.
    */
   com.google.protobuf.Duration getTimeout();
@@ -305,7 +305,7 @@ java.lang.String defaultValue);
    * Total time budget of one evaluation's HTTP exchange. Default 5 s, at most 30 s.
    * </pre>
    *
-   * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout"];</code>
+   * <code>.google.protobuf.Duration timeout = 10 [json_name = "timeout", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   com.google.protobuf.DurationOrBuilder getTimeoutOrBuilder();
 
@@ -314,7 +314,7 @@ java.lang.String defaultValue);
    * Largest response body accepted, in bytes. Default 1 MiB (1048576); at most 16 MiB.
    * </pre>
    *
-   * <code>int64 max_response_bytes = 11 [json_name = "maxResponseBytes"];</code>
+   * <code>int64 max_response_bytes = 11 [json_name = "maxResponseBytes", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The maxResponseBytes.
    */
   long getMaxResponseBytes();
@@ -324,7 +324,7 @@ java.lang.String defaultValue);
    * Output only: incremented by every successful registration of this id, starting at 1.
    * </pre>
    *
-   * <code>int64 version = 12 [json_name = "version"];</code>
+   * <code>int64 version = 12 [json_name = "version", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
    * @return The version.
    */
   long getVersion();
@@ -334,7 +334,7 @@ java.lang.String defaultValue);
    * Output only: when this version was registered.
    * </pre>
    *
-   * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime"];</code>
+   * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
    * @return Whether the updateTime field is set.
    */
   boolean hasUpdateTime();
@@ -343,7 +343,7 @@ java.lang.String defaultValue);
    * Output only: when this version was registered.
    * </pre>
    *
-   * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime"];</code>
+   * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
    * @return The updateTime.
    */
   com.google.protobuf.Timestamp getUpdateTime();
@@ -352,7 +352,7 @@ java.lang.String defaultValue);
    * Output only: when this version was registered.
    * </pre>
    *
-   * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime"];</code>
+   * <code>.google.protobuf.Timestamp update_time = 13 [json_name = "updateTime", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
    */
   com.google.protobuf.TimestampOrBuilder getUpdateTimeOrBuilder();
 
@@ -361,7 +361,7 @@ java.lang.String defaultValue);
    * Output only: where this definition came from.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source"];</code>
+   * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
    * @return The enum numeric value on the wire for source.
    */
   int getSourceValue();
@@ -370,7 +370,7 @@ java.lang.String defaultValue);
    * Output only: where this definition came from.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source"];</code>
+   * <code>.rulesidecar.v1.ConnectorSource source = 14 [json_name = "source", (.google.api.field_behavior) = OUTPUT_ONLY];</code>
    * @return The source.
    */
   dev.rulessidecar.v1.ConnectorSource getSource();
@@ -382,7 +382,7 @@ java.lang.String defaultValue);
    * operator's egress policy applies on top: this list can only narrow it.
    * </pre>
    *
-   * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+   * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return A list containing the allowedHosts.
    */
   java.util.List<java.lang.String>
@@ -394,7 +394,7 @@ java.lang.String defaultValue);
    * operator's egress policy applies on top: this list can only narrow it.
    * </pre>
    *
-   * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+   * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The count of allowedHosts.
    */
   int getAllowedHostsCount();
@@ -405,7 +405,7 @@ java.lang.String defaultValue);
    * operator's egress policy applies on top: this list can only narrow it.
    * </pre>
    *
-   * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+   * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
    * @param index The index of the element to return.
    * @return The allowedHosts at the given index.
    */
@@ -417,7 +417,7 @@ java.lang.String defaultValue);
    * operator's egress policy applies on top: this list can only narrow it.
    * </pre>
    *
-   * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts"];</code>
+   * <code>repeated string allowed_hosts = 15 [json_name = "allowedHosts", (.google.api.field_behavior) = OPTIONAL];</code>
    * @param index The index of the value to return.
    * @return The bytes of the allowedHosts at the given index.
    */
@@ -430,7 +430,7 @@ java.lang.String defaultValue);
    * credentials are dropped when the origin changes). Default: a 3xx is the answer.
    * </pre>
    *
-   * <code>bool follow_redirects = 16 [json_name = "followRedirects"];</code>
+   * <code>bool follow_redirects = 16 [json_name = "followRedirects", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The followRedirects.
    */
   boolean getFollowRedirects();
@@ -441,7 +441,7 @@ java.lang.String defaultValue);
    * requests are retried like idempotent ones (on 502/503/504/429 and connection failures).
    * </pre>
    *
-   * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader"];</code>
+   * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The idempotencyKeyHeader.
    */
   java.lang.String getIdempotencyKeyHeader();
@@ -451,7 +451,7 @@ java.lang.String defaultValue);
    * requests are retried like idempotent ones (on 502/503/504/429 and connection failures).
    * </pre>
    *
-   * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader"];</code>
+   * <code>string idempotency_key_header = 17 [json_name = "idempotencyKeyHeader", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bytes for idempotencyKeyHeader.
    */
   com.google.protobuf.ByteString
@@ -463,7 +463,7 @@ java.lang.String defaultValue);
    * third-party APIs reject unknown headers.
    * </pre>
    *
-   * <code>bool disable_trace_propagation = 18 [json_name = "disableTracePropagation"];</code>
+   * <code>bool disable_trace_propagation = 18 [json_name = "disableTracePropagation", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The disableTracePropagation.
    */
   boolean getDisableTracePropagation();

@@ -62,7 +62,7 @@ private static final long serialVersionUID = 0L;
    * The connector id.
    * </pre>
    *
-   * <code>string id = 1 [json_name = "id"];</code>
+   * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The id.
    */
   @java.lang.Override
@@ -83,7 +83,7 @@ private static final long serialVersionUID = 0L;
    * The connector id.
    * </pre>
    *
-   * <code>string id = 1 [json_name = "id"];</code>
+   * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for id.
    */
   @java.lang.Override
@@ -108,7 +108,7 @@ private static final long serialVersionUID = 0L;
    * If set, the deletion succeeds only when the stored version equals this value; otherwise ABORTED.
    * </pre>
    *
-   * <code>optional int64 expected_version = 2 [json_name = "expectedVersion"];</code>
+   * <code>optional int64 expected_version = 2 [json_name = "expectedVersion", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the expectedVersion field is set.
    */
   @java.lang.Override
@@ -120,7 +120,7 @@ private static final long serialVersionUID = 0L;
    * If set, the deletion succeeds only when the stored version equals this value; otherwise ABORTED.
    * </pre>
    *
-   * <code>optional int64 expected_version = 2 [json_name = "expectedVersion"];</code>
+   * <code>optional int64 expected_version = 2 [json_name = "expectedVersion", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The expectedVersion.
    */
   @java.lang.Override
@@ -466,7 +466,7 @@ private static final long serialVersionUID = 0L;
      * The connector id.
      * </pre>
      *
-     * <code>string id = 1 [json_name = "id"];</code>
+     * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The id.
      */
     public java.lang.String getId() {
@@ -486,7 +486,7 @@ private static final long serialVersionUID = 0L;
      * The connector id.
      * </pre>
      *
-     * <code>string id = 1 [json_name = "id"];</code>
+     * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The bytes for id.
      */
     public com.google.protobuf.ByteString
@@ -507,7 +507,7 @@ private static final long serialVersionUID = 0L;
      * The connector id.
      * </pre>
      *
-     * <code>string id = 1 [json_name = "id"];</code>
+     * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The id to set.
      * @return This builder for chaining.
      */
@@ -524,7 +524,7 @@ private static final long serialVersionUID = 0L;
      * The connector id.
      * </pre>
      *
-     * <code>string id = 1 [json_name = "id"];</code>
+     * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
      * @return This builder for chaining.
      */
     public Builder clearId() {
@@ -538,7 +538,7 @@ private static final long serialVersionUID = 0L;
      * The connector id.
      * </pre>
      *
-     * <code>string id = 1 [json_name = "id"];</code>
+     * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The bytes for id to set.
      * @return This builder for chaining.
      */
@@ -558,7 +558,7 @@ private static final long serialVersionUID = 0L;
      * If set, the deletion succeeds only when the stored version equals this value; otherwise ABORTED.
      * </pre>
      *
-     * <code>optional int64 expected_version = 2 [json_name = "expectedVersion"];</code>
+     * <code>optional int64 expected_version = 2 [json_name = "expectedVersion", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return Whether the expectedVersion field is set.
      */
     @java.lang.Override
@@ -570,7 +570,7 @@ private static final long serialVersionUID = 0L;
      * If set, the deletion succeeds only when the stored version equals this value; otherwise ABORTED.
      * </pre>
      *
-     * <code>optional int64 expected_version = 2 [json_name = "expectedVersion"];</code>
+     * <code>optional int64 expected_version = 2 [json_name = "expectedVersion", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The expectedVersion.
      */
     @java.lang.Override
@@ -582,7 +582,7 @@ private static final long serialVersionUID = 0L;
      * If set, the deletion succeeds only when the stored version equals this value; otherwise ABORTED.
      * </pre>
      *
-     * <code>optional int64 expected_version = 2 [json_name = "expectedVersion"];</code>
+     * <code>optional int64 expected_version = 2 [json_name = "expectedVersion", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The expectedVersion to set.
      * @return This builder for chaining.
      */
@@ -598,7 +598,7 @@ private static final long serialVersionUID = 0L;
      * If set, the deletion succeeds only when the stored version equals this value; otherwise ABORTED.
      * </pre>
      *
-     * <code>optional int64 expected_version = 2 [json_name = "expectedVersion"];</code>
+     * <code>optional int64 expected_version = 2 [json_name = "expectedVersion", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearExpectedVersion() {

@@ -15,7 +15,7 @@ public interface DeleteConnectorRequestOrBuilder extends
    * The connector id.
    * </pre>
    *
-   * <code>string id = 1 [json_name = "id"];</code>
+   * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The id.
    */
   java.lang.String getId();
@@ -24,7 +24,7 @@ public interface DeleteConnectorRequestOrBuilder extends
    * The connector id.
    * </pre>
    *
-   * <code>string id = 1 [json_name = "id"];</code>
+   * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for id.
    */
   com.google.protobuf.ByteString
@@ -35,7 +35,7 @@ public interface DeleteConnectorRequestOrBuilder extends
    * If set, the deletion succeeds only when the stored version equals this value; otherwise ABORTED.
    * </pre>
    *
-   * <code>optional int64 expected_version = 2 [json_name = "expectedVersion"];</code>
+   * <code>optional int64 expected_version = 2 [json_name = "expectedVersion", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the expectedVersion field is set.
    */
   boolean hasExpectedVersion();
@@ -44,7 +44,7 @@ public interface DeleteConnectorRequestOrBuilder extends
    * If set, the deletion succeeds only when the stored version equals this value; otherwise ABORTED.
    * </pre>
    *
-   * <code>optional int64 expected_version = 2 [json_name = "expectedVersion"];</code>
+   * <code>optional int64 expected_version = 2 [json_name = "expectedVersion", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The expectedVersion.
    */
   long getExpectedVersion();

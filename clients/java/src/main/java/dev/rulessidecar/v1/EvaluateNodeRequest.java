@@ -62,7 +62,7 @@ private static final long serialVersionUID = 0L;
    * in the caller.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Node node = 1 [json_name = "node"];</code>
+   * <code>.rulesidecar.v1.Node node = 1 [json_name = "node", (.google.api.field_behavior) = REQUIRED];</code>
    * @return Whether the node field is set.
    */
   @java.lang.Override
@@ -75,7 +75,7 @@ private static final long serialVersionUID = 0L;
    * in the caller.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Node node = 1 [json_name = "node"];</code>
+   * <code>.rulesidecar.v1.Node node = 1 [json_name = "node", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The node.
    */
   @java.lang.Override
@@ -88,7 +88,7 @@ private static final long serialVersionUID = 0L;
    * in the caller.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Node node = 1 [json_name = "node"];</code>
+   * <code>.rulesidecar.v1.Node node = 1 [json_name = "node", (.google.api.field_behavior) = REQUIRED];</code>
    */
   @java.lang.Override
   public dev.rulessidecar.v1.NodeOrBuilder getNodeOrBuilder() {
@@ -103,7 +103,7 @@ private static final long serialVersionUID = 0L;
    * templates and by VARIABLE conditions.
    * </pre>
    *
-   * <code>.google.protobuf.Struct variables = 2 [json_name = "variables"];</code>
+   * <code>.google.protobuf.Struct variables = 2 [json_name = "variables", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the variables field is set.
    */
   @java.lang.Override
@@ -116,7 +116,7 @@ private static final long serialVersionUID = 0L;
    * templates and by VARIABLE conditions.
    * </pre>
    *
-   * <code>.google.protobuf.Struct variables = 2 [json_name = "variables"];</code>
+   * <code>.google.protobuf.Struct variables = 2 [json_name = "variables", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The variables.
    */
   @java.lang.Override
@@ -129,7 +129,7 @@ private static final long serialVersionUID = 0L;
    * templates and by VARIABLE conditions.
    * </pre>
    *
-   * <code>.google.protobuf.Struct variables = 2 [json_name = "variables"];</code>
+   * <code>.google.protobuf.Struct variables = 2 [json_name = "variables", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public com.google.protobuf.StructOrBuilder getVariablesOrBuilder() {
@@ -144,7 +144,7 @@ private static final long serialVersionUID = 0L;
    * request with every secret masked.
    * </pre>
    *
-   * <code>bool explain = 3 [json_name = "explain"];</code>
+   * <code>bool explain = 3 [json_name = "explain", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The explain.
    */
   @java.lang.Override
@@ -159,7 +159,7 @@ private static final long serialVersionUID = 0L;
    * Which connector statuses may run.
    * </pre>
    *
-   * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode"];</code>
+   * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The enum numeric value on the wire for mode.
    */
   @java.lang.Override public int getModeValue() {
@@ -170,7 +170,7 @@ private static final long serialVersionUID = 0L;
    * Which connector statuses may run.
    * </pre>
    *
-   * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode"];</code>
+   * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The mode.
    */
   @java.lang.Override public dev.rulessidecar.v1.EvaluationMode getMode() {
@@ -592,7 +592,7 @@ private static final long serialVersionUID = 0L;
      * in the caller.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node"];</code>
+     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node", (.google.api.field_behavior) = REQUIRED];</code>
      * @return Whether the node field is set.
      */
     public boolean hasNode() {
@@ -604,7 +604,7 @@ private static final long serialVersionUID = 0L;
      * in the caller.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node"];</code>
+     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The node.
      */
     public dev.rulessidecar.v1.Node getNode() {
@@ -620,7 +620,7 @@ private static final long serialVersionUID = 0L;
      * in the caller.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node"];</code>
+     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public Builder setNode(dev.rulessidecar.v1.Node value) {
       if (nodeBuilder_ == null) {
@@ -639,7 +639,7 @@ private static final long serialVersionUID = 0L;
      * in the caller.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node"];</code>
+     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public Builder setNode(
         dev.rulessidecar.v1.Node.Builder builderForValue) {
@@ -658,7 +658,7 @@ private static final long serialVersionUID = 0L;
      * in the caller.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node"];</code>
+     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public Builder mergeNode(dev.rulessidecar.v1.Node value) {
       if (nodeBuilder_ == null) {
@@ -684,7 +684,7 @@ private static final long serialVersionUID = 0L;
      * in the caller.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node"];</code>
+     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public Builder clearNode() {
       bitField0_ = (bitField0_ & ~0x00000001);
@@ -702,7 +702,7 @@ private static final long serialVersionUID = 0L;
      * in the caller.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node"];</code>
+     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public dev.rulessidecar.v1.Node.Builder getNodeBuilder() {
       bitField0_ |= 0x00000001;
@@ -715,7 +715,7 @@ private static final long serialVersionUID = 0L;
      * in the caller.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node"];</code>
+     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public dev.rulessidecar.v1.NodeOrBuilder getNodeOrBuilder() {
       if (nodeBuilder_ != null) {
@@ -731,7 +731,7 @@ private static final long serialVersionUID = 0L;
      * in the caller.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node"];</code>
+     * <code>.rulesidecar.v1.Node node = 1 [json_name = "node", (.google.api.field_behavior) = REQUIRED];</code>
      */
     private com.google.protobuf.SingleFieldBuilder<
         dev.rulessidecar.v1.Node, dev.rulessidecar.v1.Node.Builder, dev.rulessidecar.v1.NodeOrBuilder> 
@@ -756,7 +756,7 @@ private static final long serialVersionUID = 0L;
      * templates and by VARIABLE conditions.
      * </pre>
      *
-     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables"];</code>
+     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return Whether the variables field is set.
      */
     public boolean hasVariables() {
@@ -768,7 +768,7 @@ private static final long serialVersionUID = 0L;
      * templates and by VARIABLE conditions.
      * </pre>
      *
-     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables"];</code>
+     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The variables.
      */
     public com.google.protobuf.Struct getVariables() {
@@ -784,7 +784,7 @@ private static final long serialVersionUID = 0L;
      * templates and by VARIABLE conditions.
      * </pre>
      *
-     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables"];</code>
+     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setVariables(com.google.protobuf.Struct value) {
       if (variablesBuilder_ == null) {
@@ -803,7 +803,7 @@ private static final long serialVersionUID = 0L;
      * templates and by VARIABLE conditions.
      * </pre>
      *
-     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables"];</code>
+     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setVariables(
         com.google.protobuf.Struct.Builder builderForValue) {
@@ -822,7 +822,7 @@ private static final long serialVersionUID = 0L;
      * templates and by VARIABLE conditions.
      * </pre>
      *
-     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables"];</code>
+     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder mergeVariables(com.google.protobuf.Struct value) {
       if (variablesBuilder_ == null) {
@@ -848,7 +848,7 @@ private static final long serialVersionUID = 0L;
      * templates and by VARIABLE conditions.
      * </pre>
      *
-     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables"];</code>
+     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder clearVariables() {
       bitField0_ = (bitField0_ & ~0x00000002);
@@ -866,7 +866,7 @@ private static final long serialVersionUID = 0L;
      * templates and by VARIABLE conditions.
      * </pre>
      *
-     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables"];</code>
+     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public com.google.protobuf.Struct.Builder getVariablesBuilder() {
       bitField0_ |= 0x00000002;
@@ -879,7 +879,7 @@ private static final long serialVersionUID = 0L;
      * templates and by VARIABLE conditions.
      * </pre>
      *
-     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables"];</code>
+     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public com.google.protobuf.StructOrBuilder getVariablesOrBuilder() {
       if (variablesBuilder_ != null) {
@@ -895,7 +895,7 @@ private static final long serialVersionUID = 0L;
      * templates and by VARIABLE conditions.
      * </pre>
      *
-     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables"];</code>
+     * <code>.google.protobuf.Struct variables = 2 [json_name = "variables", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     private com.google.protobuf.SingleFieldBuilder<
         com.google.protobuf.Struct, com.google.protobuf.Struct.Builder, com.google.protobuf.StructOrBuilder> 
@@ -918,7 +918,7 @@ private static final long serialVersionUID = 0L;
      * request with every secret masked.
      * </pre>
      *
-     * <code>bool explain = 3 [json_name = "explain"];</code>
+     * <code>bool explain = 3 [json_name = "explain", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The explain.
      */
     @java.lang.Override
@@ -931,7 +931,7 @@ private static final long serialVersionUID = 0L;
      * request with every secret masked.
      * </pre>
      *
-     * <code>bool explain = 3 [json_name = "explain"];</code>
+     * <code>bool explain = 3 [json_name = "explain", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The explain to set.
      * @return This builder for chaining.
      */
@@ -948,7 +948,7 @@ private static final long serialVersionUID = 0L;
      * request with every secret masked.
      * </pre>
      *
-     * <code>bool explain = 3 [json_name = "explain"];</code>
+     * <code>bool explain = 3 [json_name = "explain", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearExplain() {
@@ -964,7 +964,7 @@ private static final long serialVersionUID = 0L;
      * Which connector statuses may run.
      * </pre>
      *
-     * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode"];</code>
+     * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The enum numeric value on the wire for mode.
      */
     @java.lang.Override public int getModeValue() {
@@ -975,7 +975,7 @@ private static final long serialVersionUID = 0L;
      * Which connector statuses may run.
      * </pre>
      *
-     * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode"];</code>
+     * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The enum numeric value on the wire for mode to set.
      * @return This builder for chaining.
      */
@@ -990,7 +990,7 @@ private static final long serialVersionUID = 0L;
      * Which connector statuses may run.
      * </pre>
      *
-     * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode"];</code>
+     * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The mode.
      */
     @java.lang.Override
@@ -1003,7 +1003,7 @@ private static final long serialVersionUID = 0L;
      * Which connector statuses may run.
      * </pre>
      *
-     * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode"];</code>
+     * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The mode to set.
      * @throws IllegalArgumentException if UNRECOGNIZED is provided.
      * @return This builder for chaining.
@@ -1020,7 +1020,7 @@ private static final long serialVersionUID = 0L;
      * Which connector statuses may run.
      * </pre>
      *
-     * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode"];</code>
+     * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearMode() {

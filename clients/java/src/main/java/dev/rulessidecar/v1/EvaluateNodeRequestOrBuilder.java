@@ -16,7 +16,7 @@ public interface EvaluateNodeRequestOrBuilder extends
    * in the caller.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Node node = 1 [json_name = "node"];</code>
+   * <code>.rulesidecar.v1.Node node = 1 [json_name = "node", (.google.api.field_behavior) = REQUIRED];</code>
    * @return Whether the node field is set.
    */
   boolean hasNode();
@@ -26,7 +26,7 @@ public interface EvaluateNodeRequestOrBuilder extends
    * in the caller.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Node node = 1 [json_name = "node"];</code>
+   * <code>.rulesidecar.v1.Node node = 1 [json_name = "node", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The node.
    */
   dev.rulessidecar.v1.Node getNode();
@@ -36,7 +36,7 @@ public interface EvaluateNodeRequestOrBuilder extends
    * in the caller.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Node node = 1 [json_name = "node"];</code>
+   * <code>.rulesidecar.v1.Node node = 1 [json_name = "node", (.google.api.field_behavior) = REQUIRED];</code>
    */
   dev.rulessidecar.v1.NodeOrBuilder getNodeOrBuilder();
 
@@ -46,7 +46,7 @@ public interface EvaluateNodeRequestOrBuilder extends
    * templates and by VARIABLE conditions.
    * </pre>
    *
-   * <code>.google.protobuf.Struct variables = 2 [json_name = "variables"];</code>
+   * <code>.google.protobuf.Struct variables = 2 [json_name = "variables", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the variables field is set.
    */
   boolean hasVariables();
@@ -56,7 +56,7 @@ public interface EvaluateNodeRequestOrBuilder extends
    * templates and by VARIABLE conditions.
    * </pre>
    *
-   * <code>.google.protobuf.Struct variables = 2 [json_name = "variables"];</code>
+   * <code>.google.protobuf.Struct variables = 2 [json_name = "variables", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The variables.
    */
   com.google.protobuf.Struct getVariables();
@@ -66,7 +66,7 @@ public interface EvaluateNodeRequestOrBuilder extends
    * templates and by VARIABLE conditions.
    * </pre>
    *
-   * <code>.google.protobuf.Struct variables = 2 [json_name = "variables"];</code>
+   * <code>.google.protobuf.Struct variables = 2 [json_name = "variables", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   com.google.protobuf.StructOrBuilder getVariablesOrBuilder();
 
@@ -76,7 +76,7 @@ public interface EvaluateNodeRequestOrBuilder extends
    * request with every secret masked.
    * </pre>
    *
-   * <code>bool explain = 3 [json_name = "explain"];</code>
+   * <code>bool explain = 3 [json_name = "explain", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The explain.
    */
   boolean getExplain();
@@ -86,7 +86,7 @@ public interface EvaluateNodeRequestOrBuilder extends
    * Which connector statuses may run.
    * </pre>
    *
-   * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode"];</code>
+   * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The enum numeric value on the wire for mode.
    */
   int getModeValue();
@@ -95,7 +95,7 @@ public interface EvaluateNodeRequestOrBuilder extends
    * Which connector statuses may run.
    * </pre>
    *
-   * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode"];</code>
+   * <code>.rulesidecar.v1.EvaluationMode mode = 4 [json_name = "mode", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The mode.
    */
   dev.rulessidecar.v1.EvaluationMode getMode();

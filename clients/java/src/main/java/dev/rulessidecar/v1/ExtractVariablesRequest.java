@@ -103,7 +103,7 @@ private static final long serialVersionUID = 0L;
    * The extractions to apply.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public java.util.List<dev.rulessidecar.v1.Extraction> getExtractionsList() {
@@ -114,7 +114,7 @@ private static final long serialVersionUID = 0L;
    * The extractions to apply.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public java.util.List<? extends dev.rulessidecar.v1.ExtractionOrBuilder> 
@@ -126,7 +126,7 @@ private static final long serialVersionUID = 0L;
    * The extractions to apply.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public int getExtractionsCount() {
@@ -137,7 +137,7 @@ private static final long serialVersionUID = 0L;
    * The extractions to apply.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public dev.rulessidecar.v1.Extraction getExtractions(int index) {
@@ -148,7 +148,7 @@ private static final long serialVersionUID = 0L;
    * The extractions to apply.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public dev.rulessidecar.v1.ExtractionOrBuilder getExtractionsOrBuilder(
@@ -162,7 +162,7 @@ private static final long serialVersionUID = 0L;
    * The document as a structured value.
    * </pre>
    *
-   * <code>.google.protobuf.Value json = 2 [json_name = "json"];</code>
+   * <code>.google.protobuf.Value json = 2 [json_name = "json", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the json field is set.
    */
   @java.lang.Override
@@ -174,7 +174,7 @@ private static final long serialVersionUID = 0L;
    * The document as a structured value.
    * </pre>
    *
-   * <code>.google.protobuf.Value json = 2 [json_name = "json"];</code>
+   * <code>.google.protobuf.Value json = 2 [json_name = "json", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The json.
    */
   @java.lang.Override
@@ -189,7 +189,7 @@ private static final long serialVersionUID = 0L;
    * The document as a structured value.
    * </pre>
    *
-   * <code>.google.protobuf.Value json = 2 [json_name = "json"];</code>
+   * <code>.google.protobuf.Value json = 2 [json_name = "json", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public com.google.protobuf.ValueOrBuilder getJsonOrBuilder() {
@@ -205,7 +205,7 @@ private static final long serialVersionUID = 0L;
    * The document as UTF-8 JSON text; invalid JSON answers INVALID_ARGUMENT.
    * </pre>
    *
-   * <code>bytes raw_json = 3 [json_name = "rawJson"];</code>
+   * <code>bytes raw_json = 3 [json_name = "rawJson", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the rawJson field is set.
    */
   @java.lang.Override
@@ -217,7 +217,7 @@ private static final long serialVersionUID = 0L;
    * The document as UTF-8 JSON text; invalid JSON answers INVALID_ARGUMENT.
    * </pre>
    *
-   * <code>bytes raw_json = 3 [json_name = "rawJson"];</code>
+   * <code>bytes raw_json = 3 [json_name = "rawJson", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The rawJson.
    */
   @java.lang.Override
@@ -694,7 +694,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public java.util.List<dev.rulessidecar.v1.Extraction> getExtractionsList() {
       if (extractionsBuilder_ == null) {
@@ -708,7 +708,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public int getExtractionsCount() {
       if (extractionsBuilder_ == null) {
@@ -722,7 +722,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Extraction getExtractions(int index) {
       if (extractionsBuilder_ == null) {
@@ -736,7 +736,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setExtractions(
         int index, dev.rulessidecar.v1.Extraction value) {
@@ -755,7 +755,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setExtractions(
         int index, dev.rulessidecar.v1.Extraction.Builder builderForValue) {
@@ -773,7 +773,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addExtractions(dev.rulessidecar.v1.Extraction value) {
       if (extractionsBuilder_ == null) {
@@ -791,7 +791,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addExtractions(
         int index, dev.rulessidecar.v1.Extraction value) {
@@ -810,7 +810,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addExtractions(
         dev.rulessidecar.v1.Extraction.Builder builderForValue) {
@@ -828,7 +828,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addExtractions(
         int index, dev.rulessidecar.v1.Extraction.Builder builderForValue) {
@@ -846,7 +846,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addAllExtractions(
         java.lang.Iterable<? extends dev.rulessidecar.v1.Extraction> values) {
@@ -865,7 +865,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder clearExtractions() {
       if (extractionsBuilder_ == null) {
@@ -882,7 +882,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder removeExtractions(int index) {
       if (extractionsBuilder_ == null) {
@@ -899,7 +899,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Extraction.Builder getExtractionsBuilder(
         int index) {
@@ -910,7 +910,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.ExtractionOrBuilder getExtractionsOrBuilder(
         int index) {
@@ -924,7 +924,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public java.util.List<? extends dev.rulessidecar.v1.ExtractionOrBuilder> 
          getExtractionsOrBuilderList() {
@@ -939,7 +939,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Extraction.Builder addExtractionsBuilder() {
       return internalGetExtractionsFieldBuilder().addBuilder(
@@ -950,7 +950,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Extraction.Builder addExtractionsBuilder(
         int index) {
@@ -962,7 +962,7 @@ private static final long serialVersionUID = 0L;
      * The extractions to apply.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public java.util.List<dev.rulessidecar.v1.Extraction.Builder> 
          getExtractionsBuilderList() {
@@ -990,7 +990,7 @@ private static final long serialVersionUID = 0L;
      * The document as a structured value.
      * </pre>
      *
-     * <code>.google.protobuf.Value json = 2 [json_name = "json"];</code>
+     * <code>.google.protobuf.Value json = 2 [json_name = "json", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return Whether the json field is set.
      */
     @java.lang.Override
@@ -1002,7 +1002,7 @@ private static final long serialVersionUID = 0L;
      * The document as a structured value.
      * </pre>
      *
-     * <code>.google.protobuf.Value json = 2 [json_name = "json"];</code>
+     * <code>.google.protobuf.Value json = 2 [json_name = "json", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The json.
      */
     @java.lang.Override
@@ -1024,7 +1024,7 @@ private static final long serialVersionUID = 0L;
      * The document as a structured value.
      * </pre>
      *
-     * <code>.google.protobuf.Value json = 2 [json_name = "json"];</code>
+     * <code>.google.protobuf.Value json = 2 [json_name = "json", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setJson(com.google.protobuf.Value value) {
       if (jsonBuilder_ == null) {
@@ -1042,7 +1042,7 @@ private static final long serialVersionUID = 0L;
      * The document as a structured value.
      * </pre>
      *
-     * <code>.google.protobuf.Value json = 2 [json_name = "json"];</code>
+     * <code>.google.protobuf.Value json = 2 [json_name = "json", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setJson(
         com.google.protobuf.Value.Builder builderForValue) {
@@ -1060,7 +1060,7 @@ private static final long serialVersionUID = 0L;
      * The document as a structured value.
      * </pre>
      *
-     * <code>.google.protobuf.Value json = 2 [json_name = "json"];</code>
+     * <code>.google.protobuf.Value json = 2 [json_name = "json", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder mergeJson(com.google.protobuf.Value value) {
       if (jsonBuilder_ == null) {
@@ -1087,7 +1087,7 @@ private static final long serialVersionUID = 0L;
      * The document as a structured value.
      * </pre>
      *
-     * <code>.google.protobuf.Value json = 2 [json_name = "json"];</code>
+     * <code>.google.protobuf.Value json = 2 [json_name = "json", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder clearJson() {
       if (jsonBuilder_ == null) {
@@ -1110,7 +1110,7 @@ private static final long serialVersionUID = 0L;
      * The document as a structured value.
      * </pre>
      *
-     * <code>.google.protobuf.Value json = 2 [json_name = "json"];</code>
+     * <code>.google.protobuf.Value json = 2 [json_name = "json", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public com.google.protobuf.Value.Builder getJsonBuilder() {
       return internalGetJsonFieldBuilder().getBuilder();
@@ -1120,7 +1120,7 @@ private static final long serialVersionUID = 0L;
      * The document as a structured value.
      * </pre>
      *
-     * <code>.google.protobuf.Value json = 2 [json_name = "json"];</code>
+     * <code>.google.protobuf.Value json = 2 [json_name = "json", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     @java.lang.Override
     public com.google.protobuf.ValueOrBuilder getJsonOrBuilder() {
@@ -1138,7 +1138,7 @@ private static final long serialVersionUID = 0L;
      * The document as a structured value.
      * </pre>
      *
-     * <code>.google.protobuf.Value json = 2 [json_name = "json"];</code>
+     * <code>.google.protobuf.Value json = 2 [json_name = "json", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     private com.google.protobuf.SingleFieldBuilder<
         com.google.protobuf.Value, com.google.protobuf.Value.Builder, com.google.protobuf.ValueOrBuilder> 
@@ -1164,7 +1164,7 @@ private static final long serialVersionUID = 0L;
      * The document as UTF-8 JSON text; invalid JSON answers INVALID_ARGUMENT.
      * </pre>
      *
-     * <code>bytes raw_json = 3 [json_name = "rawJson"];</code>
+     * <code>bytes raw_json = 3 [json_name = "rawJson", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return Whether the rawJson field is set.
      */
     public boolean hasRawJson() {
@@ -1175,7 +1175,7 @@ private static final long serialVersionUID = 0L;
      * The document as UTF-8 JSON text; invalid JSON answers INVALID_ARGUMENT.
      * </pre>
      *
-     * <code>bytes raw_json = 3 [json_name = "rawJson"];</code>
+     * <code>bytes raw_json = 3 [json_name = "rawJson", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The rawJson.
      */
     public com.google.protobuf.ByteString getRawJson() {
@@ -1189,7 +1189,7 @@ private static final long serialVersionUID = 0L;
      * The document as UTF-8 JSON text; invalid JSON answers INVALID_ARGUMENT.
      * </pre>
      *
-     * <code>bytes raw_json = 3 [json_name = "rawJson"];</code>
+     * <code>bytes raw_json = 3 [json_name = "rawJson", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The rawJson to set.
      * @return This builder for chaining.
      */
@@ -1205,7 +1205,7 @@ private static final long serialVersionUID = 0L;
      * The document as UTF-8 JSON text; invalid JSON answers INVALID_ARGUMENT.
      * </pre>
      *
-     * <code>bytes raw_json = 3 [json_name = "rawJson"];</code>
+     * <code>bytes raw_json = 3 [json_name = "rawJson", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearRawJson() {

@@ -15,7 +15,7 @@ public interface ExtractVariablesRequestOrBuilder extends
    * The extractions to apply.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   java.util.List<dev.rulessidecar.v1.Extraction> 
       getExtractionsList();
@@ -24,7 +24,7 @@ public interface ExtractVariablesRequestOrBuilder extends
    * The extractions to apply.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   dev.rulessidecar.v1.Extraction getExtractions(int index);
   /**
@@ -32,7 +32,7 @@ public interface ExtractVariablesRequestOrBuilder extends
    * The extractions to apply.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   int getExtractionsCount();
   /**
@@ -40,7 +40,7 @@ public interface ExtractVariablesRequestOrBuilder extends
    * The extractions to apply.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   java.util.List<? extends dev.rulessidecar.v1.ExtractionOrBuilder> 
       getExtractionsOrBuilderList();
@@ -49,7 +49,7 @@ public interface ExtractVariablesRequestOrBuilder extends
    * The extractions to apply.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 1 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   dev.rulessidecar.v1.ExtractionOrBuilder getExtractionsOrBuilder(
       int index);
@@ -59,7 +59,7 @@ public interface ExtractVariablesRequestOrBuilder extends
    * The document as a structured value.
    * </pre>
    *
-   * <code>.google.protobuf.Value json = 2 [json_name = "json"];</code>
+   * <code>.google.protobuf.Value json = 2 [json_name = "json", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the json field is set.
    */
   boolean hasJson();
@@ -68,7 +68,7 @@ public interface ExtractVariablesRequestOrBuilder extends
    * The document as a structured value.
    * </pre>
    *
-   * <code>.google.protobuf.Value json = 2 [json_name = "json"];</code>
+   * <code>.google.protobuf.Value json = 2 [json_name = "json", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The json.
    */
   com.google.protobuf.Value getJson();
@@ -77,7 +77,7 @@ public interface ExtractVariablesRequestOrBuilder extends
    * The document as a structured value.
    * </pre>
    *
-   * <code>.google.protobuf.Value json = 2 [json_name = "json"];</code>
+   * <code>.google.protobuf.Value json = 2 [json_name = "json", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   com.google.protobuf.ValueOrBuilder getJsonOrBuilder();
 
@@ -86,7 +86,7 @@ public interface ExtractVariablesRequestOrBuilder extends
    * The document as UTF-8 JSON text; invalid JSON answers INVALID_ARGUMENT.
    * </pre>
    *
-   * <code>bytes raw_json = 3 [json_name = "rawJson"];</code>
+   * <code>bytes raw_json = 3 [json_name = "rawJson", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the rawJson field is set.
    */
   boolean hasRawJson();
@@ -95,7 +95,7 @@ public interface ExtractVariablesRequestOrBuilder extends
    * The document as UTF-8 JSON text; invalid JSON answers INVALID_ARGUMENT.
    * </pre>
    *
-   * <code>bytes raw_json = 3 [json_name = "rawJson"];</code>
+   * <code>bytes raw_json = 3 [json_name = "rawJson", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The rawJson.
    */
   com.google.protobuf.ByteString getRawJson();

@@ -64,7 +64,7 @@ private static final long serialVersionUID = 0L;
    * Variable name to set: letters, digits and `_`, starting with a letter or `_`.
    * </pre>
    *
-   * <code>string variable = 1 [json_name = "variable"];</code>
+   * <code>string variable = 1 [json_name = "variable", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The variable.
    */
   @java.lang.Override
@@ -85,7 +85,7 @@ private static final long serialVersionUID = 0L;
    * Variable name to set: letters, digits and `_`, starting with a letter or `_`.
    * </pre>
    *
-   * <code>string variable = 1 [json_name = "variable"];</code>
+   * <code>string variable = 1 [json_name = "variable", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for variable.
    */
   @java.lang.Override
@@ -111,7 +111,7 @@ private static final long serialVersionUID = 0L;
    * JMESPath expression over the JSON document.
    * </pre>
    *
-   * <code>string path = 2 [json_name = "path"];</code>
+   * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The path.
    */
   @java.lang.Override
@@ -132,7 +132,7 @@ private static final long serialVersionUID = 0L;
    * JMESPath expression over the JSON document.
    * </pre>
    *
-   * <code>string path = 2 [json_name = "path"];</code>
+   * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for path.
    */
   @java.lang.Override
@@ -157,7 +157,7 @@ private static final long serialVersionUID = 0L;
    * Value used when the expression yields null or the response has no JSON body. Unset means none.
    * </pre>
    *
-   * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue"];</code>
+   * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the defaultValue field is set.
    */
   @java.lang.Override
@@ -169,7 +169,7 @@ private static final long serialVersionUID = 0L;
    * Value used when the expression yields null or the response has no JSON body. Unset means none.
    * </pre>
    *
-   * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue"];</code>
+   * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The defaultValue.
    */
   @java.lang.Override
@@ -181,7 +181,7 @@ private static final long serialVersionUID = 0L;
    * Value used when the expression yields null or the response has no JSON body. Unset means none.
    * </pre>
    *
-   * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue"];</code>
+   * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public com.google.protobuf.ValueOrBuilder getDefaultValueOrBuilder() {
@@ -196,7 +196,7 @@ private static final long serialVersionUID = 0L;
    * ERROR with reason EXTRACTION_FAILED.
    * </pre>
    *
-   * <code>bool required = 4 [json_name = "required"];</code>
+   * <code>bool required = 4 [json_name = "required", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The required.
    */
   @java.lang.Override
@@ -211,7 +211,7 @@ private static final long serialVersionUID = 0L;
    * Conversion applied to the extracted value.
    * </pre>
    *
-   * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast"];</code>
+   * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The enum numeric value on the wire for cast.
    */
   @java.lang.Override public int getCastValue() {
@@ -222,7 +222,7 @@ private static final long serialVersionUID = 0L;
    * Conversion applied to the extracted value.
    * </pre>
    *
-   * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast"];</code>
+   * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The cast.
    */
   @java.lang.Override public dev.rulessidecar.v1.CastType getCast() {
@@ -651,7 +651,7 @@ private static final long serialVersionUID = 0L;
      * Variable name to set: letters, digits and `_`, starting with a letter or `_`.
      * </pre>
      *
-     * <code>string variable = 1 [json_name = "variable"];</code>
+     * <code>string variable = 1 [json_name = "variable", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The variable.
      */
     public java.lang.String getVariable() {
@@ -671,7 +671,7 @@ private static final long serialVersionUID = 0L;
      * Variable name to set: letters, digits and `_`, starting with a letter or `_`.
      * </pre>
      *
-     * <code>string variable = 1 [json_name = "variable"];</code>
+     * <code>string variable = 1 [json_name = "variable", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The bytes for variable.
      */
     public com.google.protobuf.ByteString
@@ -692,7 +692,7 @@ private static final long serialVersionUID = 0L;
      * Variable name to set: letters, digits and `_`, starting with a letter or `_`.
      * </pre>
      *
-     * <code>string variable = 1 [json_name = "variable"];</code>
+     * <code>string variable = 1 [json_name = "variable", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The variable to set.
      * @return This builder for chaining.
      */
@@ -709,7 +709,7 @@ private static final long serialVersionUID = 0L;
      * Variable name to set: letters, digits and `_`, starting with a letter or `_`.
      * </pre>
      *
-     * <code>string variable = 1 [json_name = "variable"];</code>
+     * <code>string variable = 1 [json_name = "variable", (.google.api.field_behavior) = REQUIRED];</code>
      * @return This builder for chaining.
      */
     public Builder clearVariable() {
@@ -723,7 +723,7 @@ private static final long serialVersionUID = 0L;
      * Variable name to set: letters, digits and `_`, starting with a letter or `_`.
      * </pre>
      *
-     * <code>string variable = 1 [json_name = "variable"];</code>
+     * <code>string variable = 1 [json_name = "variable", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The bytes for variable to set.
      * @return This builder for chaining.
      */
@@ -743,7 +743,7 @@ private static final long serialVersionUID = 0L;
      * JMESPath expression over the JSON document.
      * </pre>
      *
-     * <code>string path = 2 [json_name = "path"];</code>
+     * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The path.
      */
     public java.lang.String getPath() {
@@ -763,7 +763,7 @@ private static final long serialVersionUID = 0L;
      * JMESPath expression over the JSON document.
      * </pre>
      *
-     * <code>string path = 2 [json_name = "path"];</code>
+     * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The bytes for path.
      */
     public com.google.protobuf.ByteString
@@ -784,7 +784,7 @@ private static final long serialVersionUID = 0L;
      * JMESPath expression over the JSON document.
      * </pre>
      *
-     * <code>string path = 2 [json_name = "path"];</code>
+     * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The path to set.
      * @return This builder for chaining.
      */
@@ -801,7 +801,7 @@ private static final long serialVersionUID = 0L;
      * JMESPath expression over the JSON document.
      * </pre>
      *
-     * <code>string path = 2 [json_name = "path"];</code>
+     * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = REQUIRED];</code>
      * @return This builder for chaining.
      */
     public Builder clearPath() {
@@ -815,7 +815,7 @@ private static final long serialVersionUID = 0L;
      * JMESPath expression over the JSON document.
      * </pre>
      *
-     * <code>string path = 2 [json_name = "path"];</code>
+     * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The bytes for path to set.
      * @return This builder for chaining.
      */
@@ -837,7 +837,7 @@ private static final long serialVersionUID = 0L;
      * Value used when the expression yields null or the response has no JSON body. Unset means none.
      * </pre>
      *
-     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue"];</code>
+     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return Whether the defaultValue field is set.
      */
     public boolean hasDefaultValue() {
@@ -848,7 +848,7 @@ private static final long serialVersionUID = 0L;
      * Value used when the expression yields null or the response has no JSON body. Unset means none.
      * </pre>
      *
-     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue"];</code>
+     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The defaultValue.
      */
     public com.google.protobuf.Value getDefaultValue() {
@@ -863,7 +863,7 @@ private static final long serialVersionUID = 0L;
      * Value used when the expression yields null or the response has no JSON body. Unset means none.
      * </pre>
      *
-     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue"];</code>
+     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setDefaultValue(com.google.protobuf.Value value) {
       if (defaultValueBuilder_ == null) {
@@ -881,7 +881,7 @@ private static final long serialVersionUID = 0L;
      * Value used when the expression yields null or the response has no JSON body. Unset means none.
      * </pre>
      *
-     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue"];</code>
+     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setDefaultValue(
         com.google.protobuf.Value.Builder builderForValue) {
@@ -899,7 +899,7 @@ private static final long serialVersionUID = 0L;
      * Value used when the expression yields null or the response has no JSON body. Unset means none.
      * </pre>
      *
-     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue"];</code>
+     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder mergeDefaultValue(com.google.protobuf.Value value) {
       if (defaultValueBuilder_ == null) {
@@ -924,7 +924,7 @@ private static final long serialVersionUID = 0L;
      * Value used when the expression yields null or the response has no JSON body. Unset means none.
      * </pre>
      *
-     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue"];</code>
+     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder clearDefaultValue() {
       bitField0_ = (bitField0_ & ~0x00000004);
@@ -941,7 +941,7 @@ private static final long serialVersionUID = 0L;
      * Value used when the expression yields null or the response has no JSON body. Unset means none.
      * </pre>
      *
-     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue"];</code>
+     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public com.google.protobuf.Value.Builder getDefaultValueBuilder() {
       bitField0_ |= 0x00000004;
@@ -953,7 +953,7 @@ private static final long serialVersionUID = 0L;
      * Value used when the expression yields null or the response has no JSON body. Unset means none.
      * </pre>
      *
-     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue"];</code>
+     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public com.google.protobuf.ValueOrBuilder getDefaultValueOrBuilder() {
       if (defaultValueBuilder_ != null) {
@@ -968,7 +968,7 @@ private static final long serialVersionUID = 0L;
      * Value used when the expression yields null or the response has no JSON body. Unset means none.
      * </pre>
      *
-     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue"];</code>
+     * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     private com.google.protobuf.SingleFieldBuilder<
         com.google.protobuf.Value, com.google.protobuf.Value.Builder, com.google.protobuf.ValueOrBuilder> 
@@ -991,7 +991,7 @@ private static final long serialVersionUID = 0L;
      * ERROR with reason EXTRACTION_FAILED.
      * </pre>
      *
-     * <code>bool required = 4 [json_name = "required"];</code>
+     * <code>bool required = 4 [json_name = "required", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The required.
      */
     @java.lang.Override
@@ -1004,7 +1004,7 @@ private static final long serialVersionUID = 0L;
      * ERROR with reason EXTRACTION_FAILED.
      * </pre>
      *
-     * <code>bool required = 4 [json_name = "required"];</code>
+     * <code>bool required = 4 [json_name = "required", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The required to set.
      * @return This builder for chaining.
      */
@@ -1021,7 +1021,7 @@ private static final long serialVersionUID = 0L;
      * ERROR with reason EXTRACTION_FAILED.
      * </pre>
      *
-     * <code>bool required = 4 [json_name = "required"];</code>
+     * <code>bool required = 4 [json_name = "required", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearRequired() {
@@ -1037,7 +1037,7 @@ private static final long serialVersionUID = 0L;
      * Conversion applied to the extracted value.
      * </pre>
      *
-     * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast"];</code>
+     * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The enum numeric value on the wire for cast.
      */
     @java.lang.Override public int getCastValue() {
@@ -1048,7 +1048,7 @@ private static final long serialVersionUID = 0L;
      * Conversion applied to the extracted value.
      * </pre>
      *
-     * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast"];</code>
+     * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The enum numeric value on the wire for cast to set.
      * @return This builder for chaining.
      */
@@ -1063,7 +1063,7 @@ private static final long serialVersionUID = 0L;
      * Conversion applied to the extracted value.
      * </pre>
      *
-     * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast"];</code>
+     * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The cast.
      */
     @java.lang.Override
@@ -1076,7 +1076,7 @@ private static final long serialVersionUID = 0L;
      * Conversion applied to the extracted value.
      * </pre>
      *
-     * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast"];</code>
+     * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The cast to set.
      * @throws IllegalArgumentException if UNRECOGNIZED is provided.
      * @return This builder for chaining.
@@ -1093,7 +1093,7 @@ private static final long serialVersionUID = 0L;
      * Conversion applied to the extracted value.
      * </pre>
      *
-     * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast"];</code>
+     * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearCast() {

@@ -15,7 +15,7 @@ public interface ExtractionOrBuilder extends
    * Variable name to set: letters, digits and `_`, starting with a letter or `_`.
    * </pre>
    *
-   * <code>string variable = 1 [json_name = "variable"];</code>
+   * <code>string variable = 1 [json_name = "variable", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The variable.
    */
   java.lang.String getVariable();
@@ -24,7 +24,7 @@ public interface ExtractionOrBuilder extends
    * Variable name to set: letters, digits and `_`, starting with a letter or `_`.
    * </pre>
    *
-   * <code>string variable = 1 [json_name = "variable"];</code>
+   * <code>string variable = 1 [json_name = "variable", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for variable.
    */
   com.google.protobuf.ByteString
@@ -35,7 +35,7 @@ public interface ExtractionOrBuilder extends
    * JMESPath expression over the JSON document.
    * </pre>
    *
-   * <code>string path = 2 [json_name = "path"];</code>
+   * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The path.
    */
   java.lang.String getPath();
@@ -44,7 +44,7 @@ public interface ExtractionOrBuilder extends
    * JMESPath expression over the JSON document.
    * </pre>
    *
-   * <code>string path = 2 [json_name = "path"];</code>
+   * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for path.
    */
   com.google.protobuf.ByteString
@@ -55,7 +55,7 @@ public interface ExtractionOrBuilder extends
    * Value used when the expression yields null or the response has no JSON body. Unset means none.
    * </pre>
    *
-   * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue"];</code>
+   * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the defaultValue field is set.
    */
   boolean hasDefaultValue();
@@ -64,7 +64,7 @@ public interface ExtractionOrBuilder extends
    * Value used when the expression yields null or the response has no JSON body. Unset means none.
    * </pre>
    *
-   * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue"];</code>
+   * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The defaultValue.
    */
   com.google.protobuf.Value getDefaultValue();
@@ -73,7 +73,7 @@ public interface ExtractionOrBuilder extends
    * Value used when the expression yields null or the response has no JSON body. Unset means none.
    * </pre>
    *
-   * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue"];</code>
+   * <code>.google.protobuf.Value default_value = 3 [json_name = "defaultValue", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   com.google.protobuf.ValueOrBuilder getDefaultValueOrBuilder();
 
@@ -83,7 +83,7 @@ public interface ExtractionOrBuilder extends
    * ERROR with reason EXTRACTION_FAILED.
    * </pre>
    *
-   * <code>bool required = 4 [json_name = "required"];</code>
+   * <code>bool required = 4 [json_name = "required", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The required.
    */
   boolean getRequired();
@@ -93,7 +93,7 @@ public interface ExtractionOrBuilder extends
    * Conversion applied to the extracted value.
    * </pre>
    *
-   * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast"];</code>
+   * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The enum numeric value on the wire for cast.
    */
   int getCastValue();
@@ -102,7 +102,7 @@ public interface ExtractionOrBuilder extends
    * Conversion applied to the extracted value.
    * </pre>
    *
-   * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast"];</code>
+   * <code>.rulesidecar.v1.CastType cast = 5 [json_name = "cast", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The cast.
    */
   dev.rulessidecar.v1.CastType getCast();

@@ -17,7 +17,7 @@ public enum HttpMethod
     implements com.google.protobuf.ProtocolMessageEnum {
   /**
    * <pre>
-   * Not set; refused at registration.
+   * Not set; GET is used.
    * </pre>
    *
    * <code>HTTP_METHOD_UNSPECIFIED = 0;</code>
@@ -77,7 +77,7 @@ public enum HttpMethod
   }
   /**
    * <pre>
-   * Not set; refused at registration.
+   * Not set; GET is used.
    * </pre>
    *
    * <code>HTTP_METHOD_UNSPECIFIED = 0;</code>

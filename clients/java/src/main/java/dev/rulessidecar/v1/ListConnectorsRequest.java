@@ -61,7 +61,7 @@ private static final long serialVersionUID = 0L;
    * Most connectors to return; 0 means 50; at most 500.
    * </pre>
    *
-   * <code>int32 page_size = 1 [json_name = "pageSize"];</code>
+   * <code>int32 page_size = 1 [json_name = "pageSize", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The pageSize.
    */
   @java.lang.Override
@@ -77,7 +77,7 @@ private static final long serialVersionUID = 0L;
    * The next_page_token of the previous page; empty for the first page.
    * </pre>
    *
-   * <code>string page_token = 2 [json_name = "pageToken"];</code>
+   * <code>string page_token = 2 [json_name = "pageToken", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The pageToken.
    */
   @java.lang.Override
@@ -98,7 +98,7 @@ private static final long serialVersionUID = 0L;
    * The next_page_token of the previous page; empty for the first page.
    * </pre>
    *
-   * <code>string page_token = 2 [json_name = "pageToken"];</code>
+   * <code>string page_token = 2 [json_name = "pageToken", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bytes for pageToken.
    */
   @java.lang.Override
@@ -123,7 +123,7 @@ private static final long serialVersionUID = 0L;
    * If set, only connectors with this status.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+   * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The enum numeric value on the wire for status.
    */
   @java.lang.Override public int getStatusValue() {
@@ -134,7 +134,7 @@ private static final long serialVersionUID = 0L;
    * If set, only connectors with this status.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+   * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The status.
    */
   @java.lang.Override public dev.rulessidecar.v1.ConnectorStatus getStatus() {
@@ -493,7 +493,7 @@ private static final long serialVersionUID = 0L;
      * Most connectors to return; 0 means 50; at most 500.
      * </pre>
      *
-     * <code>int32 page_size = 1 [json_name = "pageSize"];</code>
+     * <code>int32 page_size = 1 [json_name = "pageSize", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The pageSize.
      */
     @java.lang.Override
@@ -505,7 +505,7 @@ private static final long serialVersionUID = 0L;
      * Most connectors to return; 0 means 50; at most 500.
      * </pre>
      *
-     * <code>int32 page_size = 1 [json_name = "pageSize"];</code>
+     * <code>int32 page_size = 1 [json_name = "pageSize", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The pageSize to set.
      * @return This builder for chaining.
      */
@@ -521,7 +521,7 @@ private static final long serialVersionUID = 0L;
      * Most connectors to return; 0 means 50; at most 500.
      * </pre>
      *
-     * <code>int32 page_size = 1 [json_name = "pageSize"];</code>
+     * <code>int32 page_size = 1 [json_name = "pageSize", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearPageSize() {
@@ -537,7 +537,7 @@ private static final long serialVersionUID = 0L;
      * The next_page_token of the previous page; empty for the first page.
      * </pre>
      *
-     * <code>string page_token = 2 [json_name = "pageToken"];</code>
+     * <code>string page_token = 2 [json_name = "pageToken", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The pageToken.
      */
     public java.lang.String getPageToken() {
@@ -557,7 +557,7 @@ private static final long serialVersionUID = 0L;
      * The next_page_token of the previous page; empty for the first page.
      * </pre>
      *
-     * <code>string page_token = 2 [json_name = "pageToken"];</code>
+     * <code>string page_token = 2 [json_name = "pageToken", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The bytes for pageToken.
      */
     public com.google.protobuf.ByteString
@@ -578,7 +578,7 @@ private static final long serialVersionUID = 0L;
      * The next_page_token of the previous page; empty for the first page.
      * </pre>
      *
-     * <code>string page_token = 2 [json_name = "pageToken"];</code>
+     * <code>string page_token = 2 [json_name = "pageToken", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The pageToken to set.
      * @return This builder for chaining.
      */
@@ -595,7 +595,7 @@ private static final long serialVersionUID = 0L;
      * The next_page_token of the previous page; empty for the first page.
      * </pre>
      *
-     * <code>string page_token = 2 [json_name = "pageToken"];</code>
+     * <code>string page_token = 2 [json_name = "pageToken", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearPageToken() {
@@ -609,7 +609,7 @@ private static final long serialVersionUID = 0L;
      * The next_page_token of the previous page; empty for the first page.
      * </pre>
      *
-     * <code>string page_token = 2 [json_name = "pageToken"];</code>
+     * <code>string page_token = 2 [json_name = "pageToken", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The bytes for pageToken to set.
      * @return This builder for chaining.
      */
@@ -629,7 +629,7 @@ private static final long serialVersionUID = 0L;
      * If set, only connectors with this status.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The enum numeric value on the wire for status.
      */
     @java.lang.Override public int getStatusValue() {
@@ -640,7 +640,7 @@ private static final long serialVersionUID = 0L;
      * If set, only connectors with this status.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The enum numeric value on the wire for status to set.
      * @return This builder for chaining.
      */
@@ -655,7 +655,7 @@ private static final long serialVersionUID = 0L;
      * If set, only connectors with this status.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The status.
      */
     @java.lang.Override
@@ -668,7 +668,7 @@ private static final long serialVersionUID = 0L;
      * If set, only connectors with this status.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The status to set.
      * @throws IllegalArgumentException if UNRECOGNIZED is provided.
      * @return This builder for chaining.
@@ -685,7 +685,7 @@ private static final long serialVersionUID = 0L;
      * If set, only connectors with this status.
      * </pre>
      *
-     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+     * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearStatus() {

@@ -15,7 +15,7 @@ public interface ListConnectorsRequestOrBuilder extends
    * Most connectors to return; 0 means 50; at most 500.
    * </pre>
    *
-   * <code>int32 page_size = 1 [json_name = "pageSize"];</code>
+   * <code>int32 page_size = 1 [json_name = "pageSize", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The pageSize.
    */
   int getPageSize();
@@ -25,7 +25,7 @@ public interface ListConnectorsRequestOrBuilder extends
    * The next_page_token of the previous page; empty for the first page.
    * </pre>
    *
-   * <code>string page_token = 2 [json_name = "pageToken"];</code>
+   * <code>string page_token = 2 [json_name = "pageToken", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The pageToken.
    */
   java.lang.String getPageToken();
@@ -34,7 +34,7 @@ public interface ListConnectorsRequestOrBuilder extends
    * The next_page_token of the previous page; empty for the first page.
    * </pre>
    *
-   * <code>string page_token = 2 [json_name = "pageToken"];</code>
+   * <code>string page_token = 2 [json_name = "pageToken", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bytes for pageToken.
    */
   com.google.protobuf.ByteString
@@ -45,7 +45,7 @@ public interface ListConnectorsRequestOrBuilder extends
    * If set, only connectors with this status.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+   * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The enum numeric value on the wire for status.
    */
   int getStatusValue();
@@ -54,7 +54,7 @@ public interface ListConnectorsRequestOrBuilder extends
    * If set, only connectors with this status.
    * </pre>
    *
-   * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status"];</code>
+   * <code>.rulesidecar.v1.ConnectorStatus status = 3 [json_name = "status", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The status.
    */
   dev.rulessidecar.v1.ConnectorStatus getStatus();

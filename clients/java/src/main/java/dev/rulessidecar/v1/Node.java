@@ -67,7 +67,7 @@ private static final long serialVersionUID = 0L;
    * Caller's node id, used in traces and logs only.
    * </pre>
    *
-   * <code>string id = 1 [json_name = "id"];</code>
+   * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The id.
    */
   @java.lang.Override
@@ -88,7 +88,7 @@ private static final long serialVersionUID = 0L;
    * Caller's node id, used in traces and logs only.
    * </pre>
    *
-   * <code>string id = 1 [json_name = "id"];</code>
+   * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bytes for id.
    */
   @java.lang.Override
@@ -114,7 +114,7 @@ private static final long serialVersionUID = 0L;
    * The connector to call.
    * </pre>
    *
-   * <code>string connector_id = 2 [json_name = "connectorId"];</code>
+   * <code>string connector_id = 2 [json_name = "connectorId", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The connectorId.
    */
   @java.lang.Override
@@ -135,7 +135,7 @@ private static final long serialVersionUID = 0L;
    * The connector to call.
    * </pre>
    *
-   * <code>string connector_id = 2 [json_name = "connectorId"];</code>
+   * <code>string connector_id = 2 [json_name = "connectorId", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for connectorId.
    */
   @java.lang.Override
@@ -161,7 +161,7 @@ private static final long serialVersionUID = 0L;
    * Branches, tried in order; the first that holds wins.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public java.util.List<dev.rulessidecar.v1.Branch> getBranchesList() {
@@ -172,7 +172,7 @@ private static final long serialVersionUID = 0L;
    * Branches, tried in order; the first that holds wins.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public java.util.List<? extends dev.rulessidecar.v1.BranchOrBuilder> 
@@ -184,7 +184,7 @@ private static final long serialVersionUID = 0L;
    * Branches, tried in order; the first that holds wins.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public int getBranchesCount() {
@@ -195,7 +195,7 @@ private static final long serialVersionUID = 0L;
    * Branches, tried in order; the first that holds wins.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public dev.rulessidecar.v1.Branch getBranches(int index) {
@@ -206,7 +206,7 @@ private static final long serialVersionUID = 0L;
    * Branches, tried in order; the first that holds wins.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public dev.rulessidecar.v1.BranchOrBuilder getBranchesOrBuilder(
@@ -222,7 +222,7 @@ private static final long serialVersionUID = 0L;
    * Target when no branch holds and the exchange did not fail.
    * </pre>
    *
-   * <code>string else_target = 4 [json_name = "elseTarget"];</code>
+   * <code>string else_target = 4 [json_name = "elseTarget", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The elseTarget.
    */
   @java.lang.Override
@@ -243,7 +243,7 @@ private static final long serialVersionUID = 0L;
    * Target when no branch holds and the exchange did not fail.
    * </pre>
    *
-   * <code>string else_target = 4 [json_name = "elseTarget"];</code>
+   * <code>string else_target = 4 [json_name = "elseTarget", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bytes for elseTarget.
    */
   @java.lang.Override
@@ -269,7 +269,7 @@ private static final long serialVersionUID = 0L;
    * Target when the evaluation ends in ERROR.
    * </pre>
    *
-   * <code>string error_target = 5 [json_name = "errorTarget"];</code>
+   * <code>string error_target = 5 [json_name = "errorTarget", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The errorTarget.
    */
   @java.lang.Override
@@ -290,7 +290,7 @@ private static final long serialVersionUID = 0L;
    * Target when the evaluation ends in ERROR.
    * </pre>
    *
-   * <code>string error_target = 5 [json_name = "errorTarget"];</code>
+   * <code>string error_target = 5 [json_name = "errorTarget", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bytes for errorTarget.
    */
   @java.lang.Override
@@ -316,7 +316,7 @@ private static final long serialVersionUID = 0L;
    * Values to extract from the response's JSON body.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public java.util.List<dev.rulessidecar.v1.Extraction> getExtractionsList() {
@@ -327,7 +327,7 @@ private static final long serialVersionUID = 0L;
    * Values to extract from the response's JSON body.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public java.util.List<? extends dev.rulessidecar.v1.ExtractionOrBuilder> 
@@ -339,7 +339,7 @@ private static final long serialVersionUID = 0L;
    * Values to extract from the response's JSON body.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public int getExtractionsCount() {
@@ -350,7 +350,7 @@ private static final long serialVersionUID = 0L;
    * Values to extract from the response's JSON body.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public dev.rulessidecar.v1.Extraction getExtractions(int index) {
@@ -361,7 +361,7 @@ private static final long serialVersionUID = 0L;
    * Values to extract from the response's JSON body.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   @java.lang.Override
   public dev.rulessidecar.v1.ExtractionOrBuilder getExtractionsOrBuilder(
@@ -898,7 +898,7 @@ private static final long serialVersionUID = 0L;
      * Caller's node id, used in traces and logs only.
      * </pre>
      *
-     * <code>string id = 1 [json_name = "id"];</code>
+     * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The id.
      */
     public java.lang.String getId() {
@@ -918,7 +918,7 @@ private static final long serialVersionUID = 0L;
      * Caller's node id, used in traces and logs only.
      * </pre>
      *
-     * <code>string id = 1 [json_name = "id"];</code>
+     * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The bytes for id.
      */
     public com.google.protobuf.ByteString
@@ -939,7 +939,7 @@ private static final long serialVersionUID = 0L;
      * Caller's node id, used in traces and logs only.
      * </pre>
      *
-     * <code>string id = 1 [json_name = "id"];</code>
+     * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The id to set.
      * @return This builder for chaining.
      */
@@ -956,7 +956,7 @@ private static final long serialVersionUID = 0L;
      * Caller's node id, used in traces and logs only.
      * </pre>
      *
-     * <code>string id = 1 [json_name = "id"];</code>
+     * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearId() {
@@ -970,7 +970,7 @@ private static final long serialVersionUID = 0L;
      * Caller's node id, used in traces and logs only.
      * </pre>
      *
-     * <code>string id = 1 [json_name = "id"];</code>
+     * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The bytes for id to set.
      * @return This builder for chaining.
      */
@@ -990,7 +990,7 @@ private static final long serialVersionUID = 0L;
      * The connector to call.
      * </pre>
      *
-     * <code>string connector_id = 2 [json_name = "connectorId"];</code>
+     * <code>string connector_id = 2 [json_name = "connectorId", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The connectorId.
      */
     public java.lang.String getConnectorId() {
@@ -1010,7 +1010,7 @@ private static final long serialVersionUID = 0L;
      * The connector to call.
      * </pre>
      *
-     * <code>string connector_id = 2 [json_name = "connectorId"];</code>
+     * <code>string connector_id = 2 [json_name = "connectorId", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The bytes for connectorId.
      */
     public com.google.protobuf.ByteString
@@ -1031,7 +1031,7 @@ private static final long serialVersionUID = 0L;
      * The connector to call.
      * </pre>
      *
-     * <code>string connector_id = 2 [json_name = "connectorId"];</code>
+     * <code>string connector_id = 2 [json_name = "connectorId", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The connectorId to set.
      * @return This builder for chaining.
      */
@@ -1048,7 +1048,7 @@ private static final long serialVersionUID = 0L;
      * The connector to call.
      * </pre>
      *
-     * <code>string connector_id = 2 [json_name = "connectorId"];</code>
+     * <code>string connector_id = 2 [json_name = "connectorId", (.google.api.field_behavior) = REQUIRED];</code>
      * @return This builder for chaining.
      */
     public Builder clearConnectorId() {
@@ -1062,7 +1062,7 @@ private static final long serialVersionUID = 0L;
      * The connector to call.
      * </pre>
      *
-     * <code>string connector_id = 2 [json_name = "connectorId"];</code>
+     * <code>string connector_id = 2 [json_name = "connectorId", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The bytes for connectorId to set.
      * @return This builder for chaining.
      */
@@ -1093,7 +1093,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public java.util.List<dev.rulessidecar.v1.Branch> getBranchesList() {
       if (branchesBuilder_ == null) {
@@ -1107,7 +1107,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public int getBranchesCount() {
       if (branchesBuilder_ == null) {
@@ -1121,7 +1121,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Branch getBranches(int index) {
       if (branchesBuilder_ == null) {
@@ -1135,7 +1135,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setBranches(
         int index, dev.rulessidecar.v1.Branch value) {
@@ -1154,7 +1154,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setBranches(
         int index, dev.rulessidecar.v1.Branch.Builder builderForValue) {
@@ -1172,7 +1172,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addBranches(dev.rulessidecar.v1.Branch value) {
       if (branchesBuilder_ == null) {
@@ -1190,7 +1190,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addBranches(
         int index, dev.rulessidecar.v1.Branch value) {
@@ -1209,7 +1209,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addBranches(
         dev.rulessidecar.v1.Branch.Builder builderForValue) {
@@ -1227,7 +1227,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addBranches(
         int index, dev.rulessidecar.v1.Branch.Builder builderForValue) {
@@ -1245,7 +1245,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addAllBranches(
         java.lang.Iterable<? extends dev.rulessidecar.v1.Branch> values) {
@@ -1264,7 +1264,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder clearBranches() {
       if (branchesBuilder_ == null) {
@@ -1281,7 +1281,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder removeBranches(int index) {
       if (branchesBuilder_ == null) {
@@ -1298,7 +1298,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Branch.Builder getBranchesBuilder(
         int index) {
@@ -1309,7 +1309,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.BranchOrBuilder getBranchesOrBuilder(
         int index) {
@@ -1323,7 +1323,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public java.util.List<? extends dev.rulessidecar.v1.BranchOrBuilder> 
          getBranchesOrBuilderList() {
@@ -1338,7 +1338,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Branch.Builder addBranchesBuilder() {
       return internalGetBranchesFieldBuilder().addBuilder(
@@ -1349,7 +1349,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Branch.Builder addBranchesBuilder(
         int index) {
@@ -1361,7 +1361,7 @@ private static final long serialVersionUID = 0L;
      * Branches, tried in order; the first that holds wins.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+     * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public java.util.List<dev.rulessidecar.v1.Branch.Builder> 
          getBranchesBuilderList() {
@@ -1388,7 +1388,7 @@ private static final long serialVersionUID = 0L;
      * Target when no branch holds and the exchange did not fail.
      * </pre>
      *
-     * <code>string else_target = 4 [json_name = "elseTarget"];</code>
+     * <code>string else_target = 4 [json_name = "elseTarget", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The elseTarget.
      */
     public java.lang.String getElseTarget() {
@@ -1408,7 +1408,7 @@ private static final long serialVersionUID = 0L;
      * Target when no branch holds and the exchange did not fail.
      * </pre>
      *
-     * <code>string else_target = 4 [json_name = "elseTarget"];</code>
+     * <code>string else_target = 4 [json_name = "elseTarget", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The bytes for elseTarget.
      */
     public com.google.protobuf.ByteString
@@ -1429,7 +1429,7 @@ private static final long serialVersionUID = 0L;
      * Target when no branch holds and the exchange did not fail.
      * </pre>
      *
-     * <code>string else_target = 4 [json_name = "elseTarget"];</code>
+     * <code>string else_target = 4 [json_name = "elseTarget", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The elseTarget to set.
      * @return This builder for chaining.
      */
@@ -1446,7 +1446,7 @@ private static final long serialVersionUID = 0L;
      * Target when no branch holds and the exchange did not fail.
      * </pre>
      *
-     * <code>string else_target = 4 [json_name = "elseTarget"];</code>
+     * <code>string else_target = 4 [json_name = "elseTarget", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearElseTarget() {
@@ -1460,7 +1460,7 @@ private static final long serialVersionUID = 0L;
      * Target when no branch holds and the exchange did not fail.
      * </pre>
      *
-     * <code>string else_target = 4 [json_name = "elseTarget"];</code>
+     * <code>string else_target = 4 [json_name = "elseTarget", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The bytes for elseTarget to set.
      * @return This builder for chaining.
      */
@@ -1480,7 +1480,7 @@ private static final long serialVersionUID = 0L;
      * Target when the evaluation ends in ERROR.
      * </pre>
      *
-     * <code>string error_target = 5 [json_name = "errorTarget"];</code>
+     * <code>string error_target = 5 [json_name = "errorTarget", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The errorTarget.
      */
     public java.lang.String getErrorTarget() {
@@ -1500,7 +1500,7 @@ private static final long serialVersionUID = 0L;
      * Target when the evaluation ends in ERROR.
      * </pre>
      *
-     * <code>string error_target = 5 [json_name = "errorTarget"];</code>
+     * <code>string error_target = 5 [json_name = "errorTarget", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The bytes for errorTarget.
      */
     public com.google.protobuf.ByteString
@@ -1521,7 +1521,7 @@ private static final long serialVersionUID = 0L;
      * Target when the evaluation ends in ERROR.
      * </pre>
      *
-     * <code>string error_target = 5 [json_name = "errorTarget"];</code>
+     * <code>string error_target = 5 [json_name = "errorTarget", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The errorTarget to set.
      * @return This builder for chaining.
      */
@@ -1538,7 +1538,7 @@ private static final long serialVersionUID = 0L;
      * Target when the evaluation ends in ERROR.
      * </pre>
      *
-     * <code>string error_target = 5 [json_name = "errorTarget"];</code>
+     * <code>string error_target = 5 [json_name = "errorTarget", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearErrorTarget() {
@@ -1552,7 +1552,7 @@ private static final long serialVersionUID = 0L;
      * Target when the evaluation ends in ERROR.
      * </pre>
      *
-     * <code>string error_target = 5 [json_name = "errorTarget"];</code>
+     * <code>string error_target = 5 [json_name = "errorTarget", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The bytes for errorTarget to set.
      * @return This builder for chaining.
      */
@@ -1583,7 +1583,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public java.util.List<dev.rulessidecar.v1.Extraction> getExtractionsList() {
       if (extractionsBuilder_ == null) {
@@ -1597,7 +1597,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public int getExtractionsCount() {
       if (extractionsBuilder_ == null) {
@@ -1611,7 +1611,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Extraction getExtractions(int index) {
       if (extractionsBuilder_ == null) {
@@ -1625,7 +1625,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setExtractions(
         int index, dev.rulessidecar.v1.Extraction value) {
@@ -1644,7 +1644,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder setExtractions(
         int index, dev.rulessidecar.v1.Extraction.Builder builderForValue) {
@@ -1662,7 +1662,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addExtractions(dev.rulessidecar.v1.Extraction value) {
       if (extractionsBuilder_ == null) {
@@ -1680,7 +1680,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addExtractions(
         int index, dev.rulessidecar.v1.Extraction value) {
@@ -1699,7 +1699,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addExtractions(
         dev.rulessidecar.v1.Extraction.Builder builderForValue) {
@@ -1717,7 +1717,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addExtractions(
         int index, dev.rulessidecar.v1.Extraction.Builder builderForValue) {
@@ -1735,7 +1735,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder addAllExtractions(
         java.lang.Iterable<? extends dev.rulessidecar.v1.Extraction> values) {
@@ -1754,7 +1754,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder clearExtractions() {
       if (extractionsBuilder_ == null) {
@@ -1771,7 +1771,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public Builder removeExtractions(int index) {
       if (extractionsBuilder_ == null) {
@@ -1788,7 +1788,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Extraction.Builder getExtractionsBuilder(
         int index) {
@@ -1799,7 +1799,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.ExtractionOrBuilder getExtractionsOrBuilder(
         int index) {
@@ -1813,7 +1813,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public java.util.List<? extends dev.rulessidecar.v1.ExtractionOrBuilder> 
          getExtractionsOrBuilderList() {
@@ -1828,7 +1828,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Extraction.Builder addExtractionsBuilder() {
       return internalGetExtractionsFieldBuilder().addBuilder(
@@ -1839,7 +1839,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public dev.rulessidecar.v1.Extraction.Builder addExtractionsBuilder(
         int index) {
@@ -1851,7 +1851,7 @@ private static final long serialVersionUID = 0L;
      * Values to extract from the response's JSON body.
      * </pre>
      *
-     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+     * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
      */
     public java.util.List<dev.rulessidecar.v1.Extraction.Builder> 
          getExtractionsBuilderList() {

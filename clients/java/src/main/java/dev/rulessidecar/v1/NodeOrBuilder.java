@@ -15,7 +15,7 @@ public interface NodeOrBuilder extends
    * Caller's node id, used in traces and logs only.
    * </pre>
    *
-   * <code>string id = 1 [json_name = "id"];</code>
+   * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The id.
    */
   java.lang.String getId();
@@ -24,7 +24,7 @@ public interface NodeOrBuilder extends
    * Caller's node id, used in traces and logs only.
    * </pre>
    *
-   * <code>string id = 1 [json_name = "id"];</code>
+   * <code>string id = 1 [json_name = "id", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bytes for id.
    */
   com.google.protobuf.ByteString
@@ -35,7 +35,7 @@ public interface NodeOrBuilder extends
    * The connector to call.
    * </pre>
    *
-   * <code>string connector_id = 2 [json_name = "connectorId"];</code>
+   * <code>string connector_id = 2 [json_name = "connectorId", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The connectorId.
    */
   java.lang.String getConnectorId();
@@ -44,7 +44,7 @@ public interface NodeOrBuilder extends
    * The connector to call.
    * </pre>
    *
-   * <code>string connector_id = 2 [json_name = "connectorId"];</code>
+   * <code>string connector_id = 2 [json_name = "connectorId", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The bytes for connectorId.
    */
   com.google.protobuf.ByteString
@@ -55,7 +55,7 @@ public interface NodeOrBuilder extends
    * Branches, tried in order; the first that holds wins.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   java.util.List<dev.rulessidecar.v1.Branch> 
       getBranchesList();
@@ -64,7 +64,7 @@ public interface NodeOrBuilder extends
    * Branches, tried in order; the first that holds wins.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   dev.rulessidecar.v1.Branch getBranches(int index);
   /**
@@ -72,7 +72,7 @@ public interface NodeOrBuilder extends
    * Branches, tried in order; the first that holds wins.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   int getBranchesCount();
   /**
@@ -80,7 +80,7 @@ public interface NodeOrBuilder extends
    * Branches, tried in order; the first that holds wins.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   java.util.List<? extends dev.rulessidecar.v1.BranchOrBuilder> 
       getBranchesOrBuilderList();
@@ -89,7 +89,7 @@ public interface NodeOrBuilder extends
    * Branches, tried in order; the first that holds wins.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches"];</code>
+   * <code>repeated .rulesidecar.v1.Branch branches = 3 [json_name = "branches", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   dev.rulessidecar.v1.BranchOrBuilder getBranchesOrBuilder(
       int index);
@@ -99,7 +99,7 @@ public interface NodeOrBuilder extends
    * Target when no branch holds and the exchange did not fail.
    * </pre>
    *
-   * <code>string else_target = 4 [json_name = "elseTarget"];</code>
+   * <code>string else_target = 4 [json_name = "elseTarget", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The elseTarget.
    */
   java.lang.String getElseTarget();
@@ -108,7 +108,7 @@ public interface NodeOrBuilder extends
    * Target when no branch holds and the exchange did not fail.
    * </pre>
    *
-   * <code>string else_target = 4 [json_name = "elseTarget"];</code>
+   * <code>string else_target = 4 [json_name = "elseTarget", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bytes for elseTarget.
    */
   com.google.protobuf.ByteString
@@ -119,7 +119,7 @@ public interface NodeOrBuilder extends
    * Target when the evaluation ends in ERROR.
    * </pre>
    *
-   * <code>string error_target = 5 [json_name = "errorTarget"];</code>
+   * <code>string error_target = 5 [json_name = "errorTarget", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The errorTarget.
    */
   java.lang.String getErrorTarget();
@@ -128,7 +128,7 @@ public interface NodeOrBuilder extends
    * Target when the evaluation ends in ERROR.
    * </pre>
    *
-   * <code>string error_target = 5 [json_name = "errorTarget"];</code>
+   * <code>string error_target = 5 [json_name = "errorTarget", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bytes for errorTarget.
    */
   com.google.protobuf.ByteString
@@ -139,7 +139,7 @@ public interface NodeOrBuilder extends
    * Values to extract from the response's JSON body.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   java.util.List<dev.rulessidecar.v1.Extraction> 
       getExtractionsList();
@@ -148,7 +148,7 @@ public interface NodeOrBuilder extends
    * Values to extract from the response's JSON body.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   dev.rulessidecar.v1.Extraction getExtractions(int index);
   /**
@@ -156,7 +156,7 @@ public interface NodeOrBuilder extends
    * Values to extract from the response's JSON body.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   int getExtractionsCount();
   /**
@@ -164,7 +164,7 @@ public interface NodeOrBuilder extends
    * Values to extract from the response's JSON body.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   java.util.List<? extends dev.rulessidecar.v1.ExtractionOrBuilder> 
       getExtractionsOrBuilderList();
@@ -173,7 +173,7 @@ public interface NodeOrBuilder extends
    * Values to extract from the response's JSON body.
    * </pre>
    *
-   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions"];</code>
+   * <code>repeated .rulesidecar.v1.Extraction extractions = 6 [json_name = "extractions", (.google.api.field_behavior) = OPTIONAL];</code>
    */
   dev.rulessidecar.v1.ExtractionOrBuilder getExtractionsOrBuilder(
       int index);

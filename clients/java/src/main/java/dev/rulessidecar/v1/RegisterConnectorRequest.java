@@ -60,7 +60,7 @@ private static final long serialVersionUID = 0L;
    * The definition. Output-only fields (version, update_time, source) are ignored.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector"];</code>
+   * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector", (.google.api.field_behavior) = REQUIRED];</code>
    * @return Whether the connector field is set.
    */
   @java.lang.Override
@@ -72,7 +72,7 @@ private static final long serialVersionUID = 0L;
    * The definition. Output-only fields (version, update_time, source) are ignored.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector"];</code>
+   * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The connector.
    */
   @java.lang.Override
@@ -84,7 +84,7 @@ private static final long serialVersionUID = 0L;
    * The definition. Output-only fields (version, update_time, source) are ignored.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector"];</code>
+   * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector", (.google.api.field_behavior) = REQUIRED];</code>
    */
   @java.lang.Override
   public dev.rulessidecar.v1.ConnectorOrBuilder getConnectorOrBuilder() {
@@ -99,7 +99,7 @@ private static final long serialVersionUID = 0L;
    * id must not exist yet"); otherwise it answers ABORTED. Unset means unconditional.
    * </pre>
    *
-   * <code>optional int64 expected_version = 2 [json_name = "expectedVersion"];</code>
+   * <code>optional int64 expected_version = 2 [json_name = "expectedVersion", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the expectedVersion field is set.
    */
   @java.lang.Override
@@ -112,7 +112,7 @@ private static final long serialVersionUID = 0L;
    * id must not exist yet"); otherwise it answers ABORTED. Unset means unconditional.
    * </pre>
    *
-   * <code>optional int64 expected_version = 2 [json_name = "expectedVersion"];</code>
+   * <code>optional int64 expected_version = 2 [json_name = "expectedVersion", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The expectedVersion.
    */
   @java.lang.Override
@@ -479,7 +479,7 @@ private static final long serialVersionUID = 0L;
      * The definition. Output-only fields (version, update_time, source) are ignored.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector"];</code>
+     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector", (.google.api.field_behavior) = REQUIRED];</code>
      * @return Whether the connector field is set.
      */
     public boolean hasConnector() {
@@ -490,7 +490,7 @@ private static final long serialVersionUID = 0L;
      * The definition. Output-only fields (version, update_time, source) are ignored.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector"];</code>
+     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The connector.
      */
     public dev.rulessidecar.v1.Connector getConnector() {
@@ -505,7 +505,7 @@ private static final long serialVersionUID = 0L;
      * The definition. Output-only fields (version, update_time, source) are ignored.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector"];</code>
+     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public Builder setConnector(dev.rulessidecar.v1.Connector value) {
       if (connectorBuilder_ == null) {
@@ -523,7 +523,7 @@ private static final long serialVersionUID = 0L;
      * The definition. Output-only fields (version, update_time, source) are ignored.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector"];</code>
+     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public Builder setConnector(
         dev.rulessidecar.v1.Connector.Builder builderForValue) {
@@ -541,7 +541,7 @@ private static final long serialVersionUID = 0L;
      * The definition. Output-only fields (version, update_time, source) are ignored.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector"];</code>
+     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public Builder mergeConnector(dev.rulessidecar.v1.Connector value) {
       if (connectorBuilder_ == null) {
@@ -566,7 +566,7 @@ private static final long serialVersionUID = 0L;
      * The definition. Output-only fields (version, update_time, source) are ignored.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector"];</code>
+     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public Builder clearConnector() {
       bitField0_ = (bitField0_ & ~0x00000001);
@@ -583,7 +583,7 @@ private static final long serialVersionUID = 0L;
      * The definition. Output-only fields (version, update_time, source) are ignored.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector"];</code>
+     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public dev.rulessidecar.v1.Connector.Builder getConnectorBuilder() {
       bitField0_ |= 0x00000001;
@@ -595,7 +595,7 @@ private static final long serialVersionUID = 0L;
      * The definition. Output-only fields (version, update_time, source) are ignored.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector"];</code>
+     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector", (.google.api.field_behavior) = REQUIRED];</code>
      */
     public dev.rulessidecar.v1.ConnectorOrBuilder getConnectorOrBuilder() {
       if (connectorBuilder_ != null) {
@@ -610,7 +610,7 @@ private static final long serialVersionUID = 0L;
      * The definition. Output-only fields (version, update_time, source) are ignored.
      * </pre>
      *
-     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector"];</code>
+     * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector", (.google.api.field_behavior) = REQUIRED];</code>
      */
     private com.google.protobuf.SingleFieldBuilder<
         dev.rulessidecar.v1.Connector, dev.rulessidecar.v1.Connector.Builder, dev.rulessidecar.v1.ConnectorOrBuilder> 
@@ -633,7 +633,7 @@ private static final long serialVersionUID = 0L;
      * id must not exist yet"); otherwise it answers ABORTED. Unset means unconditional.
      * </pre>
      *
-     * <code>optional int64 expected_version = 2 [json_name = "expectedVersion"];</code>
+     * <code>optional int64 expected_version = 2 [json_name = "expectedVersion", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return Whether the expectedVersion field is set.
      */
     @java.lang.Override
@@ -646,7 +646,7 @@ private static final long serialVersionUID = 0L;
      * id must not exist yet"); otherwise it answers ABORTED. Unset means unconditional.
      * </pre>
      *
-     * <code>optional int64 expected_version = 2 [json_name = "expectedVersion"];</code>
+     * <code>optional int64 expected_version = 2 [json_name = "expectedVersion", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The expectedVersion.
      */
     @java.lang.Override
@@ -659,7 +659,7 @@ private static final long serialVersionUID = 0L;
      * id must not exist yet"); otherwise it answers ABORTED. Unset means unconditional.
      * </pre>
      *
-     * <code>optional int64 expected_version = 2 [json_name = "expectedVersion"];</code>
+     * <code>optional int64 expected_version = 2 [json_name = "expectedVersion", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The expectedVersion to set.
      * @return This builder for chaining.
      */
@@ -676,7 +676,7 @@ private static final long serialVersionUID = 0L;
      * id must not exist yet"); otherwise it answers ABORTED. Unset means unconditional.
      * </pre>
      *
-     * <code>optional int64 expected_version = 2 [json_name = "expectedVersion"];</code>
+     * <code>optional int64 expected_version = 2 [json_name = "expectedVersion", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearExpectedVersion() {

@@ -15,7 +15,7 @@ public interface RegisterConnectorRequestOrBuilder extends
    * The definition. Output-only fields (version, update_time, source) are ignored.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector"];</code>
+   * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector", (.google.api.field_behavior) = REQUIRED];</code>
    * @return Whether the connector field is set.
    */
   boolean hasConnector();
@@ -24,7 +24,7 @@ public interface RegisterConnectorRequestOrBuilder extends
    * The definition. Output-only fields (version, update_time, source) are ignored.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector"];</code>
+   * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The connector.
    */
   dev.rulessidecar.v1.Connector getConnector();
@@ -33,7 +33,7 @@ public interface RegisterConnectorRequestOrBuilder extends
    * The definition. Output-only fields (version, update_time, source) are ignored.
    * </pre>
    *
-   * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector"];</code>
+   * <code>.rulesidecar.v1.Connector connector = 1 [json_name = "connector", (.google.api.field_behavior) = REQUIRED];</code>
    */
   dev.rulessidecar.v1.ConnectorOrBuilder getConnectorOrBuilder();
 
@@ -43,7 +43,7 @@ public interface RegisterConnectorRequestOrBuilder extends
    * id must not exist yet"); otherwise it answers ABORTED. Unset means unconditional.
    * </pre>
    *
-   * <code>optional int64 expected_version = 2 [json_name = "expectedVersion"];</code>
+   * <code>optional int64 expected_version = 2 [json_name = "expectedVersion", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return Whether the expectedVersion field is set.
    */
   boolean hasExpectedVersion();
@@ -53,7 +53,7 @@ public interface RegisterConnectorRequestOrBuilder extends
    * id must not exist yet"); otherwise it answers ABORTED. Unset means unconditional.
    * </pre>
    *
-   * <code>optional int64 expected_version = 2 [json_name = "expectedVersion"];</code>
+   * <code>optional int64 expected_version = 2 [json_name = "expectedVersion", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The expectedVersion.
    */
   long getExpectedVersion();

@@ -186,232 +186,243 @@ public final class RulesSidecarProto extends com.google.protobuf.GeneratedFile {
   static {
     java.lang.String[] descriptorData = {
       "\n\"rulesidecar/v1/rules_sidecar.proto\022\016ru" +
-      "lesidecar.v1\032\036google/protobuf/duration.p" +
-      "roto\032\034google/protobuf/struct.proto\032\037goog" +
-      "le/protobuf/timestamp.proto\"\336\007\n\tConnecto" +
-      "r\022\016\n\002id\030\001 \001(\tR\002id\022!\n\014display_name\030\002 \001(\tR" +
-      "\013displayName\0227\n\006status\030\003 \001(\0162\037.rulesidec" +
-      "ar.v1.ConnectorStatusR\006status\0222\n\006method\030" +
-      "\004 \001(\0162\032.rulesidecar.v1.HttpMethodR\006metho" +
-      "d\022!\n\014url_template\030\005 \001(\tR\013urlTemplate\022@\n\007" +
-      "headers\030\006 \003(\0132&.rulesidecar.v1.Connector" +
-      ".HeadersEntryR\007headers\022:\n\005query\030\007 \003(\0132$." +
-      "rulesidecar.v1.Connector.QueryEntryR\005que" +
-      "ry\022;\n\rbody_template\030\010 \001(\0132\026.google.proto" +
-      "buf.ValueR\014bodyTemplate\022(\n\004auth\030\t \001(\0132\024." +
-      "rulesidecar.v1.AuthR\004auth\0223\n\007timeout\030\n \001" +
-      "(\0132\031.google.protobuf.DurationR\007timeout\022," +
-      "\n\022max_response_bytes\030\013 \001(\003R\020maxResponseB" +
-      "ytes\022\030\n\007version\030\014 \001(\003R\007version\022;\n\013update" +
-      "_time\030\r \001(\0132\032.google.protobuf.TimestampR" +
-      "\nupdateTime\0227\n\006source\030\016 \001(\0162\037.rulesideca" +
-      "r.v1.ConnectorSourceR\006source\022#\n\rallowed_" +
-      "hosts\030\017 \003(\tR\014allowedHosts\022)\n\020follow_redi" +
-      "rects\030\020 \001(\010R\017followRedirects\0224\n\026idempote" +
-      "ncy_key_header\030\021 \001(\tR\024idempotencyKeyHead" +
-      "er\022:\n\031disable_trace_propagation\030\022 \001(\010R\027d" +
-      "isableTracePropagation\032:\n\014HeadersEntry\022\020" +
-      "\n\003key\030\001 \001(\tR\003key\022\024\n\005value\030\002 \001(\tR\005value:\002" +
-      "8\001\0328\n\nQueryEntry\022\020\n\003key\030\001 \001(\tR\003key\022\024\n\005va" +
-      "lue\030\002 \001(\tR\005value:\0028\001\"\260\001\n\004Auth\0224\n\006bearer\030" +
-      "\001 \001(\0132\032.rulesidecar.v1.BearerAuthH\000R\006bea" +
-      "rer\0225\n\007api_key\030\002 \001(\0132\032.rulesidecar.v1.Ap" +
-      "iKeyAuthH\000R\006apiKey\0221\n\005basic\030\003 \001(\0132\031.rule" +
-      "sidecar.v1.BasicAuthH\000R\005basicB\010\n\006scheme\"" +
-      "/\n\nBearerAuth\022!\n\014token_secret\030\001 \001(\tR\013tok" +
-      "enSecret\"\177\n\nApiKeyAuth\022\022\n\004name\030\001 \001(\tR\004na" +
-      "me\022:\n\010location\030\002 \001(\0162\036.rulesidecar.v1.Ap" +
-      "iKeyLocationR\010location\022!\n\014value_secret\030\003" +
-      " \001(\tR\013valueSecret\"]\n\tBasicAuth\022\'\n\017userna" +
-      "me_secret\030\001 \001(\tR\016usernameSecret\022\'\n\017passw" +
-      "ord_secret\030\002 \001(\tR\016passwordSecret\"\230\001\n\030Reg" +
-      "isterConnectorRequest\0227\n\tconnector\030\001 \001(\013" +
-      "2\031.rulesidecar.v1.ConnectorR\tconnector\022." +
-      "\n\020expected_version\030\002 \001(\003H\000R\017expectedVers" +
-      "ion\210\001\001B\023\n\021_expected_version\"n\n\031RegisterC" +
+      "lesidecar.v1\032\037google/api/field_behavior." +
+      "proto\032\036google/protobuf/duration.proto\032\034g" +
+      "oogle/protobuf/struct.proto\032\037google/prot" +
+      "obuf/timestamp.proto\"\312\010\n\tConnector\022\024\n\002id" +
+      "\030\001 \001(\tB\004\342A\001\002R\002id\022\'\n\014display_name\030\002 \001(\tB\004" +
+      "\342A\001\001R\013displayName\022=\n\006status\030\003 \001(\0162\037.rule" +
+      "sidecar.v1.ConnectorStatusB\004\342A\001\002R\006status" +
+      "\0228\n\006method\030\004 \001(\0162\032.rulesidecar.v1.HttpMe" +
+      "thodB\004\342A\001\001R\006method\022\'\n\014url_template\030\005 \001(\t" +
+      "B\004\342A\001\002R\013urlTemplate\022F\n\007headers\030\006 \003(\0132&.r" +
+      "ulesidecar.v1.Connector.HeadersEntryB\004\342A" +
+      "\001\001R\007headers\022@\n\005query\030\007 \003(\0132$.rulesidecar" +
+      ".v1.Connector.QueryEntryB\004\342A\001\001R\005query\022A\n" +
+      "\rbody_template\030\010 \001(\0132\026.google.protobuf.V" +
+      "alueB\004\342A\001\001R\014bodyTemplate\022.\n\004auth\030\t \001(\0132\024" +
+      ".rulesidecar.v1.AuthB\004\342A\001\001R\004auth\0229\n\007time" +
+      "out\030\n \001(\0132\031.google.protobuf.DurationB\004\342A" +
+      "\001\001R\007timeout\0222\n\022max_response_bytes\030\013 \001(\003B" +
+      "\004\342A\001\001R\020maxResponseBytes\022\036\n\007version\030\014 \001(\003" +
+      "B\004\342A\001\003R\007version\022A\n\013update_time\030\r \001(\0132\032.g" +
+      "oogle.protobuf.TimestampB\004\342A\001\003R\nupdateTi" +
+      "me\022=\n\006source\030\016 \001(\0162\037.rulesidecar.v1.Conn" +
+      "ectorSourceB\004\342A\001\003R\006source\022)\n\rallowed_hos" +
+      "ts\030\017 \003(\tB\004\342A\001\001R\014allowedHosts\022/\n\020follow_r" +
+      "edirects\030\020 \001(\010B\004\342A\001\001R\017followRedirects\022:\n" +
+      "\026idempotency_key_header\030\021 \001(\tB\004\342A\001\001R\024ide" +
+      "mpotencyKeyHeader\022@\n\031disable_trace_propa" +
+      "gation\030\022 \001(\010B\004\342A\001\001R\027disableTracePropagat" +
+      "ion\032:\n\014HeadersEntry\022\020\n\003key\030\001 \001(\tR\003key\022\024\n" +
+      "\005value\030\002 \001(\tR\005value:\0028\001\0328\n\nQueryEntry\022\020\n" +
+      "\003key\030\001 \001(\tR\003key\022\024\n\005value\030\002 \001(\tR\005value:\0028" +
+      "\001\"\302\001\n\004Auth\022:\n\006bearer\030\001 \001(\0132\032.rulesidecar" +
+      ".v1.BearerAuthB\004\342A\001\001H\000R\006bearer\022;\n\007api_ke" +
+      "y\030\002 \001(\0132\032.rulesidecar.v1.ApiKeyAuthB\004\342A\001" +
+      "\001H\000R\006apiKey\0227\n\005basic\030\003 \001(\0132\031.rulesidecar" +
+      ".v1.BasicAuthB\004\342A\001\001H\000R\005basicB\010\n\006scheme\"5" +
+      "\n\nBearerAuth\022\'\n\014token_secret\030\001 \001(\tB\004\342A\001\002" +
+      "R\013tokenSecret\"\221\001\n\nApiKeyAuth\022\030\n\004name\030\001 \001" +
+      "(\tB\004\342A\001\002R\004name\022@\n\010location\030\002 \001(\0162\036.rules" +
+      "idecar.v1.ApiKeyLocationB\004\342A\001\001R\010location" +
+      "\022\'\n\014value_secret\030\003 \001(\tB\004\342A\001\002R\013valueSecre" +
+      "t\"i\n\tBasicAuth\022-\n\017username_secret\030\001 \001(\tB" +
+      "\004\342A\001\002R\016usernameSecret\022-\n\017password_secret" +
+      "\030\002 \001(\tB\004\342A\001\002R\016passwordSecret\"\244\001\n\030Registe" +
+      "rConnectorRequest\022=\n\tconnector\030\001 \001(\0132\031.r" +
+      "ulesidecar.v1.ConnectorB\004\342A\001\002R\tconnector" +
+      "\0224\n\020expected_version\030\002 \001(\003B\004\342A\001\001H\000R\017expe" +
+      "ctedVersion\210\001\001B\023\n\021_expected_version\"n\n\031R" +
+      "egisterConnectorResponse\0227\n\tconnector\030\001 " +
+      "\001(\0132\031.rulesidecar.v1.ConnectorR\tconnecto" +
+      "r\022\030\n\007created\030\002 \001(\010R\007created\"+\n\023GetConnec" +
+      "torRequest\022\024\n\002id\030\001 \001(\tB\004\342A\001\002R\002id\"O\n\024GetC" +
       "onnectorResponse\0227\n\tconnector\030\001 \001(\0132\031.ru" +
-      "lesidecar.v1.ConnectorR\tconnector\022\030\n\007cre" +
-      "ated\030\002 \001(\010R\007created\"%\n\023GetConnectorReque" +
-      "st\022\016\n\002id\030\001 \001(\tR\002id\"O\n\024GetConnectorRespon" +
-      "se\0227\n\tconnector\030\001 \001(\0132\031.rulesidecar.v1.C" +
-      "onnectorR\tconnector\"\214\001\n\025ListConnectorsRe" +
-      "quest\022\033\n\tpage_size\030\001 \001(\005R\010pageSize\022\035\n\npa" +
-      "ge_token\030\002 \001(\tR\tpageToken\0227\n\006status\030\003 \001(" +
-      "\0162\037.rulesidecar.v1.ConnectorStatusR\006stat" +
-      "us\"{\n\026ListConnectorsResponse\0229\n\nconnecto" +
-      "rs\030\001 \003(\0132\031.rulesidecar.v1.ConnectorR\ncon" +
-      "nectors\022&\n\017next_page_token\030\002 \001(\tR\rnextPa" +
-      "geToken\"m\n\026DeleteConnectorRequest\022\016\n\002id\030" +
-      "\001 \001(\tR\002id\022.\n\020expected_version\030\002 \001(\003H\000R\017e" +
-      "xpectedVersion\210\001\001B\023\n\021_expected_version\"B" +
-      "\n\027DeleteConnectorResponse\022\'\n\017deleted_ver" +
-      "sion\030\001 \001(\003R\016deletedVersion\"\304\001\n\023EvaluateN" +
-      "odeRequest\022(\n\004node\030\001 \001(\0132\024.rulesidecar.v" +
-      "1.NodeR\004node\0225\n\tvariables\030\002 \001(\0132\027.google" +
-      ".protobuf.StructR\tvariables\022\030\n\007explain\030\003" +
-      " \001(\010R\007explain\0222\n\004mode\030\004 \001(\0162\036.rulesideca" +
-      "r.v1.EvaluationModeR\004mode\"\357\001\n\004Node\022\016\n\002id" +
-      "\030\001 \001(\tR\002id\022!\n\014connector_id\030\002 \001(\tR\013connec" +
-      "torId\0222\n\010branches\030\003 \003(\0132\026.rulesidecar.v1" +
-      ".BranchR\010branches\022\037\n\013else_target\030\004 \001(\tR\n" +
-      "elseTarget\022!\n\014error_target\030\005 \001(\tR\013errorT" +
-      "arget\022<\n\013extractions\030\006 \003(\0132\032.rulesidecar" +
-      ".v1.ExtractionR\013extractions\"\227\001\n\006Branch\022\026" +
-      "\n\006target\030\001 \001(\tR\006target\022:\n\ncombinator\030\002 \001" +
-      "(\0162\032.rulesidecar.v1.CombinatorR\ncombinat" +
-      "or\0229\n\nconditions\030\003 \003(\0132\031.rulesidecar.v1." +
-      "ConditionR\nconditions\"N\n\007Subject\022/\n\004kind" +
-      "\030\001 \001(\0162\033.rulesidecar.v1.SubjectKindR\004kin" +
-      "d\022\022\n\004path\030\002 \001(\tR\004path\"\203\002\n\tCondition\0221\n\007s" +
-      "ubject\030\001 \001(\0132\027.rulesidecar.v1.SubjectR\007s" +
-      "ubject\0224\n\010operator\030\002 \001(\0162\030.rulesidecar.v" +
-      "1.OperatorR\010operator\0220\n\007operand\030\003 \001(\0132\026." +
-      "google.protobuf.ValueR\007operand\022\037\n\013ignore" +
-      "_case\030\004 \001(\010R\nignoreCase\022:\n\nquantifier\030\005 " +
-      "\001(\0162\032.rulesidecar.v1.QuantifierR\nquantif" +
-      "ier\"\303\001\n\nExtraction\022\032\n\010variable\030\001 \001(\tR\010va" +
-      "riable\022\022\n\004path\030\002 \001(\tR\004path\022;\n\rdefault_va" +
-      "lue\030\003 \001(\0132\026.google.protobuf.ValueR\014defau" +
-      "ltValue\022\032\n\010required\030\004 \001(\010R\010required\022,\n\004c" +
-      "ast\030\005 \001(\0162\030.rulesidecar.v1.CastTypeR\004cas" +
-      "t\"\316\004\n\024EvaluateNodeResponse\0221\n\007outcome\030\001 " +
-      "\001(\0162\027.rulesidecar.v1.OutcomeR\007outcome\022.\n" +
-      "\006reason\030\002 \001(\0162\026.rulesidecar.v1.ReasonR\006r" +
-      "eason\022\030\n\007message\030\003 \001(\tR\007message\022&\n\014branc" +
-      "h_index\030\004 \001(\005H\000R\013branchIndex\210\001\001\022\026\n\006targe" +
-      "t\030\005 \001(\tR\006target\0225\n\tvariables\030\006 \001(\0132\027.goo" +
-      "gle.protobuf.StructR\tvariables\022B\n\013extrac" +
-      "tions\030\007 \003(\0132 .rulesidecar.v1.ExtractionR" +
-      "esultR\013extractions\022\037\n\013http_status\030\010 \001(\005R" +
-      "\nhttpStatus\022D\n\020upstream_latency\030\t \001(\0132\031." +
-      "google.protobuf.DurationR\017upstreamLatenc" +
-      "y\022\032\n\010attempts\030\n \001(\005R\010attempts\022+\n\021connect" +
-      "or_version\030\013 \001(\003R\020connectorVersion\022=\n\013ex" +
-      "planation\030\014 \001(\0132\033.rulesidecar.v1.Explana" +
-      "tionR\013explanationB\017\n\r_branch_index\"\314\001\n\020E" +
-      "xtractionResult\022\032\n\010variable\030\001 \001(\tR\010varia" +
-      "ble\0228\n\006status\030\002 \001(\0162 .rulesidecar.v1.Ext" +
-      "ractionStatusR\006status\022,\n\005value\030\003 \001(\0132\026.g" +
-      "oogle.protobuf.ValueR\005value\022\032\n\010required\030" +
-      "\004 \001(\010R\010required\022\030\n\007message\030\005 \001(\tR\007messag" +
-      "e\"\235\001\n\013Explanation\0229\n\007request\030\001 \001(\0132\037.rul" +
-      "esidecar.v1.RenderedRequestR\007request\022=\n\010" +
-      "branches\030\002 \003(\0132!.rulesidecar.v1.BranchEx" +
-      "planationR\010branches\022\024\n\005notes\030\003 \003(\tR\005note" +
-      "s\"\323\001\n\017RenderedRequest\022\026\n\006method\030\001 \001(\tR\006m" +
-      "ethod\022\020\n\003url\030\002 \001(\tR\003url\022F\n\007headers\030\003 \003(\013" +
-      "2,.rulesidecar.v1.RenderedRequest.Header" +
-      "sEntryR\007headers\022\022\n\004body\030\004 \001(\tR\004body\032:\n\014H" +
-      "eadersEntry\022\020\n\003key\030\001 \001(\tR\003key\022\024\n\005value\030\002" +
-      " \001(\tR\005value:\0028\001\"\277\001\n\021BranchExplanation\022\024\n" +
-      "\005index\030\001 \001(\005R\005index\022\026\n\006target\030\002 \001(\tR\006tar" +
-      "get\022\034\n\tevaluated\030\003 \001(\010R\tevaluated\022\030\n\007mat" +
-      "ched\030\004 \001(\010R\007matched\022D\n\nconditions\030\005 \003(\0132" +
-      "$.rulesidecar.v1.ConditionExplanationR\nc" +
-      "onditions\"\303\002\n\024ConditionExplanation\0221\n\007su" +
-      "bject\030\001 \001(\0132\027.rulesidecar.v1.SubjectR\007su" +
-      "bject\0224\n\010operator\030\002 \001(\0162\030.rulesidecar.v1" +
-      ".OperatorR\010operator\0220\n\007operand\030\003 \001(\0132\026.g" +
-      "oogle.protobuf.ValueR\007operand\022;\n\rsubject" +
-      "_value\030\004 \001(\0132\026.google.protobuf.ValueR\014su" +
-      "bjectValue\022\'\n\017subject_present\030\005 \001(\010R\016sub" +
-      "jectPresent\022\026\n\006result\030\006 \001(\010R\006result\022\022\n\004n" +
-      "ote\030\007 \001(\tR\004note\"\256\001\n\027ExtractVariablesRequ" +
-      "est\022<\n\013extractions\030\001 \003(\0132\032.rulesidecar.v" +
-      "1.ExtractionR\013extractions\022,\n\004json\030\002 \001(\0132" +
-      "\026.google.protobuf.ValueH\000R\004json\022\033\n\010raw_j" +
-      "son\030\003 \001(\014H\000R\007rawJsonB\n\n\010document\"\261\001\n\030Ext" +
-      "ractVariablesResponse\0225\n\tvariables\030\001 \001(\013" +
-      "2\027.google.protobuf.StructR\tvariables\022B\n\013" +
-      "extractions\030\002 \003(\0132 .rulesidecar.v1.Extra" +
-      "ctionResultR\013extractions\022\032\n\010complete\030\003 \001" +
-      "(\010R\010complete*\211\001\n\017ConnectorStatus\022 \n\034CONN" +
-      "ECTOR_STATUS_UNSPECIFIED\020\000\022\032\n\026CONNECTOR_" +
-      "STATUS_DRAFT\020\001\022\031\n\025CONNECTOR_STATUS_LIVE\020" +
-      "\002\022\035\n\031CONNECTOR_STATUS_DISABLED\020\003*\230\001\n\nHtt" +
-      "pMethod\022\033\n\027HTTP_METHOD_UNSPECIFIED\020\000\022\023\n\017" +
-      "HTTP_METHOD_GET\020\001\022\024\n\020HTTP_METHOD_POST\020\002\022" +
-      "\023\n\017HTTP_METHOD_PUT\020\003\022\025\n\021HTTP_METHOD_PATC" +
-      "H\020\004\022\026\n\022HTTP_METHOD_DELETE\020\005*h\n\017Connector" +
-      "Source\022 \n\034CONNECTOR_SOURCE_UNSPECIFIED\020\000" +
-      "\022\030\n\024CONNECTOR_SOURCE_API\020\001\022\031\n\025CONNECTOR_" +
-      "SOURCE_FILE\020\002*k\n\016ApiKeyLocation\022 \n\034API_K" +
-      "EY_LOCATION_UNSPECIFIED\020\000\022\033\n\027API_KEY_LOC" +
-      "ATION_HEADER\020\001\022\032\n\026API_KEY_LOCATION_QUERY" +
-      "\020\002*k\n\016EvaluationMode\022\037\n\033EVALUATION_MODE_" +
-      "UNSPECIFIED\020\000\022\036\n\032EVALUATION_MODE_PRODUCT" +
-      "ION\020\001\022\030\n\024EVALUATION_MODE_TEST\020\002*P\n\nCombi" +
-      "nator\022\032\n\026COMBINATOR_UNSPECIFIED\020\000\022\022\n\016COM" +
-      "BINATOR_ALL\020\001\022\022\n\016COMBINATOR_ANY\020\002*\217\001\n\013Su" +
-      "bjectKind\022\034\n\030SUBJECT_KIND_UNSPECIFIED\020\000\022" +
-      "\027\n\023SUBJECT_KIND_STATUS\020\001\022\025\n\021SUBJECT_KIND" +
-      "_BODY\020\002\022\027\n\023SUBJECT_KIND_HEADER\020\003\022\031\n\025SUBJ" +
-      "ECT_KIND_VARIABLE\020\004*\373\003\n\010Operator\022\030\n\024OPER" +
-      "ATOR_UNSPECIFIED\020\000\022\023\n\017OPERATOR_EQUALS\020\001\022" +
-      "\027\n\023OPERATOR_NOT_EQUALS\020\002\022\031\n\025OPERATOR_GRE" +
-      "ATER_THAN\020\003\022\"\n\036OPERATOR_GREATER_THAN_OR_" +
-      "EQUAL\020\004\022\026\n\022OPERATOR_LESS_THAN\020\005\022\037\n\033OPERA" +
-      "TOR_LESS_THAN_OR_EQUAL\020\006\022\025\n\021OPERATOR_CON" +
-      "TAINS\020\007\022\031\n\025OPERATOR_NOT_CONTAINS\020\010\022\030\n\024OP" +
-      "ERATOR_STARTS_WITH\020\t\022\026\n\022OPERATOR_ENDS_WI" +
-      "TH\020\n\022\024\n\020OPERATOR_MATCHES\020\013\022\017\n\013OPERATOR_I" +
-      "N\020\014\022\023\n\017OPERATOR_NOT_IN\020\r\022\023\n\017OPERATOR_EXI" +
-      "STS\020\016\022\027\n\023OPERATOR_NOT_EXISTS\020\017\022\025\n\021OPERAT" +
-      "OR_IS_EMPTY\020\020\022\031\n\025OPERATOR_IS_NOT_EMPTY\020\021" +
-      "\022\031\n\025OPERATOR_STATUS_CLASS\020\022\022\024\n\020OPERATOR_" +
-      "BETWEEN\020\023*e\n\nQuantifier\022\032\n\026QUANTIFIER_UN" +
-      "SPECIFIED\020\000\022\022\n\016QUANTIFIER_ANY\020\001\022\022\n\016QUANT" +
-      "IFIER_ALL\020\002\022\023\n\017QUANTIFIER_NONE\020\003*\223\001\n\010Cas" +
-      "tType\022\031\n\025CAST_TYPE_UNSPECIFIED\020\000\022\024\n\020CAST" +
-      "_TYPE_STRING\020\001\022\024\n\020CAST_TYPE_NUMBER\020\002\022\025\n\021" +
-      "CAST_TYPE_INTEGER\020\003\022\025\n\021CAST_TYPE_BOOLEAN" +
-      "\020\004\022\022\n\016CAST_TYPE_JSON\020\005*`\n\007Outcome\022\027\n\023OUT" +
-      "COME_UNSPECIFIED\020\000\022\023\n\017OUTCOME_MATCHED\020\001\022" +
-      "\024\n\020OUTCOME_NO_MATCH\020\002\022\021\n\rOUTCOME_ERROR\020\003" +
-      "*\345\004\n\006Reason\022\026\n\022REASON_UNSPECIFIED\020\000\022\031\n\025R" +
-      "EASON_BRANCH_MATCHED\020\001\022\034\n\030REASON_NO_BRAN" +
-      "CH_MATCHED\020\002\022\022\n\016REASON_TIMEOUT\020\003\022\030\n\024REAS" +
-      "ON_CONNECT_ERROR\020\004\022\024\n\020REASON_DNS_ERROR\020\005" +
-      "\022\024\n\020REASON_TLS_ERROR\020\006\022\035\n\031REASON_RESPONS" +
-      "E_TOO_LARGE\020\007\022\033\n\027REASON_MISSING_VARIABLE" +
-      "\020\010\022\033\n\027REASON_INVALID_VARIABLE\020\t\022\033\n\027REASO" +
-      "N_SECRET_NOT_FOUND\020\n\022\036\n\032REASON_CONNECTOR" +
-      "_NOT_FOUND\020\013\022\035\n\031REASON_CONNECTOR_NOT_LIV" +
-      "E\020\014\022\031\n\025REASON_UPSTREAM_ERROR\020\r\022\034\n\030REASON" +
-      "_EXTRACTION_FAILED\020\016\022\036\n\032REASON_BLOCKED_D" +
-      "ESTINATION\020\017\022\027\n\023REASON_CIRCUIT_OPEN\020\020\022\031\n" +
-      "\025REASON_PROTOCOL_ERROR\020\021\022\031\n\025REASON_INTER" +
-      "NAL_ERROR\020\022\022\033\n\027REASON_BUDGET_EXHAUSTED\020\023" +
-      "\022\031\n\025REASON_LIMIT_EXCEEDED\020\024\022\033\n\027REASON_AN" +
-      "SWER_TOO_LARGE\020\025*\334\001\n\020ExtractionStatus\022!\n" +
-      "\035EXTRACTION_STATUS_UNSPECIFIED\020\000\022\037\n\033EXTR" +
-      "ACTION_STATUS_EXTRACTED\020\001\022\037\n\033EXTRACTION_" +
-      "STATUS_DEFAULTED\020\002\022\035\n\031EXTRACTION_STATUS_" +
-      "MISSING\020\003\022!\n\035EXTRACTION_STATUS_CAST_FAIL" +
-      "ED\020\004\022!\n\035EXTRACTION_STATUS_NO_DOCUMENT\020\0052" +
-      "\341\004\n\023RulesSidecarService\022h\n\021RegisterConne" +
-      "ctor\022(.rulesidecar.v1.RegisterConnectorR" +
-      "equest\032).rulesidecar.v1.RegisterConnecto" +
-      "rResponse\022Y\n\014GetConnector\022#.rulesidecar." +
-      "v1.GetConnectorRequest\032$.rulesidecar.v1." +
-      "GetConnectorResponse\022_\n\016ListConnectors\022%" +
-      ".rulesidecar.v1.ListConnectorsRequest\032&." +
-      "rulesidecar.v1.ListConnectorsResponse\022b\n" +
-      "\017DeleteConnector\022&.rulesidecar.v1.Delete" +
-      "ConnectorRequest\032\'.rulesidecar.v1.Delete" +
-      "ConnectorResponse\022Y\n\014EvaluateNode\022#.rule" +
-      "sidecar.v1.EvaluateNodeRequest\032$.rulesid" +
-      "ecar.v1.EvaluateNodeResponse\022e\n\020ExtractV" +
-      "ariables\022\'.rulesidecar.v1.ExtractVariabl" +
-      "esRequest\032(.rulesidecar.v1.ExtractVariab" +
-      "lesResponseBy\n\023dev.rulessidecar.v1B\021Rule" +
-      "sSidecarProtoP\001ZMgithub.com/rules-sideca" +
-      "r/rules-sidecar/clients/go/rulesidecarv1" +
-      ";rulesidecarv1b\006proto3"
+      "lesidecar.v1.ConnectorR\tconnector\"\236\001\n\025Li" +
+      "stConnectorsRequest\022!\n\tpage_size\030\001 \001(\005B\004" +
+      "\342A\001\001R\010pageSize\022#\n\npage_token\030\002 \001(\tB\004\342A\001\001" +
+      "R\tpageToken\022=\n\006status\030\003 \001(\0162\037.rulesideca" +
+      "r.v1.ConnectorStatusB\004\342A\001\001R\006status\"{\n\026Li" +
+      "stConnectorsResponse\0229\n\nconnectors\030\001 \003(\013" +
+      "2\031.rulesidecar.v1.ConnectorR\nconnectors\022" +
+      "&\n\017next_page_token\030\002 \001(\tR\rnextPageToken\"" +
+      "y\n\026DeleteConnectorRequest\022\024\n\002id\030\001 \001(\tB\004\342" +
+      "A\001\002R\002id\0224\n\020expected_version\030\002 \001(\003B\004\342A\001\001H" +
+      "\000R\017expectedVersion\210\001\001B\023\n\021_expected_versi" +
+      "on\"B\n\027DeleteConnectorResponse\022\'\n\017deleted" +
+      "_version\030\001 \001(\003R\016deletedVersion\"\334\001\n\023Evalu" +
+      "ateNodeRequest\022.\n\004node\030\001 \001(\0132\024.rulesidec" +
+      "ar.v1.NodeB\004\342A\001\002R\004node\022;\n\tvariables\030\002 \001(" +
+      "\0132\027.google.protobuf.StructB\004\342A\001\001R\tvariab" +
+      "les\022\036\n\007explain\030\003 \001(\010B\004\342A\001\001R\007explain\0228\n\004m" +
+      "ode\030\004 \001(\0162\036.rulesidecar.v1.EvaluationMod" +
+      "eB\004\342A\001\001R\004mode\"\223\002\n\004Node\022\024\n\002id\030\001 \001(\tB\004\342A\001\001" +
+      "R\002id\022\'\n\014connector_id\030\002 \001(\tB\004\342A\001\002R\013connec" +
+      "torId\0228\n\010branches\030\003 \003(\0132\026.rulesidecar.v1" +
+      ".BranchB\004\342A\001\001R\010branches\022%\n\013else_target\030\004" +
+      " \001(\tB\004\342A\001\001R\nelseTarget\022\'\n\014error_target\030\005" +
+      " \001(\tB\004\342A\001\001R\013errorTarget\022B\n\013extractions\030\006" +
+      " \003(\0132\032.rulesidecar.v1.ExtractionB\004\342A\001\001R\013" +
+      "extractions\"\251\001\n\006Branch\022\034\n\006target\030\001 \001(\tB\004" +
+      "\342A\001\001R\006target\022@\n\ncombinator\030\002 \001(\0162\032.rules" +
+      "idecar.v1.CombinatorB\004\342A\001\001R\ncombinator\022?" +
+      "\n\nconditions\030\003 \003(\0132\031.rulesidecar.v1.Cond" +
+      "itionB\004\342A\001\001R\nconditions\"Z\n\007Subject\0225\n\004ki" +
+      "nd\030\001 \001(\0162\033.rulesidecar.v1.SubjectKindB\004\342" +
+      "A\001\002R\004kind\022\030\n\004path\030\002 \001(\tB\004\342A\001\001R\004path\"\241\002\n\t" +
+      "Condition\0227\n\007subject\030\001 \001(\0132\027.rulesidecar" +
+      ".v1.SubjectB\004\342A\001\002R\007subject\022:\n\010operator\030\002" +
+      " \001(\0162\030.rulesidecar.v1.OperatorB\004\342A\001\002R\010op" +
+      "erator\0226\n\007operand\030\003 \001(\0132\026.google.protobu" +
+      "f.ValueB\004\342A\001\001R\007operand\022%\n\013ignore_case\030\004 " +
+      "\001(\010B\004\342A\001\001R\nignoreCase\022@\n\nquantifier\030\005 \001(" +
+      "\0162\032.rulesidecar.v1.QuantifierB\004\342A\001\001R\nqua" +
+      "ntifier\"\341\001\n\nExtraction\022 \n\010variable\030\001 \001(\t" +
+      "B\004\342A\001\002R\010variable\022\030\n\004path\030\002 \001(\tB\004\342A\001\002R\004pa" +
+      "th\022A\n\rdefault_value\030\003 \001(\0132\026.google.proto" +
+      "buf.ValueB\004\342A\001\001R\014defaultValue\022 \n\010require" +
+      "d\030\004 \001(\010B\004\342A\001\001R\010required\0222\n\004cast\030\005 \001(\0162\030." +
+      "rulesidecar.v1.CastTypeB\004\342A\001\001R\004cast\"\316\004\n\024" +
+      "EvaluateNodeResponse\0221\n\007outcome\030\001 \001(\0162\027." +
+      "rulesidecar.v1.OutcomeR\007outcome\022.\n\006reaso" +
+      "n\030\002 \001(\0162\026.rulesidecar.v1.ReasonR\006reason\022" +
+      "\030\n\007message\030\003 \001(\tR\007message\022&\n\014branch_inde" +
+      "x\030\004 \001(\005H\000R\013branchIndex\210\001\001\022\026\n\006target\030\005 \001(" +
+      "\tR\006target\0225\n\tvariables\030\006 \001(\0132\027.google.pr" +
+      "otobuf.StructR\tvariables\022B\n\013extractions\030" +
+      "\007 \003(\0132 .rulesidecar.v1.ExtractionResultR" +
+      "\013extractions\022\037\n\013http_status\030\010 \001(\005R\nhttpS" +
+      "tatus\022D\n\020upstream_latency\030\t \001(\0132\031.google" +
+      ".protobuf.DurationR\017upstreamLatency\022\032\n\010a" +
+      "ttempts\030\n \001(\005R\010attempts\022+\n\021connector_ver" +
+      "sion\030\013 \001(\003R\020connectorVersion\022=\n\013explanat" +
+      "ion\030\014 \001(\0132\033.rulesidecar.v1.ExplanationR\013" +
+      "explanationB\017\n\r_branch_index\"\314\001\n\020Extract" +
+      "ionResult\022\032\n\010variable\030\001 \001(\tR\010variable\0228\n" +
+      "\006status\030\002 \001(\0162 .rulesidecar.v1.Extractio" +
+      "nStatusR\006status\022,\n\005value\030\003 \001(\0132\026.google." +
+      "protobuf.ValueR\005value\022\032\n\010required\030\004 \001(\010R" +
+      "\010required\022\030\n\007message\030\005 \001(\tR\007message\"\235\001\n\013" +
+      "Explanation\0229\n\007request\030\001 \001(\0132\037.rulesidec" +
+      "ar.v1.RenderedRequestR\007request\022=\n\010branch" +
+      "es\030\002 \003(\0132!.rulesidecar.v1.BranchExplanat" +
+      "ionR\010branches\022\024\n\005notes\030\003 \003(\tR\005notes\"\323\001\n\017" +
+      "RenderedRequest\022\026\n\006method\030\001 \001(\tR\006method\022" +
+      "\020\n\003url\030\002 \001(\tR\003url\022F\n\007headers\030\003 \003(\0132,.rul" +
+      "esidecar.v1.RenderedRequest.HeadersEntry" +
+      "R\007headers\022\022\n\004body\030\004 \001(\tR\004body\032:\n\014Headers" +
+      "Entry\022\020\n\003key\030\001 \001(\tR\003key\022\024\n\005value\030\002 \001(\tR\005" +
+      "value:\0028\001\"\277\001\n\021BranchExplanation\022\024\n\005index" +
+      "\030\001 \001(\005R\005index\022\026\n\006target\030\002 \001(\tR\006target\022\034\n" +
+      "\tevaluated\030\003 \001(\010R\tevaluated\022\030\n\007matched\030\004" +
+      " \001(\010R\007matched\022D\n\nconditions\030\005 \003(\0132$.rule" +
+      "sidecar.v1.ConditionExplanationR\nconditi" +
+      "ons\"\303\002\n\024ConditionExplanation\0221\n\007subject\030" +
+      "\001 \001(\0132\027.rulesidecar.v1.SubjectR\007subject\022" +
+      "4\n\010operator\030\002 \001(\0162\030.rulesidecar.v1.Opera" +
+      "torR\010operator\0220\n\007operand\030\003 \001(\0132\026.google." +
+      "protobuf.ValueR\007operand\022;\n\rsubject_value" +
+      "\030\004 \001(\0132\026.google.protobuf.ValueR\014subjectV" +
+      "alue\022\'\n\017subject_present\030\005 \001(\010R\016subjectPr" +
+      "esent\022\026\n\006result\030\006 \001(\010R\006result\022\022\n\004note\030\007 " +
+      "\001(\tR\004note\"\300\001\n\027ExtractVariablesRequest\022B\n" +
+      "\013extractions\030\001 \003(\0132\032.rulesidecar.v1.Extr" +
+      "actionB\004\342A\001\001R\013extractions\0222\n\004json\030\002 \001(\0132" +
+      "\026.google.protobuf.ValueB\004\342A\001\001H\000R\004json\022!\n" +
+      "\010raw_json\030\003 \001(\014B\004\342A\001\001H\000R\007rawJsonB\n\n\010docu" +
+      "ment\"\261\001\n\030ExtractVariablesResponse\0225\n\tvar" +
+      "iables\030\001 \001(\0132\027.google.protobuf.StructR\tv" +
+      "ariables\022B\n\013extractions\030\002 \003(\0132 .ruleside" +
+      "car.v1.ExtractionResultR\013extractions\022\032\n\010" +
+      "complete\030\003 \001(\010R\010complete*\211\001\n\017ConnectorSt" +
+      "atus\022 \n\034CONNECTOR_STATUS_UNSPECIFIED\020\000\022\032" +
+      "\n\026CONNECTOR_STATUS_DRAFT\020\001\022\031\n\025CONNECTOR_" +
+      "STATUS_LIVE\020\002\022\035\n\031CONNECTOR_STATUS_DISABL" +
+      "ED\020\003*\230\001\n\nHttpMethod\022\033\n\027HTTP_METHOD_UNSPE" +
+      "CIFIED\020\000\022\023\n\017HTTP_METHOD_GET\020\001\022\024\n\020HTTP_ME" +
+      "THOD_POST\020\002\022\023\n\017HTTP_METHOD_PUT\020\003\022\025\n\021HTTP" +
+      "_METHOD_PATCH\020\004\022\026\n\022HTTP_METHOD_DELETE\020\005*" +
+      "h\n\017ConnectorSource\022 \n\034CONNECTOR_SOURCE_U" +
+      "NSPECIFIED\020\000\022\030\n\024CONNECTOR_SOURCE_API\020\001\022\031" +
+      "\n\025CONNECTOR_SOURCE_FILE\020\002*k\n\016ApiKeyLocat" +
+      "ion\022 \n\034API_KEY_LOCATION_UNSPECIFIED\020\000\022\033\n" +
+      "\027API_KEY_LOCATION_HEADER\020\001\022\032\n\026API_KEY_LO" +
+      "CATION_QUERY\020\002*k\n\016EvaluationMode\022\037\n\033EVAL" +
+      "UATION_MODE_UNSPECIFIED\020\000\022\036\n\032EVALUATION_" +
+      "MODE_PRODUCTION\020\001\022\030\n\024EVALUATION_MODE_TES" +
+      "T\020\002*P\n\nCombinator\022\032\n\026COMBINATOR_UNSPECIF" +
+      "IED\020\000\022\022\n\016COMBINATOR_ALL\020\001\022\022\n\016COMBINATOR_" +
+      "ANY\020\002*\217\001\n\013SubjectKind\022\034\n\030SUBJECT_KIND_UN" +
+      "SPECIFIED\020\000\022\027\n\023SUBJECT_KIND_STATUS\020\001\022\025\n\021" +
+      "SUBJECT_KIND_BODY\020\002\022\027\n\023SUBJECT_KIND_HEAD" +
+      "ER\020\003\022\031\n\025SUBJECT_KIND_VARIABLE\020\004*\373\003\n\010Oper" +
+      "ator\022\030\n\024OPERATOR_UNSPECIFIED\020\000\022\023\n\017OPERAT" +
+      "OR_EQUALS\020\001\022\027\n\023OPERATOR_NOT_EQUALS\020\002\022\031\n\025" +
+      "OPERATOR_GREATER_THAN\020\003\022\"\n\036OPERATOR_GREA" +
+      "TER_THAN_OR_EQUAL\020\004\022\026\n\022OPERATOR_LESS_THA" +
+      "N\020\005\022\037\n\033OPERATOR_LESS_THAN_OR_EQUAL\020\006\022\025\n\021" +
+      "OPERATOR_CONTAINS\020\007\022\031\n\025OPERATOR_NOT_CONT" +
+      "AINS\020\010\022\030\n\024OPERATOR_STARTS_WITH\020\t\022\026\n\022OPER" +
+      "ATOR_ENDS_WITH\020\n\022\024\n\020OPERATOR_MATCHES\020\013\022\017" +
+      "\n\013OPERATOR_IN\020\014\022\023\n\017OPERATOR_NOT_IN\020\r\022\023\n\017" +
+      "OPERATOR_EXISTS\020\016\022\027\n\023OPERATOR_NOT_EXISTS" +
+      "\020\017\022\025\n\021OPERATOR_IS_EMPTY\020\020\022\031\n\025OPERATOR_IS" +
+      "_NOT_EMPTY\020\021\022\031\n\025OPERATOR_STATUS_CLASS\020\022\022" +
+      "\024\n\020OPERATOR_BETWEEN\020\023*e\n\nQuantifier\022\032\n\026Q" +
+      "UANTIFIER_UNSPECIFIED\020\000\022\022\n\016QUANTIFIER_AN" +
+      "Y\020\001\022\022\n\016QUANTIFIER_ALL\020\002\022\023\n\017QUANTIFIER_NO" +
+      "NE\020\003*\223\001\n\010CastType\022\031\n\025CAST_TYPE_UNSPECIFI" +
+      "ED\020\000\022\024\n\020CAST_TYPE_STRING\020\001\022\024\n\020CAST_TYPE_" +
+      "NUMBER\020\002\022\025\n\021CAST_TYPE_INTEGER\020\003\022\025\n\021CAST_" +
+      "TYPE_BOOLEAN\020\004\022\022\n\016CAST_TYPE_JSON\020\005*`\n\007Ou" +
+      "tcome\022\027\n\023OUTCOME_UNSPECIFIED\020\000\022\023\n\017OUTCOM" +
+      "E_MATCHED\020\001\022\024\n\020OUTCOME_NO_MATCH\020\002\022\021\n\rOUT" +
+      "COME_ERROR\020\003*\345\004\n\006Reason\022\026\n\022REASON_UNSPEC" +
+      "IFIED\020\000\022\031\n\025REASON_BRANCH_MATCHED\020\001\022\034\n\030RE" +
+      "ASON_NO_BRANCH_MATCHED\020\002\022\022\n\016REASON_TIMEO" +
+      "UT\020\003\022\030\n\024REASON_CONNECT_ERROR\020\004\022\024\n\020REASON" +
+      "_DNS_ERROR\020\005\022\024\n\020REASON_TLS_ERROR\020\006\022\035\n\031RE" +
+      "ASON_RESPONSE_TOO_LARGE\020\007\022\033\n\027REASON_MISS" +
+      "ING_VARIABLE\020\010\022\033\n\027REASON_INVALID_VARIABL" +
+      "E\020\t\022\033\n\027REASON_SECRET_NOT_FOUND\020\n\022\036\n\032REAS" +
+      "ON_CONNECTOR_NOT_FOUND\020\013\022\035\n\031REASON_CONNE" +
+      "CTOR_NOT_LIVE\020\014\022\031\n\025REASON_UPSTREAM_ERROR" +
+      "\020\r\022\034\n\030REASON_EXTRACTION_FAILED\020\016\022\036\n\032REAS" +
+      "ON_BLOCKED_DESTINATION\020\017\022\027\n\023REASON_CIRCU" +
+      "IT_OPEN\020\020\022\031\n\025REASON_PROTOCOL_ERROR\020\021\022\031\n\025" +
+      "REASON_INTERNAL_ERROR\020\022\022\033\n\027REASON_BUDGET" +
+      "_EXHAUSTED\020\023\022\031\n\025REASON_LIMIT_EXCEEDED\020\024\022" +
+      "\033\n\027REASON_ANSWER_TOO_LARGE\020\025*\334\001\n\020Extract" +
+      "ionStatus\022!\n\035EXTRACTION_STATUS_UNSPECIFI" +
+      "ED\020\000\022\037\n\033EXTRACTION_STATUS_EXTRACTED\020\001\022\037\n" +
+      "\033EXTRACTION_STATUS_DEFAULTED\020\002\022\035\n\031EXTRAC" +
+      "TION_STATUS_MISSING\020\003\022!\n\035EXTRACTION_STAT" +
+      "US_CAST_FAILED\020\004\022!\n\035EXTRACTION_STATUS_NO" +
+      "_DOCUMENT\020\0052\341\004\n\023RulesSidecarService\022h\n\021R" +
+      "egisterConnector\022(.rulesidecar.v1.Regist" +
+      "erConnectorRequest\032).rulesidecar.v1.Regi" +
+      "sterConnectorResponse\022Y\n\014GetConnector\022#." +
+      "rulesidecar.v1.GetConnectorRequest\032$.rul" +
+      "esidecar.v1.GetConnectorResponse\022_\n\016List" +
+      "Connectors\022%.rulesidecar.v1.ListConnecto" +
+      "rsRequest\032&.rulesidecar.v1.ListConnector" +
+      "sResponse\022b\n\017DeleteConnector\022&.rulesidec" +
+      "ar.v1.DeleteConnectorRequest\032\'.rulesidec" +
+      "ar.v1.DeleteConnectorResponse\022Y\n\014Evaluat" +
+      "eNode\022#.rulesidecar.v1.EvaluateNodeReque" +
+      "st\032$.rulesidecar.v1.EvaluateNodeResponse" +
+      "\022e\n\020ExtractVariables\022\'.rulesidecar.v1.Ex" +
+      "tractVariablesRequest\032(.rulesidecar.v1.E" +
+      "xtractVariablesResponseBy\n\023dev.rulesside" +
+      "car.v1B\021RulesSidecarProtoP\001ZMgithub.com/" +
+      "rules-sidecar/rules-sidecar/clients/go/r" +
+      "ulesidecarv1;rulesidecarv1b\006proto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
         new com.google.protobuf.Descriptors.FileDescriptor[] {
+          com.google.api.FieldBehaviorProto.getDescriptor(),
           com.google.protobuf.DurationProto.getDescriptor(),
           com.google.protobuf.StructProto.getDescriptor(),
           com.google.protobuf.TimestampProto.getDescriptor(),
@@ -597,9 +608,15 @@ public final class RulesSidecarProto extends com.google.protobuf.GeneratedFile {
         internal_static_rulesidecar_v1_ExtractVariablesResponse_descriptor,
         new java.lang.String[] { "Variables", "Extractions", "Complete", });
     descriptor.resolveAllFeaturesImmutable();
+    com.google.api.FieldBehaviorProto.getDescriptor();
     com.google.protobuf.DurationProto.getDescriptor();
     com.google.protobuf.StructProto.getDescriptor();
     com.google.protobuf.TimestampProto.getDescriptor();
+    com.google.protobuf.ExtensionRegistry registry =
+        com.google.protobuf.ExtensionRegistry.newInstance();
+    registry.add(com.google.api.FieldBehaviorProto.fieldBehavior);
+    com.google.protobuf.Descriptors.FileDescriptor
+        .internalUpdateFileDescriptor(descriptor, registry);
   }
 
   // @@protoc_insertion_point(outer_class_scope)

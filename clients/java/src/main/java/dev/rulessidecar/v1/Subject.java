@@ -61,7 +61,7 @@ private static final long serialVersionUID = 0L;
    * What to look at.
    * </pre>
    *
-   * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind"];</code>
+   * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The enum numeric value on the wire for kind.
    */
   @java.lang.Override public int getKindValue() {
@@ -72,7 +72,7 @@ private static final long serialVersionUID = 0L;
    * What to look at.
    * </pre>
    *
-   * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind"];</code>
+   * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The kind.
    */
   @java.lang.Override public dev.rulessidecar.v1.SubjectKind getKind() {
@@ -88,7 +88,7 @@ private static final long serialVersionUID = 0L;
    * JMESPath expression, header name or variable path, depending on kind.
    * </pre>
    *
-   * <code>string path = 2 [json_name = "path"];</code>
+   * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The path.
    */
   @java.lang.Override
@@ -109,7 +109,7 @@ private static final long serialVersionUID = 0L;
    * JMESPath expression, header name or variable path, depending on kind.
    * </pre>
    *
-   * <code>string path = 2 [json_name = "path"];</code>
+   * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bytes for path.
    */
   @java.lang.Override
@@ -455,7 +455,7 @@ private static final long serialVersionUID = 0L;
      * What to look at.
      * </pre>
      *
-     * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind"];</code>
+     * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The enum numeric value on the wire for kind.
      */
     @java.lang.Override public int getKindValue() {
@@ -466,7 +466,7 @@ private static final long serialVersionUID = 0L;
      * What to look at.
      * </pre>
      *
-     * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind"];</code>
+     * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The enum numeric value on the wire for kind to set.
      * @return This builder for chaining.
      */
@@ -481,7 +481,7 @@ private static final long serialVersionUID = 0L;
      * What to look at.
      * </pre>
      *
-     * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind"];</code>
+     * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind", (.google.api.field_behavior) = REQUIRED];</code>
      * @return The kind.
      */
     @java.lang.Override
@@ -494,7 +494,7 @@ private static final long serialVersionUID = 0L;
      * What to look at.
      * </pre>
      *
-     * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind"];</code>
+     * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind", (.google.api.field_behavior) = REQUIRED];</code>
      * @param value The kind to set.
      * @throws IllegalArgumentException if UNRECOGNIZED is provided.
      * @return This builder for chaining.
@@ -511,7 +511,7 @@ private static final long serialVersionUID = 0L;
      * What to look at.
      * </pre>
      *
-     * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind"];</code>
+     * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind", (.google.api.field_behavior) = REQUIRED];</code>
      * @return This builder for chaining.
      */
     public Builder clearKind() {
@@ -527,7 +527,7 @@ private static final long serialVersionUID = 0L;
      * JMESPath expression, header name or variable path, depending on kind.
      * </pre>
      *
-     * <code>string path = 2 [json_name = "path"];</code>
+     * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The path.
      */
     public java.lang.String getPath() {
@@ -547,7 +547,7 @@ private static final long serialVersionUID = 0L;
      * JMESPath expression, header name or variable path, depending on kind.
      * </pre>
      *
-     * <code>string path = 2 [json_name = "path"];</code>
+     * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return The bytes for path.
      */
     public com.google.protobuf.ByteString
@@ -568,7 +568,7 @@ private static final long serialVersionUID = 0L;
      * JMESPath expression, header name or variable path, depending on kind.
      * </pre>
      *
-     * <code>string path = 2 [json_name = "path"];</code>
+     * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The path to set.
      * @return This builder for chaining.
      */
@@ -585,7 +585,7 @@ private static final long serialVersionUID = 0L;
      * JMESPath expression, header name or variable path, depending on kind.
      * </pre>
      *
-     * <code>string path = 2 [json_name = "path"];</code>
+     * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = OPTIONAL];</code>
      * @return This builder for chaining.
      */
     public Builder clearPath() {
@@ -599,7 +599,7 @@ private static final long serialVersionUID = 0L;
      * JMESPath expression, header name or variable path, depending on kind.
      * </pre>
      *
-     * <code>string path = 2 [json_name = "path"];</code>
+     * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = OPTIONAL];</code>
      * @param value The bytes for path to set.
      * @return This builder for chaining.
      */

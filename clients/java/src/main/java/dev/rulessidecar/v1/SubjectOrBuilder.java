@@ -15,7 +15,7 @@ public interface SubjectOrBuilder extends
    * What to look at.
    * </pre>
    *
-   * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind"];</code>
+   * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The enum numeric value on the wire for kind.
    */
   int getKindValue();
@@ -24,7 +24,7 @@ public interface SubjectOrBuilder extends
    * What to look at.
    * </pre>
    *
-   * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind"];</code>
+   * <code>.rulesidecar.v1.SubjectKind kind = 1 [json_name = "kind", (.google.api.field_behavior) = REQUIRED];</code>
    * @return The kind.
    */
   dev.rulessidecar.v1.SubjectKind getKind();
@@ -34,7 +34,7 @@ public interface SubjectOrBuilder extends
    * JMESPath expression, header name or variable path, depending on kind.
    * </pre>
    *
-   * <code>string path = 2 [json_name = "path"];</code>
+   * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The path.
    */
   java.lang.String getPath();
@@ -43,7 +43,7 @@ public interface SubjectOrBuilder extends
    * JMESPath expression, header name or variable path, depending on kind.
    * </pre>
    *
-   * <code>string path = 2 [json_name = "path"];</code>
+   * <code>string path = 2 [json_name = "path", (.google.api.field_behavior) = OPTIONAL];</code>
    * @return The bytes for path.
    */
   com.google.protobuf.ByteString
