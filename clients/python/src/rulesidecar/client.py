@@ -16,13 +16,20 @@ A sidecar that requires tokens or serves TLS (a shared, standalone one) takes th
     ...                  tls=TLS(ca_file="/etc/rules/ca.pem"))
 
 Connectors and nodes are the generated messages, or dicts in their JSON form
-(`{"connectorId": ..., "branches": [...]}`, as `grpcurl` and the README write them). Numbers come
-back as `int` when integral, else `float`, as the sidecar's own extraction rules do.
+(`{"connectorId": ..., "branches": [...]}`, as `grpcurl` and the README write them). In a dict,
+an enum takes its short name, as the connectors file and the README write it (`"LIVE"`, `"GET"`,
+`"EQUALS"`), or its full proto name (`"CONNECTOR_STATUS_LIVE"`). Numbers come back as `int` when
+integral, else `float`, as the sidecar's own extraction rules do.
+
+Every failure is a `SidecarError`: the sidecar's answers, and the mistakes the client catches
+before sending anything (`ClientError`, a `ValueError` too: an unknown enum name, an unknown
+field, a value that is not JSON, a token without TLS), which name the field like the sidecar's.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
 import threading
@@ -30,10 +37,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeAlias, TypeVar
+from typing import Any, Self, TypeAlias, TypeVar, cast
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
@@ -43,6 +51,7 @@ from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 __all__ = [
     "TLS",
     "Client",
+    "ClientError",
     "Evaluation",
     "Extracted",
     "FieldViolation",
@@ -109,6 +118,26 @@ class SidecarError(grpc.RpcError):
                         FieldViolation(v.field, v.description) for v in bad_request.field_violations
                     )
         return cls(call.code(), call.details() or "", violations)
+
+
+class ClientError(SidecarError, ValueError):
+    """A mistake the client caught before sending anything: the request would have been wrong.
+
+    `code()` is INVALID_ARGUMENT and `violations` name the field, as the sidecar's own answer
+    would; it is a `ValueError` too, for code that catches that.
+
+        >>> sidecar.register_connector({"id": "orders", "status": "ON"})
+        Traceback (most recent call last):
+        rulesidecar.client.ClientError: INVALID_ARGUMENT: connector.status: 'ON' is not a valid
+        ConnectorStatus; use one of DRAFT, LIVE, DISABLED (or CONNECTOR_STATUS_DRAFT ...)
+    """
+
+    def __init__(self, message: str, violations: Sequence[FieldViolation] = ()) -> None:
+        super().__init__(grpc.StatusCode.INVALID_ARGUMENT, message, violations)
+
+    @classmethod
+    def for_field(cls, field: str, description: str) -> ClientError:
+        return cls(f"{field}: {description}", [FieldViolation(field, description)])
 
 
 @dataclass(frozen=True)
@@ -192,11 +221,11 @@ class TLS:
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """grpc's credentials for these settings (the files are read now)."""
-        chain = _pem(self.cert, self.cert_file)
-        key = _pem(self.key, self.key_file)
+        chain = _pem(self.cert, self.cert_file, "cert")
+        key = _pem(self.key, self.key_file, "key")
         if (chain is None) != (key is None):
-            raise ValueError("TLS: a client certificate needs its key, and a key its certificate")
-        return grpc.ssl_channel_credentials(_pem(self.ca, self.ca_file), key, chain)
+            raise ClientError("tls: a client certificate needs its key, and a key its certificate")
+        return grpc.ssl_channel_credentials(_pem(self.ca, self.ca_file, "ca"), key, chain)
 
 
 TokenSource: TypeAlias = str | Callable[[], str]
@@ -211,7 +240,8 @@ class Client:
     asked before each call (`TokenFile(path)` re-reads a mounted Secret). `tls` makes the
     connection TLS (mTLS with a client certificate). A token travels in plaintext only to a
     loopback address or a unix socket, unless `allow_token_without_tls` says the network is
-    trusted (a service mesh that encrypts it); otherwise the constructor raises ValueError.
+    trusted (a service mesh that encrypts it); otherwise the constructor raises ClientError (a
+    ValueError).
     """
 
     def __init__(
@@ -236,7 +266,7 @@ class Client:
             self._channel = grpc.secure_channel(address, credentials, options)
         else:
             if tokens is not None and not (allow_token_without_tls or _is_local(address)):
-                raise ValueError(
+                raise ClientError(
                     f"a bearer token to {address} without TLS would cross the network in "
                     "plaintext: pass tls=TLS(...), or allow_token_without_tls=True if the "
                     "network is trusted"
@@ -253,7 +283,8 @@ class Client:
     ) -> pb.RegisterConnectorResponse:
         """Create or replace a connector; `expected_version` makes it conditional (ABORTED)."""
         request = pb.RegisterConnectorRequest(
-            connector=_message(connector, pb.Connector), expected_version=expected_version
+            connector=_message(connector, pb.Connector, "connector"),
+            expected_version=expected_version,
         )
         response: pb.RegisterConnectorResponse = self._call(
             self._stub.RegisterConnector, request, None
@@ -266,10 +297,14 @@ class Client:
         return response.connector
 
     def list_connectors(
-        self, *, status: pb.ConnectorStatus.ValueType = pb.CONNECTOR_STATUS_UNSPECIFIED
+        self, *, status: pb.ConnectorStatus.ValueType | str = pb.CONNECTOR_STATUS_UNSPECIFIED
     ) -> Iterator[pb.Connector]:
-        """Every connector in id order (optionally of one status), fetched page by page."""
-        request = pb.ListConnectorsRequest(status=status)
+        """Every connector in id order (optionally of one status, `"LIVE"`), page by page."""
+        request = pb.ListConnectorsRequest(
+            status=pb.ConnectorStatus.ValueType(
+                _enum(status, pb.ConnectorStatus.DESCRIPTOR, "status")
+            )
+        )
         while True:
             page: pb.ListConnectorsResponse = self._call(self._stub.ListConnectors, request, None)
             yield from page.connectors
@@ -289,12 +324,17 @@ class Client:
         variables: Mapping[str, Any] | None = None,
         *,
         explain: bool = False,
-        mode: pb.EvaluationMode.ValueType = pb.EVALUATION_MODE_UNSPECIFIED,
+        mode: pb.EvaluationMode.ValueType | str = pb.EVALUATION_MODE_UNSPECIFIED,
         timeout: float | None = None,
     ) -> Evaluation:
-        """Evaluate a node for one conversation whose variables are plain JSON-like values."""
+        """Evaluate a node for one conversation whose variables are plain JSON-like values.
+
+        `mode="TEST"` runs a DRAFT connector (`explain=True` adds the explanation)."""
         request = pb.EvaluateNodeRequest(
-            node=_message(node, pb.Node), variables=_struct(variables), explain=explain, mode=mode
+            node=_message(node, pb.Node, "node"),
+            variables=_struct(variables),
+            explain=explain,
+            mode=pb.EvaluationMode.ValueType(_enum(mode, pb.EvaluationMode.DESCRIPTOR, "mode")),
         )
         response: pb.EvaluateNodeResponse = self._call(self._stub.EvaluateNode, request, timeout)
         return Evaluation(
@@ -313,7 +353,9 @@ class Client:
     ) -> Extracted:
         """Apply extractions to a JSON document you already have (no HTTP call)."""
         request = pb.ExtractVariablesRequest(
-            extractions=[_message(e, pb.Extraction) for e in extractions],
+            extractions=[
+                _message(e, pb.Extraction, f"extractions[{i}]") for i, e in enumerate(extractions)
+            ],
             json=_value(document),
         )
         response: pb.ExtractVariablesResponse = self._call(
@@ -338,6 +380,8 @@ class Client:
     def _call(self, method: Any, request: Message, timeout: float | None) -> Any:
         try:
             return method(request, timeout=self.timeout if timeout is None else timeout)
+        except SidecarError:
+            raise
         except grpc.RpcError as error:
             raise SidecarError.from_rpc_error(error) from error
 
@@ -391,7 +435,13 @@ class _BearerInterceptor(grpc.UnaryUnaryClientInterceptor):
     def intercept_unary_unary(
         self, continuation: Any, client_call_details: grpc.ClientCallDetails, request: Any
     ) -> Any:
-        metadata = (*(client_call_details.metadata or ()), *_bearer(self._tokens))
+        try:
+            bearer = _bearer(self._tokens)
+        except Exception as exc:  # as grpc answers when call credentials fail over TLS
+            raise SidecarError(
+                grpc.StatusCode.UNAVAILABLE, f"cannot get the bearer token: {exc}"
+            ) from exc
+        metadata = (*(client_call_details.metadata or ()), *bearer)
         return continuation(_BearerCallDetails(client_call_details, metadata), request)
 
 
@@ -410,26 +460,117 @@ def _is_local(address: str) -> bool:
         return False
 
 
-def _pem(value: bytes | None, path: str | os.PathLike[str] | None) -> bytes | None:
+def _pem(value: bytes | None, path: str | os.PathLike[str] | None, name: str) -> bytes | None:
     if value is not None and path is not None:
-        raise ValueError("TLS: give the PEM bytes or the file, not both")
-    return Path(path).read_bytes() if path is not None else value
+        raise ClientError(f"tls: give {name} (PEM bytes) or {name}_file, not both")
+    if path is None:
+        return value
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ClientError.for_field(
+            f"tls.{name}_file", f"cannot read {os.fspath(path)}: {exc.strerror or exc}"
+        ) from exc
 
 
-def _message(value: _M | Mapping[str, Any], message_type: type[_M]) -> _M:
-    if isinstance(value, Mapping):
-        return json_format.ParseDict(dict(value), message_type())
+def _message(value: _M | Mapping[str, Any], message_type: type[_M], field: str) -> _M:
+    """The generated message as is, or a dict in its JSON form (short enum names allowed)."""
+    if not isinstance(value, Mapping):
+        if not isinstance(value, message_type):
+            raise ClientError.for_field(
+                field,
+                f"expected a {message_type.DESCRIPTOR.name} message or a dict, "
+                f"not {type(value).__name__}",
+            )
+        return value
+    descriptor = cast(Descriptor, message_type.DESCRIPTOR)  # the upb type is the same at run time
+    document = _full_enum_names(value, descriptor, field)
+    try:
+        return json_format.ParseDict(document, message_type())
+    except json_format.ParseError as exc:
+        # "Message type "rulesidecar.v1.Node" has no field named "brnches" at "Node"..."
+        raise ClientError.for_field(field, str(exc).splitlines()[0]) from exc
+
+
+def _full_enum_names(value: Mapping[str, Any], descriptor: Descriptor, path: str) -> dict[str, Any]:
+    """A copy of a message's JSON form with every enum's short name (`LIVE`) made full
+    (`CONNECTOR_STATUS_LIVE`), which is the only spelling json_format reads; an unknown name is a
+    ClientError that names the field and the valid names. Unknown fields are left to ParseDict."""
+    document = dict(value)
+    for key, item in value.items():
+        field = descriptor.fields_by_camelcase_name.get(key) or descriptor.fields_by_name.get(key)
+        if field is None or item is None:
+            continue
+        field_path = f"{path}.{field.name}"
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            if isinstance(item, Mapping):
+                document[key] = {
+                    k: _full_names_in(v, value_field, f"{field_path}[{json.dumps(str(k))}]")
+                    for k, v in item.items()
+                }
+        elif field.is_repeated and isinstance(item, list):
+            document[key] = [
+                _full_names_in(v, field, f"{field_path}[{i}]") for i, v in enumerate(item)
+            ]
+        else:
+            document[key] = _full_names_in(item, field, field_path)
+    return document
+
+
+def _full_names_in(item: Any, field: FieldDescriptor, path: str) -> Any:
+    """One value of `field` with its enum names made full, recursing into messages."""
+    if field.enum_type is not None and isinstance(item, str):
+        return _enum_name(item, field.enum_type, path)
+    message_type = field.message_type
+    if (
+        message_type is not None
+        and isinstance(item, Mapping)
+        and not message_type.full_name.startswith("google.protobuf.")  # Struct, Value, Duration
+    ):
+        return _full_enum_names(item, message_type, path)
+    return item
+
+
+def _enum(value: int | str, descriptor: EnumDescriptor, field: str) -> int:
+    """An enum keyword argument: its number, or its short or full name."""
+    if isinstance(value, str):
+        return descriptor.values_by_name[_enum_name(value, descriptor, field)].number
     return value
+
+
+def _enum_name(name: str, descriptor: EnumDescriptor, field: str) -> str:
+    """The full name of an enum value given by its short name (`LIVE`) or its full one."""
+    prefix = descriptor.values_by_number[0].name.removesuffix("UNSPECIFIED")
+    if name in descriptor.values_by_name:
+        return name
+    if prefix + name in descriptor.values_by_name:
+        return prefix + name
+    valid = [v.name.removeprefix(prefix) for v in descriptor.values if v.number != 0]
+    raise ClientError.for_field(
+        field,
+        f"{name!r} is not a valid {descriptor.name}; use one of {', '.join(valid)} "
+        f"(or {prefix}{valid[0]} ...)",
+    )
 
 
 def _struct(variables: Mapping[str, Any] | None) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
-    struct.update(dict(variables or {}))
+    try:
+        struct.update(dict(variables or {}))
+    except (TypeError, ValueError) as exc:
+        raise ClientError.for_field(
+            "variables",
+            f"the values must be JSON-like (str, number, bool, None, list, dict): {exc}",
+        ) from exc
     return struct
 
 
 def _value(document: Any) -> struct_pb2.Value:
-    return json_format.ParseDict(document, struct_pb2.Value())
+    try:
+        return json_format.ParseDict(document, struct_pb2.Value())
+    except json_format.ParseError as exc:
+        raise ClientError.for_field("json", f"the document must be JSON-like: {exc}") from exc
 
 
 def _native_struct(struct: struct_pb2.Struct) -> dict[str, JsonValue]:
