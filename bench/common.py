@@ -210,3 +210,53 @@ def sidecar(
         finally:
             process.terminate()
             process.wait(15)
+
+
+@contextlib.contextmanager
+def echo_floor() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """The no-op grpc.aio echo server (bench/echo_server.py): (port, process)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(ROOT / ".venv/bin/python"), str(ROOT / "bench" / "echo_server.py"), str(port)]
+    )
+    try:
+        wait_for_port(port, process)
+        yield port, process
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextlib.contextmanager
+def opa_server(opa: Path, upstream_port: int) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """OPA's server with bench/opa/decision.rego (the node as Rego): (port, process)."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "BENCH_API_KEY": API_KEY,
+        "BENCH_UPSTREAM": f"http://127.0.0.1:{upstream_port}/orders/",
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        log = Path(scratch) / "opa.log"
+        process = subprocess.Popen(
+            [
+                str(opa),
+                "run",
+                "--server",
+                "--disable-telemetry",
+                "--addr",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "error",
+                str(ROOT / "bench" / "opa" / "decision.rego"),
+            ],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("wb"),
+        )
+        try:
+            wait_for_port(port, process)
+            yield port, process
+        finally:
+            process.terminate()
+            process.wait(10)

@@ -1,21 +1,31 @@
-"""The rules-sidecar benchmark: what the sidecar adds over calling the API directly.
+"""The rules-sidecar benchmark, with its anchors: what one decision costs next to what it could.
 
-    make bench                 # full run, writes bench/results/<version>.json
-    make bench ARGS=--quick    # shorter runs, same report
+    make bench                 # full run (~8 min), writes bench/results/v<version>-<commit>.json
+    make bench ARGS=--quick    # fewer and shorter rounds, same report
 
-One run, all on loopback, on this machine:
+One run, in one private network namespace (`unshare -rn`; plain loopback when user namespaces
+are unavailable, and the report says which), with the same upstream (a ~1 KB order JSON) and the
+same Python asyncio driver for every system:
 
-1. Fixed rates (200/s and 1000/s), open loop, the SAME Python asyncio client driving both paths:
-   - sidecar: EvaluateNode over gRPC (the sidecar renders, calls, decides, extracts);
-   - direct:  the backend's alternative, in-process: the same GET with the API key, the same
-     three conditions and two extractions (aiohttp + jmespath).
-   The added latency is sidecar minus direct, percentile by percentile.
-2. Saturation with ghz (the standard gRPC load tool, pinned), for EvaluateNode, ExtractVariables
-   and the grpcio floor (grpc.health.v1.Health/Check on the same server: a no-op unary call).
-   Sidecar CPU per call comes from the sidecar process's own accounting (/proc/<pid>/stat).
-3. Resident memory idle and after >= 100,000 evaluations (full mode).
-4. The same EvaluateNode saturation with tracing sampled at 100% to a local OTLP sink, when the
-   sidecar has telemetry.
+| system | what it is |
+|---|---|
+| echo floor | a no-op grpc.aio server answering the request's bytes (bench/echo_server.py): the floor of one unary call |
+| sidecar | `rules-sidecar serve` with its defaults (INFO: one JSON log line per evaluation), EvaluateNode |
+| sidecar, WARNING | the same with `--log-level WARNING`: the log line's cost is the difference |
+| sidecar, traced 100% | the defaults plus traces sampled at 100% and metrics, to a no-op OTLP receiver |
+| ExtractVariables | the default sidecar's ExtractVariables on the same document and extractions |
+| direct | the backend doing it itself, in the driver's process: the same GET with the API key, the same three conditions and two extractions (aiohttp + jmespath) |
+| OPA | OPA (built from the Go module proxy, pinned in scripts/bench) with the node as Rego (bench/opa/decision.rego, `http.send`), over its REST API; skipped with a note when missing |
+
+Each round measures every system, in an order rotated by one each round (so a burst of load from
+elsewhere on this shared machine hits each alike):
+- CPU per decision at saturation (16 concurrent callers): the server process's own accounting
+  (/proc/<pid>/stat), the driver's for `direct`; and the ratio to the echo floor of the same round;
+- latency at fixed rates, open loop (a call started every 1/rate s whatever the answers): at
+  200/s every call is done before the next starts (concurrency 1). "added" is a system's
+  percentile minus the direct path's, in the same round.
+Reported: the median over rounds and the spread (min-max). Then the default sidecar's resident
+memory idle, after the warm-up and after >= 100,000 evaluations (full mode).
 
 Figures are benchmark output, never pass/fail.
 """
@@ -28,8 +38,14 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
+import statistics
 import subprocess
-from collections.abc import Awaitable, Callable
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,65 +58,62 @@ from common import (
     ORDER,
     ROOT,
     VARIABLES,
-    Stack,
     cpu_seconds,
+    echo_floor,
+    opa_server,
     rss_mib,
     sidecar,
     upstream,
 )
 from google.protobuf import json_format
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
-from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 from tracing_cost import NoopCollector
 
-GHZ = ROOT / ".tools/go/bin/ghz"
+OPA = ROOT / ".tools/go/bin/opa"
 SERVICE = "rulesidecar.v1.RulesSidecarService"
 EXTRACTIONS = NODE["extractions"]
-
-
-def percentiles(latencies: list[float]) -> dict[str, float]:
-    ordered = sorted(latencies)
-
-    def at(fraction: float) -> float:
-        return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] * 1e3
-
-    return {"p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99)}
-
-
-async def open_loop(
-    call: Callable[[], Awaitable[None]], rate: float, seconds: float
-) -> tuple[list[float], int]:
-    """Start one call every 1/rate s regardless of answers (latency includes any queueing).
-
-    Returns the latencies of the calls that succeeded and the number that failed.
-    """
-    loop = asyncio.get_running_loop()
-    latencies: list[float] = []
-    failures = 0
-
-    async def timed(scheduled: float) -> None:
-        nonlocal failures
-        try:
-            await call()
-        except (grpc.RpcError, aiohttp.ClientError, WrongAnswerError):
-            failures += 1
-            return
-        latencies.append(loop.time() - scheduled)
-
-    tasks = []
-    start = loop.time() + 0.05
-    for index in range(int(rate * seconds)):
-        scheduled = start + index / rate
-        delay = scheduled - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(timed(scheduled)))
-    await asyncio.gather(*tasks)
-    return latencies, failures
+CONCURRENCY = 16
+NETNS_MARK = "BENCH_NETWORK"
 
 
 class WrongAnswerError(Exception):
-    """A path answered something other than the scenario's expected branch."""
+    """A system answered something other than the scenario's expected branch."""
+
+
+@dataclass
+class System:
+    """One row: the process charged for its CPU and one call of it."""
+
+    name: str
+    pid: int
+    call: Callable[[], Awaitable[None]]
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+
+# -- the calls -------------------------------------------------------------------------------------
+
+
+def grpc_call(
+    channel: grpc.aio.Channel, method: str, request: bytes, check: Callable[[bytes], None]
+) -> Callable[[], Awaitable[None]]:
+    """A unary call with pre-serialised bytes, the same way for every gRPC system."""
+    stub = channel.unary_unary(method)
+
+    async def call() -> None:
+        check(await stub(request))
+
+    return call
+
+
+def evaluated(answer: bytes) -> None:
+    response = pb.EvaluateNodeResponse.FromString(answer)
+    if response.outcome != pb.OUTCOME_MATCHED:
+        raise WrongAnswerError(f"sidecar: {response.reason} {response.message}")
+
+
+def extracted(answer: bytes) -> None:
+    if not pb.ExtractVariablesResponse.FromString(answer).complete:
+        raise WrongAnswerError("ExtractVariables: incomplete")
 
 
 def direct_evaluation(session: aiohttp.ClientSession, url: str) -> Callable[[], Awaitable[None]]:
@@ -117,122 +130,199 @@ def direct_evaluation(session: aiohttp.ClientSession, url: str) -> Callable[[], 
                 branch = "processing"
             else:
                 branch = "not-found"
-            extracted = {"order_status": status, "carrier": carrier_path.search(body)}
-            if branch != "show-status" or extracted["order_status"] is None:
-                raise WrongAnswerError(f"direct path went wrong: {branch} {extracted}")
+            variables = {"order_status": status, "carrier": carrier_path.search(body)}
+            if branch != "show-status" or variables["order_status"] is None:
+                raise WrongAnswerError(f"direct: {branch} {variables}")
 
     return call
 
 
-def sidecar_evaluation(stub: pb_grpc.RulesSidecarServiceStub) -> Callable[[], Awaitable[None]]:
-    request = pb.EvaluateNodeRequest(node=json_format.ParseDict(NODE, pb.Node()))
-    request.variables.update(VARIABLES)
+def opa_evaluation(session: aiohttp.ClientSession, port: int) -> Callable[[], Awaitable[None]]:
+    url = f"http://127.0.0.1:{port}/v1/data/sidecar/decision"
+    body = json.dumps({"input": {"variables": VARIABLES}}).encode()
 
     async def call() -> None:
-        answer = await stub.EvaluateNode(request)
-        if answer.outcome != pb.OUTCOME_MATCHED:
-            raise WrongAnswerError(f"sidecar path went wrong: {answer.reason}")
+        async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
+            result = (await r.json()).get("result", {})
+            if result.get("target") != "show-status":
+                raise WrongAnswerError(f"OPA: {result}")
 
     return call
 
 
-async def fixed_rates(stack: Stack, rates: list[int], seconds: float) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    async with (
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session,
-        grpc.aio.insecure_channel(stack.sidecar_address) as channel,
-    ):
-        paths = {
-            "direct": direct_evaluation(session, stack.order_url),
-            "sidecar": sidecar_evaluation(pb_grpc.RulesSidecarServiceStub(channel)),
+# -- the measurements ------------------------------------------------------------------------------
+
+
+async def saturate(system: System, calls: int) -> dict[str, float]:
+    """`calls` calls by CONCURRENCY closed-loop callers: CPU per call of the charged process."""
+    remaining = calls
+
+    async def caller() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await system.call()
+
+    cpu_before = cpu_seconds(system.pid)
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(CONCURRENCY)))
+    wall = time.perf_counter() - started
+    cpu = cpu_seconds(system.pid) - cpu_before
+    return {"cpu_us": cpu / calls * 1e6, "calls_per_second": calls / wall}
+
+
+async def paced(system: System, rate: float, seconds: float) -> dict[str, float]:
+    """Open loop at `rate`: latency (queueing included) percentiles, and failures."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    failures = 0
+
+    async def timed(scheduled: float) -> None:
+        nonlocal failures
+        try:
+            await system.call()
+        except (grpc.RpcError, aiohttp.ClientError, WrongAnswerError):
+            failures += 1
+            return
+        latencies.append(loop.time() - scheduled)
+
+    tasks = []
+    start = loop.time() + 0.02
+    for index in range(int(rate * seconds)):
+        scheduled = start + index / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(timed(scheduled)))
+    await asyncio.gather(*tasks)
+    ordered = sorted(latencies) or [float("nan")]
+
+    def at(fraction: float) -> float:
+        return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] * 1e3
+
+    return {"p50_ms": at(0.50), "p99_ms": at(0.99), "failed": failures}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def rotated(systems: list[System], shift: int) -> Iterator[System]:
+    shift %= len(systems)
+    yield from systems[shift:] + systems[:shift]
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+async def measure(
+    systems: list[System],
+    *,
+    rounds: int,
+    calls: int,
+    rates: list[int],
+    seconds: float,
+    after_warm_up: Callable[[], None],
+) -> None:
+    for system in systems:
+        for _ in range(200):  # pools, caches, compiled nodes
+            await system.call()
+    after_warm_up()
+    for round_number in range(rounds):
+        for system in rotated(systems, round_number):
+            row: dict[str, Any] = await saturate(system, calls)
+            for rate in rates:
+                row[f"{rate}/s"] = await paced(system, rate, seconds)
+            system.rounds.append(row)
+            print(
+                f"  round {round_number + 1}/{rounds} {system.name}: {row['cpu_us']:.0f} us/call, "
+                f"{row['calls_per_second']:.0f}/s, p50 at {rates[0]}/s "
+                f"{row[f'{rates[0]}/s']['p50_ms']:.2f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def summarise(systems: list[System], rates: list[int]) -> dict[str, Any]:
+    by_name = {system.name: system for system in systems}
+    floor = by_name["echo floor"].rounds
+    direct = by_name["direct"].rounds
+    table: dict[str, Any] = {}
+    for system in systems:
+        rows = system.rounds
+        entry: dict[str, Any] = {
+            "cpu_us": spread([row["cpu_us"] for row in rows]),
+            "x_floor": spread(
+                [row["cpu_us"] / base["cpu_us"] for row, base in zip(rows, floor, strict=True)]
+            ),
+            "calls_per_second": spread([row["calls_per_second"] for row in rows]),
         }
-        for call in paths.values():  # warm pools and caches
-            for _ in range(200):
-                await call()
         for rate in rates:
-            row: dict[str, Any] = {}
-            for name, call in paths.items():
-                cpu_before = cpu_seconds(stack.sidecar.pid)
-                latencies, failures = await open_loop(call, rate, seconds)
-                cpu = cpu_seconds(stack.sidecar.pid) - cpu_before
-                row[name] = {**percentiles(latencies), "failed": failures}
-                if name == "sidecar":
-                    row[name]["sidecar_cpu_us_per_evaluation"] = cpu / len(latencies) * 1e6
-            row["added"] = {
-                key: row["sidecar"][key] - row["direct"][key]
-                for key in ("p50_ms", "p90_ms", "p99_ms")
+            key = f"{rate}/s"
+            entry[key] = {
+                name: spread([row[key][name] for row in rows]) for name in ("p50_ms", "p99_ms")
             }
-            results[f"{rate}/s"] = row
-    return results
+            entry[key]["failed"] = sum(row[key]["failed"] for row in rows)
+            entry[key]["added"] = {
+                name: spread(
+                    [
+                        row[key][name] - base[key][name]
+                        for row, base in zip(rows, direct, strict=True)
+                    ]
+                )
+                for name in ("p50_ms", "p99_ms")
+            }
+        table[system.name] = entry
+    default = by_name["sidecar"].rounds
 
-
-def ghz(
-    stack: Stack, call: str, data: dict[str, Any], total: int, concurrency: int, proto: str = ""
-) -> dict[str, Any]:
-    """Saturate one RPC with ghz; sidecar CPU from /proc around the run."""
-    cpu_before = cpu_seconds(stack.sidecar.pid)
-    completed = subprocess.run(
-        [
-            str(GHZ),
-            "--import-paths",
-            f"{ROOT / 'proto'},{ROOT / 'bench' / 'protos'}",
-            "--proto",
-            proto or "rulesidecar/v1/rules_sidecar.proto",
-            "--insecure",
-            "--call",
-            call,
-            "--data",
-            json.dumps(data),
-            "--concurrency",
-            str(concurrency),
-            "--connections",
-            "4",
-            "--total",
-            str(total),
-            "--format",
-            "json",
-            stack.sidecar_address,
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    cpu = cpu_seconds(stack.sidecar.pid) - cpu_before
-    if completed.returncode != 0:
-        raise SystemExit(
-            f"ghz failed for {call}: {completed.stderr.strip() or completed.stdout[:500]}"
+    def over_default(name: str) -> dict[str, float] | None:
+        if name not in by_name:
+            return None
+        return spread(
+            [
+                row["cpu_us"] - base["cpu_us"]
+                for row, base in zip(by_name[name].rounds, default, strict=True)
+            ]
         )
-    report = json.loads(completed.stdout)
-    distribution = {
-        int(item["percentage"]): item["latency"] / 1e6 for item in report["latencyDistribution"]
-    }
-    ok = report["statusCodeDistribution"].get("OK", 0)
+
+    log_line = None
+    if "sidecar, WARNING" in by_name:
+        quiet = by_name["sidecar, WARNING"].rounds
+        log_line = spread(
+            [row["cpu_us"] - base["cpu_us"] for row, base in zip(default, quiet, strict=True)]
+        )
     return {
-        "calls": report["count"],
-        "ok": ok,
-        "calls_per_second": report["rps"],
-        "p50_ms": distribution.get(50, 0.0),
-        "p90_ms": distribution.get(90, 0.0),
-        "p99_ms": distribution.get(99, 0.0),
-        "sidecar_cpu_us_per_call": cpu / max(report["count"], 1) * 1e6,
+        "systems": table,
+        "log_line_us": log_line,
+        "tracing_100_percent_us": over_default("sidecar, traced 100%"),
     }
 
 
-def saturation(stack: Stack, total: int, concurrency: int) -> dict[str, Any]:
-    evaluate = {"node": NODE, "variables": VARIABLES}
-    extract = {"extractions": EXTRACTIONS, "json": ORDER}
-    results = {
-        "echo_floor (Health/Check)": ghz(
-            stack, "grpc.health.v1.Health/Check", {}, total, concurrency, proto="health.proto"
-        ),
-        "ExtractVariables": ghz(stack, f"{SERVICE}/ExtractVariables", extract, total, concurrency),
-        "EvaluateNode": ghz(stack, f"{SERVICE}/EvaluateNode", evaluate, total, concurrency),
-    }
-    floor = results["echo_floor (Health/Check)"]["sidecar_cpu_us_per_call"]
-    results["ExtractVariables"]["cpu_vs_echo_floor"] = (
-        results["ExtractVariables"]["sidecar_cpu_us_per_call"] / floor
+def private_network() -> str:
+    """Re-run this script in a private network namespace when possible; what the run used."""
+    if os.environ.get(NETNS_MARK):
+        return os.environ[NETNS_MARK]
+    unshare = shutil.which("unshare")
+    probe = (
+        subprocess.run([unshare, "-rn", "true"], capture_output=True, text=True, check=False)
+        if unshare
+        else None
     )
-    return results
+    if probe is None or probe.returncode != 0:
+        why = "no unshare" if probe is None else probe.stderr.strip()[:120]
+        return f"loopback (no private network namespace: {why})"
+    mark = "a private network namespace (unshare -rn), loopback inside it"
+    os.execve(  # noqa: S606 (the same script again, in the namespace)
+        unshare,
+        [unshare, "-rn", sys.executable, *sys.argv],
+        {**os.environ, NETNS_MARK: mark, "BENCH_LO_UP": "1"},
+    )
+    raise AssertionError("unreachable")
+
+
+def loopback_up() -> None:
+    if os.environ.pop("BENCH_LO_UP", None):
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 
 
 def machine() -> dict[str, Any]:
@@ -248,21 +338,149 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(memory_kib / 1024 / 1024, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
     }
 
 
+def opa_version() -> str:
+    if not OPA.exists():
+        return ""
+    output = subprocess.run([str(OPA), "version"], capture_output=True, text=True, check=False)
+    for line in output.stdout.splitlines():
+        if line.startswith("Version:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+async def run(arguments: argparse.Namespace, results: dict[str, Any]) -> None:
+    rounds, calls, seconds, memory_total = (
+        (3, 1500, 1.5, 20_000) if arguments.quick else (5, 4000, 3.0, 100_000)
+    )
+    rates = arguments.rates
+    results["settings"] = {
+        "rounds": rounds,
+        "calls_per_round": calls,
+        "concurrency": CONCURRENCY,
+        "rates": rates,
+        "seconds_per_rate": seconds,
+    }
+    collector = NoopCollector()  # a loopback OTLP receiver that accepts and drops exports
+    tracing = {
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
+    }
+    evaluate = pb.EvaluateNodeRequest(node=json_format.ParseDict(NODE, pb.Node()))
+    evaluate.variables.update(VARIABLES)
+    extract = json_format.ParseDict(
+        {"extractions": EXTRACTIONS, "json": ORDER}, pb.ExtractVariablesRequest()
+    )
+    with ExitStack() as stack:
+        stack.callback(collector.close)
+        upstream_port = stack.enter_context(upstream())
+        default = stack.enter_context(sidecar(upstream_port, log_level="INFO"))
+        quiet = stack.enter_context(sidecar(upstream_port, log_level="WARNING"))
+        traced = stack.enter_context(sidecar(upstream_port, tracing, log_level="INFO"))
+        echo_port, echo_process = stack.enter_context(echo_floor())
+        opa = stack.enter_context(opa_server(OPA, upstream_port)) if OPA.exists() else None
+        results["rss_idle_mib"] = rss_mib(default.sidecar.pid)
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session,
+            grpc.aio.insecure_channel(default.sidecar_address) as default_channel,
+            grpc.aio.insecure_channel(quiet.sidecar_address) as quiet_channel,
+            grpc.aio.insecure_channel(traced.sidecar_address) as traced_channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel,
+        ):
+            evaluate_bytes = evaluate.SerializeToString()
+            method = f"/{SERVICE}/EvaluateNode"
+            systems = [
+                System(
+                    "echo floor",
+                    echo_process.pid,
+                    grpc_call(echo_channel, "/bench.Echo/Echo", evaluate_bytes, lambda _: None),
+                ),
+                System(
+                    "sidecar",
+                    default.sidecar.pid,
+                    grpc_call(default_channel, method, evaluate_bytes, evaluated),
+                ),
+                System(
+                    "sidecar, WARNING",
+                    quiet.sidecar.pid,
+                    grpc_call(quiet_channel, method, evaluate_bytes, evaluated),
+                ),
+                System(
+                    "sidecar, traced 100%",
+                    traced.sidecar.pid,
+                    grpc_call(traced_channel, method, evaluate_bytes, evaluated),
+                ),
+                System(
+                    "ExtractVariables",
+                    default.sidecar.pid,
+                    grpc_call(
+                        default_channel,
+                        f"/{SERVICE}/ExtractVariables",
+                        extract.SerializeToString(),
+                        extracted,
+                    ),
+                ),
+                System("direct", os.getpid(), direct_evaluation(session, default.order_url)),
+            ]
+            if opa is not None:
+                systems.append(System("OPA", opa[1].pid, opa_evaluation(session, opa[0])))
+            else:
+                results["opa_note"] = f"skipped: {OPA} is missing (scripts/bench builds it)"
+
+            def after_warm_up() -> None:
+                results["rss_after_warm_up_mib"] = rss_mib(default.sidecar.pid)
+
+            await measure(
+                systems,
+                rounds=rounds,
+                calls=calls,
+                rates=rates,
+                seconds=seconds,
+                after_warm_up=after_warm_up,
+            )
+            results.update(summarise(systems, rates))
+            done = 200 + rounds * (calls + sum(int(rate * seconds) for rate in rates))
+            top_up = System("memory", default.sidecar.pid, systems[1].call)
+            if memory_total > done:
+                await saturate(top_up, memory_total - done)
+            after = rss_mib(default.sidecar.pid)
+            results["memory"] = {
+                "evaluations_run": max(memory_total, done),
+                "rss_idle_mib": results.pop("rss_idle_mib"),
+                "rss_after_warm_up_mib": results.pop("rss_after_warm_up_mib"),
+                "rss_after_mib": after,
+            }
+            results["memory"]["growth_after_warm_up_mib"] = (
+                after - results["memory"]["rss_after_warm_up_mib"]
+            )
+        results["spans_received"] = collector.spans
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description="rules-sidecar benchmark")
-    parser.add_argument("--quick", action="store_true", help="shorter runs (~1 min)")
+    parser = argparse.ArgumentParser(description="rules-sidecar benchmark, with its anchors")
+    parser.add_argument("--quick", action="store_true", help="3 short rounds (~2.5 min)")
     parser.add_argument(
-        "--output", type=Path, help="results file (default bench/results/<version>.json)"
+        "--output", type=Path, help="results file (default bench/results/v<version>-<commit>.json)"
+    )
+    parser.add_argument(
+        "--rates",
+        type=lambda text: [int(rate) for rate in text.split(",")],
+        default=[200],
+        help="fixed rates for the latency, comma-separated (default 200: concurrency 1)",
+    )
+    parser.add_argument(
+        "--no-netns", action="store_true", help="plain loopback, no private network namespace"
     )
     arguments = parser.parse_args()
-    if not GHZ.exists():
-        raise SystemExit("ghz is missing: run scripts/bench (it installs the pinned ghz)")
-    seconds, total, memory_total = (
-        (4.0, 5000, 20_000) if arguments.quick else (15.0, 20_000, 100_000)
+    network = (
+        "loopback (--no-netns)"
+        if arguments.no_netns and not os.environ.get(NETNS_MARK)
+        else private_network()
     )
+    loopback_up()
     version = subprocess.run(
         [
             str(ROOT / ".venv/bin/python"),
@@ -281,45 +499,13 @@ def main() -> None:
         "commit": commit,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mode": "quick" if arguments.quick else "full",
+        "network": network,
+        "opa": opa_version(),
         "machine": machine(),
     }
-    with upstream() as upstream_port:
-        with sidecar(upstream_port) as stack:
-            results["rss_idle_mib"] = rss_mib(stack.sidecar.pid)
-            results["fixed_rate"] = asyncio.run(fixed_rates(stack, [200, 1000], seconds))
-            results["saturation"] = saturation(stack, total, concurrency=16)
-            evaluations = ghz(
-                stack,
-                f"{SERVICE}/EvaluateNode",
-                {"node": NODE, "variables": VARIABLES},
-                memory_total,
-                16,
-            )
-            results["memory"] = {
-                "evaluations_run": memory_total,
-                "rss_after_mib": rss_mib(stack.sidecar.pid),
-                "growth_mib": rss_mib(stack.sidecar.pid) - results["rss_idle_mib"],
-                "evaluations_per_second": evaluations["calls_per_second"],
-            }
-        evaluate = {"node": NODE, "variables": VARIABLES}
-        collector = NoopCollector()  # a loopback OTLP receiver that accepts and drops exports
-        try:
-            tracing_env = {
-                "OTEL_SDK_DISABLED": "false",
-                "OTEL_TRACES_SAMPLER": "always_on",
-                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
-            }
-            with sidecar(upstream_port, tracing_env) as stack:
-                results["tracing_100_percent"] = ghz(
-                    stack, f"{SERVICE}/EvaluateNode", evaluate, total, 16
-                )
-        finally:
-            collector.close()
-        with sidecar(upstream_port, log_level="INFO") as stack:
-            results["info_log_line_per_evaluation"] = ghz(
-                stack, f"{SERVICE}/EvaluateNode", evaluate, total, 16
-            )
-    output = arguments.output or ROOT / "bench" / "results" / f"v{version}.json"
+    asyncio.run(run(arguments, results))
+    suffix = "-quick" if arguments.quick else ""
+    output = arguments.output or ROOT / "bench" / "results" / f"v{version}-{commit}{suffix}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
@@ -330,37 +516,56 @@ def print_table(results: dict[str, Any]) -> None:
     m = results["machine"]
     print(
         f"rules-sidecar {results['version']} ({results['commit']}), {results['mode']} run, "
-        f"{m['cores']} cores {m['cpu']}, Python {m['python']}"
+        f"{m['cores']} cores {m['cpu']}, Python {m['python']}; {results['network']}; "
+        f"OPA {results['opa'] or 'skipped'}"
     )
+    settings = results["settings"]
     print(
-        f"\n{'fixed rate':10} {'path':8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'CPU us/eval':>12}"
+        f"{settings['rounds']} rounds rotated; medians (min-max); CPU at {settings['concurrency']} "
+        f"concurrent callers; latency open loop at {settings['rates'][0]}/s (concurrency 1)"
     )
-    for rate, row in results["fixed_rate"].items():
-        for path in ("direct", "sidecar", "added"):
-            cells = row[path]
-            cpu = cells.get("sidecar_cpu_us_per_evaluation")
-            print(
-                f"{rate:10} {path:8} {cells['p50_ms']:8.2f} {cells['p90_ms']:8.2f} {cells['p99_ms']:8.2f} "
-                f"{(f'{cpu:12.0f}' if cpu else ''):>12}"
-            )
-    print(
-        f"\n{'saturation (ghz, 16 concurrent)':32} {'calls/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/call':>12}"
+    rate = f"{settings['rates'][0]}/s"
+    header = (
+        f"\n{'system':22} {'CPU us/decision':>20} {'x echo floor':>16} {'calls/s':>8} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'added p50':>10} {'added p99':>10}"
     )
-    rows = dict(results["saturation"])
-    rows["EvaluateNode, tracing 100%"] = results["tracing_100_percent"]
-    rows["EvaluateNode, INFO log lines"] = results["info_log_line_per_evaluation"]
-    for name, row in rows.items():
+    print(header)
+    for name, row in results["systems"].items():
+        cpu, ratio, latency = row["cpu_us"], row["x_floor"], row[rate]
         print(
-            f"{name:32} {row['calls_per_second']:8.0f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} "
-            f"{row['sidecar_cpu_us_per_call']:12.0f}"
+            f"{name:22} {cpu['median']:6.0f} ({cpu['min']:5.0f}-{cpu['max']:5.0f}) "
+            f"{ratio['median']:5.2f} ({ratio['min']:.2f}-{ratio['max']:.2f}) "
+            f"{row['calls_per_second']['median']:8.0f} "
+            f"{latency['p50_ms']['median']:7.2f} {latency['p99_ms']['median']:7.2f} "
+            f"{latency['added']['p50_ms']['median']:10.2f} {latency['added']['p99_ms']['median']:10.2f}"
         )
-    ratio = results["saturation"]["ExtractVariables"]["cpu_vs_echo_floor"]
-    print(f"\nExtractVariables CPU / echo floor: {ratio:.2f}x")
-    mem = results["memory"]
+    for other in settings["rates"][1:]:
+        key = f"{other}/s"
+        print(
+            f"\nat {key}: "
+            + "; ".join(
+                f"{name} p50 {row[key]['p50_ms']['median']:.2f} p99 {row[key]['p99_ms']['median']:.2f}"
+                for name, row in results["systems"].items()
+            )
+        )
+    for label, key in (
+        ("the INFO log line (sidecar - sidecar WARNING)", "log_line_us"),
+        ("tracing at 100% (traced - sidecar)", "tracing_100_percent_us"),
+    ):
+        value = results.get(key)
+        if value:
+            print(
+                f"{label}: {value['median']:+.0f} us per decision "
+                f"({value['min']:+.0f} to {value['max']:+.0f})"
+            )
+    memory = results["memory"]
     print(
-        f"RSS idle {results['rss_idle_mib']:.1f} MiB; after {mem['evaluations_run']} evaluations "
-        f"{mem['rss_after_mib']:.1f} MiB (growth {mem['growth_mib']:+.1f} MiB)"
+        f"RSS idle {memory['rss_idle_mib']:.1f} MiB, after warm-up "
+        f"{memory['rss_after_warm_up_mib']:.1f} MiB, after {memory['evaluations_run']} evaluations "
+        f"{memory['rss_after_mib']:.1f} MiB (growth {memory['growth_after_warm_up_mib']:+.1f} MiB)"
     )
+    if "opa_note" in results:
+        print(f"OPA: {results['opa_note']}")
 
 
 if __name__ == "__main__":
