@@ -13,7 +13,12 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from sidecar.telemetry.logs import JsonFormatter, TextFormatter, configure_logging
+from sidecar.telemetry.logs import (
+    JsonFormatter,
+    TextFormatter,
+    configure_logging,
+    write_json_line,
+)
 
 
 def record(text: str, *, exc_info: Any = None, **fields: Any) -> logging.LogRecord:
@@ -89,3 +94,53 @@ def test_configure_logging_writes_the_chosen_format(log_format: str, json_lines:
         assert json.loads(line)["message"] == "ready"
     else:
         assert line.endswith("INFO sidecar.test: ready")
+
+
+# -- the evaluation line written without a LogRecord -----------------------------------------------
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_a_line_written_directly_is_the_line_the_formatter_writes() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    logger = logging.getLogger("sidecar.test.direct")
+    fields = {"connector": "c", "attempts": 1, "latency_ms": 1.5, "message": "forged", "n": None}
+    provider = TracerProvider()
+
+    with provider.get_tracer("test").start_as_current_span("work"):
+        written = write_json_line(logger, "node evaluated", fields)
+        logger.info("node evaluated", extra={"fields": fields})
+
+    direct, formatted = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert written
+    assert list(direct) == list(formatted)  # the same keys in the same order
+    assert {**direct, "timestamp": ""} == {**formatted, "timestamp": ""}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", direct["timestamp"])
+    assert direct["message"] == "node evaluated"
+
+
+@pytest.mark.parametrize(
+    "configuration",
+    ["text", "second handler", "filter", "warning", "not propagated"],
+)
+@pytest.mark.usefixtures("root_logging")
+def test_anything_but_the_plain_json_configuration_is_left_to_logging(configuration: str) -> None:
+    stream = io.StringIO()
+    configure_logging(
+        "WARNING" if configuration == "warning" else "INFO",
+        "text" if configuration == "text" else "json",
+        stream,
+    )
+    logger = logging.getLogger(f"sidecar.test.{configuration.replace(' ', '_')}")
+    if configuration == "second handler":
+        logger.addHandler(logging.NullHandler())
+    if configuration == "filter":
+        logging.getLogger().handlers[0].addFilter(lambda record: True)
+    if configuration == "not propagated":
+        logger.propagate = False
+    try:
+        assert not write_json_line(logger, "node evaluated", {"connector": "c"})
+    finally:
+        logger.handlers.clear()
+        logger.propagate = True
+    assert stream.getvalue() == ""

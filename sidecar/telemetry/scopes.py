@@ -45,6 +45,7 @@ from sidecar.telemetry.attributes import (
     SERVER_PORT,
     URL_FULL,
 )
+from sidecar.telemetry.logs import write_json_line
 from sidecar.telemetry.redaction import redacted_url
 
 EVALUATION_SPAN: Final = "evaluate_node"
@@ -150,7 +151,8 @@ def _log_evaluation(node: Node, outcome: Outcome, elapsed: float) -> None:
         "latency_ms": round(elapsed * 1000, 3),
         "upstream_latency_ms": round(outcome.upstream_latency_seconds * 1000, 3),
     }
-    evaluation_log.info("node evaluated", extra={"fields": fields})
+    if not write_json_line(evaluation_log, "node evaluated", fields):
+        evaluation_log.info("node evaluated", extra={"fields": fields})
 
 
 class AttemptScope:
