@@ -422,6 +422,38 @@ def test_host_outside_the_connectors_hosts_is_refused(upstream: Upstream) -> Non
     assert upstream.connections == 0
 
 
+def test_a_judged_destination_is_judged_again_for_other_hosts_or_other_credentials(
+    upstream: Upstream,
+) -> None:
+    """The verdict of a connector's destination is kept (judged once), but keyed by everything it
+    depends on: another exchange's allowed hosts or userinfo in the URL are judged anew."""
+    allowed = SendOptions(5.0, 1024 * 1024, allowed_hosts=("127.0.0.1",))
+    elsewhere = SendOptions(5.0, 1024 * 1024, allowed_hosts=("api.example.com",))
+    url = upstream.url("/json")
+
+    async def use(egress: Egress) -> list[int | Reason]:
+        seen: list[int | Reason] = []
+        for request, options in [
+            (get(url), allowed),
+            (get(url), elsewhere),
+            (get(url.replace("http://", "http://user:pw@")), allowed),
+            (get(url), allowed),
+        ]:
+            try:
+                seen.append((await egress.send(request, options)).status)
+            except SendError as error:
+                seen.append(error.reason)
+        return seen
+
+    assert with_egress(use) == [
+        200,
+        Reason.BLOCKED_DESTINATION,
+        Reason.BLOCKED_DESTINATION,
+        200,
+    ]
+    assert upstream.hits("/json") == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # Retries and circuit breakers
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.utils
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ from urllib.parse import urljoin, urlsplit
 import stamina
 from aiohttp.abc import AbstractResolver
 
+from sidecar.core.compiled_cache import CompiledCache
 from sidecar.core.hosts import host_matches
 from sidecar.core.model.exchange import (
     HttpResponse,
@@ -52,6 +54,9 @@ MAX_REDIRECTS = 3
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# "scheme://authority" at the start of a URL: everything the destination's verdict depends on.
+_AUTHORITY = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+_VERDICT_CACHE_LIMIT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +119,13 @@ class Egress:
             connector_factory=connector_factory,
         )
         self._breakers: dict[Origin, CircuitBreaker] = {}
+        # Allowed destinations by (scheme://authority, the exchange's allowed hosts): a prepared
+        # connector's URL judged once, not on every call. Only allowed ones are kept (a refusal
+        # is judged again, and says why); names are judged again whenever they are resolved
+        # (`transport.GuardedResolver`), so a changed DNS answer is always judged.
+        self._origins: CompiledCache[tuple[str, tuple[str, ...]], Origin] = CompiledCache(
+            limit=_VERDICT_CACHE_LIMIT
+        )
         self._slots: defaultdict[Origin, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(self._limits.per_upstream_concurrency)
         )
@@ -155,7 +167,16 @@ class Egress:
         raise AssertionError("unreachable: the loop returns on its last hop")
 
     def _judge(self, url: str, options: SendOptions) -> Origin:
-        """The destination's origin, or SendError(BLOCKED_DESTINATION) before any socket."""
+        """The destination's origin, or SendError(BLOCKED_DESTINATION) before any socket; an
+        allowed destination is judged once (the policy is fixed for the egress's life)."""
+        authority = _AUTHORITY.match(url)
+        if authority is None:
+            return self._judge_anew(url, options)
+        return self._origins.get(
+            (authority.group(), options.allowed_hosts), lambda: self._judge_anew(url, options)
+        )
+
+    def _judge_anew(self, url: str, options: SendOptions) -> Origin:
         parts = urlsplit(url)
         host = parts.hostname or ""
         try:
@@ -195,7 +216,38 @@ class Egress:
         deadline: float,
         attempts: _Tally,
     ) -> HttpResponse:
+        """The first attempt as it is; the retry machinery only once it failed retryably (most
+        calls succeed at once, and setting up a retry context costs more than the judging)."""
         first = attempts.count
+        try:
+            response = await self._attempt(
+                request, origin, options, attempts, deadline, first_attempt=first
+            )
+        except SendError as error:
+            if not error.retryable or self._limits.retries < 1:
+                raise
+            failure: Exception = error
+        else:
+            if not (options.retry_on_status and response.status in RETRYABLE_STATUSES):
+                return response
+            if self._limits.retries < 1:
+                return response
+            failure = _RetryableStatusError(response)
+        return await self._retry(failure, request, origin, options, deadline, attempts, first)
+
+    async def _retry(
+        self,
+        failure: Exception,
+        request: OutboundRequest,
+        origin: Origin,
+        options: SendOptions,
+        deadline: float,
+        attempts: _Tally,
+        first: int,
+    ) -> HttpResponse:
+        """The attempts after a retryable `failure` of the first, by stamina: its first round
+        replays that failure (nothing is sent), so stamina decides and waits exactly as if it had
+        made the first attempt itself."""
 
         def backoff(exc: Exception) -> bool | float:
             remaining = deadline - time.monotonic()
@@ -206,6 +258,7 @@ class Egress:
                 return wait if wait < remaining else False
             return isinstance(exc, SendError) and exc.retryable
 
+        replayed: Exception | None = failure
         try:
             async for attempt in stamina.retry_context(
                 on=backoff,
@@ -216,6 +269,9 @@ class Egress:
                 wait_jitter=self._limits.backoff_initial_seconds,
             ):
                 with attempt:
+                    if replayed is not None:
+                        raising, replayed = replayed, None
+                        raise raising
                     response = await self._attempt(
                         request, origin, options, attempts, deadline, first_attempt=first
                     )
