@@ -169,11 +169,10 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
             except DocumentError as exc:
                 raise InvalidArgumentError([FieldViolation("raw_json", str(exc))]) from exc
         variables, results = compiled.apply(document, has_document=True)
-        response = pb.ExtractVariablesResponse(
-            extractions=wire.extraction_results_to_proto(results),
-            complete=not required_failures(results),
-        )
-        response.variables.CopyFrom(wire.struct_of(variables))
+        response = pb.ExtractVariablesResponse(complete=not required_failures(results))
+        wire.add_extraction_results(response.extractions, results)
+        response.variables.SetInParent()  # present even when empty, as it always was
+        response.variables.update(wire.struct_safe(variables))
         return response
 
 

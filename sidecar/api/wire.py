@@ -177,13 +177,6 @@ def _fill(value: struct_pb2.Value, data: Any) -> None:
         value.string_value = str(data)
 
 
-def struct_of(data: dict[str, Any]) -> struct_pb2.Struct:
-    """A dict as a google.protobuf.Struct (see `struct_safe`)."""
-    struct = struct_pb2.Struct()
-    struct.update(struct_safe(data))
-    return struct
-
-
 def struct_safe(data: Any) -> Any:
     """JSON data a Struct can hold: integers beyond a double's range become their decimal text.
 
@@ -410,43 +403,40 @@ def variables_from_proto(variables: struct_pb2.Struct) -> dict[str, Any]:
 
 
 def outcome_to_proto(outcome: model.Outcome) -> pb.EvaluateNodeResponse:
-    """An Outcome as the EvaluateNode response."""
+    """An Outcome as the EvaluateNode response, filled in place (no message built to be copied:
+    this runs on every answer)."""
     response = pb.EvaluateNodeResponse(
         outcome=enum_to_proto(pb.Outcome, outcome.kind, "OUTCOME_"),
         reason=enum_to_proto(pb.Reason, outcome.reason, "REASON_"),
         message=outcome.message,
         target=outcome.target,
-        extractions=extraction_results_to_proto(outcome.extractions),
         http_status=outcome.http_status,
         attempts=outcome.attempts,
         connector_version=outcome.connector_version,
-        upstream_latency=_duration(outcome.upstream_latency_seconds),
     )
+    response.upstream_latency.FromNanoseconds(round(outcome.upstream_latency_seconds * 1e9))
+    add_extraction_results(response.extractions, outcome.extractions)
     if outcome.branch_index is not None:
         response.branch_index = outcome.branch_index
     if outcome.variables:
-        response.variables.CopyFrom(struct_of(outcome.variables))
+        response.variables.update(struct_safe(outcome.variables))
     if outcome.explanation is not None:
         response.explanation.CopyFrom(_explanation_to_proto(outcome.explanation))
     return response
 
 
-def extraction_results_to_proto(
-    results: Sequence[model.ExtractionResult],
-) -> list[pb.ExtractionResult]:
-    """Per-extraction results, failures included."""
-    messages = []
+def add_extraction_results(messages: Any, results: Sequence[model.ExtractionResult]) -> None:
+    """Per-extraction results, failures included, appended in place to a repeated
+    ExtractionResult field (of an EvaluateNode or ExtractVariables response)."""
     for result in results:
-        message = pb.ExtractionResult(
+        message = messages.add(
             variable=result.variable,
             status=enum_to_proto(pb.ExtractionStatus, result.status, "EXTRACTION_STATUS_"),
             required=result.required,
             message=result.message,
         )
         if result.succeeded:
-            message.value.CopyFrom(value_to_proto(result.value))
-        messages.append(message)
-    return messages
+            _fill(message.value, struct_safe(result.value))
 
 
 def _explanation_to_proto(explanation: model.Explanation) -> pb.Explanation:
