@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,6 +298,11 @@ def summarise(systems: list[System], rates: list[int]) -> dict[str, Any]:
     }
 
 
+def comparison(text: str) -> tuple[str, dict[str, str]]:
+    name, _, assignments = text.partition(":")
+    return name, dict(item.split("=", 1) for item in assignments.split(",") if item)
+
+
 def private_network() -> str:
     """Re-run this script in a private network namespace when possible; what the run used."""
     if os.environ.get(NETNS_MARK):
@@ -365,21 +370,29 @@ async def run(arguments: argparse.Namespace, results: dict[str, Any]) -> None:
         "seconds_per_rate": seconds,
     }
     collector = NoopCollector()  # a loopback OTLP receiver that accepts and drops exports
-    tracing = {
-        "OTEL_TRACES_SAMPLER": "always_on",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
-    }
+    otlp = f"http://127.0.0.1:{collector.port}"
+    tracing = {"OTEL_TRACES_SAMPLER": "always_on", "OTEL_EXPORTER_OTLP_ENDPOINT": otlp}
     evaluate = pb.EvaluateNodeRequest(node=json_format.ParseDict(NODE, pb.Node()))
     evaluate.variables.update(VARIABLES)
     extract = json_format.ParseDict(
         {"extractions": EXTRACTIONS, "json": ORDER}, pb.ExtractVariablesRequest()
     )
-    with ExitStack() as stack:
+    async with AsyncExitStack() as stack:
         stack.callback(collector.close)
         upstream_port = stack.enter_context(upstream())
         default = stack.enter_context(sidecar(upstream_port, log_level="INFO"))
         quiet = stack.enter_context(sidecar(upstream_port, log_level="WARNING"))
         traced = stack.enter_context(sidecar(upstream_port, tracing, log_level="INFO"))
+        compared = {
+            name: stack.enter_context(
+                sidecar(
+                    upstream_port,
+                    {key: value.replace("{otlp}", otlp) for key, value in environment.items()},
+                    log_level="INFO",
+                )
+            )
+            for name, environment in arguments.compare
+        }
         echo_port, echo_process = stack.enter_context(echo_floor())
         opa = stack.enter_context(opa_server(OPA, upstream_port)) if OPA.exists() else None
         results["rss_idle_mib"] = rss_mib(default.sidecar.pid)
@@ -425,6 +438,12 @@ async def run(arguments: argparse.Namespace, results: dict[str, Any]) -> None:
                 ),
                 System("direct", os.getpid(), direct_evaluation(session, default.order_url)),
             ]
+            for name, other in compared.items():
+                channel = await stack.enter_async_context(
+                    grpc.aio.insecure_channel(other.sidecar_address)
+                )
+                call = grpc_call(channel, method, evaluate_bytes, evaluated)
+                systems.append(System(f"sidecar, {name}", other.sidecar.pid, call))
             if opa is not None:
                 systems.append(System("OPA", opa[1].pid, opa_evaluation(session, opa[0])))
             else:
@@ -470,6 +489,15 @@ def main() -> None:
         type=lambda text: [int(rate) for rate in text.split(",")],
         default=[200],
         help="fixed rates for the latency, comma-separated (default 200: concurrency 1)",
+    )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        type=comparison,
+        metavar="NAME:VAR=VALUE[,VAR=VALUE]",
+        help="one more sidecar row, the defaults with these environment variables (repeatable), "
+        "e.g. 'asyncio loop:RULES_SIDECAR_EVENT_LOOP=asyncio' ({otlp}: the no-op OTLP receiver)",
     )
     parser.add_argument(
         "--no-netns", action="store_true", help="plain loopback, no private network namespace"
