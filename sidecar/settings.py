@@ -215,6 +215,11 @@ class Settings(BaseSettings):
         description="json: one JSON object per line (timestamp, level, logger, message, trace_id, "
         "span_id, fields), for log pipelines; text: one readable line, for a terminal.",
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        description="The event loop: uvloop (libuv's; less CPU per call, see the README's "
+        "performance section) or asyncio (the standard library's, to rule uvloop out).",
+    )
     metrics_prometheus_port: int | None = Field(
         None,
         ge=1,
