@@ -99,20 +99,21 @@ class EvaluationScope:
             return
         span = self._span
         if span is not None and span.is_recording():
-            span.set_attributes(
-                {
-                    CONNECTOR_VERSION: outcome.connector_version,
-                    OUTCOME: outcome.kind.value,
-                    REASON: outcome.reason.value,
-                    ATTEMPTS: outcome.attempts,
-                }
-            )
+            # One set_attributes call: each attribute set apart takes the span's lock again.
+            attributes: dict[str, str | int] = {
+                CONNECTOR_VERSION: outcome.connector_version,
+                OUTCOME: outcome.kind.value,
+                REASON: outcome.reason.value,
+                ATTEMPTS: outcome.attempts,
+            }
             if outcome.branch_index is not None:
-                span.set_attribute(BRANCH_INDEX, outcome.branch_index)
+                attributes[BRANCH_INDEX] = outcome.branch_index
             if outcome.http_status:
-                span.set_attribute(HTTP_STATUS_CODE, outcome.http_status)
+                attributes[HTTP_STATUS_CODE] = outcome.http_status
             if outcome.kind is OutcomeKind.ERROR:
-                span.set_attribute(ERROR_TYPE, outcome.reason.value)
+                attributes[ERROR_TYPE] = outcome.reason.value
+            span.set_attributes(attributes)
+            if outcome.kind is OutcomeKind.ERROR:
                 span.set_status(StatusCode.ERROR, outcome.reason.value)
         if telemetry.metrics:
             telemetry.count_evaluation(node.connector_id, outcome)
@@ -203,23 +204,36 @@ class AttemptScope:
         if telemetry is None or request is None or options is None or origin is None:
             return self
         if telemetry.tracing:
+            attributes: dict[str, str | int] = {
+                HTTP_REQUEST_METHOD: request.method,
+                SERVER_ADDRESS: origin.host,
+                SERVER_PORT: origin.port,
+            }
+            # Given at the start, all at once (each set apart takes the span's lock again); the
+            # redaction only when the span will be recorded, which its parent (the evaluation's
+            # span, sampled on the same trace id) tells beforehand for every standard sampler.
+            parent_recorded = trace.get_current_span().is_recording()
+            if parent_recorded:
+                attributes.update(self._recorded_attributes(request, options))
             span = self._span = telemetry.tracer.start_span(
-                request.method,
-                kind=SpanKind.CLIENT,
-                attributes={
-                    HTTP_REQUEST_METHOD: request.method,
-                    SERVER_ADDRESS: origin.host,
-                    SERVER_PORT: origin.port,
-                },
+                request.method, kind=SpanKind.CLIENT, attributes=attributes
             )
-            if span.is_recording():
-                span.set_attribute(URL_FULL, redacted_url(request.url, options.url_template))
-                span.set_attribute(CONNECTOR_ID, options.connector_id)
-                if self._resend_count:
-                    span.set_attribute(HTTP_RESEND_COUNT, self._resend_count)
+            if not parent_recorded and span.is_recording():  # a root span, or a custom sampler
+                span.set_attributes(self._recorded_attributes(request, options))
             self._token = context.attach(trace.set_span_in_context(span))
         self._started = time.perf_counter()
         return self
+
+    def _recorded_attributes(
+        self, request: OutboundRequest, options: SendOptions
+    ) -> dict[str, str | int]:
+        attributes: dict[str, str | int] = {
+            URL_FULL: redacted_url(request.url, options.url_template),
+            CONNECTOR_ID: options.connector_id,
+        }
+        if self._resend_count:
+            attributes[HTTP_RESEND_COUNT] = self._resend_count
+        return attributes
 
     def record(self, response: HttpResponse) -> None:
         """The attempt got an answer (any status)."""
