@@ -155,9 +155,13 @@ def upstream() -> Iterator[int]:
 
 @contextlib.contextmanager
 def sidecar(
-    upstream_port: int, extra_env: dict[str, str] | None = None, log_level: str = "WARNING"
+    upstream_port: int,
+    extra_env: dict[str, str] | None = None,
+    log_level: str = "WARNING",
+    checkout: Path = ROOT,
 ) -> Iterator[Stack]:
-    """The real `rules-sidecar serve`, with the scenario's connector, on a free port."""
+    """The real `rules-sidecar serve`, with the scenario's connector, on a free port (from
+    another `checkout` with its own .venv, to compare versions in one run)."""
     port = free_port()
     with tempfile.TemporaryDirectory() as scratch:
         connectors = Path(scratch) / "connectors.json"
@@ -188,7 +192,7 @@ def sidecar(
         }
         process = subprocess.Popen(
             [
-                str(ROOT / ".venv/bin/rules-sidecar"),
+                str(checkout / ".venv/bin/rules-sidecar"),
                 "serve",
                 "--listen",
                 f"127.0.0.1:{port}",

@@ -393,6 +393,12 @@ async def run(arguments: argparse.Namespace, results: dict[str, Any]) -> None:
             )
             for name, environment in arguments.compare
         }
+        if arguments.baseline is not None:
+            name = f"baseline {arguments.baseline.name}"
+            for label, environment in ((name, {}), (f"{name}, traced 100%", tracing)):
+                compared[label] = stack.enter_context(
+                    sidecar(upstream_port, environment, "INFO", checkout=arguments.baseline)
+                )
         echo_port, echo_process = stack.enter_context(echo_floor())
         opa = stack.enter_context(opa_server(OPA, upstream_port)) if OPA.exists() else None
         results["rss_idle_mib"] = rss_mib(default.sidecar.pid)
@@ -498,6 +504,12 @@ def main() -> None:
         metavar="NAME:VAR=VALUE[,VAR=VALUE]",
         help="one more sidecar row, the defaults with these environment variables (repeatable), "
         "e.g. 'asyncio loop:RULES_SIDECAR_EVENT_LOOP=asyncio' ({otlp}: the no-op OTLP receiver)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="two more sidecar rows from another checkout (with its .venv): its defaults, and "
+        "traced at 100%%; before and after in one run",
     )
     parser.add_argument(
         "--no-netns", action="store_true", help="plain loopback, no private network namespace"
