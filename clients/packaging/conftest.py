@@ -95,6 +95,13 @@ def substitutions(harness: Harness, token: Path) -> dict[str, str]:
         "/etc/rules-sidecar/tls.crt": harness.client_cert_file,
         "/etc/rules-sidecar/tls.key": harness.client_key_file,
         "/var/run/secrets/rules-sidecar/token": str(token),
+        # The examples' deadlines, made generous: a cold JVM's first TLS handshake on a busy
+        # machine can outlast 2 s, and timing is not what these tests check.
+        "timeout=2.0": "timeout=30.0",
+        "timeout=5.0": "timeout=30.0",
+        "2*time.Second": "30*time.Second",
+        "timeoutMs: 2000": "timeoutMs: 30000",
+        "Duration.ofSeconds(2)": "Duration.ofSeconds(30)",
     }
 
 
