@@ -45,7 +45,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sidecar.api.access import TokenFile, TokenInterceptor
-from sidecar.api.interceptors import ErrorMappingInterceptor, TracingInterceptor
+from sidecar.api.interceptors import ErrorMappingInterceptor, TelemetryInterceptor
 from sidecar.api.servicer import SERVICE_NAME, RulesSidecarServicer, ServiceGate
 from sidecar.core.engine import Engine
 from sidecar.core.model import Connector
@@ -437,8 +437,8 @@ def create_server(settings: Settings, telemetry: Telemetry) -> SidecarServer:
     unix socket if configured); RulesSidecarService stays closed until `SidecarServer.open`."""
     message_limit = settings.max_message_bytes
     interceptors: list[grpc.aio.ServerInterceptor] = []
-    if telemetry.tracing:  # first, so its span sees every call's final status
-        interceptors.append(TracingInterceptor(telemetry))
+    if telemetry.tracing or telemetry.metrics:  # first, so it sees every call's final status
+        interceptors.append(TelemetryInterceptor(telemetry))
     if settings.admin_token_file or settings.evaluation_token_file:
         interceptors.append(
             TokenInterceptor(

@@ -8,10 +8,13 @@ configuration tables and URL redaction are checked without a server.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import os
 import re
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,6 +24,7 @@ from typing import Any
 
 import grpc
 import pytest
+from aiohttp import web
 from google.protobuf import json_format
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -492,10 +496,28 @@ def test_metric_points_for_matched_no_match_and_error(traced: Traced) -> None:
         tuple(sorted(point.attributes.items())): point
         for point in traced.points("http.client.request.duration")
     }
+    origin = (
+        ("server.address", "127.0.0.1"),
+        ("server.port", traced.upstream.port),
+    )
+
+    def attempt(connector: str, status: int, *error: tuple[str, str]) -> tuple[Any, ...]:
+        return tuple(
+            sorted(
+                (
+                    *error,
+                    ("http.request.method", "GET"),
+                    ("http.response.status_code", status),
+                    ("rules_sidecar.connector.id", connector),
+                    *origin,
+                )
+            )
+        )
+
     assert {key: point.count for key, point in durations.items()} == {
-        (("rules_sidecar.connector.id", "orders"), ("rules_sidecar.http.status_class", "2xx")): 1,
-        (("rules_sidecar.connector.id", "orders"), ("rules_sidecar.http.status_class", "4xx")): 1,
-        (("rules_sidecar.connector.id", "flaky"), ("rules_sidecar.http.status_class", "5xx")): 3,
+        attempt("orders", 200): 1,
+        attempt("orders", 404, ("error.type", "404")): 1,
+        attempt("flaky", 503, ("error.type", "503")): 3,
     }
     histogram = next(iter(durations.values()))
     assert histogram.explicit_bounds[:3] == (0.005, 0.01, 0.025)
@@ -552,6 +574,120 @@ def test_open_breaker_shows_in_the_state_gauge(
     assert traced.finished() == []  # metrics without traces: no span anywhere
 
 
+def rpc_calls(traced: Traced) -> dict[tuple[str, int], int]:
+    """Points of rpc.server.call.duration: (method, status code) -> count."""
+    calls: dict[tuple[str, int], int] = {}
+    for point in traced.points("rpc.server.call.duration"):
+        attributes = dict(point.attributes)
+        assert (attributes.pop("rpc.system"), attributes.pop("rpc.service")) == ("grpc", SERVICE)
+        key = (attributes.pop("rpc.method"), attributes.pop("rpc.grpc.status_code"))
+        assert attributes == {}, "no other attribute"
+        calls[key] = point.count
+    return calls
+
+
+def wait_for_calls(traced: Traced, expected: dict[tuple[str, int], int]) -> dict[Any, int]:
+    """An aborted call's status reaches the client before the interceptor has recorded it."""
+    deadline = time.monotonic() + 5
+    while (calls := rpc_calls(traced)) != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return calls
+
+
+def test_rpc_durations_by_method_and_status_code(traced: Traced) -> None:
+    traced.register_orders()
+    traced.evaluate("orders", {"order_number": VISITOR_ORDER})
+    traced.evaluate("missing-connector", {})  # an ERROR outcome is still an OK call
+    with pytest.raises(grpc.RpcError) as raised:
+        traced.sidecar.stub.GetConnector(pb.GetConnectorRequest(id="nope"), timeout=RPC_TIMEOUT)
+    assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError):
+        traced.sidecar.stub.EvaluateNode(pb.EvaluateNodeRequest(), timeout=RPC_TIMEOUT)
+
+    expected = {
+        ("RegisterConnector", 0): 1,
+        ("EvaluateNode", 0): 2,
+        ("GetConnector", grpc.StatusCode.NOT_FOUND.value[0]): 1,
+        ("EvaluateNode", grpc.StatusCode.INVALID_ARGUMENT.value[0]): 1,
+    }
+    assert wait_for_calls(traced, expected) == expected
+    (metric,) = traced.metrics_named("rpc.server.call.duration")
+    assert metric.unit == "s"
+    assert metric.data.data_points[0].explicit_bounds[:3] == (0.0005, 0.001, 0.0025)
+    in_flight = {
+        point.attributes["rpc.method"]: point.value
+        for point in traced.points("rules_sidecar.rpc.in_flight")
+    }
+    assert in_flight == {"RegisterConnector": 0, "EvaluateNode": 0, "GetConnector": 0}
+
+
+def test_calls_in_flight_are_counted_while_the_upstream_holds_them(traced: Traced) -> None:
+    release = threading.Event()
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        await asyncio.to_thread(release.wait, RPC_TIMEOUT)
+        return web.json_response({"ok": True})
+
+    traced.upstream.route("/held", held)
+    traced.register("held", traced.upstream.url("/held"))
+    request = pb.EvaluateNodeRequest(
+        node=pb.Node(id="n", connector_id="held", else_target="a", error_target="b")
+    )
+    call = traced.sidecar.stub.EvaluateNode.future(request, timeout=RPC_TIMEOUT)
+    try:
+        deadline = time.monotonic() + RPC_TIMEOUT
+        while not traced.upstream.hits("/held") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        in_flight = {
+            point.attributes["rpc.method"]: point.value
+            for point in traced.points("rules_sidecar.rpc.in_flight")
+        }
+        (evaluations,) = traced.points("rules_sidecar.evaluations.in_flight")
+    finally:
+        release.set()
+    assert call.result().outcome == pb.OUTCOME_NO_MATCH
+    assert in_flight == {"RegisterConnector": 0, "EvaluateNode": 1}
+    assert evaluations.value == 1
+    (after,) = [
+        point.value
+        for point in traced.points("rules_sidecar.rpc.in_flight")
+        if point.attributes["rpc.method"] == "EvaluateNode"
+    ]
+    assert after == 0
+
+
+def test_a_call_refused_by_the_token_check_is_measured(
+    sidecar_factory: Callable[..., InProcessSidecar], upstream: Upstream, tmp_path: Path
+) -> None:
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(meter_provider=MeterProvider([reader]))
+    token = tmp_path / "evaluation-token"
+    token.write_text("let-me-in-0123456789")
+    sidecar = sidecar_factory(evaluation_token_file=token, telemetry=telemetry)
+    traced = Traced(sidecar, upstream, InMemorySpanExporter(), reader, io.StringIO())
+
+    with pytest.raises(grpc.RpcError) as raised:
+        sidecar.stub.ListConnectors(pb.ListConnectorsRequest(), timeout=RPC_TIMEOUT)
+
+    assert raised.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    expected = {("ListConnectors", grpc.StatusCode.UNAUTHENTICATED.value[0]): 1}
+    assert wait_for_calls(traced, expected) == expected
+
+
+def test_process_metrics_come_from_the_os(traced: Traced) -> None:
+    cpu = {point.attributes["cpu.mode"]: point.value for point in traced.points("process.cpu.time")}
+    assert set(cpu) == {"user", "system"}
+    assert cpu["user"] > 0
+    (resident,) = traced.points("process.memory.usage")
+    (virtual,) = traced.points("process.memory.virtual")
+    assert virtual.value >= resident.value > 1_000_000
+    (threads,) = traced.points("process.thread.count")
+    assert threads.value == len(os.listdir("/proc/self/task"))
+    (descriptors,) = traced.points("process.unix.file_descriptor.count")
+    assert descriptors.value >= 3
+    assert {metric.unit for metric in traced.metrics_named("process.memory.usage")} == {"By"}
+
+
 def test_prometheus_endpoint_serves_the_metrics(
     sidecar_factory: Callable[..., InProcessSidecar], upstream: Upstream
 ) -> None:
@@ -567,12 +703,47 @@ def test_prometheus_endpoint_serves_the_metrics(
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
 
-    assert re.search(
-        r'http_client_request_duration_seconds_count\{[^}]*rules_sidecar_connector_id="ok"'
-        r'[^}]*rules_sidecar_http_status_class="2xx"[^}]*\} 1\.0',
-        text,
-    ), text
-    assert "rules_sidecar_evaluations_total{" in text
+    def sample(name: str, **labels: str) -> float:
+        """The value of the one sample of `name` carrying `labels` (others may be there too)."""
+        found = []
+        for line in text.splitlines():
+            metric, _, rest = line.partition("{")
+            if metric != name:
+                continue
+            given = dict(re.findall(r'(\w+)="([^"]*)"', rest.rpartition("}")[0]))
+            if labels.items() <= given.items():
+                found.append(float(line.rpartition(" ")[2]))
+        assert len(found) == 1, (name, labels, found, text)
+        return found[0]
+
+    assert (
+        sample(
+            "http_client_request_duration_seconds_count",
+            rules_sidecar_connector_id="ok",
+            http_request_method="GET",
+            server_address="127.0.0.1",
+            server_port=str(upstream.port),
+            http_response_status_code="200",
+        )
+        == 1
+    )
+    evaluate = {"rpc_system": "grpc", "rpc_service": SERVICE, "rpc_method": "EvaluateNode"}
+    assert sample("rpc_server_call_duration_seconds_count", **evaluate) == 1
+    assert sample("rpc_server_call_duration_seconds_count", rpc_method="RegisterConnector") == 1
+    assert sample("rpc_server_call_duration_seconds_bucket", **evaluate, le="+Inf") == 1
+    assert sample("rules_sidecar_rpc_in_flight", **evaluate) == 0
+    assert (
+        sample(
+            "rules_sidecar_evaluations_total",
+            rules_sidecar_connector_id="ok",
+            rules_sidecar_outcome="MATCHED",
+        )
+        == 1
+    )
+    assert sample("process_cpu_time_seconds_total", cpu_mode="user") > 0
+    assert sample("process_memory_usage_bytes") > 1_000_000
+    assert sample("process_thread_count") >= 1
+    assert sample("process_unix_file_descriptor_count") >= 3  # stdin, stdout, stderr at least
 
 
 # ---------------------------------------------------------------------------------------------
@@ -685,13 +856,21 @@ def test_log_format_setting_is_json_by_default_and_case_insensitive(
     assert any(problem.startswith("log_format:") for problem in raised.value.problems)
 
 
-def test_sdk_disabled_builds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sdk_disabled_builds_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     config_from(monkeypatch, OTEL_SDK_DISABLED="true", **ENDPOINT)
     monkeypatch.setenv("RULES_SIDECAR_METRICS_PROMETHEUS_PORT", "9464")
 
-    telemetry = Telemetry.from_config(telemetry_config(Settings.load()))
+    with caplog.at_level(logging.WARNING, logger="sidecar.telemetry.config"):
+        telemetry = Telemetry.from_config(telemetry_config(Settings.load()))
 
     assert (telemetry.tracing, telemetry.metrics) == (False, False)
+    # The endpoint asked for is not served, and the log says so.
+    (warning,) = [r for r in caplog.records if r.name == "sidecar.telemetry.config"]
+    assert warning.levelno == logging.WARNING
+    assert "127.0.0.1:9464" in warning.getMessage()
+    assert "OTEL_SDK_DISABLED=true" in warning.getMessage()
 
 
 @pytest.mark.parametrize(

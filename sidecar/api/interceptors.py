@@ -4,14 +4,16 @@ A SidecarError becomes the status of `wire.STATUS_BY_ERROR_CODE` (INVALID_ARGUME
 google.rpc.BadRequest). Anything else is a bug: it is logged with its traceback and the caller gets
 INTERNAL with a generic message, never the exception's text (which may carry internal detail).
 
-`TracingInterceptor` goes first (outermost), so its span also sees the status of calls refused by
-the token check or mapped here; it is installed only when traces are exported.
+`TelemetryInterceptor` goes first (outermost), so its span and its duration also see the status
+of calls refused by the token check or mapped here; it is installed only when traces or metrics
+are exported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, cast
 
@@ -22,7 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from sidecar.api import wire
 from sidecar.errors import SidecarError
-from sidecar.telemetry.instruments import Telemetry
+from sidecar.telemetry.instruments import RpcMethodMetrics, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +100,17 @@ SERVER_ERROR_CODES = frozenset(
 )
 
 
-class TracingInterceptor(grpc.aio.ServerInterceptor):
-    """One SERVER span per unary call, child of the caller's W3C trace context (metadata)."""
+class TelemetryInterceptor(grpc.aio.ServerInterceptor):
+    """Observes each unary call: a SERVER span, child of the caller's W3C trace context
+    (metadata), when traces are exported; `rpc.server.call.duration` and the calls in flight
+    when metrics are. One wrapper does both, so a call pays for one, and both see the same
+    final status."""
 
     def __init__(self, telemetry: Telemetry) -> None:
-        self._tracer = telemetry.tracer
+        self._telemetry = telemetry
+        self._tracer = telemetry.tracer if telemetry.tracing else None
+        # Bound once per method the server knows (an unknown method has no handler).
+        self._methods: dict[str, RpcMethodMetrics | None] = {}
 
     async def intercept_service(
         self,
@@ -113,24 +121,37 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or handler.unary_unary is None or method.startswith(OPEN_SERVICES):
             return handler
+        try:
+            metrics = self._methods[method]
+        except KeyError:
+            metrics = self._methods[method] = self._telemetry.rpc_method(method)
         metadata = handler_call_details.invocation_metadata
-        return rewrapped(handler, lambda inner: self._traced(inner, method, metadata))
+        return rewrapped(handler, lambda inner: self._observed(inner, method, metadata, metrics))
 
-    def _traced(
-        self, inner: Handler, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
+    def _observed(
+        self,
+        inner: Handler,
+        method: str,
+        metadata: Iterable[tuple[str, str | bytes]] | None,
+        metrics: RpcMethodMetrics | None,
     ) -> Handler:
         service, _, name = method.lstrip("/").rpartition("/")
         tracer = self._tracer
 
-        async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            carrier = {key: value for key, value in metadata or () if isinstance(value, str)}
-            span = tracer.start_span(
-                f"{service}/{name}",
-                context=propagate.extract(carrier),
-                kind=SpanKind.SERVER,
-                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
-            )
-            token = otel_context.attach(trace.set_span_in_context(span))
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            span = token = None
+            if tracer is not None:
+                carrier = {key: value for key, value in metadata or () if isinstance(value, str)}
+                span = tracer.start_span(
+                    f"{service}/{name}",
+                    context=propagate.extract(carrier),
+                    kind=SpanKind.SERVER,
+                    attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+                )
+                token = otel_context.attach(trace.set_span_in_context(span))
+            if metrics is not None:
+                metrics.active += 1
+            started = time.perf_counter()
             code = grpc.StatusCode.UNKNOWN  # what grpc answers for an exception nobody mapped
             try:
                 response = await inner(request, context)
@@ -143,11 +164,15 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
                 code = grpc.StatusCode.CANCELLED
                 raise
             finally:
-                if span.is_recording():
-                    span.set_attribute("rpc.grpc.status_code", code.value[0])
-                    if code in SERVER_ERROR_CODES:
-                        span.set_status(StatusCode.ERROR, code.name)
-                otel_context.detach(token)
-                span.end()
+                if metrics is not None:
+                    metrics.active -= 1
+                    metrics.record(code.value[0], time.perf_counter() - started)
+                if span is not None:
+                    if span.is_recording():
+                        span.set_attribute("rpc.grpc.status_code", code.value[0])
+                        if code in SERVER_ERROR_CODES:
+                            span.set_status(StatusCode.ERROR, code.name)
+                    otel_context.detach(token)  # type: ignore[arg-type]
+                    span.end()
 
-        return traced
+        return observed

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
@@ -25,6 +26,8 @@ if TYPE_CHECKING:  # the SDK is imported only when something is exported (~130 m
     from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME: Final = "rules-sidecar"
 EXPORTERS: Final = frozenset({"otlp", "console", "none"})
@@ -54,6 +57,14 @@ class TelemetryConfig:
         """The configuration from the OTEL_* variables and the scrape endpoint (host, port), if
         one is asked for; ConfigError naming the variable if one is not understood."""
         if variables.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+            if prometheus is not None:
+                # The standard switch wins, but a scrape endpoint that was asked for and is
+                # not there must be told, not found out from an empty dashboard.
+                log.warning(
+                    "OTEL_SDK_DISABLED=true switches off all telemetry: the Prometheus endpoint "
+                    "asked for on %s:%d (metrics_prometheus_port) is not served",
+                    *prometheus,
+                )
             return cls()
         for name in (
             "OTEL_EXPORTER_OTLP_PROTOCOL",

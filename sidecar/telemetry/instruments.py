@@ -2,7 +2,7 @@
 
 One EvaluateNode call, traced:
 
-    SERVER    rulesidecar.v1.RulesSidecarService/EvaluateNode   interceptors.TracingInterceptor
+    SERVER    rulesidecar.v1.RulesSidecarService/EvaluateNode   interceptors.TelemetryInterceptor
       └ INTERNAL  evaluate_node                                 servicer, `Telemetry.evaluation`
           └ CLIENT  GET     one span per HTTP attempt            egress, `Telemetry.http_attempt`
 
@@ -20,12 +20,24 @@ Metrics (instrumentation scope `rules-sidecar`):
 
 | instrument | kind | attributes |
 |---|---|---|
-| `http.client.request.duration` (s) | histogram, per attempt | connector id, status class |
+| `rpc.server.call.duration` (s) | histogram, per unary call | RPC (below), grpc status code |
+| `rules_sidecar.rpc.in_flight` | observable up-down counter | RPC (below) |
+| `http.client.request.duration` (s) | histogram, per attempt | HTTP client (below), connector id |
 | `rules_sidecar.evaluations` | counter | connector id, outcome, reason |
 | `rules_sidecar.evaluations.in_flight` | observable up-down counter | - |
 | `rules_sidecar.egress.retries` | counter | connector id |
 | `rules_sidecar.egress.breaker.state` | observable gauge: 0 closed, 1 half-open, 2 open | origin |
 | `rules_sidecar.store.connected` | observable gauge: 1 connected, 0 not (store_url only) | - |
+| `process.cpu.time`, `process.memory.usage`, ... | observable (`process`) | cpu.mode |
+
+The RPC instruments carry the attributes of the SERVER span (the RPC conventions' `rpc.system`,
+`rpc.service`, `rpc.method`, and `rpc.grpc.status_code` once the call ended), so a metric and a
+trace of one call agree;
+health and reflection calls are not measured (the probes would drown the API's own calls). The
+HTTP histogram carries the stable HTTP client attributes (`http.request.method`, `server.address`,
+`server.port`, `http.response.status_code` when answered, `error.type` when failed), so stock
+dashboards read it, plus the connector id. Attribute sets are built once per distinct
+combination and reused: a call records with a dictionary look-up, not a dictionary built for it.
 
 Exporters and the scrape endpoint are chosen in `config`; with nothing exported, no span is
 started and no instrument is touched: the hot path checks two booleans.
@@ -40,22 +52,29 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import propagate, trace
-from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeter, Observation
+from opentelemetry.metrics import CallbackOptions, Histogram, Meter, NoOpMeter, Observation
 
-from sidecar.core.model import Node, Outcome, Reason
+from sidecar.core.model import Node, Outcome, OutcomeKind, Reason
 from sidecar.core.model.exchange import Origin, OutboundRequest, SendOptions
 from sidecar.errors import ConfigError
 from sidecar.telemetry.attributes import (
     CONNECTOR_ID,
+    ERROR_TYPE,
+    HTTP_REQUEST_METHOD,
+    HTTP_STATUS_CODE,
     OUTCOME,
     REASON,
+    RPC_GRPC_STATUS_CODE,
+    RPC_METHOD,
+    RPC_SERVICE,
+    RPC_SYSTEM,
     SERVER_ADDRESS,
     SERVER_PORT,
-    STATUS_CLASS,
     UNKNOWN_CONNECTOR,
     URL_SCHEME,
 )
 from sidecar.telemetry.config import PrometheusEndpoint, TelemetryConfig, sidecar_version
+from sidecar.telemetry.process import observe_process
 from sidecar.telemetry.scopes import (
     SILENT_ATTEMPT,
     SILENT_EVALUATION,
@@ -73,6 +92,11 @@ SCOPE: Final = "rules-sidecar"
 DURATION_BUCKETS: Final = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 30.0,
 )  # fmt: skip
+# A gRPC call may answer in well under a millisecond (ExtractVariables, GetConnector).
+RPC_DURATION_BUCKETS: Final = (0.0005, 0.001, 0.0025, *DURATION_BUCKETS)
+# Distinct attribute sets kept for reuse; past this many (a sign of churn, e.g. connectors
+# registered and deleted all day) the cache starts over rather than grow without end.
+ATTRIBUTE_SETS_KEPT: Final = 4096
 BREAKER_STATE_VALUES: Final = {"closed": 0, "half_open": 1, "open": 2}
 # At shutdown, how long the last spans and metrics may take to leave.
 FLUSH_SECONDS: Final = 3.0
@@ -135,6 +159,23 @@ class Telemetry:
             unit="{retry}",
             description="Outbound attempts that repeated a failed or retryable one.",
         )
+        self._rpc_duration = meter.create_histogram(
+            "rpc.server.call.duration",
+            unit="s",
+            description="Duration of each unary gRPC call served, by method and status code.",
+            explicit_bucket_boundaries_advisory=RPC_DURATION_BUCKETS,
+        )
+        self._rpc_methods: list[RpcMethodMetrics] = []
+        self._attempt_attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._evaluation_attributes: dict[tuple[str, OutcomeKind, Reason], dict[str, str]] = {}
+        if self.metrics:
+            meter.create_observable_up_down_counter(
+                "rules_sidecar.rpc.in_flight",
+                callbacks=[self._observe_rpc_in_flight],
+                unit="{call}",
+                description="Unary gRPC calls being served now, by method.",
+            )
+            observe_process(meter)
 
     @classmethod
     def from_config(cls, config: TelemetryConfig) -> Telemetry:
@@ -177,6 +218,20 @@ class Telemetry:
             flush.start()
         for flush in flushes:
             flush.join(max(deadline - time.monotonic(), 0))
+
+    def rpc_method(self, full_method: str) -> RpcMethodMetrics | None:
+        """The RPC instruments of one method (`/package.Service/Method`), bound once by the
+        interceptor; None when metrics are off."""
+        if not self.metrics:
+            return None
+        service, _, name = full_method.lstrip("/").rpartition("/")
+        metrics = RpcMethodMetrics(self._rpc_duration, service, name)
+        self._rpc_methods.append(metrics)
+        return metrics
+
+    def _observe_rpc_in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
+        # Runs on the exporter's thread; the event loop only appends to the list.
+        return [Observation(method.active, method.attributes) for method in list(self._rpc_methods)]
 
     def watch(
         self,
@@ -290,18 +345,82 @@ class Telemetry:
             propagate.inject(carrier)
         return carrier
 
-    def record_attempt_duration(self, seconds: float, connector_id: str, status: int) -> None:
-        """One point of `http.client.request.duration` (status 0: no answer)."""
-        status_class = f"{status // 100}xx" if status else "error"
-        self._request_duration.record(
-            seconds, {CONNECTOR_ID: connector_id, STATUS_CLASS: status_class}
-        )
+    def record_attempt_duration(
+        self,
+        seconds: float,
+        connector_id: str,
+        method: str,
+        origin: Origin,
+        status: int,
+        error_type: str | None,
+    ) -> None:
+        """One point of `http.client.request.duration` (status 0: no answer; error_type: why
+        the attempt failed, the status for a 4xx/5xx, None when it did not)."""
+        key = (connector_id, method, origin.host, origin.port, status, error_type)
+        attributes = self._attempt_attributes.get(key)
+        if attributes is None:
+            attributes = {
+                HTTP_REQUEST_METHOD: method,
+                SERVER_ADDRESS: origin.host,
+                SERVER_PORT: origin.port,
+                CONNECTOR_ID: connector_id,
+            }
+            if status:
+                attributes[HTTP_STATUS_CODE] = status
+            if error_type is not None:
+                attributes[ERROR_TYPE] = error_type
+            _keep(self._attempt_attributes, key, attributes)
+        self._request_duration.record(seconds, attributes)
 
     def count_evaluation(self, connector_id: str, outcome: Outcome) -> None:
         """One point of `rules_sidecar.evaluations` (an unknown connector id is not a label)."""
-        if outcome.reason is Reason.CONNECTOR_NOT_FOUND:
+        reason = outcome.reason
+        if reason is Reason.CONNECTOR_NOT_FOUND:
             connector_id = UNKNOWN_CONNECTOR
-        self._evaluations.add(
-            1,
-            {CONNECTOR_ID: connector_id, OUTCOME: outcome.kind.value, REASON: outcome.reason.value},
-        )
+        key = (connector_id, outcome.kind, reason)
+        attributes = self._evaluation_attributes.get(key)
+        if attributes is None:
+            attributes = {
+                CONNECTOR_ID: connector_id,
+                OUTCOME: outcome.kind.value,
+                REASON: reason.value,
+            }
+            _keep(self._evaluation_attributes, key, attributes)
+        self._evaluations.add(1, attributes)
+
+
+class RpcMethodMetrics:
+    """The RPC instruments of one gRPC method: calls in flight (`active`, read by the observed
+    counter) and the duration histogram with its attribute sets bound once per status code.
+
+    >>> from opentelemetry.metrics import NoOpMeter
+    >>> histogram = NoOpMeter("doc").create_histogram("rpc.server.call.duration")
+    >>> method = RpcMethodMetrics(histogram, "rulesidecar.v1.RulesSidecarService", "EvaluateNode")
+    >>> method.record(0, 0.004)
+    >>> method.attributes["rpc.method"], method.active
+    ('EvaluateNode', 0)
+    """
+
+    __slots__ = ("_by_code", "_histogram", "active", "attributes")
+
+    def __init__(self, histogram: Histogram, service: str, method: str) -> None:
+        self._histogram = histogram
+        self.attributes: Final = {RPC_SYSTEM: "grpc", RPC_SERVICE: service, RPC_METHOD: method}
+        self._by_code: dict[int, dict[str, Any]] = {}
+        self.active = 0
+
+    def record(self, status_code: int, seconds: float) -> None:
+        """One finished call with its numeric gRPC status code."""
+        attributes = self._by_code.get(status_code)
+        if attributes is None:
+            attributes = self._by_code[status_code] = {
+                **self.attributes,
+                RPC_GRPC_STATUS_CODE: status_code,
+            }
+        self._histogram.record(seconds, attributes)
+
+
+def _keep(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= ATTRIBUTE_SETS_KEPT:
+        cache.clear()
+    cache[key] = value

@@ -63,7 +63,15 @@ class Recorder(Protocol):
 
     def count_evaluation(self, connector_id: str, outcome: Outcome) -> None: ...
 
-    def record_attempt_duration(self, seconds: float, connector_id: str, status: int) -> None: ...
+    def record_attempt_duration(
+        self,
+        seconds: float,
+        connector_id: str,
+        method: str,
+        origin: Origin,
+        status: int,
+        error_type: str | None,
+    ) -> None: ...
 
 
 class EvaluationScope:
@@ -245,8 +253,13 @@ class AttemptScope:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        telemetry, options = self._telemetry, self._options
-        if telemetry is None or options is None:
+        telemetry, options, request, origin = (
+            self._telemetry,
+            self._options,
+            self._request,
+            self._origin,
+        )
+        if telemetry is None or options is None or request is None or origin is None:
             return
         status = self._status
         error_type: str | None
@@ -262,7 +275,12 @@ class AttemptScope:
             error_type = "_OTHER"  # left without an answer and without an exception
         if telemetry.metrics:
             telemetry.record_attempt_duration(
-                time.perf_counter() - self._started, options.connector_id, status
+                time.perf_counter() - self._started,
+                options.connector_id,
+                request.method,
+                origin,
+                status,
+                error_type,
             )
         span = self._span
         if span is not None:

@@ -213,10 +213,20 @@ def test_one_trace_runs_from_the_client_through_the_sidecar_process_to_the_upstr
     assert traced_sidecar.terminate() == 0
     assert "http.client.request.duration" in collector.metric_names
     assert ("http.client.request.duration", {
+        "http.request.method": "GET",
+        "server.address": "127.0.0.1",
+        "server.port": upstream.port,
+        "http.response.status_code": 200,
         "rules_sidecar.connector.id": "order-status",
-        "rules_sidecar.http.status_class": "2xx",
+    }) in collector.metric_points  # fmt: skip
+    assert ("rpc.server.call.duration", {
+        "rpc.system": "grpc",
+        "rpc.service": "rulesidecar.v1.RulesSidecarService",
+        "rpc.method": "EvaluateNode",
+        "rpc.grpc.status_code": 0,
     }) in collector.metric_points  # fmt: skip
     assert "rules_sidecar.evaluations" in collector.metric_names
+    assert "process.memory.usage" in collector.metric_names
 
 
 def test_every_log_line_of_the_process_is_json(traced_sidecar: SidecarProcess) -> None:
