@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import runpy
 import shutil
@@ -404,15 +405,24 @@ def test_every_option_on_renders_budget_autoscaler_and_network_policy(all_option
         "HorizontalPodAutoscaler",
         "NetworkPolicy",
         "PodDisruptionBudget",
+        "PodMonitor",
         "Secret",
         "Service",
         "ServiceAccount",
+        "ServiceMonitor",
     ]
     deployment = one(all_options, "Deployment")
     assert "replicas" not in deployment["spec"]  # the autoscaler owns it
     assert one(all_options, "Service")["spec"]["clusterIP"] == "None"
     policy = one(all_options, "NetworkPolicy")
     assert policy["spec"]["ingress"][0]["ports"] == [{"port": 50052, "protocol": "TCP"}]
+    # The metrics port, from the monitoring namespace only: never the API port from there.
+    assert policy["spec"]["ingress"][1] == {
+        "ports": [{"port": 9464, "protocol": "TCP"}],
+        "from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ],
+    }
 
 
 def test_otel_variables_are_wired_when_enabled_and_disabled_otherwise(all_options, standalone_mode):
@@ -434,6 +444,139 @@ def test_settings_are_passed_as_variables_and_structured_ones_as_json(all_option
         overrides={"secret_hosts": yaml.safe_load(env["RULES_SIDECAR_SECRET_HOSTS"])}
     )
     assert settings.secret_hosts["crm_token"] == ["*.crm.example.com"]
+
+
+def otel_config_of(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """What the sidecar would switch on given this rendered environment."""
+    from sidecar.server import telemetry_config
+
+    for name in list(os.environ):
+        if name.startswith(("OTEL_", ENV_PREFIX)):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if isinstance(value, str) and name.startswith(("OTEL_", "RULES_SIDECAR_METRICS")):
+            monkeypatch.setenv(name, value)
+    return telemetry_config(Settings.load())
+
+
+def test_otel_disabled_never_switches_off_the_prometheus_endpoint(monkeypatch, standalone_mode):
+    with_metrics = render(
+        CHART,
+        "-f",
+        str(CHART / "ci" / "standalone-values.yaml"),
+        "--set",
+        "metrics.prometheusPort=9464",
+    )
+    env = env_of(sidecar_container(pod_spec(with_metrics)))
+    assert "OTEL_SDK_DISABLED" not in env
+    assert (env["OTEL_TRACES_EXPORTER"], env["OTEL_METRICS_EXPORTER"]) == ("none", "none")
+    config = otel_config_of(env, monkeypatch)
+    assert config.prometheus == ("0.0.0.0", 9464)
+    assert (config.traces, config.metrics) == ((), ())  # and nothing over OTLP
+    # Without a Prometheus endpoint, the whole SDK stays off, as before.
+    config = otel_config_of(env_of(sidecar_container(pod_spec(standalone_mode))), monkeypatch)
+    assert (config.prometheus, config.traces, config.metrics) == (None, (), ())
+
+
+def test_standalone_service_exposes_the_metrics_port_for_a_service_monitor(all_options):
+    ports = {port["name"]: port for port in one(all_options, "Service")["spec"]["ports"]}
+    assert ports["metrics"] == {
+        "name": "metrics",
+        "port": 9464,
+        "targetPort": "metrics",
+        "protocol": "TCP",
+        "appProtocol": "http",
+    }
+    monitor = one(all_options, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    service_labels = one(all_options, "Service")["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service_labels.items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["default"]}
+    assert monitor["spec"]["endpoints"] == [
+        {
+            "port": "metrics",
+            "path": "/metrics",
+            "scheme": "http",
+            "interval": "30s",
+            "scrapeTimeout": "10s",
+        }
+    ]
+    pod_monitor = one(all_options, "PodMonitor")
+    pod_labels = one(all_options, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pod_monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pod_monitor["spec"]["podMetricsEndpoints"] == [
+        {"port": "metrics", "path": "/metrics", "scheme": "http", "interval": "15s"}
+    ]
+
+
+def test_sidecar_mode_pod_monitor_selects_the_apps_pods_on_the_sidecars_metrics_port(
+    example_dependencies,
+):
+    manifests = render(
+        EXAMPLE,
+        "--set",
+        "rulesSidecar.metrics.prometheusPort=9464",
+        "--set",
+        "rulesSidecar.metrics.podMonitor.enabled=true",
+        "--set",
+        "rulesSidecar.metrics.podMonitor.selector.app\\.kubernetes\\.io/name=chat-backend",
+    )
+    monitor = one(manifests, "PodMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector == {"app.kubernetes.io/name": "chat-backend"}
+    pod = one(manifests, "Deployment")["spec"]["template"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    assert container_ports(sidecar_container(pod["spec"]))["metrics"] == 9464
+    assert [endpoint["port"] for endpoint in monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+
+
+def test_no_monitor_is_rendered_by_default(standalone_mode, sidecar_mode):
+    kinds = {manifest["kind"] for manifest in [*standalone_mode, *sidecar_mode]}
+    assert not kinds & {"ServiceMonitor", "PodMonitor"}
+    ports = [port["name"] for port in one(standalone_mode, "Service")["spec"]["ports"]]
+    assert ports == ["grpc"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        (
+            ["--set", "metrics.podMonitor.enabled=true"],
+            "metrics.podMonitor.enabled needs metrics.prometheusPort",
+        ),
+        (
+            [
+                "--set",
+                "mode=standalone",
+                "--set",
+                "accessTokens.generate=true",
+                "--set",
+                "metrics.serviceMonitor.enabled=true",
+            ],
+            "metrics.serviceMonitor.enabled needs metrics.prometheusPort",
+        ),
+        (
+            [
+                "--set",
+                "metrics.prometheusPort=9464",
+                "--set",
+                "metrics.serviceMonitor.enabled=true",
+            ],
+            "metrics.serviceMonitor needs mode: standalone",
+        ),
+        (
+            ["--set", "metrics.prometheusPort=9464", "--set", "metrics.podMonitor.enabled=true"],
+            "metrics.podMonitor.selector is required in sidecar mode",
+        ),
+        (
+            ["--set", "metrics.serviceMonitor.interval=often"],
+            "/metrics/serviceMonitor/interval",
+        ),
+    ],
+)
+def test_a_monitor_that_could_not_scrape_fails_to_render(arguments, problem):
+    assert problem in render_error(CHART, *arguments)
 
 
 def test_prometheus_metrics_are_served_on_the_pod_ip_at_a_named_port(all_options):

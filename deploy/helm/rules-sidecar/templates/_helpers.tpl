@@ -251,6 +251,13 @@ listen_address health_listen_address metrics_prometheus_port metrics_prometheus_
 - name: {{ $name }}
   value: {{ $value | quote }}
 {{- end }}
+{{- else if $v.metrics.prometheusPort }}
+# No OTLP export, even if an endpoint variable comes from elsewhere; not OTEL_SDK_DISABLED,
+# which would also switch off the Prometheus endpoint asked for in metrics.prometheusPort.
+- name: OTEL_TRACES_EXPORTER
+  value: "none"
+- name: OTEL_METRICS_EXPORTER
+  value: "none"
 {{- else }}
 - name: OTEL_SDK_DISABLED
   value: "true"
@@ -406,4 +413,24 @@ grpc:
 {{- else }}
 {{- .values.serviceAccount.name | default "default" }}
 {{- end }}
+{{- end }}
+
+{{/* A monitor needs the metrics port; checked for both kinds. */}}
+{{- define "rules-sidecar.checkMonitor" -}}
+{{- if not .values.metrics.prometheusPort }}
+{{- fail (printf "rules-sidecar: metrics.%s.enabled needs metrics.prometheusPort (the port it scrapes)" .kind) }}
+{{- end }}
+{{- end }}
+
+{{/* The scrape endpoint of a ServiceMonitor or PodMonitor. */}}
+{{- define "rules-sidecar.scrapeEndpoint" -}}
+- port: metrics
+  path: /metrics
+  scheme: http
+  {{- with .interval }}
+  interval: {{ . }}
+  {{- end }}
+  {{- with .scrapeTimeout }}
+  scrapeTimeout: {{ . }}
+  {{- end }}
 {{- end }}
