@@ -15,7 +15,7 @@ run: ## set up, then run the sidecar on 127.0.0.1:50051 with the example connect
 	@scripts/bootstrap --python-only
 	$(VENV)/rules-sidecar serve --config examples/sidecar.yaml
 
-test: setup check-version lint typecheck proto-lint check-generated check-chart check-image-command postgres pytest test-clients ## set up, then run every check and test (what CI runs)
+test: setup check-version lint typecheck proto-lint check-generated check-chart check-monitoring check-image-command postgres pytest test-clients ## set up, then run every check and test (what CI runs)
 
 test-fast: ## the developer loop: lint, types, unit tests and doctests (no e2e/process/fleet marks)
 	@scripts/bootstrap --python-only
@@ -58,13 +58,16 @@ pytest: ## the test suites
 	@scripts/bootstrap
 	$(VENV)/pytest
 
-.PHONY: check-chart check-image-command check-version
+.PHONY: check-chart check-image-command check-monitoring check-version
 
 check-version: ## fail when a copy of the version differs from pyproject.toml's (scripts/version stamp fixes it)
 	scripts/version check
 
 check-chart: ## helm lint + helm template per mode, manifests validated against the Kubernetes schemas (offline)
 	scripts/check-chart
+
+check-monitoring: ## promtool (pinned) checks and unit-tests the alerting rules; dashboard and rules against a real scrape
+	scripts/check-monitoring
 
 check-image-command: ## run the Dockerfile's exact command line outside a container: SERVING, then SIGTERM exits 0
 	@scripts/bootstrap --python-only
