@@ -32,12 +32,12 @@ Metrics (instrumentation scope `rules-sidecar`):
 
 The RPC instruments carry the attributes of the SERVER span (the RPC conventions' `rpc.system`,
 `rpc.service`, `rpc.method`, and `rpc.grpc.status_code` once the call ended), so a metric and a
-trace of one call agree;
-health and reflection calls are not measured (the probes would drown the API's own calls). The
-HTTP histogram carries the stable HTTP client attributes (`http.request.method`, `server.address`,
-`server.port`, `http.response.status_code` when answered, `error.type` when failed), so stock
-dashboards read it, plus the connector id. Attribute sets are built once per distinct
-combination and reused: a call records with a dictionary look-up, not a dictionary built for it.
+trace of one call agree; health and reflection calls are not measured (the probes would drown
+the API's own calls). The HTTP histogram carries the stable HTTP client attributes
+(`http.request.method`, `server.address`, `server.port`, `http.response.status_code` when
+answered, `error.type` when failed), so stock dashboards read it, plus the connector id.
+Attribute sets are built once per distinct combination and reused: a call records with a
+dictionary look-up, not a dictionary built for it.
 
 Exporters and the scrape endpoint are chosen in `config`; with nothing exported, no span is
 started and no instrument is touched: the hot path checks two booleans.
@@ -165,7 +165,7 @@ class Telemetry:
             description="Duration of each unary gRPC call served, by method and status code.",
             explicit_bucket_boundaries_advisory=RPC_DURATION_BUCKETS,
         )
-        self._rpc_methods: list[RpcMethodMetrics] = []
+        self._rpc_methods: dict[str, RpcMethodMetrics] = {}
         self._attempt_attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._evaluation_attributes: dict[tuple[str, OutcomeKind, Reason], dict[str, str]] = {}
         if self.metrics:
@@ -224,14 +224,18 @@ class Telemetry:
         interceptor; None when metrics are off."""
         if not self.metrics:
             return None
-        service, _, name = full_method.lstrip("/").rpartition("/")
-        metrics = RpcMethodMetrics(self._rpc_duration, service, name)
-        self._rpc_methods.append(metrics)
+        metrics = self._rpc_methods.get(full_method)
+        if metrics is None:
+            service, _, name = full_method.lstrip("/").rpartition("/")
+            metrics = RpcMethodMetrics(self._rpc_duration, service, name)
+            self._rpc_methods[full_method] = metrics
         return metrics
 
     def _observe_rpc_in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
-        # Runs on the exporter's thread; the event loop only appends to the list.
-        return [Observation(method.active, method.attributes) for method in list(self._rpc_methods)]
+        # Runs on the exporter's thread while the event loop may add a method: list() copies
+        # the values in one step under the GIL.
+        methods = list(self._rpc_methods.values())
+        return [Observation(method.active, method.attributes) for method in methods]
 
     def watch(
         self,
