@@ -272,6 +272,7 @@ def summarise(systems: list[System], rates: list[int]) -> dict[str, Any]:
                 )
                 for name in ("p50_ms", "p99_ms")
             }
+        entry["rounds"] = rows  # each round's figures, for ratios between rows of one round
         table[system.name] = entry
     default = by_name["sidecar"].rounds
 
