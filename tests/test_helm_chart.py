@@ -406,6 +406,7 @@ def test_every_option_on_renders_budget_autoscaler_and_network_policy(all_option
         "NetworkPolicy",
         "PodDisruptionBudget",
         "PodMonitor",
+        "PrometheusRule",
         "Secret",
         "Service",
         "ServiceAccount",
@@ -510,6 +511,23 @@ def test_standalone_service_exposes_the_metrics_port_for_a_service_monitor(all_o
     ]
 
 
+def test_the_prometheus_rule_holds_the_rules_of_deploy_prometheus(all_options):
+    shipped = REPO / "deploy" / "prometheus" / "rules-sidecar-rules.yaml"
+    # The chart can only read its own files: its copy must stay the file operators use.
+    assert (CHART / "files" / "rules-sidecar-rules.yaml").read_text() == shipped.read_text()
+    rule = one(all_options, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert rule["spec"] == yaml.safe_load(shipped.read_text())
+    alerts = [
+        r["alert"] for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r
+    ]
+    assert "RulesSidecarConnectorErrorBudgetBurnFast" in alerts
+    # Prometheus's own templating survives Helm's untouched.
+    annotations = rule["spec"]["groups"][1]["rules"][0]["annotations"]
+    assert "{{ $labels.rules_sidecar_connector_id }}" in annotations["summary"]
+
+
 def test_sidecar_mode_pod_monitor_selects_the_apps_pods_on_the_sidecars_metrics_port(
     example_dependencies,
 ):
@@ -533,7 +551,7 @@ def test_sidecar_mode_pod_monitor_selects_the_apps_pods_on_the_sidecars_metrics_
 
 def test_no_monitor_is_rendered_by_default(standalone_mode, sidecar_mode):
     kinds = {manifest["kind"] for manifest in [*standalone_mode, *sidecar_mode]}
-    assert not kinds & {"ServiceMonitor", "PodMonitor"}
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
     ports = [port["name"] for port in one(standalone_mode, "Service")["spec"]["ports"]]
     assert ports == ["grpc"]
 
