@@ -401,6 +401,7 @@ def test_too_short_a_grace_period_is_refused():
 def test_every_option_on_renders_budget_autoscaler_and_network_policy(all_options):
     kinds = sorted(manifest["kind"] for manifest in all_options)
     assert kinds == [
+        "ConfigMap",  # the Grafana dashboard (the connectors come from an existing ConfigMap)
         "Deployment",
         "HorizontalPodAutoscaler",
         "NetworkPolicy",
@@ -528,6 +529,21 @@ def test_the_prometheus_rule_holds_the_rules_of_deploy_prometheus(all_options):
     assert "{{ $labels.rules_sidecar_connector_id }}" in annotations["summary"]
 
 
+def test_the_grafana_dashboard_configmap_holds_the_dashboard_of_deploy_grafana(all_options):
+    shipped = REPO / "deploy" / "grafana" / "rules-sidecar-dashboard.json"
+    assert (CHART / "files" / "rules-sidecar-dashboard.json").read_text() == shipped.read_text()
+    (configmap,) = [
+        m
+        for m in all_options
+        if m["kind"] == "ConfigMap" and m["metadata"]["name"].endswith("-dashboard")
+    ]
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"  # the sidecar's default
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "Platform"}
+    (key,) = configmap["data"]
+    assert key.endswith(".json")  # Grafana's file provisioning loads *.json only
+    assert json.loads(configmap["data"][key]) == json.loads(shipped.read_text())
+
+
 def test_sidecar_mode_pod_monitor_selects_the_apps_pods_on_the_sidecars_metrics_port(
     example_dependencies,
 ):
@@ -552,6 +568,8 @@ def test_sidecar_mode_pod_monitor_selects_the_apps_pods_on_the_sidecars_metrics_
 def test_no_monitor_is_rendered_by_default(standalone_mode, sidecar_mode):
     kinds = {manifest["kind"] for manifest in [*standalone_mode, *sidecar_mode]}
     assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+    names = [m["metadata"]["name"] for m in [*standalone_mode, *sidecar_mode]]
+    assert not [name for name in names if name.endswith("-dashboard")]
     ports = [port["name"] for port in one(standalone_mode, "Service")["spec"]["ports"]]
     assert ports == ["grpc"]
 
