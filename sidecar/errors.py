@@ -4,7 +4,9 @@ Inside the sidecar only these errors travel; foreign exceptions (sqlite3, pydant
 aiohttp) are translated where they enter, with ``raise ... from exc``.
 
 A ``SidecarError`` refuses a request or stops the process. The edge (``sidecar.api.wire``) maps
-each ``ErrorCode`` to a gRPC status in one table, ``STATUS_BY_ERROR_CODE``.
+each ``ErrorCode`` to a gRPC status in one table, ``STATUS_BY_ERROR_CODE``, and to the
+google.rpc.ErrorInfo reason callers can switch on, ``REASON_BY_ERROR_CODE``; an error's
+``metadata`` (e.g. ``connector_id``) travels in that ErrorInfo.
 
     SidecarError                code               meaning
     ├── InvalidArgumentError    INVALID_ARGUMENT   caller's input is wrong; carries field violations
@@ -54,7 +56,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,13 +85,21 @@ class FieldViolation:
 
 
 class SidecarError(Exception):
-    """Root of every error the sidecar raises on purpose."""
+    """Root of every error the sidecar raises on purpose.
+
+    `metadata` holds the error's dynamic values by name (`connector_id`, `expected_version`), for
+    programs: the edge sends them in the error's google.rpc.ErrorInfo, beside the message.
+
+        >>> NotFoundError("no connector with id 'x'", metadata={"connector_id": "x"}).metadata
+        {'connector_id': 'x'}
+    """
 
     code: ErrorCode
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.metadata = dict(metadata or {})
 
 
 class InvalidArgumentError(SidecarError):
@@ -99,8 +109,32 @@ class InvalidArgumentError(SidecarError):
 
     def __init__(self, violations: Sequence[FieldViolation], message: str | None = None) -> None:
         self.violations = tuple(violations)
-        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
-        super().__init__(message or f"invalid request: {summary}")
+        super().__init__(message or f"invalid request: {_summary(self.violations)}")
+
+
+MAX_SUMMARISED_VIOLATIONS = 10
+MAX_SUMMARY_CHARS = 800
+"""Bounds on an InvalidArgumentError's message: the message travels twice in the error's trailers
+(grpc-message and the status details), which clients bound, and lands in logs."""
+
+
+def _summary(violations: Sequence[FieldViolation]) -> str:
+    """`a: x; b.c: y`: the violations that fit MAX_SUMMARY_CHARS (at most
+    MAX_SUMMARISED_VIOLATIONS, each cut to 300 characters), then `; and N more`.
+
+    >>> _summary([FieldViolation(f"f{i}", "bad") for i in range(12)]).rsplit("; ", 2)[-2:]
+    ['f9: bad', 'and 2 more']
+    """
+    parts: list[str] = []
+    length = 0
+    for index, violation in enumerate(violations):
+        part = f"{violation.field}: {violation.description}"
+        part = part if len(part) <= 300 else part[:297] + "..."
+        length += len(part) + 2
+        if index == MAX_SUMMARISED_VIOLATIONS or (parts and length > MAX_SUMMARY_CHARS):
+            return "; ".join(parts) + f"; and {len(violations) - index} more"
+        parts.append(part)
+    return "; ".join(parts)
 
 
 class UnauthenticatedError(SidecarError):
@@ -156,9 +190,15 @@ class ConfigError(SidecarError):
 
     code = ErrorCode.CONFIG
 
-    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        problems: Sequence[str] = (),
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
         self.problems = tuple(problems)
-        super().__init__(message)
+        super().__init__(message, metadata=metadata)
 
 
 MAP_FIELDS = frozenset({"headers", "query"})

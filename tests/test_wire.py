@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import urllib.parse
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +23,7 @@ from sidecar.errors import (
     FieldViolation,
     InvalidArgumentError,
     SidecarError,
+    VersionConflictError,
     field_path,
 )
 
@@ -500,13 +503,26 @@ def test_error_code_maps_to_the_documented_grpc_status(code, grpc_code):
     assert wire.STATUS_BY_ERROR_CODE[code] is grpc_code
 
 
+def _detail_types(status: grpc.Status) -> list[str]:
+    return [detail.type_url.rsplit("/", 1)[-1] for detail in _details_of(status).details]
+
+
+def _unpacked(status: grpc.Status, kind: type[Any]) -> Any:
+    """The one detail of `kind` in the status (fails if there is none or several)."""
+    found = []
+    for detail in _details_of(status).details:
+        message = kind()
+        if detail.Unpack(message):
+            found.append(message)
+    assert len(found) == 1, _detail_types(status)
+    return found[0]
+
+
 def test_invalid_argument_carries_a_bad_request_with_every_violation():
     status = wire.rpc_status_of(_error_for(ErrorCode.INVALID_ARGUMENT))
 
-    details = _details_of(status)
-    assert len(details.details) == 1
-    bad_request = error_details_pb2.BadRequest()
-    assert details.details[0].Unpack(bad_request)
+    assert _detail_types(status) == ["google.rpc.ErrorInfo", "google.rpc.BadRequest"]
+    bad_request = _unpacked(status, error_details_pb2.BadRequest)
     assert [(v.field, v.description) for v in bad_request.field_violations] == [
         ("connector.id", "must be a slug"),
         ('connector.headers["Cookie"]', "carries a credential"),
@@ -514,10 +530,141 @@ def test_invalid_argument_carries_a_bad_request_with_every_violation():
 
 
 @pytest.mark.parametrize(
-    "code", [code for code in ErrorCode if code is not ErrorCode.INVALID_ARGUMENT]
+    ("code", "details"),
+    [
+        (ErrorCode.UNAUTHENTICATED, ["google.rpc.ErrorInfo"]),
+        (ErrorCode.PERMISSION_DENIED, ["google.rpc.ErrorInfo"]),
+        (ErrorCode.NOT_FOUND, ["google.rpc.ErrorInfo"]),
+        (ErrorCode.VERSION_CONFLICT, ["google.rpc.ErrorInfo"]),
+        (ErrorCode.READ_ONLY, ["google.rpc.ErrorInfo"]),
+        (ErrorCode.NOT_READY, ["google.rpc.ErrorInfo", "google.rpc.RetryInfo"]),
+        (ErrorCode.OVERLOADED, ["google.rpc.ErrorInfo", "google.rpc.RetryInfo"]),
+        (ErrorCode.STORE, ["google.rpc.ErrorInfo", "google.rpc.RetryInfo"]),
+        (ErrorCode.CONFIG, ["google.rpc.ErrorInfo"]),
+    ],
 )
-def test_other_errors_carry_no_details(code):
-    assert list(_details_of(wire.rpc_status_of(_error_for(code))).details) == []
+def test_other_errors_carry_error_info_and_a_retry_hint_only_when_retrying_helps(code, details):
+    """No BadRequest outside INVALID_ARGUMENT; RetryInfo on every RESOURCE_EXHAUSTED and
+    UNAVAILABLE (the codes callers retry), never on the others."""
+    status = wire.rpc_status_of(_error_for(code))
+
+    assert _detail_types(status) == details
+    retryable = status.code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+    assert ("google.rpc.RetryInfo" in details) is retryable
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (ErrorCode.INVALID_ARGUMENT, "INVALID_REQUEST"),
+        (ErrorCode.UNAUTHENTICATED, "TOKEN_INVALID"),
+        (ErrorCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED"),
+        (ErrorCode.NOT_FOUND, "CONNECTOR_NOT_FOUND"),
+        (ErrorCode.VERSION_CONFLICT, "VERSION_CONFLICT"),
+        (ErrorCode.READ_ONLY, "CONNECTOR_READ_ONLY"),
+        (ErrorCode.NOT_READY, "NOT_READY"),
+        (ErrorCode.OVERLOADED, "OVERLOADED"),
+        (ErrorCode.STORE, "STORE_UNAVAILABLE"),
+        (ErrorCode.CONFIG, "CONFIG_INVALID"),
+    ],
+)
+def test_every_error_carries_error_info_with_its_documented_reason(code, reason):
+    info = _unpacked(wire.rpc_status_of(_error_for(code)), error_details_pb2.ErrorInfo)
+
+    assert (info.reason, info.domain) == (reason, "rules-sidecar")
+    assert re.fullmatch(r"[A-Z][A-Z0-9_]*[A-Z0-9]", info.reason)
+
+
+def test_every_error_code_has_a_reason():
+    assert set(wire.REASON_BY_ERROR_CODE) == set(ErrorCode)
+    assert len(set(wire.REASON_BY_ERROR_CODE.values())) == len(ErrorCode)
+    assert wire.INTERNAL_REASON not in wire.REASON_BY_ERROR_CODE.values()
+
+
+def test_error_info_metadata_carries_the_errors_dynamic_values():
+    error = VersionConflictError(
+        "connector 'orders' is at version 3, but expected_version was 2",
+        metadata={"connector_id": "orders", "expected_version": "2", "current_version": "3"},
+    )
+
+    info = _unpacked(wire.rpc_status_of(error), error_details_pb2.ErrorInfo)
+
+    assert dict(info.metadata) == {
+        "connector_id": "orders",
+        "expected_version": "2",
+        "current_version": "3",
+    }
+
+
+def test_invalid_argument_error_info_names_the_first_field_and_counts_them():
+    info = _unpacked(
+        wire.rpc_status_of(_error_for(ErrorCode.INVALID_ARGUMENT)), error_details_pb2.ErrorInfo
+    )
+
+    assert dict(info.metadata) == {"field": "connector.id", "violations": "2"}
+
+
+@pytest.mark.parametrize(
+    ("code", "seconds"), [(ErrorCode.OVERLOADED, 1), (ErrorCode.NOT_READY, 1), (ErrorCode.STORE, 5)]
+)
+def test_retry_info_carries_a_delay(code, seconds):
+    info = _unpacked(wire.rpc_status_of(_error_for(code)), error_details_pb2.RetryInfo)
+
+    assert info.retry_delay.ToTimedelta() == timedelta(seconds=seconds)
+
+
+def test_internal_status_carries_error_info_and_no_retry_hint():
+    status = wire.internal_status("internal error")
+
+    assert status.code is grpc.StatusCode.INTERNAL
+    assert _detail_types(status) == ["google.rpc.ErrorInfo"]
+    info = _unpacked(status, error_details_pb2.ErrorInfo)
+    assert (info.reason, info.domain) == ("INTERNAL_ERROR", "rules-sidecar")
+
+
+def _trailer_bytes(status: grpc.Status) -> int:
+    """What the status costs in trailers: grpc-message percent-encoded, the details base64."""
+    details = dict(status.trailing_metadata)["grpc-status-details-bin"]
+    return len(urllib.parse.quote(status.details, safe=" ")) + math.ceil(len(details) / 3) * 4
+
+
+@pytest.mark.parametrize(
+    ("count", "field_chars", "description_chars"),
+    [(10_000, 20, 20), (300, 20, 500), (50, 10_000, 10_000), (3, 100_000, 100_000)],
+)
+def test_many_or_long_violations_stay_within_the_trailers(count, field_chars, description_chars):
+    """The issue's finding: over ~16 KiB of violations, clients saw RESOURCE_EXHAUSTED (which
+    they retry) instead of INVALID_ARGUMENT. 8 KiB is grpc's default soft metadata limit."""
+    violations = [
+        FieldViolation(f"node.branches[{i}]." + "f" * field_chars, "d" * description_chars)
+        for i in range(count)
+    ]
+
+    status = wire.rpc_status_of(InvalidArgumentError(violations))
+
+    assert _trailer_bytes(status) < 6 * 1024
+    assert len(status.details) <= wire.MAX_MESSAGE_CHARS
+
+
+def test_capped_violations_end_with_and_n_more_naming_the_first_left_out():
+    violations = [FieldViolation(f"extractions[{i}].path", "required") for i in range(500)]
+
+    status = wire.rpc_status_of(InvalidArgumentError(violations))
+
+    listed = _unpacked(status, error_details_pb2.BadRequest).field_violations
+    assert len(listed) == wire.MAX_FIELD_VIOLATIONS + 1
+    assert [v.field for v in listed[:-1]] == [f"extractions[{i}].path" for i in range(20)]
+    assert listed[-1].field == "extractions[20].path"
+    assert listed[-1].description.startswith("and 480 more invalid fields")
+    assert status.details.endswith("; and 490 more")  # the message lists 10
+    info = _unpacked(status, error_details_pb2.ErrorInfo)
+    assert info.metadata["violations"] == "500"
+
+
+def test_violations_under_the_cap_are_all_listed_unchanged():
+    violations = [FieldViolation(f"f{i}", "bad") for i in range(wire.MAX_FIELD_VIOLATIONS)]
+
+    assert wire.capped_violations(violations) == violations
 
 
 def test_invalid_argument_message_summarises_its_violations():

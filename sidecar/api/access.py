@@ -79,7 +79,11 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         if role is None:
             return _refusal(UnauthenticatedError("a valid bearer token is required"))
         if method.rsplit("/", 1)[-1] in ADMIN_METHODS and role is not Role.ADMIN:
-            return _refusal(PermissionDeniedError("this call needs the admin token"))
+            return _refusal(
+                PermissionDeniedError(
+                    "this call needs the admin token", metadata={"required_role": "admin"}
+                )
+            )
         return await continuation(handler_call_details)
 
     def _role_of(self, presented: bytes | None) -> Role | None:

@@ -1,8 +1,10 @@
 """Server interceptors: the one place where errors become gRPC statuses, and the SERVER span.
 
-A SidecarError becomes the status of `wire.STATUS_BY_ERROR_CODE` (INVALID_ARGUMENT with its
-google.rpc.BadRequest). Anything else is a bug: it is logged with its traceback and the caller gets
-INTERNAL with a generic message, never the exception's text (which may carry internal detail).
+A SidecarError becomes the status of `wire.STATUS_BY_ERROR_CODE` with its details (a
+google.rpc.ErrorInfo always; INVALID_ARGUMENT with its google.rpc.BadRequest). Anything else is a
+bug: it is logged with its traceback and the caller gets INTERNAL (ErrorInfo reason
+INTERNAL_ERROR) with a generic message, never the exception's text (which may carry internal
+detail).
 
 `TelemetryInterceptor` goes first (outermost), so its span and its duration also see the status
 of calls refused by the token check or mapped here; it is installed only when traces or metrics
@@ -80,7 +82,8 @@ def _guard(inner: Handler, method: str) -> Handler:
             raise
         except Exception:
             log.exception("unhandled error in %s", method)
-            await context.abort(grpc.StatusCode.INTERNAL, GENERIC_INTERNAL_MESSAGE)
+            status = wire.internal_status(GENERIC_INTERNAL_MESSAGE)
+            await context.abort(status.code, status.details, status.trailing_metadata)
 
     return guarded
 

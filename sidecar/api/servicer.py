@@ -129,7 +129,8 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         if self._evaluations_in_flight >= self._evaluation_slots:
             raise OverloadedError(
                 f"{self._evaluations_in_flight} evaluations are in progress, the most this "
-                "sidecar accepts at once; retry with backoff"
+                "sidecar accepts at once; retry with backoff",
+                metadata={"max_concurrent_evaluations": str(self._evaluation_slots)},
             )
         self._evaluations_in_flight += 1
         try:

@@ -47,6 +47,45 @@ STATUS_BY_ERROR_CODE: dict[ErrorCode, grpc.StatusCode] = {
 }
 """The one table from sidecar error codes to gRPC status codes."""
 
+ERROR_DOMAIN = "rules-sidecar"
+"""google.rpc.ErrorInfo.domain of every error: the product's name, the same for every API version
+(a reason keeps its meaning across versions)."""
+
+REASON_BY_ERROR_CODE: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_ARGUMENT: "INVALID_REQUEST",
+    ErrorCode.UNAUTHENTICATED: "TOKEN_INVALID",
+    ErrorCode.PERMISSION_DENIED: "ROLE_NOT_ALLOWED",
+    ErrorCode.NOT_FOUND: "CONNECTOR_NOT_FOUND",
+    ErrorCode.VERSION_CONFLICT: "VERSION_CONFLICT",
+    ErrorCode.READ_ONLY: "CONNECTOR_READ_ONLY",
+    ErrorCode.NOT_READY: "NOT_READY",
+    ErrorCode.OVERLOADED: "OVERLOADED",
+    ErrorCode.STORE: "STORE_UNAVAILABLE",
+    ErrorCode.CONFIG: "CONFIG_INVALID",
+}
+"""google.rpc.ErrorInfo.reason per error code: the stable, UPPER_SNAKE cause a program switches on
+(README, "Error details"). An unexpected failure answers INTERNAL with INTERNAL_REASON."""
+
+INTERNAL_REASON = "INTERNAL_ERROR"
+
+RETRY_DELAY_BY_ERROR_CODE: dict[ErrorCode, float] = {
+    ErrorCode.OVERLOADED: 1.0,  # evaluations finish in milliseconds to seconds
+    ErrorCode.NOT_READY: 1.0,  # the registry loads in well under a second
+    ErrorCode.STORE: 5.0,  # an outage of the fleet's database: reconnecting takes a while
+}
+"""google.rpc.RetryInfo.retry_delay (seconds) for the errors a retry can fix: every
+RESOURCE_EXHAUSTED and UNAVAILABLE the sidecar answers. Clients should add jitter."""
+
+MAX_FIELD_VIOLATIONS = 20
+VIOLATIONS_BUDGET_BYTES = 2048
+MAX_VIOLATION_TEXT_CHARS = 200
+MAX_MESSAGE_CHARS = 1024
+"""Bounds on what an error sends. Trailers are bounded too (grpc's clients refuse more than 8 to
+16 KiB of metadata, and answer RESOURCE_EXHAUSTED, which callers retry, instead of the error), and
+the status travels twice (grpc-message, and base64 in grpc-status-details-bin): a capped message,
+at most MAX_FIELD_VIOLATIONS violations in VIOLATIONS_BUDGET_BYTES plus one "and N more", each
+text clipped to MAX_VIOLATION_TEXT_CHARS, keep the trailers near 5 KiB at most."""
+
 
 # ---------------------------------------------------------------------------------------------
 # Errors
@@ -54,20 +93,79 @@ STATUS_BY_ERROR_CODE: dict[ErrorCode, grpc.StatusCode] = {
 
 
 def rpc_status_of(error: SidecarError) -> grpc.Status:
-    """The gRPC status for an error; INVALID_ARGUMENT carries a google.rpc.BadRequest."""
+    """The gRPC status for an error, with its details: a google.rpc.ErrorInfo always, a
+    google.rpc.BadRequest for INVALID_ARGUMENT (capped, `capped_violations`), a
+    google.rpc.RetryInfo when a retry can help."""
     code = STATUS_BY_ERROR_CODE[error.code]
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message)
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=_clip(error.message, MAX_MESSAGE_CHARS)
+    )
+    metadata = dict(error.metadata)
+    if isinstance(error, InvalidArgumentError):
+        if error.violations:
+            metadata.setdefault("field", _clip(error.violations[0].field))
+        metadata.setdefault("violations", str(len(error.violations)))
+    reason = REASON_BY_ERROR_CODE.get(error.code, error.code.name)
+    status.details.add().Pack(
+        error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
+    )
     if isinstance(error, InvalidArgumentError):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
                     field=violation.field, description=violation.description
                 )
-                for violation in error.violations
+                for violation in capped_violations(error.violations)
             ]
         )
         status.details.add().Pack(bad_request)
+    delay = RETRY_DELAY_BY_ERROR_CODE.get(error.code)
+    if delay is not None:
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=_duration(delay)))
     return rpc_status.to_status(status)
+
+
+def internal_status(message: str) -> grpc.Status:
+    """INTERNAL for a failure nobody mapped (a bug), with its ErrorInfo; never a retry hint."""
+    status = status_pb2.Status(code=code_pb2.INTERNAL, message=message)
+    status.details.add().Pack(
+        error_details_pb2.ErrorInfo(reason=INTERNAL_REASON, domain=ERROR_DOMAIN)
+    )
+    return rpc_status.to_status(status)
+
+
+def capped_violations(violations: Sequence[FieldViolation]) -> list[FieldViolation]:
+    """The violations that fit an error's trailers, each text clipped, then one "and N more"
+    naming the first field left out (so a caller fixes what it sees and calls again).
+
+    >>> many = [FieldViolation(f"node.branches[{i}].target", "too long") for i in range(30)]
+    >>> capped = capped_violations(many)
+    >>> len(capped), capped[-1].field, capped[-1].description[:40]
+    (21, 'node.branches[20].target', 'and 10 more invalid fields from this one')
+    """
+    kept: list[FieldViolation] = []
+    size = 0
+    for index, violation in enumerate(violations):
+        clipped = FieldViolation(_clip(violation.field), _clip(violation.description))
+        size += len(clipped.field.encode()) + len(clipped.description.encode()) + 8
+        if index == MAX_FIELD_VIOLATIONS or size > VIOLATIONS_BUDGET_BYTES:
+            rest = len(violations) - index
+            kept.append(
+                FieldViolation(
+                    clipped.field,
+                    f"and {rest} more invalid fields from this one on "
+                    "(the list is capped to fit the error)",
+                )
+            )
+            break
+        kept.append(clipped)
+    return kept
+
+
+def _clip(text: str, limit: int = MAX_VIOLATION_TEXT_CHARS) -> str:
+    """`text`, cut to `limit` characters with "..." when longer: a field path may hold a caller's
+    10,000-character header name."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def validate(model_type: type[M], data: dict[str, Any], *, prefix: str) -> M:

@@ -73,7 +73,12 @@ def check_expected_version(connector_id: str, expected: int | None, current: int
         state = f"is at version {current}" if current else "does not exist"
         raise VersionConflictError(
             f"connector {connector_id!r} {state}, but expected_version was {expected}; "
-            "read it again and retry"
+            "read it again and retry",
+            metadata={
+                "connector_id": connector_id,
+                "expected_version": str(expected),
+                "current_version": str(current),
+            },
         )
 
 

@@ -174,7 +174,10 @@ class PostgresStore:
             self._lock_id(conn, connector_id)
             current = self._version_of(conn, connector_id)
             if current == 0:
-                raise NotFoundError(f"no connector with id {connector_id!r}")
+                raise NotFoundError(
+                    f"no connector with id {connector_id!r}",
+                    metadata={"connector_id": connector_id},
+                )
             check_expected_version(connector_id, expected_version, current)
             conn.execute("DELETE FROM rules_sidecar_connectors WHERE id = %s", (connector_id,))
             _announce(conn, connector_id, current)
@@ -405,7 +408,9 @@ class PostgresStore:
             "SELECT version FROM rules_sidecar_versions WHERE id = %s FOR UPDATE", (connector_id,)
         ).fetchone()
         if row is None:
-            raise NotFoundError(f"no connector with id {connector_id!r}")
+            raise NotFoundError(
+                f"no connector with id {connector_id!r}", metadata={"connector_id": connector_id}
+            )
         return int(row[0])
 
     def _version_of(self, conn: psycopg.Connection[TupleRow], connector_id: str) -> int:

@@ -86,7 +86,9 @@ class Registry:
         """The connector with this id, or NotFoundError."""
         connector = self._merged.get(connector_id)
         if connector is None:
-            raise NotFoundError(f"no connector with id {connector_id!r}")
+            raise NotFoundError(
+                f"no connector with id {connector_id!r}", metadata={"connector_id": connector_id}
+            )
         return connector
 
     def list_page(
@@ -191,7 +193,8 @@ class Registry:
         if connector_id in self._file:
             raise ReadOnlyConnectorError(
                 f"connector {connector_id!r} is declared in the connectors file and is read-only "
-                "at runtime; change the file instead"
+                "at runtime; change the file instead",
+                metadata={"connector_id": connector_id},
             )
 
     async def _run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

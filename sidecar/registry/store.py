@@ -116,7 +116,10 @@ class ConnectorStore:
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"cannot delete connector {connector_id!r}: {exc}") from exc
             if current == 0:
-                raise NotFoundError(f"no connector with id {connector_id!r}")
+                raise NotFoundError(
+                    f"no connector with id {connector_id!r}",
+                    metadata={"connector_id": connector_id},
+                )
             check_expected_version(connector_id, expected_version, current)
             self.delete(connector_id, current)
             return current

@@ -1,0 +1,124 @@
+"""Error details over the real wire: every error carries a google.rpc.ErrorInfo a program can
+switch on, and an INVALID_ARGUMENT with thousands of violations still arrives as one (issue 14:
+over ~16 KiB of violations used to reach the client as RESOURCE_EXHAUSTED, which it retries)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from rulesidecar.v1 import rules_sidecar_pb2 as pb
+
+from sidecar.api import wire
+from tests.support.calls import bad_requests
+from tests.support.sidecars import InProcessSidecar
+
+RPC_TIMEOUT = 5.0
+
+
+def rpc_error_of(call: Callable[[], object]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value
+
+
+def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
+    """The one ErrorInfo of the error's google.rpc.Status."""
+    status = rpc_status.from_call(error)
+    assert status is not None, (error.code(), error.details())
+    found = []
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            found.append(info)
+    assert len(found) == 1, status
+    return found[0]
+
+
+def live_connector(connector_id: str = "orders", **fields: Any) -> pb.Connector:
+    return pb.Connector(
+        id=connector_id,
+        status=pb.CONNECTOR_STATUS_LIVE,
+        url_template="https://api.example.com/orders/{{order_number}}",
+        **fields,
+    )
+
+
+def test_not_found_names_the_connector_in_its_error_info(
+    running_sidecar: InProcessSidecar,
+) -> None:
+    stub = running_sidecar.stub
+    error = rpc_error_of(
+        lambda: stub.GetConnector(pb.GetConnectorRequest(id="nope"), timeout=RPC_TIMEOUT)
+    )
+
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    info = error_info(error)
+    assert (info.reason, info.domain) == ("CONNECTOR_NOT_FOUND", "rules-sidecar")
+    assert dict(info.metadata) == {"connector_id": "nope"}
+
+
+def test_a_version_conflict_carries_both_versions(running_sidecar: InProcessSidecar) -> None:
+    stub = running_sidecar.stub
+    stub.RegisterConnector(
+        pb.RegisterConnectorRequest(connector=live_connector()), timeout=RPC_TIMEOUT
+    )
+
+    error = rpc_error_of(
+        lambda: stub.RegisterConnector(
+            pb.RegisterConnectorRequest(connector=live_connector(), expected_version=7),
+            timeout=RPC_TIMEOUT,
+        )
+    )
+
+    assert error.code() == grpc.StatusCode.ABORTED
+    info = error_info(error)
+    assert info.reason == "VERSION_CONFLICT"
+    assert dict(info.metadata) == {
+        "connector_id": "orders",
+        "expected_version": "7",
+        "current_version": "1",
+    }
+
+
+def test_an_invalid_request_names_its_first_field(running_sidecar: InProcessSidecar) -> None:
+    stub = running_sidecar.stub
+    error = rpc_error_of(lambda: stub.EvaluateNode(pb.EvaluateNodeRequest(), timeout=RPC_TIMEOUT))
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(error)
+    assert (info.reason, dict(info.metadata)) == (
+        "INVALID_REQUEST",
+        {"field": "node", "violations": "1"},
+    )
+
+
+def test_thousands_of_violations_still_arrive_as_invalid_argument(
+    running_sidecar: InProcessSidecar,
+) -> None:
+    """2,000 header names with a space in them: 2,000 violations of ~60 bytes each, far over
+    the client's trailer limit if they were all sent."""
+    headers = {f"X Bad Header Name Number {index:05d}": "v" for index in range(2000)}
+    stub = running_sidecar.stub
+
+    error = rpc_error_of(
+        lambda: stub.RegisterConnector(
+            pb.RegisterConnectorRequest(connector=live_connector(headers=headers)),
+            timeout=RPC_TIMEOUT,
+        )
+    )
+
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    (bad_request,) = bad_requests(error)
+    violations = bad_request.field_violations
+    listed = len(violations) - 1
+    assert 1 <= listed <= wire.MAX_FIELD_VIOLATIONS
+    assert violations[-1].description.startswith(f"and {2000 - listed} more invalid fields")
+    assert error_info(error).metadata["violations"] == "2000"
+    assert re.search(r"; and \d+ more$", error.details())
+    assert len(error.details()) <= wire.MAX_MESSAGE_CHARS
