@@ -32,6 +32,10 @@ def test_register_bumps_the_version_and_the_registry_reads_it_back(harness: Harn
     assert "py-registry" in listed
     assert deleted == 2
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (missing.value.reason, missing.value.metadata) == (
+        "CONNECTOR_NOT_FOUND",
+        {"connector_id": "py-registry"},
+    )
 
 
 def test_validation_error_carries_the_field_violations(harness: Harness) -> None:
@@ -43,6 +47,8 @@ def test_validation_error_carries_the_field_violations(harness: Harness) -> None
     fields = {violation.field for violation in error.violations}
     assert {"connector.id", "connector.url_template"} <= fields
     assert all(isinstance(v, FieldViolation) and v.description for v in error.violations)
+    assert error.reason == "INVALID_REQUEST"
+    assert error.metadata["violations"] == str(len(error.violations))
 
 
 def test_stale_expected_version_is_aborted(harness: Harness) -> None:
@@ -51,6 +57,8 @@ def test_stale_expected_version_is_aborted(harness: Harness) -> None:
         sidecar.register_connector(connector, expected_version=7)
     assert refused.value.code() == grpc.StatusCode.ABORTED
     assert refused.value.violations == ()
+    assert refused.value.reason == "VERSION_CONFLICT"
+    assert refused.value.metadata["expected_version"] == "7"
 
 
 def test_unix_socket_address(harness: Harness) -> None:

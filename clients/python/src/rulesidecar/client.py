@@ -80,7 +80,10 @@ class SidecarError(grpc.RpcError):
     """A failed call, with `code()` and `details()` as on grpc's own errors.
 
     `violations` lists the fields an INVALID_ARGUMENT names (from its `google.rpc.BadRequest`);
-    it is empty for other errors. A deadline that ran out is `grpc.StatusCode.DEADLINE_EXCEEDED`.
+    it is empty for other errors. `reason` and `metadata` come from the error's
+    `google.rpc.ErrorInfo` (`"CONNECTOR_NOT_FOUND"`, `{"connector_id": "orders"}`; the README
+    lists every reason); empty when the error has none, e.g. a deadline that ran out
+    (`grpc.StatusCode.DEADLINE_EXCEEDED`).
 
         >>> try:
         ...     sidecar.register_connector({"id": "Bad Id"})
@@ -90,12 +93,20 @@ class SidecarError(grpc.RpcError):
     """
 
     def __init__(
-        self, code: grpc.StatusCode, message: str, violations: Sequence[FieldViolation] = ()
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        violations: Sequence[FieldViolation] = (),
+        *,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(f"{code.name}: {message}")
         self._code = code
         self._message = message
         self.violations = tuple(violations)
+        self.reason = reason
+        self.metadata = dict(metadata or {})
 
     def code(self) -> grpc.StatusCode:
         return self._code
@@ -105,9 +116,11 @@ class SidecarError(grpc.RpcError):
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> SidecarError:
-        """Translate grpc's error (a grpc.Call as well), reading BadRequest from its trailers."""
+        """Translate grpc's error (a grpc.Call as well), reading BadRequest and ErrorInfo from
+        its trailers."""
         call: Any = error
         violations: list[FieldViolation] = []
+        info = error_details_pb2.ErrorInfo()
         for key, value in call.trailing_metadata() or ():
             if key != _STATUS_DETAILS_KEY:
                 continue
@@ -117,7 +130,15 @@ class SidecarError(grpc.RpcError):
                     violations.extend(
                         FieldViolation(v.field, v.description) for v in bad_request.field_violations
                     )
-        return cls(call.code(), call.details() or "", violations)
+                elif not info.reason:
+                    detail.Unpack(info)
+        return cls(
+            call.code(),
+            call.details() or "",
+            violations,
+            reason=info.reason,
+            metadata=dict(info.metadata),
+        )
 
 
 class ClientError(SidecarError, ValueError):
