@@ -14,11 +14,13 @@ readiness stays SERVING through later outages, as evaluations go on from memory;
 own health name (`rulesidecar.v1.Store`) and the `rules_sidecar.store.connected` gauge show
 whether the change feed is connected.
 
-Two listeners. The API (`listen_address`: the six RPCs of rulesidecar.v1, health, reflection) is
-on loopback by default, and refuses to start elsewhere unprotected (protected mode, as Redis's:
-a token file or client certificates, or `allow_unprotected_api` with a WARNING). Health alone may
-also be served on `health_listen_address`, plaintext, for probes that connect to the pod IP: in a
-cluster the kubelet must reach health, but it must not reach RegisterConnector.
+Two listeners. The API (`listen_address`: the six RPCs of rulesidecar.v1, health, reflection
+unless `reflection` is off; keepalive and connection age per the `keepalive_*` and
+`max_connection_age*` settings) is on loopback by default, and refuses to start elsewhere
+unprotected (protected mode, as Redis's: a token file or client certificates, or
+`allow_unprotected_api` with a WARNING). Health alone may also be served on
+`health_listen_address`, plaintext, for probes that connect to the pod IP: in a cluster the
+kubelet must reach health, but it must not reach RegisterConnector.
 
 `create_server(settings, telemetry)` builds and binds the gRPC server only (port 0 in tests);
 `serve(settings)` adds the signal handling and the graceful drain:
@@ -458,13 +460,15 @@ def create_server(settings: Settings, telemetry: Telemetry) -> SidecarServer:
             ("grpc.max_send_message_length", message_limit),
             # Without this, a second sidecar could silently share (and steal calls from) our port.
             ("grpc.so_reuseport", 0),
+            *keepalive_options(settings),
         ],
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
     credentials = _server_credentials(settings)
     port = _bind(server, settings.listen_address, credentials)
     if settings.unix_socket is not None:
@@ -477,6 +481,30 @@ def create_server(settings: Settings, telemetry: Telemetry) -> SidecarServer:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         health_port = _bind(health_server, settings.health_listen_address, None)
     return SidecarServer(server, port, health_servicer, gate, health_server, health_port)
+
+
+def keepalive_options(settings: Settings) -> list[tuple[str, int]]:
+    """The API server's keepalive and connection-age channel arguments (grpc core's names)."""
+
+    def ms(seconds: float) -> int:
+        return round(seconds * 1000)
+
+    options = [
+        ("grpc.keepalive_time_ms", ms(settings.keepalive_time_seconds)),
+        ("grpc.keepalive_timeout_ms", ms(settings.keepalive_timeout_seconds)),
+        ("grpc.keepalive_permit_without_calls", int(settings.keepalive_permit_without_calls)),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            ms(settings.keepalive_min_ping_interval_seconds),
+        ),
+    ]
+    if settings.max_connection_age_seconds is not None:
+        options.append(("grpc.max_connection_age_ms", ms(settings.max_connection_age_seconds)))
+    if settings.max_connection_age_grace_seconds is not None:
+        options.append(
+            ("grpc.max_connection_age_grace_ms", ms(settings.max_connection_age_grace_seconds))
+        )
+    return options
 
 
 def build_egress(

@@ -100,6 +100,53 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent, in bytes."
     )
+    keepalive_time_seconds: float = Field(
+        7200.0,
+        ge=1,
+        description="Ping a client after this long without activity on its connection, to find "
+        "dead peers (and keep idle connections through proxies that drop them). gRPC's default: "
+        "2 hours.",
+    )
+    keepalive_timeout_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="Close the connection when a keepalive ping gets no answer within this long. "
+        "gRPC's default: 20 s.",
+    )
+    keepalive_permit_without_calls: bool = Field(
+        False,
+        description="Accept (and send) keepalive pings on a connection with no call in progress. "
+        "Off, gRPC's default: a client that pings an idle connection is sent GOAWAY "
+        "(too_many_pings); turn it on for clients configured to keep idle connections alive.",
+    )
+    keepalive_min_ping_interval_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="The shortest interval between a client's pings the server accepts; a "
+        "client pinging more often is sent GOAWAY (too_many_pings) after two strikes. gRPC's "
+        "default: 5 minutes. Lower it to match clients' keepalive time (e.g. 10 for a client "
+        "pinging every 10 s).",
+    )
+    max_connection_age_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Close every connection after this long (GOAWAY; clients reconnect without "
+        "failing calls), so clients of a Kubernetes Service spread over new replicas. Off by "
+        "default: a connection lives as long as both ends want.",
+    )
+    max_connection_age_grace_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="After max_connection_age, calls in progress get this long to finish before "
+        "the connection is closed. Unset: as long as they need.",
+    )
+    reflection: bool = Field(
+        True,
+        description="Serve gRPC server reflection on the API port, so grpcurl and grpcui can list "
+        "and call the services without the .proto files. Read-only (it describes the API, never "
+        "connectors or data) and, like health, open without a token. Turn it off to hide the API "
+        "surface; the reflection service then answers UNIMPLEMENTED.",
+    )
     shutdown_grace_seconds: float = Field(
         10.0,
         ge=0,
