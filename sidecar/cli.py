@@ -1,4 +1,5 @@
-"""The `rules-sidecar` command: `serve` runs the sidecar, `validate` checks a connectors file.
+"""The `rules-sidecar` command: `serve` runs the sidecar, `validate` checks a connectors file,
+`settings` prints every setting with its default, and `--version` the installed version.
 
 `validate` reads the same settings as `serve` (environment and `--config`), so a file it accepts
 is one the sidecar loads: `secret_hosts` included.
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+import textwrap
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +23,23 @@ from sidecar.core.secrets import SecretBindings
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.registry import load_connectors_file
 from sidecar.server import serve
-from sidecar.settings import Settings
+from sidecar.settings import CONFIG_FILE_VARIABLE, Settings, settings_reference
+from sidecar.telemetry.config import sidecar_version
 from sidecar.telemetry.logs import configure_logging
 
 EXIT_INVALID = 1
 EXIT_CONFIG = 2
+
+# `serve`'s flags, by the setting each overrides (`settings` lists them beside the variables).
+FLAG_BY_SETTING = {
+    "listen_address": "--listen",
+    "unix_socket": "--unix-socket",
+    "data_dir": "--data-dir",
+    "connectors_file": "--connectors-file",
+    "secrets_dir": "--secrets-dir",
+    "log_level": "--log-level",
+    "log_format": "--log-format",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,16 +65,8 @@ def _run(main: Coroutine[Any, Any, int], event_loop: str) -> int:
 def _serve(arguments: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         name: value
-        for name, value in {
-            "listen_address": arguments.listen,
-            "unix_socket": arguments.unix_socket,
-            "data_dir": arguments.data_dir,
-            "connectors_file": arguments.connectors_file,
-            "secrets_dir": arguments.secrets_dir,
-            "log_level": arguments.log_level,
-            "log_format": arguments.log_format,
-        }.items()
-        if value is not None
+        for name, flag in FLAG_BY_SETTING.items()
+        if (value := getattr(arguments, flag.removeprefix("--").replace("-", "_"))) is not None
     }
     try:
         settings = Settings.load(config_file=arguments.config, overrides=overrides)
@@ -90,6 +97,35 @@ def _validate(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(arguments: argparse.Namespace) -> int:
+    """Print every setting: name, type, default, environment variable, flag, description."""
+    lines = [
+        textwrap.fill(
+            f"Settings of rules-sidecar {sidecar_version()}. Sources, strongest first: serve's "
+            "flags, the environment (lists and mappings as JSON), the YAML config file (--config "
+            f"or {CONFIG_FILE_VARIABLE}), then these defaults.",
+            100,
+        ),
+        "",
+    ]
+    for setting in settings_reference():
+        default = "unset by default" if setting.default is None else f"default {setting.default}"
+        flag = FLAG_BY_SETTING.get(setting.name)
+        lines += [
+            f"{setting.name}  ({setting.kind}; {default})",
+            f"    env: {setting.variable}" + (f"   flag: serve {flag}" if flag else ""),
+            textwrap.fill(
+                setting.description, 100, initial_indent="    ", subsequent_indent="    "
+            ),
+            "",
+        ]
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # `rules-sidecar settings | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def _report(error: SidecarError) -> None:
     print(f"rules-sidecar: error: {error.message}", file=sys.stderr)
     for problem in getattr(error, "problems", ()):
@@ -102,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
         description="A gRPC sidecar that calls business APIs mid-conversation and decides which "
         "workflow branch fires.",
     )
+    parser.add_argument("--version", action="version", version=f"rules-sidecar {sidecar_version()}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -110,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the sidecar. Every option can also be set with an environment variable "
         "RULES_SIDECAR_<OPTION> (e.g. RULES_SIDECAR_LISTEN_ADDRESS) or in a YAML config file; "
         "flags win over the environment, which wins over the file.",
+        epilog=f"These flags are {len(FLAG_BY_SETTING)} of the {len(Settings.model_fields)} "
+        "settings. `rules-sidecar settings` prints every one with its default, environment "
+        "variable and description.",
     )
     run.add_argument("--config", type=Path, help="YAML config file (RULES_SIDECAR_CONFIG_FILE)")
     run.add_argument("--listen", metavar="HOST:PORT", help="TCP address (default 127.0.0.1:50051)")
@@ -133,6 +173,14 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path, help="the YAML or JSON connectors file")
     check.add_argument("--config", type=Path, help="YAML config file (RULES_SIDECAR_CONFIG_FILE)")
     check.set_defaults(command=_validate)
+
+    reference = commands.add_parser(
+        "settings",
+        help="print every setting with its default",
+        description="Print every setting of `serve`: its type, default, environment variable, "
+        "flag (if any) and description.",
+    )
+    reference.set_defaults(command=_settings)
     return parser
 
 

@@ -11,8 +11,10 @@ the "embedded" setup: loopback only, a SQLite store under `.rules-sidecar/`.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -379,6 +381,69 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Overrides, then environment, then the YAML config file (no dotenv, no secrets dir)."""
         return init_settings, env_settings, YamlConfigSettingsSource(settings_cls)
+
+
+@dataclass(frozen=True, slots=True)
+class SettingReference:
+    """One setting as `rules-sidecar settings` prints it: read from the Settings fields, so the
+    reference cannot drift from what the sidecar accepts."""
+
+    name: str
+    variable: str
+    kind: str
+    default: str | None
+    """As written in YAML or the environment; None when the setting is unset by default."""
+    description: str
+
+
+def settings_reference() -> list[SettingReference]:
+    """Every setting, in declaration order, with its environment variable, type and default.
+
+    >>> first = settings_reference()[0]
+    >>> first.name, first.variable, first.kind, first.default
+    ('listen_address', 'RULES_SIDECAR_LISTEN_ADDRESS', 'string', '127.0.0.1:50051')
+    """
+    schema = Settings.model_json_schema()["properties"]
+    reference = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        reference.append(
+            SettingReference(
+                name=name,
+                variable=ENV_PREFIX + name.upper(),
+                kind=_kind(schema[name]),
+                default=None if default is None else _shown(default),
+                description=field.description or "",
+            )
+        )
+    return reference
+
+
+def _kind(schema: Mapping[str, Any]) -> str:
+    """A setting's type in words, from its JSON schema: `number`, `list of string` ..."""
+    if "enum" in schema:
+        return "one of " + ", ".join(map(str, schema["enum"]))
+    if "anyOf" in schema:
+        return " or ".join(
+            _kind(choice) for choice in schema["anyOf"] if choice != {"type": "null"}
+        )
+    kind = str(schema.get("type", "any"))
+    if kind == "array":
+        return f"list of {_kind(schema.get('items', {}))}"
+    if kind == "object":
+        return f"mapping to {_kind(schema.get('additionalProperties', {}))}"
+    if schema.get("format") == "path":
+        return "path"
+    return kind
+
+
+def _shown(default: Any) -> str:
+    """A default as it is written in YAML or the environment (lists and mappings as JSON)."""
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, list | dict):
+        return json.dumps(default)
+    return str(default)
 
 
 def _known_variables() -> list[str]:

@@ -5,13 +5,17 @@ Whatever goes wrong, the user gets a message and an exit code, never a Python tr
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+
+from sidecar.settings import Settings
 
 pytestmark = pytest.mark.process  # every test runs `rules-sidecar` as a subprocess
 
@@ -51,7 +55,7 @@ def run_cli(
 @pytest.mark.parametrize(
     ("arguments", "mentions"),
     [
-        (["--help"], ["serve", "validate", "rules-sidecar"]),
+        (["--help"], ["serve", "validate", "settings", "--version", "rules-sidecar"]),
         (
             ["serve", "--help"],
             [
@@ -63,11 +67,13 @@ def run_cli(
                 "--secrets-dir",
                 "--log-level",
                 "RULES_SIDECAR_LISTEN_ADDRESS",
+                "`rules-sidecar settings`",
             ],
         ),
         (["validate", "--help"], ["file", "file:line", "Exit code 0 when valid, 1 when not"]),
+        (["settings", "--help"], ["default", "environment variable"]),
     ],
-    ids=["main", "serve", "validate"],
+    ids=["main", "serve", "validate", "settings"],
 )
 def test_help_exits_zero_and_names_the_options(arguments, mentions):
     result = run_cli(*arguments)
@@ -75,6 +81,91 @@ def test_help_exits_zero_and_names_the_options(arguments, mentions):
     assert result.returncode == 0
     for mention in mentions:
         assert mention in result.stdout
+
+
+def test_version_is_the_installed_packages_which_is_pyprojects():
+    result = run_cli("--version")
+
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert result.returncode == 0
+    assert result.stdout == f"rules-sidecar {importlib.metadata.version('rules-sidecar')}\n"
+    assert result.stdout == f"rules-sidecar {pyproject['project']['version']}\n"
+
+
+def settings_blocks(text: str) -> dict[str, list[str]]:
+    """`rules-sidecar settings` output as {setting name: its lines}, the header skipped."""
+    blocks: dict[str, list[str]] = {}
+    for block in text.split("\n\n")[1:]:
+        lines = block.strip("\n").splitlines()
+        if lines:
+            blocks[lines[0].split()[0]] = lines
+    return blocks
+
+
+def test_settings_prints_every_setting_with_its_default_variable_and_description():
+    result = run_cli("settings")
+
+    assert result.returncode == 0, result.stderr
+    blocks = settings_blocks(result.stdout)
+    assert list(blocks) == list(Settings.model_fields)
+    for name, field in Settings.model_fields.items():
+        head, variable, *description = blocks[name]
+        default = field.get_default(call_default_factory=True)
+        shown = "unset by default" if default is None else "default "
+        assert shown in head, head
+        assert variable.split()[:2] == ["env:", f"RULES_SIDECAR_{name.upper()}"]
+        assert " ".join(" ".join(description).split()) == " ".join(field.description.split())
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "variable"),
+    [
+        (
+            "listen_address",
+            "listen_address  (string; default 127.0.0.1:50051)",
+            "    env: RULES_SIDECAR_LISTEN_ADDRESS   flag: serve --listen",
+        ),
+        (
+            "reflection",
+            "reflection  (boolean; default true)",
+            "    env: RULES_SIDECAR_REFLECTION",
+        ),
+        (
+            "max_connection_age_seconds",
+            "max_connection_age_seconds  (number; unset by default)",
+            "    env: RULES_SIDECAR_MAX_CONNECTION_AGE_SECONDS",
+        ),
+        (
+            "egress_allow_cidrs",
+            "egress_allow_cidrs  (list of string; default [])",
+            "    env: RULES_SIDECAR_EGRESS_ALLOW_CIDRS",
+        ),
+        (
+            "log_format",
+            "log_format  (one of json, text; default json)",
+            "    env: RULES_SIDECAR_LOG_FORMAT   flag: serve --log-format",
+        ),
+    ],
+)
+def test_settings_shows_types_defaults_and_flags_as_written_in_yaml(name, head, variable):
+    blocks = settings_blocks(run_cli("settings").stdout)
+
+    assert blocks[name][:2] == [head, variable]
+
+
+def test_settings_into_a_closed_pipe_exits_quietly():
+    command = [sys.executable, "-m", "sidecar.cli", "settings"]
+    with subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        process.stdout.read(10)
+        process.stdout.close()
+        stderr = process.stderr.read().decode()
+        assert process.wait(DEADLINE_SECONDS) == 0
+    assert "Traceback" not in stderr
+    assert "BrokenPipeError" not in stderr
 
 
 def test_no_command_is_a_usage_error():
