@@ -13,13 +13,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
+
+from sidecar.api import wire
+from sidecar.errors import InvalidArgumentError
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO = REPO / "proto"
@@ -203,3 +207,106 @@ def test_required_fields_are_marked_required(field: str) -> None:
     message = pb.DESCRIPTOR.message_types_by_name[message_name.removeprefix("rulesidecar.v1.")]
 
     assert _behaviour(message.fields_by_name[field_name]) == [field_behavior_pb2.REQUIRED]
+
+
+# A valid message per kind the wire validates; every REQUIRED field is set in one of them.
+SAMPLES: list[tuple[str, Any, Callable[[Any], object]]] = [
+    *(
+        (
+            "connector",
+            pb.Connector(
+                id="orders",
+                status=pb.CONNECTOR_STATUS_LIVE,
+                url_template="https://api.example.com/orders",
+                auth=auth,
+            ),
+            wire.connector_from_proto,
+        )
+        for auth in (
+            pb.Auth(bearer=pb.BearerAuth(token_secret="token")),
+            pb.Auth(api_key=pb.ApiKeyAuth(name="X-Key", value_secret="key")),
+            pb.Auth(basic=pb.BasicAuth(username_secret="user", password_secret="password")),
+        )
+    ),
+    (
+        "node",
+        pb.Node(
+            connector_id="orders",
+            branches=[
+                pb.Branch(
+                    target="ok",
+                    conditions=[
+                        pb.Condition(
+                            subject=pb.Subject(kind=pb.SUBJECT_KIND_STATUS),
+                            operator=pb.OPERATOR_EXISTS,
+                        )
+                    ],
+                )
+            ],
+            extractions=[pb.Extraction(variable="total", path="order.total")],
+        ),
+        wire.node_from_proto,
+    ),
+]
+
+
+def _required_set_in(message: Any, path: str) -> Iterator[tuple[str, Any, str]]:
+    """(dotted path, the message holding it, field name) of every REQUIRED field set."""
+    for field, value in message.ListFields():
+        dotted = f"{path}.{field.name}"
+        if field_behavior_pb2.REQUIRED in _behaviour(field):
+            yield dotted, message, field.name
+        if field.message_type is not None and field.message_type.full_name.startswith(
+            "rulesidecar"
+        ):
+            if field.is_repeated:
+                for index, item in enumerate(value):
+                    yield from _required_set_in(item, f"{dotted}[{index}]")
+            else:
+                yield from _required_set_in(value, dotted)
+
+
+def _required_cases() -> list[Any]:
+    """One case per REQUIRED field path (the connector's own fields once, not per auth)."""
+    cases: dict[str, Any] = {}
+    for prefix, sample, validate in SAMPLES:
+        for index, (dotted, _, _) in enumerate(_required_set_in(sample, prefix)):
+            cases.setdefault(
+                dotted, pytest.param(sample, validate, prefix, index, dotted, id=dotted)
+            )
+    return list(cases.values())
+
+
+def test_the_samples_are_valid_and_set_every_required_field_of_their_messages() -> None:
+    covered = set()
+    for prefix, sample, validate in SAMPLES:
+        validate(sample)
+        covered |= {
+            f"{holder.DESCRIPTOR.full_name}.{name}"
+            for _, holder, name in _required_set_in(sample, prefix)
+        }
+    reachable = {
+        field.full_name
+        for message in _sent_by_callers()
+        for field in message.fields
+        if field_behavior_pb2.REQUIRED in _behaviour(field)
+        and not message.name.endswith("Request")  # checked by the servicer, tested in e2e
+    }
+
+    assert covered == reachable
+
+
+@pytest.mark.parametrize(("sample", "validate", "prefix", "index", "dotted"), _required_cases())
+def test_a_required_field_left_unset_is_refused_naming_it(
+    sample: Any, validate: Callable[[Any], object], prefix: str, index: int, dotted: str
+) -> None:
+    broken = type(sample)()
+    broken.CopyFrom(sample)
+    _, holder, name = list(_required_set_in(broken, prefix))[index]
+    holder.ClearField(name)
+
+    with pytest.raises(InvalidArgumentError) as refused:
+        validate(broken)
+
+    (violation,) = refused.value.violations
+    assert violation.field.startswith(dotted), violation
