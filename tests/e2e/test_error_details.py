@@ -4,8 +4,10 @@ over ~16 KiB of violations used to reach the client as RESOURCE_EXHAUSTED, which
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,6 +17,7 @@ from grpc_status import rpc_status
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from sidecar.api import wire
+from sidecar.api.interceptors import ErrorMappingInterceptor
 from tests.support.calls import bad_requests
 from tests.support.sidecars import InProcessSidecar
 
@@ -122,3 +125,71 @@ def test_thousands_of_violations_still_arrive_as_invalid_argument(
     assert error_info(error).metadata["violations"] == "2000"
     assert re.search(r"; and \d+ more$", error.details())
     assert len(error.details()) <= wire.MAX_MESSAGE_CHARS
+
+
+def test_token_refusals_carry_their_reasons(
+    sidecar_factory: Callable[..., InProcessSidecar], tmp_path: Path
+) -> None:
+    admin, evaluation = tmp_path / "admin-token", tmp_path / "evaluation-token"
+    admin.write_text("admin-token-0123456789abcdef")
+    evaluation.write_text("evaluation-token-0123456789abcdef")
+    stub = sidecar_factory(admin_token_file=admin, evaluation_token_file=evaluation).stub
+    delete = pb.DeleteConnectorRequest(id="orders")
+
+    anonymous = rpc_error_of(lambda: stub.DeleteConnector(delete, timeout=RPC_TIMEOUT))
+    evaluator = rpc_error_of(
+        lambda: stub.DeleteConnector(
+            delete,
+            timeout=RPC_TIMEOUT,
+            metadata=(("authorization", f"Bearer {evaluation.read_text()}"),),
+        )
+    )
+
+    assert (anonymous.code(), error_info(anonymous).reason) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "TOKEN_INVALID",
+    )
+    assert (evaluator.code(), error_info(evaluator).reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ROLE_NOT_ALLOWED",
+    )
+    assert dict(error_info(evaluator).metadata) == {"required_role": "admin"}
+
+
+async def _explode(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    raise RuntimeError("a bug")
+
+
+async def _call_a_handler_that_fails() -> grpc.aio.AioRpcError:
+    """A handler with a bug, behind the sidecar's ErrorMappingInterceptor, over loopback."""
+    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+    handler = grpc.unary_unary_rpc_method_handler(_explode)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("test.Faulty", {"Explode": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await channel.unary_unary("/test.Faulty/Explode")(b"", timeout=RPC_TIMEOUT)
+            return caught.value
+    finally:
+        await server.stop(None)
+
+
+def test_a_bug_answers_internal_with_its_reason_and_no_retry_hint() -> None:
+    error = asyncio.run(_call_a_handler_that_fails())
+
+    assert error.code() == grpc.StatusCode.INTERNAL
+    info = error_info(error)
+    assert (info.reason, info.domain, dict(info.metadata)) == (
+        "INTERNAL_ERROR",
+        "rules-sidecar",
+        {},
+    )
+    status = rpc_status.from_call(error)
+    assert status is not None
+    assert [detail.type_url.rsplit("/", 1)[-1] for detail in status.details] == [
+        "google.rpc.ErrorInfo"
+    ]
