@@ -327,7 +327,35 @@ def connector_from_proto(message: pb.Connector, *, prefix: str = "connector") ->
     data["follow_redirects"] = message.follow_redirects
     data["idempotency_key_header"] = message.idempotency_key_header
     data["disable_trace_propagation"] = message.disable_trace_propagation
+    if message.HasField("cache"):
+        data["cache"] = _cache_from_proto(message.cache)
     return validate(model.Connector, data, prefix=prefix)
+
+
+def _cache_from_proto(cache: pb.CachePolicy) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "ignore_cache_control": cache.ignore_cache_control,
+        "idempotent_lookup": cache.idempotent_lookup,
+    }
+    if cache.HasField("ttl"):  # unset stays missing, so the answer says "required"
+        data["ttl"] = cache.ttl.ToTimedelta()
+    for window in ("stale_while_revalidate", "stale_if_error"):
+        if cache.HasField(window):
+            data[window] = getattr(cache, window).ToTimedelta()
+    if cache.max_entry_bytes:
+        data["max_entry_bytes"] = cache.max_entry_bytes
+    return data
+
+
+def _cache_to_proto(cache: model.CachePolicy) -> pb.CachePolicy:
+    return pb.CachePolicy(
+        ttl=_duration(cache.ttl.total_seconds()),
+        stale_while_revalidate=_duration(cache.stale_while_revalidate.total_seconds()),
+        stale_if_error=_duration(cache.stale_if_error.total_seconds()),
+        max_entry_bytes=cache.max_entry_bytes,
+        ignore_cache_control=cache.ignore_cache_control,
+        idempotent_lookup=cache.idempotent_lookup,
+    )
 
 
 def _auth_from_proto(auth: pb.Auth) -> dict[str, Any]:
@@ -378,6 +406,8 @@ def connector_to_proto(connector: model.Connector) -> pb.Connector:
         message.body_template.CopyFrom(value_to_proto(connector.body_template))
     if connector.auth is not None:
         message.auth.CopyFrom(_auth_to_proto(connector.auth))
+    if connector.cache is not None:
+        message.cache.CopyFrom(_cache_to_proto(connector.cache))
     if connector.update_time is not None:
         stamp = timestamp_pb2.Timestamp()
         stamp.FromDatetime(connector.update_time)
@@ -520,6 +550,9 @@ def outcome_to_proto(outcome: model.Outcome) -> pb.EvaluateNodeResponse:
         response.variables.update(struct_safe(outcome.variables))
     if outcome.explanation is not None:
         response.explanation.CopyFrom(_explanation_to_proto(outcome.explanation))
+    if outcome.cache_status is not None:
+        response.cache_status = enum_to_proto(pb.CacheStatus, outcome.cache_status, "CACHE_STATUS_")
+        response.cache_age.CopyFrom(_duration(outcome.cache_age_seconds))
     return response
 
 

@@ -47,7 +47,13 @@ from sidecar.core.model import (
     Reason,
     RenderedRequest,
 )
-from sidecar.core.model.exchange import HttpResponse, OutboundRequest, Send, SendOptions
+from sidecar.core.model.exchange import (
+    CacheOptions,
+    HttpResponse,
+    OutboundRequest,
+    Send,
+    SendOptions,
+)
 from sidecar.core.model.failures import (
     ConnectorNotFoundError,
     ConnectorNotLiveError,
@@ -233,8 +239,24 @@ class _Prepared:
             connector_id=connector.id,
             url_template=connector.url_template,
             propagate_trace=not connector.disable_trace_propagation,
+            cache=_cache_options(connector),
         )
         return cls(compile_request(connector), options, host)
+
+
+def _cache_options(connector: Connector) -> CacheOptions | None:
+    policy = connector.cache
+    if policy is None:
+        return None
+    return CacheOptions(
+        ttl_seconds=policy.ttl.total_seconds(),
+        stale_while_revalidate_seconds=policy.stale_while_revalidate.total_seconds(),
+        stale_if_error_seconds=policy.stale_if_error.total_seconds(),
+        max_entry_bytes=policy.max_entry_bytes,
+        ignore_cache_control=policy.ignore_cache_control,
+        call_timeout_seconds=connector.timeout.total_seconds(),
+        connector_version=connector.version,
+    )
 
 
 def _check_live(connector: Connector, *, allow_draft: bool) -> None:
@@ -271,6 +293,7 @@ def _judge(
     view = ResponseView(response.status, response.headers, body, body_is_json, variables)
     decision = compiled.branches.decide(view, explain=explain)
     extracted, results = compiled.extractions.apply(body, has_document=body_is_json)
+    notes = tuple(text for text in (note, _cache_note(response) if explain else "") if text)
     common: dict[str, Any] = {
         "variables": extracted,
         "extractions": results,
@@ -278,9 +301,9 @@ def _judge(
         "upstream_latency_seconds": latency,
         "attempts": response.attempts,
         "connector_version": connector.version,
-        "explanation": Explanation(request, decision.explanations, (note,) if note else ())
-        if explain
-        else None,
+        "explanation": Explanation(request, decision.explanations, notes) if explain else None,
+        "cache_status": response.cache_status,
+        "cache_age_seconds": response.cache_age_seconds,
     }
     if decision.index is not None:
         failed = required_failures(results)
@@ -309,6 +332,14 @@ def _judge(
             **common,
         )
     return Outcome(OutcomeKind.NO_MATCH, Reason.NO_BRANCH_MATCHED, node.else_target, **common)
+
+
+def _cache_note(response: HttpResponse) -> str:
+    """How the response cache answered, for an explanation (nothing without a cache)."""
+    status = response.cache_status
+    if status is None:
+        return ""
+    return f"response cache: {status.value}, the response is {response.cache_age_seconds:.1f}s old"
 
 
 def _parse_body(response: HttpResponse) -> tuple[Any, bool, str]:

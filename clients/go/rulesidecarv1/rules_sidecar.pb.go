@@ -863,6 +863,76 @@ func (Reason) EnumDescriptor() ([]byte, []int) {
 	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{11}
 }
 
+// CacheStatus says where an answer's HTTP response came from, for a connector with a cache.
+type CacheStatus int32
+
+const (
+	// The connector has no cache, or nothing was sent.
+	CacheStatus_CACHE_STATUS_UNSPECIFIED CacheStatus = 0
+	// Not held (or too old): the upstream was called.
+	CacheStatus_CACHE_STATUS_MISS CacheStatus = 1
+	// A fresh stored response; nothing was sent.
+	CacheStatus_CACHE_STATUS_HIT CacheStatus = 2
+	// Expired but within `stale_while_revalidate`: answered at once, one refresh runs behind it.
+	CacheStatus_CACHE_STATUS_STALE CacheStatus = 3
+	// The call failed (or outlived the caller's deadline); a stale response within
+	// `stale_if_error` answered instead.
+	CacheStatus_CACHE_STATUS_STALE_IF_ERROR CacheStatus = 4
+	// An identical call was in flight: its response, shared.
+	CacheStatus_CACHE_STATUS_COALESCED CacheStatus = 5
+	// This sidecar's cache is off (`response_cache_max_bytes: 0`): the upstream was called.
+	CacheStatus_CACHE_STATUS_BYPASS CacheStatus = 6
+)
+
+// Enum value maps for CacheStatus.
+var (
+	CacheStatus_name = map[int32]string{
+		0: "CACHE_STATUS_UNSPECIFIED",
+		1: "CACHE_STATUS_MISS",
+		2: "CACHE_STATUS_HIT",
+		3: "CACHE_STATUS_STALE",
+		4: "CACHE_STATUS_STALE_IF_ERROR",
+		5: "CACHE_STATUS_COALESCED",
+		6: "CACHE_STATUS_BYPASS",
+	}
+	CacheStatus_value = map[string]int32{
+		"CACHE_STATUS_UNSPECIFIED":    0,
+		"CACHE_STATUS_MISS":           1,
+		"CACHE_STATUS_HIT":            2,
+		"CACHE_STATUS_STALE":          3,
+		"CACHE_STATUS_STALE_IF_ERROR": 4,
+		"CACHE_STATUS_COALESCED":      5,
+		"CACHE_STATUS_BYPASS":         6,
+	}
+)
+
+func (x CacheStatus) Enum() *CacheStatus {
+	p := new(CacheStatus)
+	*p = x
+	return p
+}
+
+func (x CacheStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CacheStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[12].Descriptor()
+}
+
+func (CacheStatus) Type() protoreflect.EnumType {
+	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[12]
+}
+
+func (x CacheStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CacheStatus.Descriptor instead.
+func (CacheStatus) EnumDescriptor() ([]byte, []int) {
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{12}
+}
+
 // ExtractionStatus is how one extraction went.
 type ExtractionStatus int32
 
@@ -912,11 +982,11 @@ func (x ExtractionStatus) String() string {
 }
 
 func (ExtractionStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[12].Descriptor()
+	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[13].Descriptor()
 }
 
 func (ExtractionStatus) Type() protoreflect.EnumType {
-	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[12]
+	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[13]
 }
 
 func (x ExtractionStatus) Number() protoreflect.EnumNumber {
@@ -925,7 +995,7 @@ func (x ExtractionStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ExtractionStatus.Descriptor instead.
 func (ExtractionStatus) EnumDescriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{12}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{13}
 }
 
 // Connector is a named, versioned definition of one business API call. Templates use `{{name}}`
@@ -978,8 +1048,12 @@ type Connector struct {
 	// Do not send W3C trace context (traceparent, tracestate, baggage) to this API; some
 	// third-party APIs reject unknown headers.
 	DisableTracePropagation bool `protobuf:"varint,18,opt,name=disable_trace_propagation,json=disableTracePropagation,proto3" json:"disable_trace_propagation,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+	// means every evaluation calls the API. Only lookups: GET, or a POST with
+	// `cache.idempotent_lookup`.
+	Cache         *CachePolicy `protobuf:"bytes,19,opt,name=cache,proto3" json:"cache,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Connector) Reset() {
@@ -1138,6 +1212,111 @@ func (x *Connector) GetDisableTracePropagation() bool {
 	return false
 }
 
+func (x *Connector) GetCache() *CachePolicy {
+	if x != nil {
+		return x.Cache
+	}
+	return nil
+}
+
+// CachePolicy says how long a connector's answers may be reused. The key is the connector id and
+// version plus the request as sent (auth included, held as a digest); identical calls in flight
+// share one upstream call. Each sidecar process (replica) has its own cache.
+type CachePolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long an answer is fresh, more than 0 and at most 1 day. The upstream's `Cache-Control:
+	// max-age` (or `s-maxage`) shortens it; `no-store`, `no-cache` and `private` answers are not
+	// stored, unless `ignore_cache_control`.
+	Ttl *durationpb.Duration `protobuf:"bytes,1,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// After `ttl`, for this long the stale answer is given at once while one refresh runs. Default
+	// 0; at most 1 day.
+	StaleWhileRevalidate *durationpb.Duration `protobuf:"bytes,2,opt,name=stale_while_revalidate,json=staleWhileRevalidate,proto3" json:"stale_while_revalidate,omitempty"`
+	// After `ttl`, for this long the stale answer stands in when a call fails (timeout, connection
+	// error, 5xx, 429, breaker open); the answer says STALE_IF_ERROR. Default 0; at most 1 day.
+	StaleIfError *durationpb.Duration `protobuf:"bytes,3,opt,name=stale_if_error,json=staleIfError,proto3" json:"stale_if_error,omitempty"`
+	// Largest response (body and headers) stored, in bytes. Default 256 KiB (262144); at most
+	// 16 MiB.
+	MaxEntryBytes int64 `protobuf:"varint,4,opt,name=max_entry_bytes,json=maxEntryBytes,proto3" json:"max_entry_bytes,omitempty"`
+	// The connector's `ttl` rules over the upstream's Cache-Control (no-store included).
+	IgnoreCacheControl bool `protobuf:"varint,5,opt,name=ignore_cache_control,json=ignoreCacheControl,proto3" json:"ignore_cache_control,omitempty"`
+	// This connector's POST only reads (a search, a GraphQL query), so its answers may be cached.
+	IdempotentLookup bool `protobuf:"varint,6,opt,name=idempotent_lookup,json=idempotentLookup,proto3" json:"idempotent_lookup,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *CachePolicy) Reset() {
+	*x = CachePolicy{}
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CachePolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CachePolicy) ProtoMessage() {}
+
+func (x *CachePolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CachePolicy.ProtoReflect.Descriptor instead.
+func (*CachePolicy) Descriptor() ([]byte, []int) {
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CachePolicy) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *CachePolicy) GetStaleWhileRevalidate() *durationpb.Duration {
+	if x != nil {
+		return x.StaleWhileRevalidate
+	}
+	return nil
+}
+
+func (x *CachePolicy) GetStaleIfError() *durationpb.Duration {
+	if x != nil {
+		return x.StaleIfError
+	}
+	return nil
+}
+
+func (x *CachePolicy) GetMaxEntryBytes() int64 {
+	if x != nil {
+		return x.MaxEntryBytes
+	}
+	return 0
+}
+
+func (x *CachePolicy) GetIgnoreCacheControl() bool {
+	if x != nil {
+		return x.IgnoreCacheControl
+	}
+	return false
+}
+
+func (x *CachePolicy) GetIdempotentLookup() bool {
+	if x != nil {
+		return x.IdempotentLookup
+	}
+	return false
+}
+
 // Auth says how the outbound request authenticates. Every credential is the *name* of a secret,
 // resolved by the sidecar at send time; values never travel through this API.
 type Auth struct {
@@ -1156,7 +1335,7 @@ type Auth struct {
 
 func (x *Auth) Reset() {
 	*x = Auth{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[1]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1168,7 +1347,7 @@ func (x *Auth) String() string {
 func (*Auth) ProtoMessage() {}
 
 func (x *Auth) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[1]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1181,7 +1360,7 @@ func (x *Auth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Auth.ProtoReflect.Descriptor instead.
 func (*Auth) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{1}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Auth) GetScheme() isAuth_Scheme {
@@ -1254,7 +1433,7 @@ type BearerAuth struct {
 
 func (x *BearerAuth) Reset() {
 	*x = BearerAuth{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[2]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1266,7 +1445,7 @@ func (x *BearerAuth) String() string {
 func (*BearerAuth) ProtoMessage() {}
 
 func (x *BearerAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[2]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1279,7 +1458,7 @@ func (x *BearerAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BearerAuth.ProtoReflect.Descriptor instead.
 func (*BearerAuth) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{2}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *BearerAuth) GetTokenSecret() string {
@@ -1304,7 +1483,7 @@ type ApiKeyAuth struct {
 
 func (x *ApiKeyAuth) Reset() {
 	*x = ApiKeyAuth{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[3]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1316,7 +1495,7 @@ func (x *ApiKeyAuth) String() string {
 func (*ApiKeyAuth) ProtoMessage() {}
 
 func (x *ApiKeyAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[3]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1329,7 +1508,7 @@ func (x *ApiKeyAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApiKeyAuth.ProtoReflect.Descriptor instead.
 func (*ApiKeyAuth) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{3}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ApiKeyAuth) GetName() string {
@@ -1366,7 +1545,7 @@ type BasicAuth struct {
 
 func (x *BasicAuth) Reset() {
 	*x = BasicAuth{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[4]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1378,7 +1557,7 @@ func (x *BasicAuth) String() string {
 func (*BasicAuth) ProtoMessage() {}
 
 func (x *BasicAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[4]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1391,7 +1570,7 @@ func (x *BasicAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BasicAuth.ProtoReflect.Descriptor instead.
 func (*BasicAuth) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{4}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *BasicAuth) GetUsernameSecret() string {
@@ -1422,7 +1601,7 @@ type RegisterConnectorRequest struct {
 
 func (x *RegisterConnectorRequest) Reset() {
 	*x = RegisterConnectorRequest{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[5]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1434,7 +1613,7 @@ func (x *RegisterConnectorRequest) String() string {
 func (*RegisterConnectorRequest) ProtoMessage() {}
 
 func (x *RegisterConnectorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[5]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1447,7 +1626,7 @@ func (x *RegisterConnectorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterConnectorRequest.ProtoReflect.Descriptor instead.
 func (*RegisterConnectorRequest) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{5}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RegisterConnectorRequest) GetConnector() *Connector {
@@ -1477,7 +1656,7 @@ type RegisterConnectorResponse struct {
 
 func (x *RegisterConnectorResponse) Reset() {
 	*x = RegisterConnectorResponse{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[6]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1489,7 +1668,7 @@ func (x *RegisterConnectorResponse) String() string {
 func (*RegisterConnectorResponse) ProtoMessage() {}
 
 func (x *RegisterConnectorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[6]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1502,7 +1681,7 @@ func (x *RegisterConnectorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterConnectorResponse.ProtoReflect.Descriptor instead.
 func (*RegisterConnectorResponse) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{6}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RegisterConnectorResponse) GetConnector() *Connector {
@@ -1530,7 +1709,7 @@ type GetConnectorRequest struct {
 
 func (x *GetConnectorRequest) Reset() {
 	*x = GetConnectorRequest{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[7]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1542,7 +1721,7 @@ func (x *GetConnectorRequest) String() string {
 func (*GetConnectorRequest) ProtoMessage() {}
 
 func (x *GetConnectorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[7]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1555,7 +1734,7 @@ func (x *GetConnectorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConnectorRequest.ProtoReflect.Descriptor instead.
 func (*GetConnectorRequest) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{7}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetConnectorRequest) GetId() string {
@@ -1576,7 +1755,7 @@ type GetConnectorResponse struct {
 
 func (x *GetConnectorResponse) Reset() {
 	*x = GetConnectorResponse{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[8]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1588,7 +1767,7 @@ func (x *GetConnectorResponse) String() string {
 func (*GetConnectorResponse) ProtoMessage() {}
 
 func (x *GetConnectorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[8]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1601,7 +1780,7 @@ func (x *GetConnectorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConnectorResponse.ProtoReflect.Descriptor instead.
 func (*GetConnectorResponse) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{8}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetConnectorResponse) GetConnector() *Connector {
@@ -1626,7 +1805,7 @@ type ListConnectorsRequest struct {
 
 func (x *ListConnectorsRequest) Reset() {
 	*x = ListConnectorsRequest{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[9]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +1817,7 @@ func (x *ListConnectorsRequest) String() string {
 func (*ListConnectorsRequest) ProtoMessage() {}
 
 func (x *ListConnectorsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[9]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +1830,7 @@ func (x *ListConnectorsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectorsRequest.ProtoReflect.Descriptor instead.
 func (*ListConnectorsRequest) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{9}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListConnectorsRequest) GetPageSize() int32 {
@@ -1688,7 +1867,7 @@ type ListConnectorsResponse struct {
 
 func (x *ListConnectorsResponse) Reset() {
 	*x = ListConnectorsResponse{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[10]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1700,7 +1879,7 @@ func (x *ListConnectorsResponse) String() string {
 func (*ListConnectorsResponse) ProtoMessage() {}
 
 func (x *ListConnectorsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[10]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1713,7 +1892,7 @@ func (x *ListConnectorsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectorsResponse.ProtoReflect.Descriptor instead.
 func (*ListConnectorsResponse) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{10}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListConnectorsResponse) GetConnectors() []*Connector {
@@ -1743,7 +1922,7 @@ type DeleteConnectorRequest struct {
 
 func (x *DeleteConnectorRequest) Reset() {
 	*x = DeleteConnectorRequest{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[11]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1755,7 +1934,7 @@ func (x *DeleteConnectorRequest) String() string {
 func (*DeleteConnectorRequest) ProtoMessage() {}
 
 func (x *DeleteConnectorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[11]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1768,7 +1947,7 @@ func (x *DeleteConnectorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConnectorRequest.ProtoReflect.Descriptor instead.
 func (*DeleteConnectorRequest) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{11}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteConnectorRequest) GetId() string {
@@ -1796,7 +1975,7 @@ type DeleteConnectorResponse struct {
 
 func (x *DeleteConnectorResponse) Reset() {
 	*x = DeleteConnectorResponse{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[12]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1808,7 +1987,7 @@ func (x *DeleteConnectorResponse) String() string {
 func (*DeleteConnectorResponse) ProtoMessage() {}
 
 func (x *DeleteConnectorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[12]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1821,7 +2000,7 @@ func (x *DeleteConnectorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConnectorResponse.ProtoReflect.Descriptor instead.
 func (*DeleteConnectorResponse) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{12}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteConnectorResponse) GetDeletedVersion() int64 {
@@ -1851,7 +2030,7 @@ type EvaluateNodeRequest struct {
 
 func (x *EvaluateNodeRequest) Reset() {
 	*x = EvaluateNodeRequest{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[13]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +2042,7 @@ func (x *EvaluateNodeRequest) String() string {
 func (*EvaluateNodeRequest) ProtoMessage() {}
 
 func (x *EvaluateNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[13]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +2055,7 @@ func (x *EvaluateNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvaluateNodeRequest.ProtoReflect.Descriptor instead.
 func (*EvaluateNodeRequest) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{13}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *EvaluateNodeRequest) GetNode() *Node {
@@ -1929,7 +2108,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[14]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1941,7 +2120,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[14]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1954,7 +2133,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{14}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Node) GetId() string {
@@ -2014,7 +2193,7 @@ type Branch struct {
 
 func (x *Branch) Reset() {
 	*x = Branch{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[15]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2026,7 +2205,7 @@ func (x *Branch) String() string {
 func (*Branch) ProtoMessage() {}
 
 func (x *Branch) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[15]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2039,7 +2218,7 @@ func (x *Branch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Branch.ProtoReflect.Descriptor instead.
 func (*Branch) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{15}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Branch) GetTarget() string {
@@ -2076,7 +2255,7 @@ type Subject struct {
 
 func (x *Subject) Reset() {
 	*x = Subject{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[16]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2267,7 @@ func (x *Subject) String() string {
 func (*Subject) ProtoMessage() {}
 
 func (x *Subject) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[16]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2280,7 @@ func (x *Subject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subject.ProtoReflect.Descriptor instead.
 func (*Subject) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{16}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Subject) GetKind() SubjectKind {
@@ -2138,7 +2317,7 @@ type Condition struct {
 
 func (x *Condition) Reset() {
 	*x = Condition{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[17]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2150,7 +2329,7 @@ func (x *Condition) String() string {
 func (*Condition) ProtoMessage() {}
 
 func (x *Condition) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[17]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2163,7 +2342,7 @@ func (x *Condition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Condition.ProtoReflect.Descriptor instead.
 func (*Condition) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{17}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Condition) GetSubject() *Subject {
@@ -2221,7 +2400,7 @@ type Extraction struct {
 
 func (x *Extraction) Reset() {
 	*x = Extraction{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[18]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2233,7 +2412,7 @@ func (x *Extraction) String() string {
 func (*Extraction) ProtoMessage() {}
 
 func (x *Extraction) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[18]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2246,7 +2425,7 @@ func (x *Extraction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Extraction.ProtoReflect.Descriptor instead.
 func (*Extraction) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{18}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Extraction) GetVariable() string {
@@ -2310,14 +2489,18 @@ type EvaluateNodeResponse struct {
 	// The version of the connector that ran (0 when none ran).
 	ConnectorVersion int64 `protobuf:"varint,11,opt,name=connector_version,json=connectorVersion,proto3" json:"connector_version,omitempty"`
 	// Present when the request asked for an explanation.
-	Explanation   *Explanation `protobuf:"bytes,12,opt,name=explanation,proto3" json:"explanation,omitempty"`
+	Explanation *Explanation `protobuf:"bytes,12,opt,name=explanation,proto3" json:"explanation,omitempty"`
+	// Where the HTTP response came from, for a connector with a `cache`; unspecified otherwise.
+	CacheStatus CacheStatus `protobuf:"varint,13,opt,name=cache_status,json=cacheStatus,proto3,enum=rulesidecar.v1.CacheStatus" json:"cache_status,omitempty"`
+	// How old the response is when it came from the cache (0 for a fresh call).
+	CacheAge      *durationpb.Duration `protobuf:"bytes,14,opt,name=cache_age,json=cacheAge,proto3" json:"cache_age,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EvaluateNodeResponse) Reset() {
 	*x = EvaluateNodeResponse{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[19]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2329,7 +2512,7 @@ func (x *EvaluateNodeResponse) String() string {
 func (*EvaluateNodeResponse) ProtoMessage() {}
 
 func (x *EvaluateNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[19]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2342,7 +2525,7 @@ func (x *EvaluateNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvaluateNodeResponse.ProtoReflect.Descriptor instead.
 func (*EvaluateNodeResponse) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{19}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *EvaluateNodeResponse) GetOutcome() Outcome {
@@ -2429,6 +2612,20 @@ func (x *EvaluateNodeResponse) GetExplanation() *Explanation {
 	return nil
 }
 
+func (x *EvaluateNodeResponse) GetCacheStatus() CacheStatus {
+	if x != nil {
+		return x.CacheStatus
+	}
+	return CacheStatus_CACHE_STATUS_UNSPECIFIED
+}
+
+func (x *EvaluateNodeResponse) GetCacheAge() *durationpb.Duration {
+	if x != nil {
+		return x.CacheAge
+	}
+	return nil
+}
+
 // ExtractionResult reports one extraction, successful or not.
 type ExtractionResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2448,7 +2645,7 @@ type ExtractionResult struct {
 
 func (x *ExtractionResult) Reset() {
 	*x = ExtractionResult{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[20]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2460,7 +2657,7 @@ func (x *ExtractionResult) String() string {
 func (*ExtractionResult) ProtoMessage() {}
 
 func (x *ExtractionResult) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[20]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2473,7 +2670,7 @@ func (x *ExtractionResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtractionResult.ProtoReflect.Descriptor instead.
 func (*ExtractionResult) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{20}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ExtractionResult) GetVariable() string {
@@ -2526,7 +2723,7 @@ type Explanation struct {
 
 func (x *Explanation) Reset() {
 	*x = Explanation{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[21]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2538,7 +2735,7 @@ func (x *Explanation) String() string {
 func (*Explanation) ProtoMessage() {}
 
 func (x *Explanation) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[21]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2551,7 +2748,7 @@ func (x *Explanation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Explanation.ProtoReflect.Descriptor instead.
 func (*Explanation) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{21}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Explanation) GetRequest() *RenderedRequest {
@@ -2592,7 +2789,7 @@ type RenderedRequest struct {
 
 func (x *RenderedRequest) Reset() {
 	*x = RenderedRequest{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[22]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2604,7 +2801,7 @@ func (x *RenderedRequest) String() string {
 func (*RenderedRequest) ProtoMessage() {}
 
 func (x *RenderedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[22]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2617,7 +2814,7 @@ func (x *RenderedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenderedRequest.ProtoReflect.Descriptor instead.
 func (*RenderedRequest) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{22}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RenderedRequest) GetMethod() string {
@@ -2667,7 +2864,7 @@ type BranchExplanation struct {
 
 func (x *BranchExplanation) Reset() {
 	*x = BranchExplanation{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[23]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2679,7 +2876,7 @@ func (x *BranchExplanation) String() string {
 func (*BranchExplanation) ProtoMessage() {}
 
 func (x *BranchExplanation) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[23]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2692,7 +2889,7 @@ func (x *BranchExplanation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BranchExplanation.ProtoReflect.Descriptor instead.
 func (*BranchExplanation) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{23}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *BranchExplanation) GetIndex() int32 {
@@ -2753,7 +2950,7 @@ type ConditionExplanation struct {
 
 func (x *ConditionExplanation) Reset() {
 	*x = ConditionExplanation{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[24]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2765,7 +2962,7 @@ func (x *ConditionExplanation) String() string {
 func (*ConditionExplanation) ProtoMessage() {}
 
 func (x *ConditionExplanation) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[24]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2778,7 +2975,7 @@ func (x *ConditionExplanation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConditionExplanation.ProtoReflect.Descriptor instead.
 func (*ConditionExplanation) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{24}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ConditionExplanation) GetSubject() *Subject {
@@ -2848,7 +3045,7 @@ type ExtractVariablesRequest struct {
 
 func (x *ExtractVariablesRequest) Reset() {
 	*x = ExtractVariablesRequest{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[25]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2860,7 +3057,7 @@ func (x *ExtractVariablesRequest) String() string {
 func (*ExtractVariablesRequest) ProtoMessage() {}
 
 func (x *ExtractVariablesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[25]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2873,7 +3070,7 @@ func (x *ExtractVariablesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtractVariablesRequest.ProtoReflect.Descriptor instead.
 func (*ExtractVariablesRequest) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{25}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ExtractVariablesRequest) GetExtractions() []*Extraction {
@@ -2941,7 +3138,7 @@ type ExtractVariablesResponse struct {
 
 func (x *ExtractVariablesResponse) Reset() {
 	*x = ExtractVariablesResponse{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[26]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2953,7 +3150,7 @@ func (x *ExtractVariablesResponse) String() string {
 func (*ExtractVariablesResponse) ProtoMessage() {}
 
 func (x *ExtractVariablesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[26]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2966,7 +3163,7 @@ func (x *ExtractVariablesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtractVariablesResponse.ProtoReflect.Descriptor instead.
 func (*ExtractVariablesResponse) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{26}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExtractVariablesResponse) GetVariables() *structpb.Struct {
@@ -2994,7 +3191,7 @@ var File_rulesidecar_v1_rules_sidecar_proto protoreflect.FileDescriptor
 
 const file_rulesidecar_v1_rules_sidecar_proto_rawDesc = "" +
 	"\n" +
-	"\"rulesidecar/v1/rules_sidecar.proto\x12\x0erulesidecar.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\b\n" +
+	"\"rulesidecar/v1/rules_sidecar.proto\x12\x0erulesidecar.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\t\n" +
 	"\tConnector\x12\x14\n" +
 	"\x02id\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x02id\x12'\n" +
 	"\fdisplay_name\x18\x02 \x01(\tB\x04\xe2A\x01\x01R\vdisplayName\x12=\n" +
@@ -3015,14 +3212,22 @@ const file_rulesidecar_v1_rules_sidecar_proto_rawDesc = "" +
 	"\rallowed_hosts\x18\x0f \x03(\tB\x04\xe2A\x01\x01R\fallowedHosts\x12/\n" +
 	"\x10follow_redirects\x18\x10 \x01(\bB\x04\xe2A\x01\x01R\x0ffollowRedirects\x12:\n" +
 	"\x16idempotency_key_header\x18\x11 \x01(\tB\x04\xe2A\x01\x01R\x14idempotencyKeyHeader\x12@\n" +
-	"\x19disable_trace_propagation\x18\x12 \x01(\bB\x04\xe2A\x01\x01R\x17disableTracePropagation\x1a:\n" +
+	"\x19disable_trace_propagation\x18\x12 \x01(\bB\x04\xe2A\x01\x01R\x17disableTracePropagation\x127\n" +
+	"\x05cache\x18\x13 \x01(\v2\x1b.rulesidecar.v1.CachePolicyB\x04\xe2A\x01\x01R\x05cache\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a8\n" +
 	"\n" +
 	"QueryEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc2\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf7\x02\n" +
+	"\vCachePolicy\x121\n" +
+	"\x03ttl\x18\x01 \x01(\v2\x19.google.protobuf.DurationB\x04\xe2A\x01\x02R\x03ttl\x12U\n" +
+	"\x16stale_while_revalidate\x18\x02 \x01(\v2\x19.google.protobuf.DurationB\x04\xe2A\x01\x01R\x14staleWhileRevalidate\x12E\n" +
+	"\x0estale_if_error\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\x04\xe2A\x01\x01R\fstaleIfError\x12,\n" +
+	"\x0fmax_entry_bytes\x18\x04 \x01(\x03B\x04\xe2A\x01\x01R\rmaxEntryBytes\x126\n" +
+	"\x14ignore_cache_control\x18\x05 \x01(\bB\x04\xe2A\x01\x01R\x12ignoreCacheControl\x121\n" +
+	"\x11idempotent_lookup\x18\x06 \x01(\bB\x04\xe2A\x01\x01R\x10idempotentLookup\"\xc2\x01\n" +
 	"\x04Auth\x12:\n" +
 	"\x06bearer\x18\x01 \x01(\v2\x1a.rulesidecar.v1.BearerAuthB\x04\xe2A\x01\x01H\x00R\x06bearer\x12;\n" +
 	"\aapi_key\x18\x02 \x01(\v2\x1a.rulesidecar.v1.ApiKeyAuthB\x04\xe2A\x01\x01H\x00R\x06apiKey\x127\n" +
@@ -3105,7 +3310,7 @@ const file_rulesidecar_v1_rules_sidecar_proto_rawDesc = "" +
 	"\x04path\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\x04path\x12A\n" +
 	"\rdefault_value\x18\x03 \x01(\v2\x16.google.protobuf.ValueB\x04\xe2A\x01\x01R\fdefaultValue\x12 \n" +
 	"\brequired\x18\x04 \x01(\bB\x04\xe2A\x01\x01R\brequired\x122\n" +
-	"\x04cast\x18\x05 \x01(\x0e2\x18.rulesidecar.v1.CastTypeB\x04\xe2A\x01\x01R\x04cast\"\xce\x04\n" +
+	"\x04cast\x18\x05 \x01(\x0e2\x18.rulesidecar.v1.CastTypeB\x04\xe2A\x01\x01R\x04cast\"\xc6\x05\n" +
 	"\x14EvaluateNodeResponse\x121\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x17.rulesidecar.v1.OutcomeR\aoutcome\x12.\n" +
 	"\x06reason\x18\x02 \x01(\x0e2\x16.rulesidecar.v1.ReasonR\x06reason\x12\x18\n" +
@@ -3120,7 +3325,9 @@ const file_rulesidecar_v1_rules_sidecar_proto_rawDesc = "" +
 	"\battempts\x18\n" +
 	" \x01(\x05R\battempts\x12+\n" +
 	"\x11connector_version\x18\v \x01(\x03R\x10connectorVersion\x12=\n" +
-	"\vexplanation\x18\f \x01(\v2\x1b.rulesidecar.v1.ExplanationR\vexplanationB\x0f\n" +
+	"\vexplanation\x18\f \x01(\v2\x1b.rulesidecar.v1.ExplanationR\vexplanation\x12>\n" +
+	"\fcache_status\x18\r \x01(\x0e2\x1b.rulesidecar.v1.CacheStatusR\vcacheStatus\x126\n" +
+	"\tcache_age\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\bcacheAgeB\x0f\n" +
 	"\r_branch_index\"\xcc\x01\n" +
 	"\x10ExtractionResult\x12\x1a\n" +
 	"\bvariable\x18\x01 \x01(\tR\bvariable\x128\n" +
@@ -3265,7 +3472,15 @@ const file_rulesidecar_v1_rules_sidecar_proto_rawDesc = "" +
 	"\x15REASON_INTERNAL_ERROR\x10\x12\x12\x1b\n" +
 	"\x17REASON_BUDGET_EXHAUSTED\x10\x13\x12\x19\n" +
 	"\x15REASON_LIMIT_EXCEEDED\x10\x14\x12\x1b\n" +
-	"\x17REASON_ANSWER_TOO_LARGE\x10\x15*\xdc\x01\n" +
+	"\x17REASON_ANSWER_TOO_LARGE\x10\x15*\xc6\x01\n" +
+	"\vCacheStatus\x12\x1c\n" +
+	"\x18CACHE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11CACHE_STATUS_MISS\x10\x01\x12\x14\n" +
+	"\x10CACHE_STATUS_HIT\x10\x02\x12\x16\n" +
+	"\x12CACHE_STATUS_STALE\x10\x03\x12\x1f\n" +
+	"\x1bCACHE_STATUS_STALE_IF_ERROR\x10\x04\x12\x1a\n" +
+	"\x16CACHE_STATUS_COALESCED\x10\x05\x12\x17\n" +
+	"\x13CACHE_STATUS_BYPASS\x10\x06*\xdc\x01\n" +
 	"\x10ExtractionStatus\x12!\n" +
 	"\x1dEXTRACTION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bEXTRACTION_STATUS_EXTRACTED\x10\x01\x12\x1f\n" +
@@ -3294,8 +3509,8 @@ func file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP() []byte {
 	return file_rulesidecar_v1_rules_sidecar_proto_rawDescData
 }
 
-var file_rulesidecar_v1_rules_sidecar_proto_enumTypes = make([]protoimpl.EnumInfo, 13)
-var file_rulesidecar_v1_rules_sidecar_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_rulesidecar_v1_rules_sidecar_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
+var file_rulesidecar_v1_rules_sidecar_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_rulesidecar_v1_rules_sidecar_proto_goTypes = []any{
 	(ConnectorStatus)(0),              // 0: rulesidecar.v1.ConnectorStatus
 	(HttpMethod)(0),                   // 1: rulesidecar.v1.HttpMethod
@@ -3309,112 +3524,120 @@ var file_rulesidecar_v1_rules_sidecar_proto_goTypes = []any{
 	(CastType)(0),                     // 9: rulesidecar.v1.CastType
 	(Outcome)(0),                      // 10: rulesidecar.v1.Outcome
 	(Reason)(0),                       // 11: rulesidecar.v1.Reason
-	(ExtractionStatus)(0),             // 12: rulesidecar.v1.ExtractionStatus
-	(*Connector)(nil),                 // 13: rulesidecar.v1.Connector
-	(*Auth)(nil),                      // 14: rulesidecar.v1.Auth
-	(*BearerAuth)(nil),                // 15: rulesidecar.v1.BearerAuth
-	(*ApiKeyAuth)(nil),                // 16: rulesidecar.v1.ApiKeyAuth
-	(*BasicAuth)(nil),                 // 17: rulesidecar.v1.BasicAuth
-	(*RegisterConnectorRequest)(nil),  // 18: rulesidecar.v1.RegisterConnectorRequest
-	(*RegisterConnectorResponse)(nil), // 19: rulesidecar.v1.RegisterConnectorResponse
-	(*GetConnectorRequest)(nil),       // 20: rulesidecar.v1.GetConnectorRequest
-	(*GetConnectorResponse)(nil),      // 21: rulesidecar.v1.GetConnectorResponse
-	(*ListConnectorsRequest)(nil),     // 22: rulesidecar.v1.ListConnectorsRequest
-	(*ListConnectorsResponse)(nil),    // 23: rulesidecar.v1.ListConnectorsResponse
-	(*DeleteConnectorRequest)(nil),    // 24: rulesidecar.v1.DeleteConnectorRequest
-	(*DeleteConnectorResponse)(nil),   // 25: rulesidecar.v1.DeleteConnectorResponse
-	(*EvaluateNodeRequest)(nil),       // 26: rulesidecar.v1.EvaluateNodeRequest
-	(*Node)(nil),                      // 27: rulesidecar.v1.Node
-	(*Branch)(nil),                    // 28: rulesidecar.v1.Branch
-	(*Subject)(nil),                   // 29: rulesidecar.v1.Subject
-	(*Condition)(nil),                 // 30: rulesidecar.v1.Condition
-	(*Extraction)(nil),                // 31: rulesidecar.v1.Extraction
-	(*EvaluateNodeResponse)(nil),      // 32: rulesidecar.v1.EvaluateNodeResponse
-	(*ExtractionResult)(nil),          // 33: rulesidecar.v1.ExtractionResult
-	(*Explanation)(nil),               // 34: rulesidecar.v1.Explanation
-	(*RenderedRequest)(nil),           // 35: rulesidecar.v1.RenderedRequest
-	(*BranchExplanation)(nil),         // 36: rulesidecar.v1.BranchExplanation
-	(*ConditionExplanation)(nil),      // 37: rulesidecar.v1.ConditionExplanation
-	(*ExtractVariablesRequest)(nil),   // 38: rulesidecar.v1.ExtractVariablesRequest
-	(*ExtractVariablesResponse)(nil),  // 39: rulesidecar.v1.ExtractVariablesResponse
-	nil,                               // 40: rulesidecar.v1.Connector.HeadersEntry
-	nil,                               // 41: rulesidecar.v1.Connector.QueryEntry
-	nil,                               // 42: rulesidecar.v1.RenderedRequest.HeadersEntry
-	(*structpb.Value)(nil),            // 43: google.protobuf.Value
-	(*durationpb.Duration)(nil),       // 44: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),     // 45: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),           // 46: google.protobuf.Struct
+	(CacheStatus)(0),                  // 12: rulesidecar.v1.CacheStatus
+	(ExtractionStatus)(0),             // 13: rulesidecar.v1.ExtractionStatus
+	(*Connector)(nil),                 // 14: rulesidecar.v1.Connector
+	(*CachePolicy)(nil),               // 15: rulesidecar.v1.CachePolicy
+	(*Auth)(nil),                      // 16: rulesidecar.v1.Auth
+	(*BearerAuth)(nil),                // 17: rulesidecar.v1.BearerAuth
+	(*ApiKeyAuth)(nil),                // 18: rulesidecar.v1.ApiKeyAuth
+	(*BasicAuth)(nil),                 // 19: rulesidecar.v1.BasicAuth
+	(*RegisterConnectorRequest)(nil),  // 20: rulesidecar.v1.RegisterConnectorRequest
+	(*RegisterConnectorResponse)(nil), // 21: rulesidecar.v1.RegisterConnectorResponse
+	(*GetConnectorRequest)(nil),       // 22: rulesidecar.v1.GetConnectorRequest
+	(*GetConnectorResponse)(nil),      // 23: rulesidecar.v1.GetConnectorResponse
+	(*ListConnectorsRequest)(nil),     // 24: rulesidecar.v1.ListConnectorsRequest
+	(*ListConnectorsResponse)(nil),    // 25: rulesidecar.v1.ListConnectorsResponse
+	(*DeleteConnectorRequest)(nil),    // 26: rulesidecar.v1.DeleteConnectorRequest
+	(*DeleteConnectorResponse)(nil),   // 27: rulesidecar.v1.DeleteConnectorResponse
+	(*EvaluateNodeRequest)(nil),       // 28: rulesidecar.v1.EvaluateNodeRequest
+	(*Node)(nil),                      // 29: rulesidecar.v1.Node
+	(*Branch)(nil),                    // 30: rulesidecar.v1.Branch
+	(*Subject)(nil),                   // 31: rulesidecar.v1.Subject
+	(*Condition)(nil),                 // 32: rulesidecar.v1.Condition
+	(*Extraction)(nil),                // 33: rulesidecar.v1.Extraction
+	(*EvaluateNodeResponse)(nil),      // 34: rulesidecar.v1.EvaluateNodeResponse
+	(*ExtractionResult)(nil),          // 35: rulesidecar.v1.ExtractionResult
+	(*Explanation)(nil),               // 36: rulesidecar.v1.Explanation
+	(*RenderedRequest)(nil),           // 37: rulesidecar.v1.RenderedRequest
+	(*BranchExplanation)(nil),         // 38: rulesidecar.v1.BranchExplanation
+	(*ConditionExplanation)(nil),      // 39: rulesidecar.v1.ConditionExplanation
+	(*ExtractVariablesRequest)(nil),   // 40: rulesidecar.v1.ExtractVariablesRequest
+	(*ExtractVariablesResponse)(nil),  // 41: rulesidecar.v1.ExtractVariablesResponse
+	nil,                               // 42: rulesidecar.v1.Connector.HeadersEntry
+	nil,                               // 43: rulesidecar.v1.Connector.QueryEntry
+	nil,                               // 44: rulesidecar.v1.RenderedRequest.HeadersEntry
+	(*structpb.Value)(nil),            // 45: google.protobuf.Value
+	(*durationpb.Duration)(nil),       // 46: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),     // 47: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),           // 48: google.protobuf.Struct
 }
 var file_rulesidecar_v1_rules_sidecar_proto_depIdxs = []int32{
 	0,  // 0: rulesidecar.v1.Connector.status:type_name -> rulesidecar.v1.ConnectorStatus
 	1,  // 1: rulesidecar.v1.Connector.method:type_name -> rulesidecar.v1.HttpMethod
-	40, // 2: rulesidecar.v1.Connector.headers:type_name -> rulesidecar.v1.Connector.HeadersEntry
-	41, // 3: rulesidecar.v1.Connector.query:type_name -> rulesidecar.v1.Connector.QueryEntry
-	43, // 4: rulesidecar.v1.Connector.body_template:type_name -> google.protobuf.Value
-	14, // 5: rulesidecar.v1.Connector.auth:type_name -> rulesidecar.v1.Auth
-	44, // 6: rulesidecar.v1.Connector.timeout:type_name -> google.protobuf.Duration
-	45, // 7: rulesidecar.v1.Connector.update_time:type_name -> google.protobuf.Timestamp
+	42, // 2: rulesidecar.v1.Connector.headers:type_name -> rulesidecar.v1.Connector.HeadersEntry
+	43, // 3: rulesidecar.v1.Connector.query:type_name -> rulesidecar.v1.Connector.QueryEntry
+	45, // 4: rulesidecar.v1.Connector.body_template:type_name -> google.protobuf.Value
+	16, // 5: rulesidecar.v1.Connector.auth:type_name -> rulesidecar.v1.Auth
+	46, // 6: rulesidecar.v1.Connector.timeout:type_name -> google.protobuf.Duration
+	47, // 7: rulesidecar.v1.Connector.update_time:type_name -> google.protobuf.Timestamp
 	2,  // 8: rulesidecar.v1.Connector.source:type_name -> rulesidecar.v1.ConnectorSource
-	15, // 9: rulesidecar.v1.Auth.bearer:type_name -> rulesidecar.v1.BearerAuth
-	16, // 10: rulesidecar.v1.Auth.api_key:type_name -> rulesidecar.v1.ApiKeyAuth
-	17, // 11: rulesidecar.v1.Auth.basic:type_name -> rulesidecar.v1.BasicAuth
-	3,  // 12: rulesidecar.v1.ApiKeyAuth.location:type_name -> rulesidecar.v1.ApiKeyLocation
-	13, // 13: rulesidecar.v1.RegisterConnectorRequest.connector:type_name -> rulesidecar.v1.Connector
-	13, // 14: rulesidecar.v1.RegisterConnectorResponse.connector:type_name -> rulesidecar.v1.Connector
-	13, // 15: rulesidecar.v1.GetConnectorResponse.connector:type_name -> rulesidecar.v1.Connector
-	0,  // 16: rulesidecar.v1.ListConnectorsRequest.status:type_name -> rulesidecar.v1.ConnectorStatus
-	13, // 17: rulesidecar.v1.ListConnectorsResponse.connectors:type_name -> rulesidecar.v1.Connector
-	27, // 18: rulesidecar.v1.EvaluateNodeRequest.node:type_name -> rulesidecar.v1.Node
-	46, // 19: rulesidecar.v1.EvaluateNodeRequest.variables:type_name -> google.protobuf.Struct
-	4,  // 20: rulesidecar.v1.EvaluateNodeRequest.mode:type_name -> rulesidecar.v1.EvaluationMode
-	28, // 21: rulesidecar.v1.Node.branches:type_name -> rulesidecar.v1.Branch
-	31, // 22: rulesidecar.v1.Node.extractions:type_name -> rulesidecar.v1.Extraction
-	5,  // 23: rulesidecar.v1.Branch.combinator:type_name -> rulesidecar.v1.Combinator
-	30, // 24: rulesidecar.v1.Branch.conditions:type_name -> rulesidecar.v1.Condition
-	6,  // 25: rulesidecar.v1.Subject.kind:type_name -> rulesidecar.v1.SubjectKind
-	29, // 26: rulesidecar.v1.Condition.subject:type_name -> rulesidecar.v1.Subject
-	7,  // 27: rulesidecar.v1.Condition.operator:type_name -> rulesidecar.v1.Operator
-	43, // 28: rulesidecar.v1.Condition.operand:type_name -> google.protobuf.Value
-	8,  // 29: rulesidecar.v1.Condition.quantifier:type_name -> rulesidecar.v1.Quantifier
-	43, // 30: rulesidecar.v1.Extraction.default_value:type_name -> google.protobuf.Value
-	9,  // 31: rulesidecar.v1.Extraction.cast:type_name -> rulesidecar.v1.CastType
-	10, // 32: rulesidecar.v1.EvaluateNodeResponse.outcome:type_name -> rulesidecar.v1.Outcome
-	11, // 33: rulesidecar.v1.EvaluateNodeResponse.reason:type_name -> rulesidecar.v1.Reason
-	46, // 34: rulesidecar.v1.EvaluateNodeResponse.variables:type_name -> google.protobuf.Struct
-	33, // 35: rulesidecar.v1.EvaluateNodeResponse.extractions:type_name -> rulesidecar.v1.ExtractionResult
-	44, // 36: rulesidecar.v1.EvaluateNodeResponse.upstream_latency:type_name -> google.protobuf.Duration
-	34, // 37: rulesidecar.v1.EvaluateNodeResponse.explanation:type_name -> rulesidecar.v1.Explanation
-	12, // 38: rulesidecar.v1.ExtractionResult.status:type_name -> rulesidecar.v1.ExtractionStatus
-	43, // 39: rulesidecar.v1.ExtractionResult.value:type_name -> google.protobuf.Value
-	35, // 40: rulesidecar.v1.Explanation.request:type_name -> rulesidecar.v1.RenderedRequest
-	36, // 41: rulesidecar.v1.Explanation.branches:type_name -> rulesidecar.v1.BranchExplanation
-	42, // 42: rulesidecar.v1.RenderedRequest.headers:type_name -> rulesidecar.v1.RenderedRequest.HeadersEntry
-	37, // 43: rulesidecar.v1.BranchExplanation.conditions:type_name -> rulesidecar.v1.ConditionExplanation
-	29, // 44: rulesidecar.v1.ConditionExplanation.subject:type_name -> rulesidecar.v1.Subject
-	7,  // 45: rulesidecar.v1.ConditionExplanation.operator:type_name -> rulesidecar.v1.Operator
-	43, // 46: rulesidecar.v1.ConditionExplanation.operand:type_name -> google.protobuf.Value
-	43, // 47: rulesidecar.v1.ConditionExplanation.subject_value:type_name -> google.protobuf.Value
-	31, // 48: rulesidecar.v1.ExtractVariablesRequest.extractions:type_name -> rulesidecar.v1.Extraction
-	43, // 49: rulesidecar.v1.ExtractVariablesRequest.json:type_name -> google.protobuf.Value
-	46, // 50: rulesidecar.v1.ExtractVariablesResponse.variables:type_name -> google.protobuf.Struct
-	33, // 51: rulesidecar.v1.ExtractVariablesResponse.extractions:type_name -> rulesidecar.v1.ExtractionResult
-	18, // 52: rulesidecar.v1.RulesSidecarService.RegisterConnector:input_type -> rulesidecar.v1.RegisterConnectorRequest
-	20, // 53: rulesidecar.v1.RulesSidecarService.GetConnector:input_type -> rulesidecar.v1.GetConnectorRequest
-	22, // 54: rulesidecar.v1.RulesSidecarService.ListConnectors:input_type -> rulesidecar.v1.ListConnectorsRequest
-	24, // 55: rulesidecar.v1.RulesSidecarService.DeleteConnector:input_type -> rulesidecar.v1.DeleteConnectorRequest
-	26, // 56: rulesidecar.v1.RulesSidecarService.EvaluateNode:input_type -> rulesidecar.v1.EvaluateNodeRequest
-	38, // 57: rulesidecar.v1.RulesSidecarService.ExtractVariables:input_type -> rulesidecar.v1.ExtractVariablesRequest
-	19, // 58: rulesidecar.v1.RulesSidecarService.RegisterConnector:output_type -> rulesidecar.v1.RegisterConnectorResponse
-	21, // 59: rulesidecar.v1.RulesSidecarService.GetConnector:output_type -> rulesidecar.v1.GetConnectorResponse
-	23, // 60: rulesidecar.v1.RulesSidecarService.ListConnectors:output_type -> rulesidecar.v1.ListConnectorsResponse
-	25, // 61: rulesidecar.v1.RulesSidecarService.DeleteConnector:output_type -> rulesidecar.v1.DeleteConnectorResponse
-	32, // 62: rulesidecar.v1.RulesSidecarService.EvaluateNode:output_type -> rulesidecar.v1.EvaluateNodeResponse
-	39, // 63: rulesidecar.v1.RulesSidecarService.ExtractVariables:output_type -> rulesidecar.v1.ExtractVariablesResponse
-	58, // [58:64] is the sub-list for method output_type
-	52, // [52:58] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	15, // 9: rulesidecar.v1.Connector.cache:type_name -> rulesidecar.v1.CachePolicy
+	46, // 10: rulesidecar.v1.CachePolicy.ttl:type_name -> google.protobuf.Duration
+	46, // 11: rulesidecar.v1.CachePolicy.stale_while_revalidate:type_name -> google.protobuf.Duration
+	46, // 12: rulesidecar.v1.CachePolicy.stale_if_error:type_name -> google.protobuf.Duration
+	17, // 13: rulesidecar.v1.Auth.bearer:type_name -> rulesidecar.v1.BearerAuth
+	18, // 14: rulesidecar.v1.Auth.api_key:type_name -> rulesidecar.v1.ApiKeyAuth
+	19, // 15: rulesidecar.v1.Auth.basic:type_name -> rulesidecar.v1.BasicAuth
+	3,  // 16: rulesidecar.v1.ApiKeyAuth.location:type_name -> rulesidecar.v1.ApiKeyLocation
+	14, // 17: rulesidecar.v1.RegisterConnectorRequest.connector:type_name -> rulesidecar.v1.Connector
+	14, // 18: rulesidecar.v1.RegisterConnectorResponse.connector:type_name -> rulesidecar.v1.Connector
+	14, // 19: rulesidecar.v1.GetConnectorResponse.connector:type_name -> rulesidecar.v1.Connector
+	0,  // 20: rulesidecar.v1.ListConnectorsRequest.status:type_name -> rulesidecar.v1.ConnectorStatus
+	14, // 21: rulesidecar.v1.ListConnectorsResponse.connectors:type_name -> rulesidecar.v1.Connector
+	29, // 22: rulesidecar.v1.EvaluateNodeRequest.node:type_name -> rulesidecar.v1.Node
+	48, // 23: rulesidecar.v1.EvaluateNodeRequest.variables:type_name -> google.protobuf.Struct
+	4,  // 24: rulesidecar.v1.EvaluateNodeRequest.mode:type_name -> rulesidecar.v1.EvaluationMode
+	30, // 25: rulesidecar.v1.Node.branches:type_name -> rulesidecar.v1.Branch
+	33, // 26: rulesidecar.v1.Node.extractions:type_name -> rulesidecar.v1.Extraction
+	5,  // 27: rulesidecar.v1.Branch.combinator:type_name -> rulesidecar.v1.Combinator
+	32, // 28: rulesidecar.v1.Branch.conditions:type_name -> rulesidecar.v1.Condition
+	6,  // 29: rulesidecar.v1.Subject.kind:type_name -> rulesidecar.v1.SubjectKind
+	31, // 30: rulesidecar.v1.Condition.subject:type_name -> rulesidecar.v1.Subject
+	7,  // 31: rulesidecar.v1.Condition.operator:type_name -> rulesidecar.v1.Operator
+	45, // 32: rulesidecar.v1.Condition.operand:type_name -> google.protobuf.Value
+	8,  // 33: rulesidecar.v1.Condition.quantifier:type_name -> rulesidecar.v1.Quantifier
+	45, // 34: rulesidecar.v1.Extraction.default_value:type_name -> google.protobuf.Value
+	9,  // 35: rulesidecar.v1.Extraction.cast:type_name -> rulesidecar.v1.CastType
+	10, // 36: rulesidecar.v1.EvaluateNodeResponse.outcome:type_name -> rulesidecar.v1.Outcome
+	11, // 37: rulesidecar.v1.EvaluateNodeResponse.reason:type_name -> rulesidecar.v1.Reason
+	48, // 38: rulesidecar.v1.EvaluateNodeResponse.variables:type_name -> google.protobuf.Struct
+	35, // 39: rulesidecar.v1.EvaluateNodeResponse.extractions:type_name -> rulesidecar.v1.ExtractionResult
+	46, // 40: rulesidecar.v1.EvaluateNodeResponse.upstream_latency:type_name -> google.protobuf.Duration
+	36, // 41: rulesidecar.v1.EvaluateNodeResponse.explanation:type_name -> rulesidecar.v1.Explanation
+	12, // 42: rulesidecar.v1.EvaluateNodeResponse.cache_status:type_name -> rulesidecar.v1.CacheStatus
+	46, // 43: rulesidecar.v1.EvaluateNodeResponse.cache_age:type_name -> google.protobuf.Duration
+	13, // 44: rulesidecar.v1.ExtractionResult.status:type_name -> rulesidecar.v1.ExtractionStatus
+	45, // 45: rulesidecar.v1.ExtractionResult.value:type_name -> google.protobuf.Value
+	37, // 46: rulesidecar.v1.Explanation.request:type_name -> rulesidecar.v1.RenderedRequest
+	38, // 47: rulesidecar.v1.Explanation.branches:type_name -> rulesidecar.v1.BranchExplanation
+	44, // 48: rulesidecar.v1.RenderedRequest.headers:type_name -> rulesidecar.v1.RenderedRequest.HeadersEntry
+	39, // 49: rulesidecar.v1.BranchExplanation.conditions:type_name -> rulesidecar.v1.ConditionExplanation
+	31, // 50: rulesidecar.v1.ConditionExplanation.subject:type_name -> rulesidecar.v1.Subject
+	7,  // 51: rulesidecar.v1.ConditionExplanation.operator:type_name -> rulesidecar.v1.Operator
+	45, // 52: rulesidecar.v1.ConditionExplanation.operand:type_name -> google.protobuf.Value
+	45, // 53: rulesidecar.v1.ConditionExplanation.subject_value:type_name -> google.protobuf.Value
+	33, // 54: rulesidecar.v1.ExtractVariablesRequest.extractions:type_name -> rulesidecar.v1.Extraction
+	45, // 55: rulesidecar.v1.ExtractVariablesRequest.json:type_name -> google.protobuf.Value
+	48, // 56: rulesidecar.v1.ExtractVariablesResponse.variables:type_name -> google.protobuf.Struct
+	35, // 57: rulesidecar.v1.ExtractVariablesResponse.extractions:type_name -> rulesidecar.v1.ExtractionResult
+	20, // 58: rulesidecar.v1.RulesSidecarService.RegisterConnector:input_type -> rulesidecar.v1.RegisterConnectorRequest
+	22, // 59: rulesidecar.v1.RulesSidecarService.GetConnector:input_type -> rulesidecar.v1.GetConnectorRequest
+	24, // 60: rulesidecar.v1.RulesSidecarService.ListConnectors:input_type -> rulesidecar.v1.ListConnectorsRequest
+	26, // 61: rulesidecar.v1.RulesSidecarService.DeleteConnector:input_type -> rulesidecar.v1.DeleteConnectorRequest
+	28, // 62: rulesidecar.v1.RulesSidecarService.EvaluateNode:input_type -> rulesidecar.v1.EvaluateNodeRequest
+	40, // 63: rulesidecar.v1.RulesSidecarService.ExtractVariables:input_type -> rulesidecar.v1.ExtractVariablesRequest
+	21, // 64: rulesidecar.v1.RulesSidecarService.RegisterConnector:output_type -> rulesidecar.v1.RegisterConnectorResponse
+	23, // 65: rulesidecar.v1.RulesSidecarService.GetConnector:output_type -> rulesidecar.v1.GetConnectorResponse
+	25, // 66: rulesidecar.v1.RulesSidecarService.ListConnectors:output_type -> rulesidecar.v1.ListConnectorsResponse
+	27, // 67: rulesidecar.v1.RulesSidecarService.DeleteConnector:output_type -> rulesidecar.v1.DeleteConnectorResponse
+	34, // 68: rulesidecar.v1.RulesSidecarService.EvaluateNode:output_type -> rulesidecar.v1.EvaluateNodeResponse
+	41, // 69: rulesidecar.v1.RulesSidecarService.ExtractVariables:output_type -> rulesidecar.v1.ExtractVariablesResponse
+	64, // [64:70] is the sub-list for method output_type
+	58, // [58:64] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_rulesidecar_v1_rules_sidecar_proto_init() }
@@ -3422,15 +3645,15 @@ func file_rulesidecar_v1_rules_sidecar_proto_init() {
 	if File_rulesidecar_v1_rules_sidecar_proto != nil {
 		return
 	}
-	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[1].OneofWrappers = []any{
+	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[2].OneofWrappers = []any{
 		(*Auth_Bearer)(nil),
 		(*Auth_ApiKey)(nil),
 		(*Auth_Basic)(nil),
 	}
-	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[5].OneofWrappers = []any{}
-	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[11].OneofWrappers = []any{}
-	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[19].OneofWrappers = []any{}
-	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[25].OneofWrappers = []any{
+	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[6].OneofWrappers = []any{}
+	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[12].OneofWrappers = []any{}
+	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[20].OneofWrappers = []any{}
+	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[26].OneofWrappers = []any{
 		(*ExtractVariablesRequest_Json)(nil),
 		(*ExtractVariablesRequest_RawJson)(nil),
 	}
@@ -3439,8 +3662,8 @@ func file_rulesidecar_v1_rules_sidecar_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rulesidecar_v1_rules_sidecar_proto_rawDesc), len(file_rulesidecar_v1_rules_sidecar_proto_rawDesc)),
-			NumEnums:      13,
-			NumMessages:   30,
+			NumEnums:      14,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

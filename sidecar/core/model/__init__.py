@@ -13,6 +13,7 @@ from sidecar.core.model.connector import (
     Auth,
     BasicAuth,
     BearerAuth,
+    CachePolicy,
     Connector,
     ConnectorSource,
     ConnectorStatus,
@@ -32,6 +33,7 @@ from sidecar.core.model.node import (
 )
 from sidecar.core.model.outcome import (
     BranchExplanation,
+    CacheStatus,
     ConditionExplanation,
     Explanation,
     ExtractionResult,
@@ -50,6 +52,8 @@ __all__ = [
     "BearerAuth",
     "Branch",
     "BranchExplanation",
+    "CachePolicy",
+    "CacheStatus",
     "CastType",
     "Combinator",
     "Condition",

@@ -27,6 +27,8 @@ from pydantic import (
     Field,
     JsonValue,
     StringConstraints,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -37,6 +39,8 @@ DEFAULT_TIMEOUT = timedelta(seconds=5)
 MAX_TIMEOUT = timedelta(seconds=30)
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 MAX_RESPONSE_BYTES_LIMIT = 16 * 1024 * 1024
+MAX_CACHE_WINDOW = timedelta(days=1)
+DEFAULT_CACHE_ENTRY_BYTES = 256 * 1024
 
 # Headers whose value is a credential: they must come from `auth` and a secret, never a literal.
 CREDENTIAL_HEADERS = frozenset(
@@ -244,11 +248,29 @@ HostPattern = Annotated[
         )
     ),
 ]
+
+
+def _check_cache_ttl(value: timedelta) -> timedelta:
+    if value <= timedelta(0) or value > MAX_CACHE_WINDOW:
+        raise ValueError("must be more than 0 and at most 1 day (86400s)")
+    return value
+
+
+def _check_cache_window(value: timedelta) -> timedelta:
+    if value < timedelta(0) or value > MAX_CACHE_WINDOW:
+        raise ValueError("must be at least 0 and at most 1 day (86400s)")
+    return value
+
+
 PlainHeaderName = Annotated[str, AfterValidator(_check_plain_header_name)]
 QueryName = Annotated[str, AfterValidator(_check_query_name)]
 HeaderTemplate = Annotated[str, AfterValidator(_check_header_value)]
 ValueTemplate = Annotated[str, AfterValidator(_check_template)]
 Timeout = Annotated[timedelta, BeforeValidator(_parse_duration), AfterValidator(_check_timeout)]
+CacheTtl = Annotated[timedelta, BeforeValidator(_parse_duration), AfterValidator(_check_cache_ttl)]
+CacheWindow = Annotated[
+    timedelta, BeforeValidator(_parse_duration), AfterValidator(_check_cache_window)
+]
 
 
 class BearerAuth(FrozenModel):
@@ -302,6 +324,29 @@ class Auth(FrozenModel):
         return (self.basic.username_secret, self.basic.password_secret)
 
 
+class CachePolicy(FrozenModel):
+    """How long this connector's answers may be reused (opt-in; see `sidecar.egress.cache`).
+
+    `ttl` is how long an answer is fresh; after it, for `stale_while_revalidate` the stale answer
+    is given at once while one refresh runs, and for `stale_if_error` it stands in when the
+    refresh fails (timeout, 5xx, breaker open). The upstream's Cache-Control (no-store, no-cache,
+    private, max-age, s-maxage) is honoured unless `ignore_cache_control`. Only lookups are
+    cached: GET, or a POST whose connector declares `idempotent_lookup` (a search that reads).
+
+    >>> CachePolicy.model_validate({"ttl": "60s", "stale_if_error": "300s"}).stale_if_error
+    datetime.timedelta(seconds=300)
+    """
+
+    ttl: CacheTtl
+    stale_while_revalidate: CacheWindow = timedelta(0)
+    stale_if_error: CacheWindow = timedelta(0)
+    max_entry_bytes: Annotated[int, Field(ge=1, le=MAX_RESPONSE_BYTES_LIMIT)] = (
+        DEFAULT_CACHE_ENTRY_BYTES
+    )
+    ignore_cache_control: bool = False
+    idempotent_lookup: bool = False
+
+
 class Connector(FrozenModel):
     """A named, versioned definition of one business API call.
 
@@ -327,6 +372,7 @@ class Connector(FrozenModel):
     follow_redirects: bool = False
     idempotency_key_header: str = ""
     disable_trace_propagation: bool = False
+    cache: CachePolicy | None = None
     # Output-only fields, set by the registry.
     version: Annotated[int, Field(ge=0)] = 0
     update_time: datetime | None = None
@@ -341,6 +387,24 @@ class Connector(FrozenModel):
                 "`headers` (e.g. Idempotency-Key: '{{conversation_id}}')"
             )
         return self
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_only_for_lookups(
+        cls, cache: CachePolicy | None, info: ValidationInfo
+    ) -> CachePolicy | None:
+        """A cached POST would answer a second order from the first one's response."""
+        method = info.data.get("method", HttpMethod.GET)
+        if cache is None or method is HttpMethod.GET:
+            return cache
+        if method is HttpMethod.POST and cache.idempotent_lookup:
+            return cache
+        hint = (
+            "; a POST that only reads (a search) may set cache.idempotent_lookup: true"
+            if method is HttpMethod.POST
+            else ""
+        )
+        raise ValueError(f"only lookups are cached: GET, not {method.value}{hint}")
 
     def secret_names(self) -> tuple[str, ...]:
         """Every secret this connector refers to."""

@@ -13,8 +13,17 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from sidecar.core.model.failures import SendError
+from sidecar.core.model.outcome import CacheStatus
 
-__all__ = ["HttpResponse", "Origin", "OutboundRequest", "Send", "SendError", "SendOptions"]
+__all__ = [
+    "CacheOptions",
+    "HttpResponse",
+    "Origin",
+    "OutboundRequest",
+    "Send",
+    "SendError",
+    "SendOptions",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +34,23 @@ class OutboundRequest:
     url: str
     headers: tuple[tuple[str, str], ...]
     body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheOptions:
+    """A connector's `cache` in seconds, worked out once per connector version.
+
+    `call_timeout_seconds` is the connector's own timeout: a shared (coalesced) call runs for as
+    long as the most patient caller may wait, whatever the caller that started it had left.
+    """
+
+    ttl_seconds: float
+    stale_while_revalidate_seconds: float = 0.0
+    stale_if_error_seconds: float = 0.0
+    max_entry_bytes: int = 256 * 1024
+    ignore_cache_control: bool = False
+    call_timeout_seconds: float = 5.0
+    connector_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +72,8 @@ class SendOptions:
     connector_id: str = ""
     url_template: str = ""
     propagate_trace: bool = True
+    # The connector's response cache; None (the default) sends every call.
+    cache: CacheOptions | None = None
 
 
 class Origin(NamedTuple):
@@ -66,6 +94,9 @@ class HttpResponse:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     attempts: int = 1
+    # Set by the response cache (sidecar.egress.cache) for a connector that has one.
+    cache_status: CacheStatus | None = None
+    cache_age_seconds: float = 0.0
 
 
 Send = Callable[[OutboundRequest, SendOptions], Awaitable[HttpResponse]]

@@ -47,6 +47,18 @@ class Reason(enum.StrEnum):
     ANSWER_TOO_LARGE = "ANSWER_TOO_LARGE"
 
 
+class CacheStatus(enum.StrEnum):
+    """Where an answer's HTTP response came from, for a connector with a cache; mirrors the proto
+    enum `CacheStatus` (None on an Outcome: the connector has no cache, or nothing was sent)."""
+
+    MISS = "MISS"  # not held (or too old): the upstream was called
+    HIT = "HIT"  # a fresh stored response; nothing was sent
+    STALE = "STALE"  # expired, within stale_while_revalidate: one refresh runs behind it
+    STALE_IF_ERROR = "STALE_IF_ERROR"  # the call failed; a stale response within stale_if_error
+    COALESCED = "COALESCED"  # an identical call was in flight: its response, shared
+    BYPASS = "BYPASS"  # this sidecar's cache is off (response_cache_max_bytes: 0)
+
+
 class ExtractionStatus(enum.StrEnum):
     """How one extraction went."""
 
@@ -132,3 +144,6 @@ class Outcome:
     attempts: int = 0
     connector_version: int = 0
     explanation: Explanation | None = None
+    cache_status: CacheStatus | None = None
+    # Seconds since the upstream produced the response (0 unless it came from the cache).
+    cache_age_seconds: float = 0.0

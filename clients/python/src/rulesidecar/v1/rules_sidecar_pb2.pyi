@@ -525,6 +525,50 @@ nested deeper than protobuf can carry. The message says which.
 """
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
+class _CacheStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CacheStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CACHE_STATUS_UNSPECIFIED: _CacheStatus.ValueType  # 0
+    """The connector has no cache, or nothing was sent."""
+    CACHE_STATUS_MISS: _CacheStatus.ValueType  # 1
+    """Not held (or too old): the upstream was called."""
+    CACHE_STATUS_HIT: _CacheStatus.ValueType  # 2
+    """A fresh stored response; nothing was sent."""
+    CACHE_STATUS_STALE: _CacheStatus.ValueType  # 3
+    """Expired but within `stale_while_revalidate`: answered at once, one refresh runs behind it."""
+    CACHE_STATUS_STALE_IF_ERROR: _CacheStatus.ValueType  # 4
+    """The call failed (or outlived the caller's deadline); a stale response within
+    `stale_if_error` answered instead.
+    """
+    CACHE_STATUS_COALESCED: _CacheStatus.ValueType  # 5
+    """An identical call was in flight: its response, shared."""
+    CACHE_STATUS_BYPASS: _CacheStatus.ValueType  # 6
+    """This sidecar's cache is off (`response_cache_max_bytes: 0`): the upstream was called."""
+
+class CacheStatus(_CacheStatus, metaclass=_CacheStatusEnumTypeWrapper):
+    """CacheStatus says where an answer's HTTP response came from, for a connector with a cache."""
+
+CACHE_STATUS_UNSPECIFIED: CacheStatus.ValueType  # 0
+"""The connector has no cache, or nothing was sent."""
+CACHE_STATUS_MISS: CacheStatus.ValueType  # 1
+"""Not held (or too old): the upstream was called."""
+CACHE_STATUS_HIT: CacheStatus.ValueType  # 2
+"""A fresh stored response; nothing was sent."""
+CACHE_STATUS_STALE: CacheStatus.ValueType  # 3
+"""Expired but within `stale_while_revalidate`: answered at once, one refresh runs behind it."""
+CACHE_STATUS_STALE_IF_ERROR: CacheStatus.ValueType  # 4
+"""The call failed (or outlived the caller's deadline); a stale response within
+`stale_if_error` answered instead.
+"""
+CACHE_STATUS_COALESCED: CacheStatus.ValueType  # 5
+"""An identical call was in flight: its response, shared."""
+CACHE_STATUS_BYPASS: CacheStatus.ValueType  # 6
+"""This sidecar's cache is off (`response_cache_max_bytes: 0`): the upstream was called."""
+Global___CacheStatus: _TypeAlias = CacheStatus  # noqa: Y015
+
 class _ExtractionStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -628,6 +672,7 @@ class Connector(_message.Message):
     FOLLOW_REDIRECTS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_HEADER_FIELD_NUMBER: _builtins.int
     DISABLE_TRACE_PROPAGATION_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Identifier: a slug of 1-64 characters, lowercase letters, digits, `-` and `_`, starting with a
     letter or digit.
@@ -695,6 +740,13 @@ class Connector(_message.Message):
         operator's egress policy applies on top: this list can only narrow it.
         """
 
+    @_builtins.property
+    def cache(self) -> Global___CachePolicy:
+        """Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+        means every evaluation calls the API. Only lookups: GET, or a POST with
+        `cache.idempotent_lookup`.
+        """
+
     def __init__(
         self,
         *,
@@ -716,14 +768,75 @@ class Connector(_message.Message):
         follow_redirects: _builtins.bool = ...,
         idempotency_key_header: _builtins.str = ...,
         disable_trace_propagation: _builtins.bool = ...,
+        cache: Global___CachePolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "body_template", b"body_template", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "body_template", b"body_template", "cache", b"cache", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "auth", b"auth", "body_template", b"body_template", "disable_trace_propagation", b"disable_trace_propagation", "display_name", b"display_name", "follow_redirects", b"follow_redirects", "headers", b"headers", "id", b"id", "idempotency_key_header", b"idempotency_key_header", "max_response_bytes", b"max_response_bytes", "method", b"method", "query", b"query", "source", b"source", "status", b"status", "timeout", b"timeout", "update_time", b"update_time", "url_template", b"url_template", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "auth", b"auth", "body_template", b"body_template", "cache", b"cache", "disable_trace_propagation", b"disable_trace_propagation", "display_name", b"display_name", "follow_redirects", b"follow_redirects", "headers", b"headers", "id", b"id", "idempotency_key_header", b"idempotency_key_header", "max_response_bytes", b"max_response_bytes", "method", b"method", "query", b"query", "source", b"source", "status", b"status", "timeout", b"timeout", "update_time", b"update_time", "url_template", b"url_template", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Connector: _TypeAlias = Connector  # noqa: Y015
+
+@_typing.final
+class CachePolicy(_message.Message):
+    """CachePolicy says how long a connector's answers may be reused. The key is the connector id and
+    version plus the request as sent (auth included, held as a digest); identical calls in flight
+    share one upstream call. Each sidecar process (replica) has its own cache.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TTL_FIELD_NUMBER: _builtins.int
+    STALE_WHILE_REVALIDATE_FIELD_NUMBER: _builtins.int
+    STALE_IF_ERROR_FIELD_NUMBER: _builtins.int
+    MAX_ENTRY_BYTES_FIELD_NUMBER: _builtins.int
+    IGNORE_CACHE_CONTROL_FIELD_NUMBER: _builtins.int
+    IDEMPOTENT_LOOKUP_FIELD_NUMBER: _builtins.int
+    max_entry_bytes: _builtins.int
+    """Largest response (body and headers) stored, in bytes. Default 256 KiB (262144); at most
+    16 MiB.
+    """
+    ignore_cache_control: _builtins.bool
+    """The connector's `ttl` rules over the upstream's Cache-Control (no-store included)."""
+    idempotent_lookup: _builtins.bool
+    """This connector's POST only reads (a search, a GraphQL query), so its answers may be cached."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long an answer is fresh, more than 0 and at most 1 day. The upstream's `Cache-Control:
+        max-age` (or `s-maxage`) shortens it; `no-store`, `no-cache` and `private` answers are not
+        stored, unless `ignore_cache_control`.
+        """
+
+    @_builtins.property
+    def stale_while_revalidate(self) -> _duration_pb2.Duration:
+        """After `ttl`, for this long the stale answer is given at once while one refresh runs. Default
+        0; at most 1 day.
+        """
+
+    @_builtins.property
+    def stale_if_error(self) -> _duration_pb2.Duration:
+        """After `ttl`, for this long the stale answer stands in when a call fails (timeout, connection
+        error, 5xx, 429, breaker open); the answer says STALE_IF_ERROR. Default 0; at most 1 day.
+        """
+
+    def __init__(
+        self,
+        *,
+        ttl: _duration_pb2.Duration | None = ...,
+        stale_while_revalidate: _duration_pb2.Duration | None = ...,
+        stale_if_error: _duration_pb2.Duration | None = ...,
+        max_entry_bytes: _builtins.int = ...,
+        ignore_cache_control: _builtins.bool = ...,
+        idempotent_lookup: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stale_if_error", b"stale_if_error", "stale_while_revalidate", b"stale_while_revalidate", "ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotent_lookup", b"idempotent_lookup", "ignore_cache_control", b"ignore_cache_control", "max_entry_bytes", b"max_entry_bytes", "stale_if_error", b"stale_if_error", "stale_while_revalidate", b"stale_while_revalidate", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CachePolicy: _TypeAlias = CachePolicy  # noqa: Y015
 
 @_typing.final
 class Auth(_message.Message):
@@ -1311,6 +1424,8 @@ class EvaluateNodeResponse(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     CONNECTOR_VERSION_FIELD_NUMBER: _builtins.int
     EXPLANATION_FIELD_NUMBER: _builtins.int
+    CACHE_STATUS_FIELD_NUMBER: _builtins.int
+    CACHE_AGE_FIELD_NUMBER: _builtins.int
     outcome: Global___Outcome.ValueType
     """MATCHED, NO_MATCH or ERROR."""
     reason: Global___Reason.ValueType
@@ -1327,6 +1442,8 @@ class EvaluateNodeResponse(_message.Message):
     """HTTP attempts made (0 when nothing was sent)."""
     connector_version: _builtins.int
     """The version of the connector that ran (0 when none ran)."""
+    cache_status: Global___CacheStatus.ValueType
+    """Where the HTTP response came from, for a connector with a `cache`; unspecified otherwise."""
     @_builtins.property
     def variables(self) -> _struct_pb2.Struct:
         """Extracted variables that succeeded (or took their default), by name."""
@@ -1343,6 +1460,10 @@ class EvaluateNodeResponse(_message.Message):
     def explanation(self) -> Global___Explanation:
         """Present when the request asked for an explanation."""
 
+    @_builtins.property
+    def cache_age(self) -> _duration_pb2.Duration:
+        """How old the response is when it came from the cache (0 for a fresh call)."""
+
     def __init__(
         self,
         *,
@@ -1358,10 +1479,12 @@ class EvaluateNodeResponse(_message.Message):
         attempts: _builtins.int = ...,
         connector_version: _builtins.int = ...,
         explanation: Global___Explanation | None = ...,
+        cache_status: Global___CacheStatus.ValueType = ...,
+        cache_age: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_branch_index", b"_branch_index", "branch_index", b"branch_index", "explanation", b"explanation", "upstream_latency", b"upstream_latency", "variables", b"variables"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_branch_index", b"_branch_index", "branch_index", b"branch_index", "cache_age", b"cache_age", "explanation", b"explanation", "upstream_latency", b"upstream_latency", "variables", b"variables"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_branch_index", b"_branch_index", "attempts", b"attempts", "branch_index", b"branch_index", "connector_version", b"connector_version", "explanation", b"explanation", "extractions", b"extractions", "http_status", b"http_status", "message", b"message", "outcome", b"outcome", "reason", b"reason", "target", b"target", "upstream_latency", b"upstream_latency", "variables", b"variables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_branch_index", b"_branch_index", "attempts", b"attempts", "branch_index", b"branch_index", "cache_age", b"cache_age", "cache_status", b"cache_status", "connector_version", b"connector_version", "explanation", b"explanation", "extractions", b"extractions", "http_status", b"http_status", "message", b"message", "outcome", b"outcome", "reason", b"reason", "target", b"target", "upstream_latency", b"upstream_latency", "variables", b"variables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__branch_index: _TypeAlias = _typing.Literal["branch_index"]  # noqa: Y015
     _WhichOneofArgType__branch_index: _TypeAlias = _typing.Literal["_branch_index", b"_branch_index"]  # noqa: Y015

@@ -21,7 +21,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file rulesidecar/v1/rules_sidecar.proto.
  */
 export const file_rulesidecar_v1_rules_sidecar: GenFile = /*@__PURE__*/
-  fileDesc("CiJydWxlc2lkZWNhci92MS9ydWxlc19zaWRlY2FyLnByb3RvEg5ydWxlc2lkZWNhci52MSLaBgoJQ29ubmVjdG9yEhAKAmlkGAEgASgJQgTiQQECEhoKDGRpc3BsYXlfbmFtZRgCIAEoCUIE4kEBARI1CgZzdGF0dXMYAyABKA4yHy5ydWxlc2lkZWNhci52MS5Db25uZWN0b3JTdGF0dXNCBOJBAQISMAoGbWV0aG9kGAQgASgOMhoucnVsZXNpZGVjYXIudjEuSHR0cE1ldGhvZEIE4kEBARIaCgx1cmxfdGVtcGxhdGUYBSABKAlCBOJBAQISPQoHaGVhZGVycxgGIAMoCzImLnJ1bGVzaWRlY2FyLnYxLkNvbm5lY3Rvci5IZWFkZXJzRW50cnlCBOJBAQESOQoFcXVlcnkYByADKAsyJC5ydWxlc2lkZWNhci52MS5Db25uZWN0b3IuUXVlcnlFbnRyeUIE4kEBARIzCg1ib2R5X3RlbXBsYXRlGAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlQgTiQQEBEigKBGF1dGgYCSABKAsyFC5ydWxlc2lkZWNhci52MS5BdXRoQgTiQQEBEjAKB3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CBOJBAQESIAoSbWF4X3Jlc3BvbnNlX2J5dGVzGAsgASgDQgTiQQEBEhUKB3ZlcnNpb24YDCABKANCBOJBAQMSNQoLdXBkYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKBnNvdXJjZRgOIAEoDjIfLnJ1bGVzaWRlY2FyLnYxLkNvbm5lY3RvclNvdXJjZUIE4kEBAxIbCg1hbGxvd2VkX2hvc3RzGA8gAygJQgTiQQEBEh4KEGZvbGxvd19yZWRpcmVjdHMYECABKAhCBOJBAQESJAoWaWRlbXBvdGVuY3lfa2V5X2hlYWRlchgRIAEoCUIE4kEBARInChlkaXNhYmxlX3RyYWNlX3Byb3BhZ2F0aW9uGBIgASgIQgTiQQEBGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGiwKClF1ZXJ5RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKrAQoEQXV0aBIyCgZiZWFyZXIYASABKAsyGi5ydWxlc2lkZWNhci52MS5CZWFyZXJBdXRoQgTiQQEBSAASMwoHYXBpX2tleRgCIAEoCzIaLnJ1bGVzaWRlY2FyLnYxLkFwaUtleUF1dGhCBOJBAQFIABIwCgViYXNpYxgDIAEoCzIZLnJ1bGVzaWRlY2FyLnYxLkJhc2ljQXV0aEIE4kEBAUgAQggKBnNjaGVtZSIoCgpCZWFyZXJBdXRoEhoKDHRva2VuX3NlY3JldBgBIAEoCUIE4kEBAiJ0CgpBcGlLZXlBdXRoEhIKBG5hbWUYASABKAlCBOJBAQISNgoIbG9jYXRpb24YAiABKA4yHi5ydWxlc2lkZWNhci52MS5BcGlLZXlMb2NhdGlvbkIE4kEBARIaCgx2YWx1ZV9zZWNyZXQYAyABKAlCBOJBAQIiSQoJQmFzaWNBdXRoEh0KD3VzZXJuYW1lX3NlY3JldBgBIAEoCUIE4kEBAhIdCg9wYXNzd29yZF9zZWNyZXQYAiABKAlCBOJBAQIiiAEKGFJlZ2lzdGVyQ29ubmVjdG9yUmVxdWVzdBIyCgljb25uZWN0b3IYASABKAsyGS5ydWxlc2lkZWNhci52MS5Db25uZWN0b3JCBOJBAQISIwoQZXhwZWN0ZWRfdmVyc2lvbhgCIAEoA0IE4kEBAUgAiAEBQhMKEV9leHBlY3RlZF92ZXJzaW9uIloKGVJlZ2lzdGVyQ29ubmVjdG9yUmVzcG9uc2USLAoJY29ubmVjdG9yGAEgASgLMhkucnVsZXNpZGVjYXIudjEuQ29ubmVjdG9yEg8KB2NyZWF0ZWQYAiABKAgiJwoTR2V0Q29ubmVjdG9yUmVxdWVzdBIQCgJpZBgBIAEoCUIE4kEBAiJEChRHZXRDb25uZWN0b3JSZXNwb25zZRIsCgljb25uZWN0b3IYASABKAsyGS5ydWxlc2lkZWNhci52MS5Db25uZWN0b3IigQEKFUxpc3RDb25uZWN0b3JzUmVxdWVzdBIXCglwYWdlX3NpemUYASABKAVCBOJBAQESGAoKcGFnZV90b2tlbhgCIAEoCUIE4kEBARI1CgZzdGF0dXMYAyABKA4yHy5ydWxlc2lkZWNhci52MS5Db25uZWN0b3JTdGF0dXNCBOJBAQEiYAoWTGlzdENvbm5lY3RvcnNSZXNwb25zZRItCgpjb25uZWN0b3JzGAEgAygLMhkucnVsZXNpZGVjYXIudjEuQ29ubmVjdG9yEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJkChZEZWxldGVDb25uZWN0b3JSZXF1ZXN0EhAKAmlkGAEgASgJQgTiQQECEiMKEGV4cGVjdGVkX3ZlcnNpb24YAiABKANCBOJBAQFIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiIyChdEZWxldGVDb25uZWN0b3JSZXNwb25zZRIXCg9kZWxldGVkX3ZlcnNpb24YASABKAMivAEKE0V2YWx1YXRlTm9kZVJlcXVlc3QSKAoEbm9kZRgBIAEoCzIULnJ1bGVzaWRlY2FyLnYxLk5vZGVCBOJBAQISMAoJdmFyaWFibGVzGAIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdEIE4kEBARIVCgdleHBsYWluGAMgASgIQgTiQQEBEjIKBG1vZGUYBCABKA4yHi5ydWxlc2lkZWNhci52MS5FdmFsdWF0aW9uTW9kZUIE4kEBASLSAQoETm9kZRIQCgJpZBgBIAEoCUIE4kEBARIaCgxjb25uZWN0b3JfaWQYAiABKAlCBOJBAQISLgoIYnJhbmNoZXMYAyADKAsyFi5ydWxlc2lkZWNhci52MS5CcmFuY2hCBOJBAQESGQoLZWxzZV90YXJnZXQYBCABKAlCBOJBAQESGgoMZXJyb3JfdGFyZ2V0GAUgASgJQgTiQQEBEjUKC2V4dHJhY3Rpb25zGAYgAygLMhoucnVsZXNpZGVjYXIudjEuRXh0cmFjdGlvbkIE4kEBASKJAQoGQnJhbmNoEhQKBnRhcmdldBgBIAEoCUIE4kEBARI0Cgpjb21iaW5hdG9yGAIgASgOMhoucnVsZXNpZGVjYXIudjEuQ29tYmluYXRvckIE4kEBARIzCgpjb25kaXRpb25zGAMgAygLMhkucnVsZXNpZGVjYXIudjEuQ29uZGl0aW9uQgTiQQEBIk4KB1N1YmplY3QSLwoEa2luZBgBIAEoDjIbLnJ1bGVzaWRlY2FyLnYxLlN1YmplY3RLaW5kQgTiQQECEhIKBHBhdGgYAiABKAlCBOJBAQEi7QEKCUNvbmRpdGlvbhIuCgdzdWJqZWN0GAEgASgLMhcucnVsZXNpZGVjYXIudjEuU3ViamVjdEIE4kEBAhIwCghvcGVyYXRvchgCIAEoDjIYLnJ1bGVzaWRlY2FyLnYxLk9wZXJhdG9yQgTiQQECEi0KB29wZXJhbmQYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWVCBOJBAQESGQoLaWdub3JlX2Nhc2UYBCABKAhCBOJBAQESNAoKcXVhbnRpZmllchgFIAEoDjIaLnJ1bGVzaWRlY2FyLnYxLlF1YW50aWZpZXJCBOJBAQEiswEKCkV4dHJhY3Rpb24SFgoIdmFyaWFibGUYASABKAlCBOJBAQISEgoEcGF0aBgCIAEoCUIE4kEBAhIzCg1kZWZhdWx0X3ZhbHVlGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlQgTiQQEBEhYKCHJlcXVpcmVkGAQgASgIQgTiQQEBEiwKBGNhc3QYBSABKA4yGC5ydWxlc2lkZWNhci52MS5DYXN0VHlwZUIE4kEBASLBAwoURXZhbHVhdGVOb2RlUmVzcG9uc2USKAoHb3V0Y29tZRgBIAEoDjIXLnJ1bGVzaWRlY2FyLnYxLk91dGNvbWUSJgoGcmVhc29uGAIgASgOMhYucnVsZXNpZGVjYXIudjEuUmVhc29uEg8KB21lc3NhZ2UYAyABKAkSGQoMYnJhbmNoX2luZGV4GAQgASgFSACIAQESDgoGdGFyZ2V0GAUgASgJEioKCXZhcmlhYmxlcxgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSNQoLZXh0cmFjdGlvbnMYByADKAsyIC5ydWxlc2lkZWNhci52MS5FeHRyYWN0aW9uUmVzdWx0EhMKC2h0dHBfc3RhdHVzGAggASgFEjMKEHVwc3RyZWFtX2xhdGVuY3kYCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEAoIYXR0ZW1wdHMYCiABKAUSGQoRY29ubmVjdG9yX3ZlcnNpb24YCyABKAMSMAoLZXhwbGFuYXRpb24YDCABKAsyGy5ydWxlc2lkZWNhci52MS5FeHBsYW5hdGlvbkIPCg1fYnJhbmNoX2luZGV4IqABChBFeHRyYWN0aW9uUmVzdWx0EhAKCHZhcmlhYmxlGAEgASgJEjAKBnN0YXR1cxgCIAEoDjIgLnJ1bGVzaWRlY2FyLnYxLkV4dHJhY3Rpb25TdGF0dXMSJQoFdmFsdWUYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSEAoIcmVxdWlyZWQYBCABKAgSDwoHbWVzc2FnZRgFIAEoCSKDAQoLRXhwbGFuYXRpb24SMAoHcmVxdWVzdBgBIAEoCzIfLnJ1bGVzaWRlY2FyLnYxLlJlbmRlcmVkUmVxdWVzdBIzCghicmFuY2hlcxgCIAMoCzIhLnJ1bGVzaWRlY2FyLnYxLkJyYW5jaEV4cGxhbmF0aW9uEg0KBW5vdGVzGAMgAygJIqsBCg9SZW5kZXJlZFJlcXVlc3QSDgoGbWV0aG9kGAEgASgJEgsKA3VybBgCIAEoCRI9CgdoZWFkZXJzGAMgAygLMiwucnVsZXNpZGVjYXIudjEuUmVuZGVyZWRSZXF1ZXN0LkhlYWRlcnNFbnRyeRIMCgRib2R5GAQgASgJGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpABChFCcmFuY2hFeHBsYW5hdGlvbhINCgVpbmRleBgBIAEoBRIOCgZ0YXJnZXQYAiABKAkSEQoJZXZhbHVhdGVkGAMgASgIEg8KB21hdGNoZWQYBCABKAgSOAoKY29uZGl0aW9ucxgFIAMoCzIkLnJ1bGVzaWRlY2FyLnYxLkNvbmRpdGlvbkV4cGxhbmF0aW9uIvsBChRDb25kaXRpb25FeHBsYW5hdGlvbhIoCgdzdWJqZWN0GAEgASgLMhcucnVsZXNpZGVjYXIudjEuU3ViamVjdBIqCghvcGVyYXRvchgCIAEoDjIYLnJ1bGVzaWRlY2FyLnYxLk9wZXJhdG9yEicKB29wZXJhbmQYAyABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSLQoNc3ViamVjdF92YWx1ZRgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIXCg9zdWJqZWN0X3ByZXNlbnQYBSABKAgSDgoGcmVzdWx0GAYgASgIEgwKBG5vdGUYByABKAkipAEKF0V4dHJhY3RWYXJpYWJsZXNSZXF1ZXN0EjUKC2V4dHJhY3Rpb25zGAEgAygLMhoucnVsZXNpZGVjYXIudjEuRXh0cmFjdGlvbkIE4kEBARIsCgRqc29uGAIgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlQgTiQQEBSAASGAoIcmF3X2pzb24YAyABKAxCBOJBAQFIAEIKCghkb2N1bWVudCKPAQoYRXh0cmFjdFZhcmlhYmxlc1Jlc3BvbnNlEioKCXZhcmlhYmxlcxgBIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSNQoLZXh0cmFjdGlvbnMYAiADKAsyIC5ydWxlc2lkZWNhci52MS5FeHRyYWN0aW9uUmVzdWx0EhAKCGNvbXBsZXRlGAMgASgIKokBCg9Db25uZWN0b3JTdGF0dXMSIAocQ09OTkVDVE9SX1NUQVRVU19VTlNQRUNJRklFRBAAEhoKFkNPTk5FQ1RPUl9TVEFUVVNfRFJBRlQQARIZChVDT05ORUNUT1JfU1RBVFVTX0xJVkUQAhIdChlDT05ORUNUT1JfU1RBVFVTX0RJU0FCTEVEEAMqmAEKCkh0dHBNZXRob2QSGwoXSFRUUF9NRVRIT0RfVU5TUEVDSUZJRUQQABITCg9IVFRQX01FVEhPRF9HRVQQARIUChBIVFRQX01FVEhPRF9QT1NUEAISEwoPSFRUUF9NRVRIT0RfUFVUEAMSFQoRSFRUUF9NRVRIT0RfUEFUQ0gQBBIWChJIVFRQX01FVEhPRF9ERUxFVEUQBSpoCg9Db25uZWN0b3JTb3VyY2USIAocQ09OTkVDVE9SX1NPVVJDRV9VTlNQRUNJRklFRBAAEhgKFENPTk5FQ1RPUl9TT1VSQ0VfQVBJEAESGQoVQ09OTkVDVE9SX1NPVVJDRV9GSUxFEAIqawoOQXBpS2V5TG9jYXRpb24SIAocQVBJX0tFWV9MT0NBVElPTl9VTlNQRUNJRklFRBAAEhsKF0FQSV9LRVlfTE9DQVRJT05fSEVBREVSEAESGgoWQVBJX0tFWV9MT0NBVElPTl9RVUVSWRACKmsKDkV2YWx1YXRpb25Nb2RlEh8KG0VWQUxVQVRJT05fTU9ERV9VTlNQRUNJRklFRBAAEh4KGkVWQUxVQVRJT05fTU9ERV9QUk9EVUNUSU9OEAESGAoURVZBTFVBVElPTl9NT0RFX1RFU1QQAipQCgpDb21iaW5hdG9yEhoKFkNPTUJJTkFUT1JfVU5TUEVDSUZJRUQQABISCg5DT01CSU5BVE9SX0FMTBABEhIKDkNPTUJJTkFUT1JfQU5ZEAIqjwEKC1N1YmplY3RLaW5kEhwKGFNVQkpFQ1RfS0lORF9VTlNQRUNJRklFRBAAEhcKE1NVQkpFQ1RfS0lORF9TVEFUVVMQARIVChFTVUJKRUNUX0tJTkRfQk9EWRACEhcKE1NVQkpFQ1RfS0lORF9IRUFERVIQAxIZChVTVUJKRUNUX0tJTkRfVkFSSUFCTEUQBCr7AwoIT3BlcmF0b3ISGAoUT1BFUkFUT1JfVU5TUEVDSUZJRUQQABITCg9PUEVSQVRPUl9FUVVBTFMQARIXChNPUEVSQVRPUl9OT1RfRVFVQUxTEAISGQoVT1BFUkFUT1JfR1JFQVRFUl9USEFOEAMSIgoeT1BFUkFUT1JfR1JFQVRFUl9USEFOX09SX0VRVUFMEAQSFgoST1BFUkFUT1JfTEVTU19USEFOEAUSHwobT1BFUkFUT1JfTEVTU19USEFOX09SX0VRVUFMEAYSFQoRT1BFUkFUT1JfQ09OVEFJTlMQBxIZChVPUEVSQVRPUl9OT1RfQ09OVEFJTlMQCBIYChRPUEVSQVRPUl9TVEFSVFNfV0lUSBAJEhYKEk9QRVJBVE9SX0VORFNfV0lUSBAKEhQKEE9QRVJBVE9SX01BVENIRVMQCxIPCgtPUEVSQVRPUl9JThAMEhMKD09QRVJBVE9SX05PVF9JThANEhMKD09QRVJBVE9SX0VYSVNUUxAOEhcKE09QRVJBVE9SX05PVF9FWElTVFMQDxIVChFPUEVSQVRPUl9JU19FTVBUWRAQEhkKFU9QRVJBVE9SX0lTX05PVF9FTVBUWRAREhkKFU9QRVJBVE9SX1NUQVRVU19DTEFTUxASEhQKEE9QRVJBVE9SX0JFVFdFRU4QEyplCgpRdWFudGlmaWVyEhoKFlFVQU5USUZJRVJfVU5TUEVDSUZJRUQQABISCg5RVUFOVElGSUVSX0FOWRABEhIKDlFVQU5USUZJRVJfQUxMEAISEwoPUVVBTlRJRklFUl9OT05FEAMqkwEKCENhc3RUeXBlEhkKFUNBU1RfVFlQRV9VTlNQRUNJRklFRBAAEhQKEENBU1RfVFlQRV9TVFJJTkcQARIUChBDQVNUX1RZUEVfTlVNQkVSEAISFQoRQ0FTVF9UWVBFX0lOVEVHRVIQAxIVChFDQVNUX1RZUEVfQk9PTEVBThAEEhIKDkNBU1RfVFlQRV9KU09OEAUqYAoHT3V0Y29tZRIXChNPVVRDT01FX1VOU1BFQ0lGSUVEEAASEwoPT1VUQ09NRV9NQVRDSEVEEAESFAoQT1VUQ09NRV9OT19NQVRDSBACEhEKDU9VVENPTUVfRVJST1IQAyrlBAoGUmVhc29uEhYKElJFQVNPTl9VTlNQRUNJRklFRBAAEhkKFVJFQVNPTl9CUkFOQ0hfTUFUQ0hFRBABEhwKGFJFQVNPTl9OT19CUkFOQ0hfTUFUQ0hFRBACEhIKDlJFQVNPTl9USU1FT1VUEAMSGAoUUkVBU09OX0NPTk5FQ1RfRVJST1IQBBIUChBSRUFTT05fRE5TX0VSUk9SEAUSFAoQUkVBU09OX1RMU19FUlJPUhAGEh0KGVJFQVNPTl9SRVNQT05TRV9UT09fTEFSR0UQBxIbChdSRUFTT05fTUlTU0lOR19WQVJJQUJMRRAIEhsKF1JFQVNPTl9JTlZBTElEX1ZBUklBQkxFEAkSGwoXUkVBU09OX1NFQ1JFVF9OT1RfRk9VTkQQChIeChpSRUFTT05fQ09OTkVDVE9SX05PVF9GT1VORBALEh0KGVJFQVNPTl9DT05ORUNUT1JfTk9UX0xJVkUQDBIZChVSRUFTT05fVVBTVFJFQU1fRVJST1IQDRIcChhSRUFTT05fRVhUUkFDVElPTl9GQUlMRUQQDhIeChpSRUFTT05fQkxPQ0tFRF9ERVNUSU5BVElPThAPEhcKE1JFQVNPTl9DSVJDVUlUX09QRU4QEBIZChVSRUFTT05fUFJPVE9DT0xfRVJST1IQERIZChVSRUFTT05fSU5URVJOQUxfRVJST1IQEhIbChdSRUFTT05fQlVER0VUX0VYSEFVU1RFRBATEhkKFVJFQVNPTl9MSU1JVF9FWENFRURFRBAUEhsKF1JFQVNPTl9BTlNXRVJfVE9PX0xBUkdFEBUq3AEKEEV4dHJhY3Rpb25TdGF0dXMSIQodRVhUUkFDVElPTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIfChtFWFRSQUNUSU9OX1NUQVRVU19FWFRSQUNURUQQARIfChtFWFRSQUNUSU9OX1NUQVRVU19ERUZBVUxURUQQAhIdChlFWFRSQUNUSU9OX1NUQVRVU19NSVNTSU5HEAMSIQodRVhUUkFDVElPTl9TVEFUVVNfQ0FTVF9GQUlMRUQQBBIhCh1FWFRSQUNUSU9OX1NUQVRVU19OT19ET0NVTUVOVBAFMuEEChNSdWxlc1NpZGVjYXJTZXJ2aWNlEmgKEVJlZ2lzdGVyQ29ubmVjdG9yEigucnVsZXNpZGVjYXIudjEuUmVnaXN0ZXJDb25uZWN0b3JSZXF1ZXN0GikucnVsZXNpZGVjYXIudjEuUmVnaXN0ZXJDb25uZWN0b3JSZXNwb25zZRJZCgxHZXRDb25uZWN0b3ISIy5ydWxlc2lkZWNhci52MS5HZXRDb25uZWN0b3JSZXF1ZXN0GiQucnVsZXNpZGVjYXIudjEuR2V0Q29ubmVjdG9yUmVzcG9uc2USXwoOTGlzdENvbm5lY3RvcnMSJS5ydWxlc2lkZWNhci52MS5MaXN0Q29ubmVjdG9yc1JlcXVlc3QaJi5ydWxlc2lkZWNhci52MS5MaXN0Q29ubmVjdG9yc1Jlc3BvbnNlEmIKD0RlbGV0ZUNvbm5lY3RvchImLnJ1bGVzaWRlY2FyLnYxLkRlbGV0ZUNvbm5lY3RvclJlcXVlc3QaJy5ydWxlc2lkZWNhci52MS5EZWxldGVDb25uZWN0b3JSZXNwb25zZRJZCgxFdmFsdWF0ZU5vZGUSIy5ydWxlc2lkZWNhci52MS5FdmFsdWF0ZU5vZGVSZXF1ZXN0GiQucnVsZXNpZGVjYXIudjEuRXZhbHVhdGVOb2RlUmVzcG9uc2USZQoQRXh0cmFjdFZhcmlhYmxlcxInLnJ1bGVzaWRlY2FyLnYxLkV4dHJhY3RWYXJpYWJsZXNSZXF1ZXN0GigucnVsZXNpZGVjYXIudjEuRXh0cmFjdFZhcmlhYmxlc1Jlc3BvbnNlQnkKE2Rldi5ydWxlc3NpZGVjYXIudjFCEVJ1bGVzU2lkZWNhclByb3RvUAFaTWdpdGh1Yi5jb20vcnVsZXMtc2lkZWNhci9ydWxlcy1zaWRlY2FyL2NsaWVudHMvZ28vcnVsZXNpZGVjYXJ2MTtydWxlc2lkZWNhcnYxYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CiJydWxlc2lkZWNhci92MS9ydWxlc19zaWRlY2FyLnByb3RvEg5ydWxlc2lkZWNhci52MSKMBwoJQ29ubmVjdG9yEhAKAmlkGAEgASgJQgTiQQECEhoKDGRpc3BsYXlfbmFtZRgCIAEoCUIE4kEBARI1CgZzdGF0dXMYAyABKA4yHy5ydWxlc2lkZWNhci52MS5Db25uZWN0b3JTdGF0dXNCBOJBAQISMAoGbWV0aG9kGAQgASgOMhoucnVsZXNpZGVjYXIudjEuSHR0cE1ldGhvZEIE4kEBARIaCgx1cmxfdGVtcGxhdGUYBSABKAlCBOJBAQISPQoHaGVhZGVycxgGIAMoCzImLnJ1bGVzaWRlY2FyLnYxLkNvbm5lY3Rvci5IZWFkZXJzRW50cnlCBOJBAQESOQoFcXVlcnkYByADKAsyJC5ydWxlc2lkZWNhci52MS5Db25uZWN0b3IuUXVlcnlFbnRyeUIE4kEBARIzCg1ib2R5X3RlbXBsYXRlGAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlQgTiQQEBEigKBGF1dGgYCSABKAsyFC5ydWxlc2lkZWNhci52MS5BdXRoQgTiQQEBEjAKB3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CBOJBAQESIAoSbWF4X3Jlc3BvbnNlX2J5dGVzGAsgASgDQgTiQQEBEhUKB3ZlcnNpb24YDCABKANCBOJBAQMSNQoLdXBkYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKBnNvdXJjZRgOIAEoDjIfLnJ1bGVzaWRlY2FyLnYxLkNvbm5lY3RvclNvdXJjZUIE4kEBAxIbCg1hbGxvd2VkX2hvc3RzGA8gAygJQgTiQQEBEh4KEGZvbGxvd19yZWRpcmVjdHMYECABKAhCBOJBAQESJAoWaWRlbXBvdGVuY3lfa2V5X2hlYWRlchgRIAEoCUIE4kEBARInChlkaXNhYmxlX3RyYWNlX3Byb3BhZ2F0aW9uGBIgASgIQgTiQQEBEjAKBWNhY2hlGBMgASgLMhsucnVsZXNpZGVjYXIudjEuQ2FjaGVQb2xpY3lCBOJBAQEaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaLAoKUXVlcnlFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpkCCgtDYWNoZVBvbGljeRIsCgN0dGwYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CBOJBAQISPwoWc3RhbGVfd2hpbGVfcmV2YWxpZGF0ZRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIE4kEBARI3Cg5zdGFsZV9pZl9lcnJvchgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIE4kEBARIdCg9tYXhfZW50cnlfYnl0ZXMYBCABKANCBOJBAQESIgoUaWdub3JlX2NhY2hlX2NvbnRyb2wYBSABKAhCBOJBAQESHwoRaWRlbXBvdGVudF9sb29rdXAYBiABKAhCBOJBAQEiqwEKBEF1dGgSMgoGYmVhcmVyGAEgASgLMhoucnVsZXNpZGVjYXIudjEuQmVhcmVyQXV0aEIE4kEBAUgAEjMKB2FwaV9rZXkYAiABKAsyGi5ydWxlc2lkZWNhci52MS5BcGlLZXlBdXRoQgTiQQEBSAASMAoFYmFzaWMYAyABKAsyGS5ydWxlc2lkZWNhci52MS5CYXNpY0F1dGhCBOJBAQFIAEIICgZzY2hlbWUiKAoKQmVhcmVyQXV0aBIaCgx0b2tlbl9zZWNyZXQYASABKAlCBOJBAQIidAoKQXBpS2V5QXV0aBISCgRuYW1lGAEgASgJQgTiQQECEjYKCGxvY2F0aW9uGAIgASgOMh4ucnVsZXNpZGVjYXIudjEuQXBpS2V5TG9jYXRpb25CBOJBAQESGgoMdmFsdWVfc2VjcmV0GAMgASgJQgTiQQECIkkKCUJhc2ljQXV0aBIdCg91c2VybmFtZV9zZWNyZXQYASABKAlCBOJBAQISHQoPcGFzc3dvcmRfc2VjcmV0GAIgASgJQgTiQQECIogBChhSZWdpc3RlckNvbm5lY3RvclJlcXVlc3QSMgoJY29ubmVjdG9yGAEgASgLMhkucnVsZXNpZGVjYXIudjEuQ29ubmVjdG9yQgTiQQECEiMKEGV4cGVjdGVkX3ZlcnNpb24YAiABKANCBOJBAQFIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJaChlSZWdpc3RlckNvbm5lY3RvclJlc3BvbnNlEiwKCWNvbm5lY3RvchgBIAEoCzIZLnJ1bGVzaWRlY2FyLnYxLkNvbm5lY3RvchIPCgdjcmVhdGVkGAIgASgIIicKE0dldENvbm5lY3RvclJlcXVlc3QSEAoCaWQYASABKAlCBOJBAQIiRAoUR2V0Q29ubmVjdG9yUmVzcG9uc2USLAoJY29ubmVjdG9yGAEgASgLMhkucnVsZXNpZGVjYXIudjEuQ29ubmVjdG9yIoEBChVMaXN0Q29ubmVjdG9yc1JlcXVlc3QSFwoJcGFnZV9zaXplGAEgASgFQgTiQQEBEhgKCnBhZ2VfdG9rZW4YAiABKAlCBOJBAQESNQoGc3RhdHVzGAMgASgOMh8ucnVsZXNpZGVjYXIudjEuQ29ubmVjdG9yU3RhdHVzQgTiQQEBImAKFkxpc3RDb25uZWN0b3JzUmVzcG9uc2USLQoKY29ubmVjdG9ycxgBIAMoCzIZLnJ1bGVzaWRlY2FyLnYxLkNvbm5lY3RvchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiZAoWRGVsZXRlQ29ubmVjdG9yUmVxdWVzdBIQCgJpZBgBIAEoCUIE4kEBAhIjChBleHBlY3RlZF92ZXJzaW9uGAIgASgDQgTiQQEBSACIAQFCEwoRX2V4cGVjdGVkX3ZlcnNpb24iMgoXRGVsZXRlQ29ubmVjdG9yUmVzcG9uc2USFwoPZGVsZXRlZF92ZXJzaW9uGAEgASgDIrwBChNFdmFsdWF0ZU5vZGVSZXF1ZXN0EigKBG5vZGUYASABKAsyFC5ydWxlc2lkZWNhci52MS5Ob2RlQgTiQQECEjAKCXZhcmlhYmxlcxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3RCBOJBAQESFQoHZXhwbGFpbhgDIAEoCEIE4kEBARIyCgRtb2RlGAQgASgOMh4ucnVsZXNpZGVjYXIudjEuRXZhbHVhdGlvbk1vZGVCBOJBAQEi0gEKBE5vZGUSEAoCaWQYASABKAlCBOJBAQESGgoMY29ubmVjdG9yX2lkGAIgASgJQgTiQQECEi4KCGJyYW5jaGVzGAMgAygLMhYucnVsZXNpZGVjYXIudjEuQnJhbmNoQgTiQQEBEhkKC2Vsc2VfdGFyZ2V0GAQgASgJQgTiQQEBEhoKDGVycm9yX3RhcmdldBgFIAEoCUIE4kEBARI1CgtleHRyYWN0aW9ucxgGIAMoCzIaLnJ1bGVzaWRlY2FyLnYxLkV4dHJhY3Rpb25CBOJBAQEiiQEKBkJyYW5jaBIUCgZ0YXJnZXQYASABKAlCBOJBAQESNAoKY29tYmluYXRvchgCIAEoDjIaLnJ1bGVzaWRlY2FyLnYxLkNvbWJpbmF0b3JCBOJBAQESMwoKY29uZGl0aW9ucxgDIAMoCzIZLnJ1bGVzaWRlY2FyLnYxLkNvbmRpdGlvbkIE4kEBASJOCgdTdWJqZWN0Ei8KBGtpbmQYASABKA4yGy5ydWxlc2lkZWNhci52MS5TdWJqZWN0S2luZEIE4kEBAhISCgRwYXRoGAIgASgJQgTiQQEBIu0BCglDb25kaXRpb24SLgoHc3ViamVjdBgBIAEoCzIXLnJ1bGVzaWRlY2FyLnYxLlN1YmplY3RCBOJBAQISMAoIb3BlcmF0b3IYAiABKA4yGC5ydWxlc2lkZWNhci52MS5PcGVyYXRvckIE4kEBAhItCgdvcGVyYW5kGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlQgTiQQEBEhkKC2lnbm9yZV9jYXNlGAQgASgIQgTiQQEBEjQKCnF1YW50aWZpZXIYBSABKA4yGi5ydWxlc2lkZWNhci52MS5RdWFudGlmaWVyQgTiQQEBIrMBCgpFeHRyYWN0aW9uEhYKCHZhcmlhYmxlGAEgASgJQgTiQQECEhIKBHBhdGgYAiABKAlCBOJBAQISMwoNZGVmYXVsdF92YWx1ZRgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZUIE4kEBARIWCghyZXF1aXJlZBgEIAEoCEIE4kEBARIsCgRjYXN0GAUgASgOMhgucnVsZXNpZGVjYXIudjEuQ2FzdFR5cGVCBOJBAQEiogQKFEV2YWx1YXRlTm9kZVJlc3BvbnNlEigKB291dGNvbWUYASABKA4yFy5ydWxlc2lkZWNhci52MS5PdXRjb21lEiYKBnJlYXNvbhgCIAEoDjIWLnJ1bGVzaWRlY2FyLnYxLlJlYXNvbhIPCgdtZXNzYWdlGAMgASgJEhkKDGJyYW5jaF9pbmRleBgEIAEoBUgAiAEBEg4KBnRhcmdldBgFIAEoCRIqCgl2YXJpYWJsZXMYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjUKC2V4dHJhY3Rpb25zGAcgAygLMiAucnVsZXNpZGVjYXIudjEuRXh0cmFjdGlvblJlc3VsdBITCgtodHRwX3N0YXR1cxgIIAEoBRIzChB1cHN0cmVhbV9sYXRlbmN5GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCGF0dGVtcHRzGAogASgFEhkKEWNvbm5lY3Rvcl92ZXJzaW9uGAsgASgDEjAKC2V4cGxhbmF0aW9uGAwgASgLMhsucnVsZXNpZGVjYXIudjEuRXhwbGFuYXRpb24SMQoMY2FjaGVfc3RhdHVzGA0gASgOMhsucnVsZXNpZGVjYXIudjEuQ2FjaGVTdGF0dXMSLAoJY2FjaGVfYWdlGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg8KDV9icmFuY2hfaW5kZXgioAEKEEV4dHJhY3Rpb25SZXN1bHQSEAoIdmFyaWFibGUYASABKAkSMAoGc3RhdHVzGAIgASgOMiAucnVsZXNpZGVjYXIudjEuRXh0cmFjdGlvblN0YXR1cxIlCgV2YWx1ZRgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIQCghyZXF1aXJlZBgEIAEoCBIPCgdtZXNzYWdlGAUgASgJIoMBCgtFeHBsYW5hdGlvbhIwCgdyZXF1ZXN0GAEgASgLMh8ucnVsZXNpZGVjYXIudjEuUmVuZGVyZWRSZXF1ZXN0EjMKCGJyYW5jaGVzGAIgAygLMiEucnVsZXNpZGVjYXIudjEuQnJhbmNoRXhwbGFuYXRpb24SDQoFbm90ZXMYAyADKAkiqwEKD1JlbmRlcmVkUmVxdWVzdBIOCgZtZXRob2QYASABKAkSCwoDdXJsGAIgASgJEj0KB2hlYWRlcnMYAyADKAsyLC5ydWxlc2lkZWNhci52MS5SZW5kZXJlZFJlcXVlc3QuSGVhZGVyc0VudHJ5EgwKBGJvZHkYBCABKAkaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEikAEKEUJyYW5jaEV4cGxhbmF0aW9uEg0KBWluZGV4GAEgASgFEg4KBnRhcmdldBgCIAEoCRIRCglldmFsdWF0ZWQYAyABKAgSDwoHbWF0Y2hlZBgEIAEoCBI4Cgpjb25kaXRpb25zGAUgAygLMiQucnVsZXNpZGVjYXIudjEuQ29uZGl0aW9uRXhwbGFuYXRpb24i+wEKFENvbmRpdGlvbkV4cGxhbmF0aW9uEigKB3N1YmplY3QYASABKAsyFy5ydWxlc2lkZWNhci52MS5TdWJqZWN0EioKCG9wZXJhdG9yGAIgASgOMhgucnVsZXNpZGVjYXIudjEuT3BlcmF0b3ISJwoHb3BlcmFuZBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRItCg1zdWJqZWN0X3ZhbHVlGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhcKD3N1YmplY3RfcHJlc2VudBgFIAEoCBIOCgZyZXN1bHQYBiABKAgSDAoEbm90ZRgHIAEoCSKkAQoXRXh0cmFjdFZhcmlhYmxlc1JlcXVlc3QSNQoLZXh0cmFjdGlvbnMYASADKAsyGi5ydWxlc2lkZWNhci52MS5FeHRyYWN0aW9uQgTiQQEBEiwKBGpzb24YAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWVCBOJBAQFIABIYCghyYXdfanNvbhgDIAEoDEIE4kEBAUgAQgoKCGRvY3VtZW50Io8BChhFeHRyYWN0VmFyaWFibGVzUmVzcG9uc2USKgoJdmFyaWFibGVzGAEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBI1CgtleHRyYWN0aW9ucxgCIAMoCzIgLnJ1bGVzaWRlY2FyLnYxLkV4dHJhY3Rpb25SZXN1bHQSEAoIY29tcGxldGUYAyABKAgqiQEKD0Nvbm5lY3RvclN0YXR1cxIgChxDT05ORUNUT1JfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGgoWQ09OTkVDVE9SX1NUQVRVU19EUkFGVBABEhkKFUNPTk5FQ1RPUl9TVEFUVVNfTElWRRACEh0KGUNPTk5FQ1RPUl9TVEFUVVNfRElTQUJMRUQQAyqYAQoKSHR0cE1ldGhvZBIbChdIVFRQX01FVEhPRF9VTlNQRUNJRklFRBAAEhMKD0hUVFBfTUVUSE9EX0dFVBABEhQKEEhUVFBfTUVUSE9EX1BPU1QQAhITCg9IVFRQX01FVEhPRF9QVVQQAxIVChFIVFRQX01FVEhPRF9QQVRDSBAEEhYKEkhUVFBfTUVUSE9EX0RFTEVURRAFKmgKD0Nvbm5lY3RvclNvdXJjZRIgChxDT05ORUNUT1JfU09VUkNFX1VOU1BFQ0lGSUVEEAASGAoUQ09OTkVDVE9SX1NPVVJDRV9BUEkQARIZChVDT05ORUNUT1JfU09VUkNFX0ZJTEUQAiprCg5BcGlLZXlMb2NhdGlvbhIgChxBUElfS0VZX0xPQ0FUSU9OX1VOU1BFQ0lGSUVEEAASGwoXQVBJX0tFWV9MT0NBVElPTl9IRUFERVIQARIaChZBUElfS0VZX0xPQ0FUSU9OX1FVRVJZEAIqawoORXZhbHVhdGlvbk1vZGUSHwobRVZBTFVBVElPTl9NT0RFX1VOU1BFQ0lGSUVEEAASHgoaRVZBTFVBVElPTl9NT0RFX1BST0RVQ1RJT04QARIYChRFVkFMVUFUSU9OX01PREVfVEVTVBACKlAKCkNvbWJpbmF0b3ISGgoWQ09NQklOQVRPUl9VTlNQRUNJRklFRBAAEhIKDkNPTUJJTkFUT1JfQUxMEAESEgoOQ09NQklOQVRPUl9BTlkQAiqPAQoLU3ViamVjdEtpbmQSHAoYU1VCSkVDVF9LSU5EX1VOU1BFQ0lGSUVEEAASFwoTU1VCSkVDVF9LSU5EX1NUQVRVUxABEhUKEVNVQkpFQ1RfS0lORF9CT0RZEAISFwoTU1VCSkVDVF9LSU5EX0hFQURFUhADEhkKFVNVQkpFQ1RfS0lORF9WQVJJQUJMRRAEKvsDCghPcGVyYXRvchIYChRPUEVSQVRPUl9VTlNQRUNJRklFRBAAEhMKD09QRVJBVE9SX0VRVUFMUxABEhcKE09QRVJBVE9SX05PVF9FUVVBTFMQAhIZChVPUEVSQVRPUl9HUkVBVEVSX1RIQU4QAxIiCh5PUEVSQVRPUl9HUkVBVEVSX1RIQU5fT1JfRVFVQUwQBBIWChJPUEVSQVRPUl9MRVNTX1RIQU4QBRIfChtPUEVSQVRPUl9MRVNTX1RIQU5fT1JfRVFVQUwQBhIVChFPUEVSQVRPUl9DT05UQUlOUxAHEhkKFU9QRVJBVE9SX05PVF9DT05UQUlOUxAIEhgKFE9QRVJBVE9SX1NUQVJUU19XSVRIEAkSFgoST1BFUkFUT1JfRU5EU19XSVRIEAoSFAoQT1BFUkFUT1JfTUFUQ0hFUxALEg8KC09QRVJBVE9SX0lOEAwSEwoPT1BFUkFUT1JfTk9UX0lOEA0SEwoPT1BFUkFUT1JfRVhJU1RTEA4SFwoTT1BFUkFUT1JfTk9UX0VYSVNUUxAPEhUKEU9QRVJBVE9SX0lTX0VNUFRZEBASGQoVT1BFUkFUT1JfSVNfTk9UX0VNUFRZEBESGQoVT1BFUkFUT1JfU1RBVFVTX0NMQVNTEBISFAoQT1BFUkFUT1JfQkVUV0VFThATKmUKClF1YW50aWZpZXISGgoWUVVBTlRJRklFUl9VTlNQRUNJRklFRBAAEhIKDlFVQU5USUZJRVJfQU5ZEAESEgoOUVVBTlRJRklFUl9BTEwQAhITCg9RVUFOVElGSUVSX05PTkUQAyqTAQoIQ2FzdFR5cGUSGQoVQ0FTVF9UWVBFX1VOU1BFQ0lGSUVEEAASFAoQQ0FTVF9UWVBFX1NUUklORxABEhQKEENBU1RfVFlQRV9OVU1CRVIQAhIVChFDQVNUX1RZUEVfSU5URUdFUhADEhUKEUNBU1RfVFlQRV9CT09MRUFOEAQSEgoOQ0FTVF9UWVBFX0pTT04QBSpgCgdPdXRjb21lEhcKE09VVENPTUVfVU5TUEVDSUZJRUQQABITCg9PVVRDT01FX01BVENIRUQQARIUChBPVVRDT01FX05PX01BVENIEAISEQoNT1VUQ09NRV9FUlJPUhADKuUECgZSZWFzb24SFgoSUkVBU09OX1VOU1BFQ0lGSUVEEAASGQoVUkVBU09OX0JSQU5DSF9NQVRDSEVEEAESHAoYUkVBU09OX05PX0JSQU5DSF9NQVRDSEVEEAISEgoOUkVBU09OX1RJTUVPVVQQAxIYChRSRUFTT05fQ09OTkVDVF9FUlJPUhAEEhQKEFJFQVNPTl9ETlNfRVJST1IQBRIUChBSRUFTT05fVExTX0VSUk9SEAYSHQoZUkVBU09OX1JFU1BPTlNFX1RPT19MQVJHRRAHEhsKF1JFQVNPTl9NSVNTSU5HX1ZBUklBQkxFEAgSGwoXUkVBU09OX0lOVkFMSURfVkFSSUFCTEUQCRIbChdSRUFTT05fU0VDUkVUX05PVF9GT1VORBAKEh4KGlJFQVNPTl9DT05ORUNUT1JfTk9UX0ZPVU5EEAsSHQoZUkVBU09OX0NPTk5FQ1RPUl9OT1RfTElWRRAMEhkKFVJFQVNPTl9VUFNUUkVBTV9FUlJPUhANEhwKGFJFQVNPTl9FWFRSQUNUSU9OX0ZBSUxFRBAOEh4KGlJFQVNPTl9CTE9DS0VEX0RFU1RJTkFUSU9OEA8SFwoTUkVBU09OX0NJUkNVSVRfT1BFThAQEhkKFVJFQVNPTl9QUk9UT0NPTF9FUlJPUhAREhkKFVJFQVNPTl9JTlRFUk5BTF9FUlJPUhASEhsKF1JFQVNPTl9CVURHRVRfRVhIQVVTVEVEEBMSGQoVUkVBU09OX0xJTUlUX0VYQ0VFREVEEBQSGwoXUkVBU09OX0FOU1dFUl9UT09fTEFSR0UQFSrGAQoLQ2FjaGVTdGF0dXMSHAoYQ0FDSEVfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFQoRQ0FDSEVfU1RBVFVTX01JU1MQARIUChBDQUNIRV9TVEFUVVNfSElUEAISFgoSQ0FDSEVfU1RBVFVTX1NUQUxFEAMSHwobQ0FDSEVfU1RBVFVTX1NUQUxFX0lGX0VSUk9SEAQSGgoWQ0FDSEVfU1RBVFVTX0NPQUxFU0NFRBAFEhcKE0NBQ0hFX1NUQVRVU19CWVBBU1MQBircAQoQRXh0cmFjdGlvblN0YXR1cxIhCh1FWFRSQUNUSU9OX1NUQVRVU19VTlNQRUNJRklFRBAAEh8KG0VYVFJBQ1RJT05fU1RBVFVTX0VYVFJBQ1RFRBABEh8KG0VYVFJBQ1RJT05fU1RBVFVTX0RFRkFVTFRFRBACEh0KGUVYVFJBQ1RJT05fU1RBVFVTX01JU1NJTkcQAxIhCh1FWFRSQUNUSU9OX1NUQVRVU19DQVNUX0ZBSUxFRBAEEiEKHUVYVFJBQ1RJT05fU1RBVFVTX05PX0RPQ1VNRU5UEAUy4QQKE1J1bGVzU2lkZWNhclNlcnZpY2USaAoRUmVnaXN0ZXJDb25uZWN0b3ISKC5ydWxlc2lkZWNhci52MS5SZWdpc3RlckNvbm5lY3RvclJlcXVlc3QaKS5ydWxlc2lkZWNhci52MS5SZWdpc3RlckNvbm5lY3RvclJlc3BvbnNlElkKDEdldENvbm5lY3RvchIjLnJ1bGVzaWRlY2FyLnYxLkdldENvbm5lY3RvclJlcXVlc3QaJC5ydWxlc2lkZWNhci52MS5HZXRDb25uZWN0b3JSZXNwb25zZRJfCg5MaXN0Q29ubmVjdG9ycxIlLnJ1bGVzaWRlY2FyLnYxLkxpc3RDb25uZWN0b3JzUmVxdWVzdBomLnJ1bGVzaWRlY2FyLnYxLkxpc3RDb25uZWN0b3JzUmVzcG9uc2USYgoPRGVsZXRlQ29ubmVjdG9yEiYucnVsZXNpZGVjYXIudjEuRGVsZXRlQ29ubmVjdG9yUmVxdWVzdBonLnJ1bGVzaWRlY2FyLnYxLkRlbGV0ZUNvbm5lY3RvclJlc3BvbnNlElkKDEV2YWx1YXRlTm9kZRIjLnJ1bGVzaWRlY2FyLnYxLkV2YWx1YXRlTm9kZVJlcXVlc3QaJC5ydWxlc2lkZWNhci52MS5FdmFsdWF0ZU5vZGVSZXNwb25zZRJlChBFeHRyYWN0VmFyaWFibGVzEicucnVsZXNpZGVjYXIudjEuRXh0cmFjdFZhcmlhYmxlc1JlcXVlc3QaKC5ydWxlc2lkZWNhci52MS5FeHRyYWN0VmFyaWFibGVzUmVzcG9uc2VCeQoTZGV2LnJ1bGVzc2lkZWNhci52MUIRUnVsZXNTaWRlY2FyUHJvdG9QAVpNZ2l0aHViLmNvbS9ydWxlcy1zaWRlY2FyL3J1bGVzLXNpZGVjYXIvY2xpZW50cy9nby9ydWxlc2lkZWNhcnYxO3J1bGVzaWRlY2FydjFiBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Connector is a named, versioned definition of one business API call. Templates use `{{name}}`
@@ -165,6 +165,15 @@ export type Connector = Message<"rulesidecar.v1.Connector"> & {
    * @generated from field: bool disable_trace_propagation = 18;
    */
   disableTracePropagation: boolean;
+
+  /**
+   * Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+   * means every evaluation calls the API. Only lookups: GET, or a POST with
+   * `cache.idempotent_lookup`.
+   *
+   * @generated from field: rulesidecar.v1.CachePolicy cache = 19;
+   */
+  cache?: CachePolicy | undefined;
 };
 
 /**
@@ -173,6 +182,69 @@ export type Connector = Message<"rulesidecar.v1.Connector"> & {
  */
 export const ConnectorSchema: GenMessage<Connector> = /*@__PURE__*/
   messageDesc(file_rulesidecar_v1_rules_sidecar, 0);
+
+/**
+ * CachePolicy says how long a connector's answers may be reused. The key is the connector id and
+ * version plus the request as sent (auth included, held as a digest); identical calls in flight
+ * share one upstream call. Each sidecar process (replica) has its own cache.
+ *
+ * @generated from message rulesidecar.v1.CachePolicy
+ */
+export type CachePolicy = Message<"rulesidecar.v1.CachePolicy"> & {
+  /**
+   * How long an answer is fresh, more than 0 and at most 1 day. The upstream's `Cache-Control:
+   * max-age` (or `s-maxage`) shortens it; `no-store`, `no-cache` and `private` answers are not
+   * stored, unless `ignore_cache_control`.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 1;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * After `ttl`, for this long the stale answer is given at once while one refresh runs. Default
+   * 0; at most 1 day.
+   *
+   * @generated from field: google.protobuf.Duration stale_while_revalidate = 2;
+   */
+  staleWhileRevalidate?: Duration | undefined;
+
+  /**
+   * After `ttl`, for this long the stale answer stands in when a call fails (timeout, connection
+   * error, 5xx, 429, breaker open); the answer says STALE_IF_ERROR. Default 0; at most 1 day.
+   *
+   * @generated from field: google.protobuf.Duration stale_if_error = 3;
+   */
+  staleIfError?: Duration | undefined;
+
+  /**
+   * Largest response (body and headers) stored, in bytes. Default 256 KiB (262144); at most
+   * 16 MiB.
+   *
+   * @generated from field: int64 max_entry_bytes = 4;
+   */
+  maxEntryBytes: bigint;
+
+  /**
+   * The connector's `ttl` rules over the upstream's Cache-Control (no-store included).
+   *
+   * @generated from field: bool ignore_cache_control = 5;
+   */
+  ignoreCacheControl: boolean;
+
+  /**
+   * This connector's POST only reads (a search, a GraphQL query), so its answers may be cached.
+   *
+   * @generated from field: bool idempotent_lookup = 6;
+   */
+  idempotentLookup: boolean;
+};
+
+/**
+ * Describes the message rulesidecar.v1.CachePolicy.
+ * Use `create(CachePolicySchema)` to create a new message.
+ */
+export const CachePolicySchema: GenMessage<CachePolicy> = /*@__PURE__*/
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 1);
 
 /**
  * Auth says how the outbound request authenticates. Every credential is the *name* of a secret,
@@ -218,7 +290,7 @@ export type Auth = Message<"rulesidecar.v1.Auth"> & {
  * Use `create(AuthSchema)` to create a new message.
  */
 export const AuthSchema: GenMessage<Auth> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 1);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 2);
 
 /**
  * BearerAuth sends a bearer token.
@@ -239,7 +311,7 @@ export type BearerAuth = Message<"rulesidecar.v1.BearerAuth"> & {
  * Use `create(BearerAuthSchema)` to create a new message.
  */
 export const BearerAuthSchema: GenMessage<BearerAuth> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 2);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 3);
 
 /**
  * ApiKeyAuth sends an API key in a header or query parameter.
@@ -274,7 +346,7 @@ export type ApiKeyAuth = Message<"rulesidecar.v1.ApiKeyAuth"> & {
  * Use `create(ApiKeyAuthSchema)` to create a new message.
  */
 export const ApiKeyAuthSchema: GenMessage<ApiKeyAuth> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 3);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 4);
 
 /**
  * BasicAuth sends HTTP basic credentials.
@@ -302,7 +374,7 @@ export type BasicAuth = Message<"rulesidecar.v1.BasicAuth"> & {
  * Use `create(BasicAuthSchema)` to create a new message.
  */
 export const BasicAuthSchema: GenMessage<BasicAuth> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 4);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 5);
 
 /**
  * RegisterConnectorRequest creates or replaces a connector.
@@ -331,7 +403,7 @@ export type RegisterConnectorRequest = Message<"rulesidecar.v1.RegisterConnector
  * Use `create(RegisterConnectorRequestSchema)` to create a new message.
  */
 export const RegisterConnectorRequestSchema: GenMessage<RegisterConnectorRequest> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 5);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 6);
 
 /**
  * RegisterConnectorResponse returns the stored connector.
@@ -359,7 +431,7 @@ export type RegisterConnectorResponse = Message<"rulesidecar.v1.RegisterConnecto
  * Use `create(RegisterConnectorResponseSchema)` to create a new message.
  */
 export const RegisterConnectorResponseSchema: GenMessage<RegisterConnectorResponse> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 6);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 7);
 
 /**
  * GetConnectorRequest names one connector.
@@ -380,7 +452,7 @@ export type GetConnectorRequest = Message<"rulesidecar.v1.GetConnectorRequest"> 
  * Use `create(GetConnectorRequestSchema)` to create a new message.
  */
 export const GetConnectorRequestSchema: GenMessage<GetConnectorRequest> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 7);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 8);
 
 /**
  * GetConnectorResponse returns one connector.
@@ -401,7 +473,7 @@ export type GetConnectorResponse = Message<"rulesidecar.v1.GetConnectorResponse"
  * Use `create(GetConnectorResponseSchema)` to create a new message.
  */
 export const GetConnectorResponseSchema: GenMessage<GetConnectorResponse> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 8);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 9);
 
 /**
  * ListConnectorsRequest asks for one page of connectors, in id order.
@@ -436,7 +508,7 @@ export type ListConnectorsRequest = Message<"rulesidecar.v1.ListConnectorsReques
  * Use `create(ListConnectorsRequestSchema)` to create a new message.
  */
 export const ListConnectorsRequestSchema: GenMessage<ListConnectorsRequest> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 9);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 10);
 
 /**
  * ListConnectorsResponse is one page of connectors.
@@ -464,7 +536,7 @@ export type ListConnectorsResponse = Message<"rulesidecar.v1.ListConnectorsRespo
  * Use `create(ListConnectorsResponseSchema)` to create a new message.
  */
 export const ListConnectorsResponseSchema: GenMessage<ListConnectorsResponse> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 10);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 11);
 
 /**
  * DeleteConnectorRequest removes one connector.
@@ -492,7 +564,7 @@ export type DeleteConnectorRequest = Message<"rulesidecar.v1.DeleteConnectorRequ
  * Use `create(DeleteConnectorRequestSchema)` to create a new message.
  */
 export const DeleteConnectorRequestSchema: GenMessage<DeleteConnectorRequest> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 11);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 12);
 
 /**
  * DeleteConnectorResponse confirms a deletion.
@@ -513,7 +585,7 @@ export type DeleteConnectorResponse = Message<"rulesidecar.v1.DeleteConnectorRes
  * Use `create(DeleteConnectorResponseSchema)` to create a new message.
  */
 export const DeleteConnectorResponseSchema: GenMessage<DeleteConnectorResponse> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 12);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 13);
 
 /**
  * EvaluateNodeRequest evaluates one API-conditional node for one conversation.
@@ -558,7 +630,7 @@ export type EvaluateNodeRequest = Message<"rulesidecar.v1.EvaluateNodeRequest"> 
  * Use `create(EvaluateNodeRequestSchema)` to create a new message.
  */
 export const EvaluateNodeRequestSchema: GenMessage<EvaluateNodeRequest> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 13);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 14);
 
 /**
  * Node is one API-conditional workflow node: call a connector, then take the first branch whose
@@ -615,7 +687,7 @@ export type Node = Message<"rulesidecar.v1.Node"> & {
  * Use `create(NodeSchema)` to create a new message.
  */
 export const NodeSchema: GenMessage<Node> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 14);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 15);
 
 /**
  * Branch is one if / else-if arm of a node.
@@ -650,7 +722,7 @@ export type Branch = Message<"rulesidecar.v1.Branch"> & {
  * Use `create(BranchSchema)` to create a new message.
  */
 export const BranchSchema: GenMessage<Branch> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 15);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 16);
 
 /**
  * Subject is the value a condition tests.
@@ -678,7 +750,7 @@ export type Subject = Message<"rulesidecar.v1.Subject"> & {
  * Use `create(SubjectSchema)` to create a new message.
  */
 export const SubjectSchema: GenMessage<Subject> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 16);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 17);
 
 /**
  * Condition is one test of a branch.
@@ -728,7 +800,7 @@ export type Condition = Message<"rulesidecar.v1.Condition"> & {
  * Use `create(ConditionSchema)` to create a new message.
  */
 export const ConditionSchema: GenMessage<Condition> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 17);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 18);
 
 /**
  * Extraction copies one value out of a JSON document into a variable.
@@ -778,7 +850,7 @@ export type Extraction = Message<"rulesidecar.v1.Extraction"> & {
  * Use `create(ExtractionSchema)` to create a new message.
  */
 export const ExtractionSchema: GenMessage<Extraction> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 18);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 19);
 
 /**
  * EvaluateNodeResponse is the verdict and everything the workflow needs next.
@@ -869,6 +941,20 @@ export type EvaluateNodeResponse = Message<"rulesidecar.v1.EvaluateNodeResponse"
    * @generated from field: rulesidecar.v1.Explanation explanation = 12;
    */
   explanation?: Explanation | undefined;
+
+  /**
+   * Where the HTTP response came from, for a connector with a `cache`; unspecified otherwise.
+   *
+   * @generated from field: rulesidecar.v1.CacheStatus cache_status = 13;
+   */
+  cacheStatus: CacheStatus;
+
+  /**
+   * How old the response is when it came from the cache (0 for a fresh call).
+   *
+   * @generated from field: google.protobuf.Duration cache_age = 14;
+   */
+  cacheAge?: Duration | undefined;
 };
 
 /**
@@ -876,7 +962,7 @@ export type EvaluateNodeResponse = Message<"rulesidecar.v1.EvaluateNodeResponse"
  * Use `create(EvaluateNodeResponseSchema)` to create a new message.
  */
 export const EvaluateNodeResponseSchema: GenMessage<EvaluateNodeResponse> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 19);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 20);
 
 /**
  * ExtractionResult reports one extraction, successful or not.
@@ -925,7 +1011,7 @@ export type ExtractionResult = Message<"rulesidecar.v1.ExtractionResult"> & {
  * Use `create(ExtractionResultSchema)` to create a new message.
  */
 export const ExtractionResultSchema: GenMessage<ExtractionResult> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 20);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 21);
 
 /**
  * Explanation shows how an evaluation reached its verdict.
@@ -960,7 +1046,7 @@ export type Explanation = Message<"rulesidecar.v1.Explanation"> & {
  * Use `create(ExplanationSchema)` to create a new message.
  */
 export const ExplanationSchema: GenMessage<Explanation> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 21);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 22);
 
 /**
  * RenderedRequest is an outbound request with secrets masked as `***`.
@@ -1002,7 +1088,7 @@ export type RenderedRequest = Message<"rulesidecar.v1.RenderedRequest"> & {
  * Use `create(RenderedRequestSchema)` to create a new message.
  */
 export const RenderedRequestSchema: GenMessage<RenderedRequest> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 22);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 23);
 
 /**
  * BranchExplanation shows one branch's evaluation.
@@ -1051,7 +1137,7 @@ export type BranchExplanation = Message<"rulesidecar.v1.BranchExplanation"> & {
  * Use `create(BranchExplanationSchema)` to create a new message.
  */
 export const BranchExplanationSchema: GenMessage<BranchExplanation> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 23);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 24);
 
 /**
  * ConditionExplanation shows one condition's evaluation.
@@ -1114,7 +1200,7 @@ export type ConditionExplanation = Message<"rulesidecar.v1.ConditionExplanation"
  * Use `create(ConditionExplanationSchema)` to create a new message.
  */
 export const ConditionExplanationSchema: GenMessage<ConditionExplanation> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 24);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 25);
 
 /**
  * ExtractVariablesRequest applies extractions to a document the caller already has.
@@ -1158,7 +1244,7 @@ export type ExtractVariablesRequest = Message<"rulesidecar.v1.ExtractVariablesRe
  * Use `create(ExtractVariablesRequestSchema)` to create a new message.
  */
 export const ExtractVariablesRequestSchema: GenMessage<ExtractVariablesRequest> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 25);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 26);
 
 /**
  * ExtractVariablesResponse carries the extracted values.
@@ -1193,7 +1279,7 @@ export type ExtractVariablesResponse = Message<"rulesidecar.v1.ExtractVariablesR
  * Use `create(ExtractVariablesResponseSchema)` to create a new message.
  */
 export const ExtractVariablesResponseSchema: GenMessage<ExtractVariablesResponse> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 26);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 27);
 
 /**
  * ConnectorStatus says whether a connector may run. Only LIVE connectors run in production; DRAFT
@@ -1939,6 +2025,69 @@ export const ReasonSchema: GenEnum<Reason> = /*@__PURE__*/
   enumDesc(file_rulesidecar_v1_rules_sidecar, 11);
 
 /**
+ * CacheStatus says where an answer's HTTP response came from, for a connector with a cache.
+ *
+ * @generated from enum rulesidecar.v1.CacheStatus
+ */
+export enum CacheStatus {
+  /**
+   * The connector has no cache, or nothing was sent.
+   *
+   * @generated from enum value: CACHE_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Not held (or too old): the upstream was called.
+   *
+   * @generated from enum value: CACHE_STATUS_MISS = 1;
+   */
+  MISS = 1,
+
+  /**
+   * A fresh stored response; nothing was sent.
+   *
+   * @generated from enum value: CACHE_STATUS_HIT = 2;
+   */
+  HIT = 2,
+
+  /**
+   * Expired but within `stale_while_revalidate`: answered at once, one refresh runs behind it.
+   *
+   * @generated from enum value: CACHE_STATUS_STALE = 3;
+   */
+  STALE = 3,
+
+  /**
+   * The call failed (or outlived the caller's deadline); a stale response within
+   * `stale_if_error` answered instead.
+   *
+   * @generated from enum value: CACHE_STATUS_STALE_IF_ERROR = 4;
+   */
+  STALE_IF_ERROR = 4,
+
+  /**
+   * An identical call was in flight: its response, shared.
+   *
+   * @generated from enum value: CACHE_STATUS_COALESCED = 5;
+   */
+  COALESCED = 5,
+
+  /**
+   * This sidecar's cache is off (`response_cache_max_bytes: 0`): the upstream was called.
+   *
+   * @generated from enum value: CACHE_STATUS_BYPASS = 6;
+   */
+  BYPASS = 6,
+}
+
+/**
+ * Describes the enum rulesidecar.v1.CacheStatus.
+ */
+export const CacheStatusSchema: GenEnum<CacheStatus> = /*@__PURE__*/
+  enumDesc(file_rulesidecar_v1_rules_sidecar, 12);
+
+/**
  * ExtractionStatus is how one extraction went.
  *
  * @generated from enum rulesidecar.v1.ExtractionStatus
@@ -1991,7 +2140,7 @@ export enum ExtractionStatus {
  * Describes the enum rulesidecar.v1.ExtractionStatus.
  */
 export const ExtractionStatusSchema: GenEnum<ExtractionStatus> = /*@__PURE__*/
-  enumDesc(file_rulesidecar_v1_rules_sidecar, 12);
+  enumDesc(file_rulesidecar_v1_rules_sidecar, 13);
 
 /**
  * RulesSidecarService is the whole API of the sidecar: a connector registry and the evaluation of

@@ -822,6 +822,50 @@ java.lang.String defaultValue) {
     return disableTracePropagation_;
   }
 
+  public static final int CACHE_FIELD_NUMBER = 19;
+  private dev.rulessidecar.v1.CachePolicy cache_;
+  /**
+   * <pre>
+   * Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+   * means every evaluation calls the API. Only lookups: GET, or a POST with
+   * `cache.idempotent_lookup`.
+   * </pre>
+   *
+   * <code>.rulesidecar.v1.CachePolicy cache = 19 [json_name = "cache", (.google.api.field_behavior) = OPTIONAL];</code>
+   * @return Whether the cache field is set.
+   */
+  @java.lang.Override
+  public boolean hasCache() {
+    return ((bitField0_ & 0x00000010) != 0);
+  }
+  /**
+   * <pre>
+   * Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+   * means every evaluation calls the API. Only lookups: GET, or a POST with
+   * `cache.idempotent_lookup`.
+   * </pre>
+   *
+   * <code>.rulesidecar.v1.CachePolicy cache = 19 [json_name = "cache", (.google.api.field_behavior) = OPTIONAL];</code>
+   * @return The cache.
+   */
+  @java.lang.Override
+  public dev.rulessidecar.v1.CachePolicy getCache() {
+    return cache_ == null ? dev.rulessidecar.v1.CachePolicy.getDefaultInstance() : cache_;
+  }
+  /**
+   * <pre>
+   * Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+   * means every evaluation calls the API. Only lookups: GET, or a POST with
+   * `cache.idempotent_lookup`.
+   * </pre>
+   *
+   * <code>.rulesidecar.v1.CachePolicy cache = 19 [json_name = "cache", (.google.api.field_behavior) = OPTIONAL];</code>
+   */
+  @java.lang.Override
+  public dev.rulessidecar.v1.CachePolicyOrBuilder getCacheOrBuilder() {
+    return cache_ == null ? dev.rulessidecar.v1.CachePolicy.getDefaultInstance() : cache_;
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -895,6 +939,9 @@ java.lang.String defaultValue) {
     }
     if (disableTracePropagation_ != false) {
       output.writeBool(18, disableTracePropagation_);
+    }
+    if (((bitField0_ & 0x00000010) != 0)) {
+      output.writeMessage(19, getCache());
     }
     getUnknownFields().writeTo(output);
   }
@@ -984,6 +1031,10 @@ java.lang.String defaultValue) {
       size += com.google.protobuf.CodedOutputStream
         .computeBoolSize(18, disableTracePropagation_);
     }
+    if (((bitField0_ & 0x00000010) != 0)) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeMessageSize(19, getCache());
+    }
     return size;
   }
   @java.lang.Override
@@ -1053,6 +1104,11 @@ java.lang.String defaultValue) {
         .equals(other.getIdempotencyKeyHeader())) return false;
     if (getDisableTracePropagation()
         != other.getDisableTracePropagation()) return false;
+    if (hasCache() != other.hasCache()) return false;
+    if (hasCache()) {
+      if (!getCache()
+          .equals(other.getCache())) return false;
+    }
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -1118,6 +1174,10 @@ java.lang.String defaultValue) {
     hash = (37 * hash) + DISABLE_TRACE_PROPAGATION_FIELD_NUMBER;
     hash = (53 * hash) + com.google.protobuf.Internal.hashBoolean(
         getDisableTracePropagation());
+    if (hasCache()) {
+      hash = (37 * hash) + CACHE_FIELD_NUMBER;
+      hash = (53 * hash) + getCache().hashCode();
+    }
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
     return hash;
@@ -1284,6 +1344,7 @@ java.lang.String defaultValue) {
         internalGetAuthFieldBuilder();
         internalGetTimeoutFieldBuilder();
         internalGetUpdateTimeFieldBuilder();
+        internalGetCacheFieldBuilder();
       }
     }
     @java.lang.Override
@@ -1325,6 +1386,11 @@ java.lang.String defaultValue) {
       followRedirects_ = false;
       idempotencyKeyHeader_ = "";
       disableTracePropagation_ = false;
+      cache_ = null;
+      if (cacheBuilder_ != null) {
+        cacheBuilder_.dispose();
+        cacheBuilder_ = null;
+      }
       return this;
     }
 
@@ -1428,6 +1494,12 @@ java.lang.String defaultValue) {
       if (((from_bitField0_ & 0x00020000) != 0)) {
         result.disableTracePropagation_ = disableTracePropagation_;
       }
+      if (((from_bitField0_ & 0x00040000) != 0)) {
+        result.cache_ = cacheBuilder_ == null
+            ? cache_
+            : cacheBuilder_.build();
+        to_bitField0_ |= 0x00000010;
+      }
       result.bitField0_ |= to_bitField0_;
     }
 
@@ -1511,6 +1583,9 @@ java.lang.String defaultValue) {
       }
       if (other.getDisableTracePropagation() != false) {
         setDisableTracePropagation(other.getDisableTracePropagation());
+      }
+      if (other.hasCache()) {
+        mergeCache(other.getCache());
       }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
@@ -1642,6 +1717,13 @@ java.lang.String defaultValue) {
               bitField0_ |= 0x00020000;
               break;
             } // case 144
+            case 154: {
+              input.readMessage(
+                  internalGetCacheFieldBuilder().getBuilder(),
+                  extensionRegistry);
+              bitField0_ |= 0x00040000;
+              break;
+            } // case 154
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -3549,6 +3631,179 @@ java.lang.String defaultValue) {
       disableTracePropagation_ = false;
       onChanged();
       return this;
+    }
+
+    private dev.rulessidecar.v1.CachePolicy cache_;
+    private com.google.protobuf.SingleFieldBuilder<
+        dev.rulessidecar.v1.CachePolicy, dev.rulessidecar.v1.CachePolicy.Builder, dev.rulessidecar.v1.CachePolicyOrBuilder> cacheBuilder_;
+    /**
+     * <pre>
+     * Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+     * means every evaluation calls the API. Only lookups: GET, or a POST with
+     * `cache.idempotent_lookup`.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.CachePolicy cache = 19 [json_name = "cache", (.google.api.field_behavior) = OPTIONAL];</code>
+     * @return Whether the cache field is set.
+     */
+    public boolean hasCache() {
+      return ((bitField0_ & 0x00040000) != 0);
+    }
+    /**
+     * <pre>
+     * Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+     * means every evaluation calls the API. Only lookups: GET, or a POST with
+     * `cache.idempotent_lookup`.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.CachePolicy cache = 19 [json_name = "cache", (.google.api.field_behavior) = OPTIONAL];</code>
+     * @return The cache.
+     */
+    public dev.rulessidecar.v1.CachePolicy getCache() {
+      if (cacheBuilder_ == null) {
+        return cache_ == null ? dev.rulessidecar.v1.CachePolicy.getDefaultInstance() : cache_;
+      } else {
+        return cacheBuilder_.getMessage();
+      }
+    }
+    /**
+     * <pre>
+     * Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+     * means every evaluation calls the API. Only lookups: GET, or a POST with
+     * `cache.idempotent_lookup`.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.CachePolicy cache = 19 [json_name = "cache", (.google.api.field_behavior) = OPTIONAL];</code>
+     */
+    public Builder setCache(dev.rulessidecar.v1.CachePolicy value) {
+      if (cacheBuilder_ == null) {
+        java.util.Objects.requireNonNull(value);
+        cache_ = value;
+      } else {
+        cacheBuilder_.setMessage(value);
+      }
+      bitField0_ |= 0x00040000;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+     * means every evaluation calls the API. Only lookups: GET, or a POST with
+     * `cache.idempotent_lookup`.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.CachePolicy cache = 19 [json_name = "cache", (.google.api.field_behavior) = OPTIONAL];</code>
+     */
+    public Builder setCache(
+        dev.rulessidecar.v1.CachePolicy.Builder builderForValue) {
+      if (cacheBuilder_ == null) {
+        cache_ = builderForValue.build();
+      } else {
+        cacheBuilder_.setMessage(builderForValue.build());
+      }
+      bitField0_ |= 0x00040000;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+     * means every evaluation calls the API. Only lookups: GET, or a POST with
+     * `cache.idempotent_lookup`.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.CachePolicy cache = 19 [json_name = "cache", (.google.api.field_behavior) = OPTIONAL];</code>
+     */
+    public Builder mergeCache(dev.rulessidecar.v1.CachePolicy value) {
+      if (cacheBuilder_ == null) {
+        if (((bitField0_ & 0x00040000) != 0) &&
+          cache_ != null &&
+          cache_ != dev.rulessidecar.v1.CachePolicy.getDefaultInstance()) {
+          getCacheBuilder().mergeFrom(value);
+        } else {
+          cache_ = value;
+        }
+      } else {
+        cacheBuilder_.mergeFrom(value);
+      }
+      if (cache_ != null) {
+        bitField0_ |= 0x00040000;
+        onChanged();
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+     * means every evaluation calls the API. Only lookups: GET, or a POST with
+     * `cache.idempotent_lookup`.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.CachePolicy cache = 19 [json_name = "cache", (.google.api.field_behavior) = OPTIONAL];</code>
+     */
+    public Builder clearCache() {
+      bitField0_ = (bitField0_ & ~0x00040000);
+      cache_ = null;
+      if (cacheBuilder_ != null) {
+        cacheBuilder_.dispose();
+        cacheBuilder_ = null;
+      }
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+     * means every evaluation calls the API. Only lookups: GET, or a POST with
+     * `cache.idempotent_lookup`.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.CachePolicy cache = 19 [json_name = "cache", (.google.api.field_behavior) = OPTIONAL];</code>
+     */
+    public dev.rulessidecar.v1.CachePolicy.Builder getCacheBuilder() {
+      bitField0_ |= 0x00040000;
+      onChanged();
+      return internalGetCacheFieldBuilder().getBuilder();
+    }
+    /**
+     * <pre>
+     * Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+     * means every evaluation calls the API. Only lookups: GET, or a POST with
+     * `cache.idempotent_lookup`.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.CachePolicy cache = 19 [json_name = "cache", (.google.api.field_behavior) = OPTIONAL];</code>
+     */
+    public dev.rulessidecar.v1.CachePolicyOrBuilder getCacheOrBuilder() {
+      if (cacheBuilder_ != null) {
+        return cacheBuilder_.getMessageOrBuilder();
+      } else {
+        return cache_ == null ?
+            dev.rulessidecar.v1.CachePolicy.getDefaultInstance() : cache_;
+      }
+    }
+    /**
+     * <pre>
+     * Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+     * means every evaluation calls the API. Only lookups: GET, or a POST with
+     * `cache.idempotent_lookup`.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.CachePolicy cache = 19 [json_name = "cache", (.google.api.field_behavior) = OPTIONAL];</code>
+     */
+    private com.google.protobuf.SingleFieldBuilder<
+        dev.rulessidecar.v1.CachePolicy, dev.rulessidecar.v1.CachePolicy.Builder, dev.rulessidecar.v1.CachePolicyOrBuilder> 
+        internalGetCacheFieldBuilder() {
+      if (cacheBuilder_ == null) {
+        cacheBuilder_ = new com.google.protobuf.SingleFieldBuilder<
+            dev.rulessidecar.v1.CachePolicy, dev.rulessidecar.v1.CachePolicy.Builder, dev.rulessidecar.v1.CachePolicyOrBuilder>(
+                getCache(),
+                getParentForChildren(),
+                isClean());
+        cache_ = null;
+      }
+      return cacheBuilder_;
     }
 
     // @@protoc_insertion_point(builder_scope:rulesidecar.v1.Connector)

@@ -467,4 +467,37 @@ java.lang.String defaultValue);
    * @return The disableTracePropagation.
    */
   boolean getDisableTracePropagation();
+
+  /**
+   * <pre>
+   * Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+   * means every evaluation calls the API. Only lookups: GET, or a POST with
+   * `cache.idempotent_lookup`.
+   * </pre>
+   *
+   * <code>.rulesidecar.v1.CachePolicy cache = 19 [json_name = "cache", (.google.api.field_behavior) = OPTIONAL];</code>
+   * @return Whether the cache field is set.
+   */
+  boolean hasCache();
+  /**
+   * <pre>
+   * Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+   * means every evaluation calls the API. Only lookups: GET, or a POST with
+   * `cache.idempotent_lookup`.
+   * </pre>
+   *
+   * <code>.rulesidecar.v1.CachePolicy cache = 19 [json_name = "cache", (.google.api.field_behavior) = OPTIONAL];</code>
+   * @return The cache.
+   */
+  dev.rulessidecar.v1.CachePolicy getCache();
+  /**
+   * <pre>
+   * Reuse this connector's answers for a while (a response cache per sidecar process). Unset
+   * means every evaluation calls the API. Only lookups: GET, or a POST with
+   * `cache.idempotent_lookup`.
+   * </pre>
+   *
+   * <code>.rulesidecar.v1.CachePolicy cache = 19 [json_name = "cache", (.google.api.field_behavior) = OPTIONAL];</code>
+   */
+  dev.rulessidecar.v1.CachePolicyOrBuilder getCacheOrBuilder();
 }

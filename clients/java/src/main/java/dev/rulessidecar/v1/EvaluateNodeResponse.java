@@ -37,6 +37,7 @@ private static final long serialVersionUID = 0L;
     message_ = "";
     target_ = "";
     extractions_ = java.util.Collections.emptyList();
+    cacheStatus_ = 0;
   }
 
   public static final com.google.protobuf.Descriptors.Descriptor
@@ -451,6 +452,70 @@ private static final long serialVersionUID = 0L;
     return explanation_ == null ? dev.rulessidecar.v1.Explanation.getDefaultInstance() : explanation_;
   }
 
+  public static final int CACHE_STATUS_FIELD_NUMBER = 13;
+  private int cacheStatus_ = 0;
+  /**
+   * <pre>
+   * Where the HTTP response came from, for a connector with a `cache`; unspecified otherwise.
+   * </pre>
+   *
+   * <code>.rulesidecar.v1.CacheStatus cache_status = 13 [json_name = "cacheStatus"];</code>
+   * @return The enum numeric value on the wire for cacheStatus.
+   */
+  @java.lang.Override public int getCacheStatusValue() {
+    return cacheStatus_;
+  }
+  /**
+   * <pre>
+   * Where the HTTP response came from, for a connector with a `cache`; unspecified otherwise.
+   * </pre>
+   *
+   * <code>.rulesidecar.v1.CacheStatus cache_status = 13 [json_name = "cacheStatus"];</code>
+   * @return The cacheStatus.
+   */
+  @java.lang.Override public dev.rulessidecar.v1.CacheStatus getCacheStatus() {
+    dev.rulessidecar.v1.CacheStatus result = dev.rulessidecar.v1.CacheStatus.forNumber(cacheStatus_);
+    return result == null ? dev.rulessidecar.v1.CacheStatus.UNRECOGNIZED : result;
+  }
+
+  public static final int CACHE_AGE_FIELD_NUMBER = 14;
+  private com.google.protobuf.Duration cacheAge_;
+  /**
+   * <pre>
+   * How old the response is when it came from the cache (0 for a fresh call).
+   * </pre>
+   *
+   * <code>.google.protobuf.Duration cache_age = 14 [json_name = "cacheAge"];</code>
+   * @return Whether the cacheAge field is set.
+   */
+  @java.lang.Override
+  public boolean hasCacheAge() {
+    return ((bitField0_ & 0x00000010) != 0);
+  }
+  /**
+   * <pre>
+   * How old the response is when it came from the cache (0 for a fresh call).
+   * </pre>
+   *
+   * <code>.google.protobuf.Duration cache_age = 14 [json_name = "cacheAge"];</code>
+   * @return The cacheAge.
+   */
+  @java.lang.Override
+  public com.google.protobuf.Duration getCacheAge() {
+    return cacheAge_ == null ? com.google.protobuf.Duration.getDefaultInstance() : cacheAge_;
+  }
+  /**
+   * <pre>
+   * How old the response is when it came from the cache (0 for a fresh call).
+   * </pre>
+   *
+   * <code>.google.protobuf.Duration cache_age = 14 [json_name = "cacheAge"];</code>
+   */
+  @java.lang.Override
+  public com.google.protobuf.DurationOrBuilder getCacheAgeOrBuilder() {
+    return cacheAge_ == null ? com.google.protobuf.Duration.getDefaultInstance() : cacheAge_;
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -500,6 +565,12 @@ private static final long serialVersionUID = 0L;
     }
     if (((bitField0_ & 0x00000008) != 0)) {
       output.writeMessage(12, getExplanation());
+    }
+    if (cacheStatus_ != dev.rulessidecar.v1.CacheStatus.CACHE_STATUS_UNSPECIFIED.getNumber()) {
+      output.writeEnum(13, cacheStatus_);
+    }
+    if (((bitField0_ & 0x00000010) != 0)) {
+      output.writeMessage(14, getCacheAge());
     }
     getUnknownFields().writeTo(output);
   }
@@ -555,6 +626,14 @@ private static final long serialVersionUID = 0L;
     if (((bitField0_ & 0x00000008) != 0)) {
       size += com.google.protobuf.CodedOutputStream
         .computeMessageSize(12, getExplanation());
+    }
+    if (cacheStatus_ != dev.rulessidecar.v1.CacheStatus.CACHE_STATUS_UNSPECIFIED.getNumber()) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeEnumSize(13, cacheStatus_);
+    }
+    if (((bitField0_ & 0x00000010) != 0)) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeMessageSize(14, getCacheAge());
     }
     return size;
   }
@@ -614,6 +693,12 @@ private static final long serialVersionUID = 0L;
       if (!getExplanation()
           .equals(other.getExplanation())) return false;
     }
+    if (cacheStatus_ != other.cacheStatus_) return false;
+    if (hasCacheAge() != other.hasCacheAge()) return false;
+    if (hasCacheAge()) {
+      if (!getCacheAge()
+          .equals(other.getCacheAge())) return false;
+    }
     if (!getUnknownFields().equals(other.getUnknownFields())) return false;
     return true;
   }
@@ -659,6 +744,12 @@ private static final long serialVersionUID = 0L;
     if (hasExplanation()) {
       hash = (37 * hash) + EXPLANATION_FIELD_NUMBER;
       hash = (53 * hash) + getExplanation().hashCode();
+    }
+    hash = (37 * hash) + CACHE_STATUS_FIELD_NUMBER;
+    hash = (53 * hash) + cacheStatus_;
+    if (hasCacheAge()) {
+      hash = (37 * hash) + CACHE_AGE_FIELD_NUMBER;
+      hash = (53 * hash) + getCacheAge().hashCode();
     }
     hash = (29 * hash) + getUnknownFields().hashCode();
     memoizedHashCode = hash;
@@ -798,6 +889,7 @@ private static final long serialVersionUID = 0L;
         internalGetExtractionsFieldBuilder();
         internalGetUpstreamLatencyFieldBuilder();
         internalGetExplanationFieldBuilder();
+        internalGetCacheAgeFieldBuilder();
       }
     }
     @java.lang.Override
@@ -833,6 +925,12 @@ private static final long serialVersionUID = 0L;
       if (explanationBuilder_ != null) {
         explanationBuilder_.dispose();
         explanationBuilder_ = null;
+      }
+      cacheStatus_ = 0;
+      cacheAge_ = null;
+      if (cacheAgeBuilder_ != null) {
+        cacheAgeBuilder_.dispose();
+        cacheAgeBuilder_ = null;
       }
       return this;
     }
@@ -924,6 +1022,15 @@ private static final long serialVersionUID = 0L;
             : explanationBuilder_.build();
         to_bitField0_ |= 0x00000008;
       }
+      if (((from_bitField0_ & 0x00001000) != 0)) {
+        result.cacheStatus_ = cacheStatus_;
+      }
+      if (((from_bitField0_ & 0x00002000) != 0)) {
+        result.cacheAge_ = cacheAgeBuilder_ == null
+            ? cacheAge_
+            : cacheAgeBuilder_.build();
+        to_bitField0_ |= 0x00000010;
+      }
       result.bitField0_ |= to_bitField0_;
     }
 
@@ -1001,6 +1108,12 @@ private static final long serialVersionUID = 0L;
       }
       if (other.hasExplanation()) {
         mergeExplanation(other.getExplanation());
+      }
+      if (other.cacheStatus_ != 0) {
+        setCacheStatusValue(other.getCacheStatusValue());
+      }
+      if (other.hasCacheAge()) {
+        mergeCacheAge(other.getCacheAge());
       }
       this.mergeUnknownFields(other.getUnknownFields());
       onChanged();
@@ -1100,6 +1213,18 @@ private static final long serialVersionUID = 0L;
               bitField0_ |= 0x00000800;
               break;
             } // case 98
+            case 104: {
+              cacheStatus_ = input.readEnum();
+              bitField0_ |= 0x00001000;
+              break;
+            } // case 104
+            case 114: {
+              input.readMessage(
+                  internalGetCacheAgeFieldBuilder().getBuilder(),
+                  extensionRegistry);
+              bitField0_ |= 0x00002000;
+              break;
+            } // case 114
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -2402,6 +2527,233 @@ private static final long serialVersionUID = 0L;
         explanation_ = null;
       }
       return explanationBuilder_;
+    }
+
+    private int cacheStatus_ = 0;
+    /**
+     * <pre>
+     * Where the HTTP response came from, for a connector with a `cache`; unspecified otherwise.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.CacheStatus cache_status = 13 [json_name = "cacheStatus"];</code>
+     * @return The enum numeric value on the wire for cacheStatus.
+     */
+    @java.lang.Override public int getCacheStatusValue() {
+      return cacheStatus_;
+    }
+    /**
+     * <pre>
+     * Where the HTTP response came from, for a connector with a `cache`; unspecified otherwise.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.CacheStatus cache_status = 13 [json_name = "cacheStatus"];</code>
+     * @param value The enum numeric value on the wire for cacheStatus to set.
+     * @return This builder for chaining.
+     */
+    public Builder setCacheStatusValue(int value) {
+      cacheStatus_ = value;
+      bitField0_ |= 0x00001000;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Where the HTTP response came from, for a connector with a `cache`; unspecified otherwise.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.CacheStatus cache_status = 13 [json_name = "cacheStatus"];</code>
+     * @return The cacheStatus.
+     */
+    @java.lang.Override
+    public dev.rulessidecar.v1.CacheStatus getCacheStatus() {
+      dev.rulessidecar.v1.CacheStatus result = dev.rulessidecar.v1.CacheStatus.forNumber(cacheStatus_);
+      return result == null ? dev.rulessidecar.v1.CacheStatus.UNRECOGNIZED : result;
+    }
+    /**
+     * <pre>
+     * Where the HTTP response came from, for a connector with a `cache`; unspecified otherwise.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.CacheStatus cache_status = 13 [json_name = "cacheStatus"];</code>
+     * @param value The cacheStatus to set.
+     * @throws IllegalArgumentException if UNRECOGNIZED is provided.
+     * @return This builder for chaining.
+     */
+    public Builder setCacheStatus(dev.rulessidecar.v1.CacheStatus value) {
+      java.util.Objects.requireNonNull(value);
+      bitField0_ |= 0x00001000;
+      cacheStatus_ = value.getNumber();
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * Where the HTTP response came from, for a connector with a `cache`; unspecified otherwise.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.CacheStatus cache_status = 13 [json_name = "cacheStatus"];</code>
+     * @return This builder for chaining.
+     */
+    public Builder clearCacheStatus() {
+      bitField0_ = (bitField0_ & ~0x00001000);
+      cacheStatus_ = 0;
+      onChanged();
+      return this;
+    }
+
+    private com.google.protobuf.Duration cacheAge_;
+    private com.google.protobuf.SingleFieldBuilder<
+        com.google.protobuf.Duration, com.google.protobuf.Duration.Builder, com.google.protobuf.DurationOrBuilder> cacheAgeBuilder_;
+    /**
+     * <pre>
+     * How old the response is when it came from the cache (0 for a fresh call).
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration cache_age = 14 [json_name = "cacheAge"];</code>
+     * @return Whether the cacheAge field is set.
+     */
+    public boolean hasCacheAge() {
+      return ((bitField0_ & 0x00002000) != 0);
+    }
+    /**
+     * <pre>
+     * How old the response is when it came from the cache (0 for a fresh call).
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration cache_age = 14 [json_name = "cacheAge"];</code>
+     * @return The cacheAge.
+     */
+    public com.google.protobuf.Duration getCacheAge() {
+      if (cacheAgeBuilder_ == null) {
+        return cacheAge_ == null ? com.google.protobuf.Duration.getDefaultInstance() : cacheAge_;
+      } else {
+        return cacheAgeBuilder_.getMessage();
+      }
+    }
+    /**
+     * <pre>
+     * How old the response is when it came from the cache (0 for a fresh call).
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration cache_age = 14 [json_name = "cacheAge"];</code>
+     */
+    public Builder setCacheAge(com.google.protobuf.Duration value) {
+      if (cacheAgeBuilder_ == null) {
+        java.util.Objects.requireNonNull(value);
+        cacheAge_ = value;
+      } else {
+        cacheAgeBuilder_.setMessage(value);
+      }
+      bitField0_ |= 0x00002000;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * How old the response is when it came from the cache (0 for a fresh call).
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration cache_age = 14 [json_name = "cacheAge"];</code>
+     */
+    public Builder setCacheAge(
+        com.google.protobuf.Duration.Builder builderForValue) {
+      if (cacheAgeBuilder_ == null) {
+        cacheAge_ = builderForValue.build();
+      } else {
+        cacheAgeBuilder_.setMessage(builderForValue.build());
+      }
+      bitField0_ |= 0x00002000;
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * How old the response is when it came from the cache (0 for a fresh call).
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration cache_age = 14 [json_name = "cacheAge"];</code>
+     */
+    public Builder mergeCacheAge(com.google.protobuf.Duration value) {
+      if (cacheAgeBuilder_ == null) {
+        if (((bitField0_ & 0x00002000) != 0) &&
+          cacheAge_ != null &&
+          cacheAge_ != com.google.protobuf.Duration.getDefaultInstance()) {
+          getCacheAgeBuilder().mergeFrom(value);
+        } else {
+          cacheAge_ = value;
+        }
+      } else {
+        cacheAgeBuilder_.mergeFrom(value);
+      }
+      if (cacheAge_ != null) {
+        bitField0_ |= 0x00002000;
+        onChanged();
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * How old the response is when it came from the cache (0 for a fresh call).
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration cache_age = 14 [json_name = "cacheAge"];</code>
+     */
+    public Builder clearCacheAge() {
+      bitField0_ = (bitField0_ & ~0x00002000);
+      cacheAge_ = null;
+      if (cacheAgeBuilder_ != null) {
+        cacheAgeBuilder_.dispose();
+        cacheAgeBuilder_ = null;
+      }
+      onChanged();
+      return this;
+    }
+    /**
+     * <pre>
+     * How old the response is when it came from the cache (0 for a fresh call).
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration cache_age = 14 [json_name = "cacheAge"];</code>
+     */
+    public com.google.protobuf.Duration.Builder getCacheAgeBuilder() {
+      bitField0_ |= 0x00002000;
+      onChanged();
+      return internalGetCacheAgeFieldBuilder().getBuilder();
+    }
+    /**
+     * <pre>
+     * How old the response is when it came from the cache (0 for a fresh call).
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration cache_age = 14 [json_name = "cacheAge"];</code>
+     */
+    public com.google.protobuf.DurationOrBuilder getCacheAgeOrBuilder() {
+      if (cacheAgeBuilder_ != null) {
+        return cacheAgeBuilder_.getMessageOrBuilder();
+      } else {
+        return cacheAge_ == null ?
+            com.google.protobuf.Duration.getDefaultInstance() : cacheAge_;
+      }
+    }
+    /**
+     * <pre>
+     * How old the response is when it came from the cache (0 for a fresh call).
+     * </pre>
+     *
+     * <code>.google.protobuf.Duration cache_age = 14 [json_name = "cacheAge"];</code>
+     */
+    private com.google.protobuf.SingleFieldBuilder<
+        com.google.protobuf.Duration, com.google.protobuf.Duration.Builder, com.google.protobuf.DurationOrBuilder> 
+        internalGetCacheAgeFieldBuilder() {
+      if (cacheAgeBuilder_ == null) {
+        cacheAgeBuilder_ = new com.google.protobuf.SingleFieldBuilder<
+            com.google.protobuf.Duration, com.google.protobuf.Duration.Builder, com.google.protobuf.DurationOrBuilder>(
+                getCacheAge(),
+                getParentForChildren(),
+                isClean());
+        cacheAge_ = null;
+      }
+      return cacheAgeBuilder_;
     }
 
     // @@protoc_insertion_point(builder_scope:rulesidecar.v1.EvaluateNodeResponse)

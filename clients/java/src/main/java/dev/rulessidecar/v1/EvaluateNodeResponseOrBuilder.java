@@ -261,4 +261,50 @@ public interface EvaluateNodeResponseOrBuilder extends
    * <code>.rulesidecar.v1.Explanation explanation = 12 [json_name = "explanation"];</code>
    */
   dev.rulessidecar.v1.ExplanationOrBuilder getExplanationOrBuilder();
+
+  /**
+   * <pre>
+   * Where the HTTP response came from, for a connector with a `cache`; unspecified otherwise.
+   * </pre>
+   *
+   * <code>.rulesidecar.v1.CacheStatus cache_status = 13 [json_name = "cacheStatus"];</code>
+   * @return The enum numeric value on the wire for cacheStatus.
+   */
+  int getCacheStatusValue();
+  /**
+   * <pre>
+   * Where the HTTP response came from, for a connector with a `cache`; unspecified otherwise.
+   * </pre>
+   *
+   * <code>.rulesidecar.v1.CacheStatus cache_status = 13 [json_name = "cacheStatus"];</code>
+   * @return The cacheStatus.
+   */
+  dev.rulessidecar.v1.CacheStatus getCacheStatus();
+
+  /**
+   * <pre>
+   * How old the response is when it came from the cache (0 for a fresh call).
+   * </pre>
+   *
+   * <code>.google.protobuf.Duration cache_age = 14 [json_name = "cacheAge"];</code>
+   * @return Whether the cacheAge field is set.
+   */
+  boolean hasCacheAge();
+  /**
+   * <pre>
+   * How old the response is when it came from the cache (0 for a fresh call).
+   * </pre>
+   *
+   * <code>.google.protobuf.Duration cache_age = 14 [json_name = "cacheAge"];</code>
+   * @return The cacheAge.
+   */
+  com.google.protobuf.Duration getCacheAge();
+  /**
+   * <pre>
+   * How old the response is when it came from the cache (0 for a fresh call).
+   * </pre>
+   *
+   * <code>.google.protobuf.Duration cache_age = 14 [json_name = "cacheAge"];</code>
+   */
+  com.google.protobuf.DurationOrBuilder getCacheAgeOrBuilder();
 }
