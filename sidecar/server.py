@@ -52,7 +52,14 @@ from sidecar.api.servicer import SERVICE_NAME, RulesSidecarServicer, ServiceGate
 from sidecar.core.engine import Engine
 from sidecar.core.model import Connector
 from sidecar.core.secrets import SecretBindings, SecretStore
-from sidecar.egress import ConnectorFactory, Egress, EgressLimits, EgressPolicy, Resolver
+from sidecar.egress import (
+    ConnectorFactory,
+    Egress,
+    EgressLimits,
+    EgressPolicy,
+    Resolver,
+    ResponseCache,
+)
 from sidecar.errors import ConfigError
 from sidecar.registry import ConnectorStore, Registry, Store, load_connectors_file
 from sidecar.registry.backend import StoreUnreachableError
@@ -128,7 +135,10 @@ async def start_sidecar(
         await egress.aclose()
         await asyncio.to_thread(telemetry.shutdown)
         raise
-    engine = Engine(registry, secrets, egress.send, bindings=bindings)
+    response_cache = ResponseCache(
+        egress.send, max_bytes=settings.response_cache_max_bytes, telemetry=telemetry
+    )
+    engine = Engine(registry, secrets, response_cache.send, bindings=bindings)
     servicer = RulesSidecarServicer(
         registry,
         engine,
@@ -158,7 +168,7 @@ async def start_sidecar(
             settings.health_listen_address,
             server.health_port,
         )
-    return Sidecar(settings, server, telemetry, egress, registry, watcher, follower)
+    return Sidecar(settings, server, telemetry, egress, registry, watcher, follower, response_cache)
 
 
 def check_protected_mode(settings: Settings) -> None:
@@ -370,6 +380,7 @@ class Sidecar:
     registry: Registry
     connectors_watcher: ConnectorsFileWatcher | None
     follower: Follower | None = None
+    response_cache: ResponseCache | None = None
 
     @property
     def port(self) -> int:
@@ -388,6 +399,8 @@ class Sidecar:
         if self.follower is not None:
             await self.follower.stop()
         await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        if self.response_cache is not None:
+            await self.response_cache.aclose()  # refreshes still running use the egress
         await self.egress.aclose()
         await asyncio.to_thread(self.registry.close)
         await asyncio.to_thread(self.telemetry.shutdown)  # flushes the last spans and metrics

@@ -256,6 +256,13 @@ class Settings(BaseSettings):
     breaker_cooldown_seconds: float = Field(
         10.0, gt=0, description="How long an open breaker refuses calls before one probe."
     )
+    response_cache_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Bytes the response cache of this process may hold for every connector that "
+        "sets `cache`, least recently used out first (each replica has its own cache); 0 turns "
+        "caching off (answers say BYPASS).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL."
     )

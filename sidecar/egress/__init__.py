@@ -1,14 +1,23 @@
 """The egress: every outbound HTTP request leaves through `Egress.send` (see `client`).
 
 `policy` judges where a request may go, `transport` performs one exchange, `breaker` isolates a
-failing upstream. `Resolver` and `ConnectorFactory` are the seams the composition root passes
+failing upstream, `cache` answers connectors that opt in from memory and shares identical calls
+in flight. `Resolver` and `ConnectorFactory` are the seams the composition root passes
 through to the transport (tests fill them with a fake DNS and a recording connector).
 """
 
 from aiohttp.abc import AbstractResolver as Resolver
 
+from sidecar.egress.cache import ResponseCache
 from sidecar.egress.client import Egress, EgressLimits
 from sidecar.egress.policy import EgressPolicy
 from sidecar.egress.transport import ConnectorFactory
 
-__all__ = ["ConnectorFactory", "Egress", "EgressLimits", "EgressPolicy", "Resolver"]
+__all__ = [
+    "ConnectorFactory",
+    "Egress",
+    "EgressLimits",
+    "EgressPolicy",
+    "Resolver",
+    "ResponseCache",
+]

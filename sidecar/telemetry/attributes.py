@@ -15,6 +15,8 @@ OUTCOME: Final = "rules_sidecar.outcome"
 REASON: Final = "rules_sidecar.reason"
 BRANCH_INDEX: Final = "rules_sidecar.branch_index"
 ATTEMPTS: Final = "rules_sidecar.attempts"
+CACHE_STATUS: Final = "rules_sidecar.cache.status"
+CACHE_AGE: Final = "rules_sidecar.cache.age_seconds"
 # Semantic-convention attributes.
 ERROR_TYPE: Final = "error.type"
 HTTP_REQUEST_METHOD: Final = "http.request.method"

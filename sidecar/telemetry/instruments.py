@@ -26,6 +26,7 @@ Metrics (instrumentation scope `rules-sidecar`):
 | `rules_sidecar.evaluations` | counter | connector id, outcome, reason |
 | `rules_sidecar.evaluations.in_flight` | observable up-down counter | - |
 | `rules_sidecar.egress.retries` | counter | connector id |
+| `rules_sidecar.response_cache.lookups` | counter | connector id, cache status |
 | `rules_sidecar.egress.breaker.state` | observable gauge: 0 closed, 1 half-open, 2 open | origin |
 | `rules_sidecar.store.connected` | observable gauge: 1 connected, 0 not (store_url only) | - |
 | `process.cpu.time`, `process.memory.usage`, ... | observable (`process`) | cpu.mode |
@@ -58,6 +59,8 @@ from sidecar.core.model import Node, Outcome, OutcomeKind, Reason
 from sidecar.core.model.exchange import Origin, OutboundRequest, SendOptions
 from sidecar.errors import ConfigError
 from sidecar.telemetry.attributes import (
+    CACHE_AGE,
+    CACHE_STATUS,
     CONNECTOR_ID,
     ERROR_TYPE,
     HTTP_REQUEST_METHOD,
@@ -176,6 +179,12 @@ class Telemetry:
                 description="Unary gRPC calls being served now, by method.",
             )
             observe_process(meter)
+        self._cache_lookups = meter.create_counter(
+            "rules_sidecar.response_cache.lookups",
+            unit="{lookup}",
+            description="Answers of cached connectors, by connector and cache status (MISS, HIT, "
+            "STALE, STALE_IF_ERROR, COALESCED, BYPASS).",
+        )
 
     @classmethod
     def from_config(cls, config: TelemetryConfig) -> Telemetry:
@@ -391,6 +400,16 @@ class Telemetry:
             }
             _keep(self._evaluation_attributes, key, attributes)
         self._evaluations.add(1, attributes)
+
+    def cache_lookup(self, connector_id: str, status: str, age_seconds: float) -> None:
+        """One point of `rules_sidecar.response_cache.lookups`, and the status and age on the
+        current span (the evaluation's: the response cache answers inside it)."""
+        if self.metrics:
+            self._cache_lookups.add(1, {CONNECTOR_ID: connector_id, CACHE_STATUS: status})
+        if self.tracing:
+            span = trace.get_current_span()
+            span.set_attribute(CACHE_STATUS, status)
+            span.set_attribute(CACHE_AGE, age_seconds)
 
 
 class RpcMethodMetrics:
