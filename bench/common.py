@@ -159,28 +159,24 @@ def sidecar(
     extra_env: dict[str, str] | None = None,
     log_level: str = "WARNING",
     checkout: Path = ROOT,
+    connectors: list[dict[str, Any]] | None = None,
 ) -> Iterator[Stack]:
-    """The real `rules-sidecar serve`, with the scenario's connector, on a free port (from
-    another `checkout` with its own .venv, to compare versions in one run)."""
+    """The real `rules-sidecar serve`, with the scenario's connector (or `connectors`), on a free
+    port (from another `checkout` with its own .venv, to compare versions in one run)."""
     port = free_port()
     with tempfile.TemporaryDirectory() as scratch:
-        connectors = Path(scratch) / "connectors.json"
+        connectors_file = Path(scratch) / "connectors.json"
         log = Path(scratch) / "sidecar.log"  # kept out of the report; shown if startup fails
         url = f"http://127.0.0.1:{upstream_port}/orders/{{{{order_number}}}}"
-        connectors.write_text(
-            json.dumps(
-                {
-                    "connectors": [
-                        {
-                            "id": "orders",
-                            "status": "LIVE",
-                            "url_template": url,
-                            "auth": {"api_key": {"name": "X-API-Key", "value_secret": "bench_key"}},
-                        }
-                    ]
-                }
-            )
-        )
+        definitions = connectors or [
+            {
+                "id": "orders",
+                "status": "LIVE",
+                "url_template": url,
+                "auth": {"api_key": {"name": "X-API-Key", "value_secret": "bench_key"}},
+            }
+        ]
+        connectors_file.write_text(json.dumps({"connectors": definitions}))
         environment = {
             **{k: v for k, v in os.environ.items() if not k.startswith("RULES_SIDECAR_")},
             "RULES_SECRET_bench_key": API_KEY,
@@ -199,7 +195,7 @@ def sidecar(
                 "--data-dir",
                 str(Path(scratch) / "data"),
                 "--connectors-file",
-                str(connectors),
+                str(connectors_file),
                 "--log-level",
                 log_level,
             ],
