@@ -552,7 +552,7 @@ def outcome_to_proto(outcome: model.Outcome) -> pb.EvaluateNodeResponse:
         response.explanation.CopyFrom(_explanation_to_proto(outcome.explanation))
     if outcome.cache_status is not None:
         response.cache_status = enum_to_proto(pb.CacheStatus, outcome.cache_status, "CACHE_STATUS_")
-        response.cache_age.CopyFrom(_duration(outcome.cache_age_seconds))
+        response.cache_age.FromNanoseconds(round(outcome.cache_age_seconds * 1e9))
     return response
 
 

@@ -293,7 +293,6 @@ def _judge(
     view = ResponseView(response.status, response.headers, body, body_is_json, variables)
     decision = compiled.branches.decide(view, explain=explain)
     extracted, results = compiled.extractions.apply(body, has_document=body_is_json)
-    notes = tuple(text for text in (note, _cache_note(response) if explain else "") if text)
     common: dict[str, Any] = {
         "variables": extracted,
         "extractions": results,
@@ -301,7 +300,9 @@ def _judge(
         "upstream_latency_seconds": latency,
         "attempts": response.attempts,
         "connector_version": connector.version,
-        "explanation": Explanation(request, decision.explanations, notes) if explain else None,
+        "explanation": Explanation(request, decision.explanations, _notes(note, response))
+        if explain
+        else None,
         "cache_status": response.cache_status,
         "cache_age_seconds": response.cache_age_seconds,
     }
@@ -334,12 +335,14 @@ def _judge(
     return Outcome(OutcomeKind.NO_MATCH, Reason.NO_BRANCH_MATCHED, node.else_target, **common)
 
 
-def _cache_note(response: HttpResponse) -> str:
-    """How the response cache answered, for an explanation (nothing without a cache)."""
+def _notes(body_note: str, response: HttpResponse) -> tuple[str, ...]:
+    """An explanation's notes: the body's, and how the response cache answered (if in play)."""
+    notes = (body_note,) if body_note else ()
     status = response.cache_status
     if status is None:
-        return ""
-    return f"response cache: {status.value}, the response is {response.cache_age_seconds:.1f}s old"
+        return notes
+    age = response.cache_age_seconds
+    return (*notes, f"response cache: {status.value}, the response is {age:.1f}s old")
 
 
 def _parse_body(response: HttpResponse) -> tuple[Any, bool, str]:
