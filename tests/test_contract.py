@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from google.api import field_behavior_pb2
+from google.protobuf import duration_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
@@ -219,6 +220,7 @@ SAMPLES: list[tuple[str, Any, Callable[[Any], object]]] = [
                 status=pb.CONNECTOR_STATUS_LIVE,
                 url_template="https://api.example.com/orders",
                 auth=auth,
+                cache=pb.CachePolicy(ttl=duration_pb2.Duration(seconds=60)),
             ),
             wire.connector_from_proto,
         )
