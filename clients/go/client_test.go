@@ -132,13 +132,11 @@ func TestExtractVariablesFromANativeDocument(t *testing.T) {
 }
 
 func TestDefaultDeadlineBoundsACallToASilentServer(t *testing.T) {
-	started := time.Now()
+	// Without the default deadline the call never ends and go test's own timeout fails the run;
+	// elapsed time is not asserted (timing belongs in the benchmark, not in pass/fail tests).
 	_, err := connect(t, harness.Silent, 300*time.Millisecond).GetConnector(context.Background(), "anything")
 	if code := sidecarError(t, err).Code(); code != codes.DeadlineExceeded {
 		t.Fatalf("want DeadlineExceeded, got %v", err)
-	}
-	if elapsed := time.Since(started); elapsed > 3*time.Second {
-		t.Fatalf("took %v", elapsed)
 	}
 }
 
@@ -149,10 +147,10 @@ func TestDeadlineReachesTheSidecarBeforeASlowUpstream(t *testing.T) {
 		t.Fatal(err)
 	}
 	node := &rulesidecarv1.Node{ConnectorId: "go-slow", Branches: []*rulesidecarv1.Branch{{Target: "ok"}}, ErrorTarget: "agent"}
-	started := time.Now()
 	evaluation, err := sidecar.EvaluateNode(ctx, node, nil)
 	// The sidecar keeps 20 ms of the caller's deadline to answer ERROR/TIMEOUT in time; on a busy
-	// machine the client's own timer may fire first. Either way the call ends at the deadline.
+	// machine the client's own timer may fire first. Either way the call ends at the deadline: a call
+	// without one would wait out the upstream's 5 s and answer MATCHED "ok", which fails here.
 	switch {
 	case err != nil:
 		if code := sidecarError(t, err).Code(); code != codes.DeadlineExceeded {
@@ -160,8 +158,5 @@ func TestDeadlineReachesTheSidecarBeforeASlowUpstream(t *testing.T) {
 		}
 	case evaluation.Reason != rulesidecarv1.Reason_REASON_TIMEOUT || evaluation.Target != "agent":
 		t.Fatalf("want ERROR/TIMEOUT, got %v %v", evaluation.Reason, evaluation.Target)
-	}
-	if elapsed := time.Since(started); elapsed > 3*time.Second {
-		t.Fatalf("took %v; the upstream takes 5 s", elapsed)
 	}
 }

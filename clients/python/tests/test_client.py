@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -10,6 +10,9 @@ import pytest
 from conftest import Harness
 from rulesidecar.client import Client, FieldViolation, SidecarError
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
+
+# Turns a call that never ends into a failure; generous, never a measurement.
+HANG_GUARD_SECONDS = 60
 
 
 def order_connector(connector_id: str, url: str) -> dict[str, Any]:
@@ -81,23 +84,24 @@ def test_extract_variables_from_a_native_document(harness: Harness) -> None:
 
 
 def test_default_deadline_bounds_a_call_to_a_silent_server(harness: Harness) -> None:
-    started = time.monotonic()
-    with Client(harness.silent, timeout=0.3) as sidecar, pytest.raises(SidecarError) as expired:
-        sidecar.get_connector("anything")
+    # Without the default deadline the call never ends: the worker's generous guard turns that
+    # hang into a failure; elapsed time is not asserted (timing belongs in the benchmark).
+    with Client(harness.silent, timeout=0.3) as sidecar, ThreadPoolExecutor(1) as worker:
+        call = worker.submit(sidecar.get_connector, "anything")
+        with pytest.raises(SidecarError) as expired:
+            call.result(timeout=HANG_GUARD_SECONDS)
     assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert time.monotonic() - started < 3
 
 
 def test_deadline_reaches_the_sidecar_before_a_slow_upstream(harness: Harness) -> None:
     node = {"connectorId": "py-slow", "branches": [{"target": "ok"}], "errorTarget": "agent"}
     with Client(harness.sidecar, timeout=1.0) as sidecar:
         sidecar.register_connector(order_connector("py-slow", f"{harness.upstream}/slow/x"))
-        started = time.monotonic()
         ending = reason_or_status(sidecar, node)
     # The sidecar keeps 20 ms of the caller's deadline to answer ERROR/TIMEOUT in time; on a busy
-    # machine the client's own timer may fire first. Either way the call ends at the deadline.
+    # machine the client's own timer may fire first. Either way the call ends at the deadline: a
+    # call without one would wait out the upstream's 5 s and answer REASON_BRANCH_MATCHED.
     assert ending in {"REASON_TIMEOUT", "DEADLINE_EXCEEDED"}
-    assert time.monotonic() - started < 3  # the upstream takes 5 s
 
 
 def reason_or_status(sidecar: Client, node: dict[str, Any]) -> str:

@@ -81,26 +81,25 @@ describe("client", () => {
     assert.equal(extracted.complete, false);
   });
 
-  test("the default deadline bounds a call to a silent server", async () => {
-    const started = Date.now();
+  // Without the default deadline the call never ends and the test's own timeout fails it; elapsed
+  // time is not asserted (timing belongs in the benchmark, not in pass/fail tests).
+  test("the default deadline bounds a call to a silent server", { timeout: 60_000 }, async () => {
     const error = await rejection(connect(harness.addresses.silent, 300).getConnector("anything"));
     assert.equal(error.code, Code.DeadlineExceeded);
-    assert.ok(Date.now() - started < 3000);
   });
 
   test("the deadline reaches the sidecar before a slow upstream", async () => {
     const sidecar = connect(harness.addresses.sidecar, 1000);
     await sidecar.registerConnector(liveConnector("ts-slow", `${harness.addresses.upstream}/slow/x`));
     const node = { connectorId: "ts-slow", branches: [{ target: "ok" }], errorTarget: "agent" };
-    const started = Date.now();
     // The sidecar keeps 20 ms of the caller's deadline to answer ERROR/TIMEOUT in time; on a busy
-    // machine the client's own timer may fire first. Either way the call ends at the deadline.
+    // machine the client's own timer may fire first. Either way the call ends at the deadline: a
+    // call without one would wait out the upstream's 5 s and answer MATCHED "ok", which fails here.
     try {
       const answer = await sidecar.evaluateNode(node);
       assert.deepEqual([answer.reason, answer.target], [Reason.TIMEOUT, "agent"]);
     } catch (error) {
       assert.ok(error instanceof SidecarError && error.code === Code.DeadlineExceeded, String(error));
     }
-    assert.ok(Date.now() - started < 3000, "the upstream takes 5 s");
   });
 });

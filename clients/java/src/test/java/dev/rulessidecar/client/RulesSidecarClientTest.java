@@ -25,6 +25,7 @@ import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.Timeout;
 
 /** The Java client against the real sidecar: registry calls, errors, deadlines, addresses. */
 class RulesSidecarClientTest {
@@ -131,14 +132,15 @@ class RulesSidecarClientTest {
     assertEquals(plain, Values.toMap(Values.toStruct(plain)));
   }
 
+  // Without the default deadline the call never ends and @Timeout fails it; elapsed time is not
+  // asserted (timing belongs in the benchmark, not in pass/fail tests).
   @Test
+  @Timeout(60)
   void defaultDeadlineBoundsACallToASilentServer() {
-    long started = System.nanoTime();
     RulesSidecarClient sidecar = connect(harness.silent, Duration.ofMillis(300));
     SidecarException error =
         assertThrows(SidecarException.class, () -> sidecar.getConnector("anything"));
     assertEquals(Status.Code.DEADLINE_EXCEEDED, error.getStatus().getCode());
-    assertTrue(Duration.ofNanos(System.nanoTime() - started).toMillis() < 3000);
   }
 
   @Test
@@ -150,9 +152,9 @@ class RulesSidecarClientTest {
         .addBranches(Branch.newBuilder().setTarget("ok"))
         .setErrorTarget("agent")
         .build();
-    long started = System.nanoTime();
     // The sidecar keeps 20 ms of the caller's deadline to answer ERROR/TIMEOUT in time; on a busy
-    // machine the client's own timer may fire first. Either way the call ends at the deadline.
+    // machine the client's own timer may fire first. Either way the call ends at the deadline: a
+    // call without one would wait out the upstream's 5 s and answer MATCHED "ok", which fails here.
     try {
       Evaluation evaluation = sidecar.evaluateNode(node, Map.of());
       assertEquals(List.of(Reason.REASON_TIMEOUT, "agent"),
@@ -162,6 +164,5 @@ class RulesSidecarClientTest {
         fail(e);
       }
     }
-    assertTrue(Duration.ofNanos(System.nanoTime() - started).toMillis() < 3000, "upstream takes 5 s");
   }
 }
