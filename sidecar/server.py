@@ -144,6 +144,7 @@ async def start_sidecar(
         engine,
         telemetry=telemetry,
         max_concurrent_evaluations=settings.max_concurrent_evaluations,
+        message_limit=settings.max_message_bytes,
     )
     telemetry.watch(
         in_flight=lambda: servicer.evaluations_in_flight, breakers=egress.breaker_states

@@ -5,6 +5,9 @@ google.rpc.ErrorInfo always; INVALID_ARGUMENT with its google.rpc.BadRequest). A
 bug: it is logged with its traceback and the caller gets INTERNAL (ErrorInfo reason
 INTERNAL_ERROR) with a generic message, never the exception's text (which may carry internal
 detail).
+Request bytes that do not parse as the method's message are the caller's mistake: grpc would
+answer UNKNOWN with the parser's text, so the deserializer is wrapped to hand the handler a
+`MalformedRequest` instead, answered INVALID_ARGUMENT.
 
 `TelemetryInterceptor` goes first (outermost), so its span and its duration also see the status
 of calls refused by the token check or mapped here; it is installed only when traces or metrics
@@ -25,7 +28,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from sidecar.api import wire
-from sidecar.errors import SidecarError
+from sidecar.errors import FieldViolation, InvalidArgumentError, SidecarError
 from sidecar.telemetry.instruments import RpcMethodMetrics, Telemetry
 
 log = logging.getLogger(__name__)
@@ -46,14 +49,36 @@ Continuation = Callable[
 
 
 def rewrapped(
-    handler: grpc.RpcMethodHandler[Request, Response], behaviour: Callable[[Handler], Handler]
+    handler: grpc.RpcMethodHandler[Request, Response],
+    behaviour: Callable[[Handler], Handler],
+    *,
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler[Request, Response]:
-    """The same unary method with its behaviour wrapped (its (de)serializers kept)."""
+    """The same unary method with its behaviour wrapped (its (de)serializers kept, unless a
+    request deserializer is given)."""
     return grpc.unary_unary_rpc_method_handler(
         behaviour(cast(Handler, handler.unary_unary)),
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=request_deserializer or handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+class MalformedRequest:
+    """Stands in for a request whose bytes did not parse (see `lenient`)."""
+
+
+def lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserialize`, returning a MalformedRequest where it would raise."""
+    if deserialize is None:
+        return None
+
+    def deserialize_or_mark(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:  # DecodeError, RecursionError ...: all mean the bytes are not the message
+            return MalformedRequest()
+
+    return deserialize_or_mark
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -68,12 +93,21 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         method: str = handler_call_details.method
-        return rewrapped(handler, lambda inner: _guard(inner, method))
+        return rewrapped(
+            handler,
+            lambda inner: _guard(inner, method),
+            request_deserializer=lenient(handler.request_deserializer),
+        )
+
+
+MALFORMED = "the bytes are not a valid protobuf message of this method's type"
 
 
 def _guard(inner: Handler, method: str) -> Handler:
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
+            if isinstance(request, MalformedRequest):
+                raise InvalidArgumentError([FieldViolation("request", MALFORMED)])
             return await inner(request, context)
         except SidecarError as error:
             status = wire.rpc_status_of(error)

@@ -22,13 +22,15 @@ from sidecar.core import model
 from sidecar.core.compiled_cache import CompiledCache
 from sidecar.core.documents import DocumentError, parse_document
 from sidecar.core.engine import CompiledNode, Engine, compile_node
-from sidecar.core.extraction import CompiledExtractions, compile_extractions, required_failures
+from sidecar.core.extraction import CompiledExtractions, compile_extractions
 from sidecar.core.model.node import MAX_EXTRACTIONS
 from sidecar.errors import FieldViolation, InvalidArgumentError, NotReadyError, OverloadedError
 from sidecar.registry import Registry
+from sidecar.registry.registry import page_token_after
 from sidecar.telemetry.instruments import Telemetry
 
 _EVALUATION_MODES = frozenset(pb.EvaluationMode.values())
+DEFAULT_MESSAGE_LIMIT = 4 * 1024 * 1024  # grpc's own default; the server passes its setting
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RulesSidecarService"].full_name
 
 
@@ -42,6 +44,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         *,
         telemetry: Telemetry,
         max_concurrent_evaluations: int,
+        message_limit: int = DEFAULT_MESSAGE_LIMIT,
     ) -> None:
         self._registry = registry
         self._engine = engine
@@ -50,6 +53,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         self._extractions: CompiledCache[bytes, CompiledExtractions] = CompiledCache(limit=1024)
         self._evaluation_slots = max_concurrent_evaluations
         self._evaluations_in_flight = 0
+        self._message_limit = message_limit  # answers are kept within what grpc will send
 
     @property
     def evaluations_in_flight(self) -> int:
@@ -98,9 +102,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
             page_token=request.page_token,
             status=model.ConnectorStatus(status_name) if status_name else None,
         )
-        return pb.ListConnectorsResponse(
-            connectors=wire.connectors_to_proto(page), next_page_token=next_token
-        )
+        return _page_within(page, next_token, self._message_limit)
 
     async def DeleteConnector(
         self,
@@ -109,6 +111,8 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
     ) -> pb.DeleteConnectorResponse:
         _require_id(request.id)
         expected = request.expected_version if request.HasField("expected_version") else None
+        if expected is not None and expected < 0:
+            raise InvalidArgumentError([FieldViolation("expected_version", "must be >= 0")])
         version = await self._registry.delete(request.id, expected_version=expected)
         return pb.DeleteConnectorResponse(deleted_version=version)
 
@@ -143,10 +147,15 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
                     allow_draft=request.mode == pb.EVALUATION_MODE_TEST,
                     time_remaining=context.time_remaining(),
                 )
+                outcome, response = wire.evaluate_answer(
+                    outcome,
+                    error_target=compiled.node.error_target,
+                    message_limit=self._message_limit,
+                )
                 evaluation.record(outcome)
         finally:
             self._evaluations_in_flight -= 1
-        return wire.outcome_to_proto(outcome)
+        return response
 
     async def ExtractVariables(
         self,
@@ -170,11 +179,31 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
             except DocumentError as exc:
                 raise InvalidArgumentError([FieldViolation("raw_json", str(exc))]) from exc
         variables, results = compiled.apply(document, has_document=True)
-        response = pb.ExtractVariablesResponse(complete=not required_failures(results))
-        wire.add_extraction_results(response.extractions, results)
-        response.variables.SetInParent()  # present even when empty, as it always was
-        response.variables.update(wire.struct_safe(variables))
-        return response
+        return wire.extract_answer(variables, results, message_limit=self._message_limit)
+
+
+def _page_within(
+    page: Sequence[model.Connector], next_token: str, message_limit: int
+) -> pb.ListConnectorsResponse:
+    """The page, cut short where it would outgrow the message limit (the next token resumes
+    there): a page is counted in connectors and in bytes, as connectors can be megabytes each.
+    At least one connector is answered, so paging always moves on."""
+    response = pb.ListConnectorsResponse()
+    room = message_limit - _PAGE_TOKEN_ROOM
+    for index, connector in enumerate(page):
+        message = wire.connector_to_proto(connector)
+        # A repeated field costs its message, a tag byte and the length's varint (<= 5 bytes).
+        cost = message.ByteSize() + 6
+        if index > 0 and cost > room:
+            response.next_page_token = page_token_after(page[index - 1].id)
+            return response
+        response.connectors.append(message)
+        room -= cost
+    response.next_page_token = next_token
+    return response
+
+
+_PAGE_TOKEN_ROOM = 1024  # a page token (a base64 connector id) and its framing fit in this
 
 
 class ServiceGate(grpc.GenericRpcHandler):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ValidationError
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from sidecar.core import model
+from sidecar.core.documents import MAX_JSON_DEPTH, nesting_depth
+from sidecar.core.extraction import required_failures
 from sidecar.core.values import MAX_SAFE_INTEGER
 from sidecar.errors import (
     ErrorCode,
@@ -320,7 +323,7 @@ def connector_from_proto(message: pb.Connector, *, prefix: str = "connector") ->
     if message.HasField("auth"):
         data["auth"] = _auth_from_proto(message.auth)
     if message.HasField("timeout"):
-        data["timeout"] = message.timeout.ToTimedelta()
+        data["timeout"] = _timedelta(message.timeout, f"{prefix}.timeout")
     if message.max_response_bytes:
         data["max_response_bytes"] = message.max_response_bytes
     data["allowed_hosts"] = list(message.allowed_hosts)
@@ -328,20 +331,20 @@ def connector_from_proto(message: pb.Connector, *, prefix: str = "connector") ->
     data["idempotency_key_header"] = message.idempotency_key_header
     data["disable_trace_propagation"] = message.disable_trace_propagation
     if message.HasField("cache"):
-        data["cache"] = _cache_from_proto(message.cache)
+        data["cache"] = _cache_from_proto(message.cache, f"{prefix}.cache")
     return validate(model.Connector, data, prefix=prefix)
 
 
-def _cache_from_proto(cache: pb.CachePolicy) -> dict[str, Any]:
+def _cache_from_proto(cache: pb.CachePolicy, field: str) -> dict[str, Any]:
     data: dict[str, Any] = {
         "ignore_cache_control": cache.ignore_cache_control,
         "idempotent_lookup": cache.idempotent_lookup,
     }
     if cache.HasField("ttl"):  # unset stays missing, so the answer says "required"
-        data["ttl"] = cache.ttl.ToTimedelta()
+        data["ttl"] = _timedelta(cache.ttl, f"{field}.ttl")
     for window in ("stale_while_revalidate", "stale_if_error"):
         if cache.HasField(window):
-            data[window] = getattr(cache, window).ToTimedelta()
+            data[window] = _timedelta(getattr(cache, window), f"{field}.{window}")
     if cache.max_entry_bytes:
         data["max_entry_bytes"] = cache.max_entry_bytes
     return data
@@ -356,6 +359,22 @@ def _cache_to_proto(cache: model.CachePolicy) -> pb.CachePolicy:
         ignore_cache_control=cache.ignore_cache_control,
         idempotent_lookup=cache.idempotent_lookup,
     )
+
+
+def _timedelta(duration: duration_pb2.Duration, field: str) -> timedelta:
+    """A Duration as a timedelta; one beyond what a timedelta holds (10^15 s) or with
+    nanos out of range is refused naming the field, instead of an OverflowError."""
+    if not -_NANOS_PER_SECOND < duration.nanos < _NANOS_PER_SECOND or (
+        abs(duration.seconds) > _LONGEST_DURATION_SECONDS
+    ):
+        raise InvalidArgumentError(
+            [FieldViolation(field, "not a valid duration (seconds or nanos out of range)")]
+        )
+    return duration.ToTimedelta()
+
+
+_NANOS_PER_SECOND = 1_000_000_000
+_LONGEST_DURATION_SECONDS = 315_576_000_000  # google.protobuf.Duration's documented range
 
 
 def _auth_from_proto(auth: pb.Auth) -> dict[str, Any]:
@@ -528,6 +547,90 @@ def variables_from_proto(variables: struct_pb2.Struct) -> dict[str, Any]:
     """The conversation's variables as plain data (integral doubles read back as ints)."""
     data: dict[str, Any] = value_from_proto(variables, "variables")
     return data
+
+
+def evaluate_answer(
+    outcome: model.Outcome, *, error_target: str, message_limit: int
+) -> tuple[model.Outcome, pb.EvaluateNodeResponse]:
+    """The outcome as it is answered, and its response.
+
+    An outcome the wire cannot carry (a value nested deeper than MAX_JSON_DEPTH, which protobuf
+    decoders refuse, or a response over the gRPC message limit, which grpc refuses to send) is
+    answered as ERROR / ANSWER_TOO_LARGE saying why, with the exchange's figures kept: never an
+    INTERNAL or RESOURCE_EXHAUSTED status after the upstream was called.
+    """
+    problem = _too_deep(outcome)
+    if problem is None:
+        response = outcome_to_proto(outcome)
+        size = response.ByteSize()
+        if size <= message_limit:
+            return outcome, response
+        problem = (
+            f"the answer would be {size} bytes, over the {message_limit}-byte gRPC message limit "
+            "(max_message_bytes); extract less, or ask without explain"
+        )
+    refused = model.Outcome(
+        model.OutcomeKind.ERROR,
+        model.Reason.ANSWER_TOO_LARGE,
+        error_target,
+        message=problem,
+        http_status=outcome.http_status,
+        upstream_latency_seconds=outcome.upstream_latency_seconds,
+        attempts=outcome.attempts,
+        connector_version=outcome.connector_version,
+    )
+    return refused, outcome_to_proto(refused)
+
+
+def _too_deep(outcome: model.Outcome) -> str | None:
+    """What in the outcome nests deeper than an answer can carry, or None."""
+    for result in outcome.extractions:
+        if result.succeeded and nesting_depth(result.value) > MAX_JSON_DEPTH:
+            return f"extraction {result.variable!r} {_DEEPER}"
+    explanation = outcome.explanation
+    for branch in explanation.branches if explanation is not None else ():
+        for index, condition in enumerate(branch.conditions):
+            if nesting_depth(condition.subject_value) > MAX_JSON_DEPTH:
+                return f"branches[{branch.index}].conditions[{index}]'s subject value {_DEEPER}"
+    return None
+
+
+_DEEPER = (
+    f"yields a value nested deeper than {MAX_JSON_DEPTH} levels, more than an answer can carry "
+    "(protobuf's nesting limit)"
+)
+
+
+def extract_answer(
+    variables: dict[str, Any],
+    results: Sequence[model.ExtractionResult],
+    *,
+    message_limit: int,
+) -> pb.ExtractVariablesResponse:
+    """The ExtractVariables response, or InvalidArgumentError when the wire cannot carry it.
+
+    The same bounds as `evaluate_answer`: the caller's own extractions built the value, so the
+    refusal names the extraction (or the whole set, for size) instead of failing in transit.
+    """
+    for index, result in enumerate(results):
+        if result.succeeded and nesting_depth(result.value) > MAX_JSON_DEPTH:
+            raise InvalidArgumentError([FieldViolation(f"extractions[{index}]", _DEEPER)])
+    response = pb.ExtractVariablesResponse(complete=not required_failures(results))
+    add_extraction_results(response.extractions, results)
+    response.variables.SetInParent()  # present even when empty, as it always was
+    response.variables.update(struct_safe(variables))
+    size = response.ByteSize()
+    if size > message_limit:
+        raise InvalidArgumentError(
+            [
+                FieldViolation(
+                    "extractions",
+                    f"the answer would be {size} bytes, over the {message_limit}-byte gRPC "
+                    "message limit (max_message_bytes); extract less",
+                )
+            ]
+        )
+    return response
 
 
 def outcome_to_proto(outcome: model.Outcome) -> pb.EvaluateNodeResponse:

@@ -107,7 +107,7 @@ class Registry:
             if connector_id > after and (status is None or connector.status is status)
         ]
         page = matching[:size]
-        next_token = _encode_page_token(page[-1].id) if len(matching) > size else ""
+        next_token = page_token_after(page[-1].id) if len(matching) > size else ""
         return page, next_token
 
     async def register(
@@ -209,7 +209,8 @@ def secret_host_refusals(connector: Connector, bindings: SecretBindings) -> list
     return bindings.violations(connector.secret_names(), host)
 
 
-def _encode_page_token(last_id: str) -> str:
+def page_token_after(last_id: str) -> str:
+    """The page token of the page that starts after `last_id` (ListConnectors' next_page_token)."""
     return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
 
 
