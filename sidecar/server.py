@@ -37,6 +37,7 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -615,9 +616,32 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
 
 
 def _remove_stale_socket(path: Path) -> None:
-    """A socket file left by a killed sidecar would make the bind fail."""
+    """A socket file left by a killed sidecar would make the bind fail, so it is removed; one
+    that a live process still listens on is refused instead (removing it would silently take
+    that process's calls)."""
     try:
-        if stat.S_ISSOCK(path.stat().st_mode):
-            path.unlink()
+        if not stat.S_ISSOCK(path.stat().st_mode):
+            return
     except FileNotFoundError:
         return
+    if _has_listener(path):
+        raise ConfigError(
+            f"unix_socket {path} is in use: another process (a sidecar?) listens on it. Stop "
+            "that process, or point unix_socket (RULES_SIDECAR_UNIX_SOCKET) at another path"
+        )
+    path.unlink(missing_ok=True)
+
+
+def _has_listener(path: Path) -> bool:
+    """Whether a process accepts connections on the unix socket at `path`."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):  # a process that is gone; or no file
+        return False
+    except OSError:  # not ours to judge (permissions, a timeout): do not take it over
+        return True
+    finally:
+        probe.close()
+    return True

@@ -144,3 +144,51 @@ def test_anything_but_the_plain_json_configuration_is_left_to_logging(configurat
         logger.handlers.clear()
         logger.propagate = True
     assert stream.getvalue() == ""
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_a_library_lines_structured_fields_stay_in_the_json_line() -> None:
+    # stamina's own logging hook, as the egress's retries call it (issue 15).
+    from stamina.instrumentation import RetryDetails
+    from stamina.instrumentation._logging import init_logging
+
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    init_logging()(
+        RetryDetails(
+            name="send",
+            args=(),
+            kwargs={},
+            retry_num=2,
+            wait_for=0.25,
+            waited_so_far=0.5,
+            caused_by=ConnectionResetError("reset"),
+        )
+    )
+
+    entry = json.loads(stream.getvalue())
+    assert entry["message"] == "stamina.retry_scheduled"
+    assert (entry["stamina.retry_num"], entry["stamina.wait_for"]) == (2, 0.25)
+    assert entry["stamina.caused_by"] == "ConnectionResetError('reset')"
+
+
+def test_extra_attributes_never_overwrite_the_reserved_keys() -> None:
+    entry = logging.LogRecord("lib", logging.INFO, __file__, 1, "real", (), None)
+    entry.__dict__.update({"level": "forged", "custom": {"n": 1}})
+
+    line = json.loads(JsonFormatter().format(entry))
+
+    assert (line["level"], line["custom"]) == ("INFO", {"n": 1})
+
+
+@pytest.mark.parametrize("hostile", ["a\r\nFORGED INFO x: y", "a\nb", "a\x1b[2Jb", "a\u2028b"])
+def test_a_text_line_escapes_control_characters_in_message_and_fields(hostile: str) -> None:
+    text = TextFormatter().format(record("node %s", node_id=hostile))
+    entry = logging.LogRecord(
+        "sidecar.test", logging.WARNING, __file__, 1, "node %s", (hostile,), None
+    )
+
+    assert len(text.splitlines()) == 1
+    assert len(TextFormatter().format(entry).splitlines()) == 1
+    assert "\x1b" not in text
+    assert repr(hostile)[1:-1] in TextFormatter().format(entry)

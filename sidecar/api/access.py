@@ -13,7 +13,9 @@ change, so rotation needs no restart):
 No token or an unknown one answers UNAUTHENTICATED; an evaluation token on an admin RPC answers
 PERMISSION_DENIED (UnauthenticatedError, PermissionDeniedError: their statuses come from the one
 table, `wire.STATUS_BY_ERROR_CODE`, as every other refusal's). Tokens are compared in constant
-time (`hmac.compare_digest`) and never logged.
+time (`hmac.compare_digest`) and never logged. A token file that cannot be read any more (emptied,
+removed, unreadable while a Secret is re-mounted) is logged with its path, and a call that no
+readable token admits answers UNAVAILABLE without naming it: the caller cannot fix the file.
 When only an evaluation token is configured, the registry cannot be changed through the API at
 all (connectors then come from the connectors file).
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,18 @@ import grpc
 from sidecar.api import wire
 from sidecar.api.interceptors import OPEN_SERVICES, Continuation, Request, Response
 from sidecar.core.watched_file import WatchedFile
-from sidecar.errors import ConfigError, PermissionDeniedError, SidecarError, UnauthenticatedError
+from sidecar.errors import (
+    ConfigError,
+    NotReadyError,
+    PermissionDeniedError,
+    SidecarError,
+    UnauthenticatedError,
+)
+
+log = logging.getLogger(__name__)
+UNREADABLE = (
+    "the sidecar cannot read its token configuration; retry later (its log says which file)"
+)
 
 ADMIN_METHODS = frozenset({"RegisterConnector", "DeleteConnector"})
 
@@ -75,7 +89,9 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         if method.startswith(OPEN_SERVICES):
             return await continuation(handler_call_details)
-        role = self._role_of(_bearer(handler_call_details.invocation_metadata))
+        role, unreadable = self._role_of(_bearer(handler_call_details.invocation_metadata))
+        if role is None and unreadable:
+            return _refusal(NotReadyError(UNREADABLE))
         if role is None:
             return _refusal(UnauthenticatedError("a valid bearer token is required"))
         if method.rsplit("/", 1)[-1] in ADMIN_METHODS and role is not Role.ADMIN:
@@ -86,15 +102,25 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             )
         return await continuation(handler_call_details)
 
-    def _role_of(self, presented: bytes | None) -> Role | None:
+    def _role_of(self, presented: bytes | None) -> tuple[Role | None, bool]:
+        """The presented token's role, and whether a token file could not be read."""
         if presented is None:
-            return None
+            return None, False
         found = None
+        unreadable = False
         for role, token_file in self._tokens.items():
+            if token_file is None:
+                continue
+            try:
+                expected = token_file.current()
+            except ConfigError as error:
+                log.error("%s; calls needing the %s token answer UNAVAILABLE", error, role.value)
+                unreadable = True
+                continue
             # Compare against every configured token, always: no early exit to time.
-            if token_file is not None and hmac.compare_digest(presented, token_file.current()):
+            if hmac.compare_digest(presented, expected):
                 found = found or role
-        return found
+        return found, unreadable
 
 
 def _bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:

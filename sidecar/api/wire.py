@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from sidecar.core import model
+from sidecar.core.auth import mask_secrets
 from sidecar.core.documents import MAX_JSON_DEPTH, nesting_depth
 from sidecar.core.extraction import required_failures
 from sidecar.core.values import MAX_SAFE_INTEGER
@@ -552,13 +553,15 @@ def variables_from_proto(variables: struct_pb2.Struct) -> dict[str, Any]:
 def evaluate_answer(
     outcome: model.Outcome, *, error_target: str, message_limit: int
 ) -> tuple[model.Outcome, pb.EvaluateNodeResponse]:
-    """The outcome as it is answered, and its response.
+    """The outcome as it is answered, and its response; secrets the request carried masked.
 
     An outcome the wire cannot carry (a value nested deeper than MAX_JSON_DEPTH, which protobuf
     decoders refuse, or a response over the gRPC message limit, which grpc refuses to send) is
     answered as ERROR / ANSWER_TOO_LARGE saying why, with the exchange's figures kept: never an
     INTERNAL or RESOURCE_EXHAUSTED status after the upstream was called.
     """
+    if outcome.secret_values:
+        outcome = mask_secrets(outcome, outcome.secret_values)
     problem = _too_deep(outcome)
     if problem is None:
         response = outcome_to_proto(outcome)

@@ -158,18 +158,20 @@ class Engine:
         connector: Connector | None = None
         rendered: OutboundRequest | None = None
         started: float | None = None
+        sent_secrets: list[str] = []  # for the answer's edge to mask (an upstream may echo them)
         try:
             connector = self._connector(compiled.node.connector_id)
             _check_live(connector, allow_draft=allow_draft)
             prepared = self._prepare(connector)
             rendered = prepared.template.render(variables)
-            request = self._authorise(connector, rendered)
+            request = self._authorise(connector, rendered, sent_secrets)
             self._check_bindings(connector, prepared.host)
             budget = _budget(connector, time_remaining)
             started = time.perf_counter()
             response = await self._send(request, replace(prepared.options, timeout_seconds=budget))
         except EvaluationFailure as failure:
-            return _failed(compiled, failure, connector, rendered, started, explain=explain)
+            outcome = _failed(compiled, failure, connector, rendered, started, explain=explain)
+            return _carrying(outcome, sent_secrets)
         judge = partial(
             _judge,
             compiled,
@@ -183,8 +185,8 @@ class Engine:
         if len(response.body) > OFF_LOOP_BODY_BYTES:
             # Parsing and querying a large document takes milliseconds: do it off the event
             # loop so other conversations' calls keep flowing meanwhile.
-            return await asyncio.to_thread(judge)
-        return judge()
+            return _carrying(await asyncio.to_thread(judge), sent_secrets)
+        return _carrying(judge(), sent_secrets)
 
     def _connector(self, connector_id: str) -> Connector:
         connector = self._connectors.get(connector_id)
@@ -197,9 +199,11 @@ class Engine:
         key = (connector.id, connector.version, connector.source, connector.update_time)
         return self._prepared.get(key, lambda: _Prepared.of(connector))
 
-    def _authorise(self, connector: Connector, rendered: OutboundRequest) -> OutboundRequest:
+    def _authorise(
+        self, connector: Connector, rendered: OutboundRequest, sent: list[str]
+    ) -> OutboundRequest:
         try:
-            return authorise(connector, rendered, self._secrets.resolve)
+            return authorise(connector, rendered, self._secrets.resolve, sent)
         except MissingSecretError as missing:  # say where it was looked for
             searched = self._secrets.searched(missing.name)
             raise MissingSecretError(missing.name, connector.id, searched) from None
@@ -257,6 +261,11 @@ def _cache_options(connector: Connector) -> CacheOptions | None:
         call_timeout_seconds=connector.timeout.total_seconds(),
         connector_version=connector.version,
     )
+
+
+def _carrying(outcome: Outcome, sent_secrets: list[str]) -> Outcome:
+    """The outcome with the secret values its request carried (masked where it is answered)."""
+    return replace(outcome, secret_values=tuple(sent_secrets)) if sent_secrets else outcome
 
 
 def _check_live(connector: Connector, *, allow_draft: bool) -> None:

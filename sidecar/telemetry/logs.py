@@ -3,6 +3,10 @@
 Every line carries the trace and span ids of the span it was written in, so a log search can jump
 to the trace and back. Structured fields travel as `extra={"fields": {...}}` (the evaluation line
 of `telemetry` does so): JSON puts them at the top level, text appends them as `key=value`.
+Libraries pass theirs as plain `extra=` attributes (stamina's `stamina.retry_num`,
+`stamina.wait_for` ...): JSON keeps those at the top level too. Text lines escape control
+characters (CR, LF, ESC ...) in the message and the fields, so a value from a request (a node id
+holding a line feed) cannot forge a line; the traceback alone keeps its newlines.
 
     {"timestamp": "2026-05-10T08:05:00.123Z", "level": "INFO", "logger": "sidecar.evaluations",
      "message": "node evaluated", "trace_id": "4bf9...", "span_id": "00f0...",
@@ -14,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -23,6 +28,11 @@ from opentelemetry import trace
 
 # Keys a field may not overwrite.
 _RESERVED = frozenset({"timestamp", "level", "logger", "message", "trace_id", "span_id"})
+# What every LogRecord has; any other attribute came from a logging call's `extra=`.
+_RECORD_ATTRIBUTES = frozenset(
+    {*logging.LogRecord("", 0, "", 0, "", (), None).__dict__, "message", "asctime", "fields"}
+)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def configure_logging(level: str, log_format: str = "json", stream: IO[str] | None = None) -> None:
@@ -56,6 +66,9 @@ class JsonFormatter(logging.Formatter):
         for key, value in _fields(record).items():
             if key not in _RESERVED:
                 entry[key] = value
+        for key, value in _extras(record).items():
+            if key not in _RESERVED and key not in entry:
+                entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
@@ -69,9 +82,16 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        """The first line, control characters escaped (the traceback is added after it)."""
+        return escape_controls(super().formatMessage(record))
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = [f"{key}={value}" for key, value in _fields(record).items()]
+        extras = [
+            escape_controls(f"{key}={value}")
+            for key, value in (*_fields(record).items(), *_extras(record).items())
+        ]
         ids = trace_ids()
         if ids is not None:
             extras += [f"trace_id={ids[0]}", f"span_id={ids[1]}"]
@@ -79,6 +99,28 @@ class TextFormatter(logging.Formatter):
             return line
         head, newline, rest = line.partition("\n")  # keep a traceback below the first line
         return f"{head} {' '.join(extras)}{newline}{rest}"
+
+
+def escape_controls(text: str) -> str:
+    r"""`text` with control characters written as escapes, so it stays one line.
+
+    >>> escape_controls("node\r\nFORGED INFO line\x1b[31m")
+    'node\\r\\nFORGED INFO line\\x1b[31m'
+    """
+    return _CONTROL.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return repr(match.group())[1:-1]
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    """Attributes a library passed with `extra=` (stamina's retry fields, for instance)."""
+    return {
+        key: value
+        for key, value in record.__dict__.items()
+        if key not in _RECORD_ATTRIBUTES and not key.startswith("_")
+    }
 
 
 def _fields(record: logging.LogRecord) -> Mapping[str, Any]:

@@ -147,3 +147,6 @@ class Outcome:
     cache_status: CacheStatus | None = None
     # Seconds since the upstream produced the response (0 unless it came from the cache).
     cache_age_seconds: float = 0.0
+    # The secret values this evaluation placed on its request, for the edge that builds the
+    # answer to mask (`sidecar.core.auth.mask_secrets`): an upstream may echo them back.
+    secret_values: tuple[str, ...] = field(default=(), repr=False, compare=False)
