@@ -121,13 +121,25 @@ def test_valid_json_file_indented_with_tabs_is_accepted(tmp_path):
     assert len(load_connectors_file(path, bindings=BINDINGS)) == 2
 
 
+def test_a_file_that_says_connectors_empty_gives_none(tmp_path):
+    assert load_connectors_file(write(tmp_path, "connectors: []\n"), bindings=BINDINGS) == ()
+
+
 @pytest.mark.parametrize(
     "text",
-    ["", "\n\n", "# nothing yet\n", "---\n", "connectors: []\n"],
-    ids=["empty", "blank-lines", "comment-only", "empty-document", "empty-list"],
+    ["", "\n\n", "# nothing yet\n", "---\n"],
+    ids=["empty", "blank-lines", "comment-only", "empty-document"],
 )
-def test_file_without_connectors_gives_none(tmp_path, text):
-    assert load_connectors_file(write(tmp_path, text), bindings=BINDINGS) == ()
+def test_an_empty_file_is_refused_not_read_as_zero_connectors(tmp_path, text):
+    # Issue 14: truncation is the first step of an in-place rewrite; zero connectors is said.
+    path = write(tmp_path, text)
+
+    (problem,) = problems_of(path)
+
+    assert problem == (
+        f"{path}:1: the file is empty (or half-written); a file with no connectors says so: "
+        "`connectors: []`"
+    )
 
 
 def test_example_connectors_file_is_valid_with_the_example_settings():

@@ -99,6 +99,20 @@ def test_a_schema_newer_than_this_binary_is_refused(postgres_database):
     assert "upgrade this sidecar" in message
 
 
+@pytest.mark.parametrize("table", ["rules_sidecar_connectors", "rules_sidecar_versions"])
+def test_a_dropped_table_is_damage_not_a_fresh_database(postgres_database, table):
+    store = open_store(postgres_database)
+    store.save(definition(), expected_version=None)
+    store.close()
+    sql(postgres_database, f"DROP TABLE {table}")
+
+    with pytest.raises(StoreError) as caught:
+        open_store(postgres_database)
+
+    assert f"is damaged: its table(s) {table} are gone" in caught.value.message
+    assert "restore the database from a backup" in caught.value.message
+
+
 def test_a_row_that_cannot_be_read_is_a_store_error_naming_the_connector(postgres_database):
     open_store(postgres_database).close()
     sql(

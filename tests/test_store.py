@@ -286,3 +286,104 @@ def test_tombstone_lookup_on_a_closed_store_is_a_store_error(open_store):
 
     with pytest.raises(StoreError):
         store.tombstone_version("order-status")
+
+
+# ---------------------------------------------------------------------------------------------
+# A new store told from a damaged one (issue 14, item 4)
+# ---------------------------------------------------------------------------------------------
+
+
+def damage_message(open_store: Callable[..., ConnectorStore], path: Path) -> str:
+    with pytest.raises(StoreError) as caught:
+        open_store(path)
+    return caught.value.message
+
+
+def test_a_new_store_is_created_whole_with_its_marker(open_store, tmp_path):
+    path = tmp_path / "data" / "connectors.sqlite3"
+    store = open_store(path)
+
+    store.put(make_connector())
+
+    assert store.marker_path.read_text(encoding="utf-8").strip() == '{"generation": 1}'
+    assert not path.with_name(path.name + ".creating").exists()
+
+
+def test_an_emptied_store_file_is_damage_not_a_new_store(open_store, tmp_path):
+    path = tmp_path / "data" / "connectors.sqlite3"
+    store = open_store(path)
+    store.put(make_connector())
+    store.close()
+    path.write_bytes(b"")
+
+    message = damage_message(open_store, path)
+
+    assert f"the connector store {path} is damaged" in message
+    assert "no tables" in message
+    assert "Restore" in message
+    assert "move" in message
+    assert path.read_bytes() == b""  # left for the operator to inspect
+
+
+@pytest.mark.parametrize("table", ["connectors", "tombstones", "store_meta"])
+def test_a_dropped_table_is_damage(open_store, tmp_path, table):
+    path = tmp_path / "data" / "connectors.sqlite3"
+    store = open_store(path)
+    store.put(make_connector())
+    store.close()
+    raw_execute(path, f"DROP TABLE {table}")
+
+    message = damage_message(open_store, path)
+
+    assert f"{path} is damaged" in message
+    assert f"{table} " in message
+
+
+def test_a_store_file_that_lost_its_write_ahead_log_is_damage(open_store, tmp_path):
+    path = tmp_path / "data" / "connectors.sqlite3"
+    store = open_store(path)
+    for connector_id in ("one", "two", "three"):
+        store.put(make_connector(connector_id))
+    copy = tmp_path / "copy" / "connectors.sqlite3"
+    copy.parent.mkdir()
+    # What a backup of the main file alone (or a lost -wal) leaves: the commits are in the WAL.
+    copy.write_bytes(path.read_bytes())
+    store.marker_path.replace(copy.with_name(copy.name + ".marker"))
+
+    message = damage_message(open_store, copy)
+
+    assert "holds 0 write(s) but its marker counted 3" in message
+
+
+def test_a_missing_store_file_with_its_marker_left_is_damage(open_store, tmp_path):
+    path = tmp_path / "data" / "connectors.sqlite3"
+    store = open_store(path)
+    store.put(make_connector())
+    store.close()
+    path.unlink()
+
+    message = damage_message(open_store, path)
+
+    assert "the store file is missing, but its marker file says it held connectors" in message
+    assert not path.exists()  # not silently re-created
+
+
+def test_a_store_from_before_markers_is_adopted(open_store, tmp_path):
+    path = tmp_path / "data" / "connectors.sqlite3"
+    path.parent.mkdir()
+    raw_execute(
+        path,
+        "CREATE TABLE connectors (id TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+        "definition TEXT NOT NULL)",
+        "CREATE TABLE tombstones (id TEXT PRIMARY KEY, version INTEGER NOT NULL)",
+        (
+            "INSERT INTO connectors VALUES (?, ?, ?)",
+            ("order-status", 1, make_connector().model_dump_json(exclude_none=True)),
+        ),
+        "PRAGMA user_version = 1",
+    )
+
+    store = open_store(path)
+
+    assert store.load_all() == [make_connector()]
+    assert store.marker_path.exists()

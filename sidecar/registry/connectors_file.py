@@ -7,6 +7,12 @@ to a host the `secret_hosts` setting does not bind it to (or a secret with no bi
 those problems: the file obeys the same rule as RegisterConnector. Query and header values are
 text: a YAML scalar there that reads as a number or a bool (`limit: 10`) is taken as written.
 
+A file is read consistently: its bytes and stat are taken twice, SETTLE_SECONDS apart, and must
+agree (retried a few times), so a file rewritten in place (not swapped as a ConfigMap is) is never
+taken half-written. An empty file (or one with only comments) is refused, not read as zero
+connectors: truncation is the first step of every in-place rewrite, and zero connectors must be
+said (`connectors: []`).
+
     connectors:
       - id: order-status
         status: LIVE
@@ -16,6 +22,8 @@ text: a YAML scalar there that reads as a number or a bool (`limit: 10`) is take
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,12 +38,14 @@ from sidecar.errors import ConfigError, clean_message, field_path
 from sidecar.registry.registry import secret_host_refusals
 
 OUTPUT_ONLY_FIELDS = ("version", "update_time", "source")
+SETTLE_SECONDS = 0.02
+READ_ATTEMPTS = 5
 
 
 def load_connectors_file(path: Path, *, bindings: SecretBindings) -> tuple[Connector, ...]:
     """Parse and validate a connectors file; ConfigError listing every problem with its line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_settled(path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read connectors file {path}: {exc}") from exc
     if path.suffix.lower() == ".json":
@@ -52,7 +62,13 @@ def load_connectors_file(path: Path, *, bindings: SecretBindings) -> tuple[Conne
         raise ConfigError(f"{path}: not valid YAML/JSON", [f"{path}:{line}: {problem}"]) from exc
 
     if document is None:
-        return ()
+        raise ConfigError(
+            f"{path}: invalid connectors file",
+            [
+                f"{path}:1: the file is empty (or half-written); a file with no connectors "
+                "says so: `connectors: []`"
+            ],
+        )
     if not isinstance(document, dict) or not isinstance(document.get("connectors"), list):
         raise ConfigError(
             f"{path}: invalid connectors file",
@@ -122,6 +138,23 @@ def load_connectors_file(path: Path, *, bindings: SecretBindings) -> tuple[Conne
     if problems:
         raise ConfigError(f"{path}: {len(problems)} problem(s)", problems)
     return tuple(connectors)
+
+
+def read_settled(path: Path) -> bytes:
+    """The file's bytes once two reads SETTLE_SECONDS apart agree (bytes and stat); OSError
+    (a ConfigError to the caller) if the file is still changing after READ_ATTEMPTS."""
+    for attempt in range(READ_ATTEMPTS):
+        before = _stat_stamp(path)
+        data = path.read_bytes()
+        time.sleep(SETTLE_SECONDS * (attempt + 1))
+        if _stat_stamp(path) == before and path.read_bytes() == data:
+            return data
+    raise OSError(f"the file kept changing while it was read ({READ_ATTEMPTS} attempts)")
+
+
+def _stat_stamp(path: Path) -> tuple[int, int, int, int]:
+    info = os.stat(path)
+    return info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
 def _take_values_as_written(definition: dict[Any, Any], connector: yaml.Node | None) -> None:

@@ -64,6 +64,9 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
 )
 log = logging.getLogger(__name__)
 
+# The tables each schema version has; a schema row without them is damage, not a new database.
+TABLES = ("rules_sidecar_connectors", "rules_sidecar_versions")
+
 MIGRATION_LOCK = 0x5253_4D49  # any constant; every replica takes the same one ("RSMI")
 NOTIFY_CHANNEL = "rules_sidecar_connectors"
 # Server refusals that end by themselves (a restart, a failover, a full server): retried. Any other
@@ -376,6 +379,7 @@ class PostgresStore:
                         f"newer rules-sidecar (this one knows up to {SCHEMA_VERSION}); upgrade "
                         "this sidecar, or point store_url at another database"
                     )
+                _check_tables(conn, found, self.where)
                 for version, statements in MIGRATIONS:
                     if version > found:
                         for statement in statements:
@@ -486,3 +490,22 @@ def _announce(conn: psycopg.Connection[TupleRow], connector_id: str, version: in
 def _reason(exc: psycopg.Error) -> str:
     """The server's or libpq's first line: enough to act on, without the driver's trail."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _check_tables(conn: psycopg.Connection[Any], found: int, where: str) -> None:
+    """A database whose schema row says `found` must still have its tables: a dropped table is
+    damage, and re-creating it empty would silently lose every connector."""
+    if found == 0:
+        return
+    missing = [
+        table
+        for table in TABLES
+        if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,)
+    ]
+    if missing:
+        raise StoreError(
+            f"the connector store in {where} is damaged: its table(s) {', '.join(missing)} are "
+            f"gone though rules_sidecar_schema says version {found}. Starting would silently "
+            "lose connectors, so the sidecar stops: restore the database from a backup, or, to "
+            "start empty on purpose, drop the rules_sidecar_* tables"
+        )

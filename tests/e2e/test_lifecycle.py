@@ -29,6 +29,7 @@ from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
 from sidecar.errors import ConfigError
+from sidecar.registry import ConnectorStore
 from sidecar.server import check_protected_mode, create_server
 from sidecar.settings import Settings
 from sidecar.telemetry.instruments import Telemetry
@@ -98,8 +99,13 @@ def run_serve_until_exit(*args: str) -> subprocess.CompletedProcess[str]:
 
 @contextlib.contextmanager
 def store_write_lock(data_dir: Path, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
-    """Hold SQLite's write lock on the sidecar's store, as another process would."""
+    """Hold SQLite's write lock on the sidecar's store, as another process would.
+
+    The store is created first if missing: an empty file made by sqlite3 here would be a
+    damaged store, which the sidecar refuses rather than waits on."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    if not (data_dir / "connectors.sqlite3").exists():
+        ConnectorStore(data_dir / "connectors.sqlite3").close()
     database = sqlite3.connect(data_dir / "connectors.sqlite3", isolation_level=None)
     try:
         database.execute(begin)
