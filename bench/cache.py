@@ -115,6 +115,7 @@ async def run_mix(
     node = json_format.ParseDict({**NODE, "connector_id": connector_id}, pb.Node())
     latencies: list[float] = []
     statuses: dict[str, int] = {}
+    by_status: dict[str, list[float]] = {}
     queue = list(reversed(steps))
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.RulesSidecarServiceStub(channel)
@@ -129,6 +130,7 @@ async def run_mix(
                 raise SystemExit(f"unexpected answer: {answer}")
             name = pb.CacheStatus.Name(answer.cache_status).removeprefix("CACHE_STATUS_")
             statuses[name] = statuses.get(name, 0) + 1
+            by_status.setdefault(name, []).append(latencies[-1])
 
         async def worker() -> None:
             while queue:
@@ -145,6 +147,9 @@ async def run_mix(
         "p50_ms": statistics.median(latencies) * 1e3,
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1e3,
         "cache_statuses": statuses,
+        "p50_ms_by_cache_status": {
+            name: statistics.median(values) * 1e3 for name, values in by_status.items()
+        },
     }
 
 
@@ -209,6 +214,10 @@ def main() -> None:
         f"  upstream calls per burst     {plain['upstream_calls_per_burst_of_50']} -> {cached['upstream_calls_per_burst_of_50']}"
     )
     print(f"  cache statuses (cached)      {cached['cache_statuses']}")
+    by_status = ", ".join(
+        f"{name} {value:.1f}" for name, value in cached["p50_ms_by_cache_status"].items()
+    )
+    print(f"  p50 ms by cache status       {by_status}")
     if arguments.output:
         with open(arguments.output, "w", encoding="utf-8") as output:
             json.dump(figures, output, indent=2)
