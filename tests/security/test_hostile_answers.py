@@ -173,6 +173,25 @@ def test_a_duration_out_of_range_is_invalid_argument_naming_the_field(
     assert "connector.timeout" in field_violations(caught.value)
 
 
+@pytest.mark.parametrize("window", ["ttl", "stale_while_revalidate", "stale_if_error"])
+def test_a_cache_duration_out_of_range_is_invalid_argument_naming_the_field(
+    sidecar_factory: Factory, upstream: Upstream, window: str
+) -> None:
+    sidecar = sidecar_factory()
+    connector = pb.Connector(
+        id="cached", status=pb.CONNECTOR_STATUS_LIVE, url_template=upstream.url("/orders")
+    )
+    connector.cache.ttl.seconds = 60
+    getattr(connector.cache, window).seconds = 10**15
+
+    with pytest.raises(grpc.RpcError) as caught:
+        sidecar.stub.RegisterConnector(
+            pb.RegisterConnectorRequest(connector=connector), timeout=RPC_TIMEOUT
+        )
+
+    assert f"connector.cache.{window}" in field_violations(caught.value)
+
+
 def test_a_negative_expected_version_on_delete_is_invalid_argument(
     sidecar_factory: Factory, upstream: Upstream
 ) -> None:
