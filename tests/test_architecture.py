@@ -336,3 +336,24 @@ def test_the_import_probe_sees_transports_where_they_are() -> None:
 
     assert "grpc" in loaded
     assert "rulesidecar.v1.rules_sidecar_pb2" in loaded
+
+
+@pytest.mark.parametrize(
+    ("modules", "psycopg_loaded"),
+    [("sidecar.cli, sidecar.server", False), ("sidecar.registry.postgres", True)],
+    ids=["serve-on-the-embedded-store", "control-the-postgres-store"],
+)
+def test_psycopg_is_loaded_only_for_the_postgres_store(modules: str, psycopg_loaded: bool) -> None:
+    """psycopg holds ~9 MiB of resident memory: a sidecar on its embedded store (the default)
+    never imports it; the server imports the PostgreSQL store when store_url asks for it."""
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys, {modules}; print('psycopg' in sys.modules)"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(psycopg_loaded)

@@ -23,6 +23,7 @@ given by the caller and stay as they are for the embedded store's own tests.
 
 from __future__ import annotations
 
+import random
 from typing import Protocol
 
 from pydantic import ValidationError
@@ -91,3 +92,29 @@ def parse_definition(connector_id: str, definition: str, where: str) -> Connecto
             f"connector {connector_id!r} in store {where} cannot be read: "
             f"{exc.error_count()} invalid field(s), first: {exc.errors()[0]['msg']}"
         ) from exc
+
+
+class Backoff:
+    """Exponential retry delays, bounded and jittered: `first` doubling up to `most`, each
+    drawn from [half, all] of its step, so replicas that lost the database together do not
+    come back in step.
+
+    >>> backoff = Backoff(0.5, 10.0)
+    >>> 0.25 <= backoff.next() <= 0.5, all(0 < backoff.next() <= 10.0 for _ in range(20))
+    (True, True)
+    """
+
+    def __init__(self, first: float, most: float) -> None:
+        self._first = first
+        self._most = most
+        self._step = first
+
+    def next(self) -> float:
+        """The delay before the next attempt; each call doubles the step, up to `most`."""
+        step = self._step
+        self._step = min(step * 2, self._most)
+        return random.uniform(step / 2, step)  # noqa: S311 (jitter, not a secret)
+
+    def reset(self) -> None:
+        """Back to `first` (after a success)."""
+        self._step = self._first

@@ -36,7 +36,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import socket
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
@@ -48,7 +47,12 @@ from psycopg.rows import TupleRow
 
 from sidecar.core.model import Connector
 from sidecar.errors import NotFoundError, StoreError
-from sidecar.registry.backend import StoreUnreachableError, check_expected_version, parse_definition
+from sidecar.registry.backend import (
+    Backoff,
+    StoreUnreachableError,
+    check_expected_version,
+    parse_definition,
+)
 
 SCHEMA_VERSION = 1
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
@@ -422,32 +426,6 @@ class PostgresStore:
             "SELECT version FROM rules_sidecar_connectors WHERE id = %s", (connector_id,)
         ).fetchone()
         return int(row[0]) if row else 0
-
-
-class Backoff:
-    """Exponential retry delays, bounded and jittered: `first` doubling up to `most`, each
-    drawn from [half, all] of its step, so replicas that lost the database together do not
-    come back in step.
-
-    >>> backoff = Backoff(0.5, 10.0)
-    >>> 0.25 <= backoff.next() <= 0.5, all(0 < backoff.next() <= 10.0 for _ in range(20))
-    (True, True)
-    """
-
-    def __init__(self, first: float, most: float) -> None:
-        self._first = first
-        self._most = most
-        self._step = first
-
-    def next(self) -> float:
-        """The delay before the next attempt; each call doubles the step, up to `most`."""
-        step = self._step
-        self._step = min(step * 2, self._most)
-        return random.uniform(step / 2, step)  # noqa: S311 (jitter, not a secret)
-
-    def reset(self) -> None:
-        """Back to `first` (after a success)."""
-        self._step = self._first
 
 
 def is_unreachable(exc: psycopg.Error) -> bool:
