@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import textwrap
@@ -55,9 +56,14 @@ def _run(main: Coroutine[Any, Any, int], event_loop: str) -> int:
     grpc.aio and aiohttp (bench/run.py); `event_loop: asyncio` for the standard library's."""
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if event_loop == "uvloop":
-        import uvloop  # only when chosen
-
-        factory = uvloop.new_event_loop
+        try:
+            import uvloop  # only when chosen
+        except ImportError:  # an environment installed without it: slower, still correct
+            logging.getLogger("sidecar.cli").warning(
+                "event_loop is uvloop, but uvloop is not installed: serving on asyncio's loop"
+            )
+        else:
+            factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
 

@@ -5,7 +5,9 @@ Whatever goes wrong, the user gets a message and an exit code, never a Python tr
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
+import logging
 import os
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sidecar import cli
 from sidecar.settings import Settings
 
 pytestmark = pytest.mark.process  # every test runs `rules-sidecar` as a subprocess
@@ -391,3 +394,36 @@ def test_serve_with_an_unknown_log_level_exits_two_without_a_traceback(tmp_path)
 
     assert result.returncode == 2
     assert "LOUD" in result.stderr
+
+
+names: list[str] = []
+
+
+async def running_loop_name() -> int:
+    """Record the module of the loop it runs on (uvloop's or asyncio's); 0, as serve returns."""
+    names.append(type(asyncio.get_running_loop()).__module__)
+    return 0
+
+
+@pytest.mark.parametrize(
+    ("event_loop", "module"), [("uvloop", "uvloop"), ("asyncio", "asyncio.unix_events")]
+)
+def test_serve_runs_on_the_chosen_event_loop(event_loop: str, module: str) -> None:
+    names.clear()
+
+    assert cli._run(running_loop_name(), event_loop) == 0
+
+    assert names == [module]
+
+
+def test_a_missing_uvloop_falls_back_to_asyncio_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError
+    names.clear()
+
+    with caplog.at_level(logging.WARNING, logger="sidecar.cli"):
+        assert cli._run(running_loop_name(), "uvloop") == 0
+
+    assert names == ["asyncio.unix_events"]
+    assert "uvloop is not installed" in caplog.text
