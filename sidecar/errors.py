@@ -38,6 +38,8 @@ imports nothing of sidecar (an import contract, so that every layer can import i
     ├── SendError               TIMEOUT,             no usable response from the upstream (the
     │                           CONNECT_ERROR,       egress raises it); carries `attempts` and
     │                           DNS_ERROR, ...       `retryable`
+    │   └── TokenError          AUTH_TOKEN_ERROR     the OAuth2 token endpoint gave no usable
+    │                                                token (sidecar.core.oauth)
     ├── DestinationBlockedError BLOCKED_DESTINATION  a host name resolves to a forbidden address
     │                                                (sidecar.egress.transport's resolver)
     └── CastError               EXTRACTION_FAILED    a value does not fit an extraction's cast;

@@ -311,7 +311,7 @@ def test_auth_without_a_scheme_is_a_violation_of_auth():
         wire.connector_from_proto(message)
 
     assert violations(caught.value) == {
-        "connector.auth": "set exactly one of bearer, api_key, basic"
+        "connector.auth": "set exactly one of bearer, api_key, basic, oauth2_client_credentials"
     }
 
 

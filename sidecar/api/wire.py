@@ -400,6 +400,24 @@ def _auth_from_proto(auth: pb.Auth) -> dict[str, Any]:
                 "password_secret": auth.basic.password_secret,
             }
         }
+    if scheme == "oauth2_client_credentials":
+        oauth = auth.oauth2_client_credentials
+        data: dict[str, Any] = {
+            "token_url": oauth.token_url,
+            "client_id_secret": oauth.client_id_secret,
+            "client_secret_secret": oauth.client_secret_secret,
+            "scopes": list(oauth.scopes),
+            "audience": oauth.audience,
+        }
+        method = enum_from_proto(
+            model.ClientAuthMethod,
+            pb.ClientAuthMethod,
+            oauth.client_auth_method,
+            "CLIENT_AUTH_METHOD_",
+        )
+        if method is not None:
+            data["client_auth_method"] = method
+        return {"oauth2_client_credentials": data}
     return {}
 
 
@@ -448,11 +466,25 @@ def _auth_to_proto(auth: model.Auth) -> pb.Auth:
                 value_secret=auth.api_key.value_secret,
             )
         )
-    assert auth.basic is not None
+    if auth.basic is not None:
+        return pb.Auth(
+            basic=pb.BasicAuth(
+                username_secret=auth.basic.username_secret,
+                password_secret=auth.basic.password_secret,
+            )
+        )
+    oauth = auth.oauth2_client_credentials
+    assert oauth is not None
     return pb.Auth(
-        basic=pb.BasicAuth(
-            username_secret=auth.basic.username_secret,
-            password_secret=auth.basic.password_secret,
+        oauth2_client_credentials=pb.OAuth2ClientCredentialsAuth(
+            token_url=oauth.token_url,
+            client_id_secret=oauth.client_id_secret,
+            client_secret_secret=oauth.client_secret_secret,
+            scopes=oauth.scopes,
+            audience=oauth.audience,
+            client_auth_method=enum_to_proto(
+                pb.ClientAuthMethod, oauth.client_auth_method, "CLIENT_AUTH_METHOD_"
+            ),
         )
     )
 

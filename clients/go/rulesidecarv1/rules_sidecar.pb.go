@@ -262,6 +262,59 @@ func (ApiKeyLocation) EnumDescriptor() ([]byte, []int) {
 	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{3}
 }
 
+// ClientAuthMethod says how the client authenticates to the token endpoint.
+type ClientAuthMethod int32
+
+const (
+	// Not set; treated as CLIENT_SECRET_BASIC.
+	ClientAuthMethod_CLIENT_AUTH_METHOD_UNSPECIFIED ClientAuthMethod = 0
+	// HTTP basic authentication with the client id and secret (RFC 6749 section 2.3.1).
+	ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC ClientAuthMethod = 1
+	// The client id and secret in the form body of the token request.
+	ClientAuthMethod_CLIENT_AUTH_METHOD_CLIENT_SECRET_POST ClientAuthMethod = 2
+)
+
+// Enum value maps for ClientAuthMethod.
+var (
+	ClientAuthMethod_name = map[int32]string{
+		0: "CLIENT_AUTH_METHOD_UNSPECIFIED",
+		1: "CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC",
+		2: "CLIENT_AUTH_METHOD_CLIENT_SECRET_POST",
+	}
+	ClientAuthMethod_value = map[string]int32{
+		"CLIENT_AUTH_METHOD_UNSPECIFIED":         0,
+		"CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC": 1,
+		"CLIENT_AUTH_METHOD_CLIENT_SECRET_POST":  2,
+	}
+)
+
+func (x ClientAuthMethod) Enum() *ClientAuthMethod {
+	p := new(ClientAuthMethod)
+	*p = x
+	return p
+}
+
+func (x ClientAuthMethod) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ClientAuthMethod) Descriptor() protoreflect.EnumDescriptor {
+	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[4].Descriptor()
+}
+
+func (ClientAuthMethod) Type() protoreflect.EnumType {
+	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[4]
+}
+
+func (x ClientAuthMethod) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ClientAuthMethod.Descriptor instead.
+func (ClientAuthMethod) EnumDescriptor() ([]byte, []int) {
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{4}
+}
+
 // EvaluationMode says which connectors may run.
 type EvaluationMode int32
 
@@ -299,11 +352,11 @@ func (x EvaluationMode) String() string {
 }
 
 func (EvaluationMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[4].Descriptor()
+	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[5].Descriptor()
 }
 
 func (EvaluationMode) Type() protoreflect.EnumType {
-	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[4]
+	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[5]
 }
 
 func (x EvaluationMode) Number() protoreflect.EnumNumber {
@@ -312,7 +365,7 @@ func (x EvaluationMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EvaluationMode.Descriptor instead.
 func (EvaluationMode) EnumDescriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{4}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{5}
 }
 
 // Combinator says how a branch's conditions combine.
@@ -352,11 +405,11 @@ func (x Combinator) String() string {
 }
 
 func (Combinator) Descriptor() protoreflect.EnumDescriptor {
-	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[5].Descriptor()
+	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[6].Descriptor()
 }
 
 func (Combinator) Type() protoreflect.EnumType {
-	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[5]
+	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[6]
 }
 
 func (x Combinator) Number() protoreflect.EnumNumber {
@@ -365,7 +418,7 @@ func (x Combinator) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Combinator.Descriptor instead.
 func (Combinator) EnumDescriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{5}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{6}
 }
 
 // SubjectKind says what a condition looks at.
@@ -413,11 +466,11 @@ func (x SubjectKind) String() string {
 }
 
 func (SubjectKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[6].Descriptor()
+	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[7].Descriptor()
 }
 
 func (SubjectKind) Type() protoreflect.EnumType {
-	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[6]
+	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[7]
 }
 
 func (x SubjectKind) Number() protoreflect.EnumNumber {
@@ -426,7 +479,7 @@ func (x SubjectKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SubjectKind.Descriptor instead.
 func (SubjectKind) EnumDescriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{6}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{7}
 }
 
 // Operator is a condition's test. Comparisons are typed: a number and a numeric string compare as
@@ -536,11 +589,11 @@ func (x Operator) String() string {
 }
 
 func (Operator) Descriptor() protoreflect.EnumDescriptor {
-	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[7].Descriptor()
+	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[8].Descriptor()
 }
 
 func (Operator) Type() protoreflect.EnumType {
-	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[7]
+	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[8]
 }
 
 func (x Operator) Number() protoreflect.EnumNumber {
@@ -549,7 +602,7 @@ func (x Operator) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Operator.Descriptor instead.
 func (Operator) EnumDescriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{7}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{8}
 }
 
 // Quantifier applies a condition to every element of a list subject.
@@ -593,11 +646,11 @@ func (x Quantifier) String() string {
 }
 
 func (Quantifier) Descriptor() protoreflect.EnumDescriptor {
-	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[8].Descriptor()
+	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[9].Descriptor()
 }
 
 func (Quantifier) Type() protoreflect.EnumType {
-	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[8]
+	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[9]
 }
 
 func (x Quantifier) Number() protoreflect.EnumNumber {
@@ -606,7 +659,7 @@ func (x Quantifier) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Quantifier.Descriptor instead.
 func (Quantifier) EnumDescriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{8}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{9}
 }
 
 // CastType converts an extracted value.
@@ -658,11 +711,11 @@ func (x CastType) String() string {
 }
 
 func (CastType) Descriptor() protoreflect.EnumDescriptor {
-	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[9].Descriptor()
+	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[10].Descriptor()
 }
 
 func (CastType) Type() protoreflect.EnumType {
-	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[9]
+	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[10]
 }
 
 func (x CastType) Number() protoreflect.EnumNumber {
@@ -671,7 +724,7 @@ func (x CastType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CastType.Descriptor instead.
 func (CastType) EnumDescriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{9}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{10}
 }
 
 // Outcome is the verdict of an evaluation.
@@ -715,11 +768,11 @@ func (x Outcome) String() string {
 }
 
 func (Outcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[10].Descriptor()
+	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[11].Descriptor()
 }
 
 func (Outcome) Type() protoreflect.EnumType {
-	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[10]
+	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[11]
 }
 
 func (x Outcome) Number() protoreflect.EnumNumber {
@@ -728,7 +781,7 @@ func (x Outcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Outcome.Descriptor instead.
 func (Outcome) EnumDescriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{10}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{11}
 }
 
 // Reason says why an evaluation ended as it did.
@@ -782,6 +835,9 @@ const (
 	// ERROR: the answer would not fit the wire: larger than the gRPC message limit, or a value
 	// nested deeper than protobuf can carry. The message says which.
 	Reason_REASON_ANSWER_TOO_LARGE Reason = 21
+	// ERROR: the connector's OAuth2 token endpoint gave no usable token (refused, unreachable,
+	// not a token); the API was not called with a token.
+	Reason_REASON_AUTH_TOKEN_ERROR Reason = 22
 )
 
 // Enum value maps for Reason.
@@ -809,6 +865,7 @@ var (
 		19: "REASON_BUDGET_EXHAUSTED",
 		20: "REASON_LIMIT_EXCEEDED",
 		21: "REASON_ANSWER_TOO_LARGE",
+		22: "REASON_AUTH_TOKEN_ERROR",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":         0,
@@ -833,6 +890,7 @@ var (
 		"REASON_BUDGET_EXHAUSTED":    19,
 		"REASON_LIMIT_EXCEEDED":      20,
 		"REASON_ANSWER_TOO_LARGE":    21,
+		"REASON_AUTH_TOKEN_ERROR":    22,
 	}
 )
 
@@ -847,11 +905,11 @@ func (x Reason) String() string {
 }
 
 func (Reason) Descriptor() protoreflect.EnumDescriptor {
-	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[11].Descriptor()
+	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[12].Descriptor()
 }
 
 func (Reason) Type() protoreflect.EnumType {
-	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[11]
+	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[12]
 }
 
 func (x Reason) Number() protoreflect.EnumNumber {
@@ -860,7 +918,7 @@ func (x Reason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Reason.Descriptor instead.
 func (Reason) EnumDescriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{11}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{12}
 }
 
 // CacheStatus says where an answer's HTTP response came from, for a connector with a cache.
@@ -917,11 +975,11 @@ func (x CacheStatus) String() string {
 }
 
 func (CacheStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[12].Descriptor()
+	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[13].Descriptor()
 }
 
 func (CacheStatus) Type() protoreflect.EnumType {
-	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[12]
+	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[13]
 }
 
 func (x CacheStatus) Number() protoreflect.EnumNumber {
@@ -930,7 +988,7 @@ func (x CacheStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CacheStatus.Descriptor instead.
 func (CacheStatus) EnumDescriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{12}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{13}
 }
 
 // ExtractionStatus is how one extraction went.
@@ -982,11 +1040,11 @@ func (x ExtractionStatus) String() string {
 }
 
 func (ExtractionStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[13].Descriptor()
+	return file_rulesidecar_v1_rules_sidecar_proto_enumTypes[14].Descriptor()
 }
 
 func (ExtractionStatus) Type() protoreflect.EnumType {
-	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[13]
+	return &file_rulesidecar_v1_rules_sidecar_proto_enumTypes[14]
 }
 
 func (x ExtractionStatus) Number() protoreflect.EnumNumber {
@@ -995,7 +1053,7 @@ func (x ExtractionStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ExtractionStatus.Descriptor instead.
 func (ExtractionStatus) EnumDescriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{13}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{14}
 }
 
 // Connector is a named, versioned definition of one business API call. Templates use `{{name}}`
@@ -1328,6 +1386,7 @@ type Auth struct {
 	//	*Auth_Bearer
 	//	*Auth_ApiKey
 	//	*Auth_Basic
+	//	*Auth_Oauth2ClientCredentials
 	Scheme        isAuth_Scheme `protobuf_oneof:"scheme"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1397,6 +1456,15 @@ func (x *Auth) GetBasic() *BasicAuth {
 	return nil
 }
 
+func (x *Auth) GetOauth2ClientCredentials() *OAuth2ClientCredentialsAuth {
+	if x != nil {
+		if x, ok := x.Scheme.(*Auth_Oauth2ClientCredentials); ok {
+			return x.Oauth2ClientCredentials
+		}
+	}
+	return nil
+}
+
 type isAuth_Scheme interface {
 	isAuth_Scheme()
 }
@@ -1416,11 +1484,19 @@ type Auth_Basic struct {
 	Basic *BasicAuth `protobuf:"bytes,3,opt,name=basic,proto3,oneof"`
 }
 
+type Auth_Oauth2ClientCredentials struct {
+	// `Authorization: Bearer <token>`, the token obtained from an OAuth2 token endpoint with the
+	// client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+	Oauth2ClientCredentials *OAuth2ClientCredentialsAuth `protobuf:"bytes,4,opt,name=oauth2_client_credentials,json=oauth2ClientCredentials,proto3,oneof"`
+}
+
 func (*Auth_Bearer) isAuth_Scheme() {}
 
 func (*Auth_ApiKey) isAuth_Scheme() {}
 
 func (*Auth_Basic) isAuth_Scheme() {}
+
+func (*Auth_Oauth2ClientCredentials) isAuth_Scheme() {}
 
 // BearerAuth sends a bearer token.
 type BearerAuth struct {
@@ -1587,6 +1663,101 @@ func (x *BasicAuth) GetPasswordSecret() string {
 	return ""
 }
 
+// OAuth2ClientCredentialsAuth obtains a bearer token with the client credentials grant. The token
+// is fetched through the same egress guard as any upstream, cached per credential, refreshed ahead
+// of its expiry (one fetch at a time per credential) and never returned, logged or explained.
+// Both secrets must be bound (secret_hosts) to the token URL's host, not the API's.
+type OAuth2ClientCredentialsAuth struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token endpoint, an absolute http(s) URL without placeholders, e.g.
+	// `https://login.example.com/oauth2/token`.
+	TokenUrl string `protobuf:"bytes,1,opt,name=token_url,json=tokenUrl,proto3" json:"token_url,omitempty"`
+	// Name of the secret holding the client id.
+	ClientIdSecret string `protobuf:"bytes,2,opt,name=client_id_secret,json=clientIdSecret,proto3" json:"client_id_secret,omitempty"`
+	// Name of the secret holding the client secret.
+	ClientSecretSecret string `protobuf:"bytes,3,opt,name=client_secret_secret,json=clientSecretSecret,proto3" json:"client_secret_secret,omitempty"`
+	// Scopes to request, sent space-separated as `scope`; none means the endpoint's default.
+	Scopes []string `protobuf:"bytes,4,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// Sent as `audience` when set (Auth0, Okta and others want the API's identifier).
+	Audience string `protobuf:"bytes,5,opt,name=audience,proto3" json:"audience,omitempty"`
+	// How the client id and secret reach the token endpoint; CLIENT_SECRET_BASIC when unset.
+	ClientAuthMethod ClientAuthMethod `protobuf:"varint,6,opt,name=client_auth_method,json=clientAuthMethod,proto3,enum=rulesidecar.v1.ClientAuthMethod" json:"client_auth_method,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *OAuth2ClientCredentialsAuth) Reset() {
+	*x = OAuth2ClientCredentialsAuth{}
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OAuth2ClientCredentialsAuth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OAuth2ClientCredentialsAuth) ProtoMessage() {}
+
+func (x *OAuth2ClientCredentialsAuth) ProtoReflect() protoreflect.Message {
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OAuth2ClientCredentialsAuth.ProtoReflect.Descriptor instead.
+func (*OAuth2ClientCredentialsAuth) Descriptor() ([]byte, []int) {
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *OAuth2ClientCredentialsAuth) GetTokenUrl() string {
+	if x != nil {
+		return x.TokenUrl
+	}
+	return ""
+}
+
+func (x *OAuth2ClientCredentialsAuth) GetClientIdSecret() string {
+	if x != nil {
+		return x.ClientIdSecret
+	}
+	return ""
+}
+
+func (x *OAuth2ClientCredentialsAuth) GetClientSecretSecret() string {
+	if x != nil {
+		return x.ClientSecretSecret
+	}
+	return ""
+}
+
+func (x *OAuth2ClientCredentialsAuth) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *OAuth2ClientCredentialsAuth) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *OAuth2ClientCredentialsAuth) GetClientAuthMethod() ClientAuthMethod {
+	if x != nil {
+		return x.ClientAuthMethod
+	}
+	return ClientAuthMethod_CLIENT_AUTH_METHOD_UNSPECIFIED
+}
+
 // RegisterConnectorRequest creates or replaces a connector.
 type RegisterConnectorRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1601,7 +1772,7 @@ type RegisterConnectorRequest struct {
 
 func (x *RegisterConnectorRequest) Reset() {
 	*x = RegisterConnectorRequest{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[6]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1613,7 +1784,7 @@ func (x *RegisterConnectorRequest) String() string {
 func (*RegisterConnectorRequest) ProtoMessage() {}
 
 func (x *RegisterConnectorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[6]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1626,7 +1797,7 @@ func (x *RegisterConnectorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterConnectorRequest.ProtoReflect.Descriptor instead.
 func (*RegisterConnectorRequest) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{6}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RegisterConnectorRequest) GetConnector() *Connector {
@@ -1656,7 +1827,7 @@ type RegisterConnectorResponse struct {
 
 func (x *RegisterConnectorResponse) Reset() {
 	*x = RegisterConnectorResponse{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[7]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1668,7 +1839,7 @@ func (x *RegisterConnectorResponse) String() string {
 func (*RegisterConnectorResponse) ProtoMessage() {}
 
 func (x *RegisterConnectorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[7]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1681,7 +1852,7 @@ func (x *RegisterConnectorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterConnectorResponse.ProtoReflect.Descriptor instead.
 func (*RegisterConnectorResponse) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{7}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RegisterConnectorResponse) GetConnector() *Connector {
@@ -1709,7 +1880,7 @@ type GetConnectorRequest struct {
 
 func (x *GetConnectorRequest) Reset() {
 	*x = GetConnectorRequest{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[8]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1721,7 +1892,7 @@ func (x *GetConnectorRequest) String() string {
 func (*GetConnectorRequest) ProtoMessage() {}
 
 func (x *GetConnectorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[8]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1734,7 +1905,7 @@ func (x *GetConnectorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConnectorRequest.ProtoReflect.Descriptor instead.
 func (*GetConnectorRequest) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{8}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetConnectorRequest) GetId() string {
@@ -1755,7 +1926,7 @@ type GetConnectorResponse struct {
 
 func (x *GetConnectorResponse) Reset() {
 	*x = GetConnectorResponse{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[9]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1767,7 +1938,7 @@ func (x *GetConnectorResponse) String() string {
 func (*GetConnectorResponse) ProtoMessage() {}
 
 func (x *GetConnectorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[9]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1780,7 +1951,7 @@ func (x *GetConnectorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConnectorResponse.ProtoReflect.Descriptor instead.
 func (*GetConnectorResponse) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{9}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetConnectorResponse) GetConnector() *Connector {
@@ -1805,7 +1976,7 @@ type ListConnectorsRequest struct {
 
 func (x *ListConnectorsRequest) Reset() {
 	*x = ListConnectorsRequest{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[10]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1817,7 +1988,7 @@ func (x *ListConnectorsRequest) String() string {
 func (*ListConnectorsRequest) ProtoMessage() {}
 
 func (x *ListConnectorsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[10]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1830,7 +2001,7 @@ func (x *ListConnectorsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectorsRequest.ProtoReflect.Descriptor instead.
 func (*ListConnectorsRequest) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{10}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListConnectorsRequest) GetPageSize() int32 {
@@ -1867,7 +2038,7 @@ type ListConnectorsResponse struct {
 
 func (x *ListConnectorsResponse) Reset() {
 	*x = ListConnectorsResponse{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[11]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1879,7 +2050,7 @@ func (x *ListConnectorsResponse) String() string {
 func (*ListConnectorsResponse) ProtoMessage() {}
 
 func (x *ListConnectorsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[11]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1892,7 +2063,7 @@ func (x *ListConnectorsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectorsResponse.ProtoReflect.Descriptor instead.
 func (*ListConnectorsResponse) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{11}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListConnectorsResponse) GetConnectors() []*Connector {
@@ -1922,7 +2093,7 @@ type DeleteConnectorRequest struct {
 
 func (x *DeleteConnectorRequest) Reset() {
 	*x = DeleteConnectorRequest{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[12]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1934,7 +2105,7 @@ func (x *DeleteConnectorRequest) String() string {
 func (*DeleteConnectorRequest) ProtoMessage() {}
 
 func (x *DeleteConnectorRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[12]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1947,7 +2118,7 @@ func (x *DeleteConnectorRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConnectorRequest.ProtoReflect.Descriptor instead.
 func (*DeleteConnectorRequest) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{12}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteConnectorRequest) GetId() string {
@@ -1975,7 +2146,7 @@ type DeleteConnectorResponse struct {
 
 func (x *DeleteConnectorResponse) Reset() {
 	*x = DeleteConnectorResponse{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[13]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1987,7 +2158,7 @@ func (x *DeleteConnectorResponse) String() string {
 func (*DeleteConnectorResponse) ProtoMessage() {}
 
 func (x *DeleteConnectorResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[13]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2000,7 +2171,7 @@ func (x *DeleteConnectorResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConnectorResponse.ProtoReflect.Descriptor instead.
 func (*DeleteConnectorResponse) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{13}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteConnectorResponse) GetDeletedVersion() int64 {
@@ -2030,7 +2201,7 @@ type EvaluateNodeRequest struct {
 
 func (x *EvaluateNodeRequest) Reset() {
 	*x = EvaluateNodeRequest{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[14]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2042,7 +2213,7 @@ func (x *EvaluateNodeRequest) String() string {
 func (*EvaluateNodeRequest) ProtoMessage() {}
 
 func (x *EvaluateNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[14]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2055,7 +2226,7 @@ func (x *EvaluateNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvaluateNodeRequest.ProtoReflect.Descriptor instead.
 func (*EvaluateNodeRequest) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{14}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *EvaluateNodeRequest) GetNode() *Node {
@@ -2108,7 +2279,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[15]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2120,7 +2291,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[15]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2133,7 +2304,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{15}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Node) GetId() string {
@@ -2193,7 +2364,7 @@ type Branch struct {
 
 func (x *Branch) Reset() {
 	*x = Branch{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[16]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2205,7 +2376,7 @@ func (x *Branch) String() string {
 func (*Branch) ProtoMessage() {}
 
 func (x *Branch) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[16]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2218,7 +2389,7 @@ func (x *Branch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Branch.ProtoReflect.Descriptor instead.
 func (*Branch) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{16}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Branch) GetTarget() string {
@@ -2255,7 +2426,7 @@ type Subject struct {
 
 func (x *Subject) Reset() {
 	*x = Subject{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[17]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2267,7 +2438,7 @@ func (x *Subject) String() string {
 func (*Subject) ProtoMessage() {}
 
 func (x *Subject) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[17]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2280,7 +2451,7 @@ func (x *Subject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subject.ProtoReflect.Descriptor instead.
 func (*Subject) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{17}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Subject) GetKind() SubjectKind {
@@ -2317,7 +2488,7 @@ type Condition struct {
 
 func (x *Condition) Reset() {
 	*x = Condition{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[18]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2329,7 +2500,7 @@ func (x *Condition) String() string {
 func (*Condition) ProtoMessage() {}
 
 func (x *Condition) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[18]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2342,7 +2513,7 @@ func (x *Condition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Condition.ProtoReflect.Descriptor instead.
 func (*Condition) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{18}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Condition) GetSubject() *Subject {
@@ -2400,7 +2571,7 @@ type Extraction struct {
 
 func (x *Extraction) Reset() {
 	*x = Extraction{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[19]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2412,7 +2583,7 @@ func (x *Extraction) String() string {
 func (*Extraction) ProtoMessage() {}
 
 func (x *Extraction) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[19]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2425,7 +2596,7 @@ func (x *Extraction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Extraction.ProtoReflect.Descriptor instead.
 func (*Extraction) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{19}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Extraction) GetVariable() string {
@@ -2500,7 +2671,7 @@ type EvaluateNodeResponse struct {
 
 func (x *EvaluateNodeResponse) Reset() {
 	*x = EvaluateNodeResponse{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[20]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +2683,7 @@ func (x *EvaluateNodeResponse) String() string {
 func (*EvaluateNodeResponse) ProtoMessage() {}
 
 func (x *EvaluateNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[20]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +2696,7 @@ func (x *EvaluateNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvaluateNodeResponse.ProtoReflect.Descriptor instead.
 func (*EvaluateNodeResponse) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{20}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *EvaluateNodeResponse) GetOutcome() Outcome {
@@ -2645,7 +2816,7 @@ type ExtractionResult struct {
 
 func (x *ExtractionResult) Reset() {
 	*x = ExtractionResult{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[21]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2657,7 +2828,7 @@ func (x *ExtractionResult) String() string {
 func (*ExtractionResult) ProtoMessage() {}
 
 func (x *ExtractionResult) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[21]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2670,7 +2841,7 @@ func (x *ExtractionResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtractionResult.ProtoReflect.Descriptor instead.
 func (*ExtractionResult) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{21}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ExtractionResult) GetVariable() string {
@@ -2723,7 +2894,7 @@ type Explanation struct {
 
 func (x *Explanation) Reset() {
 	*x = Explanation{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[22]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2735,7 +2906,7 @@ func (x *Explanation) String() string {
 func (*Explanation) ProtoMessage() {}
 
 func (x *Explanation) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[22]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2748,7 +2919,7 @@ func (x *Explanation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Explanation.ProtoReflect.Descriptor instead.
 func (*Explanation) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{22}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Explanation) GetRequest() *RenderedRequest {
@@ -2789,7 +2960,7 @@ type RenderedRequest struct {
 
 func (x *RenderedRequest) Reset() {
 	*x = RenderedRequest{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[23]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2801,7 +2972,7 @@ func (x *RenderedRequest) String() string {
 func (*RenderedRequest) ProtoMessage() {}
 
 func (x *RenderedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[23]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2814,7 +2985,7 @@ func (x *RenderedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenderedRequest.ProtoReflect.Descriptor instead.
 func (*RenderedRequest) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{23}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RenderedRequest) GetMethod() string {
@@ -2864,7 +3035,7 @@ type BranchExplanation struct {
 
 func (x *BranchExplanation) Reset() {
 	*x = BranchExplanation{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[24]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2876,7 +3047,7 @@ func (x *BranchExplanation) String() string {
 func (*BranchExplanation) ProtoMessage() {}
 
 func (x *BranchExplanation) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[24]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2889,7 +3060,7 @@ func (x *BranchExplanation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BranchExplanation.ProtoReflect.Descriptor instead.
 func (*BranchExplanation) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{24}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *BranchExplanation) GetIndex() int32 {
@@ -2950,7 +3121,7 @@ type ConditionExplanation struct {
 
 func (x *ConditionExplanation) Reset() {
 	*x = ConditionExplanation{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[25]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2962,7 +3133,7 @@ func (x *ConditionExplanation) String() string {
 func (*ConditionExplanation) ProtoMessage() {}
 
 func (x *ConditionExplanation) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[25]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2975,7 +3146,7 @@ func (x *ConditionExplanation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConditionExplanation.ProtoReflect.Descriptor instead.
 func (*ConditionExplanation) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{25}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ConditionExplanation) GetSubject() *Subject {
@@ -3045,7 +3216,7 @@ type ExtractVariablesRequest struct {
 
 func (x *ExtractVariablesRequest) Reset() {
 	*x = ExtractVariablesRequest{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[26]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3057,7 +3228,7 @@ func (x *ExtractVariablesRequest) String() string {
 func (*ExtractVariablesRequest) ProtoMessage() {}
 
 func (x *ExtractVariablesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[26]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3070,7 +3241,7 @@ func (x *ExtractVariablesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtractVariablesRequest.ProtoReflect.Descriptor instead.
 func (*ExtractVariablesRequest) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{26}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExtractVariablesRequest) GetExtractions() []*Extraction {
@@ -3138,7 +3309,7 @@ type ExtractVariablesResponse struct {
 
 func (x *ExtractVariablesResponse) Reset() {
 	*x = ExtractVariablesResponse{}
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[27]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3150,7 +3321,7 @@ func (x *ExtractVariablesResponse) String() string {
 func (*ExtractVariablesResponse) ProtoMessage() {}
 
 func (x *ExtractVariablesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[27]
+	mi := &file_rulesidecar_v1_rules_sidecar_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3163,7 +3334,7 @@ func (x *ExtractVariablesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtractVariablesResponse.ProtoReflect.Descriptor instead.
 func (*ExtractVariablesResponse) Descriptor() ([]byte, []int) {
-	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{27}
+	return file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ExtractVariablesResponse) GetVariables() *structpb.Struct {
@@ -3227,11 +3398,12 @@ const file_rulesidecar_v1_rules_sidecar_proto_rawDesc = "" +
 	"\x0estale_if_error\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\x04\xe2A\x01\x01R\fstaleIfError\x12,\n" +
 	"\x0fmax_entry_bytes\x18\x04 \x01(\x03B\x04\xe2A\x01\x01R\rmaxEntryBytes\x126\n" +
 	"\x14ignore_cache_control\x18\x05 \x01(\bB\x04\xe2A\x01\x01R\x12ignoreCacheControl\x121\n" +
-	"\x11idempotent_lookup\x18\x06 \x01(\bB\x04\xe2A\x01\x01R\x10idempotentLookup\"\xc2\x01\n" +
+	"\x11idempotent_lookup\x18\x06 \x01(\bB\x04\xe2A\x01\x01R\x10idempotentLookup\"\xb3\x02\n" +
 	"\x04Auth\x12:\n" +
 	"\x06bearer\x18\x01 \x01(\v2\x1a.rulesidecar.v1.BearerAuthB\x04\xe2A\x01\x01H\x00R\x06bearer\x12;\n" +
 	"\aapi_key\x18\x02 \x01(\v2\x1a.rulesidecar.v1.ApiKeyAuthB\x04\xe2A\x01\x01H\x00R\x06apiKey\x127\n" +
-	"\x05basic\x18\x03 \x01(\v2\x19.rulesidecar.v1.BasicAuthB\x04\xe2A\x01\x01H\x00R\x05basicB\b\n" +
+	"\x05basic\x18\x03 \x01(\v2\x19.rulesidecar.v1.BasicAuthB\x04\xe2A\x01\x01H\x00R\x05basic\x12o\n" +
+	"\x19oauth2_client_credentials\x18\x04 \x01(\v2+.rulesidecar.v1.OAuth2ClientCredentialsAuthB\x04\xe2A\x01\x01H\x00R\x17oauth2ClientCredentialsB\b\n" +
 	"\x06scheme\"5\n" +
 	"\n" +
 	"BearerAuth\x12'\n" +
@@ -3243,7 +3415,14 @@ const file_rulesidecar_v1_rules_sidecar_proto_rawDesc = "" +
 	"\fvalue_secret\x18\x03 \x01(\tB\x04\xe2A\x01\x02R\vvalueSecret\"i\n" +
 	"\tBasicAuth\x12-\n" +
 	"\x0fusername_secret\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\x0eusernameSecret\x12-\n" +
-	"\x0fpassword_secret\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\x0epasswordSecret\"\xa4\x01\n" +
+	"\x0fpassword_secret\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\x0epasswordSecret\"\xbe\x02\n" +
+	"\x1bOAuth2ClientCredentialsAuth\x12!\n" +
+	"\ttoken_url\x18\x01 \x01(\tB\x04\xe2A\x01\x02R\btokenUrl\x12.\n" +
+	"\x10client_id_secret\x18\x02 \x01(\tB\x04\xe2A\x01\x02R\x0eclientIdSecret\x126\n" +
+	"\x14client_secret_secret\x18\x03 \x01(\tB\x04\xe2A\x01\x02R\x12clientSecretSecret\x12\x1c\n" +
+	"\x06scopes\x18\x04 \x03(\tB\x04\xe2A\x01\x01R\x06scopes\x12 \n" +
+	"\baudience\x18\x05 \x01(\tB\x04\xe2A\x01\x01R\baudience\x12T\n" +
+	"\x12client_auth_method\x18\x06 \x01(\x0e2 .rulesidecar.v1.ClientAuthMethodB\x04\xe2A\x01\x01R\x10clientAuthMethod\"\xa4\x01\n" +
 	"\x18RegisterConnectorRequest\x12=\n" +
 	"\tconnector\x18\x01 \x01(\v2\x19.rulesidecar.v1.ConnectorB\x04\xe2A\x01\x02R\tconnector\x124\n" +
 	"\x10expected_version\x18\x02 \x01(\x03B\x04\xe2A\x01\x01H\x00R\x0fexpectedVersion\x88\x01\x01B\x13\n" +
@@ -3393,7 +3572,11 @@ const file_rulesidecar_v1_rules_sidecar_proto_rawDesc = "" +
 	"\x0eApiKeyLocation\x12 \n" +
 	"\x1cAPI_KEY_LOCATION_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17API_KEY_LOCATION_HEADER\x10\x01\x12\x1a\n" +
-	"\x16API_KEY_LOCATION_QUERY\x10\x02*k\n" +
+	"\x16API_KEY_LOCATION_QUERY\x10\x02*\x8d\x01\n" +
+	"\x10ClientAuthMethod\x12\"\n" +
+	"\x1eCLIENT_AUTH_METHOD_UNSPECIFIED\x10\x00\x12*\n" +
+	"&CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC\x10\x01\x12)\n" +
+	"%CLIENT_AUTH_METHOD_CLIENT_SECRET_POST\x10\x02*k\n" +
 	"\x0eEvaluationMode\x12\x1f\n" +
 	"\x1bEVALUATION_MODE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aEVALUATION_MODE_PRODUCTION\x10\x01\x12\x18\n" +
@@ -3448,7 +3631,7 @@ const file_rulesidecar_v1_rules_sidecar_proto_rawDesc = "" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fOUTCOME_MATCHED\x10\x01\x12\x14\n" +
 	"\x10OUTCOME_NO_MATCH\x10\x02\x12\x11\n" +
-	"\rOUTCOME_ERROR\x10\x03*\xe5\x04\n" +
+	"\rOUTCOME_ERROR\x10\x03*\x82\x05\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15REASON_BRANCH_MATCHED\x10\x01\x12\x1c\n" +
@@ -3472,7 +3655,8 @@ const file_rulesidecar_v1_rules_sidecar_proto_rawDesc = "" +
 	"\x15REASON_INTERNAL_ERROR\x10\x12\x12\x1b\n" +
 	"\x17REASON_BUDGET_EXHAUSTED\x10\x13\x12\x19\n" +
 	"\x15REASON_LIMIT_EXCEEDED\x10\x14\x12\x1b\n" +
-	"\x17REASON_ANSWER_TOO_LARGE\x10\x15*\xc6\x01\n" +
+	"\x17REASON_ANSWER_TOO_LARGE\x10\x15\x12\x1b\n" +
+	"\x17REASON_AUTH_TOKEN_ERROR\x10\x16*\xc6\x01\n" +
 	"\vCacheStatus\x12\x1c\n" +
 	"\x18CACHE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11CACHE_STATUS_MISS\x10\x01\x12\x14\n" +
@@ -3509,135 +3693,139 @@ func file_rulesidecar_v1_rules_sidecar_proto_rawDescGZIP() []byte {
 	return file_rulesidecar_v1_rules_sidecar_proto_rawDescData
 }
 
-var file_rulesidecar_v1_rules_sidecar_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
-var file_rulesidecar_v1_rules_sidecar_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_rulesidecar_v1_rules_sidecar_proto_enumTypes = make([]protoimpl.EnumInfo, 15)
+var file_rulesidecar_v1_rules_sidecar_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_rulesidecar_v1_rules_sidecar_proto_goTypes = []any{
-	(ConnectorStatus)(0),              // 0: rulesidecar.v1.ConnectorStatus
-	(HttpMethod)(0),                   // 1: rulesidecar.v1.HttpMethod
-	(ConnectorSource)(0),              // 2: rulesidecar.v1.ConnectorSource
-	(ApiKeyLocation)(0),               // 3: rulesidecar.v1.ApiKeyLocation
-	(EvaluationMode)(0),               // 4: rulesidecar.v1.EvaluationMode
-	(Combinator)(0),                   // 5: rulesidecar.v1.Combinator
-	(SubjectKind)(0),                  // 6: rulesidecar.v1.SubjectKind
-	(Operator)(0),                     // 7: rulesidecar.v1.Operator
-	(Quantifier)(0),                   // 8: rulesidecar.v1.Quantifier
-	(CastType)(0),                     // 9: rulesidecar.v1.CastType
-	(Outcome)(0),                      // 10: rulesidecar.v1.Outcome
-	(Reason)(0),                       // 11: rulesidecar.v1.Reason
-	(CacheStatus)(0),                  // 12: rulesidecar.v1.CacheStatus
-	(ExtractionStatus)(0),             // 13: rulesidecar.v1.ExtractionStatus
-	(*Connector)(nil),                 // 14: rulesidecar.v1.Connector
-	(*CachePolicy)(nil),               // 15: rulesidecar.v1.CachePolicy
-	(*Auth)(nil),                      // 16: rulesidecar.v1.Auth
-	(*BearerAuth)(nil),                // 17: rulesidecar.v1.BearerAuth
-	(*ApiKeyAuth)(nil),                // 18: rulesidecar.v1.ApiKeyAuth
-	(*BasicAuth)(nil),                 // 19: rulesidecar.v1.BasicAuth
-	(*RegisterConnectorRequest)(nil),  // 20: rulesidecar.v1.RegisterConnectorRequest
-	(*RegisterConnectorResponse)(nil), // 21: rulesidecar.v1.RegisterConnectorResponse
-	(*GetConnectorRequest)(nil),       // 22: rulesidecar.v1.GetConnectorRequest
-	(*GetConnectorResponse)(nil),      // 23: rulesidecar.v1.GetConnectorResponse
-	(*ListConnectorsRequest)(nil),     // 24: rulesidecar.v1.ListConnectorsRequest
-	(*ListConnectorsResponse)(nil),    // 25: rulesidecar.v1.ListConnectorsResponse
-	(*DeleteConnectorRequest)(nil),    // 26: rulesidecar.v1.DeleteConnectorRequest
-	(*DeleteConnectorResponse)(nil),   // 27: rulesidecar.v1.DeleteConnectorResponse
-	(*EvaluateNodeRequest)(nil),       // 28: rulesidecar.v1.EvaluateNodeRequest
-	(*Node)(nil),                      // 29: rulesidecar.v1.Node
-	(*Branch)(nil),                    // 30: rulesidecar.v1.Branch
-	(*Subject)(nil),                   // 31: rulesidecar.v1.Subject
-	(*Condition)(nil),                 // 32: rulesidecar.v1.Condition
-	(*Extraction)(nil),                // 33: rulesidecar.v1.Extraction
-	(*EvaluateNodeResponse)(nil),      // 34: rulesidecar.v1.EvaluateNodeResponse
-	(*ExtractionResult)(nil),          // 35: rulesidecar.v1.ExtractionResult
-	(*Explanation)(nil),               // 36: rulesidecar.v1.Explanation
-	(*RenderedRequest)(nil),           // 37: rulesidecar.v1.RenderedRequest
-	(*BranchExplanation)(nil),         // 38: rulesidecar.v1.BranchExplanation
-	(*ConditionExplanation)(nil),      // 39: rulesidecar.v1.ConditionExplanation
-	(*ExtractVariablesRequest)(nil),   // 40: rulesidecar.v1.ExtractVariablesRequest
-	(*ExtractVariablesResponse)(nil),  // 41: rulesidecar.v1.ExtractVariablesResponse
-	nil,                               // 42: rulesidecar.v1.Connector.HeadersEntry
-	nil,                               // 43: rulesidecar.v1.Connector.QueryEntry
-	nil,                               // 44: rulesidecar.v1.RenderedRequest.HeadersEntry
-	(*structpb.Value)(nil),            // 45: google.protobuf.Value
-	(*durationpb.Duration)(nil),       // 46: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),     // 47: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),           // 48: google.protobuf.Struct
+	(ConnectorStatus)(0),                // 0: rulesidecar.v1.ConnectorStatus
+	(HttpMethod)(0),                     // 1: rulesidecar.v1.HttpMethod
+	(ConnectorSource)(0),                // 2: rulesidecar.v1.ConnectorSource
+	(ApiKeyLocation)(0),                 // 3: rulesidecar.v1.ApiKeyLocation
+	(ClientAuthMethod)(0),               // 4: rulesidecar.v1.ClientAuthMethod
+	(EvaluationMode)(0),                 // 5: rulesidecar.v1.EvaluationMode
+	(Combinator)(0),                     // 6: rulesidecar.v1.Combinator
+	(SubjectKind)(0),                    // 7: rulesidecar.v1.SubjectKind
+	(Operator)(0),                       // 8: rulesidecar.v1.Operator
+	(Quantifier)(0),                     // 9: rulesidecar.v1.Quantifier
+	(CastType)(0),                       // 10: rulesidecar.v1.CastType
+	(Outcome)(0),                        // 11: rulesidecar.v1.Outcome
+	(Reason)(0),                         // 12: rulesidecar.v1.Reason
+	(CacheStatus)(0),                    // 13: rulesidecar.v1.CacheStatus
+	(ExtractionStatus)(0),               // 14: rulesidecar.v1.ExtractionStatus
+	(*Connector)(nil),                   // 15: rulesidecar.v1.Connector
+	(*CachePolicy)(nil),                 // 16: rulesidecar.v1.CachePolicy
+	(*Auth)(nil),                        // 17: rulesidecar.v1.Auth
+	(*BearerAuth)(nil),                  // 18: rulesidecar.v1.BearerAuth
+	(*ApiKeyAuth)(nil),                  // 19: rulesidecar.v1.ApiKeyAuth
+	(*BasicAuth)(nil),                   // 20: rulesidecar.v1.BasicAuth
+	(*OAuth2ClientCredentialsAuth)(nil), // 21: rulesidecar.v1.OAuth2ClientCredentialsAuth
+	(*RegisterConnectorRequest)(nil),    // 22: rulesidecar.v1.RegisterConnectorRequest
+	(*RegisterConnectorResponse)(nil),   // 23: rulesidecar.v1.RegisterConnectorResponse
+	(*GetConnectorRequest)(nil),         // 24: rulesidecar.v1.GetConnectorRequest
+	(*GetConnectorResponse)(nil),        // 25: rulesidecar.v1.GetConnectorResponse
+	(*ListConnectorsRequest)(nil),       // 26: rulesidecar.v1.ListConnectorsRequest
+	(*ListConnectorsResponse)(nil),      // 27: rulesidecar.v1.ListConnectorsResponse
+	(*DeleteConnectorRequest)(nil),      // 28: rulesidecar.v1.DeleteConnectorRequest
+	(*DeleteConnectorResponse)(nil),     // 29: rulesidecar.v1.DeleteConnectorResponse
+	(*EvaluateNodeRequest)(nil),         // 30: rulesidecar.v1.EvaluateNodeRequest
+	(*Node)(nil),                        // 31: rulesidecar.v1.Node
+	(*Branch)(nil),                      // 32: rulesidecar.v1.Branch
+	(*Subject)(nil),                     // 33: rulesidecar.v1.Subject
+	(*Condition)(nil),                   // 34: rulesidecar.v1.Condition
+	(*Extraction)(nil),                  // 35: rulesidecar.v1.Extraction
+	(*EvaluateNodeResponse)(nil),        // 36: rulesidecar.v1.EvaluateNodeResponse
+	(*ExtractionResult)(nil),            // 37: rulesidecar.v1.ExtractionResult
+	(*Explanation)(nil),                 // 38: rulesidecar.v1.Explanation
+	(*RenderedRequest)(nil),             // 39: rulesidecar.v1.RenderedRequest
+	(*BranchExplanation)(nil),           // 40: rulesidecar.v1.BranchExplanation
+	(*ConditionExplanation)(nil),        // 41: rulesidecar.v1.ConditionExplanation
+	(*ExtractVariablesRequest)(nil),     // 42: rulesidecar.v1.ExtractVariablesRequest
+	(*ExtractVariablesResponse)(nil),    // 43: rulesidecar.v1.ExtractVariablesResponse
+	nil,                                 // 44: rulesidecar.v1.Connector.HeadersEntry
+	nil,                                 // 45: rulesidecar.v1.Connector.QueryEntry
+	nil,                                 // 46: rulesidecar.v1.RenderedRequest.HeadersEntry
+	(*structpb.Value)(nil),              // 47: google.protobuf.Value
+	(*durationpb.Duration)(nil),         // 48: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),       // 49: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),             // 50: google.protobuf.Struct
 }
 var file_rulesidecar_v1_rules_sidecar_proto_depIdxs = []int32{
 	0,  // 0: rulesidecar.v1.Connector.status:type_name -> rulesidecar.v1.ConnectorStatus
 	1,  // 1: rulesidecar.v1.Connector.method:type_name -> rulesidecar.v1.HttpMethod
-	42, // 2: rulesidecar.v1.Connector.headers:type_name -> rulesidecar.v1.Connector.HeadersEntry
-	43, // 3: rulesidecar.v1.Connector.query:type_name -> rulesidecar.v1.Connector.QueryEntry
-	45, // 4: rulesidecar.v1.Connector.body_template:type_name -> google.protobuf.Value
-	16, // 5: rulesidecar.v1.Connector.auth:type_name -> rulesidecar.v1.Auth
-	46, // 6: rulesidecar.v1.Connector.timeout:type_name -> google.protobuf.Duration
-	47, // 7: rulesidecar.v1.Connector.update_time:type_name -> google.protobuf.Timestamp
+	44, // 2: rulesidecar.v1.Connector.headers:type_name -> rulesidecar.v1.Connector.HeadersEntry
+	45, // 3: rulesidecar.v1.Connector.query:type_name -> rulesidecar.v1.Connector.QueryEntry
+	47, // 4: rulesidecar.v1.Connector.body_template:type_name -> google.protobuf.Value
+	17, // 5: rulesidecar.v1.Connector.auth:type_name -> rulesidecar.v1.Auth
+	48, // 6: rulesidecar.v1.Connector.timeout:type_name -> google.protobuf.Duration
+	49, // 7: rulesidecar.v1.Connector.update_time:type_name -> google.protobuf.Timestamp
 	2,  // 8: rulesidecar.v1.Connector.source:type_name -> rulesidecar.v1.ConnectorSource
-	15, // 9: rulesidecar.v1.Connector.cache:type_name -> rulesidecar.v1.CachePolicy
-	46, // 10: rulesidecar.v1.CachePolicy.ttl:type_name -> google.protobuf.Duration
-	46, // 11: rulesidecar.v1.CachePolicy.stale_while_revalidate:type_name -> google.protobuf.Duration
-	46, // 12: rulesidecar.v1.CachePolicy.stale_if_error:type_name -> google.protobuf.Duration
-	17, // 13: rulesidecar.v1.Auth.bearer:type_name -> rulesidecar.v1.BearerAuth
-	18, // 14: rulesidecar.v1.Auth.api_key:type_name -> rulesidecar.v1.ApiKeyAuth
-	19, // 15: rulesidecar.v1.Auth.basic:type_name -> rulesidecar.v1.BasicAuth
-	3,  // 16: rulesidecar.v1.ApiKeyAuth.location:type_name -> rulesidecar.v1.ApiKeyLocation
-	14, // 17: rulesidecar.v1.RegisterConnectorRequest.connector:type_name -> rulesidecar.v1.Connector
-	14, // 18: rulesidecar.v1.RegisterConnectorResponse.connector:type_name -> rulesidecar.v1.Connector
-	14, // 19: rulesidecar.v1.GetConnectorResponse.connector:type_name -> rulesidecar.v1.Connector
-	0,  // 20: rulesidecar.v1.ListConnectorsRequest.status:type_name -> rulesidecar.v1.ConnectorStatus
-	14, // 21: rulesidecar.v1.ListConnectorsResponse.connectors:type_name -> rulesidecar.v1.Connector
-	29, // 22: rulesidecar.v1.EvaluateNodeRequest.node:type_name -> rulesidecar.v1.Node
-	48, // 23: rulesidecar.v1.EvaluateNodeRequest.variables:type_name -> google.protobuf.Struct
-	4,  // 24: rulesidecar.v1.EvaluateNodeRequest.mode:type_name -> rulesidecar.v1.EvaluationMode
-	30, // 25: rulesidecar.v1.Node.branches:type_name -> rulesidecar.v1.Branch
-	33, // 26: rulesidecar.v1.Node.extractions:type_name -> rulesidecar.v1.Extraction
-	5,  // 27: rulesidecar.v1.Branch.combinator:type_name -> rulesidecar.v1.Combinator
-	32, // 28: rulesidecar.v1.Branch.conditions:type_name -> rulesidecar.v1.Condition
-	6,  // 29: rulesidecar.v1.Subject.kind:type_name -> rulesidecar.v1.SubjectKind
-	31, // 30: rulesidecar.v1.Condition.subject:type_name -> rulesidecar.v1.Subject
-	7,  // 31: rulesidecar.v1.Condition.operator:type_name -> rulesidecar.v1.Operator
-	45, // 32: rulesidecar.v1.Condition.operand:type_name -> google.protobuf.Value
-	8,  // 33: rulesidecar.v1.Condition.quantifier:type_name -> rulesidecar.v1.Quantifier
-	45, // 34: rulesidecar.v1.Extraction.default_value:type_name -> google.protobuf.Value
-	9,  // 35: rulesidecar.v1.Extraction.cast:type_name -> rulesidecar.v1.CastType
-	10, // 36: rulesidecar.v1.EvaluateNodeResponse.outcome:type_name -> rulesidecar.v1.Outcome
-	11, // 37: rulesidecar.v1.EvaluateNodeResponse.reason:type_name -> rulesidecar.v1.Reason
-	48, // 38: rulesidecar.v1.EvaluateNodeResponse.variables:type_name -> google.protobuf.Struct
-	35, // 39: rulesidecar.v1.EvaluateNodeResponse.extractions:type_name -> rulesidecar.v1.ExtractionResult
-	46, // 40: rulesidecar.v1.EvaluateNodeResponse.upstream_latency:type_name -> google.protobuf.Duration
-	36, // 41: rulesidecar.v1.EvaluateNodeResponse.explanation:type_name -> rulesidecar.v1.Explanation
-	12, // 42: rulesidecar.v1.EvaluateNodeResponse.cache_status:type_name -> rulesidecar.v1.CacheStatus
-	46, // 43: rulesidecar.v1.EvaluateNodeResponse.cache_age:type_name -> google.protobuf.Duration
-	13, // 44: rulesidecar.v1.ExtractionResult.status:type_name -> rulesidecar.v1.ExtractionStatus
-	45, // 45: rulesidecar.v1.ExtractionResult.value:type_name -> google.protobuf.Value
-	37, // 46: rulesidecar.v1.Explanation.request:type_name -> rulesidecar.v1.RenderedRequest
-	38, // 47: rulesidecar.v1.Explanation.branches:type_name -> rulesidecar.v1.BranchExplanation
-	44, // 48: rulesidecar.v1.RenderedRequest.headers:type_name -> rulesidecar.v1.RenderedRequest.HeadersEntry
-	39, // 49: rulesidecar.v1.BranchExplanation.conditions:type_name -> rulesidecar.v1.ConditionExplanation
-	31, // 50: rulesidecar.v1.ConditionExplanation.subject:type_name -> rulesidecar.v1.Subject
-	7,  // 51: rulesidecar.v1.ConditionExplanation.operator:type_name -> rulesidecar.v1.Operator
-	45, // 52: rulesidecar.v1.ConditionExplanation.operand:type_name -> google.protobuf.Value
-	45, // 53: rulesidecar.v1.ConditionExplanation.subject_value:type_name -> google.protobuf.Value
-	33, // 54: rulesidecar.v1.ExtractVariablesRequest.extractions:type_name -> rulesidecar.v1.Extraction
-	45, // 55: rulesidecar.v1.ExtractVariablesRequest.json:type_name -> google.protobuf.Value
-	48, // 56: rulesidecar.v1.ExtractVariablesResponse.variables:type_name -> google.protobuf.Struct
-	35, // 57: rulesidecar.v1.ExtractVariablesResponse.extractions:type_name -> rulesidecar.v1.ExtractionResult
-	20, // 58: rulesidecar.v1.RulesSidecarService.RegisterConnector:input_type -> rulesidecar.v1.RegisterConnectorRequest
-	22, // 59: rulesidecar.v1.RulesSidecarService.GetConnector:input_type -> rulesidecar.v1.GetConnectorRequest
-	24, // 60: rulesidecar.v1.RulesSidecarService.ListConnectors:input_type -> rulesidecar.v1.ListConnectorsRequest
-	26, // 61: rulesidecar.v1.RulesSidecarService.DeleteConnector:input_type -> rulesidecar.v1.DeleteConnectorRequest
-	28, // 62: rulesidecar.v1.RulesSidecarService.EvaluateNode:input_type -> rulesidecar.v1.EvaluateNodeRequest
-	40, // 63: rulesidecar.v1.RulesSidecarService.ExtractVariables:input_type -> rulesidecar.v1.ExtractVariablesRequest
-	21, // 64: rulesidecar.v1.RulesSidecarService.RegisterConnector:output_type -> rulesidecar.v1.RegisterConnectorResponse
-	23, // 65: rulesidecar.v1.RulesSidecarService.GetConnector:output_type -> rulesidecar.v1.GetConnectorResponse
-	25, // 66: rulesidecar.v1.RulesSidecarService.ListConnectors:output_type -> rulesidecar.v1.ListConnectorsResponse
-	27, // 67: rulesidecar.v1.RulesSidecarService.DeleteConnector:output_type -> rulesidecar.v1.DeleteConnectorResponse
-	34, // 68: rulesidecar.v1.RulesSidecarService.EvaluateNode:output_type -> rulesidecar.v1.EvaluateNodeResponse
-	41, // 69: rulesidecar.v1.RulesSidecarService.ExtractVariables:output_type -> rulesidecar.v1.ExtractVariablesResponse
-	64, // [64:70] is the sub-list for method output_type
-	58, // [58:64] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	16, // 9: rulesidecar.v1.Connector.cache:type_name -> rulesidecar.v1.CachePolicy
+	48, // 10: rulesidecar.v1.CachePolicy.ttl:type_name -> google.protobuf.Duration
+	48, // 11: rulesidecar.v1.CachePolicy.stale_while_revalidate:type_name -> google.protobuf.Duration
+	48, // 12: rulesidecar.v1.CachePolicy.stale_if_error:type_name -> google.protobuf.Duration
+	18, // 13: rulesidecar.v1.Auth.bearer:type_name -> rulesidecar.v1.BearerAuth
+	19, // 14: rulesidecar.v1.Auth.api_key:type_name -> rulesidecar.v1.ApiKeyAuth
+	20, // 15: rulesidecar.v1.Auth.basic:type_name -> rulesidecar.v1.BasicAuth
+	21, // 16: rulesidecar.v1.Auth.oauth2_client_credentials:type_name -> rulesidecar.v1.OAuth2ClientCredentialsAuth
+	3,  // 17: rulesidecar.v1.ApiKeyAuth.location:type_name -> rulesidecar.v1.ApiKeyLocation
+	4,  // 18: rulesidecar.v1.OAuth2ClientCredentialsAuth.client_auth_method:type_name -> rulesidecar.v1.ClientAuthMethod
+	15, // 19: rulesidecar.v1.RegisterConnectorRequest.connector:type_name -> rulesidecar.v1.Connector
+	15, // 20: rulesidecar.v1.RegisterConnectorResponse.connector:type_name -> rulesidecar.v1.Connector
+	15, // 21: rulesidecar.v1.GetConnectorResponse.connector:type_name -> rulesidecar.v1.Connector
+	0,  // 22: rulesidecar.v1.ListConnectorsRequest.status:type_name -> rulesidecar.v1.ConnectorStatus
+	15, // 23: rulesidecar.v1.ListConnectorsResponse.connectors:type_name -> rulesidecar.v1.Connector
+	31, // 24: rulesidecar.v1.EvaluateNodeRequest.node:type_name -> rulesidecar.v1.Node
+	50, // 25: rulesidecar.v1.EvaluateNodeRequest.variables:type_name -> google.protobuf.Struct
+	5,  // 26: rulesidecar.v1.EvaluateNodeRequest.mode:type_name -> rulesidecar.v1.EvaluationMode
+	32, // 27: rulesidecar.v1.Node.branches:type_name -> rulesidecar.v1.Branch
+	35, // 28: rulesidecar.v1.Node.extractions:type_name -> rulesidecar.v1.Extraction
+	6,  // 29: rulesidecar.v1.Branch.combinator:type_name -> rulesidecar.v1.Combinator
+	34, // 30: rulesidecar.v1.Branch.conditions:type_name -> rulesidecar.v1.Condition
+	7,  // 31: rulesidecar.v1.Subject.kind:type_name -> rulesidecar.v1.SubjectKind
+	33, // 32: rulesidecar.v1.Condition.subject:type_name -> rulesidecar.v1.Subject
+	8,  // 33: rulesidecar.v1.Condition.operator:type_name -> rulesidecar.v1.Operator
+	47, // 34: rulesidecar.v1.Condition.operand:type_name -> google.protobuf.Value
+	9,  // 35: rulesidecar.v1.Condition.quantifier:type_name -> rulesidecar.v1.Quantifier
+	47, // 36: rulesidecar.v1.Extraction.default_value:type_name -> google.protobuf.Value
+	10, // 37: rulesidecar.v1.Extraction.cast:type_name -> rulesidecar.v1.CastType
+	11, // 38: rulesidecar.v1.EvaluateNodeResponse.outcome:type_name -> rulesidecar.v1.Outcome
+	12, // 39: rulesidecar.v1.EvaluateNodeResponse.reason:type_name -> rulesidecar.v1.Reason
+	50, // 40: rulesidecar.v1.EvaluateNodeResponse.variables:type_name -> google.protobuf.Struct
+	37, // 41: rulesidecar.v1.EvaluateNodeResponse.extractions:type_name -> rulesidecar.v1.ExtractionResult
+	48, // 42: rulesidecar.v1.EvaluateNodeResponse.upstream_latency:type_name -> google.protobuf.Duration
+	38, // 43: rulesidecar.v1.EvaluateNodeResponse.explanation:type_name -> rulesidecar.v1.Explanation
+	13, // 44: rulesidecar.v1.EvaluateNodeResponse.cache_status:type_name -> rulesidecar.v1.CacheStatus
+	48, // 45: rulesidecar.v1.EvaluateNodeResponse.cache_age:type_name -> google.protobuf.Duration
+	14, // 46: rulesidecar.v1.ExtractionResult.status:type_name -> rulesidecar.v1.ExtractionStatus
+	47, // 47: rulesidecar.v1.ExtractionResult.value:type_name -> google.protobuf.Value
+	39, // 48: rulesidecar.v1.Explanation.request:type_name -> rulesidecar.v1.RenderedRequest
+	40, // 49: rulesidecar.v1.Explanation.branches:type_name -> rulesidecar.v1.BranchExplanation
+	46, // 50: rulesidecar.v1.RenderedRequest.headers:type_name -> rulesidecar.v1.RenderedRequest.HeadersEntry
+	41, // 51: rulesidecar.v1.BranchExplanation.conditions:type_name -> rulesidecar.v1.ConditionExplanation
+	33, // 52: rulesidecar.v1.ConditionExplanation.subject:type_name -> rulesidecar.v1.Subject
+	8,  // 53: rulesidecar.v1.ConditionExplanation.operator:type_name -> rulesidecar.v1.Operator
+	47, // 54: rulesidecar.v1.ConditionExplanation.operand:type_name -> google.protobuf.Value
+	47, // 55: rulesidecar.v1.ConditionExplanation.subject_value:type_name -> google.protobuf.Value
+	35, // 56: rulesidecar.v1.ExtractVariablesRequest.extractions:type_name -> rulesidecar.v1.Extraction
+	47, // 57: rulesidecar.v1.ExtractVariablesRequest.json:type_name -> google.protobuf.Value
+	50, // 58: rulesidecar.v1.ExtractVariablesResponse.variables:type_name -> google.protobuf.Struct
+	37, // 59: rulesidecar.v1.ExtractVariablesResponse.extractions:type_name -> rulesidecar.v1.ExtractionResult
+	22, // 60: rulesidecar.v1.RulesSidecarService.RegisterConnector:input_type -> rulesidecar.v1.RegisterConnectorRequest
+	24, // 61: rulesidecar.v1.RulesSidecarService.GetConnector:input_type -> rulesidecar.v1.GetConnectorRequest
+	26, // 62: rulesidecar.v1.RulesSidecarService.ListConnectors:input_type -> rulesidecar.v1.ListConnectorsRequest
+	28, // 63: rulesidecar.v1.RulesSidecarService.DeleteConnector:input_type -> rulesidecar.v1.DeleteConnectorRequest
+	30, // 64: rulesidecar.v1.RulesSidecarService.EvaluateNode:input_type -> rulesidecar.v1.EvaluateNodeRequest
+	42, // 65: rulesidecar.v1.RulesSidecarService.ExtractVariables:input_type -> rulesidecar.v1.ExtractVariablesRequest
+	23, // 66: rulesidecar.v1.RulesSidecarService.RegisterConnector:output_type -> rulesidecar.v1.RegisterConnectorResponse
+	25, // 67: rulesidecar.v1.RulesSidecarService.GetConnector:output_type -> rulesidecar.v1.GetConnectorResponse
+	27, // 68: rulesidecar.v1.RulesSidecarService.ListConnectors:output_type -> rulesidecar.v1.ListConnectorsResponse
+	29, // 69: rulesidecar.v1.RulesSidecarService.DeleteConnector:output_type -> rulesidecar.v1.DeleteConnectorResponse
+	36, // 70: rulesidecar.v1.RulesSidecarService.EvaluateNode:output_type -> rulesidecar.v1.EvaluateNodeResponse
+	43, // 71: rulesidecar.v1.RulesSidecarService.ExtractVariables:output_type -> rulesidecar.v1.ExtractVariablesResponse
+	66, // [66:72] is the sub-list for method output_type
+	60, // [60:66] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_rulesidecar_v1_rules_sidecar_proto_init() }
@@ -3649,11 +3837,12 @@ func file_rulesidecar_v1_rules_sidecar_proto_init() {
 		(*Auth_Bearer)(nil),
 		(*Auth_ApiKey)(nil),
 		(*Auth_Basic)(nil),
+		(*Auth_Oauth2ClientCredentials)(nil),
 	}
-	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[6].OneofWrappers = []any{}
-	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[12].OneofWrappers = []any{}
-	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[20].OneofWrappers = []any{}
-	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[26].OneofWrappers = []any{
+	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[7].OneofWrappers = []any{}
+	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[13].OneofWrappers = []any{}
+	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[21].OneofWrappers = []any{}
+	file_rulesidecar_v1_rules_sidecar_proto_msgTypes[27].OneofWrappers = []any{
 		(*ExtractVariablesRequest_Json)(nil),
 		(*ExtractVariablesRequest_RawJson)(nil),
 	}
@@ -3662,8 +3851,8 @@ func file_rulesidecar_v1_rules_sidecar_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rulesidecar_v1_rules_sidecar_proto_rawDesc), len(file_rulesidecar_v1_rules_sidecar_proto_rawDesc)),
-			NumEnums:      14,
-			NumMessages:   31,
+			NumEnums:      15,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -14,10 +14,12 @@ from sidecar.core.model.connector import (
     BasicAuth,
     BearerAuth,
     CachePolicy,
+    ClientAuthMethod,
     Connector,
     ConnectorSource,
     ConnectorStatus,
     HttpMethod,
+    OAuth2ClientCredentialsAuth,
 )
 from sidecar.core.model.node import (
     Branch,
@@ -55,6 +57,7 @@ __all__ = [
     "CachePolicy",
     "CacheStatus",
     "CastType",
+    "ClientAuthMethod",
     "Combinator",
     "Condition",
     "ConditionExplanation",
@@ -67,6 +70,7 @@ __all__ = [
     "ExtractionStatus",
     "HttpMethod",
     "Node",
+    "OAuth2ClientCredentialsAuth",
     "Operator",
     "Outcome",
     "OutcomeKind",

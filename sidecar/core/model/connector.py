@@ -95,6 +95,13 @@ class ApiKeyLocation(enum.StrEnum):
     QUERY = "QUERY"
 
 
+class ClientAuthMethod(enum.StrEnum):
+    """How an OAuth2 client authenticates to its token endpoint (RFC 6749 section 2.3.1)."""
+
+    CLIENT_SECRET_BASIC = "CLIENT_SECRET_BASIC"  # noqa: S105 (a method's name, not a secret)
+    CLIENT_SECRET_POST = "CLIENT_SECRET_POST"  # noqa: S105
+
+
 def _check_template(text: str) -> str:
     try:
         parse_template(text)
@@ -216,6 +223,30 @@ def _check_url_template(template: str) -> str:
     return template
 
 
+def _check_token_url(url: str) -> str:
+    """A fixed absolute http(s) URL: the token endpoint is never templated."""
+    if has_placeholder(url):
+        raise ValueError("the token URL is fixed: placeholders are not allowed in it")
+    _check_url_template(url)
+    return url
+
+
+def _check_scope(scope: str) -> str:
+    # RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+    if not scope or any(not (0x21 <= ord(c) <= 0x7E) or c in '"\\' for c in scope):
+        raise ValueError(
+            f"{scope[:40]!r} is not a scope: printable ASCII without spaces, quotes or "
+            "backslashes (list several scopes as several entries)"
+        )
+    return scope
+
+
+def _check_audience(audience: str) -> str:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in audience):
+        raise ValueError("control characters (TAB, CR, LF, NUL ...) are not allowed")
+    return audience
+
+
 CONNECTOR_ID_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
 ConnectorId = Annotated[
     str,
@@ -300,28 +331,70 @@ class BasicAuth(FrozenModel):
     password_secret: SecretName
 
 
+class OAuth2ClientCredentialsAuth(FrozenModel):
+    """A bearer token obtained with the OAuth2 client credentials grant (RFC 6749 section 4.4).
+
+    The client id and secret go to the token endpoint only, so both must be bound to the token
+    URL's host; the API receives the token. `sidecar.core.oauth` caches and refreshes it.
+
+        >>> OAuth2ClientCredentialsAuth.model_validate({
+        ...     "token_url": "https://login.crm.example/oauth2/token",
+        ...     "client_id_secret": "crm_client_id", "client_secret_secret": "crm_client_secret",
+        ...     "scopes": ["contacts.read"]}).client_auth_method
+        <ClientAuthMethod.CLIENT_SECRET_BASIC: 'CLIENT_SECRET_BASIC'>
+    """
+
+    token_url: Annotated[
+        str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_check_token_url)
+    ]
+    client_id_secret: SecretName
+    client_secret_secret: SecretName
+    scopes: Annotated[
+        tuple[Annotated[str, StringConstraints(max_length=256), AfterValidator(_check_scope)], ...],
+        Field(max_length=64),
+    ] = ()
+    audience: Annotated[str, StringConstraints(max_length=512), AfterValidator(_check_audience)] = (
+        ""
+    )
+    client_auth_method: ClientAuthMethod = ClientAuthMethod.CLIENT_SECRET_BASIC
+
+    @property
+    def token_host(self) -> str:
+        """The host the client id and secret are sent to."""
+        return urlsplit(self.token_url).hostname or ""
+
+
 class Auth(FrozenModel):
     """Exactly one authentication scheme (mirrors the proto oneof)."""
 
     bearer: BearerAuth | None = None
     api_key: ApiKeyAuth | None = None
     basic: BasicAuth | None = None
+    oauth2_client_credentials: OAuth2ClientCredentialsAuth | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
-        chosen = [s for s in (self.bearer, self.api_key, self.basic) if s is not None]
-        if len(chosen) != 1:
-            raise ValueError("set exactly one of bearer, api_key, basic")
+        schemes = (self.bearer, self.api_key, self.basic, self.oauth2_client_credentials)
+        if sum(scheme is not None for scheme in schemes) != 1:
+            raise ValueError("set exactly one of bearer, api_key, basic, oauth2_client_credentials")
         return self
 
     def secret_names(self) -> tuple[str, ...]:
         """Every secret this auth refers to."""
+        return tuple(name for _, names in self.secret_destinations("") for name in names)
+
+    def secret_destinations(self, url_host: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Which secrets go to which host: all to the API's `url_host`, except OAuth2 client
+        credentials, which go to the token endpoint's host only."""
         if self.bearer:
-            return (self.bearer.token_secret,)
+            return ((url_host, (self.bearer.token_secret,)),)
         if self.api_key:
-            return (self.api_key.value_secret,)
-        assert self.basic is not None
-        return (self.basic.username_secret, self.basic.password_secret)
+            return ((url_host, (self.api_key.value_secret,)),)
+        if self.basic:
+            return ((url_host, (self.basic.username_secret, self.basic.password_secret)),)
+        oauth = self.oauth2_client_credentials
+        assert oauth is not None
+        return ((oauth.token_host, (oauth.client_id_secret, oauth.client_secret_secret)),)
 
 
 class CachePolicy(FrozenModel):
@@ -409,6 +482,12 @@ class Connector(FrozenModel):
     def secret_names(self) -> tuple[str, ...]:
         """Every secret this connector refers to."""
         return self.auth.secret_names() if self.auth else ()
+
+    def secret_destinations(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(host, secret names) for every host this connector sends secrets to."""
+        if self.auth is None:
+            return ()
+        return self.auth.secret_destinations(urlsplit(self.url_template).hostname or "")
 
 
 def iter_json_strings(value: JsonValue) -> Iterator[str]:

@@ -98,6 +98,15 @@ class SendError(EvaluationFailure):
         self.retryable = retryable
 
 
+class TokenError(SendError):
+    """The connector's OAuth2 token endpoint gave no usable token, so the API was not called
+    with one. The message names the endpoint and what went wrong, never a secret or a token;
+    `attempts` counts the API exchanges already made (a token refresh after a 401 can fail)."""
+
+    def __init__(self, message: str, *, attempts: int = 0) -> None:
+        super().__init__(Reason.AUTH_TOKEN_ERROR, message, attempts=attempts)
+
+
 class CastError(EvaluationFailure):
     """A value does not fit the requested cast; the message says why, without the value."""
 

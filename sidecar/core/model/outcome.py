@@ -45,6 +45,7 @@ class Reason(enum.StrEnum):
     BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
     LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
     ANSWER_TOO_LARGE = "ANSWER_TOO_LARGE"
+    AUTH_TOKEN_ERROR = "AUTH_TOKEN_ERROR"  # noqa: S105 (a reason name, not a token)
 
 
 class CacheStatus(enum.StrEnum):

@@ -143,6 +143,30 @@ API_KEY_LOCATION_QUERY: ApiKeyLocation.ValueType  # 2
 """In a query parameter."""
 Global___ApiKeyLocation: _TypeAlias = ApiKeyLocation  # noqa: Y015
 
+class _ClientAuthMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ClientAuthMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ClientAuthMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CLIENT_AUTH_METHOD_UNSPECIFIED: _ClientAuthMethod.ValueType  # 0
+    """Not set; treated as CLIENT_SECRET_BASIC."""
+    CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC: _ClientAuthMethod.ValueType  # 1
+    """HTTP basic authentication with the client id and secret (RFC 6749 section 2.3.1)."""
+    CLIENT_AUTH_METHOD_CLIENT_SECRET_POST: _ClientAuthMethod.ValueType  # 2
+    """The client id and secret in the form body of the token request."""
+
+class ClientAuthMethod(_ClientAuthMethod, metaclass=_ClientAuthMethodEnumTypeWrapper):
+    """ClientAuthMethod says how the client authenticates to the token endpoint."""
+
+CLIENT_AUTH_METHOD_UNSPECIFIED: ClientAuthMethod.ValueType  # 0
+"""Not set; treated as CLIENT_SECRET_BASIC."""
+CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC: ClientAuthMethod.ValueType  # 1
+"""HTTP basic authentication with the client id and secret (RFC 6749 section 2.3.1)."""
+CLIENT_AUTH_METHOD_CLIENT_SECRET_POST: ClientAuthMethod.ValueType  # 2
+"""The client id and secret in the form body of the token request."""
+Global___ClientAuthMethod: _TypeAlias = ClientAuthMethod  # noqa: Y015
+
 class _EvaluationMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -469,6 +493,10 @@ class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reason.ValueTy
     """ERROR: the answer would not fit the wire: larger than the gRPC message limit, or a value
     nested deeper than protobuf can carry. The message says which.
     """
+    REASON_AUTH_TOKEN_ERROR: _Reason.ValueType  # 22
+    """ERROR: the connector's OAuth2 token endpoint gave no usable token (refused, unreachable,
+    not a token); the API was not called with a token.
+    """
 
 class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
     """Reason says why an evaluation ended as it did."""
@@ -522,6 +550,10 @@ a regex subject, the node's cost bound ...); the message names the limit and its
 REASON_ANSWER_TOO_LARGE: Reason.ValueType  # 21
 """ERROR: the answer would not fit the wire: larger than the gRPC message limit, or a value
 nested deeper than protobuf can carry. The message says which.
+"""
+REASON_AUTH_TOKEN_ERROR: Reason.ValueType  # 22
+"""ERROR: the connector's OAuth2 token endpoint gave no usable token (refused, unreachable,
+not a token); the API was not called with a token.
 """
 Global___Reason: _TypeAlias = Reason  # noqa: Y015
 
@@ -849,6 +881,7 @@ class Auth(_message.Message):
     BEARER_FIELD_NUMBER: _builtins.int
     API_KEY_FIELD_NUMBER: _builtins.int
     BASIC_FIELD_NUMBER: _builtins.int
+    OAUTH2_CLIENT_CREDENTIALS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def bearer(self) -> Global___BearerAuth:
         """`Authorization: Bearer <token>`."""
@@ -861,18 +894,25 @@ class Auth(_message.Message):
     def basic(self) -> Global___BasicAuth:
         """`Authorization: Basic <base64(username:password)>`."""
 
+    @_builtins.property
+    def oauth2_client_credentials(self) -> Global___OAuth2ClientCredentialsAuth:
+        """`Authorization: Bearer <token>`, the token obtained from an OAuth2 token endpoint with the
+        client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+        """
+
     def __init__(
         self,
         *,
         bearer: Global___BearerAuth | None = ...,
         api_key: Global___ApiKeyAuth | None = ...,
         basic: Global___BasicAuth | None = ...,
+        oauth2_client_credentials: Global___OAuth2ClientCredentialsAuth | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "basic", b"basic", "bearer", b"bearer", "scheme", b"scheme"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "basic", b"basic", "bearer", b"bearer", "oauth2_client_credentials", b"oauth2_client_credentials", "scheme", b"scheme"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "basic", b"basic", "bearer", b"bearer", "scheme", b"scheme"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "basic", b"basic", "bearer", b"bearer", "oauth2_client_credentials", b"oauth2_client_credentials", "scheme", b"scheme"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_scheme: _TypeAlias = _typing.Literal["bearer", "api_key", "basic"]  # noqa: Y015
+    _WhichOneofReturnType_scheme: _TypeAlias = _typing.Literal["bearer", "api_key", "basic", "oauth2_client_credentials"]  # noqa: Y015
     _WhichOneofArgType_scheme: _TypeAlias = _typing.Literal["scheme", b"scheme"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_scheme) -> _WhichOneofReturnType_scheme | None: ...
 
@@ -955,6 +995,56 @@ class BasicAuth(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BasicAuth: _TypeAlias = BasicAuth  # noqa: Y015
+
+@_typing.final
+class OAuth2ClientCredentialsAuth(_message.Message):
+    """OAuth2ClientCredentialsAuth obtains a bearer token with the client credentials grant. The token
+    is fetched through the same egress guard as any upstream, cached per credential, refreshed ahead
+    of its expiry (one fetch at a time per credential) and never returned, logged or explained.
+    Both secrets must be bound (secret_hosts) to the token URL's host, not the API's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_URL_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_SECRET_FIELD_NUMBER: _builtins.int
+    CLIENT_SECRET_SECRET_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    CLIENT_AUTH_METHOD_FIELD_NUMBER: _builtins.int
+    token_url: _builtins.str
+    """The token endpoint, an absolute http(s) URL without placeholders, e.g.
+    `https://login.example.com/oauth2/token`.
+    """
+    client_id_secret: _builtins.str
+    """Name of the secret holding the client id."""
+    client_secret_secret: _builtins.str
+    """Name of the secret holding the client secret."""
+    audience: _builtins.str
+    """Sent as `audience` when set (Auth0, Okta and others want the API's identifier)."""
+    client_auth_method: Global___ClientAuthMethod.ValueType
+    """How the client id and secret reach the token endpoint; CLIENT_SECRET_BASIC when unset."""
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Scopes to request, sent space-separated as `scope`; none means the endpoint's default."""
+
+    def __init__(
+        self,
+        *,
+        token_url: _builtins.str = ...,
+        client_id_secret: _builtins.str = ...,
+        client_secret_secret: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+        audience: _builtins.str = ...,
+        client_auth_method: Global___ClientAuthMethod.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "client_auth_method", b"client_auth_method", "client_id_secret", b"client_id_secret", "client_secret_secret", b"client_secret_secret", "scopes", b"scopes", "token_url", b"token_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OAuth2ClientCredentialsAuth: _TypeAlias = OAuth2ClientCredentialsAuth  # noqa: Y015
 
 @_typing.final
 class RegisterConnectorRequest(_message.Message):

@@ -21,7 +21,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file rulesidecar/v1/rules_sidecar.proto.
  */
 export const file_rulesidecar_v1_rules_sidecar: GenFile = /*@__PURE__*/
-  fileDesc("CiJydWxlc2lkZWNhci92MS9ydWxlc19zaWRlY2FyLnByb3RvEg5ydWxlc2lkZWNhci52MSKMBwoJQ29ubmVjdG9yEhAKAmlkGAEgASgJQgTiQQECEhoKDGRpc3BsYXlfbmFtZRgCIAEoCUIE4kEBARI1CgZzdGF0dXMYAyABKA4yHy5ydWxlc2lkZWNhci52MS5Db25uZWN0b3JTdGF0dXNCBOJBAQISMAoGbWV0aG9kGAQgASgOMhoucnVsZXNpZGVjYXIudjEuSHR0cE1ldGhvZEIE4kEBARIaCgx1cmxfdGVtcGxhdGUYBSABKAlCBOJBAQISPQoHaGVhZGVycxgGIAMoCzImLnJ1bGVzaWRlY2FyLnYxLkNvbm5lY3Rvci5IZWFkZXJzRW50cnlCBOJBAQESOQoFcXVlcnkYByADKAsyJC5ydWxlc2lkZWNhci52MS5Db25uZWN0b3IuUXVlcnlFbnRyeUIE4kEBARIzCg1ib2R5X3RlbXBsYXRlGAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlQgTiQQEBEigKBGF1dGgYCSABKAsyFC5ydWxlc2lkZWNhci52MS5BdXRoQgTiQQEBEjAKB3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CBOJBAQESIAoSbWF4X3Jlc3BvbnNlX2J5dGVzGAsgASgDQgTiQQEBEhUKB3ZlcnNpb24YDCABKANCBOJBAQMSNQoLdXBkYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKBnNvdXJjZRgOIAEoDjIfLnJ1bGVzaWRlY2FyLnYxLkNvbm5lY3RvclNvdXJjZUIE4kEBAxIbCg1hbGxvd2VkX2hvc3RzGA8gAygJQgTiQQEBEh4KEGZvbGxvd19yZWRpcmVjdHMYECABKAhCBOJBAQESJAoWaWRlbXBvdGVuY3lfa2V5X2hlYWRlchgRIAEoCUIE4kEBARInChlkaXNhYmxlX3RyYWNlX3Byb3BhZ2F0aW9uGBIgASgIQgTiQQEBEjAKBWNhY2hlGBMgASgLMhsucnVsZXNpZGVjYXIudjEuQ2FjaGVQb2xpY3lCBOJBAQEaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaLAoKUXVlcnlFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpkCCgtDYWNoZVBvbGljeRIsCgN0dGwYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CBOJBAQISPwoWc3RhbGVfd2hpbGVfcmV2YWxpZGF0ZRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIE4kEBARI3Cg5zdGFsZV9pZl9lcnJvchgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIE4kEBARIdCg9tYXhfZW50cnlfYnl0ZXMYBCABKANCBOJBAQESIgoUaWdub3JlX2NhY2hlX2NvbnRyb2wYBSABKAhCBOJBAQESHwoRaWRlbXBvdGVudF9sb29rdXAYBiABKAhCBOJBAQEiqwEKBEF1dGgSMgoGYmVhcmVyGAEgASgLMhoucnVsZXNpZGVjYXIudjEuQmVhcmVyQXV0aEIE4kEBAUgAEjMKB2FwaV9rZXkYAiABKAsyGi5ydWxlc2lkZWNhci52MS5BcGlLZXlBdXRoQgTiQQEBSAASMAoFYmFzaWMYAyABKAsyGS5ydWxlc2lkZWNhci52MS5CYXNpY0F1dGhCBOJBAQFIAEIICgZzY2hlbWUiKAoKQmVhcmVyQXV0aBIaCgx0b2tlbl9zZWNyZXQYASABKAlCBOJBAQIidAoKQXBpS2V5QXV0aBISCgRuYW1lGAEgASgJQgTiQQECEjYKCGxvY2F0aW9uGAIgASgOMh4ucnVsZXNpZGVjYXIudjEuQXBpS2V5TG9jYXRpb25CBOJBAQESGgoMdmFsdWVfc2VjcmV0GAMgASgJQgTiQQECIkkKCUJhc2ljQXV0aBIdCg91c2VybmFtZV9zZWNyZXQYASABKAlCBOJBAQISHQoPcGFzc3dvcmRfc2VjcmV0GAIgASgJQgTiQQECIogBChhSZWdpc3RlckNvbm5lY3RvclJlcXVlc3QSMgoJY29ubmVjdG9yGAEgASgLMhkucnVsZXNpZGVjYXIudjEuQ29ubmVjdG9yQgTiQQECEiMKEGV4cGVjdGVkX3ZlcnNpb24YAiABKANCBOJBAQFIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJaChlSZWdpc3RlckNvbm5lY3RvclJlc3BvbnNlEiwKCWNvbm5lY3RvchgBIAEoCzIZLnJ1bGVzaWRlY2FyLnYxLkNvbm5lY3RvchIPCgdjcmVhdGVkGAIgASgIIicKE0dldENvbm5lY3RvclJlcXVlc3QSEAoCaWQYASABKAlCBOJBAQIiRAoUR2V0Q29ubmVjdG9yUmVzcG9uc2USLAoJY29ubmVjdG9yGAEgASgLMhkucnVsZXNpZGVjYXIudjEuQ29ubmVjdG9yIoEBChVMaXN0Q29ubmVjdG9yc1JlcXVlc3QSFwoJcGFnZV9zaXplGAEgASgFQgTiQQEBEhgKCnBhZ2VfdG9rZW4YAiABKAlCBOJBAQESNQoGc3RhdHVzGAMgASgOMh8ucnVsZXNpZGVjYXIudjEuQ29ubmVjdG9yU3RhdHVzQgTiQQEBImAKFkxpc3RDb25uZWN0b3JzUmVzcG9uc2USLQoKY29ubmVjdG9ycxgBIAMoCzIZLnJ1bGVzaWRlY2FyLnYxLkNvbm5lY3RvchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiZAoWRGVsZXRlQ29ubmVjdG9yUmVxdWVzdBIQCgJpZBgBIAEoCUIE4kEBAhIjChBleHBlY3RlZF92ZXJzaW9uGAIgASgDQgTiQQEBSACIAQFCEwoRX2V4cGVjdGVkX3ZlcnNpb24iMgoXRGVsZXRlQ29ubmVjdG9yUmVzcG9uc2USFwoPZGVsZXRlZF92ZXJzaW9uGAEgASgDIrwBChNFdmFsdWF0ZU5vZGVSZXF1ZXN0EigKBG5vZGUYASABKAsyFC5ydWxlc2lkZWNhci52MS5Ob2RlQgTiQQECEjAKCXZhcmlhYmxlcxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3RCBOJBAQESFQoHZXhwbGFpbhgDIAEoCEIE4kEBARIyCgRtb2RlGAQgASgOMh4ucnVsZXNpZGVjYXIudjEuRXZhbHVhdGlvbk1vZGVCBOJBAQEi0gEKBE5vZGUSEAoCaWQYASABKAlCBOJBAQESGgoMY29ubmVjdG9yX2lkGAIgASgJQgTiQQECEi4KCGJyYW5jaGVzGAMgAygLMhYucnVsZXNpZGVjYXIudjEuQnJhbmNoQgTiQQEBEhkKC2Vsc2VfdGFyZ2V0GAQgASgJQgTiQQEBEhoKDGVycm9yX3RhcmdldBgFIAEoCUIE4kEBARI1CgtleHRyYWN0aW9ucxgGIAMoCzIaLnJ1bGVzaWRlY2FyLnYxLkV4dHJhY3Rpb25CBOJBAQEiiQEKBkJyYW5jaBIUCgZ0YXJnZXQYASABKAlCBOJBAQESNAoKY29tYmluYXRvchgCIAEoDjIaLnJ1bGVzaWRlY2FyLnYxLkNvbWJpbmF0b3JCBOJBAQESMwoKY29uZGl0aW9ucxgDIAMoCzIZLnJ1bGVzaWRlY2FyLnYxLkNvbmRpdGlvbkIE4kEBASJOCgdTdWJqZWN0Ei8KBGtpbmQYASABKA4yGy5ydWxlc2lkZWNhci52MS5TdWJqZWN0S2luZEIE4kEBAhISCgRwYXRoGAIgASgJQgTiQQEBIu0BCglDb25kaXRpb24SLgoHc3ViamVjdBgBIAEoCzIXLnJ1bGVzaWRlY2FyLnYxLlN1YmplY3RCBOJBAQISMAoIb3BlcmF0b3IYAiABKA4yGC5ydWxlc2lkZWNhci52MS5PcGVyYXRvckIE4kEBAhItCgdvcGVyYW5kGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlQgTiQQEBEhkKC2lnbm9yZV9jYXNlGAQgASgIQgTiQQEBEjQKCnF1YW50aWZpZXIYBSABKA4yGi5ydWxlc2lkZWNhci52MS5RdWFudGlmaWVyQgTiQQEBIrMBCgpFeHRyYWN0aW9uEhYKCHZhcmlhYmxlGAEgASgJQgTiQQECEhIKBHBhdGgYAiABKAlCBOJBAQISMwoNZGVmYXVsdF92YWx1ZRgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZUIE4kEBARIWCghyZXF1aXJlZBgEIAEoCEIE4kEBARIsCgRjYXN0GAUgASgOMhgucnVsZXNpZGVjYXIudjEuQ2FzdFR5cGVCBOJBAQEiogQKFEV2YWx1YXRlTm9kZVJlc3BvbnNlEigKB291dGNvbWUYASABKA4yFy5ydWxlc2lkZWNhci52MS5PdXRjb21lEiYKBnJlYXNvbhgCIAEoDjIWLnJ1bGVzaWRlY2FyLnYxLlJlYXNvbhIPCgdtZXNzYWdlGAMgASgJEhkKDGJyYW5jaF9pbmRleBgEIAEoBUgAiAEBEg4KBnRhcmdldBgFIAEoCRIqCgl2YXJpYWJsZXMYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjUKC2V4dHJhY3Rpb25zGAcgAygLMiAucnVsZXNpZGVjYXIudjEuRXh0cmFjdGlvblJlc3VsdBITCgtodHRwX3N0YXR1cxgIIAEoBRIzChB1cHN0cmVhbV9sYXRlbmN5GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCGF0dGVtcHRzGAogASgFEhkKEWNvbm5lY3Rvcl92ZXJzaW9uGAsgASgDEjAKC2V4cGxhbmF0aW9uGAwgASgLMhsucnVsZXNpZGVjYXIudjEuRXhwbGFuYXRpb24SMQoMY2FjaGVfc3RhdHVzGA0gASgOMhsucnVsZXNpZGVjYXIudjEuQ2FjaGVTdGF0dXMSLAoJY2FjaGVfYWdlGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg8KDV9icmFuY2hfaW5kZXgioAEKEEV4dHJhY3Rpb25SZXN1bHQSEAoIdmFyaWFibGUYASABKAkSMAoGc3RhdHVzGAIgASgOMiAucnVsZXNpZGVjYXIudjEuRXh0cmFjdGlvblN0YXR1cxIlCgV2YWx1ZRgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIQCghyZXF1aXJlZBgEIAEoCBIPCgdtZXNzYWdlGAUgASgJIoMBCgtFeHBsYW5hdGlvbhIwCgdyZXF1ZXN0GAEgASgLMh8ucnVsZXNpZGVjYXIudjEuUmVuZGVyZWRSZXF1ZXN0EjMKCGJyYW5jaGVzGAIgAygLMiEucnVsZXNpZGVjYXIudjEuQnJhbmNoRXhwbGFuYXRpb24SDQoFbm90ZXMYAyADKAkiqwEKD1JlbmRlcmVkUmVxdWVzdBIOCgZtZXRob2QYASABKAkSCwoDdXJsGAIgASgJEj0KB2hlYWRlcnMYAyADKAsyLC5ydWxlc2lkZWNhci52MS5SZW5kZXJlZFJlcXVlc3QuSGVhZGVyc0VudHJ5EgwKBGJvZHkYBCABKAkaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEikAEKEUJyYW5jaEV4cGxhbmF0aW9uEg0KBWluZGV4GAEgASgFEg4KBnRhcmdldBgCIAEoCRIRCglldmFsdWF0ZWQYAyABKAgSDwoHbWF0Y2hlZBgEIAEoCBI4Cgpjb25kaXRpb25zGAUgAygLMiQucnVsZXNpZGVjYXIudjEuQ29uZGl0aW9uRXhwbGFuYXRpb24i+wEKFENvbmRpdGlvbkV4cGxhbmF0aW9uEigKB3N1YmplY3QYASABKAsyFy5ydWxlc2lkZWNhci52MS5TdWJqZWN0EioKCG9wZXJhdG9yGAIgASgOMhgucnVsZXNpZGVjYXIudjEuT3BlcmF0b3ISJwoHb3BlcmFuZBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRItCg1zdWJqZWN0X3ZhbHVlGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhcKD3N1YmplY3RfcHJlc2VudBgFIAEoCBIOCgZyZXN1bHQYBiABKAgSDAoEbm90ZRgHIAEoCSKkAQoXRXh0cmFjdFZhcmlhYmxlc1JlcXVlc3QSNQoLZXh0cmFjdGlvbnMYASADKAsyGi5ydWxlc2lkZWNhci52MS5FeHRyYWN0aW9uQgTiQQEBEiwKBGpzb24YAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWVCBOJBAQFIABIYCghyYXdfanNvbhgDIAEoDEIE4kEBAUgAQgoKCGRvY3VtZW50Io8BChhFeHRyYWN0VmFyaWFibGVzUmVzcG9uc2USKgoJdmFyaWFibGVzGAEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBI1CgtleHRyYWN0aW9ucxgCIAMoCzIgLnJ1bGVzaWRlY2FyLnYxLkV4dHJhY3Rpb25SZXN1bHQSEAoIY29tcGxldGUYAyABKAgqiQEKD0Nvbm5lY3RvclN0YXR1cxIgChxDT05ORUNUT1JfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGgoWQ09OTkVDVE9SX1NUQVRVU19EUkFGVBABEhkKFUNPTk5FQ1RPUl9TVEFUVVNfTElWRRACEh0KGUNPTk5FQ1RPUl9TVEFUVVNfRElTQUJMRUQQAyqYAQoKSHR0cE1ldGhvZBIbChdIVFRQX01FVEhPRF9VTlNQRUNJRklFRBAAEhMKD0hUVFBfTUVUSE9EX0dFVBABEhQKEEhUVFBfTUVUSE9EX1BPU1QQAhITCg9IVFRQX01FVEhPRF9QVVQQAxIVChFIVFRQX01FVEhPRF9QQVRDSBAEEhYKEkhUVFBfTUVUSE9EX0RFTEVURRAFKmgKD0Nvbm5lY3RvclNvdXJjZRIgChxDT05ORUNUT1JfU09VUkNFX1VOU1BFQ0lGSUVEEAASGAoUQ09OTkVDVE9SX1NPVVJDRV9BUEkQARIZChVDT05ORUNUT1JfU09VUkNFX0ZJTEUQAiprCg5BcGlLZXlMb2NhdGlvbhIgChxBUElfS0VZX0xPQ0FUSU9OX1VOU1BFQ0lGSUVEEAASGwoXQVBJX0tFWV9MT0NBVElPTl9IRUFERVIQARIaChZBUElfS0VZX0xPQ0FUSU9OX1FVRVJZEAIqawoORXZhbHVhdGlvbk1vZGUSHwobRVZBTFVBVElPTl9NT0RFX1VOU1BFQ0lGSUVEEAASHgoaRVZBTFVBVElPTl9NT0RFX1BST0RVQ1RJT04QARIYChRFVkFMVUFUSU9OX01PREVfVEVTVBACKlAKCkNvbWJpbmF0b3ISGgoWQ09NQklOQVRPUl9VTlNQRUNJRklFRBAAEhIKDkNPTUJJTkFUT1JfQUxMEAESEgoOQ09NQklOQVRPUl9BTlkQAiqPAQoLU3ViamVjdEtpbmQSHAoYU1VCSkVDVF9LSU5EX1VOU1BFQ0lGSUVEEAASFwoTU1VCSkVDVF9LSU5EX1NUQVRVUxABEhUKEVNVQkpFQ1RfS0lORF9CT0RZEAISFwoTU1VCSkVDVF9LSU5EX0hFQURFUhADEhkKFVNVQkpFQ1RfS0lORF9WQVJJQUJMRRAEKvsDCghPcGVyYXRvchIYChRPUEVSQVRPUl9VTlNQRUNJRklFRBAAEhMKD09QRVJBVE9SX0VRVUFMUxABEhcKE09QRVJBVE9SX05PVF9FUVVBTFMQAhIZChVPUEVSQVRPUl9HUkVBVEVSX1RIQU4QAxIiCh5PUEVSQVRPUl9HUkVBVEVSX1RIQU5fT1JfRVFVQUwQBBIWChJPUEVSQVRPUl9MRVNTX1RIQU4QBRIfChtPUEVSQVRPUl9MRVNTX1RIQU5fT1JfRVFVQUwQBhIVChFPUEVSQVRPUl9DT05UQUlOUxAHEhkKFU9QRVJBVE9SX05PVF9DT05UQUlOUxAIEhgKFE9QRVJBVE9SX1NUQVJUU19XSVRIEAkSFgoST1BFUkFUT1JfRU5EU19XSVRIEAoSFAoQT1BFUkFUT1JfTUFUQ0hFUxALEg8KC09QRVJBVE9SX0lOEAwSEwoPT1BFUkFUT1JfTk9UX0lOEA0SEwoPT1BFUkFUT1JfRVhJU1RTEA4SFwoTT1BFUkFUT1JfTk9UX0VYSVNUUxAPEhUKEU9QRVJBVE9SX0lTX0VNUFRZEBASGQoVT1BFUkFUT1JfSVNfTk9UX0VNUFRZEBESGQoVT1BFUkFUT1JfU1RBVFVTX0NMQVNTEBISFAoQT1BFUkFUT1JfQkVUV0VFThATKmUKClF1YW50aWZpZXISGgoWUVVBTlRJRklFUl9VTlNQRUNJRklFRBAAEhIKDlFVQU5USUZJRVJfQU5ZEAESEgoOUVVBTlRJRklFUl9BTEwQAhITCg9RVUFOVElGSUVSX05PTkUQAyqTAQoIQ2FzdFR5cGUSGQoVQ0FTVF9UWVBFX1VOU1BFQ0lGSUVEEAASFAoQQ0FTVF9UWVBFX1NUUklORxABEhQKEENBU1RfVFlQRV9OVU1CRVIQAhIVChFDQVNUX1RZUEVfSU5URUdFUhADEhUKEUNBU1RfVFlQRV9CT09MRUFOEAQSEgoOQ0FTVF9UWVBFX0pTT04QBSpgCgdPdXRjb21lEhcKE09VVENPTUVfVU5TUEVDSUZJRUQQABITCg9PVVRDT01FX01BVENIRUQQARIUChBPVVRDT01FX05PX01BVENIEAISEQoNT1VUQ09NRV9FUlJPUhADKuUECgZSZWFzb24SFgoSUkVBU09OX1VOU1BFQ0lGSUVEEAASGQoVUkVBU09OX0JSQU5DSF9NQVRDSEVEEAESHAoYUkVBU09OX05PX0JSQU5DSF9NQVRDSEVEEAISEgoOUkVBU09OX1RJTUVPVVQQAxIYChRSRUFTT05fQ09OTkVDVF9FUlJPUhAEEhQKEFJFQVNPTl9ETlNfRVJST1IQBRIUChBSRUFTT05fVExTX0VSUk9SEAYSHQoZUkVBU09OX1JFU1BPTlNFX1RPT19MQVJHRRAHEhsKF1JFQVNPTl9NSVNTSU5HX1ZBUklBQkxFEAgSGwoXUkVBU09OX0lOVkFMSURfVkFSSUFCTEUQCRIbChdSRUFTT05fU0VDUkVUX05PVF9GT1VORBAKEh4KGlJFQVNPTl9DT05ORUNUT1JfTk9UX0ZPVU5EEAsSHQoZUkVBU09OX0NPTk5FQ1RPUl9OT1RfTElWRRAMEhkKFVJFQVNPTl9VUFNUUkVBTV9FUlJPUhANEhwKGFJFQVNPTl9FWFRSQUNUSU9OX0ZBSUxFRBAOEh4KGlJFQVNPTl9CTE9DS0VEX0RFU1RJTkFUSU9OEA8SFwoTUkVBU09OX0NJUkNVSVRfT1BFThAQEhkKFVJFQVNPTl9QUk9UT0NPTF9FUlJPUhAREhkKFVJFQVNPTl9JTlRFUk5BTF9FUlJPUhASEhsKF1JFQVNPTl9CVURHRVRfRVhIQVVTVEVEEBMSGQoVUkVBU09OX0xJTUlUX0VYQ0VFREVEEBQSGwoXUkVBU09OX0FOU1dFUl9UT09fTEFSR0UQFSrGAQoLQ2FjaGVTdGF0dXMSHAoYQ0FDSEVfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFQoRQ0FDSEVfU1RBVFVTX01JU1MQARIUChBDQUNIRV9TVEFUVVNfSElUEAISFgoSQ0FDSEVfU1RBVFVTX1NUQUxFEAMSHwobQ0FDSEVfU1RBVFVTX1NUQUxFX0lGX0VSUk9SEAQSGgoWQ0FDSEVfU1RBVFVTX0NPQUxFU0NFRBAFEhcKE0NBQ0hFX1NUQVRVU19CWVBBU1MQBircAQoQRXh0cmFjdGlvblN0YXR1cxIhCh1FWFRSQUNUSU9OX1NUQVRVU19VTlNQRUNJRklFRBAAEh8KG0VYVFJBQ1RJT05fU1RBVFVTX0VYVFJBQ1RFRBABEh8KG0VYVFJBQ1RJT05fU1RBVFVTX0RFRkFVTFRFRBACEh0KGUVYVFJBQ1RJT05fU1RBVFVTX01JU1NJTkcQAxIhCh1FWFRSQUNUSU9OX1NUQVRVU19DQVNUX0ZBSUxFRBAEEiEKHUVYVFJBQ1RJT05fU1RBVFVTX05PX0RPQ1VNRU5UEAUy4QQKE1J1bGVzU2lkZWNhclNlcnZpY2USaAoRUmVnaXN0ZXJDb25uZWN0b3ISKC5ydWxlc2lkZWNhci52MS5SZWdpc3RlckNvbm5lY3RvclJlcXVlc3QaKS5ydWxlc2lkZWNhci52MS5SZWdpc3RlckNvbm5lY3RvclJlc3BvbnNlElkKDEdldENvbm5lY3RvchIjLnJ1bGVzaWRlY2FyLnYxLkdldENvbm5lY3RvclJlcXVlc3QaJC5ydWxlc2lkZWNhci52MS5HZXRDb25uZWN0b3JSZXNwb25zZRJfCg5MaXN0Q29ubmVjdG9ycxIlLnJ1bGVzaWRlY2FyLnYxLkxpc3RDb25uZWN0b3JzUmVxdWVzdBomLnJ1bGVzaWRlY2FyLnYxLkxpc3RDb25uZWN0b3JzUmVzcG9uc2USYgoPRGVsZXRlQ29ubmVjdG9yEiYucnVsZXNpZGVjYXIudjEuRGVsZXRlQ29ubmVjdG9yUmVxdWVzdBonLnJ1bGVzaWRlY2FyLnYxLkRlbGV0ZUNvbm5lY3RvclJlc3BvbnNlElkKDEV2YWx1YXRlTm9kZRIjLnJ1bGVzaWRlY2FyLnYxLkV2YWx1YXRlTm9kZVJlcXVlc3QaJC5ydWxlc2lkZWNhci52MS5FdmFsdWF0ZU5vZGVSZXNwb25zZRJlChBFeHRyYWN0VmFyaWFibGVzEicucnVsZXNpZGVjYXIudjEuRXh0cmFjdFZhcmlhYmxlc1JlcXVlc3QaKC5ydWxlc2lkZWNhci52MS5FeHRyYWN0VmFyaWFibGVzUmVzcG9uc2VCeQoTZGV2LnJ1bGVzc2lkZWNhci52MUIRUnVsZXNTaWRlY2FyUHJvdG9QAVpNZ2l0aHViLmNvbS9ydWxlcy1zaWRlY2FyL3J1bGVzLXNpZGVjYXIvY2xpZW50cy9nby9ydWxlc2lkZWNhcnYxO3J1bGVzaWRlY2FydjFiBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CiJydWxlc2lkZWNhci92MS9ydWxlc19zaWRlY2FyLnByb3RvEg5ydWxlc2lkZWNhci52MSKMBwoJQ29ubmVjdG9yEhAKAmlkGAEgASgJQgTiQQECEhoKDGRpc3BsYXlfbmFtZRgCIAEoCUIE4kEBARI1CgZzdGF0dXMYAyABKA4yHy5ydWxlc2lkZWNhci52MS5Db25uZWN0b3JTdGF0dXNCBOJBAQISMAoGbWV0aG9kGAQgASgOMhoucnVsZXNpZGVjYXIudjEuSHR0cE1ldGhvZEIE4kEBARIaCgx1cmxfdGVtcGxhdGUYBSABKAlCBOJBAQISPQoHaGVhZGVycxgGIAMoCzImLnJ1bGVzaWRlY2FyLnYxLkNvbm5lY3Rvci5IZWFkZXJzRW50cnlCBOJBAQESOQoFcXVlcnkYByADKAsyJC5ydWxlc2lkZWNhci52MS5Db25uZWN0b3IuUXVlcnlFbnRyeUIE4kEBARIzCg1ib2R5X3RlbXBsYXRlGAggASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlQgTiQQEBEigKBGF1dGgYCSABKAsyFC5ydWxlc2lkZWNhci52MS5BdXRoQgTiQQEBEjAKB3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CBOJBAQESIAoSbWF4X3Jlc3BvbnNlX2J5dGVzGAsgASgDQgTiQQEBEhUKB3ZlcnNpb24YDCABKANCBOJBAQMSNQoLdXBkYXRlX3RpbWUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKBnNvdXJjZRgOIAEoDjIfLnJ1bGVzaWRlY2FyLnYxLkNvbm5lY3RvclNvdXJjZUIE4kEBAxIbCg1hbGxvd2VkX2hvc3RzGA8gAygJQgTiQQEBEh4KEGZvbGxvd19yZWRpcmVjdHMYECABKAhCBOJBAQESJAoWaWRlbXBvdGVuY3lfa2V5X2hlYWRlchgRIAEoCUIE4kEBARInChlkaXNhYmxlX3RyYWNlX3Byb3BhZ2F0aW9uGBIgASgIQgTiQQEBEjAKBWNhY2hlGBMgASgLMhsucnVsZXNpZGVjYXIudjEuQ2FjaGVQb2xpY3lCBOJBAQEaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaLAoKUXVlcnlFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpkCCgtDYWNoZVBvbGljeRIsCgN0dGwYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CBOJBAQISPwoWc3RhbGVfd2hpbGVfcmV2YWxpZGF0ZRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIE4kEBARI3Cg5zdGFsZV9pZl9lcnJvchgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIE4kEBARIdCg9tYXhfZW50cnlfYnl0ZXMYBCABKANCBOJBAQESIgoUaWdub3JlX2NhY2hlX2NvbnRyb2wYBSABKAhCBOJBAQESHwoRaWRlbXBvdGVudF9sb29rdXAYBiABKAhCBOJBAQEigwIKBEF1dGgSMgoGYmVhcmVyGAEgASgLMhoucnVsZXNpZGVjYXIudjEuQmVhcmVyQXV0aEIE4kEBAUgAEjMKB2FwaV9rZXkYAiABKAsyGi5ydWxlc2lkZWNhci52MS5BcGlLZXlBdXRoQgTiQQEBSAASMAoFYmFzaWMYAyABKAsyGS5ydWxlc2lkZWNhci52MS5CYXNpY0F1dGhCBOJBAQFIABJWChlvYXV0aDJfY2xpZW50X2NyZWRlbnRpYWxzGAQgASgLMisucnVsZXNpZGVjYXIudjEuT0F1dGgyQ2xpZW50Q3JlZGVudGlhbHNBdXRoQgTiQQEBSABCCAoGc2NoZW1lIigKCkJlYXJlckF1dGgSGgoMdG9rZW5fc2VjcmV0GAEgASgJQgTiQQECInQKCkFwaUtleUF1dGgSEgoEbmFtZRgBIAEoCUIE4kEBAhI2Cghsb2NhdGlvbhgCIAEoDjIeLnJ1bGVzaWRlY2FyLnYxLkFwaUtleUxvY2F0aW9uQgTiQQEBEhoKDHZhbHVlX3NlY3JldBgDIAEoCUIE4kEBAiJJCglCYXNpY0F1dGgSHQoPdXNlcm5hbWVfc2VjcmV0GAEgASgJQgTiQQECEh0KD3Bhc3N3b3JkX3NlY3JldBgCIAEoCUIE4kEBAiLsAQobT0F1dGgyQ2xpZW50Q3JlZGVudGlhbHNBdXRoEhcKCXRva2VuX3VybBgBIAEoCUIE4kEBAhIeChBjbGllbnRfaWRfc2VjcmV0GAIgASgJQgTiQQECEiIKFGNsaWVudF9zZWNyZXRfc2VjcmV0GAMgASgJQgTiQQECEhQKBnNjb3BlcxgEIAMoCUIE4kEBARIWCghhdWRpZW5jZRgFIAEoCUIE4kEBARJCChJjbGllbnRfYXV0aF9tZXRob2QYBiABKA4yIC5ydWxlc2lkZWNhci52MS5DbGllbnRBdXRoTWV0aG9kQgTiQQEBIogBChhSZWdpc3RlckNvbm5lY3RvclJlcXVlc3QSMgoJY29ubmVjdG9yGAEgASgLMhkucnVsZXNpZGVjYXIudjEuQ29ubmVjdG9yQgTiQQECEiMKEGV4cGVjdGVkX3ZlcnNpb24YAiABKANCBOJBAQFIAIgBAUITChFfZXhwZWN0ZWRfdmVyc2lvbiJaChlSZWdpc3RlckNvbm5lY3RvclJlc3BvbnNlEiwKCWNvbm5lY3RvchgBIAEoCzIZLnJ1bGVzaWRlY2FyLnYxLkNvbm5lY3RvchIPCgdjcmVhdGVkGAIgASgIIicKE0dldENvbm5lY3RvclJlcXVlc3QSEAoCaWQYASABKAlCBOJBAQIiRAoUR2V0Q29ubmVjdG9yUmVzcG9uc2USLAoJY29ubmVjdG9yGAEgASgLMhkucnVsZXNpZGVjYXIudjEuQ29ubmVjdG9yIoEBChVMaXN0Q29ubmVjdG9yc1JlcXVlc3QSFwoJcGFnZV9zaXplGAEgASgFQgTiQQEBEhgKCnBhZ2VfdG9rZW4YAiABKAlCBOJBAQESNQoGc3RhdHVzGAMgASgOMh8ucnVsZXNpZGVjYXIudjEuQ29ubmVjdG9yU3RhdHVzQgTiQQEBImAKFkxpc3RDb25uZWN0b3JzUmVzcG9uc2USLQoKY29ubmVjdG9ycxgBIAMoCzIZLnJ1bGVzaWRlY2FyLnYxLkNvbm5lY3RvchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiZAoWRGVsZXRlQ29ubmVjdG9yUmVxdWVzdBIQCgJpZBgBIAEoCUIE4kEBAhIjChBleHBlY3RlZF92ZXJzaW9uGAIgASgDQgTiQQEBSACIAQFCEwoRX2V4cGVjdGVkX3ZlcnNpb24iMgoXRGVsZXRlQ29ubmVjdG9yUmVzcG9uc2USFwoPZGVsZXRlZF92ZXJzaW9uGAEgASgDIrwBChNFdmFsdWF0ZU5vZGVSZXF1ZXN0EigKBG5vZGUYASABKAsyFC5ydWxlc2lkZWNhci52MS5Ob2RlQgTiQQECEjAKCXZhcmlhYmxlcxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3RCBOJBAQESFQoHZXhwbGFpbhgDIAEoCEIE4kEBARIyCgRtb2RlGAQgASgOMh4ucnVsZXNpZGVjYXIudjEuRXZhbHVhdGlvbk1vZGVCBOJBAQEi0gEKBE5vZGUSEAoCaWQYASABKAlCBOJBAQESGgoMY29ubmVjdG9yX2lkGAIgASgJQgTiQQECEi4KCGJyYW5jaGVzGAMgAygLMhYucnVsZXNpZGVjYXIudjEuQnJhbmNoQgTiQQEBEhkKC2Vsc2VfdGFyZ2V0GAQgASgJQgTiQQEBEhoKDGVycm9yX3RhcmdldBgFIAEoCUIE4kEBARI1CgtleHRyYWN0aW9ucxgGIAMoCzIaLnJ1bGVzaWRlY2FyLnYxLkV4dHJhY3Rpb25CBOJBAQEiiQEKBkJyYW5jaBIUCgZ0YXJnZXQYASABKAlCBOJBAQESNAoKY29tYmluYXRvchgCIAEoDjIaLnJ1bGVzaWRlY2FyLnYxLkNvbWJpbmF0b3JCBOJBAQESMwoKY29uZGl0aW9ucxgDIAMoCzIZLnJ1bGVzaWRlY2FyLnYxLkNvbmRpdGlvbkIE4kEBASJOCgdTdWJqZWN0Ei8KBGtpbmQYASABKA4yGy5ydWxlc2lkZWNhci52MS5TdWJqZWN0S2luZEIE4kEBAhISCgRwYXRoGAIgASgJQgTiQQEBIu0BCglDb25kaXRpb24SLgoHc3ViamVjdBgBIAEoCzIXLnJ1bGVzaWRlY2FyLnYxLlN1YmplY3RCBOJBAQISMAoIb3BlcmF0b3IYAiABKA4yGC5ydWxlc2lkZWNhci52MS5PcGVyYXRvckIE4kEBAhItCgdvcGVyYW5kGAMgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlQgTiQQEBEhkKC2lnbm9yZV9jYXNlGAQgASgIQgTiQQEBEjQKCnF1YW50aWZpZXIYBSABKA4yGi5ydWxlc2lkZWNhci52MS5RdWFudGlmaWVyQgTiQQEBIrMBCgpFeHRyYWN0aW9uEhYKCHZhcmlhYmxlGAEgASgJQgTiQQECEhIKBHBhdGgYAiABKAlCBOJBAQISMwoNZGVmYXVsdF92YWx1ZRgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZUIE4kEBARIWCghyZXF1aXJlZBgEIAEoCEIE4kEBARIsCgRjYXN0GAUgASgOMhgucnVsZXNpZGVjYXIudjEuQ2FzdFR5cGVCBOJBAQEiogQKFEV2YWx1YXRlTm9kZVJlc3BvbnNlEigKB291dGNvbWUYASABKA4yFy5ydWxlc2lkZWNhci52MS5PdXRjb21lEiYKBnJlYXNvbhgCIAEoDjIWLnJ1bGVzaWRlY2FyLnYxLlJlYXNvbhIPCgdtZXNzYWdlGAMgASgJEhkKDGJyYW5jaF9pbmRleBgEIAEoBUgAiAEBEg4KBnRhcmdldBgFIAEoCRIqCgl2YXJpYWJsZXMYBiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EjUKC2V4dHJhY3Rpb25zGAcgAygLMiAucnVsZXNpZGVjYXIudjEuRXh0cmFjdGlvblJlc3VsdBITCgtodHRwX3N0YXR1cxgIIAEoBRIzChB1cHN0cmVhbV9sYXRlbmN5GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCGF0dGVtcHRzGAogASgFEhkKEWNvbm5lY3Rvcl92ZXJzaW9uGAsgASgDEjAKC2V4cGxhbmF0aW9uGAwgASgLMhsucnVsZXNpZGVjYXIudjEuRXhwbGFuYXRpb24SMQoMY2FjaGVfc3RhdHVzGA0gASgOMhsucnVsZXNpZGVjYXIudjEuQ2FjaGVTdGF0dXMSLAoJY2FjaGVfYWdlGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg8KDV9icmFuY2hfaW5kZXgioAEKEEV4dHJhY3Rpb25SZXN1bHQSEAoIdmFyaWFibGUYASABKAkSMAoGc3RhdHVzGAIgASgOMiAucnVsZXNpZGVjYXIudjEuRXh0cmFjdGlvblN0YXR1cxIlCgV2YWx1ZRgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRIQCghyZXF1aXJlZBgEIAEoCBIPCgdtZXNzYWdlGAUgASgJIoMBCgtFeHBsYW5hdGlvbhIwCgdyZXF1ZXN0GAEgASgLMh8ucnVsZXNpZGVjYXIudjEuUmVuZGVyZWRSZXF1ZXN0EjMKCGJyYW5jaGVzGAIgAygLMiEucnVsZXNpZGVjYXIudjEuQnJhbmNoRXhwbGFuYXRpb24SDQoFbm90ZXMYAyADKAkiqwEKD1JlbmRlcmVkUmVxdWVzdBIOCgZtZXRob2QYASABKAkSCwoDdXJsGAIgASgJEj0KB2hlYWRlcnMYAyADKAsyLC5ydWxlc2lkZWNhci52MS5SZW5kZXJlZFJlcXVlc3QuSGVhZGVyc0VudHJ5EgwKBGJvZHkYBCABKAkaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEikAEKEUJyYW5jaEV4cGxhbmF0aW9uEg0KBWluZGV4GAEgASgFEg4KBnRhcmdldBgCIAEoCRIRCglldmFsdWF0ZWQYAyABKAgSDwoHbWF0Y2hlZBgEIAEoCBI4Cgpjb25kaXRpb25zGAUgAygLMiQucnVsZXNpZGVjYXIudjEuQ29uZGl0aW9uRXhwbGFuYXRpb24i+wEKFENvbmRpdGlvbkV4cGxhbmF0aW9uEigKB3N1YmplY3QYASABKAsyFy5ydWxlc2lkZWNhci52MS5TdWJqZWN0EioKCG9wZXJhdG9yGAIgASgOMhgucnVsZXNpZGVjYXIudjEuT3BlcmF0b3ISJwoHb3BlcmFuZBgDIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRItCg1zdWJqZWN0X3ZhbHVlGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlEhcKD3N1YmplY3RfcHJlc2VudBgFIAEoCBIOCgZyZXN1bHQYBiABKAgSDAoEbm90ZRgHIAEoCSKkAQoXRXh0cmFjdFZhcmlhYmxlc1JlcXVlc3QSNQoLZXh0cmFjdGlvbnMYASADKAsyGi5ydWxlc2lkZWNhci52MS5FeHRyYWN0aW9uQgTiQQEBEiwKBGpzb24YAiABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWVCBOJBAQFIABIYCghyYXdfanNvbhgDIAEoDEIE4kEBAUgAQgoKCGRvY3VtZW50Io8BChhFeHRyYWN0VmFyaWFibGVzUmVzcG9uc2USKgoJdmFyaWFibGVzGAEgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBI1CgtleHRyYWN0aW9ucxgCIAMoCzIgLnJ1bGVzaWRlY2FyLnYxLkV4dHJhY3Rpb25SZXN1bHQSEAoIY29tcGxldGUYAyABKAgqiQEKD0Nvbm5lY3RvclN0YXR1cxIgChxDT05ORUNUT1JfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGgoWQ09OTkVDVE9SX1NUQVRVU19EUkFGVBABEhkKFUNPTk5FQ1RPUl9TVEFUVVNfTElWRRACEh0KGUNPTk5FQ1RPUl9TVEFUVVNfRElTQUJMRUQQAyqYAQoKSHR0cE1ldGhvZBIbChdIVFRQX01FVEhPRF9VTlNQRUNJRklFRBAAEhMKD0hUVFBfTUVUSE9EX0dFVBABEhQKEEhUVFBfTUVUSE9EX1BPU1QQAhITCg9IVFRQX01FVEhPRF9QVVQQAxIVChFIVFRQX01FVEhPRF9QQVRDSBAEEhYKEkhUVFBfTUVUSE9EX0RFTEVURRAFKmgKD0Nvbm5lY3RvclNvdXJjZRIgChxDT05ORUNUT1JfU09VUkNFX1VOU1BFQ0lGSUVEEAASGAoUQ09OTkVDVE9SX1NPVVJDRV9BUEkQARIZChVDT05ORUNUT1JfU09VUkNFX0ZJTEUQAiprCg5BcGlLZXlMb2NhdGlvbhIgChxBUElfS0VZX0xPQ0FUSU9OX1VOU1BFQ0lGSUVEEAASGwoXQVBJX0tFWV9MT0NBVElPTl9IRUFERVIQARIaChZBUElfS0VZX0xPQ0FUSU9OX1FVRVJZEAIqjQEKEENsaWVudEF1dGhNZXRob2QSIgoeQ0xJRU5UX0FVVEhfTUVUSE9EX1VOU1BFQ0lGSUVEEAASKgomQ0xJRU5UX0FVVEhfTUVUSE9EX0NMSUVOVF9TRUNSRVRfQkFTSUMQARIpCiVDTElFTlRfQVVUSF9NRVRIT0RfQ0xJRU5UX1NFQ1JFVF9QT1NUEAIqawoORXZhbHVhdGlvbk1vZGUSHwobRVZBTFVBVElPTl9NT0RFX1VOU1BFQ0lGSUVEEAASHgoaRVZBTFVBVElPTl9NT0RFX1BST0RVQ1RJT04QARIYChRFVkFMVUFUSU9OX01PREVfVEVTVBACKlAKCkNvbWJpbmF0b3ISGgoWQ09NQklOQVRPUl9VTlNQRUNJRklFRBAAEhIKDkNPTUJJTkFUT1JfQUxMEAESEgoOQ09NQklOQVRPUl9BTlkQAiqPAQoLU3ViamVjdEtpbmQSHAoYU1VCSkVDVF9LSU5EX1VOU1BFQ0lGSUVEEAASFwoTU1VCSkVDVF9LSU5EX1NUQVRVUxABEhUKEVNVQkpFQ1RfS0lORF9CT0RZEAISFwoTU1VCSkVDVF9LSU5EX0hFQURFUhADEhkKFVNVQkpFQ1RfS0lORF9WQVJJQUJMRRAEKvsDCghPcGVyYXRvchIYChRPUEVSQVRPUl9VTlNQRUNJRklFRBAAEhMKD09QRVJBVE9SX0VRVUFMUxABEhcKE09QRVJBVE9SX05PVF9FUVVBTFMQAhIZChVPUEVSQVRPUl9HUkVBVEVSX1RIQU4QAxIiCh5PUEVSQVRPUl9HUkVBVEVSX1RIQU5fT1JfRVFVQUwQBBIWChJPUEVSQVRPUl9MRVNTX1RIQU4QBRIfChtPUEVSQVRPUl9MRVNTX1RIQU5fT1JfRVFVQUwQBhIVChFPUEVSQVRPUl9DT05UQUlOUxAHEhkKFU9QRVJBVE9SX05PVF9DT05UQUlOUxAIEhgKFE9QRVJBVE9SX1NUQVJUU19XSVRIEAkSFgoST1BFUkFUT1JfRU5EU19XSVRIEAoSFAoQT1BFUkFUT1JfTUFUQ0hFUxALEg8KC09QRVJBVE9SX0lOEAwSEwoPT1BFUkFUT1JfTk9UX0lOEA0SEwoPT1BFUkFUT1JfRVhJU1RTEA4SFwoTT1BFUkFUT1JfTk9UX0VYSVNUUxAPEhUKEU9QRVJBVE9SX0lTX0VNUFRZEBASGQoVT1BFUkFUT1JfSVNfTk9UX0VNUFRZEBESGQoVT1BFUkFUT1JfU1RBVFVTX0NMQVNTEBISFAoQT1BFUkFUT1JfQkVUV0VFThATKmUKClF1YW50aWZpZXISGgoWUVVBTlRJRklFUl9VTlNQRUNJRklFRBAAEhIKDlFVQU5USUZJRVJfQU5ZEAESEgoOUVVBTlRJRklFUl9BTEwQAhITCg9RVUFOVElGSUVSX05PTkUQAyqTAQoIQ2FzdFR5cGUSGQoVQ0FTVF9UWVBFX1VOU1BFQ0lGSUVEEAASFAoQQ0FTVF9UWVBFX1NUUklORxABEhQKEENBU1RfVFlQRV9OVU1CRVIQAhIVChFDQVNUX1RZUEVfSU5URUdFUhADEhUKEUNBU1RfVFlQRV9CT09MRUFOEAQSEgoOQ0FTVF9UWVBFX0pTT04QBSpgCgdPdXRjb21lEhcKE09VVENPTUVfVU5TUEVDSUZJRUQQABITCg9PVVRDT01FX01BVENIRUQQARIUChBPVVRDT01FX05PX01BVENIEAISEQoNT1VUQ09NRV9FUlJPUhADKoIFCgZSZWFzb24SFgoSUkVBU09OX1VOU1BFQ0lGSUVEEAASGQoVUkVBU09OX0JSQU5DSF9NQVRDSEVEEAESHAoYUkVBU09OX05PX0JSQU5DSF9NQVRDSEVEEAISEgoOUkVBU09OX1RJTUVPVVQQAxIYChRSRUFTT05fQ09OTkVDVF9FUlJPUhAEEhQKEFJFQVNPTl9ETlNfRVJST1IQBRIUChBSRUFTT05fVExTX0VSUk9SEAYSHQoZUkVBU09OX1JFU1BPTlNFX1RPT19MQVJHRRAHEhsKF1JFQVNPTl9NSVNTSU5HX1ZBUklBQkxFEAgSGwoXUkVBU09OX0lOVkFMSURfVkFSSUFCTEUQCRIbChdSRUFTT05fU0VDUkVUX05PVF9GT1VORBAKEh4KGlJFQVNPTl9DT05ORUNUT1JfTk9UX0ZPVU5EEAsSHQoZUkVBU09OX0NPTk5FQ1RPUl9OT1RfTElWRRAMEhkKFVJFQVNPTl9VUFNUUkVBTV9FUlJPUhANEhwKGFJFQVNPTl9FWFRSQUNUSU9OX0ZBSUxFRBAOEh4KGlJFQVNPTl9CTE9DS0VEX0RFU1RJTkFUSU9OEA8SFwoTUkVBU09OX0NJUkNVSVRfT1BFThAQEhkKFVJFQVNPTl9QUk9UT0NPTF9FUlJPUhAREhkKFVJFQVNPTl9JTlRFUk5BTF9FUlJPUhASEhsKF1JFQVNPTl9CVURHRVRfRVhIQVVTVEVEEBMSGQoVUkVBU09OX0xJTUlUX0VYQ0VFREVEEBQSGwoXUkVBU09OX0FOU1dFUl9UT09fTEFSR0UQFRIbChdSRUFTT05fQVVUSF9UT0tFTl9FUlJPUhAWKsYBCgtDYWNoZVN0YXR1cxIcChhDQUNIRV9TVEFUVVNfVU5TUEVDSUZJRUQQABIVChFDQUNIRV9TVEFUVVNfTUlTUxABEhQKEENBQ0hFX1NUQVRVU19ISVQQAhIWChJDQUNIRV9TVEFUVVNfU1RBTEUQAxIfChtDQUNIRV9TVEFUVVNfU1RBTEVfSUZfRVJST1IQBBIaChZDQUNIRV9TVEFUVVNfQ09BTEVTQ0VEEAUSFwoTQ0FDSEVfU1RBVFVTX0JZUEFTUxAGKtwBChBFeHRyYWN0aW9uU3RhdHVzEiEKHUVYVFJBQ1RJT05fU1RBVFVTX1VOU1BFQ0lGSUVEEAASHwobRVhUUkFDVElPTl9TVEFUVVNfRVhUUkFDVEVEEAESHwobRVhUUkFDVElPTl9TVEFUVVNfREVGQVVMVEVEEAISHQoZRVhUUkFDVElPTl9TVEFUVVNfTUlTU0lORxADEiEKHUVYVFJBQ1RJT05fU1RBVFVTX0NBU1RfRkFJTEVEEAQSIQodRVhUUkFDVElPTl9TVEFUVVNfTk9fRE9DVU1FTlQQBTLhBAoTUnVsZXNTaWRlY2FyU2VydmljZRJoChFSZWdpc3RlckNvbm5lY3RvchIoLnJ1bGVzaWRlY2FyLnYxLlJlZ2lzdGVyQ29ubmVjdG9yUmVxdWVzdBopLnJ1bGVzaWRlY2FyLnYxLlJlZ2lzdGVyQ29ubmVjdG9yUmVzcG9uc2USWQoMR2V0Q29ubmVjdG9yEiMucnVsZXNpZGVjYXIudjEuR2V0Q29ubmVjdG9yUmVxdWVzdBokLnJ1bGVzaWRlY2FyLnYxLkdldENvbm5lY3RvclJlc3BvbnNlEl8KDkxpc3RDb25uZWN0b3JzEiUucnVsZXNpZGVjYXIudjEuTGlzdENvbm5lY3RvcnNSZXF1ZXN0GiYucnVsZXNpZGVjYXIudjEuTGlzdENvbm5lY3RvcnNSZXNwb25zZRJiCg9EZWxldGVDb25uZWN0b3ISJi5ydWxlc2lkZWNhci52MS5EZWxldGVDb25uZWN0b3JSZXF1ZXN0GicucnVsZXNpZGVjYXIudjEuRGVsZXRlQ29ubmVjdG9yUmVzcG9uc2USWQoMRXZhbHVhdGVOb2RlEiMucnVsZXNpZGVjYXIudjEuRXZhbHVhdGVOb2RlUmVxdWVzdBokLnJ1bGVzaWRlY2FyLnYxLkV2YWx1YXRlTm9kZVJlc3BvbnNlEmUKEEV4dHJhY3RWYXJpYWJsZXMSJy5ydWxlc2lkZWNhci52MS5FeHRyYWN0VmFyaWFibGVzUmVxdWVzdBooLnJ1bGVzaWRlY2FyLnYxLkV4dHJhY3RWYXJpYWJsZXNSZXNwb25zZUJ5ChNkZXYucnVsZXNzaWRlY2FyLnYxQhFSdWxlc1NpZGVjYXJQcm90b1ABWk1naXRodWIuY29tL3J1bGVzLXNpZGVjYXIvcnVsZXMtc2lkZWNhci9jbGllbnRzL2dvL3J1bGVzaWRlY2FydjE7cnVsZXNpZGVjYXJ2MWIGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Connector is a named, versioned definition of one business API call. Templates use `{{name}}`
@@ -282,6 +282,15 @@ export type Auth = Message<"rulesidecar.v1.Auth"> & {
      */
     value: BasicAuth;
     case: "basic";
+  } | {
+    /**
+     * `Authorization: Bearer <token>`, the token obtained from an OAuth2 token endpoint with the
+     * client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+     *
+     * @generated from field: rulesidecar.v1.OAuth2ClientCredentialsAuth oauth2_client_credentials = 4;
+     */
+    value: OAuth2ClientCredentialsAuth;
+    case: "oauth2ClientCredentials";
   } | { case: undefined; value?: undefined };
 };
 
@@ -377,6 +386,66 @@ export const BasicAuthSchema: GenMessage<BasicAuth> = /*@__PURE__*/
   messageDesc(file_rulesidecar_v1_rules_sidecar, 5);
 
 /**
+ * OAuth2ClientCredentialsAuth obtains a bearer token with the client credentials grant. The token
+ * is fetched through the same egress guard as any upstream, cached per credential, refreshed ahead
+ * of its expiry (one fetch at a time per credential) and never returned, logged or explained.
+ * Both secrets must be bound (secret_hosts) to the token URL's host, not the API's.
+ *
+ * @generated from message rulesidecar.v1.OAuth2ClientCredentialsAuth
+ */
+export type OAuth2ClientCredentialsAuth = Message<"rulesidecar.v1.OAuth2ClientCredentialsAuth"> & {
+  /**
+   * The token endpoint, an absolute http(s) URL without placeholders, e.g.
+   * `https://login.example.com/oauth2/token`.
+   *
+   * @generated from field: string token_url = 1;
+   */
+  tokenUrl: string;
+
+  /**
+   * Name of the secret holding the client id.
+   *
+   * @generated from field: string client_id_secret = 2;
+   */
+  clientIdSecret: string;
+
+  /**
+   * Name of the secret holding the client secret.
+   *
+   * @generated from field: string client_secret_secret = 3;
+   */
+  clientSecretSecret: string;
+
+  /**
+   * Scopes to request, sent space-separated as `scope`; none means the endpoint's default.
+   *
+   * @generated from field: repeated string scopes = 4;
+   */
+  scopes: string[];
+
+  /**
+   * Sent as `audience` when set (Auth0, Okta and others want the API's identifier).
+   *
+   * @generated from field: string audience = 5;
+   */
+  audience: string;
+
+  /**
+   * How the client id and secret reach the token endpoint; CLIENT_SECRET_BASIC when unset.
+   *
+   * @generated from field: rulesidecar.v1.ClientAuthMethod client_auth_method = 6;
+   */
+  clientAuthMethod: ClientAuthMethod;
+};
+
+/**
+ * Describes the message rulesidecar.v1.OAuth2ClientCredentialsAuth.
+ * Use `create(OAuth2ClientCredentialsAuthSchema)` to create a new message.
+ */
+export const OAuth2ClientCredentialsAuthSchema: GenMessage<OAuth2ClientCredentialsAuth> = /*@__PURE__*/
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 6);
+
+/**
  * RegisterConnectorRequest creates or replaces a connector.
  *
  * @generated from message rulesidecar.v1.RegisterConnectorRequest
@@ -403,7 +472,7 @@ export type RegisterConnectorRequest = Message<"rulesidecar.v1.RegisterConnector
  * Use `create(RegisterConnectorRequestSchema)` to create a new message.
  */
 export const RegisterConnectorRequestSchema: GenMessage<RegisterConnectorRequest> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 6);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 7);
 
 /**
  * RegisterConnectorResponse returns the stored connector.
@@ -431,7 +500,7 @@ export type RegisterConnectorResponse = Message<"rulesidecar.v1.RegisterConnecto
  * Use `create(RegisterConnectorResponseSchema)` to create a new message.
  */
 export const RegisterConnectorResponseSchema: GenMessage<RegisterConnectorResponse> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 7);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 8);
 
 /**
  * GetConnectorRequest names one connector.
@@ -452,7 +521,7 @@ export type GetConnectorRequest = Message<"rulesidecar.v1.GetConnectorRequest"> 
  * Use `create(GetConnectorRequestSchema)` to create a new message.
  */
 export const GetConnectorRequestSchema: GenMessage<GetConnectorRequest> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 8);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 9);
 
 /**
  * GetConnectorResponse returns one connector.
@@ -473,7 +542,7 @@ export type GetConnectorResponse = Message<"rulesidecar.v1.GetConnectorResponse"
  * Use `create(GetConnectorResponseSchema)` to create a new message.
  */
 export const GetConnectorResponseSchema: GenMessage<GetConnectorResponse> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 9);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 10);
 
 /**
  * ListConnectorsRequest asks for one page of connectors, in id order.
@@ -508,7 +577,7 @@ export type ListConnectorsRequest = Message<"rulesidecar.v1.ListConnectorsReques
  * Use `create(ListConnectorsRequestSchema)` to create a new message.
  */
 export const ListConnectorsRequestSchema: GenMessage<ListConnectorsRequest> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 10);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 11);
 
 /**
  * ListConnectorsResponse is one page of connectors.
@@ -536,7 +605,7 @@ export type ListConnectorsResponse = Message<"rulesidecar.v1.ListConnectorsRespo
  * Use `create(ListConnectorsResponseSchema)` to create a new message.
  */
 export const ListConnectorsResponseSchema: GenMessage<ListConnectorsResponse> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 11);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 12);
 
 /**
  * DeleteConnectorRequest removes one connector.
@@ -564,7 +633,7 @@ export type DeleteConnectorRequest = Message<"rulesidecar.v1.DeleteConnectorRequ
  * Use `create(DeleteConnectorRequestSchema)` to create a new message.
  */
 export const DeleteConnectorRequestSchema: GenMessage<DeleteConnectorRequest> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 12);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 13);
 
 /**
  * DeleteConnectorResponse confirms a deletion.
@@ -585,7 +654,7 @@ export type DeleteConnectorResponse = Message<"rulesidecar.v1.DeleteConnectorRes
  * Use `create(DeleteConnectorResponseSchema)` to create a new message.
  */
 export const DeleteConnectorResponseSchema: GenMessage<DeleteConnectorResponse> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 13);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 14);
 
 /**
  * EvaluateNodeRequest evaluates one API-conditional node for one conversation.
@@ -630,7 +699,7 @@ export type EvaluateNodeRequest = Message<"rulesidecar.v1.EvaluateNodeRequest"> 
  * Use `create(EvaluateNodeRequestSchema)` to create a new message.
  */
 export const EvaluateNodeRequestSchema: GenMessage<EvaluateNodeRequest> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 14);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 15);
 
 /**
  * Node is one API-conditional workflow node: call a connector, then take the first branch whose
@@ -687,7 +756,7 @@ export type Node = Message<"rulesidecar.v1.Node"> & {
  * Use `create(NodeSchema)` to create a new message.
  */
 export const NodeSchema: GenMessage<Node> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 15);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 16);
 
 /**
  * Branch is one if / else-if arm of a node.
@@ -722,7 +791,7 @@ export type Branch = Message<"rulesidecar.v1.Branch"> & {
  * Use `create(BranchSchema)` to create a new message.
  */
 export const BranchSchema: GenMessage<Branch> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 16);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 17);
 
 /**
  * Subject is the value a condition tests.
@@ -750,7 +819,7 @@ export type Subject = Message<"rulesidecar.v1.Subject"> & {
  * Use `create(SubjectSchema)` to create a new message.
  */
 export const SubjectSchema: GenMessage<Subject> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 17);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 18);
 
 /**
  * Condition is one test of a branch.
@@ -800,7 +869,7 @@ export type Condition = Message<"rulesidecar.v1.Condition"> & {
  * Use `create(ConditionSchema)` to create a new message.
  */
 export const ConditionSchema: GenMessage<Condition> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 18);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 19);
 
 /**
  * Extraction copies one value out of a JSON document into a variable.
@@ -850,7 +919,7 @@ export type Extraction = Message<"rulesidecar.v1.Extraction"> & {
  * Use `create(ExtractionSchema)` to create a new message.
  */
 export const ExtractionSchema: GenMessage<Extraction> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 19);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 20);
 
 /**
  * EvaluateNodeResponse is the verdict and everything the workflow needs next.
@@ -962,7 +1031,7 @@ export type EvaluateNodeResponse = Message<"rulesidecar.v1.EvaluateNodeResponse"
  * Use `create(EvaluateNodeResponseSchema)` to create a new message.
  */
 export const EvaluateNodeResponseSchema: GenMessage<EvaluateNodeResponse> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 20);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 21);
 
 /**
  * ExtractionResult reports one extraction, successful or not.
@@ -1011,7 +1080,7 @@ export type ExtractionResult = Message<"rulesidecar.v1.ExtractionResult"> & {
  * Use `create(ExtractionResultSchema)` to create a new message.
  */
 export const ExtractionResultSchema: GenMessage<ExtractionResult> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 21);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 22);
 
 /**
  * Explanation shows how an evaluation reached its verdict.
@@ -1046,7 +1115,7 @@ export type Explanation = Message<"rulesidecar.v1.Explanation"> & {
  * Use `create(ExplanationSchema)` to create a new message.
  */
 export const ExplanationSchema: GenMessage<Explanation> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 22);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 23);
 
 /**
  * RenderedRequest is an outbound request with secrets masked as `***`.
@@ -1088,7 +1157,7 @@ export type RenderedRequest = Message<"rulesidecar.v1.RenderedRequest"> & {
  * Use `create(RenderedRequestSchema)` to create a new message.
  */
 export const RenderedRequestSchema: GenMessage<RenderedRequest> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 23);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 24);
 
 /**
  * BranchExplanation shows one branch's evaluation.
@@ -1137,7 +1206,7 @@ export type BranchExplanation = Message<"rulesidecar.v1.BranchExplanation"> & {
  * Use `create(BranchExplanationSchema)` to create a new message.
  */
 export const BranchExplanationSchema: GenMessage<BranchExplanation> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 24);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 25);
 
 /**
  * ConditionExplanation shows one condition's evaluation.
@@ -1200,7 +1269,7 @@ export type ConditionExplanation = Message<"rulesidecar.v1.ConditionExplanation"
  * Use `create(ConditionExplanationSchema)` to create a new message.
  */
 export const ConditionExplanationSchema: GenMessage<ConditionExplanation> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 25);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 26);
 
 /**
  * ExtractVariablesRequest applies extractions to a document the caller already has.
@@ -1244,7 +1313,7 @@ export type ExtractVariablesRequest = Message<"rulesidecar.v1.ExtractVariablesRe
  * Use `create(ExtractVariablesRequestSchema)` to create a new message.
  */
 export const ExtractVariablesRequestSchema: GenMessage<ExtractVariablesRequest> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 26);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 27);
 
 /**
  * ExtractVariablesResponse carries the extracted values.
@@ -1279,7 +1348,7 @@ export type ExtractVariablesResponse = Message<"rulesidecar.v1.ExtractVariablesR
  * Use `create(ExtractVariablesResponseSchema)` to create a new message.
  */
 export const ExtractVariablesResponseSchema: GenMessage<ExtractVariablesResponse> = /*@__PURE__*/
-  messageDesc(file_rulesidecar_v1_rules_sidecar, 27);
+  messageDesc(file_rulesidecar_v1_rules_sidecar, 28);
 
 /**
  * ConnectorStatus says whether a connector may run. Only LIVE connectors run in production; DRAFT
@@ -1447,6 +1516,40 @@ export const ApiKeyLocationSchema: GenEnum<ApiKeyLocation> = /*@__PURE__*/
   enumDesc(file_rulesidecar_v1_rules_sidecar, 3);
 
 /**
+ * ClientAuthMethod says how the client authenticates to the token endpoint.
+ *
+ * @generated from enum rulesidecar.v1.ClientAuthMethod
+ */
+export enum ClientAuthMethod {
+  /**
+   * Not set; treated as CLIENT_SECRET_BASIC.
+   *
+   * @generated from enum value: CLIENT_AUTH_METHOD_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * HTTP basic authentication with the client id and secret (RFC 6749 section 2.3.1).
+   *
+   * @generated from enum value: CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC = 1;
+   */
+  CLIENT_SECRET_BASIC = 1,
+
+  /**
+   * The client id and secret in the form body of the token request.
+   *
+   * @generated from enum value: CLIENT_AUTH_METHOD_CLIENT_SECRET_POST = 2;
+   */
+  CLIENT_SECRET_POST = 2,
+}
+
+/**
+ * Describes the enum rulesidecar.v1.ClientAuthMethod.
+ */
+export const ClientAuthMethodSchema: GenEnum<ClientAuthMethod> = /*@__PURE__*/
+  enumDesc(file_rulesidecar_v1_rules_sidecar, 4);
+
+/**
  * EvaluationMode says which connectors may run.
  *
  * @generated from enum rulesidecar.v1.EvaluationMode
@@ -1478,7 +1581,7 @@ export enum EvaluationMode {
  * Describes the enum rulesidecar.v1.EvaluationMode.
  */
 export const EvaluationModeSchema: GenEnum<EvaluationMode> = /*@__PURE__*/
-  enumDesc(file_rulesidecar_v1_rules_sidecar, 4);
+  enumDesc(file_rulesidecar_v1_rules_sidecar, 5);
 
 /**
  * Combinator says how a branch's conditions combine.
@@ -1512,7 +1615,7 @@ export enum Combinator {
  * Describes the enum rulesidecar.v1.Combinator.
  */
 export const CombinatorSchema: GenEnum<Combinator> = /*@__PURE__*/
-  enumDesc(file_rulesidecar_v1_rules_sidecar, 5);
+  enumDesc(file_rulesidecar_v1_rules_sidecar, 6);
 
 /**
  * SubjectKind says what a condition looks at.
@@ -1560,7 +1663,7 @@ export enum SubjectKind {
  * Describes the enum rulesidecar.v1.SubjectKind.
  */
 export const SubjectKindSchema: GenEnum<SubjectKind> = /*@__PURE__*/
-  enumDesc(file_rulesidecar_v1_rules_sidecar, 6);
+  enumDesc(file_rulesidecar_v1_rules_sidecar, 7);
 
 /**
  * Operator is a condition's test. Comparisons are typed: a number and a numeric string compare as
@@ -1715,7 +1818,7 @@ export enum Operator {
  * Describes the enum rulesidecar.v1.Operator.
  */
 export const OperatorSchema: GenEnum<Operator> = /*@__PURE__*/
-  enumDesc(file_rulesidecar_v1_rules_sidecar, 7);
+  enumDesc(file_rulesidecar_v1_rules_sidecar, 8);
 
 /**
  * Quantifier applies a condition to every element of a list subject.
@@ -1756,7 +1859,7 @@ export enum Quantifier {
  * Describes the enum rulesidecar.v1.Quantifier.
  */
 export const QuantifierSchema: GenEnum<Quantifier> = /*@__PURE__*/
-  enumDesc(file_rulesidecar_v1_rules_sidecar, 8);
+  enumDesc(file_rulesidecar_v1_rules_sidecar, 9);
 
 /**
  * CastType converts an extracted value.
@@ -1811,7 +1914,7 @@ export enum CastType {
  * Describes the enum rulesidecar.v1.CastType.
  */
 export const CastTypeSchema: GenEnum<CastType> = /*@__PURE__*/
-  enumDesc(file_rulesidecar_v1_rules_sidecar, 9);
+  enumDesc(file_rulesidecar_v1_rules_sidecar, 10);
 
 /**
  * Outcome is the verdict of an evaluation.
@@ -1852,7 +1955,7 @@ export enum Outcome {
  * Describes the enum rulesidecar.v1.Outcome.
  */
 export const OutcomeSchema: GenEnum<Outcome> = /*@__PURE__*/
-  enumDesc(file_rulesidecar_v1_rules_sidecar, 10);
+  enumDesc(file_rulesidecar_v1_rules_sidecar, 11);
 
 /**
  * Reason says why an evaluation ended as it did.
@@ -2016,13 +2119,21 @@ export enum Reason {
    * @generated from enum value: REASON_ANSWER_TOO_LARGE = 21;
    */
   ANSWER_TOO_LARGE = 21,
+
+  /**
+   * ERROR: the connector's OAuth2 token endpoint gave no usable token (refused, unreachable,
+   * not a token); the API was not called with a token.
+   *
+   * @generated from enum value: REASON_AUTH_TOKEN_ERROR = 22;
+   */
+  AUTH_TOKEN_ERROR = 22,
 }
 
 /**
  * Describes the enum rulesidecar.v1.Reason.
  */
 export const ReasonSchema: GenEnum<Reason> = /*@__PURE__*/
-  enumDesc(file_rulesidecar_v1_rules_sidecar, 11);
+  enumDesc(file_rulesidecar_v1_rules_sidecar, 12);
 
 /**
  * CacheStatus says where an answer's HTTP response came from, for a connector with a cache.
@@ -2085,7 +2196,7 @@ export enum CacheStatus {
  * Describes the enum rulesidecar.v1.CacheStatus.
  */
 export const CacheStatusSchema: GenEnum<CacheStatus> = /*@__PURE__*/
-  enumDesc(file_rulesidecar_v1_rules_sidecar, 12);
+  enumDesc(file_rulesidecar_v1_rules_sidecar, 13);
 
 /**
  * ExtractionStatus is how one extraction went.
@@ -2140,7 +2251,7 @@ export enum ExtractionStatus {
  * Describes the enum rulesidecar.v1.ExtractionStatus.
  */
 export const ExtractionStatusSchema: GenEnum<ExtractionStatus> = /*@__PURE__*/
-  enumDesc(file_rulesidecar_v1_rules_sidecar, 13);
+  enumDesc(file_rulesidecar_v1_rules_sidecar, 14);
 
 /**
  * RulesSidecarService is the whole API of the sidecar: a connector registry and the evaluation of

@@ -62,6 +62,7 @@ private static final long serialVersionUID = 0L;
     BEARER(1),
     API_KEY(2),
     BASIC(3),
+    OAUTH2_CLIENT_CREDENTIALS(4),
     SCHEME_NOT_SET(0);
     private final int value;
     private SchemeCase(int value) {
@@ -82,6 +83,7 @@ private static final long serialVersionUID = 0L;
         case 1: return BEARER;
         case 2: return API_KEY;
         case 3: return BASIC;
+        case 4: return OAUTH2_CLIENT_CREDENTIALS;
         case 0: return SCHEME_NOT_SET;
         default: return null;
       }
@@ -226,6 +228,52 @@ private static final long serialVersionUID = 0L;
     return dev.rulessidecar.v1.BasicAuth.getDefaultInstance();
   }
 
+  public static final int OAUTH2_CLIENT_CREDENTIALS_FIELD_NUMBER = 4;
+  /**
+   * <pre>
+   * `Authorization: Bearer &lt;token&gt;`, the token obtained from an OAuth2 token endpoint with the
+   * client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+   * </pre>
+   *
+   * <code>.rulesidecar.v1.OAuth2ClientCredentialsAuth oauth2_client_credentials = 4 [json_name = "oauth2ClientCredentials", (.google.api.field_behavior) = OPTIONAL];</code>
+   * @return Whether the oauth2ClientCredentials field is set.
+   */
+  @java.lang.Override
+  public boolean hasOauth2ClientCredentials() {
+    return schemeCase_ == 4;
+  }
+  /**
+   * <pre>
+   * `Authorization: Bearer &lt;token&gt;`, the token obtained from an OAuth2 token endpoint with the
+   * client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+   * </pre>
+   *
+   * <code>.rulesidecar.v1.OAuth2ClientCredentialsAuth oauth2_client_credentials = 4 [json_name = "oauth2ClientCredentials", (.google.api.field_behavior) = OPTIONAL];</code>
+   * @return The oauth2ClientCredentials.
+   */
+  @java.lang.Override
+  public dev.rulessidecar.v1.OAuth2ClientCredentialsAuth getOauth2ClientCredentials() {
+    if (schemeCase_ == 4) {
+       return (dev.rulessidecar.v1.OAuth2ClientCredentialsAuth) scheme_;
+    }
+    return dev.rulessidecar.v1.OAuth2ClientCredentialsAuth.getDefaultInstance();
+  }
+  /**
+   * <pre>
+   * `Authorization: Bearer &lt;token&gt;`, the token obtained from an OAuth2 token endpoint with the
+   * client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+   * </pre>
+   *
+   * <code>.rulesidecar.v1.OAuth2ClientCredentialsAuth oauth2_client_credentials = 4 [json_name = "oauth2ClientCredentials", (.google.api.field_behavior) = OPTIONAL];</code>
+   */
+  @java.lang.Override
+  public dev.rulessidecar.v1.OAuth2ClientCredentialsAuthOrBuilder getOauth2ClientCredentialsOrBuilder() {
+    if (schemeCase_ == 4) {
+       return (dev.rulessidecar.v1.OAuth2ClientCredentialsAuth) scheme_;
+    }
+    return dev.rulessidecar.v1.OAuth2ClientCredentialsAuth.getDefaultInstance();
+  }
+
   private byte memoizedIsInitialized = -1;
   @java.lang.Override
   public final boolean isInitialized() {
@@ -249,6 +297,9 @@ private static final long serialVersionUID = 0L;
     if (schemeCase_ == 3) {
       output.writeMessage(3, (dev.rulessidecar.v1.BasicAuth) scheme_);
     }
+    if (schemeCase_ == 4) {
+      output.writeMessage(4, (dev.rulessidecar.v1.OAuth2ClientCredentialsAuth) scheme_);
+    }
     getUnknownFields().writeTo(output);
   }
   private int computeSerializedSize_0() {
@@ -264,6 +315,10 @@ private static final long serialVersionUID = 0L;
     if (schemeCase_ == 3) {
       size += com.google.protobuf.CodedOutputStream
         .computeMessageSize(3, (dev.rulessidecar.v1.BasicAuth) scheme_);
+    }
+    if (schemeCase_ == 4) {
+      size += com.google.protobuf.CodedOutputStream
+        .computeMessageSize(4, (dev.rulessidecar.v1.OAuth2ClientCredentialsAuth) scheme_);
     }
     return size;
   }
@@ -303,6 +358,10 @@ private static final long serialVersionUID = 0L;
         if (!getBasic()
             .equals(other.getBasic())) return false;
         break;
+      case 4:
+        if (!getOauth2ClientCredentials()
+            .equals(other.getOauth2ClientCredentials())) return false;
+        break;
       case 0:
       default:
     }
@@ -329,6 +388,10 @@ private static final long serialVersionUID = 0L;
       case 3:
         hash = (37 * hash) + BASIC_FIELD_NUMBER;
         hash = (53 * hash) + getBasic().hashCode();
+        break;
+      case 4:
+        hash = (37 * hash) + OAUTH2_CLIENT_CREDENTIALS_FIELD_NUMBER;
+        hash = (53 * hash) + getOauth2ClientCredentials().hashCode();
         break;
       case 0:
       default:
@@ -478,6 +541,9 @@ private static final long serialVersionUID = 0L;
       if (basicBuilder_ != null) {
         basicBuilder_.clear();
       }
+      if (oauth2ClientCredentialsBuilder_ != null) {
+        oauth2ClientCredentialsBuilder_.clear();
+      }
       schemeCase_ = 0;
       scheme_ = null;
       return this;
@@ -531,6 +597,10 @@ private static final long serialVersionUID = 0L;
           basicBuilder_ != null) {
         result.scheme_ = basicBuilder_.build();
       }
+      if (schemeCase_ == 4 &&
+          oauth2ClientCredentialsBuilder_ != null) {
+        result.scheme_ = oauth2ClientCredentialsBuilder_.build();
+      }
     }
 
     @java.lang.Override
@@ -556,6 +626,10 @@ private static final long serialVersionUID = 0L;
         }
         case BASIC: {
           mergeBasic(other.getBasic());
+          break;
+        }
+        case OAUTH2_CLIENT_CREDENTIALS: {
+          mergeOauth2ClientCredentials(other.getOauth2ClientCredentials());
           break;
         }
         case SCHEME_NOT_SET: {
@@ -607,6 +681,13 @@ private static final long serialVersionUID = 0L;
               schemeCase_ = 3;
               break;
             } // case 26
+            case 34: {
+              input.readMessage(
+                  internalGetOauth2ClientCredentialsFieldBuilder().getBuilder(),
+                  extensionRegistry);
+              schemeCase_ = 4;
+              break;
+            } // case 34
             default: {
               if (!super.parseUnknownField(input, extensionRegistry, tag)) {
                 done = true; // was an endgroup tag
@@ -1165,6 +1246,191 @@ private static final long serialVersionUID = 0L;
       schemeCase_ = 3;
       onChanged();
       return basicBuilder_;
+    }
+
+    private com.google.protobuf.SingleFieldBuilder<
+        dev.rulessidecar.v1.OAuth2ClientCredentialsAuth, dev.rulessidecar.v1.OAuth2ClientCredentialsAuth.Builder, dev.rulessidecar.v1.OAuth2ClientCredentialsAuthOrBuilder> oauth2ClientCredentialsBuilder_;
+    /**
+     * <pre>
+     * `Authorization: Bearer &lt;token&gt;`, the token obtained from an OAuth2 token endpoint with the
+     * client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.OAuth2ClientCredentialsAuth oauth2_client_credentials = 4 [json_name = "oauth2ClientCredentials", (.google.api.field_behavior) = OPTIONAL];</code>
+     * @return Whether the oauth2ClientCredentials field is set.
+     */
+    @java.lang.Override
+    public boolean hasOauth2ClientCredentials() {
+      return schemeCase_ == 4;
+    }
+    /**
+     * <pre>
+     * `Authorization: Bearer &lt;token&gt;`, the token obtained from an OAuth2 token endpoint with the
+     * client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.OAuth2ClientCredentialsAuth oauth2_client_credentials = 4 [json_name = "oauth2ClientCredentials", (.google.api.field_behavior) = OPTIONAL];</code>
+     * @return The oauth2ClientCredentials.
+     */
+    @java.lang.Override
+    public dev.rulessidecar.v1.OAuth2ClientCredentialsAuth getOauth2ClientCredentials() {
+      if (oauth2ClientCredentialsBuilder_ == null) {
+        if (schemeCase_ == 4) {
+          return (dev.rulessidecar.v1.OAuth2ClientCredentialsAuth) scheme_;
+        }
+        return dev.rulessidecar.v1.OAuth2ClientCredentialsAuth.getDefaultInstance();
+      } else {
+        if (schemeCase_ == 4) {
+          return oauth2ClientCredentialsBuilder_.getMessage();
+        }
+        return dev.rulessidecar.v1.OAuth2ClientCredentialsAuth.getDefaultInstance();
+      }
+    }
+    /**
+     * <pre>
+     * `Authorization: Bearer &lt;token&gt;`, the token obtained from an OAuth2 token endpoint with the
+     * client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.OAuth2ClientCredentialsAuth oauth2_client_credentials = 4 [json_name = "oauth2ClientCredentials", (.google.api.field_behavior) = OPTIONAL];</code>
+     */
+    public Builder setOauth2ClientCredentials(dev.rulessidecar.v1.OAuth2ClientCredentialsAuth value) {
+      if (oauth2ClientCredentialsBuilder_ == null) {
+        java.util.Objects.requireNonNull(value);
+        scheme_ = value;
+        onChanged();
+      } else {
+        oauth2ClientCredentialsBuilder_.setMessage(value);
+      }
+      schemeCase_ = 4;
+      return this;
+    }
+    /**
+     * <pre>
+     * `Authorization: Bearer &lt;token&gt;`, the token obtained from an OAuth2 token endpoint with the
+     * client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.OAuth2ClientCredentialsAuth oauth2_client_credentials = 4 [json_name = "oauth2ClientCredentials", (.google.api.field_behavior) = OPTIONAL];</code>
+     */
+    public Builder setOauth2ClientCredentials(
+        dev.rulessidecar.v1.OAuth2ClientCredentialsAuth.Builder builderForValue) {
+      if (oauth2ClientCredentialsBuilder_ == null) {
+        scheme_ = builderForValue.build();
+        onChanged();
+      } else {
+        oauth2ClientCredentialsBuilder_.setMessage(builderForValue.build());
+      }
+      schemeCase_ = 4;
+      return this;
+    }
+    /**
+     * <pre>
+     * `Authorization: Bearer &lt;token&gt;`, the token obtained from an OAuth2 token endpoint with the
+     * client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.OAuth2ClientCredentialsAuth oauth2_client_credentials = 4 [json_name = "oauth2ClientCredentials", (.google.api.field_behavior) = OPTIONAL];</code>
+     */
+    public Builder mergeOauth2ClientCredentials(dev.rulessidecar.v1.OAuth2ClientCredentialsAuth value) {
+      if (oauth2ClientCredentialsBuilder_ == null) {
+        if (schemeCase_ == 4 &&
+            scheme_ != dev.rulessidecar.v1.OAuth2ClientCredentialsAuth.getDefaultInstance()) {
+          scheme_ = dev.rulessidecar.v1.OAuth2ClientCredentialsAuth.newBuilder((dev.rulessidecar.v1.OAuth2ClientCredentialsAuth) scheme_)
+              .mergeFrom(value).buildPartial();
+        } else {
+          scheme_ = value;
+        }
+        onChanged();
+      } else {
+        if (schemeCase_ == 4) {
+          oauth2ClientCredentialsBuilder_.mergeFrom(value);
+        } else {
+          oauth2ClientCredentialsBuilder_.setMessage(value);
+        }
+      }
+      schemeCase_ = 4;
+      return this;
+    }
+    /**
+     * <pre>
+     * `Authorization: Bearer &lt;token&gt;`, the token obtained from an OAuth2 token endpoint with the
+     * client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.OAuth2ClientCredentialsAuth oauth2_client_credentials = 4 [json_name = "oauth2ClientCredentials", (.google.api.field_behavior) = OPTIONAL];</code>
+     */
+    public Builder clearOauth2ClientCredentials() {
+      if (oauth2ClientCredentialsBuilder_ == null) {
+        if (schemeCase_ == 4) {
+          schemeCase_ = 0;
+          scheme_ = null;
+          onChanged();
+        }
+      } else {
+        if (schemeCase_ == 4) {
+          schemeCase_ = 0;
+          scheme_ = null;
+        }
+        oauth2ClientCredentialsBuilder_.clear();
+      }
+      return this;
+    }
+    /**
+     * <pre>
+     * `Authorization: Bearer &lt;token&gt;`, the token obtained from an OAuth2 token endpoint with the
+     * client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.OAuth2ClientCredentialsAuth oauth2_client_credentials = 4 [json_name = "oauth2ClientCredentials", (.google.api.field_behavior) = OPTIONAL];</code>
+     */
+    public dev.rulessidecar.v1.OAuth2ClientCredentialsAuth.Builder getOauth2ClientCredentialsBuilder() {
+      return internalGetOauth2ClientCredentialsFieldBuilder().getBuilder();
+    }
+    /**
+     * <pre>
+     * `Authorization: Bearer &lt;token&gt;`, the token obtained from an OAuth2 token endpoint with the
+     * client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.OAuth2ClientCredentialsAuth oauth2_client_credentials = 4 [json_name = "oauth2ClientCredentials", (.google.api.field_behavior) = OPTIONAL];</code>
+     */
+    @java.lang.Override
+    public dev.rulessidecar.v1.OAuth2ClientCredentialsAuthOrBuilder getOauth2ClientCredentialsOrBuilder() {
+      if ((schemeCase_ == 4) && (oauth2ClientCredentialsBuilder_ != null)) {
+        return oauth2ClientCredentialsBuilder_.getMessageOrBuilder();
+      } else {
+        if (schemeCase_ == 4) {
+          return (dev.rulessidecar.v1.OAuth2ClientCredentialsAuth) scheme_;
+        }
+        return dev.rulessidecar.v1.OAuth2ClientCredentialsAuth.getDefaultInstance();
+      }
+    }
+    /**
+     * <pre>
+     * `Authorization: Bearer &lt;token&gt;`, the token obtained from an OAuth2 token endpoint with the
+     * client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+     * </pre>
+     *
+     * <code>.rulesidecar.v1.OAuth2ClientCredentialsAuth oauth2_client_credentials = 4 [json_name = "oauth2ClientCredentials", (.google.api.field_behavior) = OPTIONAL];</code>
+     */
+    private com.google.protobuf.SingleFieldBuilder<
+        dev.rulessidecar.v1.OAuth2ClientCredentialsAuth, dev.rulessidecar.v1.OAuth2ClientCredentialsAuth.Builder, dev.rulessidecar.v1.OAuth2ClientCredentialsAuthOrBuilder> 
+        internalGetOauth2ClientCredentialsFieldBuilder() {
+      if (oauth2ClientCredentialsBuilder_ == null) {
+        if (!(schemeCase_ == 4)) {
+          scheme_ = dev.rulessidecar.v1.OAuth2ClientCredentialsAuth.getDefaultInstance();
+        }
+        oauth2ClientCredentialsBuilder_ = new com.google.protobuf.SingleFieldBuilder<
+            dev.rulessidecar.v1.OAuth2ClientCredentialsAuth, dev.rulessidecar.v1.OAuth2ClientCredentialsAuth.Builder, dev.rulessidecar.v1.OAuth2ClientCredentialsAuthOrBuilder>(
+                (dev.rulessidecar.v1.OAuth2ClientCredentialsAuth) scheme_,
+                getParentForChildren(),
+                isClean());
+        scheme_ = null;
+      }
+      schemeCase_ = 4;
+      onChanged();
+      return oauth2ClientCredentialsBuilder_;
     }
 
     // @@protoc_insertion_point(builder_scope:rulesidecar.v1.Auth)

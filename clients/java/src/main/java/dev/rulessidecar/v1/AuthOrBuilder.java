@@ -91,5 +91,35 @@ public interface AuthOrBuilder extends
    */
   dev.rulessidecar.v1.BasicAuthOrBuilder getBasicOrBuilder();
 
+  /**
+   * <pre>
+   * `Authorization: Bearer &lt;token&gt;`, the token obtained from an OAuth2 token endpoint with the
+   * client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+   * </pre>
+   *
+   * <code>.rulesidecar.v1.OAuth2ClientCredentialsAuth oauth2_client_credentials = 4 [json_name = "oauth2ClientCredentials", (.google.api.field_behavior) = OPTIONAL];</code>
+   * @return Whether the oauth2ClientCredentials field is set.
+   */
+  boolean hasOauth2ClientCredentials();
+  /**
+   * <pre>
+   * `Authorization: Bearer &lt;token&gt;`, the token obtained from an OAuth2 token endpoint with the
+   * client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+   * </pre>
+   *
+   * <code>.rulesidecar.v1.OAuth2ClientCredentialsAuth oauth2_client_credentials = 4 [json_name = "oauth2ClientCredentials", (.google.api.field_behavior) = OPTIONAL];</code>
+   * @return The oauth2ClientCredentials.
+   */
+  dev.rulessidecar.v1.OAuth2ClientCredentialsAuth getOauth2ClientCredentials();
+  /**
+   * <pre>
+   * `Authorization: Bearer &lt;token&gt;`, the token obtained from an OAuth2 token endpoint with the
+   * client credentials grant (RFC 6749 section 4.4), cached and refreshed by the sidecar.
+   * </pre>
+   *
+   * <code>.rulesidecar.v1.OAuth2ClientCredentialsAuth oauth2_client_credentials = 4 [json_name = "oauth2ClientCredentials", (.google.api.field_behavior) = OPTIONAL];</code>
+   */
+  dev.rulessidecar.v1.OAuth2ClientCredentialsAuthOrBuilder getOauth2ClientCredentialsOrBuilder();
+
   dev.rulessidecar.v1.Auth.SchemeCase getSchemeCase();
 }

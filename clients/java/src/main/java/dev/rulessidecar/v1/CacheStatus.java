@@ -204,7 +204,7 @@ public enum CacheStatus
   }
   public static com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(12);
+    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(13);
   }
 
   private static final CacheStatus[] VALUES = values();

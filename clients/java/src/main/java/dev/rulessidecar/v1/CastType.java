@@ -185,7 +185,7 @@ public enum CastType
   }
   public static com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(9);
+    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(10);
   }
 
   private static final CastType[] VALUES = values();

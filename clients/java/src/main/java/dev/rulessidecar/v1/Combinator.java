@@ -134,7 +134,7 @@ public enum Combinator
   }
   public static com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(5);
+    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(6);
   }
 
   private static final Combinator[] VALUES = values();

@@ -134,7 +134,7 @@ public enum EvaluationMode
   }
   public static com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(4);
+    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(5);
   }
 
   private static final EvaluationMode[] VALUES = values();

@@ -185,7 +185,7 @@ public enum ExtractionStatus
   }
   public static com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(13);
+    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(14);
   }
 
   private static final ExtractionStatus[] VALUES = values();

@@ -426,7 +426,7 @@ public enum Operator
   }
   public static com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(7);
+    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(8);
   }
 
   private static final Operator[] VALUES = values();

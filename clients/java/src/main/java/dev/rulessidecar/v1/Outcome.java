@@ -151,7 +151,7 @@ public enum Outcome
   }
   public static com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(10);
+    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(11);
   }
 
   private static final Outcome[] VALUES = values();

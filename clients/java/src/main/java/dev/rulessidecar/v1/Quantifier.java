@@ -151,7 +151,7 @@ public enum Quantifier
   }
   public static com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(8);
+    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(9);
   }
 
   private static final Quantifier[] VALUES = values();

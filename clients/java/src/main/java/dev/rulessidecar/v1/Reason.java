@@ -194,6 +194,15 @@ public enum Reason
    * <code>REASON_ANSWER_TOO_LARGE = 21;</code>
    */
   REASON_ANSWER_TOO_LARGE(21),
+  /**
+   * <pre>
+   * ERROR: the connector's OAuth2 token endpoint gave no usable token (refused, unreachable,
+   * not a token); the API was not called with a token.
+   * </pre>
+   *
+   * <code>REASON_AUTH_TOKEN_ERROR = 22;</code>
+   */
+  REASON_AUTH_TOKEN_ERROR(22),
   UNRECOGNIZED(-1),
   ;
 
@@ -385,6 +394,15 @@ public enum Reason
    * <code>REASON_ANSWER_TOO_LARGE = 21;</code>
    */
   public static final int REASON_ANSWER_TOO_LARGE_VALUE = 21;
+  /**
+   * <pre>
+   * ERROR: the connector's OAuth2 token endpoint gave no usable token (refused, unreachable,
+   * not a token); the API was not called with a token.
+   * </pre>
+   *
+   * <code>REASON_AUTH_TOKEN_ERROR = 22;</code>
+   */
+  public static final int REASON_AUTH_TOKEN_ERROR_VALUE = 22;
 
 
   public final int getNumber() {
@@ -433,6 +451,7 @@ public enum Reason
       case 19: return REASON_BUDGET_EXHAUSTED;
       case 20: return REASON_LIMIT_EXCEEDED;
       case 21: return REASON_ANSWER_TOO_LARGE;
+      case 22: return REASON_AUTH_TOKEN_ERROR;
       default: return null;
     }
   }
@@ -463,7 +482,7 @@ public enum Reason
   }
   public static com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(11);
+    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(12);
   }
 
   private static final Reason[] VALUES = values();

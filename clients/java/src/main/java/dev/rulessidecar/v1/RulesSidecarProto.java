@@ -67,6 +67,11 @@ public final class RulesSidecarProto extends com.google.protobuf.GeneratedFile {
     com.google.protobuf.GeneratedMessage.FieldAccessorTable
       internal_static_rulesidecar_v1_BasicAuth_fieldAccessorTable;
   static final com.google.protobuf.Descriptors.Descriptor
+    internal_static_rulesidecar_v1_OAuth2ClientCredentialsAuth_descriptor;
+  static final 
+    com.google.protobuf.GeneratedMessage.FieldAccessorTable
+      internal_static_rulesidecar_v1_OAuth2ClientCredentialsAuth_fieldAccessorTable;
+  static final com.google.protobuf.Descriptors.Descriptor
     internal_static_rulesidecar_v1_RegisterConnectorRequest_descriptor;
   static final 
     com.google.protobuf.GeneratedMessage.FieldAccessorTable
@@ -232,216 +237,231 @@ public final class RulesSidecarProto extends com.google.protobuf.GeneratedFile {
       "ror\022,\n\017max_entry_bytes\030\004 \001(\003B\004\342A\001\001R\rmaxE" +
       "ntryBytes\0226\n\024ignore_cache_control\030\005 \001(\010B" +
       "\004\342A\001\001R\022ignoreCacheControl\0221\n\021idempotent_" +
-      "lookup\030\006 \001(\010B\004\342A\001\001R\020idempotentLookup\"\302\001\n" +
+      "lookup\030\006 \001(\010B\004\342A\001\001R\020idempotentLookup\"\263\002\n" +
       "\004Auth\022:\n\006bearer\030\001 \001(\0132\032.rulesidecar.v1.B" +
       "earerAuthB\004\342A\001\001H\000R\006bearer\022;\n\007api_key\030\002 \001" +
       "(\0132\032.rulesidecar.v1.ApiKeyAuthB\004\342A\001\001H\000R\006" +
       "apiKey\0227\n\005basic\030\003 \001(\0132\031.rulesidecar.v1.B" +
-      "asicAuthB\004\342A\001\001H\000R\005basicB\010\n\006scheme\"5\n\nBea" +
-      "rerAuth\022\'\n\014token_secret\030\001 \001(\tB\004\342A\001\002R\013tok" +
-      "enSecret\"\221\001\n\nApiKeyAuth\022\030\n\004name\030\001 \001(\tB\004\342" +
-      "A\001\002R\004name\022@\n\010location\030\002 \001(\0162\036.rulesideca" +
-      "r.v1.ApiKeyLocationB\004\342A\001\001R\010location\022\'\n\014v" +
-      "alue_secret\030\003 \001(\tB\004\342A\001\002R\013valueSecret\"i\n\t" +
-      "BasicAuth\022-\n\017username_secret\030\001 \001(\tB\004\342A\001\002" +
-      "R\016usernameSecret\022-\n\017password_secret\030\002 \001(" +
-      "\tB\004\342A\001\002R\016passwordSecret\"\244\001\n\030RegisterConn" +
-      "ectorRequest\022=\n\tconnector\030\001 \001(\0132\031.rulesi" +
-      "decar.v1.ConnectorB\004\342A\001\002R\tconnector\0224\n\020e" +
-      "xpected_version\030\002 \001(\003B\004\342A\001\001H\000R\017expectedV" +
-      "ersion\210\001\001B\023\n\021_expected_version\"n\n\031Regist" +
-      "erConnectorResponse\0227\n\tconnector\030\001 \001(\0132\031" +
-      ".rulesidecar.v1.ConnectorR\tconnector\022\030\n\007" +
-      "created\030\002 \001(\010R\007created\"+\n\023GetConnectorRe" +
-      "quest\022\024\n\002id\030\001 \001(\tB\004\342A\001\002R\002id\"O\n\024GetConnec" +
-      "torResponse\0227\n\tconnector\030\001 \001(\0132\031.rulesid" +
-      "ecar.v1.ConnectorR\tconnector\"\236\001\n\025ListCon" +
-      "nectorsRequest\022!\n\tpage_size\030\001 \001(\005B\004\342A\001\001R" +
-      "\010pageSize\022#\n\npage_token\030\002 \001(\tB\004\342A\001\001R\tpag" +
-      "eToken\022=\n\006status\030\003 \001(\0162\037.rulesidecar.v1." +
-      "ConnectorStatusB\004\342A\001\001R\006status\"{\n\026ListCon" +
-      "nectorsResponse\0229\n\nconnectors\030\001 \003(\0132\031.ru" +
-      "lesidecar.v1.ConnectorR\nconnectors\022&\n\017ne" +
-      "xt_page_token\030\002 \001(\tR\rnextPageToken\"y\n\026De" +
-      "leteConnectorRequest\022\024\n\002id\030\001 \001(\tB\004\342A\001\002R\002" +
-      "id\0224\n\020expected_version\030\002 \001(\003B\004\342A\001\001H\000R\017ex" +
-      "pectedVersion\210\001\001B\023\n\021_expected_version\"B\n" +
-      "\027DeleteConnectorResponse\022\'\n\017deleted_vers" +
-      "ion\030\001 \001(\003R\016deletedVersion\"\334\001\n\023EvaluateNo" +
-      "deRequest\022.\n\004node\030\001 \001(\0132\024.rulesidecar.v1" +
-      ".NodeB\004\342A\001\002R\004node\022;\n\tvariables\030\002 \001(\0132\027.g" +
-      "oogle.protobuf.StructB\004\342A\001\001R\tvariables\022\036" +
-      "\n\007explain\030\003 \001(\010B\004\342A\001\001R\007explain\0228\n\004mode\030\004" +
-      " \001(\0162\036.rulesidecar.v1.EvaluationModeB\004\342A" +
-      "\001\001R\004mode\"\223\002\n\004Node\022\024\n\002id\030\001 \001(\tB\004\342A\001\001R\002id\022" +
-      "\'\n\014connector_id\030\002 \001(\tB\004\342A\001\002R\013connectorId" +
-      "\0228\n\010branches\030\003 \003(\0132\026.rulesidecar.v1.Bran" +
-      "chB\004\342A\001\001R\010branches\022%\n\013else_target\030\004 \001(\tB" +
-      "\004\342A\001\001R\nelseTarget\022\'\n\014error_target\030\005 \001(\tB" +
-      "\004\342A\001\001R\013errorTarget\022B\n\013extractions\030\006 \003(\0132" +
-      "\032.rulesidecar.v1.ExtractionB\004\342A\001\001R\013extra" +
-      "ctions\"\251\001\n\006Branch\022\034\n\006target\030\001 \001(\tB\004\342A\001\001R" +
-      "\006target\022@\n\ncombinator\030\002 \001(\0162\032.rulesideca" +
-      "r.v1.CombinatorB\004\342A\001\001R\ncombinator\022?\n\ncon" +
-      "ditions\030\003 \003(\0132\031.rulesidecar.v1.Condition" +
-      "B\004\342A\001\001R\nconditions\"Z\n\007Subject\0225\n\004kind\030\001 " +
-      "\001(\0162\033.rulesidecar.v1.SubjectKindB\004\342A\001\002R\004" +
-      "kind\022\030\n\004path\030\002 \001(\tB\004\342A\001\001R\004path\"\241\002\n\tCondi" +
-      "tion\0227\n\007subject\030\001 \001(\0132\027.rulesidecar.v1.S" +
-      "ubjectB\004\342A\001\002R\007subject\022:\n\010operator\030\002 \001(\0162" +
-      "\030.rulesidecar.v1.OperatorB\004\342A\001\002R\010operato" +
-      "r\0226\n\007operand\030\003 \001(\0132\026.google.protobuf.Val" +
-      "ueB\004\342A\001\001R\007operand\022%\n\013ignore_case\030\004 \001(\010B\004" +
-      "\342A\001\001R\nignoreCase\022@\n\nquantifier\030\005 \001(\0162\032.r" +
-      "ulesidecar.v1.QuantifierB\004\342A\001\001R\nquantifi" +
-      "er\"\341\001\n\nExtraction\022 \n\010variable\030\001 \001(\tB\004\342A\001" +
-      "\002R\010variable\022\030\n\004path\030\002 \001(\tB\004\342A\001\002R\004path\022A\n" +
-      "\rdefault_value\030\003 \001(\0132\026.google.protobuf.V" +
-      "alueB\004\342A\001\001R\014defaultValue\022 \n\010required\030\004 \001" +
-      "(\010B\004\342A\001\001R\010required\0222\n\004cast\030\005 \001(\0162\030.rules" +
-      "idecar.v1.CastTypeB\004\342A\001\001R\004cast\"\306\005\n\024Evalu" +
-      "ateNodeResponse\0221\n\007outcome\030\001 \001(\0162\027.rules" +
-      "idecar.v1.OutcomeR\007outcome\022.\n\006reason\030\002 \001" +
-      "(\0162\026.rulesidecar.v1.ReasonR\006reason\022\030\n\007me" +
-      "ssage\030\003 \001(\tR\007message\022&\n\014branch_index\030\004 \001" +
-      "(\005H\000R\013branchIndex\210\001\001\022\026\n\006target\030\005 \001(\tR\006ta" +
-      "rget\0225\n\tvariables\030\006 \001(\0132\027.google.protobu" +
-      "f.StructR\tvariables\022B\n\013extractions\030\007 \003(\013" +
-      "2 .rulesidecar.v1.ExtractionResultR\013extr" +
-      "actions\022\037\n\013http_status\030\010 \001(\005R\nhttpStatus" +
-      "\022D\n\020upstream_latency\030\t \001(\0132\031.google.prot" +
-      "obuf.DurationR\017upstreamLatency\022\032\n\010attemp" +
-      "ts\030\n \001(\005R\010attempts\022+\n\021connector_version\030" +
-      "\013 \001(\003R\020connectorVersion\022=\n\013explanation\030\014" +
-      " \001(\0132\033.rulesidecar.v1.ExplanationR\013expla" +
-      "nation\022>\n\014cache_status\030\r \001(\0162\033.rulesidec" +
-      "ar.v1.CacheStatusR\013cacheStatus\0226\n\tcache_" +
-      "age\030\016 \001(\0132\031.google.protobuf.DurationR\010ca" +
-      "cheAgeB\017\n\r_branch_index\"\314\001\n\020ExtractionRe" +
-      "sult\022\032\n\010variable\030\001 \001(\tR\010variable\0228\n\006stat" +
-      "us\030\002 \001(\0162 .rulesidecar.v1.ExtractionStat" +
-      "usR\006status\022,\n\005value\030\003 \001(\0132\026.google.proto" +
-      "buf.ValueR\005value\022\032\n\010required\030\004 \001(\010R\010requ" +
-      "ired\022\030\n\007message\030\005 \001(\tR\007message\"\235\001\n\013Expla" +
-      "nation\0229\n\007request\030\001 \001(\0132\037.rulesidecar.v1" +
-      ".RenderedRequestR\007request\022=\n\010branches\030\002 " +
-      "\003(\0132!.rulesidecar.v1.BranchExplanationR\010" +
-      "branches\022\024\n\005notes\030\003 \003(\tR\005notes\"\323\001\n\017Rende" +
-      "redRequest\022\026\n\006method\030\001 \001(\tR\006method\022\020\n\003ur" +
-      "l\030\002 \001(\tR\003url\022F\n\007headers\030\003 \003(\0132,.ruleside" +
-      "car.v1.RenderedRequest.HeadersEntryR\007hea" +
-      "ders\022\022\n\004body\030\004 \001(\tR\004body\032:\n\014HeadersEntry" +
-      "\022\020\n\003key\030\001 \001(\tR\003key\022\024\n\005value\030\002 \001(\tR\005value" +
-      ":\0028\001\"\277\001\n\021BranchExplanation\022\024\n\005index\030\001 \001(" +
-      "\005R\005index\022\026\n\006target\030\002 \001(\tR\006target\022\034\n\teval" +
-      "uated\030\003 \001(\010R\tevaluated\022\030\n\007matched\030\004 \001(\010R" +
-      "\007matched\022D\n\nconditions\030\005 \003(\0132$.rulesidec" +
-      "ar.v1.ConditionExplanationR\nconditions\"\303" +
-      "\002\n\024ConditionExplanation\0221\n\007subject\030\001 \001(\013" +
-      "2\027.rulesidecar.v1.SubjectR\007subject\0224\n\010op" +
-      "erator\030\002 \001(\0162\030.rulesidecar.v1.OperatorR\010" +
-      "operator\0220\n\007operand\030\003 \001(\0132\026.google.proto" +
-      "buf.ValueR\007operand\022;\n\rsubject_value\030\004 \001(" +
-      "\0132\026.google.protobuf.ValueR\014subjectValue\022" +
-      "\'\n\017subject_present\030\005 \001(\010R\016subjectPresent" +
-      "\022\026\n\006result\030\006 \001(\010R\006result\022\022\n\004note\030\007 \001(\tR\004" +
-      "note\"\300\001\n\027ExtractVariablesRequest\022B\n\013extr" +
-      "actions\030\001 \003(\0132\032.rulesidecar.v1.Extractio" +
-      "nB\004\342A\001\001R\013extractions\0222\n\004json\030\002 \001(\0132\026.goo" +
-      "gle.protobuf.ValueB\004\342A\001\001H\000R\004json\022!\n\010raw_" +
-      "json\030\003 \001(\014B\004\342A\001\001H\000R\007rawJsonB\n\n\010document\"" +
-      "\261\001\n\030ExtractVariablesResponse\0225\n\tvariable" +
-      "s\030\001 \001(\0132\027.google.protobuf.StructR\tvariab" +
-      "les\022B\n\013extractions\030\002 \003(\0132 .rulesidecar.v" +
-      "1.ExtractionResultR\013extractions\022\032\n\010compl" +
-      "ete\030\003 \001(\010R\010complete*\211\001\n\017ConnectorStatus\022" +
-      " \n\034CONNECTOR_STATUS_UNSPECIFIED\020\000\022\032\n\026CON" +
-      "NECTOR_STATUS_DRAFT\020\001\022\031\n\025CONNECTOR_STATU" +
-      "S_LIVE\020\002\022\035\n\031CONNECTOR_STATUS_DISABLED\020\003*" +
-      "\230\001\n\nHttpMethod\022\033\n\027HTTP_METHOD_UNSPECIFIE" +
-      "D\020\000\022\023\n\017HTTP_METHOD_GET\020\001\022\024\n\020HTTP_METHOD_" +
-      "POST\020\002\022\023\n\017HTTP_METHOD_PUT\020\003\022\025\n\021HTTP_METH" +
-      "OD_PATCH\020\004\022\026\n\022HTTP_METHOD_DELETE\020\005*h\n\017Co" +
-      "nnectorSource\022 \n\034CONNECTOR_SOURCE_UNSPEC" +
-      "IFIED\020\000\022\030\n\024CONNECTOR_SOURCE_API\020\001\022\031\n\025CON" +
-      "NECTOR_SOURCE_FILE\020\002*k\n\016ApiKeyLocation\022 " +
-      "\n\034API_KEY_LOCATION_UNSPECIFIED\020\000\022\033\n\027API_" +
-      "KEY_LOCATION_HEADER\020\001\022\032\n\026API_KEY_LOCATIO" +
-      "N_QUERY\020\002*k\n\016EvaluationMode\022\037\n\033EVALUATIO" +
-      "N_MODE_UNSPECIFIED\020\000\022\036\n\032EVALUATION_MODE_" +
-      "PRODUCTION\020\001\022\030\n\024EVALUATION_MODE_TEST\020\002*P" +
-      "\n\nCombinator\022\032\n\026COMBINATOR_UNSPECIFIED\020\000" +
-      "\022\022\n\016COMBINATOR_ALL\020\001\022\022\n\016COMBINATOR_ANY\020\002" +
-      "*\217\001\n\013SubjectKind\022\034\n\030SUBJECT_KIND_UNSPECI" +
-      "FIED\020\000\022\027\n\023SUBJECT_KIND_STATUS\020\001\022\025\n\021SUBJE" +
-      "CT_KIND_BODY\020\002\022\027\n\023SUBJECT_KIND_HEADER\020\003\022" +
-      "\031\n\025SUBJECT_KIND_VARIABLE\020\004*\373\003\n\010Operator\022" +
-      "\030\n\024OPERATOR_UNSPECIFIED\020\000\022\023\n\017OPERATOR_EQ" +
-      "UALS\020\001\022\027\n\023OPERATOR_NOT_EQUALS\020\002\022\031\n\025OPERA" +
-      "TOR_GREATER_THAN\020\003\022\"\n\036OPERATOR_GREATER_T" +
-      "HAN_OR_EQUAL\020\004\022\026\n\022OPERATOR_LESS_THAN\020\005\022\037" +
-      "\n\033OPERATOR_LESS_THAN_OR_EQUAL\020\006\022\025\n\021OPERA" +
-      "TOR_CONTAINS\020\007\022\031\n\025OPERATOR_NOT_CONTAINS\020" +
-      "\010\022\030\n\024OPERATOR_STARTS_WITH\020\t\022\026\n\022OPERATOR_" +
-      "ENDS_WITH\020\n\022\024\n\020OPERATOR_MATCHES\020\013\022\017\n\013OPE" +
-      "RATOR_IN\020\014\022\023\n\017OPERATOR_NOT_IN\020\r\022\023\n\017OPERA" +
-      "TOR_EXISTS\020\016\022\027\n\023OPERATOR_NOT_EXISTS\020\017\022\025\n" +
-      "\021OPERATOR_IS_EMPTY\020\020\022\031\n\025OPERATOR_IS_NOT_" +
-      "EMPTY\020\021\022\031\n\025OPERATOR_STATUS_CLASS\020\022\022\024\n\020OP" +
-      "ERATOR_BETWEEN\020\023*e\n\nQuantifier\022\032\n\026QUANTI" +
-      "FIER_UNSPECIFIED\020\000\022\022\n\016QUANTIFIER_ANY\020\001\022\022" +
-      "\n\016QUANTIFIER_ALL\020\002\022\023\n\017QUANTIFIER_NONE\020\003*" +
-      "\223\001\n\010CastType\022\031\n\025CAST_TYPE_UNSPECIFIED\020\000\022" +
-      "\024\n\020CAST_TYPE_STRING\020\001\022\024\n\020CAST_TYPE_NUMBE" +
-      "R\020\002\022\025\n\021CAST_TYPE_INTEGER\020\003\022\025\n\021CAST_TYPE_" +
-      "BOOLEAN\020\004\022\022\n\016CAST_TYPE_JSON\020\005*`\n\007Outcome" +
-      "\022\027\n\023OUTCOME_UNSPECIFIED\020\000\022\023\n\017OUTCOME_MAT" +
-      "CHED\020\001\022\024\n\020OUTCOME_NO_MATCH\020\002\022\021\n\rOUTCOME_" +
-      "ERROR\020\003*\345\004\n\006Reason\022\026\n\022REASON_UNSPECIFIED" +
-      "\020\000\022\031\n\025REASON_BRANCH_MATCHED\020\001\022\034\n\030REASON_" +
-      "NO_BRANCH_MATCHED\020\002\022\022\n\016REASON_TIMEOUT\020\003\022" +
-      "\030\n\024REASON_CONNECT_ERROR\020\004\022\024\n\020REASON_DNS_" +
-      "ERROR\020\005\022\024\n\020REASON_TLS_ERROR\020\006\022\035\n\031REASON_" +
-      "RESPONSE_TOO_LARGE\020\007\022\033\n\027REASON_MISSING_V" +
-      "ARIABLE\020\010\022\033\n\027REASON_INVALID_VARIABLE\020\t\022\033" +
-      "\n\027REASON_SECRET_NOT_FOUND\020\n\022\036\n\032REASON_CO" +
-      "NNECTOR_NOT_FOUND\020\013\022\035\n\031REASON_CONNECTOR_" +
-      "NOT_LIVE\020\014\022\031\n\025REASON_UPSTREAM_ERROR\020\r\022\034\n" +
-      "\030REASON_EXTRACTION_FAILED\020\016\022\036\n\032REASON_BL" +
-      "OCKED_DESTINATION\020\017\022\027\n\023REASON_CIRCUIT_OP" +
-      "EN\020\020\022\031\n\025REASON_PROTOCOL_ERROR\020\021\022\031\n\025REASO" +
-      "N_INTERNAL_ERROR\020\022\022\033\n\027REASON_BUDGET_EXHA" +
-      "USTED\020\023\022\031\n\025REASON_LIMIT_EXCEEDED\020\024\022\033\n\027RE" +
-      "ASON_ANSWER_TOO_LARGE\020\025*\306\001\n\013CacheStatus\022" +
-      "\034\n\030CACHE_STATUS_UNSPECIFIED\020\000\022\025\n\021CACHE_S" +
-      "TATUS_MISS\020\001\022\024\n\020CACHE_STATUS_HIT\020\002\022\026\n\022CA" +
-      "CHE_STATUS_STALE\020\003\022\037\n\033CACHE_STATUS_STALE" +
-      "_IF_ERROR\020\004\022\032\n\026CACHE_STATUS_COALESCED\020\005\022" +
-      "\027\n\023CACHE_STATUS_BYPASS\020\006*\334\001\n\020ExtractionS" +
-      "tatus\022!\n\035EXTRACTION_STATUS_UNSPECIFIED\020\000" +
-      "\022\037\n\033EXTRACTION_STATUS_EXTRACTED\020\001\022\037\n\033EXT" +
-      "RACTION_STATUS_DEFAULTED\020\002\022\035\n\031EXTRACTION" +
-      "_STATUS_MISSING\020\003\022!\n\035EXTRACTION_STATUS_C" +
-      "AST_FAILED\020\004\022!\n\035EXTRACTION_STATUS_NO_DOC" +
-      "UMENT\020\0052\341\004\n\023RulesSidecarService\022h\n\021Regis" +
-      "terConnector\022(.rulesidecar.v1.RegisterCo" +
-      "nnectorRequest\032).rulesidecar.v1.Register" +
-      "ConnectorResponse\022Y\n\014GetConnector\022#.rule" +
-      "sidecar.v1.GetConnectorRequest\032$.rulesid" +
-      "ecar.v1.GetConnectorResponse\022_\n\016ListConn" +
-      "ectors\022%.rulesidecar.v1.ListConnectorsRe" +
-      "quest\032&.rulesidecar.v1.ListConnectorsRes" +
-      "ponse\022b\n\017DeleteConnector\022&.rulesidecar.v" +
-      "1.DeleteConnectorRequest\032\'.rulesidecar.v" +
-      "1.DeleteConnectorResponse\022Y\n\014EvaluateNod" +
-      "e\022#.rulesidecar.v1.EvaluateNodeRequest\032$" +
-      ".rulesidecar.v1.EvaluateNodeResponse\022e\n\020" +
-      "ExtractVariables\022\'.rulesidecar.v1.Extrac" +
-      "tVariablesRequest\032(.rulesidecar.v1.Extra" +
-      "ctVariablesResponseBy\n\023dev.rulessidecar." +
-      "v1B\021RulesSidecarProtoP\001ZMgithub.com/rule" +
-      "s-sidecar/rules-sidecar/clients/go/rules" +
-      "idecarv1;rulesidecarv1b\006proto3"
+      "asicAuthB\004\342A\001\001H\000R\005basic\022o\n\031oauth2_client" +
+      "_credentials\030\004 \001(\0132+.rulesidecar.v1.OAut" +
+      "h2ClientCredentialsAuthB\004\342A\001\001H\000R\027oauth2C" +
+      "lientCredentialsB\010\n\006scheme\"5\n\nBearerAuth" +
+      "\022\'\n\014token_secret\030\001 \001(\tB\004\342A\001\002R\013tokenSecre" +
+      "t\"\221\001\n\nApiKeyAuth\022\030\n\004name\030\001 \001(\tB\004\342A\001\002R\004na" +
+      "me\022@\n\010location\030\002 \001(\0162\036.rulesidecar.v1.Ap" +
+      "iKeyLocationB\004\342A\001\001R\010location\022\'\n\014value_se" +
+      "cret\030\003 \001(\tB\004\342A\001\002R\013valueSecret\"i\n\tBasicAu" +
+      "th\022-\n\017username_secret\030\001 \001(\tB\004\342A\001\002R\016usern" +
+      "ameSecret\022-\n\017password_secret\030\002 \001(\tB\004\342A\001\002" +
+      "R\016passwordSecret\"\276\002\n\033OAuth2ClientCredent" +
+      "ialsAuth\022!\n\ttoken_url\030\001 \001(\tB\004\342A\001\002R\010token" +
+      "Url\022.\n\020client_id_secret\030\002 \001(\tB\004\342A\001\002R\016cli" +
+      "entIdSecret\0226\n\024client_secret_secret\030\003 \001(" +
+      "\tB\004\342A\001\002R\022clientSecretSecret\022\034\n\006scopes\030\004 " +
+      "\003(\tB\004\342A\001\001R\006scopes\022 \n\010audience\030\005 \001(\tB\004\342A\001" +
+      "\001R\010audience\022T\n\022client_auth_method\030\006 \001(\0162" +
+      " .rulesidecar.v1.ClientAuthMethodB\004\342A\001\001R" +
+      "\020clientAuthMethod\"\244\001\n\030RegisterConnectorR" +
+      "equest\022=\n\tconnector\030\001 \001(\0132\031.rulesidecar." +
+      "v1.ConnectorB\004\342A\001\002R\tconnector\0224\n\020expecte" +
+      "d_version\030\002 \001(\003B\004\342A\001\001H\000R\017expectedVersion" +
+      "\210\001\001B\023\n\021_expected_version\"n\n\031RegisterConn" +
+      "ectorResponse\0227\n\tconnector\030\001 \001(\0132\031.rules" +
+      "idecar.v1.ConnectorR\tconnector\022\030\n\007create" +
+      "d\030\002 \001(\010R\007created\"+\n\023GetConnectorRequest\022" +
+      "\024\n\002id\030\001 \001(\tB\004\342A\001\002R\002id\"O\n\024GetConnectorRes" +
+      "ponse\0227\n\tconnector\030\001 \001(\0132\031.rulesidecar.v" +
+      "1.ConnectorR\tconnector\"\236\001\n\025ListConnector" +
+      "sRequest\022!\n\tpage_size\030\001 \001(\005B\004\342A\001\001R\010pageS" +
+      "ize\022#\n\npage_token\030\002 \001(\tB\004\342A\001\001R\tpageToken" +
+      "\022=\n\006status\030\003 \001(\0162\037.rulesidecar.v1.Connec" +
+      "torStatusB\004\342A\001\001R\006status\"{\n\026ListConnector" +
+      "sResponse\0229\n\nconnectors\030\001 \003(\0132\031.ruleside" +
+      "car.v1.ConnectorR\nconnectors\022&\n\017next_pag" +
+      "e_token\030\002 \001(\tR\rnextPageToken\"y\n\026DeleteCo" +
+      "nnectorRequest\022\024\n\002id\030\001 \001(\tB\004\342A\001\002R\002id\0224\n\020" +
+      "expected_version\030\002 \001(\003B\004\342A\001\001H\000R\017expected" +
+      "Version\210\001\001B\023\n\021_expected_version\"B\n\027Delet" +
+      "eConnectorResponse\022\'\n\017deleted_version\030\001 " +
+      "\001(\003R\016deletedVersion\"\334\001\n\023EvaluateNodeRequ" +
+      "est\022.\n\004node\030\001 \001(\0132\024.rulesidecar.v1.NodeB" +
+      "\004\342A\001\002R\004node\022;\n\tvariables\030\002 \001(\0132\027.google." +
+      "protobuf.StructB\004\342A\001\001R\tvariables\022\036\n\007expl" +
+      "ain\030\003 \001(\010B\004\342A\001\001R\007explain\0228\n\004mode\030\004 \001(\0162\036" +
+      ".rulesidecar.v1.EvaluationModeB\004\342A\001\001R\004mo" +
+      "de\"\223\002\n\004Node\022\024\n\002id\030\001 \001(\tB\004\342A\001\001R\002id\022\'\n\014con" +
+      "nector_id\030\002 \001(\tB\004\342A\001\002R\013connectorId\0228\n\010br" +
+      "anches\030\003 \003(\0132\026.rulesidecar.v1.BranchB\004\342A" +
+      "\001\001R\010branches\022%\n\013else_target\030\004 \001(\tB\004\342A\001\001R" +
+      "\nelseTarget\022\'\n\014error_target\030\005 \001(\tB\004\342A\001\001R" +
+      "\013errorTarget\022B\n\013extractions\030\006 \003(\0132\032.rule" +
+      "sidecar.v1.ExtractionB\004\342A\001\001R\013extractions" +
+      "\"\251\001\n\006Branch\022\034\n\006target\030\001 \001(\tB\004\342A\001\001R\006targe" +
+      "t\022@\n\ncombinator\030\002 \001(\0162\032.rulesidecar.v1.C" +
+      "ombinatorB\004\342A\001\001R\ncombinator\022?\n\ncondition" +
+      "s\030\003 \003(\0132\031.rulesidecar.v1.ConditionB\004\342A\001\001" +
+      "R\nconditions\"Z\n\007Subject\0225\n\004kind\030\001 \001(\0162\033." +
+      "rulesidecar.v1.SubjectKindB\004\342A\001\002R\004kind\022\030" +
+      "\n\004path\030\002 \001(\tB\004\342A\001\001R\004path\"\241\002\n\tCondition\0227" +
+      "\n\007subject\030\001 \001(\0132\027.rulesidecar.v1.Subject" +
+      "B\004\342A\001\002R\007subject\022:\n\010operator\030\002 \001(\0162\030.rule" +
+      "sidecar.v1.OperatorB\004\342A\001\002R\010operator\0226\n\007o" +
+      "perand\030\003 \001(\0132\026.google.protobuf.ValueB\004\342A" +
+      "\001\001R\007operand\022%\n\013ignore_case\030\004 \001(\010B\004\342A\001\001R\n" +
+      "ignoreCase\022@\n\nquantifier\030\005 \001(\0162\032.rulesid" +
+      "ecar.v1.QuantifierB\004\342A\001\001R\nquantifier\"\341\001\n" +
+      "\nExtraction\022 \n\010variable\030\001 \001(\tB\004\342A\001\002R\010var" +
+      "iable\022\030\n\004path\030\002 \001(\tB\004\342A\001\002R\004path\022A\n\rdefau" +
+      "lt_value\030\003 \001(\0132\026.google.protobuf.ValueB\004" +
+      "\342A\001\001R\014defaultValue\022 \n\010required\030\004 \001(\010B\004\342A" +
+      "\001\001R\010required\0222\n\004cast\030\005 \001(\0162\030.rulesidecar" +
+      ".v1.CastTypeB\004\342A\001\001R\004cast\"\306\005\n\024EvaluateNod" +
+      "eResponse\0221\n\007outcome\030\001 \001(\0162\027.rulesidecar" +
+      ".v1.OutcomeR\007outcome\022.\n\006reason\030\002 \001(\0162\026.r" +
+      "ulesidecar.v1.ReasonR\006reason\022\030\n\007message\030" +
+      "\003 \001(\tR\007message\022&\n\014branch_index\030\004 \001(\005H\000R\013" +
+      "branchIndex\210\001\001\022\026\n\006target\030\005 \001(\tR\006target\0225" +
+      "\n\tvariables\030\006 \001(\0132\027.google.protobuf.Stru" +
+      "ctR\tvariables\022B\n\013extractions\030\007 \003(\0132 .rul" +
+      "esidecar.v1.ExtractionResultR\013extraction" +
+      "s\022\037\n\013http_status\030\010 \001(\005R\nhttpStatus\022D\n\020up" +
+      "stream_latency\030\t \001(\0132\031.google.protobuf.D" +
+      "urationR\017upstreamLatency\022\032\n\010attempts\030\n \001" +
+      "(\005R\010attempts\022+\n\021connector_version\030\013 \001(\003R" +
+      "\020connectorVersion\022=\n\013explanation\030\014 \001(\0132\033" +
+      ".rulesidecar.v1.ExplanationR\013explanation" +
+      "\022>\n\014cache_status\030\r \001(\0162\033.rulesidecar.v1." +
+      "CacheStatusR\013cacheStatus\0226\n\tcache_age\030\016 " +
+      "\001(\0132\031.google.protobuf.DurationR\010cacheAge" +
+      "B\017\n\r_branch_index\"\314\001\n\020ExtractionResult\022\032" +
+      "\n\010variable\030\001 \001(\tR\010variable\0228\n\006status\030\002 \001" +
+      "(\0162 .rulesidecar.v1.ExtractionStatusR\006st" +
+      "atus\022,\n\005value\030\003 \001(\0132\026.google.protobuf.Va" +
+      "lueR\005value\022\032\n\010required\030\004 \001(\010R\010required\022\030" +
+      "\n\007message\030\005 \001(\tR\007message\"\235\001\n\013Explanation" +
+      "\0229\n\007request\030\001 \001(\0132\037.rulesidecar.v1.Rende" +
+      "redRequestR\007request\022=\n\010branches\030\002 \003(\0132!." +
+      "rulesidecar.v1.BranchExplanationR\010branch" +
+      "es\022\024\n\005notes\030\003 \003(\tR\005notes\"\323\001\n\017RenderedReq" +
+      "uest\022\026\n\006method\030\001 \001(\tR\006method\022\020\n\003url\030\002 \001(" +
+      "\tR\003url\022F\n\007headers\030\003 \003(\0132,.rulesidecar.v1" +
+      ".RenderedRequest.HeadersEntryR\007headers\022\022" +
+      "\n\004body\030\004 \001(\tR\004body\032:\n\014HeadersEntry\022\020\n\003ke" +
+      "y\030\001 \001(\tR\003key\022\024\n\005value\030\002 \001(\tR\005value:\0028\001\"\277" +
+      "\001\n\021BranchExplanation\022\024\n\005index\030\001 \001(\005R\005ind" +
+      "ex\022\026\n\006target\030\002 \001(\tR\006target\022\034\n\tevaluated\030" +
+      "\003 \001(\010R\tevaluated\022\030\n\007matched\030\004 \001(\010R\007match" +
+      "ed\022D\n\nconditions\030\005 \003(\0132$.rulesidecar.v1." +
+      "ConditionExplanationR\nconditions\"\303\002\n\024Con" +
+      "ditionExplanation\0221\n\007subject\030\001 \001(\0132\027.rul" +
+      "esidecar.v1.SubjectR\007subject\0224\n\010operator" +
+      "\030\002 \001(\0162\030.rulesidecar.v1.OperatorR\010operat" +
+      "or\0220\n\007operand\030\003 \001(\0132\026.google.protobuf.Va" +
+      "lueR\007operand\022;\n\rsubject_value\030\004 \001(\0132\026.go" +
+      "ogle.protobuf.ValueR\014subjectValue\022\'\n\017sub" +
+      "ject_present\030\005 \001(\010R\016subjectPresent\022\026\n\006re" +
+      "sult\030\006 \001(\010R\006result\022\022\n\004note\030\007 \001(\tR\004note\"\300" +
+      "\001\n\027ExtractVariablesRequest\022B\n\013extraction" +
+      "s\030\001 \003(\0132\032.rulesidecar.v1.ExtractionB\004\342A\001" +
+      "\001R\013extractions\0222\n\004json\030\002 \001(\0132\026.google.pr" +
+      "otobuf.ValueB\004\342A\001\001H\000R\004json\022!\n\010raw_json\030\003" +
+      " \001(\014B\004\342A\001\001H\000R\007rawJsonB\n\n\010document\"\261\001\n\030Ex" +
+      "tractVariablesResponse\0225\n\tvariables\030\001 \001(" +
+      "\0132\027.google.protobuf.StructR\tvariables\022B\n" +
+      "\013extractions\030\002 \003(\0132 .rulesidecar.v1.Extr" +
+      "actionResultR\013extractions\022\032\n\010complete\030\003 " +
+      "\001(\010R\010complete*\211\001\n\017ConnectorStatus\022 \n\034CON" +
+      "NECTOR_STATUS_UNSPECIFIED\020\000\022\032\n\026CONNECTOR" +
+      "_STATUS_DRAFT\020\001\022\031\n\025CONNECTOR_STATUS_LIVE" +
+      "\020\002\022\035\n\031CONNECTOR_STATUS_DISABLED\020\003*\230\001\n\nHt" +
+      "tpMethod\022\033\n\027HTTP_METHOD_UNSPECIFIED\020\000\022\023\n" +
+      "\017HTTP_METHOD_GET\020\001\022\024\n\020HTTP_METHOD_POST\020\002" +
+      "\022\023\n\017HTTP_METHOD_PUT\020\003\022\025\n\021HTTP_METHOD_PAT" +
+      "CH\020\004\022\026\n\022HTTP_METHOD_DELETE\020\005*h\n\017Connecto" +
+      "rSource\022 \n\034CONNECTOR_SOURCE_UNSPECIFIED\020" +
+      "\000\022\030\n\024CONNECTOR_SOURCE_API\020\001\022\031\n\025CONNECTOR" +
+      "_SOURCE_FILE\020\002*k\n\016ApiKeyLocation\022 \n\034API_" +
+      "KEY_LOCATION_UNSPECIFIED\020\000\022\033\n\027API_KEY_LO" +
+      "CATION_HEADER\020\001\022\032\n\026API_KEY_LOCATION_QUER" +
+      "Y\020\002*\215\001\n\020ClientAuthMethod\022\"\n\036CLIENT_AUTH_" +
+      "METHOD_UNSPECIFIED\020\000\022*\n&CLIENT_AUTH_METH" +
+      "OD_CLIENT_SECRET_BASIC\020\001\022)\n%CLIENT_AUTH_" +
+      "METHOD_CLIENT_SECRET_POST\020\002*k\n\016Evaluatio" +
+      "nMode\022\037\n\033EVALUATION_MODE_UNSPECIFIED\020\000\022\036" +
+      "\n\032EVALUATION_MODE_PRODUCTION\020\001\022\030\n\024EVALUA" +
+      "TION_MODE_TEST\020\002*P\n\nCombinator\022\032\n\026COMBIN" +
+      "ATOR_UNSPECIFIED\020\000\022\022\n\016COMBINATOR_ALL\020\001\022\022" +
+      "\n\016COMBINATOR_ANY\020\002*\217\001\n\013SubjectKind\022\034\n\030SU" +
+      "BJECT_KIND_UNSPECIFIED\020\000\022\027\n\023SUBJECT_KIND" +
+      "_STATUS\020\001\022\025\n\021SUBJECT_KIND_BODY\020\002\022\027\n\023SUBJ" +
+      "ECT_KIND_HEADER\020\003\022\031\n\025SUBJECT_KIND_VARIAB" +
+      "LE\020\004*\373\003\n\010Operator\022\030\n\024OPERATOR_UNSPECIFIE" +
+      "D\020\000\022\023\n\017OPERATOR_EQUALS\020\001\022\027\n\023OPERATOR_NOT" +
+      "_EQUALS\020\002\022\031\n\025OPERATOR_GREATER_THAN\020\003\022\"\n\036" +
+      "OPERATOR_GREATER_THAN_OR_EQUAL\020\004\022\026\n\022OPER" +
+      "ATOR_LESS_THAN\020\005\022\037\n\033OPERATOR_LESS_THAN_O" +
+      "R_EQUAL\020\006\022\025\n\021OPERATOR_CONTAINS\020\007\022\031\n\025OPER" +
+      "ATOR_NOT_CONTAINS\020\010\022\030\n\024OPERATOR_STARTS_W" +
+      "ITH\020\t\022\026\n\022OPERATOR_ENDS_WITH\020\n\022\024\n\020OPERATO" +
+      "R_MATCHES\020\013\022\017\n\013OPERATOR_IN\020\014\022\023\n\017OPERATOR" +
+      "_NOT_IN\020\r\022\023\n\017OPERATOR_EXISTS\020\016\022\027\n\023OPERAT" +
+      "OR_NOT_EXISTS\020\017\022\025\n\021OPERATOR_IS_EMPTY\020\020\022\031" +
+      "\n\025OPERATOR_IS_NOT_EMPTY\020\021\022\031\n\025OPERATOR_ST" +
+      "ATUS_CLASS\020\022\022\024\n\020OPERATOR_BETWEEN\020\023*e\n\nQu" +
+      "antifier\022\032\n\026QUANTIFIER_UNSPECIFIED\020\000\022\022\n\016" +
+      "QUANTIFIER_ANY\020\001\022\022\n\016QUANTIFIER_ALL\020\002\022\023\n\017" +
+      "QUANTIFIER_NONE\020\003*\223\001\n\010CastType\022\031\n\025CAST_T" +
+      "YPE_UNSPECIFIED\020\000\022\024\n\020CAST_TYPE_STRING\020\001\022" +
+      "\024\n\020CAST_TYPE_NUMBER\020\002\022\025\n\021CAST_TYPE_INTEG" +
+      "ER\020\003\022\025\n\021CAST_TYPE_BOOLEAN\020\004\022\022\n\016CAST_TYPE" +
+      "_JSON\020\005*`\n\007Outcome\022\027\n\023OUTCOME_UNSPECIFIE" +
+      "D\020\000\022\023\n\017OUTCOME_MATCHED\020\001\022\024\n\020OUTCOME_NO_M" +
+      "ATCH\020\002\022\021\n\rOUTCOME_ERROR\020\003*\202\005\n\006Reason\022\026\n\022" +
+      "REASON_UNSPECIFIED\020\000\022\031\n\025REASON_BRANCH_MA" +
+      "TCHED\020\001\022\034\n\030REASON_NO_BRANCH_MATCHED\020\002\022\022\n" +
+      "\016REASON_TIMEOUT\020\003\022\030\n\024REASON_CONNECT_ERRO" +
+      "R\020\004\022\024\n\020REASON_DNS_ERROR\020\005\022\024\n\020REASON_TLS_" +
+      "ERROR\020\006\022\035\n\031REASON_RESPONSE_TOO_LARGE\020\007\022\033" +
+      "\n\027REASON_MISSING_VARIABLE\020\010\022\033\n\027REASON_IN" +
+      "VALID_VARIABLE\020\t\022\033\n\027REASON_SECRET_NOT_FO" +
+      "UND\020\n\022\036\n\032REASON_CONNECTOR_NOT_FOUND\020\013\022\035\n" +
+      "\031REASON_CONNECTOR_NOT_LIVE\020\014\022\031\n\025REASON_U" +
+      "PSTREAM_ERROR\020\r\022\034\n\030REASON_EXTRACTION_FAI" +
+      "LED\020\016\022\036\n\032REASON_BLOCKED_DESTINATION\020\017\022\027\n" +
+      "\023REASON_CIRCUIT_OPEN\020\020\022\031\n\025REASON_PROTOCO" +
+      "L_ERROR\020\021\022\031\n\025REASON_INTERNAL_ERROR\020\022\022\033\n\027" +
+      "REASON_BUDGET_EXHAUSTED\020\023\022\031\n\025REASON_LIMI" +
+      "T_EXCEEDED\020\024\022\033\n\027REASON_ANSWER_TOO_LARGE\020" +
+      "\025\022\033\n\027REASON_AUTH_TOKEN_ERROR\020\026*\306\001\n\013Cache" +
+      "Status\022\034\n\030CACHE_STATUS_UNSPECIFIED\020\000\022\025\n\021" +
+      "CACHE_STATUS_MISS\020\001\022\024\n\020CACHE_STATUS_HIT\020" +
+      "\002\022\026\n\022CACHE_STATUS_STALE\020\003\022\037\n\033CACHE_STATU" +
+      "S_STALE_IF_ERROR\020\004\022\032\n\026CACHE_STATUS_COALE" +
+      "SCED\020\005\022\027\n\023CACHE_STATUS_BYPASS\020\006*\334\001\n\020Extr" +
+      "actionStatus\022!\n\035EXTRACTION_STATUS_UNSPEC" +
+      "IFIED\020\000\022\037\n\033EXTRACTION_STATUS_EXTRACTED\020\001" +
+      "\022\037\n\033EXTRACTION_STATUS_DEFAULTED\020\002\022\035\n\031EXT" +
+      "RACTION_STATUS_MISSING\020\003\022!\n\035EXTRACTION_S" +
+      "TATUS_CAST_FAILED\020\004\022!\n\035EXTRACTION_STATUS" +
+      "_NO_DOCUMENT\020\0052\341\004\n\023RulesSidecarService\022h" +
+      "\n\021RegisterConnector\022(.rulesidecar.v1.Reg" +
+      "isterConnectorRequest\032).rulesidecar.v1.R" +
+      "egisterConnectorResponse\022Y\n\014GetConnector" +
+      "\022#.rulesidecar.v1.GetConnectorRequest\032$." +
+      "rulesidecar.v1.GetConnectorResponse\022_\n\016L" +
+      "istConnectors\022%.rulesidecar.v1.ListConne" +
+      "ctorsRequest\032&.rulesidecar.v1.ListConnec" +
+      "torsResponse\022b\n\017DeleteConnector\022&.rulesi" +
+      "decar.v1.DeleteConnectorRequest\032\'.rulesi" +
+      "decar.v1.DeleteConnectorResponse\022Y\n\014Eval" +
+      "uateNode\022#.rulesidecar.v1.EvaluateNodeRe" +
+      "quest\032$.rulesidecar.v1.EvaluateNodeRespo" +
+      "nse\022e\n\020ExtractVariables\022\'.rulesidecar.v1" +
+      ".ExtractVariablesRequest\032(.rulesidecar.v" +
+      "1.ExtractVariablesResponseBy\n\023dev.ruless" +
+      "idecar.v1B\021RulesSidecarProtoP\001ZMgithub.c" +
+      "om/rules-sidecar/rules-sidecar/clients/g" +
+      "o/rulesidecarv1;rulesidecarv1b\006proto3"
     };
     descriptor = com.google.protobuf.Descriptors.FileDescriptor
       .internalBuildGeneratedFileFrom(descriptorData,
@@ -480,7 +500,7 @@ public final class RulesSidecarProto extends com.google.protobuf.GeneratedFile {
     internal_static_rulesidecar_v1_Auth_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_Auth_descriptor,
-        new java.lang.String[] { "Bearer", "ApiKey", "Basic", "Scheme", });
+        new java.lang.String[] { "Bearer", "ApiKey", "Basic", "Oauth2ClientCredentials", "Scheme", });
     internal_static_rulesidecar_v1_BearerAuth_descriptor =
       getDescriptor().getMessageType(3);
     internal_static_rulesidecar_v1_BearerAuth_fieldAccessorTable = new
@@ -499,110 +519,116 @@ public final class RulesSidecarProto extends com.google.protobuf.GeneratedFile {
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_BasicAuth_descriptor,
         new java.lang.String[] { "UsernameSecret", "PasswordSecret", });
-    internal_static_rulesidecar_v1_RegisterConnectorRequest_descriptor =
+    internal_static_rulesidecar_v1_OAuth2ClientCredentialsAuth_descriptor =
       getDescriptor().getMessageType(6);
+    internal_static_rulesidecar_v1_OAuth2ClientCredentialsAuth_fieldAccessorTable = new
+      com.google.protobuf.GeneratedMessage.FieldAccessorTable(
+        internal_static_rulesidecar_v1_OAuth2ClientCredentialsAuth_descriptor,
+        new java.lang.String[] { "TokenUrl", "ClientIdSecret", "ClientSecretSecret", "Scopes", "Audience", "ClientAuthMethod", });
+    internal_static_rulesidecar_v1_RegisterConnectorRequest_descriptor =
+      getDescriptor().getMessageType(7);
     internal_static_rulesidecar_v1_RegisterConnectorRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_RegisterConnectorRequest_descriptor,
         new java.lang.String[] { "Connector", "ExpectedVersion", });
     internal_static_rulesidecar_v1_RegisterConnectorResponse_descriptor =
-      getDescriptor().getMessageType(7);
+      getDescriptor().getMessageType(8);
     internal_static_rulesidecar_v1_RegisterConnectorResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_RegisterConnectorResponse_descriptor,
         new java.lang.String[] { "Connector", "Created", });
     internal_static_rulesidecar_v1_GetConnectorRequest_descriptor =
-      getDescriptor().getMessageType(8);
+      getDescriptor().getMessageType(9);
     internal_static_rulesidecar_v1_GetConnectorRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_GetConnectorRequest_descriptor,
         new java.lang.String[] { "Id", });
     internal_static_rulesidecar_v1_GetConnectorResponse_descriptor =
-      getDescriptor().getMessageType(9);
+      getDescriptor().getMessageType(10);
     internal_static_rulesidecar_v1_GetConnectorResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_GetConnectorResponse_descriptor,
         new java.lang.String[] { "Connector", });
     internal_static_rulesidecar_v1_ListConnectorsRequest_descriptor =
-      getDescriptor().getMessageType(10);
+      getDescriptor().getMessageType(11);
     internal_static_rulesidecar_v1_ListConnectorsRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_ListConnectorsRequest_descriptor,
         new java.lang.String[] { "PageSize", "PageToken", "Status", });
     internal_static_rulesidecar_v1_ListConnectorsResponse_descriptor =
-      getDescriptor().getMessageType(11);
+      getDescriptor().getMessageType(12);
     internal_static_rulesidecar_v1_ListConnectorsResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_ListConnectorsResponse_descriptor,
         new java.lang.String[] { "Connectors", "NextPageToken", });
     internal_static_rulesidecar_v1_DeleteConnectorRequest_descriptor =
-      getDescriptor().getMessageType(12);
+      getDescriptor().getMessageType(13);
     internal_static_rulesidecar_v1_DeleteConnectorRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_DeleteConnectorRequest_descriptor,
         new java.lang.String[] { "Id", "ExpectedVersion", });
     internal_static_rulesidecar_v1_DeleteConnectorResponse_descriptor =
-      getDescriptor().getMessageType(13);
+      getDescriptor().getMessageType(14);
     internal_static_rulesidecar_v1_DeleteConnectorResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_DeleteConnectorResponse_descriptor,
         new java.lang.String[] { "DeletedVersion", });
     internal_static_rulesidecar_v1_EvaluateNodeRequest_descriptor =
-      getDescriptor().getMessageType(14);
+      getDescriptor().getMessageType(15);
     internal_static_rulesidecar_v1_EvaluateNodeRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_EvaluateNodeRequest_descriptor,
         new java.lang.String[] { "Node", "Variables", "Explain", "Mode", });
     internal_static_rulesidecar_v1_Node_descriptor =
-      getDescriptor().getMessageType(15);
+      getDescriptor().getMessageType(16);
     internal_static_rulesidecar_v1_Node_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_Node_descriptor,
         new java.lang.String[] { "Id", "ConnectorId", "Branches", "ElseTarget", "ErrorTarget", "Extractions", });
     internal_static_rulesidecar_v1_Branch_descriptor =
-      getDescriptor().getMessageType(16);
+      getDescriptor().getMessageType(17);
     internal_static_rulesidecar_v1_Branch_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_Branch_descriptor,
         new java.lang.String[] { "Target", "Combinator", "Conditions", });
     internal_static_rulesidecar_v1_Subject_descriptor =
-      getDescriptor().getMessageType(17);
+      getDescriptor().getMessageType(18);
     internal_static_rulesidecar_v1_Subject_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_Subject_descriptor,
         new java.lang.String[] { "Kind", "Path", });
     internal_static_rulesidecar_v1_Condition_descriptor =
-      getDescriptor().getMessageType(18);
+      getDescriptor().getMessageType(19);
     internal_static_rulesidecar_v1_Condition_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_Condition_descriptor,
         new java.lang.String[] { "Subject", "Operator", "Operand", "IgnoreCase", "Quantifier", });
     internal_static_rulesidecar_v1_Extraction_descriptor =
-      getDescriptor().getMessageType(19);
+      getDescriptor().getMessageType(20);
     internal_static_rulesidecar_v1_Extraction_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_Extraction_descriptor,
         new java.lang.String[] { "Variable", "Path", "DefaultValue", "Required", "Cast", });
     internal_static_rulesidecar_v1_EvaluateNodeResponse_descriptor =
-      getDescriptor().getMessageType(20);
+      getDescriptor().getMessageType(21);
     internal_static_rulesidecar_v1_EvaluateNodeResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_EvaluateNodeResponse_descriptor,
         new java.lang.String[] { "Outcome", "Reason", "Message", "BranchIndex", "Target", "Variables", "Extractions", "HttpStatus", "UpstreamLatency", "Attempts", "ConnectorVersion", "Explanation", "CacheStatus", "CacheAge", });
     internal_static_rulesidecar_v1_ExtractionResult_descriptor =
-      getDescriptor().getMessageType(21);
+      getDescriptor().getMessageType(22);
     internal_static_rulesidecar_v1_ExtractionResult_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_ExtractionResult_descriptor,
         new java.lang.String[] { "Variable", "Status", "Value", "Required", "Message", });
     internal_static_rulesidecar_v1_Explanation_descriptor =
-      getDescriptor().getMessageType(22);
+      getDescriptor().getMessageType(23);
     internal_static_rulesidecar_v1_Explanation_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_Explanation_descriptor,
         new java.lang.String[] { "Request", "Branches", "Notes", });
     internal_static_rulesidecar_v1_RenderedRequest_descriptor =
-      getDescriptor().getMessageType(23);
+      getDescriptor().getMessageType(24);
     internal_static_rulesidecar_v1_RenderedRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_RenderedRequest_descriptor,
@@ -614,25 +640,25 @@ public final class RulesSidecarProto extends com.google.protobuf.GeneratedFile {
         internal_static_rulesidecar_v1_RenderedRequest_HeadersEntry_descriptor,
         new java.lang.String[] { "Key", "Value", });
     internal_static_rulesidecar_v1_BranchExplanation_descriptor =
-      getDescriptor().getMessageType(24);
+      getDescriptor().getMessageType(25);
     internal_static_rulesidecar_v1_BranchExplanation_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_BranchExplanation_descriptor,
         new java.lang.String[] { "Index", "Target", "Evaluated", "Matched", "Conditions", });
     internal_static_rulesidecar_v1_ConditionExplanation_descriptor =
-      getDescriptor().getMessageType(25);
+      getDescriptor().getMessageType(26);
     internal_static_rulesidecar_v1_ConditionExplanation_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_ConditionExplanation_descriptor,
         new java.lang.String[] { "Subject", "Operator", "Operand", "SubjectValue", "SubjectPresent", "Result", "Note", });
     internal_static_rulesidecar_v1_ExtractVariablesRequest_descriptor =
-      getDescriptor().getMessageType(26);
+      getDescriptor().getMessageType(27);
     internal_static_rulesidecar_v1_ExtractVariablesRequest_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_ExtractVariablesRequest_descriptor,
         new java.lang.String[] { "Extractions", "Json", "RawJson", "Document", });
     internal_static_rulesidecar_v1_ExtractVariablesResponse_descriptor =
-      getDescriptor().getMessageType(27);
+      getDescriptor().getMessageType(28);
     internal_static_rulesidecar_v1_ExtractVariablesResponse_fieldAccessorTable = new
       com.google.protobuf.GeneratedMessage.FieldAccessorTable(
         internal_static_rulesidecar_v1_ExtractVariablesResponse_descriptor,

@@ -168,7 +168,7 @@ public enum SubjectKind
   }
   public static com.google.protobuf.Descriptors.EnumDescriptor
       getDescriptor() {
-    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(6);
+    return dev.rulessidecar.v1.RulesSidecarProto.getDescriptor().getEnumType(7);
   }
 
   private static final SubjectKind[] VALUES = values();
