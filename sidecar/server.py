@@ -4,7 +4,8 @@
 
     checks (protected mode, secrets_dir, data_dir) -> telemetry -> egress, secret store, secret
     bindings -> gRPC servers (ports bound, health NOT_SERVING, RulesSidecarService closed) ->
-    connectors file + store -> registry -> engine -> servicer -> gate open, health SERVING
+    connectors file + store -> registry -> OAuth2 token cache, engine -> servicer -> gate open,
+    health SERVING
 
 With a shared store (`store_url`), a database that cannot be reached at startup is an outage,
 not a configuration error: the replica stays bound and NOT_SERVING, refuses calls UNAVAILABLE
@@ -53,6 +54,7 @@ from sidecar.api.interceptors import ErrorMappingInterceptor, TelemetryIntercept
 from sidecar.api.servicer import SERVICE_NAME, RulesSidecarServicer, ServiceGate
 from sidecar.core.engine import Engine
 from sidecar.core.model import Connector
+from sidecar.core.oauth import TokenCache
 from sidecar.core.secrets import SecretBindings, SecretStore
 from sidecar.egress import (
     ConnectorFactory,
@@ -62,6 +64,7 @@ from sidecar.egress import (
     Resolver,
     ResponseCache,
 )
+from sidecar.egress.oauth import TokenEndpoint
 from sidecar.errors import ConfigError
 from sidecar.registry import ConnectorStore, Registry, Store, load_connectors_file
 from sidecar.registry.backend import Backoff, StoreUnreachableError
@@ -142,7 +145,10 @@ async def start_sidecar(
     response_cache = ResponseCache(
         egress.send, max_bytes=settings.response_cache_max_bytes, telemetry=telemetry
     )
-    engine = Engine(registry, secrets, response_cache.send, bindings=bindings)
+    # OAuth2 tokens are fetched through the same egress (never cached as responses), and cached
+    # per credential for every connector.
+    tokens = TokenCache(TokenEndpoint(egress.send).fetch)
+    engine = Engine(registry, secrets, response_cache.send, bindings=bindings, tokens=tokens)
     servicer = RulesSidecarServicer(
         registry,
         engine,
@@ -173,7 +179,9 @@ async def start_sidecar(
             settings.health_listen_address,
             server.health_port,
         )
-    return Sidecar(settings, server, telemetry, egress, registry, watcher, follower, response_cache)
+    return Sidecar(
+        settings, server, telemetry, egress, registry, watcher, follower, response_cache, tokens
+    )
 
 
 def check_protected_mode(settings: Settings) -> None:
@@ -394,6 +402,7 @@ class Sidecar:
     connectors_watcher: ConnectorsFileWatcher | None
     follower: Follower | None = None
     response_cache: ResponseCache | None = None
+    tokens: TokenCache | None = None
 
     @property
     def port(self) -> int:
@@ -414,6 +423,8 @@ class Sidecar:
         await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         if self.response_cache is not None:
             await self.response_cache.aclose()  # refreshes still running use the egress
+        if self.tokens is not None:
+            await self.tokens.aclose()  # a token refresh still running
         await self.egress.aclose()
         await asyncio.to_thread(self.registry.close)
         await asyncio.to_thread(self.telemetry.shutdown)  # flushes the last spans and metrics

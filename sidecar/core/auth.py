@@ -9,12 +9,17 @@ first, then `authorise` adds the bearer, basic or API-key credential from the se
     basic      Authorization: Basic base64(<user>:<pass>)  Authorization: Basic ***
     api key    <name>: <key>        (location HEADER)      <name>: ***
                ?<name>=<key>, appended (location QUERY)    ?<name>=***
+    oauth2     Authorization: Bearer <token>               Authorization: Bearer ***
+               (the token from `sidecar.core.oauth`, added when the request is sent; the
+               client id and secret, `client_credentials`, go to the token endpoint only)
 
-Which hosts a secret may reach is `sidecar.core.secrets.SecretBindings`' question, not this one's.
+Which hosts a secret may reach is `sidecar.core.secrets.SecretBindings`' question;
+`binding_refusals` asks it for every host a connector sends secrets to.
 
 An upstream may echo a credential back (a debug endpoint, an error page quoting the request):
 `authorise` records every form of each secret it puts on the request, and `mask_secrets` replaces
-them by MASK in whatever the sidecar answers with. Values shorter than MIN_MASKED_SECRET_CHARS
+them by MASK in whatever the sidecar answers with (`sidecar.core.oauth.send_with_token` records
+the OAuth2 tokens it sends the same way). Values shorter than MIN_MASKED_SECRET_CHARS
 are not masked: masking "1" or "ab" everywhere would garble answers and say which text is secret.
 """
 
@@ -30,6 +35,8 @@ from urllib.parse import quote
 from sidecar.core.model import ApiKeyLocation, Connector, RenderedRequest
 from sidecar.core.model.exchange import OutboundRequest
 from sidecar.core.model.failures import MissingSecretError
+from sidecar.core.oauth import ClientCredentials
+from sidecar.core.secrets import SecretBindings
 
 MASK = "***"
 MIN_MASKED_SECRET_CHARS = 6
@@ -48,10 +55,11 @@ def authorise(
     """The request with the connector's credential added, or MissingSecretError naming it.
 
     Every form of a secret placed on the request (the value, its base64 or URL encoding) is
-    appended to `sent`, for `mask_secrets`.
+    appended to `sent`, for `mask_secrets`. OAuth2 client credentials add nothing here: the token
+    comes at send time (`sidecar.core.oauth.send_with_token`, given `client_credentials`).
     """
     auth = connector.auth
-    if auth is None:
+    if auth is None or auth.oauth2_client_credentials is not None:
         return request
     forms = sent if sent is not None else []
 
@@ -129,8 +137,10 @@ def masked_request(connector: Connector, request: OutboundRequest) -> RenderedRe
     headers = dict(request.headers)
     url = request.url
     auth = connector.auth
-    if auth is not None and (auth.bearer is not None or auth.basic is not None):
-        headers["Authorization"] = f"{'Bearer' if auth.bearer else 'Basic'} {MASK}"
+    if auth is not None and (auth.bearer is not None or auth.oauth2_client_credentials is not None):
+        headers["Authorization"] = f"Bearer {MASK}"
+    elif auth is not None and auth.basic is not None:
+        headers["Authorization"] = f"Basic {MASK}"
     elif auth is not None and auth.api_key is not None:
         if auth.api_key.location is ApiKeyLocation.QUERY:
             url = with_query(url, auth.api_key.name, MASK)
@@ -138,6 +148,39 @@ def masked_request(connector: Connector, request: OutboundRequest) -> RenderedRe
             headers[auth.api_key.name] = MASK
     body = request.body.decode("utf-8", errors="replace") if request.body else ""
     return RenderedRequest(request.method, url, headers, body)
+
+
+def client_credentials(connector: Connector, resolve: SecretResolver) -> ClientCredentials | None:
+    """The connector's OAuth2 client with its secrets resolved (None for other auth), or
+    MissingSecretError naming the secret that has no value."""
+    oauth = connector.auth.oauth2_client_credentials if connector.auth else None
+    if oauth is None:
+        return None
+    values = []
+    for name in (oauth.client_id_secret, oauth.client_secret_secret):
+        value = resolve(name)
+        if value is None:
+            raise MissingSecretError(name, connector.id)
+        values.append(value)
+    return ClientCredentials(
+        oauth.token_url,
+        values[0],
+        values[1],
+        oauth.scopes,
+        oauth.audience,
+        oauth.client_auth_method,
+        connector_id=connector.id,
+    )
+
+
+def binding_refusals(connector: Connector, bindings: SecretBindings) -> list[str]:
+    """One message per secret the connector would send to a host its binding does not allow:
+    the API's host for most auth, the token endpoint's host for OAuth2 client credentials."""
+    return [
+        problem
+        for host, names in connector.secret_destinations()
+        for problem in bindings.violations(names, host)
+    ]
 
 
 def with_query(url: str, name: str, encoded_value: str) -> str:

@@ -7,7 +7,8 @@ The engine imports no grpc, protobuf or httpx: it is given `send` (see
 `sidecar.core.model.exchange`) and returns an `Outcome`, so it can be tested, fuzzed and
 benchmarked alone. Failures are answers: a step that cannot go on raises an EvaluationFailure
 (`sidecar.core.model.failures`), which `Engine.evaluate` catches in one place and answers as an
-ERROR outcome, so every path ends in an Outcome. Auth and its masking live in `sidecar.core.auth`.
+ERROR outcome, so every path ends in an Outcome. Auth and its masking live in `sidecar.core.auth`,
+OAuth2 client credentials' tokens in `sidecar.core.oauth`.
 
 Outcome rules:
 - a branch held -> MATCHED with its index and target, unless a *required* extraction failed
@@ -25,13 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from sidecar.core.auth import authorise, masked_request
+from sidecar.core.auth import (
+    SecretResolver,
+    authorise,
+    binding_refusals,
+    client_credentials,
+    masked_request,
+)
 from sidecar.core.compiled_cache import CompiledCache
 from sidecar.core.conditions import CompiledBranches, ResponseView, compile_branches
 from sidecar.core.documents import DocumentError, parse_document
@@ -62,7 +69,9 @@ from sidecar.core.model.failures import (
     MissingSecretError,
     SecretBindingError,
     SendError,
+    TokenError,
 )
+from sidecar.core.oauth import ClientCredentials, TokenCache, send_with_token
 from sidecar.core.secrets import SecretBindings
 from sidecar.core.templating import RequestTemplate, compile_request
 from sidecar.errors import FieldViolation, InvalidArgumentError
@@ -72,6 +81,7 @@ OFF_LOOP_BODY_BYTES = 256 * 1024
 DEADLINE_MARGIN_SECONDS = 0.05
 _IDEMPOTENT_METHODS = frozenset({HttpMethod.GET, HttpMethod.PUT, HttpMethod.DELETE})
 _TEMPLATE_CACHE_LIMIT = 4096
+T = TypeVar("T")
 
 
 class ConnectorLookup(Protocol):
@@ -132,11 +142,13 @@ class Engine:
         send: Send,
         *,
         bindings: SecretBindings,
+        tokens: TokenCache | None = None,
     ) -> None:
         self._connectors = connectors
         self._secrets = secrets
         self._send = send
         self._bindings = bindings
+        self._tokens = tokens  # OAuth2 client credentials' tokens (`sidecar.core.oauth`)
         self._prepared: CompiledCache[tuple[object, ...], _Prepared] = CompiledCache(
             limit=_TEMPLATE_CACHE_LIMIT
         )
@@ -165,10 +177,13 @@ class Engine:
             prepared = self._prepare(connector)
             rendered = prepared.template.render(variables)
             request = self._authorise(connector, rendered, sent_secrets)
-            self._check_bindings(connector, prepared.host)
+            credentials = self._resolved(client_credentials, connector)
+            self._check_bindings(connector)
             budget = _budget(connector, time_remaining)
             started = time.perf_counter()
-            response = await self._send(request, replace(prepared.options, timeout_seconds=budget))
+            response = await self._exchange(
+                request, credentials, replace(prepared.options, timeout_seconds=budget)
+            )
         except EvaluationFailure as failure:
             outcome = _failed(compiled, failure, connector, rendered, started, explain=explain)
             return _carrying(outcome, sent_secrets)
@@ -202,18 +217,33 @@ class Engine:
     def _authorise(
         self, connector: Connector, rendered: OutboundRequest, sent: list[str]
     ) -> OutboundRequest:
+        return self._resolved(lambda c, resolve: authorise(c, rendered, resolve, sent), connector)
+
+    def _resolved(self, use: Callable[[Connector, SecretResolver], T], connector: Connector) -> T:
+        """`use` given the secret store; a missing secret says where it was looked for."""
         try:
-            return authorise(connector, rendered, self._secrets.resolve, sent)
-        except MissingSecretError as missing:  # say where it was looked for
+            return use(connector, self._secrets.resolve)
+        except MissingSecretError as missing:
             searched = self._secrets.searched(missing.name)
             raise MissingSecretError(missing.name, connector.id, searched) from None
 
-    def _check_bindings(self, connector: Connector, host: str) -> None:
+    def _check_bindings(self, connector: Connector) -> None:
         """Checked again at send time: the operator's bindings may have changed since the
         connector was registered."""
-        refused = self._bindings.violations(connector.secret_names(), host)
+        refused = binding_refusals(connector, self._bindings)
         if refused:
             raise SecretBindingError("; ".join(refused))
+
+    async def _exchange(
+        self, request: OutboundRequest, credentials: ClientCredentials | None, options: SendOptions
+    ) -> HttpResponse:
+        """The one send, or for OAuth2 client credentials the send with a token (and one retry
+        with a fresh token after a 401)."""
+        if credentials is None:
+            return await self._send(request, options)
+        if self._tokens is None:
+            raise TokenError("this sidecar was built without an OAuth2 token cache")
+        return await send_with_token(self._send, self._tokens, credentials, request, options)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +252,6 @@ class _Prepared:
 
     template: RequestTemplate
     options: SendOptions
-    host: str
 
     @classmethod
     def of(cls, connector: Connector) -> _Prepared:
@@ -245,7 +274,7 @@ class _Prepared:
             propagate_trace=not connector.disable_trace_propagation,
             cache=_cache_options(connector),
         )
-        return cls(compile_request(connector), options, host)
+        return cls(compile_request(connector), options)
 
 
 def _cache_options(connector: Connector) -> CacheOptions | None:

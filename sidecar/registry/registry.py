@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
-from urllib.parse import urlsplit
 
+from sidecar.core.auth import binding_refusals
 from sidecar.core.model import Connector, ConnectorSource, ConnectorStatus
 from sidecar.core.model.connector import CONNECTOR_ID_PATTERN
 from sidecar.core.secrets import SecretBindings
@@ -205,8 +205,7 @@ class Registry:
 def secret_host_refusals(connector: Connector, bindings: SecretBindings) -> list[str]:
     """The rule every connector obeys on entering: each secret is bound, and goes only to its
     bound hosts."""
-    host = urlsplit(connector.url_template).hostname or ""
-    return bindings.violations(connector.secret_names(), host)
+    return binding_refusals(connector, bindings)
 
 
 def page_token_after(last_id: str) -> str:
