@@ -87,6 +87,21 @@ FULL_CONNECTORS = {
         "body_template": "{{payload}}",
         "max_response_bytes": 16 * 1024 * 1024,
     },
+    "oauth2-client-credentials": {
+        "id": "crm-deals",
+        "status": "LIVE",
+        "url_template": "https://api.crm.example/v3/deals/{{deal_id}}",
+        "auth": {
+            "oauth2_client_credentials": {
+                "token_url": "https://login.crm.example/oauth2/token",
+                "client_id_secret": "crm_client_id",
+                "client_secret_secret": "crm_client_secret",
+                "scopes": ["deals.read", "contacts.read"],
+                "audience": "https://api.crm.example",
+                "client_auth_method": "CLIENT_SECRET_POST",
+            }
+        },
+    },
 }
 OUTPUT_ONLY_DEFAULTS = {"version": 0, "update_time": None, "source": model.ConnectorSource.API}
 
@@ -173,6 +188,22 @@ def test_connector_to_proto_writes_every_field():
             {"basic": {"username_secret": "u", "password_secret": "p"}},
             "basic",
             {"username_secret": "u", "password_secret": "p"},
+        ),
+        (
+            {
+                "oauth2_client_credentials": {
+                    "token_url": "https://login.example.com/token",
+                    "client_id_secret": "id",
+                    "client_secret_secret": "s",
+                }
+            },
+            "oauth2_client_credentials",
+            {
+                "token_url": "https://login.example.com/token",
+                "client_id_secret": "id",
+                "client_secret_secret": "s",
+                "client_auth_method": pb.CLIENT_AUTH_METHOD_CLIENT_SECRET_BASIC,
+            },
         ),
     ],
 )
