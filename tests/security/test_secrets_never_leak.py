@@ -1,10 +1,12 @@
 """A canary secret through every path, then searched for everywhere it could leak: 0 times.
 
 The canary is the value of the secrets an in-process sidecar reads from its secrets_dir, used as
-a bearer token, an API key (header and query) and basic credentials. Every path of the issue is
-taken over the real wire (success, 4xx, 5xx, timeout, refused, blocked, not JSON, oversize, a
-redirect to another origin, a secret bound to other hosts), with and without `explain`, and the
-canary (and its base64 form inside a basic Authorization header) is searched for in:
+a bearer token, an API key (header and query), basic credentials and OAuth2 client credentials
+(whose tokens, issued by a loopback token server, carry a canary of their own). Every path of the
+issue is taken over the real wire (success, 4xx, 5xx, timeout, refused, blocked, not JSON,
+oversize, a redirect to another origin, a secret bound to other hosts, a failing token endpoint),
+with and without `explain`, and the canary (and its base64 form inside a basic Authorization
+header) is searched for in:
 
 - every log record at DEBUG, the sidecar's loggers and httpx/httpcore/aiohttp/stamina/grpc:
   the message, the traceback, and every attribute of the record (structured `fields` too);
@@ -42,14 +44,16 @@ from tests.support.calls import RPC_TIMEOUT, evaluate_request, register
 from tests.support.loopback import HOST
 from tests.support.raw_servers import RawServers, silent
 from tests.support.sidecars import InProcessSidecar
+from tests.support.token_server import TokenServer
 from tests.support.upstreams import Upstream, closed_port
 
 CANARY = "canary-7f3a9c2e-do-not-log"
 CANARY_USER = "canary-user-51d0e6a4"
+TOKEN_CANARY = "canary-token-c81e0b57"  # the prefix of the tokens the token server issues
 BASIC_VALUE = base64.b64encode(f"{CANARY_USER}:{CANARY}".encode()).decode()
 # Every form in which a secret of this test could show up (base64 without its padding, so a
 # truncated header value is found too).
-FORMS = (CANARY, CANARY_USER, BASIC_VALUE.rstrip("="))
+FORMS = (CANARY, CANARY_USER, BASIC_VALUE.rstrip("="), TOKEN_CANARY)
 SECRETS = {"canary_token": CANARY, "canary_key": CANARY, "canary_user": CANARY_USER}
 LOGGERS = ("", "sidecar", "httpx", "httpcore", "aiohttp", "stamina", "grpc", "asyncio")
 
@@ -298,11 +302,13 @@ class Harness:
     caplog: pytest.LogCaptureFixture
     stage: Stage
 
-    def run(self, auth: str, path: str) -> tuple[list[Any], Leftovers]:
-        """Register a connector for `path` with `auth`, evaluate it without and with explain;
-        the answers, and everything the calls left behind."""
+    def run(self, auth: str | dict[str, Any], path: str) -> tuple[list[Any], Leftovers]:
+        """Register a connector for `path` with `auth` (a name of AUTH, or the auth itself),
+        evaluate it without and with explain; the answers, and everything the calls left
+        behind."""
         url, fields = PATHS[path](self.stage)
-        register(self.sidecar.stub, "canary", url, auth=AUTH[auth], **fields)
+        auth = AUTH[auth] if isinstance(auth, str) else auth
+        register(self.sidecar.stub, "canary", url, auth=auth, **fields)
         leftovers = Leftovers()
         answers = [
             call(
@@ -402,6 +408,46 @@ def test_secret_bound_to_other_hosts_is_refused_at_registration_without_leaking(
     assert refused_registration.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert leftovers.leaks() == {}
     assert upstream.requests == []
+
+
+def oauth2_path_cases() -> list[Any]:
+    """Every path, plus a token endpoint that fails."""
+    return [*(pytest.param(path, id=path) for path in PATHS), "token-endpoint-fails"]
+
+
+@pytest.mark.parametrize("path", oauth2_path_cases())
+def test_oauth2_client_secret_and_tokens_appear_nowhere_on_any_path(
+    harness: Harness, path: str
+) -> None:
+    for name in LOGGERS:
+        harness.caplog.set_level(logging.DEBUG, logger=name)
+    tokens = TokenServer(
+        harness.stage.upstream, CANARY_USER, CANARY, clock=time.monotonic, token_prefix=TOKEN_CANARY
+    )
+    auth = {
+        "oauth2_client_credentials": {
+            "token_url": tokens.token_url,
+            "client_id_secret": "canary_user",
+            "client_secret_secret": "canary_key",
+        }
+    }
+    if path == "token-endpoint-fails":
+        tokens.fail_with = 503
+
+    answers, leftovers = harness.run(auth, "success" if path == "token-endpoint-fails" else path)
+
+    expected = EXPECTED_REASON.get(path, "REASON_AUTH_TOKEN_ERROR")
+    for answer in answers:
+        assert isinstance(answer, pb.EvaluateNodeResponse), answer
+        assert pb.Reason.Name(answer.reason) == expected, answer.message
+    assert leftovers.leaks() == {}
+    # The positive controls: the client secret went to the token endpoint (basic auth) and,
+    # where the API was reached, a token went to it.
+    assert tokens.fetches >= 1
+    assert BASIC_VALUE in (tokens.requests[0].authorization or "")
+    if path in DELIVERED:
+        api_calls = [r for r in harness.stage.upstream.requests if r.path.startswith("/orders")]
+        assert TOKEN_CANARY in (api_calls[0].header("Authorization") or "")
 
 
 def test_a_planted_canary_is_found_by_the_search() -> None:
