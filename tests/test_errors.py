@@ -22,6 +22,7 @@ from sidecar.core.model.failures import (
     RenderError,
     SecretBindingError,
     SendError,
+    TokenError,
 )
 from sidecar.errors import SidecarError
 
@@ -67,6 +68,11 @@ FAILURES = [
     ),
     (DeadlineExhaustedError("no time left"), Reason.TIMEOUT, None),
     (SendError(Reason.DNS_ERROR, "the host could not be resolved"), Reason.DNS_ERROR, None),
+    (
+        TokenError("the token endpoint https://login.example/token answered 503"),
+        Reason.AUTH_TOKEN_ERROR,
+        None,
+    ),
     (CastError("is not an INTEGER"), Reason.EXTRACTION_FAILED, None),
 ]
 
