@@ -2,8 +2,9 @@
 
 `policy` judges where a request may go, `transport` performs one exchange, `breaker` isolates a
 failing upstream, `cache` answers connectors that opt in from memory and shares identical calls
-in flight. `Resolver` and `ConnectorFactory` are the seams the composition root passes
-through to the transport (tests fill them with a fake DNS and a recording connector).
+in flight, `oauth` fetches OAuth2 client credentials tokens through `Egress.send`. `Resolver`
+and `ConnectorFactory` are the seams the composition root passes through to the transport (tests
+fill them with a fake DNS and a recording connector).
 """
 
 from aiohttp.abc import AbstractResolver as Resolver
