@@ -17,7 +17,7 @@ import pytest
 
 from sidecar.api import wire
 from sidecar.core import oauth
-from sidecar.core.auth import MASK, binding_refusals
+from sidecar.core.auth import MASK, binding_refusals, mask_secrets
 from sidecar.core.engine import Engine, compile_node
 from sidecar.core.model import ClientAuthMethod, Connector, Node, Outcome, OutcomeKind, Reason
 from sidecar.core.oauth import ClientCredentials, TokenCache
@@ -108,7 +108,8 @@ def run(
     """Run `scenario` with a fresh rig in a fresh event loop; everything is closed after."""
     clock = server.clock
     assert isinstance(clock, FakeClock)
-    connector = oauth_connector(auth.pop("token_url", server.token_url), server.api_url, **auth)
+    api_url = auth.pop("api_url", server.api_url)
+    connector = oauth_connector(auth.pop("token_url", server.token_url), api_url, **auth)
 
     async def main() -> T:
         egress = Egress(LOOPBACK_POLICY, EgressLimits(retries=0))
@@ -523,3 +524,28 @@ def test_two_schemes_at_once_are_refused_naming_auth():
         wire.validate(Connector, data, prefix="connector")
 
     assert [violation.field for violation in refused.value.violations] == ["connector.auth"]
+
+
+def test_a_token_the_api_echoes_is_masked_in_the_answer(token_server):
+    # The API echoes the request (headers included): the answer's edge masks every token sent.
+    token_server.token_prefix = "echoed-token"  # long enough to be masked (MIN_MASKED_SECRET_CHARS)
+    node = Node.model_validate(
+        {
+            "connector_id": "crm",
+            "branches": [],
+            "else_target": "else",
+            "error_target": "error",
+            "extractions": [{"variable": "echoed", "path": "headers"}],
+        }
+    )
+
+    async def scenario(rig: Rig) -> Outcome:
+        return await rig.engine.evaluate(compile_node(node), {})
+
+    outcome = run(token_server, scenario, api_url=token_server.upstream.url("/echo/orders"))
+
+    token = token_server.issued[0]
+    assert token in repr(outcome.variables)  # the control: the echo did carry it
+    assert token in outcome.secret_values
+    assert CLIENT_SECRET in outcome.secret_values
+    assert token not in repr(mask_secrets(outcome.variables, outcome.secret_values))

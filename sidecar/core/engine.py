@@ -182,7 +182,10 @@ class Engine:
             budget = _budget(connector, time_remaining)
             started = time.perf_counter()
             response = await self._exchange(
-                request, credentials, replace(prepared.options, timeout_seconds=budget)
+                request,
+                credentials,
+                replace(prepared.options, timeout_seconds=budget),
+                sent_secrets,
             )
         except EvaluationFailure as failure:
             outcome = _failed(compiled, failure, connector, rendered, started, explain=explain)
@@ -235,15 +238,20 @@ class Engine:
             raise SecretBindingError("; ".join(refused))
 
     async def _exchange(
-        self, request: OutboundRequest, credentials: ClientCredentials | None, options: SendOptions
+        self,
+        request: OutboundRequest,
+        credentials: ClientCredentials | None,
+        options: SendOptions,
+        sent: list[str],
     ) -> HttpResponse:
         """The one send, or for OAuth2 client credentials the send with a token (and one retry
-        with a fresh token after a 401)."""
+        with a fresh token after a 401); the tokens and the client secret join `sent`."""
         if credentials is None:
             return await self._send(request, options)
         if self._tokens is None:
             raise TokenError("this sidecar was built without an OAuth2 token cache")
-        return await send_with_token(self._send, self._tokens, credentials, request, options)
+        sent.append(credentials.client_secret)
+        return await send_with_token(self._send, self._tokens, credentials, request, options, sent)
 
 
 @dataclass(frozen=True, slots=True)

@@ -269,11 +269,15 @@ async def send_with_token(
     credentials: ClientCredentials,
     request: OutboundRequest,
     options: SendOptions,
+    sent: list[str] | None = None,
 ) -> HttpResponse:
     """Send `request` with a token, within `options.timeout_seconds` in all (token included);
-    after a 401, once more with a fresh token. The answer counts the attempts of both sends."""
+    after a 401, once more with a fresh token. The answer counts the attempts of both sends.
+    Each token sent is appended to `sent`, so the answer's edge masks it if the API echoes it."""
     deadline = time.monotonic() + options.timeout_seconds
+    sent = sent if sent is not None else []
     token = await tokens.token(credentials, options.timeout_seconds)
+    sent.append(token)
     response = await send(with_bearer(request, token), _within(options, deadline, attempts=0))
     if response.status != 401:
         return response
@@ -285,6 +289,7 @@ async def send_with_token(
             f"the API refused the token (401) and no new one came: {error.message}",
             attempts=response.attempts,
         ) from None
+    sent.append(fresh)
     options = _within(options, deadline, attempts=response.attempts)
     try:
         retried = await send(with_bearer(request, fresh), options)
