@@ -228,6 +228,13 @@ SAMPLES: list[tuple[str, Any, Callable[[Any], object]]] = [
             pb.Auth(bearer=pb.BearerAuth(token_secret="token")),
             pb.Auth(api_key=pb.ApiKeyAuth(name="X-Key", value_secret="key")),
             pb.Auth(basic=pb.BasicAuth(username_secret="user", password_secret="password")),
+            pb.Auth(
+                oauth2_client_credentials=pb.OAuth2ClientCredentialsAuth(
+                    token_url="https://login.example.com/oauth2/token",
+                    client_id_secret="client_id",
+                    client_secret_secret="client_secret",
+                )
+            ),
         )
     ),
     (
