@@ -27,7 +27,8 @@ kubelet must reach health, but it must not reach RegisterConnector.
 `serve(settings)` adds the signal handling and the graceful drain:
 
     SIGTERM -> health NOT_SERVING at once -> new calls refused -> in-flight calls get
-    `shutdown_grace_seconds` to finish -> store closed -> exit 0
+    `shutdown_grace_seconds` to finish -> calls still running are cancelled, and their judging
+    stops at its next step (`sidecar.core.budget`) -> store closed -> exit 0
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from grpc_reflection.v1alpha import reflection
 from sidecar.api.access import TokenFile, TokenInterceptor
 from sidecar.api.interceptors import ErrorMappingInterceptor, TelemetryInterceptor
 from sidecar.api.servicer import SERVICE_NAME, RulesSidecarServicer, ServiceGate
+from sidecar.core.budget import WorkLimits
 from sidecar.core.engine import Engine
 from sidecar.core.model import Connector
 from sidecar.core.oauth import TokenCache
@@ -148,13 +150,22 @@ async def start_sidecar(
     # OAuth2 tokens are fetched through the same egress (never cached as responses), and cached
     # per credential for every connector.
     tokens = TokenCache(TokenEndpoint(egress.send).fetch)
-    engine = Engine(registry, secrets, response_cache.send, bindings=bindings, tokens=tokens)
+    engine = Engine(
+        registry,
+        secrets,
+        response_cache.send,
+        bindings=bindings,
+        tokens=tokens,
+        limits=work_limits(settings),
+        max_cache_bytes=settings.max_compiled_cache_bytes,
+    )
     servicer = RulesSidecarServicer(
         registry,
         engine,
         telemetry=telemetry,
         max_concurrent_evaluations=settings.max_concurrent_evaluations,
         message_limit=settings.max_message_bytes,
+        max_cache_bytes=settings.max_compiled_cache_bytes,
     )
     telemetry.watch(
         in_flight=lambda: servicer.evaluations_in_flight, breakers=egress.breaker_states
@@ -180,7 +191,29 @@ async def start_sidecar(
             server.health_port,
         )
     return Sidecar(
-        settings, server, telemetry, egress, registry, watcher, follower, response_cache, tokens
+        settings,
+        server,
+        telemetry,
+        egress,
+        registry,
+        watcher,
+        follower,
+        response_cache,
+        tokens,
+        engine,
+    )
+
+
+def work_limits(settings: Settings) -> WorkLimits:
+    """The caps on each evaluation's work, from their settings of the same names."""
+    return WorkLimits(
+        max_evaluation_seconds=settings.max_evaluation_seconds,
+        max_query_result_bytes=settings.max_query_result_bytes,
+        max_query_steps=settings.max_query_steps,
+        max_regex_subject_bytes=settings.max_regex_subject_bytes,
+        regex_max_memory_bytes=settings.regex_max_memory_bytes,
+        max_node_cost_bytes=settings.max_node_cost_bytes,
+        max_explain_value_bytes=settings.max_explain_value_bytes,
     )
 
 
@@ -403,6 +436,7 @@ class Sidecar:
     follower: Follower | None = None
     response_cache: ResponseCache | None = None
     tokens: TokenCache | None = None
+    engine: Engine | None = None
 
     @property
     def port(self) -> int:
@@ -421,6 +455,8 @@ class Sidecar:
         if self.follower is not None:
             await self.follower.stop()
         await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        if self.engine is not None:  # the grace is over: what still works stops at its next step
+            self.engine.stop_all()
         if self.response_cache is not None:
             await self.response_cache.aclose()  # refreshes still running use the egress
         if self.tokens is not None:

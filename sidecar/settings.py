@@ -243,6 +243,57 @@ class Settings(BaseSettings):
         description="EvaluateNode calls in progress at once; more answer RESOURCE_EXHAUSTED at "
         "once instead of queueing.",
     )
+    max_evaluation_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Longest an evaluation (rendering, the exchange, judging, extraction) or an "
+        "ExtractVariables call may take when the caller's deadline allows more or sets none; "
+        "work still running then stops and answers ERROR/BUDGET_EXHAUSTED.",
+    )
+    max_query_result_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest text a JMESPath to_string() or join() may build; a larger one "
+        "stops the evaluation with ERROR/LIMIT_EXCEEDED before it is built.",
+    )
+    max_query_steps: int = Field(
+        200_000,
+        ge=1000,
+        description="Most steps (expression nodes visited, list elements a flatten makes) one "
+        "JMESPath evaluation may take; more answer ERROR/LIMIT_EXCEEDED.",
+    )
+    max_regex_subject_bytes: int = Field(
+        64 * 1024,
+        ge=1,
+        description="Longest text (UTF-8 bytes) a MATCHES condition searches; a longer subject "
+        "answers ERROR/LIMIT_EXCEEDED.",
+    )
+    regex_max_memory_bytes: int = Field(
+        1024 * 1024,
+        ge=64 * 1024,
+        description="RE2's memory budget for each MATCHES regular expression (RE2's max_mem).",
+    )
+    max_node_cost_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Most work a node may ask for: its body queries (BODY conditions and "
+        "extractions) times the document's bytes, checked before judging (over it: "
+        "ERROR/LIMIT_EXCEEDED); and its MATCHES regexes times regex_max_memory_bytes, checked "
+        "when the node is compiled (over it: INVALID_ARGUMENT).",
+    )
+    max_explain_value_bytes: int = Field(
+        4 * 1024,
+        ge=64,
+        description="Largest subject value an explanation copies (as compact JSON); a larger "
+        "one is shown truncated (strings) or not at all, with a note saying so.",
+    )
+    max_compiled_cache_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Memory each cache of compiled forms (nodes, extraction lists, connector "
+        "templates) may hold, as estimated from what they were compiled from; least recently "
+        "used entries go first.",
+    )
     max_connections: int = Field(256, ge=1, description="Pooled outbound connections in all.")
     per_upstream_concurrency: int = Field(
         64, ge=1, description="Outbound requests in flight to one upstream (scheme, host, port)."

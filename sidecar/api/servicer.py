@@ -19,9 +19,10 @@ from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
 from sidecar.api import wire
 from sidecar.core import model
+from sidecar.core.budget import BudgetExhaustedError, LimitExceededError, WorkLimits
 from sidecar.core.compiled_cache import CompiledCache
 from sidecar.core.documents import DocumentError, parse_document
-from sidecar.core.engine import CompiledNode, Engine, compile_node
+from sidecar.core.engine import CompiledNode, Engine, compile_node, compiled_size
 from sidecar.core.extraction import CompiledExtractions, compile_extractions
 from sidecar.core.model.node import MAX_EXTRACTIONS
 from sidecar.errors import FieldViolation, InvalidArgumentError, NotReadyError, OverloadedError
@@ -45,12 +46,18 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         telemetry: Telemetry,
         max_concurrent_evaluations: int,
         message_limit: int = DEFAULT_MESSAGE_LIMIT,
+        max_cache_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self._registry = registry
         self._engine = engine
         self._telemetry = telemetry
-        self._nodes: CompiledCache[bytes, CompiledNode] = CompiledCache(limit=1024)
-        self._extractions: CompiledCache[bytes, CompiledExtractions] = CompiledCache(limit=1024)
+        # Sized from the message bytes each was compiled from (key and size alike).
+        self._nodes: CompiledCache[bytes, CompiledNode] = CompiledCache(
+            limit=1024, max_bytes=max_cache_bytes
+        )
+        self._extractions: CompiledCache[bytes, CompiledExtractions] = CompiledCache(
+            limit=1024, max_bytes=max_cache_bytes
+        )
         self._evaluation_slots = max_concurrent_evaluations
         self._evaluations_in_flight = 0
         self._message_limit = message_limit  # answers are kept within what grpc will send
@@ -126,8 +133,11 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         if request.mode not in _EVALUATION_MODES:
             raise InvalidArgumentError([FieldViolation("mode", "unknown evaluation mode")])
         node = request.node
+        key = node.SerializeToString(deterministic=True)
         compiled = self._nodes.get(
-            node.SerializeToString(deterministic=True), lambda: _compile_node_message(node)
+            key,
+            lambda: _compile_node_message(node, self._engine.limits),
+            size=compiled_size(len(key)),
         )
         variables = wire.variables_from_proto(request.variables)
         if self._evaluations_in_flight >= self._evaluation_slots:
@@ -136,6 +146,8 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
                 "sidecar accepts at once; retry with backoff",
                 metadata={"max_concurrent_evaluations": str(self._evaluation_slots)},
             )
+        # The slot is released only once the work stopped: a cancelled call's engine cancels
+        # its budget and waits for its worker before the cancellation reaches this finally.
         self._evaluations_in_flight += 1
         try:
             # The INTERNAL span, the evaluations counter and the evaluation's log line.
@@ -166,19 +178,32 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
             deterministic=True
         )
         compiled = self._extractions.get(
-            key, lambda: _compile_extraction_messages(request.extractions)
+            key,
+            lambda: _compile_extraction_messages(request.extractions),
+            size=compiled_size(len(key)),
         )
         document_kind = request.WhichOneof("document")
         if document_kind is None:
             raise InvalidArgumentError([FieldViolation("document", "set json or raw_json")])
         if document_kind == "json":
             document = wire.value_from_proto(request.json, "json")
+            document_bytes = request.json.ByteSize()
         else:
             try:
                 document = parse_document(request.raw_json)
             except DocumentError as exc:
                 raise InvalidArgumentError([FieldViolation("raw_json", str(exc))]) from exc
-        variables, results = compiled.apply(document, has_document=True)
+            document_bytes = len(request.raw_json)
+        try:
+            variables, results = await self._engine.extract(
+                compiled,
+                document,
+                document_bytes=document_bytes,
+                time_remaining=context.time_remaining(),
+            )
+        except (BudgetExhaustedError, LimitExceededError) as stopped:
+            # No outcome to carry a reason here: the caller's input asked for too much work.
+            raise InvalidArgumentError([FieldViolation("extractions", stopped.message)]) from None
         return wire.extract_answer(variables, results, message_limit=self._message_limit)
 
 
@@ -281,9 +306,9 @@ class _ExtractionsInput(BaseModel):
     extractions: tuple[model.Extraction, ...] = Field(max_length=MAX_EXTRACTIONS)
 
 
-def _compile_node_message(node: pb.Node) -> CompiledNode:
+def _compile_node_message(node: pb.Node, limits: WorkLimits) -> CompiledNode:
     try:
-        return compile_node(wire.node_from_proto(node))
+        return compile_node(wire.node_from_proto(node), limits=limits)
     except InvalidArgumentError as error:
         raise InvalidArgumentError(
             [

@@ -61,13 +61,15 @@ A branch's conditions combine with ALL (an empty list holds) or ANY (an empty li
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final, cast
 
 import re2
 
 from sidecar.core import values
+from sidecar.core.budget import Budget, LimitExceededError, json_size, unbounded
+from sidecar.core.model.failures import EvaluationFailure
 from sidecar.core.model.node import (
     Branch,
     Combinator,
@@ -83,6 +85,9 @@ from sidecar.core.placeholders import parse_variable_path
 from sidecar.core.query import compile_query
 from sidecar.errors import FieldViolation, InvalidArgumentError
 
+REGEX_MAX_MEMORY_BYTES: Final = 1024 * 1024
+"""RE2's memory budget per MATCHES regex unless the caller gives one (the setting's default)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ResponseView:
@@ -93,6 +98,8 @@ class ResponseView:
     body: Any
     body_is_json: bool
     variables: Mapping[str, Any]
+    # The evaluation's budget: every condition, list element and query step spends from it.
+    budget: Budget = field(default_factory=unbounded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +111,7 @@ class BranchDecision:
 
 
 # A test judges a subject value (None when absent) and says how it compared.
-_Test = Callable[[Any], tuple[bool, str]]
+_Test = Callable[[Any, Budget], tuple[bool, str]]
 # A resolver finds the subject in a response: (present, value, note when absent).
 _Resolver = Callable[[ResponseView], tuple[bool, Any, str]]
 
@@ -159,15 +166,21 @@ class CompiledBranches:
         return BranchDecision(winner, tuple(explanations))
 
 
-def compile_branches(branches: Sequence[Branch]) -> CompiledBranches:
-    """Compile every branch, or raise InvalidArgumentError naming every bad field at once."""
+def compile_branches(
+    branches: Sequence[Branch], *, regex_max_memory_bytes: int = REGEX_MAX_MEMORY_BYTES
+) -> CompiledBranches:
+    """Compile every branch, or raise InvalidArgumentError naming every bad field at once.
+
+    `regex_max_memory_bytes` is RE2's memory budget for each MATCHES regex (its max_mem).
+    """
     violations: list[FieldViolation] = []
+    compile_condition = partial(_compile_condition, regex_max_memory=regex_max_memory_bytes)
     compiled = [
         _CompiledBranch(
             branch.target,
             branch.combinator,
             tuple(
-                _compile_condition(condition, f"branches[{b}].conditions[{c}]", violations)
+                compile_condition(condition, f"branches[{b}].conditions[{c}]", violations)
                 for c, condition in enumerate(branch.conditions)
             ),
         )
@@ -204,25 +217,34 @@ class _CompiledCondition:
     def explain(self, view: ResponseView) -> ConditionExplanation:
         result, present, value, note = self._judge(view)
         condition = self.condition
+        limit = view.budget.limits.max_explain_value_bytes
+        size = json_size(value, limit)
+        if size > limit:  # a 1 KB request must not copy every subject into the answer
+            shown = f"truncated to {limit} characters" if isinstance(value, str) else "not shown"
+            value = _preview(value, limit)
+            note = f"{note}; the value is over {limit} bytes, {shown} (max_explain_value_bytes)"
         return ConditionExplanation(
             condition.subject, condition.operator, condition.operand, value, present, result, note
         )
 
     def _judge(self, view: ResponseView) -> tuple[bool, bool, Any, str]:
         present, value = False, None
+        view.budget.spend()
         try:
             present, value, absence = self.resolve(view)
-            result, note = self.test(value if present else None)
+            result, note = self.test(value if present else None, view.budget)
+        except EvaluationFailure:  # the budget ran out or a limit was reached: stop judging
+            raise
         except Exception as exc:  # decide() answers whatever the input holds
             return False, present, value, f"could not be evaluated: {type(exc).__name__}"
         return result, present, value, note if present else absence
 
 
 def _compile_condition(
-    condition: Condition, field: str, violations: list[FieldViolation]
+    condition: Condition, field: str, violations: list[FieldViolation], regex_max_memory: int
 ) -> _CompiledCondition:
     resolve = _compile_subject(condition.subject, f"{field}.subject.path", violations)
-    test = _compile_test(condition, f"{field}.operand", violations)
+    test = _compile_test(condition, f"{field}.operand", violations, regex_max_memory)
     if condition.quantifier is not None:
         test = partial(_quantified, quantifier=condition.quantifier, test=test)
     return _CompiledCondition(condition, resolve, test)
@@ -247,7 +269,7 @@ def _compile_subject(subject: Subject, field: str, violations: list[FieldViolati
     def body(view: ResponseView) -> tuple[bool, Any, str]:
         if not view.body_is_json:
             return False, None, "response body is not JSON"
-        found, failure = query.find(view.body)
+        found, failure = query.find(view.body, view.budget)
         return _present_or(found, failure or "subject absent: the expression yielded null")
 
     return body
@@ -325,6 +347,12 @@ def _equals(subject: Any, operand: _Operand, folding: bool) -> tuple[bool, str]:
     return False, f"not comparable: {_kind(subject)} and {_kind(operand.raw)}"
 
 
+def _equals_test(
+    subject: Any, budget: Budget, operand: _Operand, folding: bool
+) -> tuple[bool, str]:
+    return _equals(subject, operand, folding)
+
+
 def _text_pair(subject: Any, operand: _Operand, folding: bool) -> tuple[str, str] | None:
     text = _text(subject)
     if text is None or operand.text is None or operand.folded is None:
@@ -332,20 +360,25 @@ def _text_pair(subject: Any, operand: _Operand, folding: bool) -> tuple[str, str
     return (text.casefold(), operand.folded) if folding else (text, operand.text)
 
 
-def _compile_test(condition: Condition, field: str, violations: list[FieldViolation]) -> _Test:
+def _compile_test(
+    condition: Condition,
+    field: str,
+    violations: list[FieldViolation],
+    regex_max_memory: int = 0,
+) -> _Test:
     op, raw, folding = condition.operator, condition.operand, condition.ignore_case
     problem = operand_problem(op, raw)
     if problem:
         violations.append(FieldViolation(field, problem))
-        return lambda value: (False, "invalid operand")
+        return lambda value, budget: (False, "invalid operand")
     # From here on the operand has the shape operand_problem asks of it.
     if op in _NEGATIONS:
         positive = condition.model_copy(update={"operator": _NEGATIONS[op]})
-        return partial(_negated, test=_compile_test(positive, field, violations))
+        return partial(_negated, test=_compile_test(positive, field, violations, regex_max_memory))
     if op in _ORDERINGS:
         return partial(_ordered, operand=_Operand.of(raw), folding=folding, accept=_ORDERINGS[op])
     if op is Operator.EQUALS:
-        return partial(_equals, operand=_Operand.of(raw), folding=folding)
+        return partial(_equals_test, operand=_Operand.of(raw), folding=folding)
     if op is Operator.IN:
         elements = tuple(_Operand.of(item) for item in cast(list[Any], raw))
         return partial(_is_in, elements=elements, folding=folding)
@@ -355,11 +388,14 @@ def _compile_test(condition: Condition, field: str, violations: list[FieldViolat
         starts = op is Operator.STARTS_WITH
         return partial(_affix, operand=_Operand.of(raw), folding=folding, starts=starts)
     if op is Operator.MATCHES:
-        return _compile_matches(raw, folding, field, violations)
+        return _compile_matches(raw, folding, field, violations, regex_max_memory)
     if op is Operator.EXISTS:
-        return lambda value: (value is not None, f"{_kind(value)} value")
+        return lambda value, budget: (value is not None, f"{_kind(value)} value")
     if op is Operator.IS_EMPTY:
-        return lambda value: (value is None or value in ("", [], {}), f"{_kind(value)} value")
+        return lambda value, budget: (
+            value is None or value in ("", [], {}),
+            f"{_kind(value)} value",
+        )
     if op is Operator.STATUS_CLASS:
         hundreds = int(cast(str, raw)[0]) * 100
         return partial(_in_range, low=hundreds, high=hundreds + 99, note=f"status class {raw}")
@@ -383,13 +419,13 @@ _ORDERINGS: Final = {
 }
 
 
-def _negated(value: Any, test: _Test) -> tuple[bool, str]:
-    held, note = test(value)
+def _negated(value: Any, budget: Budget, test: _Test) -> tuple[bool, str]:
+    held, note = test(value, budget)
     return not held, note
 
 
 def _ordered(
-    value: Any, operand: _Operand, folding: bool, accept: tuple[int, ...]
+    value: Any, budget: Budget, operand: _Operand, folding: bool, accept: tuple[int, ...]
 ) -> tuple[bool, str]:
     number = values.as_number(value)
     if number is not None and operand.number is not None:
@@ -402,7 +438,9 @@ def _ordered(
     return False, f"not ordered: {_kind(value)} and {_kind(operand.raw)}"
 
 
-def _is_in(value: Any, elements: tuple[_Operand, ...], folding: bool) -> tuple[bool, str]:
+def _is_in(
+    value: Any, budget: Budget, elements: tuple[_Operand, ...], folding: bool
+) -> tuple[bool, str]:
     for index, element in enumerate(elements):
         held, note = _equals(value, element, folding)
         if held:
@@ -410,8 +448,9 @@ def _is_in(value: Any, elements: tuple[_Operand, ...], folding: bool) -> tuple[b
     return False, "equal to no element of the operand"
 
 
-def _contains(value: Any, operand: _Operand, folding: bool) -> tuple[bool, str]:
+def _contains(value: Any, budget: Budget, operand: _Operand, folding: bool) -> tuple[bool, str]:
     if isinstance(value, list):
+        budget.spend(len(value))
         held = any(_equals(item, operand, folding)[0] for item in value)
         return held, "list elements compared with EQUALS"
     if isinstance(value, Mapping):
@@ -427,7 +466,9 @@ def _contains(value: Any, operand: _Operand, folding: bool) -> tuple[bool, str]:
     return pair[1] in pair[0], _STRINGS_FOLDED if folding else _STRINGS
 
 
-def _affix(value: Any, operand: _Operand, folding: bool, starts: bool) -> tuple[bool, str]:
+def _affix(
+    value: Any, budget: Budget, operand: _Operand, folding: bool, starts: bool
+) -> tuple[bool, str]:
     pair = _text_pair(value, operand, folding)
     if pair is None:
         return False, f"not text: {_kind(value)} and {_kind(operand.raw)}"
@@ -436,11 +477,13 @@ def _affix(value: Any, operand: _Operand, folding: bool, starts: bool) -> tuple[
 
 
 def _compile_matches(
-    pattern: Any, folding: bool, field: str, violations: list[FieldViolation]
+    pattern: Any, folding: bool, field: str, violations: list[FieldViolation], max_memory: int
 ) -> _Test:
     options = re2.Options()
     options.case_sensitive = not folding
     options.log_errors = False
+    # RE2's DFA cache per regex; 64 regexes at RE2's default 8 MiB could hold 512 MiB.
+    options.max_mem = max_memory or REGEX_MAX_MEMORY_BYTES
     try:
         regex = re2.compile(pattern, options)
     except (re2.error, TypeError, UnicodeError) as exc:
@@ -451,28 +494,47 @@ def _compile_matches(
             "(no backreferences or look-around), e.g. ^[A-Z]{2}[0-9]{4}$"
         )
         violations.append(FieldViolation(field, description))
-        return lambda value: (False, "invalid regular expression")
+        return lambda value, budget: (False, "invalid regular expression")
     return partial(_matches, regex=regex)
 
 
-def _matches(value: Any, regex: Any) -> tuple[bool, str]:
+def _matches(value: Any, budget: Budget, regex: Any) -> tuple[bool, str]:
     text = _text(value)
     if text is None:
         return False, f"not text: {_kind(value)}"
     # Encoding here lets a lone surrogate from a JSON body through where re2 would raise.
-    return regex.search(text.encode("utf-8", "surrogatepass")) is not None, "regex search"
+    subject = text.encode("utf-8", "surrogatepass")
+    limit = budget.limits.max_regex_subject_bytes
+    if len(subject) > limit:  # RE2 is linear, but 64 regexes over 250 KB took seconds
+        raise LimitExceededError(
+            f"a MATCHES subject is {len(subject)} bytes, over {limit} (max_regex_subject_bytes)"
+        )
+    budget.spend(1 + len(subject) // 256)
+    return regex.search(subject) is not None, "regex search"
 
 
-def _in_range(value: Any, low: float, high: float, note: str) -> tuple[bool, str]:
+def _in_range(value: Any, budget: Budget, low: float, high: float, note: str) -> tuple[bool, str]:
     number = values.as_number(value)
     if number is None:
         return False, f"not a number: {_kind(value)}"
     return low <= number <= high, note
 
 
-def _quantified(value: Any, quantifier: Quantifier, test: _Test) -> tuple[bool, str]:
+def _quantified(
+    value: Any, budget: Budget, quantifier: Quantifier, test: _Test
+) -> tuple[bool, str]:
     if not isinstance(value, list):
         return False, f"quantifier {quantifier} needs a list subject, got {_kind(value)}"
-    held = sum(1 for item in value if test(item)[0])
+    held = 0
+    for item in value:
+        budget.spend()
+        held += test(item, budget)[0]
     wanted = {Quantifier.ANY: held > 0, Quantifier.ALL: held == len(value)}
     return wanted.get(quantifier, held == 0), f"{quantifier}: {held} of {len(value)} elements held"
+
+
+def _preview(value: Any, limit: int) -> Any:
+    """What an explanation shows of a value over the limit: a string's start, else nothing."""
+    if isinstance(value, str):
+        return value[:limit]
+    return f"<{_kind(value)} over {limit} bytes>"

@@ -16,15 +16,25 @@ Outcome rules:
 - no branch held and the upstream answered >= 500 -> ERROR, UPSTREAM_ERROR (a branch that
   explicitly matches a 5xx wins before this rule);
 - no branch held otherwise -> NO_MATCH with the else target;
+- the evaluation's budget ran out or its call was cancelled while it worked -> ERROR,
+  BUDGET_EXHAUSTED; a work limit reached (a query's result or steps, a regex subject, the node's
+  cost) -> ERROR, LIMIT_EXCEEDED;
 - no HTTP response at all (timeout, refused, DNS, TLS, oversize ...), or nothing sent (missing
   variable, missing secret, unknown or non-live connector) -> ERROR with that reason, and no branch
   is evaluated: a branch on visitor variables alone must not route a failed call down a success
   path.
+
+Bounded work (issue 14). One `Budget` per evaluation covers rendering, the exchange, judging and
+extraction: its time is the caller's deadline (less a margin), at most `max_evaluation_seconds`,
+and the exchange gets what is left of it (at most the connector's timeout). Judging spends from
+it step by step (`sidecar.core.budget`), on the event loop for a slice of work and then in a
+worker thread; a cancelled call stops the worker at its next step, and `evaluate` returns only
+once it stopped. Before judging, the node's cost (its body queries x the body's bytes) is held
+to `max_node_cost_bytes`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -39,6 +49,7 @@ from sidecar.core.auth import (
     client_credentials,
     masked_request,
 )
+from sidecar.core.budget import Budget, LimitExceededError, WorkLimits, json_size, run_bounded
 from sidecar.core.compiled_cache import CompiledCache
 from sidecar.core.conditions import CompiledBranches, ResponseView, compile_branches
 from sidecar.core.documents import DocumentError, parse_document
@@ -47,12 +58,14 @@ from sidecar.core.model import (
     Connector,
     ConnectorStatus,
     Explanation,
+    ExtractionResult,
     HttpMethod,
     Node,
     Outcome,
     OutcomeKind,
     Reason,
     RenderedRequest,
+    SubjectKind,
 )
 from sidecar.core.model.exchange import (
     CacheOptions,
@@ -76,12 +89,17 @@ from sidecar.core.secrets import SecretBindings
 from sidecar.core.templating import RequestTemplate, compile_request
 from sidecar.errors import FieldViolation, InvalidArgumentError
 
-OFF_LOOP_BODY_BYTES = 256 * 1024
+# Bodies larger than this are parsed and judged in a worker thread from the start; smaller ones
+# start on the event loop and move to a thread if their judging needs more than a slice.
+OFF_LOOP_BODY_BYTES = 64 * 1024
 # Kept back from the caller's deadline so the answer can still reach it, even on a busy CPU.
 DEADLINE_MARGIN_SECONDS = 0.05
 _IDEMPOTENT_METHODS = frozenset({HttpMethod.GET, HttpMethod.PUT, HttpMethod.DELETE})
 _TEMPLATE_CACHE_LIMIT = 4096
 T = TypeVar("T")
+# What a compiled form holds in memory, estimated from what it was compiled from.
+COMPILED_BYTES_PER_SOURCE_BYTE = 8  # measured: a node of 36,000 short strings, 7-8x
+COMPILED_OVERHEAD_BYTES = 4096
 
 
 class ConnectorLookup(Protocol):
@@ -107,14 +125,35 @@ class CompiledNode:
     node: Node
     branches: CompiledBranches
     extractions: CompiledExtractions
+    # Queries run over the body per evaluation: its cost is this times the body's size.
+    body_queries: int = 0
 
 
-def compile_node(node: Node) -> CompiledNode:
-    """Compile a node, or raise InvalidArgumentError naming every bad field (relative to node)."""
+def compile_node(node: Node, *, limits: WorkLimits | None = None) -> CompiledNode:
+    """Compile a node, or raise InvalidArgumentError naming every bad field (relative to node).
+
+    A node whose MATCHES regexes could together hold more memory than `max_node_cost_bytes`
+    (each up to `regex_max_memory_bytes`) is refused here, before it ever runs.
+    """
+    limits = limits or WorkLimits()
     violations: list[FieldViolation] = []
     branches = extractions = None
+    conditions = [condition for branch in node.branches for condition in branch.conditions]
+    regexes = sum(1 for condition in conditions if condition.operator.value == "MATCHES")
+    if regexes * limits.regex_max_memory_bytes > limits.max_node_cost_bytes:
+        most = limits.max_node_cost_bytes // limits.regex_max_memory_bytes
+        violations.append(
+            FieldViolation(
+                "branches",
+                f"{regexes} MATCHES conditions could hold "
+                f"{regexes * limits.regex_max_memory_bytes} bytes of regex memory, over "
+                f"max_node_cost_bytes ({limits.max_node_cost_bytes}); use at most {most}",
+            )
+        )
     try:
-        branches = compile_branches(node.branches)
+        branches = compile_branches(
+            node.branches, regex_max_memory_bytes=limits.regex_max_memory_bytes
+        )
     except InvalidArgumentError as error:
         violations.extend(error.violations)
     try:
@@ -123,7 +162,19 @@ def compile_node(node: Node) -> CompiledNode:
         violations.extend(error.violations)
     if violations or branches is None or extractions is None:
         raise InvalidArgumentError(violations)
-    return CompiledNode(node, branches, extractions)
+    body_queries = len(node.extractions) + sum(
+        1 for condition in conditions if condition.subject.kind is SubjectKind.BODY
+    )
+    return CompiledNode(node, branches, extractions, body_queries)
+
+
+def compiled_size(source_bytes: int) -> int:
+    """The memory a compiled form is taken to hold, from the size of what it was compiled from.
+
+    >>> compiled_size(1000)
+    12096
+    """
+    return COMPILED_OVERHEAD_BYTES + COMPILED_BYTES_PER_SOURCE_BYTE * source_bytes
 
 
 class Engine:
@@ -143,15 +194,62 @@ class Engine:
         *,
         bindings: SecretBindings,
         tokens: TokenCache | None = None,
+        limits: WorkLimits | None = None,
+        max_cache_bytes: int = 64 * 1024 * 1024,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._connectors = connectors
         self._secrets = secrets
         self._send = send
         self._bindings = bindings
         self._tokens = tokens  # OAuth2 client credentials' tokens (`sidecar.core.oauth`)
+        self.limits = limits or WorkLimits()
+        self._clock = clock
         self._prepared: CompiledCache[tuple[object, ...], _Prepared] = CompiledCache(
-            limit=_TEMPLATE_CACHE_LIMIT
+            limit=_TEMPLATE_CACHE_LIMIT,
+            max_bytes=max_cache_bytes,
+            size=lambda prepared: prepared.size,
         )
+        self._working: set[Budget] = set()
+
+    @property
+    def working(self) -> int:
+        """Evaluations and extractions whose work has not stopped yet."""
+        return len(self._working)
+
+    def stop_all(self) -> None:
+        """Cancel every evaluation's budget: each stops at its next step (on shutdown)."""
+        for budget in tuple(self._working):
+            budget.cancel()
+
+    def budget(self, time_remaining: float | None) -> Budget:
+        """A new evaluation's budget: the caller's deadline less the margin, within the limits."""
+        seconds = None if time_remaining is None else time_remaining - DEADLINE_MARGIN_SECONDS
+        return Budget(self.limits, seconds=seconds, clock=self._clock)
+
+    async def extract(
+        self,
+        compiled: CompiledExtractions,
+        document: Any,
+        *,
+        document_bytes: int,
+        time_remaining: float | None = None,
+    ) -> tuple[dict[str, Any], tuple[ExtractionResult, ...]]:
+        """ExtractVariables: apply extractions to a document under one budget, as `evaluate`.
+
+        Raises BudgetExhaustedError or LimitExceededError (the caller answers them).
+        """
+        budget = self.budget(time_remaining)
+        _check_cost(len(compiled), document_bytes, self.limits)
+        self._working.add(budget)
+        try:
+            return await run_bounded(
+                partial(compiled.apply, document, has_document=True, budget=budget),
+                budget,
+                on_loop=document_bytes <= OFF_LOOP_BODY_BYTES,
+            )
+        finally:
+            self._working.discard(budget)
 
     async def evaluate(
         self,
@@ -167,6 +265,21 @@ class Engine:
         Each step raises an EvaluationFailure when the call cannot go on; the one handler turns
         it into the ERROR outcome, with what the steps before it established.
         """
+        budget = self.budget(time_remaining)
+        self._working.add(budget)
+        try:
+            return await self._evaluate(compiled, variables, budget, explain, allow_draft)
+        finally:
+            self._working.discard(budget)
+
+    async def _evaluate(
+        self,
+        compiled: CompiledNode,
+        variables: Mapping[str, Any],
+        budget: Budget,
+        explain: bool,
+        allow_draft: bool,
+    ) -> Outcome:
         connector: Connector | None = None
         rendered: OutboundRequest | None = None
         started: float | None = None
@@ -179,32 +292,36 @@ class Engine:
             request = self._authorise(connector, rendered, sent_secrets)
             credentials = self._resolved(client_credentials, connector)
             self._check_bindings(connector)
-            budget = _budget(connector, time_remaining)
+            timeout = _exchange_timeout(connector, budget)
             started = time.perf_counter()
             response = await self._exchange(
                 request,
                 credentials,
-                replace(prepared.options, timeout_seconds=budget),
+                replace(prepared.options, timeout_seconds=timeout),
                 sent_secrets,
             )
+            budget.check()
+            _check_cost(compiled.body_queries, len(response.body), self.limits)
+            judge = partial(
+                _judge,
+                compiled,
+                connector,
+                response,
+                variables,
+                budget,
+                latency=time.perf_counter() - started,
+                explain=explain,
+                request=masked_request(connector, rendered) if explain else None,
+            )
+            # Parsing and querying a large document takes milliseconds: a large one goes off
+            # the event loop at once, others move there if they need more than a slice.
+            outcome = await run_bounded(
+                judge, budget, on_loop=len(response.body) <= OFF_LOOP_BODY_BYTES
+            )
+            return _carrying(outcome, sent_secrets)
         except EvaluationFailure as failure:
             outcome = _failed(compiled, failure, connector, rendered, started, explain=explain)
             return _carrying(outcome, sent_secrets)
-        judge = partial(
-            _judge,
-            compiled,
-            connector,
-            response,
-            variables,
-            latency=time.perf_counter() - started,
-            explain=explain,
-            request=masked_request(connector, rendered) if explain else None,
-        )
-        if len(response.body) > OFF_LOOP_BODY_BYTES:
-            # Parsing and querying a large document takes milliseconds: do it off the event
-            # loop so other conversations' calls keep flowing meanwhile.
-            return _carrying(await asyncio.to_thread(judge), sent_secrets)
-        return _carrying(judge(), sent_secrets)
 
     def _connector(self, connector_id: str) -> Connector:
         connector = self._connectors.get(connector_id)
@@ -260,6 +377,7 @@ class _Prepared:
 
     template: RequestTemplate
     options: SendOptions
+    size: int = COMPILED_OVERHEAD_BYTES
 
     @classmethod
     def of(cls, connector: Connector) -> _Prepared:
@@ -282,7 +400,13 @@ class _Prepared:
             propagate_trace=not connector.disable_trace_propagation,
             cache=_cache_options(connector),
         )
-        return cls(compile_request(connector), options)
+        source = len(connector.url_template) + sum(
+            len(name) + len(value) for name, value in connector.headers.items()
+        )
+        source += sum(len(name) + len(value) for name, value in connector.query.items())
+        if connector.body_template is not None:
+            source += json_size(connector.body_template, 1 << 40)
+        return cls(compile_request(connector), options, compiled_size(source))
 
 
 def _cache_options(connector: Connector) -> CacheOptions | None:
@@ -313,14 +437,22 @@ def _check_live(connector: Connector, *, allow_draft: bool) -> None:
         raise ConnectorNotLiveError(f"connector {connector.id!r} is {status.value}{hint}")
 
 
-def _budget(connector: Connector, time_remaining: float | None) -> float:
-    """Seconds the call may take: the connector's timeout, within the caller's deadline."""
-    budget = connector.timeout.total_seconds()
-    if time_remaining is not None:
-        budget = min(budget, time_remaining - DEADLINE_MARGIN_SECONDS)
-    if budget <= 0:
+def _exchange_timeout(connector: Connector, budget: Budget) -> float:
+    """Seconds the exchange may take: the connector's timeout, within the evaluation's budget."""
+    seconds = min(connector.timeout.total_seconds(), budget.remaining())
+    if seconds <= 0:
         raise DeadlineExhaustedError("the caller's deadline leaves no time for the call")
-    return budget
+    return seconds
+
+
+def _check_cost(queries: int, document_bytes: int, limits: WorkLimits) -> None:
+    """Refuse to judge when the queries over the document could cost more than the limit."""
+    cost = queries * document_bytes
+    if cost > limits.max_node_cost_bytes:
+        raise LimitExceededError(
+            f"{queries} body queries over a {document_bytes}-byte document cost {cost} bytes, "
+            f"over max_node_cost_bytes ({limits.max_node_cost_bytes})"
+        )
 
 
 def _judge(
@@ -328,17 +460,19 @@ def _judge(
     connector: Connector,
     response: HttpResponse,
     variables: Mapping[str, Any],
+    budget: Budget,
     *,
     latency: float,
     explain: bool,
     request: RenderedRequest | None,
 ) -> Outcome:
-    """Decide the branch and extract, from a response that arrived."""
+    """Decide the branch and extract, from a response that arrived (spending from budget)."""
     node = compiled.node
+    budget.spend(1 + len(response.body) // 256)  # parsing, as a slice of the on-loop work
     body, body_is_json, note = _parse_body(response)
-    view = ResponseView(response.status, response.headers, body, body_is_json, variables)
+    view = ResponseView(response.status, response.headers, body, body_is_json, variables, budget)
     decision = compiled.branches.decide(view, explain=explain)
-    extracted, results = compiled.extractions.apply(body, has_document=body_is_json)
+    extracted, results = compiled.extractions.apply(body, has_document=body_is_json, budget=budget)
     common: dict[str, Any] = {
         "variables": extracted,
         "extractions": results,

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from sidecar.core import values
+from sidecar.core.budget import Budget, BudgetExhaustedError, LimitExceededError, unbounded
 from sidecar.core.model.failures import CastError
 from sidecar.core.model.node import CastType, Extraction
 from sidecar.core.model.outcome import ExtractionResult, ExtractionStatus
@@ -67,14 +68,22 @@ class CompiledExtractions:
     def __init__(self, extractions: Sequence[_CompiledExtraction]) -> None:
         self._extractions = tuple(extractions)
 
+    def __len__(self) -> int:
+        return len(self._extractions)
+
     def apply(
-        self, document: Any, *, has_document: bool
+        self, document: Any, *, has_document: bool, budget: Budget | None = None
     ) -> tuple[dict[str, Any], tuple[ExtractionResult, ...]]:
-        """The variables that were set, and one result per extraction in the node's order."""
+        """The variables that were set, and one result per extraction in the node's order.
+
+        Raises BudgetExhaustedError or LimitExceededError when the evaluation must stop.
+        """
+        budget = budget or unbounded()
         variables: dict[str, Any] = {}
         results: list[ExtractionResult] = []
         for extraction in self._extractions:
-            result = extraction.apply(document, has_document)
+            budget.spend()
+            result = extraction.apply(document, has_document, budget)
             if result.succeeded:
                 variables[result.variable] = result.value
             results.append(result)
@@ -130,16 +139,18 @@ class _CompiledExtraction:
     cast: Callable[[Any], Any]
     default: Any
 
-    def apply(self, document: Any, has_document: bool) -> ExtractionResult:
+    def apply(self, document: Any, has_document: bool, budget: Budget) -> ExtractionResult:
         try:
-            return self._apply(document, has_document)
+            return self._apply(document, has_document, budget)
+        except (BudgetExhaustedError, LimitExceededError):
+            raise
         except Exception as exc:  # apply() answers whatever the document holds
             return self._result(ExtractionStatus.MISSING, message=f"failed: {type(exc).__name__}")
 
-    def _apply(self, document: Any, has_document: bool) -> ExtractionResult:
+    def _apply(self, document: Any, has_document: bool, budget: Budget) -> ExtractionResult:
         if not has_document:
             return self._absent(ExtractionStatus.NO_DOCUMENT, "no JSON document")
-        found, failure = self.query.find(document)
+        found, failure = self.query.find(document, budget)
         if failure:  # no value, as for null, but the reason is kept
             return self._absent(ExtractionStatus.MISSING, f"{self.extraction.path!r}: {failure}")
         if found is None:

@@ -3,17 +3,35 @@
 `jmespath.compile` accepts unknown function names and wrong argument counts and fails only when
 the expression runs; `compile_query` checks both up front so a node with a typo is refused when it
 is compiled, with a field violation, instead of failing on every call.
+
+Evaluation is bounded (issue 14): every AST node visited and every element a flatten produces
+is a step counted against `max_query_steps` and spent from the evaluation's budget (which stops
+the work when the time is up or the call was cancelled), and the two functions that make text
+grow, `to_string` and `join`, refuse a result over `max_query_result_bytes` before building it.
+Without these a 347-character expression doubling a string at each of its levels built 134 MB.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import jmespath
-from jmespath.functions import Functions
+from jmespath.functions import Functions, signature
 from jmespath.parser import ParsedResult
+from jmespath.visitor import Options, TreeInterpreter
+
+if TYPE_CHECKING:
+    from jmespath.visitor import _TreeNode
+
+from sidecar.core.budget import (
+    Budget,
+    BudgetExhaustedError,
+    LimitExceededError,
+    dumps_bounded,
+    unbounded,
+)
 
 _FUNCTIONS: Final[Mapping[str, Any]] = Functions.FUNCTION_TABLE
 _MAX_REASON_CHARS: Final = 200
@@ -29,12 +47,69 @@ class Query:
 
     parsed: ParsedResult
 
-    def find(self, document: Any) -> tuple[Any, str]:
-        """The value (None when there is none) and, when evaluation failed, a one-line reason."""
+    def find(self, document: Any, budget: Budget | None = None) -> tuple[Any, str]:
+        """The value (None when there is none) and, when evaluation failed, a one-line reason.
+
+        Raises BudgetExhaustedError or LimitExceededError when the evaluation must stop.
+        """
         try:
-            return self.parsed.search(document), ""
+            interpreter = _BoundedInterpreter(budget or unbounded())
+            return interpreter.visit(self.parsed.parsed, document), ""
+        except (BudgetExhaustedError, LimitExceededError):
+            raise
         except Exception as exc:  # e.g. a JMESPath type error: no value, and say why
             return None, f"JMESPath evaluation failed: {_one_line(exc)}"
+
+
+class _BoundedFunctions(Functions):
+    """JMESPath's functions, with the two that grow text measured before they build it."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+
+    @signature({"types": []})
+    def _func_to_string(self, arg: Any) -> str:
+        if isinstance(arg, str):
+            return arg
+        return dumps_bounded(arg, self._limit, "a to_string() result (max_query_result_bytes)")
+
+    @signature({"types": ["string"]}, {"types": ["array-string"]})
+    def _func_join(self, separator: str, array: list[str]) -> str:
+        size = len(separator) * max(len(array) - 1, 0) + sum(len(item) for item in array)
+        if size > self._limit:
+            raise LimitExceededError(
+                f"a join() result would be larger than {self._limit} bytes (max_query_result_bytes)"
+            )
+        return separator.join(array)
+
+
+class _BoundedInterpreter(TreeInterpreter):
+    """JMESPath's interpreter, counting its steps against the limit and the budget."""
+
+    def __init__(self, budget: Budget) -> None:
+        limits = budget.limits
+        super().__init__(Options(custom_functions=_BoundedFunctions(limits.max_query_result_bytes)))
+        self._budget = budget
+        self._steps_left = limits.max_query_steps
+
+    def visit(self, node: _TreeNode, *args: Any, **kwargs: Any) -> Any:
+        self._count(1)
+        return super().visit(node, *args, **kwargs)
+
+    def visit_flatten(self, node: _TreeNode, value: Any) -> Any:
+        result = super().visit_flatten(node, value)
+        if isinstance(result, list):
+            self._count(len(result))
+        return result
+
+    def _count(self, steps: int) -> None:
+        self._steps_left -= steps
+        if self._steps_left < 0:
+            limit = self._budget.limits.max_query_steps
+            raise LimitExceededError(
+                f"a JMESPath expression took more than {limit} steps (max_query_steps)"
+            )
+        self._budget.spend(steps)
 
 
 def compile_query(expression: str) -> Query:

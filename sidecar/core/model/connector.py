@@ -41,6 +41,10 @@ DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 MAX_RESPONSE_BYTES_LIMIT = 16 * 1024 * 1024
 MAX_CACHE_WINDOW = timedelta(days=1)
 DEFAULT_CACHE_ENTRY_BYTES = 256 * 1024
+# HTTP servers refuse header sections much over 8-16 KiB; two 2.5 MiB header templates broke
+# ListConnectors' default page (issue 14).
+MAX_HEADER_TEMPLATE_CHARS = 8 * 1024
+MAX_HEADERS = 64
 
 # Headers whose value is a credential: they must come from `auth` and a secret, never a literal.
 CREDENTIAL_HEADERS = frozenset(
@@ -295,7 +299,11 @@ def _check_cache_window(value: timedelta) -> timedelta:
 
 PlainHeaderName = Annotated[str, AfterValidator(_check_plain_header_name)]
 QueryName = Annotated[str, AfterValidator(_check_query_name)]
-HeaderTemplate = Annotated[str, AfterValidator(_check_header_value)]
+HeaderTemplate = Annotated[
+    str,
+    StringConstraints(max_length=MAX_HEADER_TEMPLATE_CHARS),
+    AfterValidator(_check_header_value),
+]
 ValueTemplate = Annotated[str, AfterValidator(_check_template)]
 Timeout = Annotated[timedelta, BeforeValidator(_parse_duration), AfterValidator(_check_timeout)]
 CacheTtl = Annotated[timedelta, BeforeValidator(_parse_duration), AfterValidator(_check_cache_ttl)]
@@ -433,7 +441,9 @@ class Connector(FrozenModel):
     url_template: Annotated[
         str, StringConstraints(min_length=1, max_length=2048), AfterValidator(_check_url_template)
     ]
-    headers: dict[PlainHeaderName, HeaderTemplate] = Field(default_factory=dict)
+    headers: dict[PlainHeaderName, HeaderTemplate] = Field(
+        default_factory=dict, max_length=MAX_HEADERS
+    )
     query: dict[QueryName, ValueTemplate] = Field(default_factory=dict)
     body_template: Annotated[JsonValue, AfterValidator(_check_body_template)] = None
     auth: Auth | None = None
