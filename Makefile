@@ -6,7 +6,7 @@ SHELL := bash
 VENV := .venv/bin
 BUF := proto/node_modules/.bin/buf
 
-.PHONY: bench help run test test-fast setup lint typecheck proto-lint generate check-generated postgres pytest test-clients
+.PHONY: bench bench-hostile help run test test-fast setup lint typecheck proto-lint generate check-generated postgres pytest test-clients
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -50,6 +50,10 @@ check-generated: ## fail if generated code is stale
 
 bench: ## the benchmark: sidecar vs direct baseline (ARGS=--quick for a short run)
 	scripts/bench $(ARGS)
+
+bench-hostile: ## the hostile set (issue 14): worst event-loop stall, peak RSS, SIGTERM exit time (ARGS="--tree DIR" runs another source tree)
+	scripts/bootstrap --python-only
+	.venv/bin/python bench/hostile.py $(ARGS)
 
 postgres: ## install Debian's PostgreSQL server when missing (the fleet tests start their own clusters)
 	scripts/postgres install

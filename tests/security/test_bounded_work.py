@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import random
 import sys
 import threading
 import time
@@ -49,6 +50,7 @@ ORIGIN = "https://api.hostile.example"
 DOUBLING_EXPRESSION = "|".join(["join('',[@,@])"] * 23)
 SEED = "0123456789abcdef"
 MiB = 1024 * 1024
+AB_TEXT = "".join(random.Random(14).choice("ab") for _ in range(250_000))
 
 
 class OneConnector:
@@ -90,12 +92,18 @@ def engine_answering(body: Any, **engine_fields: Any) -> Engine:
     )
 
 
-def node(*conditions: Mapping[str, Any], branches: int = 1, extractions: Any = ()) -> Node:
+def node(
+    *conditions: Mapping[str, Any],
+    branches: int = 1,
+    extractions: Any = (),
+    combinator: str = "ALL",
+) -> Node:
     return Node.model_validate(
         {
             "connector_id": "hostile",
             "branches": [
-                {"target": f"b{i}", "conditions": list(conditions)} for i in range(branches)
+                {"target": f"b{i}", "conditions": list(conditions), "combinator": combinator}
+                for i in range(branches)
             ],
             "extractions": list(extractions),
             "else_target": "else",
@@ -125,8 +133,9 @@ def traced_peak(run: Callable[[], Any]) -> tuple[Any, int]:
 
 
 def test_many_regexes_over_a_large_body_string_stop_at_the_subject_cap() -> None:
-    engine = engine_answering({"v": "a" * 250_000})
-    hostile = node(*[condition("MATCHES", f"(a|aa)*b{i}") for i in range(64)])
+    """`a[ab]{20}` has too many DFA states for RE2's memory: it falls back to its slow engine."""
+    engine = engine_answering({"v": AB_TEXT})
+    hostile = node(*[condition("MATCHES", f"a[ab]{{20}}c{i}") for i in range(64)])
     outcome = evaluate(engine, hostile)
     assert (outcome.kind, outcome.reason) == (OutcomeKind.ERROR, Reason.LIMIT_EXCEEDED)
     assert "max_regex_subject_bytes" in outcome.message
@@ -144,7 +153,9 @@ def test_a_jmespath_expression_doubling_a_string_is_stopped_before_it_grows() ->
 
 def test_thousands_of_to_string_conditions_on_a_large_body_are_refused_before_judging() -> None:
     engine = engine_answering({"items": ["x" * 100] * 2200})  # 227 KB
-    hostile = node(*[condition("EXISTS", path="to_string(@)")] * 64, branches=64)
+    # ANY over conditions that never hold: every one of the 4,096 is judged.
+    never = condition("EQUALS", "never", path="to_string(@)")
+    hostile = node(*[never] * 64, branches=64, combinator="ANY")
     outcome = evaluate(engine, hostile)
     assert (outcome.kind, outcome.reason) == (OutcomeKind.ERROR, Reason.LIMIT_EXCEEDED)
     assert "max_node_cost_bytes" in outcome.message

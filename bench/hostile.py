@@ -1,0 +1,352 @@
+"""The hostile set (issue 14): worst event-loop stall, peak RSS and SIGTERM exit time.
+
+Runs the real `rules-sidecar serve` (a subprocess, loopback only) against a loopback upstream
+serving hostile bodies, and sends it the issue's hostile requests one after another:
+
+    regexes       64 MATCHES `a[ab]{20}c` over a 250 KB a/b string (too many DFA states)
+    doubling      a 344-character JMESPath that doubles a string at each of its 23 levels
+    to-string     64 x 64 `to_string(@)` conditions (ANY, none holds) over a 227 KB body
+    explain       64 x 64 conditions on `@` over a 227 KB body, with explain
+    quantifier    64 ALL-quantified conditions over a 200,000-element variable, 5 s deadline
+    nodes         40 distinct 3.5 MiB nodes (the compiled-node cache)
+    extract       ExtractVariables with the doubling expression
+
+Meanwhile a probe thread calls the sidecar's health Check every 10 ms; a call that takes long is
+a call the event loop could not answer, so the slowest probe is the worst stall seen from
+outside (it includes one loopback gRPC round trip, ~1 ms). Peak RSS is the kernel's high-water
+mark (VmHWM in /proc). Then the heavy set (the slow cases, 8 at once, no deadline) is started
+again and the sidecar gets SIGTERM: the time until it exits is the shutdown figure (the grace
+is `shutdown_grace_seconds`, 10 s by default).
+
+Figures are printed, never judged. `--tree DIR` runs the sidecar from another source tree (e.g.
+a worktree of main, for the "before" figures).
+
+    make bench-hostile                         # this tree
+    make bench-hostile ARGS="--tree /tmp/main" # another tree
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rulesidecar.v1 import rules_sidecar_pb2 as pb
+from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, free_port, wait_for_port
+
+DOUBLING = "|".join(["join('',[@,@])"] * 23)
+PROBE_INTERVAL = 0.01
+CALL_TIMEOUT = 120.0
+SIGTERM_WAIT = 300.0
+UPSTREAM_SOURCE = """
+import json, random, sys
+from aiohttp import web
+text = "".join(random.Random(14).choice("ab") for _ in range(250_000))
+bodies = {
+    "/string": json.dumps({"v": text}).encode(),
+    "/items": json.dumps({"items": ["x" * 100] * 2200}).encode(),
+    "/seed": json.dumps({"v": "0123456789abcdef"}).encode(),
+    "/small": b'{"ok": true}',
+}
+async def answer(request):
+    return web.Response(body=bodies[request.path], content_type="application/json")
+app = web.Application()
+for path in bodies:
+    app.router.add_get(path, answer)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+def condition(path: str, operator: str = "EXISTS", operand: Any = None, **fields: Any) -> Any:
+    data = {
+        "subject": {"kind": "SUBJECT_KIND_BODY", "path": path},
+        "operator": f"OPERATOR_{operator}",
+    }
+    if operand is not None:
+        data["operand"] = operand
+    return {**data, **fields}
+
+
+def node(
+    connector: str, conditions: list[Any], branches: int = 1, combinator: str = "ALL", **fields: Any
+) -> pb.Node:
+    data = {
+        "connector_id": connector,
+        "branches": [
+            {"target": f"b{i}", "conditions": conditions, "combinator": f"COMBINATOR_{combinator}"}
+            for i in range(branches)
+        ],
+        "else_target": "else",
+        "error_target": "error",
+        **fields,
+    }
+    return json_format.ParseDict(data, pb.Node())
+
+
+def evaluate_request(hostile: pb.Node, variables: Any = None, explain: bool = False) -> Any:
+    request = pb.EvaluateNodeRequest(node=hostile, explain=explain)
+    if variables:
+        json_format.ParseDict(variables, request.variables)
+    return request
+
+
+def big_node(index: int) -> pb.Node:
+    """A distinct node of about 3.5 MiB (an IN operand of 120,000 strings)."""
+    hostile = node("small", [condition("ok", "IN", ["seed"])])
+    operand = hostile.branches[0].conditions[0].operand.list_value
+    operand.values.pop()
+    for n in range(120_000):
+        operand.values.add().string_value = f"{index}-{n:08d}-pppppppppp"
+    return hostile
+
+
+def hostile_set() -> list[tuple[str, str, Any, float | None]]:
+    """(name, RPC, request, deadline): the issue's findings."""
+    extract = pb.ExtractVariablesRequest(raw_json=b'{"v": "0123456789abcdef"}')
+    extract.extractions.add(variable="grown", path=f"v | {DOUBLING}")
+    quantified = {
+        "subject": {"kind": "SUBJECT_KIND_VARIABLE", "path": "xs"},
+        "operator": "OPERATOR_EQUALS",
+        "operand": 1,
+        "quantifier": "QUANTIFIER_ALL",
+    }
+    return [
+        (
+            "regexes",
+            "EvaluateNode",
+            evaluate_request(
+                node("string", [condition("v", "MATCHES", f"a[ab]{{20}}c{i}") for i in range(64)])
+            ),
+            None,
+        ),
+        (
+            "doubling",
+            "EvaluateNode",
+            evaluate_request(node("seed", [condition(f"v | {DOUBLING}")])),
+            None,
+        ),
+        (
+            "to-string",
+            "EvaluateNode",
+            evaluate_request(
+                node(
+                    "items",
+                    [condition("to_string(@)", "EQUALS", "never")] * 64,
+                    branches=64,
+                    combinator="ANY",
+                )
+            ),
+            None,
+        ),
+        (
+            "explain",
+            "EvaluateNode",
+            evaluate_request(node("items", [condition("@")] * 64, branches=64), explain=True),
+            None,
+        ),
+        (
+            "quantifier",
+            "EvaluateNode",
+            evaluate_request(node("small", [quantified] * 64), {"xs": [1] * 200_000}),
+            5.0,
+        ),
+        ("extract", "ExtractVariables", extract, None),
+    ]
+
+
+HEAVY = ("regexes", "to-string", "explain", "quantifier")
+
+
+class Probe(threading.Thread):
+    """Health checks every PROBE_INTERVAL; the slowest is the worst stall seen from outside."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(daemon=True)
+        self._stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
+        self._stop = threading.Event()
+        self.worst = 0.0
+        self.count = 0
+        self.slow = 0
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            with suppress(grpc.RpcError):
+                self._stub.Check(health_pb2.HealthCheckRequest(), timeout=600)
+            took = time.perf_counter() - started
+            self.worst = max(self.worst, took)
+            self.count += 1
+            self.slow += took > 0.05
+            time.sleep(PROBE_INTERVAL)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(10)
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@contextmanager
+def upstream() -> Iterator[int]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-c", UPSTREAM_SOURCE, str(port)])
+    try:
+        wait_for_port(port, process)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextmanager
+def sidecar(upstream_port: int, tree: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as scratch:
+        connectors = Path(scratch) / "connectors.json"
+        connectors.write_text(
+            json.dumps(
+                {
+                    "connectors": [
+                        {
+                            "id": name,
+                            "status": "LIVE",
+                            "url_template": f"http://127.0.0.1:{upstream_port}/{name}",
+                            "timeout": "30s",
+                            "max_response_bytes": 4 * 1024 * 1024,
+                        }
+                        for name in ("string", "items", "seed", "small")
+                    ]
+                }
+            )
+        )
+        environment = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RULES_SIDECAR_")},
+            "PYTHONPATH": str(tree),
+            "RULES_SIDECAR_EGRESS_ALLOW_CIDRS": '["127.0.0.1/32"]',
+            "RULES_SIDECAR_EGRESS_ALLOW_HTTP_HOSTS": '["127.0.0.1"]',
+        }
+        command = [
+            str(ROOT / ".venv/bin/rules-sidecar"),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(Path(scratch) / "data"),
+            "--connectors-file",
+            str(connectors),
+            "--log-level",
+            "ERROR",
+        ]
+        log = (Path(scratch) / "sidecar.log").open("wb")
+        process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            wait_for_port(port, process)
+            time.sleep(1.0)
+            yield process, port
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+
+def call(stub: Any, rpc: str, request: Any, deadline: float | None) -> tuple[str, float]:
+    """What the sidecar answered (outcome/reason or status code) and how long it took."""
+    started = time.perf_counter()
+    try:
+        response = getattr(stub, rpc)(request, timeout=deadline or CALL_TIMEOUT)
+        if rpc == "EvaluateNode":
+            answer = f"{pb.Outcome.Name(response.outcome)}/{pb.Reason.Name(response.reason)}"
+        else:
+            answer = "OK"
+    except grpc.RpcError as exc:
+        answer = exc.code().name
+    return answer, time.perf_counter() - started
+
+
+def run(tree: Path, repeat: int) -> None:
+    options = [
+        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.max_receive_message_length", 64 << 20),
+    ]
+    with upstream() as upstream_port, sidecar(upstream_port, tree) as (process, port):
+        address = f"127.0.0.1:{port}"
+        stub = pb_grpc.RulesSidecarServiceStub(grpc.insecure_channel(address, options=options))
+        print(
+            f"sidecar from {tree} (pid {process.pid}), RSS at start {peak_rss_mib(process.pid):.0f} MiB"
+        )
+        probe = Probe(address)
+        probe.start()
+        cases = hostile_set()
+        for name, rpc, request, deadline in cases:
+            for _ in range(repeat):
+                answer, took = call(stub, rpc, request, deadline)
+                print(
+                    f"  {name:<11} {answer:<36} {took:8.3f}s  peak RSS {peak_rss_mib(process.pid):6.0f} MiB"
+                )
+        started = time.perf_counter()
+        for index in range(40):
+            call(stub, "EvaluateNode", evaluate_request(big_node(index)), None)
+        print(
+            f"  {'nodes':<11} {'40 distinct 3.5 MiB nodes':<36} {time.perf_counter() - started:8.3f}s"
+            f"  peak RSS {peak_rss_mib(process.pid):6.0f} MiB"
+        )
+        probe.stop()
+        print(
+            f"worst stall (slowest of {probe.count} health probes): {probe.worst * 1000:.0f} ms; "
+            f"probes over 50 ms: {probe.slow}"
+        )
+        print(f"peak RSS over the hostile set: {peak_rss_mib(process.pid):.0f} MiB")
+
+        heavy = [case for case in cases if case[0] in HEAVY]
+        pool = ThreadPoolExecutor(8)
+        for index in range(8):
+            name, rpc, request, _ = heavy[index % len(heavy)]
+            pool.submit(call, stub, rpc, request, CALL_TIMEOUT)
+        time.sleep(2.0)
+        process.send_signal(signal.SIGTERM)
+        signalled = time.perf_counter()
+        try:
+            process.wait(SIGTERM_WAIT)
+            print(
+                f"SIGTERM under the heavy set (8 calls): exited {process.returncode} after "
+                f"{time.perf_counter() - signalled:.1f} s (grace 10 s)"
+            )
+        except subprocess.TimeoutExpired:
+            print(f"SIGTERM under the heavy set: still running after {SIGTERM_WAIT:.0f} s, killed")
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--tree", type=Path, default=ROOT, help="source tree to run the sidecar from"
+    )
+    parser.add_argument("--repeat", type=int, default=2, help="times each hostile request is sent")
+    arguments = parser.parse_args(argv)
+    run(arguments.tree.resolve(), arguments.repeat)
+
+
+if __name__ == "__main__":
+    main()
