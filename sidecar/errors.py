@@ -42,6 +42,10 @@ imports nothing of sidecar (an import contract, so that every layer can import i
     │                                                token (sidecar.core.oauth)
     ├── DestinationBlockedError BLOCKED_DESTINATION  a host name resolves to a forbidden address
     │                                                (sidecar.egress.transport's resolver)
+    ├── BudgetExhaustedError    BUDGET_EXHAUSTED     the evaluation's time ran out, or its call
+    │                                                was cancelled (sidecar.core.budget)
+    ├── LimitExceededError      LIMIT_EXCEEDED       a step would exceed a work limit (a query's
+    │                                                result or steps, a regex subject, a cost)
     └── CastError               EXTRACTION_FAILED    a value does not fit an extraction's cast;
                                                      caught where it arises and reported as the
                                                      extraction's CAST_FAILED status

@@ -126,6 +126,21 @@ def test_a_judging_needing_more_than_a_slice_moves_to_a_worker_thread() -> None:
     assert ran_on != loop_thread
 
 
+def test_conditions_moved_off_the_loop_judge_the_same() -> None:
+    """Moving off the loop passes through judging's own catch-all: the verdict is unchanged."""
+    compiled = branches(condition("EQUALS", 1, quantifier="ALL"))
+
+    async def main() -> tuple[int | None, int]:
+        budget = frozen_budget()
+        view = ResponseView(200, {}, {"v": [1] * (ON_LOOP_UNITS * 2)}, True, {}, budget)
+        decision = await run_bounded(lambda: compiled.decide(view, explain=True), budget)
+        return decision.index, budget.spent
+
+    index, spent = asyncio.run(main())
+    assert index == 0
+    assert spent > ON_LOOP_UNITS * 3  # the slice, then the whole judging again in a worker
+
+
 def test_a_large_document_goes_to_a_worker_at_once() -> None:
     async def main() -> tuple[int, int]:
         budget = frozen_budget()

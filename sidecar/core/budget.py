@@ -74,8 +74,12 @@ class LimitExceededError(EvaluationFailure):
         super().__init__(Reason.LIMIT_EXCEEDED, message)
 
 
-class _MoveOffLoop(Exception):  # noqa: N818 (a signal between run_bounded and spend, not an error)
-    """The on-loop slice is spent: run the judging again in a worker thread."""
+class _MoveOffLoop(BaseException):
+    """The on-loop slice is spent: run the judging again in a worker thread.
+
+    A BaseException, as CancelledError is: judging catches Exception to answer whatever the
+    input holds, and must not swallow this on its way out.
+    """
 
 
 class Budget:
