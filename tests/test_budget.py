@@ -141,6 +141,23 @@ def test_conditions_moved_off_the_loop_judge_the_same() -> None:
     assert spent > ON_LOOP_UNITS * 3  # the slice, then the whole judging again in a worker
 
 
+def test_a_costly_regex_moves_off_the_loop_before_it_searches() -> None:
+    """`.{100,1000}c` is thousands of RE2 instructions: over 60 KB its cost (subject x program)
+    is spent before the search, so the search itself happens only in the worker."""
+    compiled = branches(condition("MATCHES", ".{100,1000}c"))
+    subject = "ab" * 30_000
+
+    async def main() -> tuple[int | None, int]:
+        budget = frozen_budget()
+        view = ResponseView(200, {}, {"v": subject}, True, {}, budget)
+        decision = await run_bounded(lambda: compiled.decide(view, explain=False), budget)
+        return decision.index, budget.spent
+
+    index, spent = asyncio.run(main())
+    assert index is None
+    assert spent > 2 * ON_LOOP_UNITS  # spent once on the loop (refused there), once in a worker
+
+
 def test_a_large_document_goes_to_a_worker_at_once() -> None:
     async def main() -> tuple[int, int]:
         budget = frozen_budget()

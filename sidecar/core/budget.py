@@ -41,6 +41,8 @@ T = TypeVar("T")
 ON_LOOP_UNITS: Final = 2_000
 # How often (in units) the clock is read; a step is at most a few microseconds per unit.
 CHECK_EVERY: Final = 64
+# Bytes of text built (json.dumps, join) or searched per unit: about a microsecond each.
+BYTES_PER_UNIT: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,18 +192,22 @@ async def run_bounded(work: Callable[[], T], budget: Budget, *, on_loop: bool = 
         raise
 
 
-def json_size(value: Any, limit: int) -> int:
+def json_size(value: Any, limit: int, budget: Budget | None = None) -> int:
     """The length of `value` as compact JSON, counted only up to just over `limit`.
 
     A walk that stops as soon as the count passes the limit, so measuring costs no more than
     the limit allows whatever the value holds (shared references counted each time they occur,
     as json.dumps would write them). Strings count their quotes and escapes of `"` and `\\`;
     other escapes (controls, non-ASCII as \\uXXXX) may make the real text up to 6x longer.
+    With a budget, the walk spends one unit per 16 items (it may be long, and on the loop).
     """
-    size = 0
+    size = walked = 0
     stack: list[Any] = [value]
     while stack:
         item = stack.pop()
+        walked += 1
+        if budget is not None and not walked % 16:
+            budget.spend()
         if isinstance(item, str):
             size += len(item) + 2 + item.count('"') + item.count("\\")
         elif isinstance(item, Mapping):
@@ -223,10 +229,13 @@ def json_size(value: Any, limit: int) -> int:
     return size
 
 
-def dumps_bounded(value: Any, limit: int, what: str) -> str:
+def dumps_bounded(value: Any, limit: int, what: str, budget: Budget | None = None) -> str:
     """Compact JSON of `value`, refused (LimitExceededError) before it is built if too large."""
-    if json_size(value, limit) > limit:
+    size = json_size(value, limit, budget)
+    if size > limit:
         raise LimitExceededError(f"{what} would be larger than {limit} bytes")
+    if budget is not None:
+        budget.spend(size // BYTES_PER_UNIT)
     text = json.dumps(value, separators=(",", ":"), default=str)
     if len(text) > limit:
         raise LimitExceededError(f"{what} would be larger than {limit} bytes")

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from jmespath.visitor import _TreeNode
 
 from sidecar.core.budget import (
+    BYTES_PER_UNIT,
     Budget,
     BudgetExhaustedError,
     LimitExceededError,
@@ -64,14 +65,16 @@ class Query:
 class _BoundedFunctions(Functions):
     """JMESPath's functions, with the two that grow text measured before they build it."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, budget: Budget) -> None:
         self._limit = limit
+        self._budget = budget
 
     @signature({"types": []})
     def _func_to_string(self, arg: Any) -> str:
         if isinstance(arg, str):
             return arg
-        return dumps_bounded(arg, self._limit, "a to_string() result (max_query_result_bytes)")
+        what = "a to_string() result (max_query_result_bytes)"
+        return dumps_bounded(arg, self._limit, what, self._budget)
 
     @signature({"types": ["string"]}, {"types": ["array-string"]})
     def _func_join(self, separator: str, array: list[str]) -> str:
@@ -80,6 +83,7 @@ class _BoundedFunctions(Functions):
             raise LimitExceededError(
                 f"a join() result would be larger than {self._limit} bytes (max_query_result_bytes)"
             )
+        self._budget.spend(size // BYTES_PER_UNIT)
         return separator.join(array)
 
 
@@ -88,7 +92,9 @@ class _BoundedInterpreter(TreeInterpreter):
 
     def __init__(self, budget: Budget) -> None:
         limits = budget.limits
-        super().__init__(Options(custom_functions=_BoundedFunctions(limits.max_query_result_bytes)))
+        super().__init__(
+            Options(custom_functions=_BoundedFunctions(limits.max_query_result_bytes, budget))
+        )
         self._budget = budget
         self._steps_left = limits.max_query_steps
 
