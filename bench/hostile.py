@@ -180,13 +180,13 @@ class Probe(threading.Thread):
     def __init__(self, address: str) -> None:
         super().__init__(daemon=True)
         self._stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self.worst = 0.0
         self.count = 0
         self.slow = 0
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             started = time.perf_counter()
             with suppress(grpc.RpcError):
                 self._stub.Check(health_pb2.HealthCheckRequest(), timeout=600)
@@ -197,7 +197,7 @@ class Probe(threading.Thread):
             time.sleep(PROBE_INTERVAL)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self.join(10)
 
 

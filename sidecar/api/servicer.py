@@ -9,7 +9,9 @@ its place on the server and answers every call UNAVAILABLE (health says NOT_SERV
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, cast
 
 import grpc
@@ -32,6 +34,9 @@ from sidecar.telemetry.instruments import Telemetry
 
 _EVALUATION_MODES = frozenset(pb.EvaluationMode.values())
 DEFAULT_MESSAGE_LIMIT = 4 * 1024 * 1024  # grpc's own default; the server passes its setting
+# Requests larger than this are translated and compiled in a worker thread (issue 14: a 3.5 MiB
+# node held the event loop for seconds).
+OFF_LOOP_REQUEST_BYTES = 64 * 1024
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RulesSidecarService"].full_name
 
 
@@ -132,14 +137,13 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
             raise InvalidArgumentError([FieldViolation("node", "required")])
         if request.mode not in _EVALUATION_MODES:
             raise InvalidArgumentError([FieldViolation("mode", "unknown evaluation mode")])
-        node = request.node
-        key = node.SerializeToString(deterministic=True)
-        compiled = self._nodes.get(
-            key,
-            lambda: _compile_node_message(node, self._engine.limits),
-            size=compiled_size(len(key)),
-        )
-        variables = wire.variables_from_proto(request.variables)
+        key = request.node.SerializeToString(deterministic=True)
+        translate = partial(self._evaluation_input, request, key)
+        if len(key) + request.variables.ByteSize() > OFF_LOOP_REQUEST_BYTES:
+            # Translating and compiling megabytes takes seconds: not on the event loop.
+            compiled, variables = await asyncio.to_thread(translate)
+        else:
+            compiled, variables = translate()
         if self._evaluations_in_flight >= self._evaluation_slots:
             raise OverloadedError(
                 f"{self._evaluations_in_flight} evaluations are in progress, the most this "
@@ -174,6 +178,38 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         request: pb.ExtractVariablesRequest,
         context: grpc.aio.ServicerContext[pb.ExtractVariablesRequest, pb.ExtractVariablesResponse],
     ) -> pb.ExtractVariablesResponse:
+        translate = partial(self._extraction_input, request)
+        if request.ByteSize() > OFF_LOOP_REQUEST_BYTES:
+            compiled, document, document_bytes = await asyncio.to_thread(translate)
+        else:
+            compiled, document, document_bytes = translate()
+        try:
+            variables, results = await self._engine.extract(
+                compiled,
+                document,
+                document_bytes=document_bytes,
+                time_remaining=context.time_remaining(),
+            )
+        except (BudgetExhaustedError, LimitExceededError) as stopped:
+            # No outcome to carry a reason here: the caller's input asked for too much work.
+            raise InvalidArgumentError([FieldViolation("extractions", stopped.message)]) from None
+        return wire.extract_answer(variables, results, message_limit=self._message_limit)
+
+    def _evaluation_input(
+        self, request: pb.EvaluateNodeRequest, key: bytes
+    ) -> tuple[CompiledNode, dict[str, Any]]:
+        """The compiled node (cached by its bytes) and the variables, from the messages."""
+        compiled = self._nodes.get(
+            key,
+            lambda: _compile_node_message(request.node, self._engine.limits),
+            size=compiled_size(len(key)),
+        )
+        return compiled, wire.variables_from_proto(request.variables)
+
+    def _extraction_input(
+        self, request: pb.ExtractVariablesRequest
+    ) -> tuple[CompiledExtractions, Any, int]:
+        """The compiled extractions (cached), the document and its size in bytes."""
         key = pb.ExtractVariablesRequest(extractions=request.extractions).SerializeToString(
             deterministic=True
         )
@@ -186,25 +222,12 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         if document_kind is None:
             raise InvalidArgumentError([FieldViolation("document", "set json or raw_json")])
         if document_kind == "json":
-            document = wire.value_from_proto(request.json, "json")
-            document_bytes = request.json.ByteSize()
-        else:
-            try:
-                document = parse_document(request.raw_json)
-            except DocumentError as exc:
-                raise InvalidArgumentError([FieldViolation("raw_json", str(exc))]) from exc
-            document_bytes = len(request.raw_json)
+            return compiled, wire.value_from_proto(request.json, "json"), request.json.ByteSize()
         try:
-            variables, results = await self._engine.extract(
-                compiled,
-                document,
-                document_bytes=document_bytes,
-                time_remaining=context.time_remaining(),
-            )
-        except (BudgetExhaustedError, LimitExceededError) as stopped:
-            # No outcome to carry a reason here: the caller's input asked for too much work.
-            raise InvalidArgumentError([FieldViolation("extractions", stopped.message)]) from None
-        return wire.extract_answer(variables, results, message_limit=self._message_limit)
+            document = parse_document(request.raw_json)
+        except DocumentError as exc:
+            raise InvalidArgumentError([FieldViolation("raw_json", str(exc))]) from exc
+        return compiled, document, len(request.raw_json)
 
 
 def _page_within(

@@ -25,6 +25,7 @@ the least recently used entries go until the total fits `max_bytes`; an entry la
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
@@ -48,6 +49,7 @@ class CompiledCache(Generic[K, T]):
         self._max_bytes = max_bytes
         self._size = size
         self._entries: OrderedDict[K, tuple[T, int]] = OrderedDict()
+        self._lock = threading.Lock()  # large requests are compiled in worker threads
         self.bytes = 0
 
     def __len__(self) -> int:
@@ -59,20 +61,24 @@ class CompiledCache(Generic[K, T]):
         `size` is the entry's estimated bytes when the caller knows it up front (else `size()`
         of the constructor, else 0).
         """
-        found = self._entries.get(key)
-        if found is not None:
-            self._entries.move_to_end(key)
-            return found[0]
-        built = build()
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found[0]
+        built = build()  # outside the lock: two threads may build one key; the last one stays
         if size is None:
             size = self._size(built) if self._size is not None else 0
         if self._max_bytes is not None and size > self._max_bytes:
             return built  # kept by no one once used: the cache never holds more than max_bytes
-        self._entries[key] = (built, size)
-        self.bytes += size
-        while len(self._entries) > self._limit or (
-            self._max_bytes is not None and self.bytes > self._max_bytes
-        ):
-            _, (_, dropped) = self._entries.popitem(last=False)
-            self.bytes -= dropped
+        with self._lock:
+            previous = self._entries.pop(key, None)
+            self.bytes -= previous[1] if previous is not None else 0
+            self._entries[key] = (built, size)
+            self.bytes += size
+            while len(self._entries) > self._limit or (
+                self._max_bytes is not None and self.bytes > self._max_bytes
+            ):
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self.bytes -= dropped
         return built
