@@ -16,6 +16,7 @@ printed, never asserted.
     judging outlives the caller's deadline              ERROR/BUDGET_EXHAUSTED at the next step
     a cancelled call frees its slot, worker runs on     the slot waits for the worker to stop
     ExtractVariables without any bound                  INVALID_ARGUMENT naming the limit
+    SIGTERM waits for judging threads (15.9 s, 193.8 s)  stop_all: they stop at their next step
 """
 
 from __future__ import annotations
@@ -293,3 +294,32 @@ def _wire_node(*conditions: Mapping[str, Any]) -> pb.Node:
         "error_target": "error",
     }
     return json_format.ParseDict(data, pb.Node())
+
+
+def test_shutdown_stops_judging_still_running_after_the_grace() -> None:
+    """After the grace, Sidecar.stop calls stop_all: a worker judging with no deadline stops
+    at its next step, and its evaluation answers BUDGET_EXHAUSTED (SIGTERM took 15.9 s, once
+    193.8 s, before)."""
+    in_worker, release = threading.Event(), threading.Event()
+    loop_thread = threading.get_ident()
+
+    def clock() -> float:
+        if threading.get_ident() != loop_thread and not in_worker.is_set():
+            in_worker.set()
+            release.wait()
+        return 0.0
+
+    engine = engine_answering({"xs": [1] * 100_000}, clock=clock)
+    hostile = node(*[condition("EQUALS", 1, path="xs", quantifier="ALL")] * 64)
+
+    async def main() -> Outcome:
+        task = asyncio.create_task(engine.evaluate(compile_node(hostile), {}))
+        await asyncio.to_thread(in_worker.wait)
+        engine.stop_all()
+        release.set()
+        return await task
+
+    outcome = asyncio.run(main())
+    assert (outcome.kind, outcome.reason) == (OutcomeKind.ERROR, Reason.BUDGET_EXHAUSTED)
+    assert "cancelled" in outcome.message
+    assert engine.working == 0
