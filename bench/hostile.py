@@ -184,6 +184,7 @@ class Probe(threading.Thread):
         self.worst = 0.0
         self.count = 0
         self.slow = 0
+        self.window = 0.0  # the worst since the last `take_window`
 
     def run(self) -> None:
         while not self._stopping.is_set():
@@ -192,9 +193,15 @@ class Probe(threading.Thread):
                 self._stub.Check(health_pb2.HealthCheckRequest(), timeout=600)
             took = time.perf_counter() - started
             self.worst = max(self.worst, took)
+            self.window = max(self.window, took)
             self.count += 1
             self.slow += took > 0.05
             time.sleep(PROBE_INTERVAL)
+
+    def take_window(self) -> float:
+        """The worst probe since the last call, in ms."""
+        worst, self.window = self.window, 0.0
+        return worst * 1000
 
     def stop(self) -> None:
         self._stopping.set()
@@ -296,21 +303,28 @@ def run(tree: Path, repeat: int) -> None:
         print(
             f"sidecar from {tree} (pid {process.pid}), RSS at start {peak_rss_mib(process.pid):.0f} MiB"
         )
+        print(f"machine load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         probe = Probe(address)
         probe.start()
+        time.sleep(5.0)
+        idle = probe.take_window()
+        print(
+            f"  {'idle':<11} {'no calls (the machine alone)':<36} {5.0:8.3f}s  worst probe {idle:6.0f} ms"
+        )
         cases = hostile_set()
         for name, rpc, request, deadline in cases:
             for _ in range(repeat):
                 answer, took = call(stub, rpc, request, deadline)
                 print(
-                    f"  {name:<11} {answer:<36} {took:8.3f}s  peak RSS {peak_rss_mib(process.pid):6.0f} MiB"
+                    f"  {name:<11} {answer:<36} {took:8.3f}s  worst probe "
+                    f"{probe.take_window():6.0f} ms  peak RSS {peak_rss_mib(process.pid):6.0f} MiB"
                 )
         started = time.perf_counter()
         for index in range(40):
             call(stub, "EvaluateNode", evaluate_request(big_node(index)), None)
         print(
             f"  {'nodes':<11} {'40 distinct 3.5 MiB nodes':<36} {time.perf_counter() - started:8.3f}s"
-            f"  peak RSS {peak_rss_mib(process.pid):6.0f} MiB"
+            f"  worst probe {probe.take_window():6.0f} ms  peak RSS {peak_rss_mib(process.pid):6.0f} MiB"
         )
         probe.stop()
         print(

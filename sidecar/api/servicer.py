@@ -137,9 +137,8 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
             raise InvalidArgumentError([FieldViolation("node", "required")])
         if request.mode not in _EVALUATION_MODES:
             raise InvalidArgumentError([FieldViolation("mode", "unknown evaluation mode")])
-        key = request.node.SerializeToString(deterministic=True)
-        translate = partial(self._evaluation_input, request, key)
-        if len(key) + request.variables.ByteSize() > OFF_LOOP_REQUEST_BYTES:
+        translate = partial(self._evaluation_input, request)
+        if request.ByteSize() > OFF_LOOP_REQUEST_BYTES:
             # Translating and compiling megabytes takes seconds: not on the event loop.
             compiled, variables = await asyncio.to_thread(translate)
         else:
@@ -196,9 +195,10 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         return wire.extract_answer(variables, results, message_limit=self._message_limit)
 
     def _evaluation_input(
-        self, request: pb.EvaluateNodeRequest, key: bytes
+        self, request: pb.EvaluateNodeRequest
     ) -> tuple[CompiledNode, dict[str, Any]]:
         """The compiled node (cached by its bytes) and the variables, from the messages."""
+        key = request.node.SerializeToString(deterministic=True)
         compiled = self._nodes.get(
             key,
             lambda: _compile_node_message(request.node, self._engine.limits),
