@@ -142,7 +142,12 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
             # Translating and compiling megabytes takes seconds: not on the event loop.
             compiled, variables = await asyncio.to_thread(translate)
         else:
-            compiled, variables = translate()
+            key = request.node.SerializeToString(deterministic=True)
+            cached = self._nodes.cached(key)
+            if cached is None:  # compiling (64 large regexes: seconds) happens in a worker
+                compiled, variables = await asyncio.to_thread(translate)
+            else:
+                compiled, variables = cached, wire.variables_from_proto(request.variables)
         if self._evaluations_in_flight >= self._evaluation_slots:
             raise OverloadedError(
                 f"{self._evaluations_in_flight} evaluations are in progress, the most this "
@@ -178,7 +183,8 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         context: grpc.aio.ServicerContext[pb.ExtractVariablesRequest, pb.ExtractVariablesResponse],
     ) -> pb.ExtractVariablesResponse:
         translate = partial(self._extraction_input, request)
-        if request.ByteSize() > OFF_LOOP_REQUEST_BYTES:
+        large = request.ByteSize() > OFF_LOOP_REQUEST_BYTES
+        if large or self._extractions.cached(_extractions_key(request)) is None:
             compiled, document, document_bytes = await asyncio.to_thread(translate)
         else:
             compiled, document, document_bytes = translate()
@@ -210,9 +216,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         self, request: pb.ExtractVariablesRequest
     ) -> tuple[CompiledExtractions, Any, int]:
         """The compiled extractions (cached), the document and its size in bytes."""
-        key = pb.ExtractVariablesRequest(extractions=request.extractions).SerializeToString(
-            deterministic=True
-        )
+        key = _extractions_key(request)
         compiled = self._extractions.get(
             key,
             lambda: _compile_extraction_messages(request.extractions),
@@ -344,6 +348,13 @@ def _compile_node_message(node: pb.Node, limits: WorkLimits) -> CompiledNode:
 def _compile_extraction_messages(extractions: Sequence[pb.Extraction]) -> CompiledExtractions:
     data = {"extractions": wire.extractions_data(extractions, "extractions")}
     return compile_extractions(wire.validate(_ExtractionsInput, data, prefix="").extractions)
+
+
+def _extractions_key(request: pb.ExtractVariablesRequest) -> bytes:
+    """What compiled extractions are cached by: the bytes of the extractions alone."""
+    return pb.ExtractVariablesRequest(extractions=request.extractions).SerializeToString(
+        deterministic=True
+    )
 
 
 def _under_node(field: str) -> str:

@@ -55,6 +55,15 @@ class CompiledCache(Generic[K, T]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def cached(self, key: K) -> T | None:
+        """The cached value for key, or None (nothing is built)."""
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None:
+                return None
+            self._entries.move_to_end(key)
+            return found[0]
+
     def get(self, key: K, build: Callable[[], T], *, size: int | None = None) -> T:
         """The cached value for key, or build() (which may raise) on first sight.
 
