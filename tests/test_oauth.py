@@ -19,10 +19,19 @@ from sidecar.api import wire
 from sidecar.core import oauth
 from sidecar.core.auth import MASK, binding_refusals, mask_secrets
 from sidecar.core.engine import Engine, compile_node
-from sidecar.core.model import ClientAuthMethod, Connector, Node, Outcome, OutcomeKind, Reason
+from sidecar.core.model import (
+    CacheStatus,
+    ClientAuthMethod,
+    Connector,
+    Node,
+    Outcome,
+    OutcomeKind,
+    Reason,
+)
 from sidecar.core.oauth import ClientCredentials, TokenCache
 from sidecar.core.secrets import SecretBindings, SecretStore
 from sidecar.egress import Egress, EgressLimits
+from sidecar.egress.cache import ResponseCache
 from sidecar.egress.oauth import TokenEndpoint
 from sidecar.errors import InvalidArgumentError
 from tests.support.conditions import condition
@@ -549,3 +558,43 @@ def test_a_token_the_api_echoes_is_masked_in_the_answer(token_server):
     assert token in outcome.secret_values
     assert CLIENT_SECRET in outcome.secret_values
     assert token not in repr(mask_secrets(outcome.variables, outcome.secret_values))
+
+
+# ---------------------------------------------------------------------------------------------
+# With the response cache
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cached_answers_outlive_the_token_they_were_fetched_with(token_server):
+    """The cache keys an OAuth2 exchange by the credential, not by the token: after a refresh
+    the entry still answers (keyed by the token, each refresh would empty the cache)."""
+    plain = oauth_connector(token_server.token_url, token_server.api_url)
+    connector = Connector.model_validate({**plain.model_dump(), "cache": {"ttl": "600s"}})
+    clock = token_server.clock
+
+    async def main() -> list[CacheStatus | None]:
+        egress = Egress(LOOPBACK_POLICY, EgressLimits(retries=0))
+        tokens = TokenCache(TokenEndpoint(egress.send).fetch, clock=clock, jitter=lambda: 1.0)
+        cache = ResponseCache(egress.send, max_bytes=1 << 20, clock=clock)
+        secrets = SecretStore(directory=None, environ=SECRET_ENV, env_prefix="RULES_SECRET_")
+        engine = Engine(
+            {"crm": connector}, secrets, cache.send, bindings=BOUND_TO_LOOPBACK, tokens=tokens
+        )
+        statuses = []
+        try:
+            for _ in range(2):
+                outcome = await engine.evaluate(NODE, {})
+                assert outcome.kind is OutcomeKind.MATCHED, outcome
+                statuses.append(outcome.cache_status)
+                clock.advance(token_server.expires_in)  # the token expires; the entry does not
+            return statuses
+        finally:
+            await cache.aclose()
+            await tokens.aclose()
+            await egress.aclose()
+
+    statuses = asyncio.run(main())
+
+    assert token_server.fetches == 2  # the second call needed a new token...
+    assert statuses == [CacheStatus.MISS, CacheStatus.HIT]  # ...and still found the entry
+    assert token_server.api_calls == 1

@@ -276,6 +276,8 @@ async def send_with_token(
     Each token sent is appended to `sent`, so the answer's edge masks it if the API echoes it."""
     deadline = time.monotonic() + options.timeout_seconds
     sent = sent if sent is not None else []
+    if options.cache is not None:  # cached by the credential, not by the token of the day
+        options = replace(options, cache=replace(options.cache, credential=credentials.key))
     token = await tokens.token(credentials, options.timeout_seconds)
     sent.append(token)
     response = await send(with_bearer(request, token), _within(options, deadline, attempts=0))

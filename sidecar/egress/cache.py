@@ -20,8 +20,10 @@ Decisions, and why:
   instead of starting over. `aclose` cancels what still runs.
 - **The key is a keyed BLAKE2b digest** of the connector id and version and the request as it
   goes out, auth included: two credentials never share an entry, and neither a secret nor a
-  visitor's value is held in a key (the digest's key is random per process). A new connector
-  version starts with an empty cache; the old entries age out.
+  visitor's value is held in a key (the digest's key is random per process). For OAuth2 client
+  credentials the credential's identity stands in for the Authorization header, so a refreshed
+  token still finds the entries fetched with the last one. A new connector version starts with
+  an empty cache; the old entries age out.
 - **What is stored**: statuses 200, 203, 204, 300, 301, 404, 410 (RFC 9111's heuristically
   cacheable answers an API lookup gives). The upstream's Cache-Control is honoured: no-store,
   no-cache and private (this cache serves every visitor behind one credential) are not stored,
@@ -136,10 +138,15 @@ class ResponseCache:
     def key(self, request: OutboundRequest, options: SendOptions) -> bytes:
         """The entry's key: a keyed digest, so no secret or visitor value is held in it."""
         digest = hashlib.blake2b(digest_size=20, key=self._digest_key)
-        version = options.cache.connector_version if options.cache is not None else 0
+        cache = options.cache
+        version = cache.connector_version if cache is not None else 0
+        credential = cache.credential if cache is not None else None
         parts = [options.connector_id, str(version), request.method, request.url]
+        if credential is not None:
+            parts += ("oauth2-credential", credential)  # stands for the token, which rotates
         for name, value in request.headers:
-            parts += (name.lower(), value)
+            if credential is None or name.lower() != "authorization":
+                parts += (name.lower(), value)
         for part in parts:
             data = part.encode("utf-8", "surrogateescape")
             digest.update(len(data).to_bytes(4, "big"))

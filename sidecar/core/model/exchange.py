@@ -51,6 +51,9 @@ class CacheOptions:
     ignore_cache_control: bool = False
     call_timeout_seconds: float = 5.0
     connector_version: int = 0
+    # An OAuth2 credential's identity (`ClientCredentials.key`, a digest): the entry is keyed by
+    # it instead of the Authorization header, so entries outlive the token they were fetched with.
+    credential: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
