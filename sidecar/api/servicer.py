@@ -137,15 +137,14 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
             raise InvalidArgumentError([FieldViolation("node", "required")])
         if request.mode not in _EVALUATION_MODES:
             raise InvalidArgumentError([FieldViolation("mode", "unknown evaluation mode")])
-        translate = partial(self._evaluation_input, request)
         if request.ByteSize() > OFF_LOOP_REQUEST_BYTES:
             # Translating and compiling megabytes takes seconds: not on the event loop.
-            compiled, variables = await asyncio.to_thread(translate)
+            compiled, variables = await asyncio.to_thread(self._evaluation_input, request)
         else:
             key = request.node.SerializeToString(deterministic=True)
             cached = self._nodes.cached(key)
             if cached is None:  # compiling (64 large regexes: seconds) happens in a worker
-                compiled, variables = await asyncio.to_thread(translate)
+                compiled, variables = await asyncio.to_thread(self._evaluation_input, request, key)
             else:
                 compiled, variables = cached, wire.variables_from_proto(request.variables)
         if self._evaluations_in_flight >= self._evaluation_slots:
@@ -182,12 +181,16 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         request: pb.ExtractVariablesRequest,
         context: grpc.aio.ServicerContext[pb.ExtractVariablesRequest, pb.ExtractVariablesResponse],
     ) -> pb.ExtractVariablesResponse:
-        translate = partial(self._extraction_input, request)
-        large = request.ByteSize() > OFF_LOOP_REQUEST_BYTES
-        if large or self._extractions.cached(_extractions_key(request)) is None:
-            compiled, document, document_bytes = await asyncio.to_thread(translate)
+        if request.ByteSize() > OFF_LOOP_REQUEST_BYTES:
+            translated = await asyncio.to_thread(self._extraction_input, request)
         else:
-            compiled, document, document_bytes = translate()
+            key = _extractions_key(request)  # serialised once, for the lookup and the cache
+            translate = partial(self._extraction_input, request, key)
+            if self._extractions.cached(key) is None:
+                translated = await asyncio.to_thread(translate)
+            else:
+                translated = translate()
+        compiled, document, document_bytes = translated
         try:
             variables, results = await self._engine.extract(
                 compiled,
@@ -201,10 +204,10 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         return wire.extract_answer(variables, results, message_limit=self._message_limit)
 
     def _evaluation_input(
-        self, request: pb.EvaluateNodeRequest
+        self, request: pb.EvaluateNodeRequest, key: bytes | None = None
     ) -> tuple[CompiledNode, dict[str, Any]]:
-        """The compiled node (cached by its bytes) and the variables, from the messages."""
-        key = request.node.SerializeToString(deterministic=True)
+        """The compiled node (cached by `key`, its bytes) and the variables, from the messages."""
+        key = request.node.SerializeToString(deterministic=True) if key is None else key
         compiled = self._nodes.get(
             key,
             lambda: _compile_node_message(request.node, self._engine.limits),
@@ -213,10 +216,11 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         return compiled, wire.variables_from_proto(request.variables)
 
     def _extraction_input(
-        self, request: pb.ExtractVariablesRequest
+        self, request: pb.ExtractVariablesRequest, key: bytes | None = None
     ) -> tuple[CompiledExtractions, Any, int]:
-        """The compiled extractions (cached), the document and its size in bytes."""
-        key = _extractions_key(request)
+        """The compiled extractions (cached by `key`, the extractions' bytes), the document and
+        its size in bytes."""
+        key = _extractions_key(request) if key is None else key
         compiled = self._extractions.get(
             key,
             lambda: _compile_extraction_messages(request.extractions),

@@ -98,6 +98,9 @@ def mask_secrets(value: T, secrets: Collection[str]) -> T:
     {'echo': 'Bearer ***', 'n': 1}
     >>> mask_secrets(["abc"], ["abc"])  # too short to mask
     ['abc']
+    >>> answer = {"status": ["shipped"]}
+    >>> mask_secrets(answer, ["s3cr3t-token"]) is answer  # nothing echoed: nothing copied
+    True
     """
     maskable = sorted(
         {secret for secret in secrets if len(secret) >= MIN_MASKED_SECRET_CHARS},
@@ -111,24 +114,34 @@ def mask_secrets(value: T, secrets: Collection[str]) -> T:
 
 
 def _masked(value: Any, secrets: list[str]) -> Any:
+    """`value` masked; the very same object where no secret occurs, so an answer that echoes
+    nothing (nearly every one) is not copied on the EvaluateNode path."""
     if type(value) is str:
         for secret in secrets:
             if secret in value:
                 value = value.replace(secret, MASK)
         return value
     if isinstance(value, dict):
-        return {_masked(key, secrets): _masked(item, secrets) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_masked(item, secrets) for item in value]
-    if isinstance(value, tuple):
-        return tuple(_masked(item, secrets) for item in value)
+        pairs = [(_masked(key, secrets), _masked(item, secrets)) for key, item in value.items()]
+        same = all(
+            key is old_key and item is old_item
+            for (key, item), (old_key, old_item) in zip(pairs, value.items(), strict=True)
+        )
+        return value if same else dict(pairs)
+    if isinstance(value, list | tuple):
+        items = [_masked(item, secrets) for item in value]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        return items if isinstance(value, list) else tuple(items)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {
-            spec.name: _masked(getattr(value, spec.name), secrets)
-            for spec in dataclasses.fields(value)
-            if spec.repr  # fields kept out of repr (the secret values themselves) stay as they are
-        }
-        return replace(value, **changes)
+        changes = {}
+        for spec in dataclasses.fields(value):
+            if spec.repr:  # fields kept out of repr (the secret values themselves) stay as they are
+                old = getattr(value, spec.name)
+                new = _masked(old, secrets)
+                if new is not old:
+                    changes[spec.name] = new
+        return replace(value, **changes) if changes else value
     return value
 
 
