@@ -56,7 +56,7 @@ def main() -> None:
                     str(GHZ),
                     "--insecure",
                     "--import-paths",
-                    str(ROOT / "proto"),
+                    f"{ROOT / 'proto'},{ROOT / 'proto/third_party/googleapis'}",
                     "--proto",
                     "rulesidecar/v1/rules_sidecar.proto",
                     "--call",
