@@ -1,25 +1,29 @@
-"""Which outbound transport, and whether httpx's types over aiohttp pay: figures, not opinions.
+"""Which outbound transport: figures, not opinions.
 
 Starts a loopback upstream (aiohttp.web, in its own process, answering a ~1 KB order JSON), then
 drives each client variant with N GETs from C concurrent callers through one pooled, keep-alive
 client, and reports requests/s, p50/p99 latency and the client's CPU per request:
 
     .venv/bin/python bench/transport_choice.py [--requests 3000] [--concurrency 32] [--rounds 5]
-    .venv/bin/python bench/transport_choice.py --history    # + httpx's own client (httpcore)
+    .venv/bin/python bench/transport_choice.py --history    # + the httpx variants
+    .venv/bin/python bench/transport_choice.py --loop asyncio  # the standard loop (uvloop default)
 
 The question it answers for the egress: one attempt takes the core's `OutboundRequest` and
 returns an `HttpResponse` (body read raw, counted against a cap, headers folded to lower-cased
-names). Two ways to do that over the same aiohttp session:
+names). The variants:
 
-- `httpx types over aiohttp`: build an `httpx.Request`, hand it to an httpx transport that sends it
-  through aiohttp and wraps the answer in an `httpx.Response` (the egress up to 0.1.x);
-- `aiohttp direct`: hand the request to aiohttp and read its response (the egress now,
-  `sidecar.egress.transport.Transport`, measured as it is).
+- `aiohttp direct (the egress before)`: aiohttp's own request and response over a pooled
+  session, the cap declared and counted (the egress in 0.1.x, copied here);
+- `http1.Pool (httptools) alone`: our HTTP/1.1 client on asyncio transports with llhttp's
+  parser, no guard, no decoding;
+- `sidecar Transport.attempt`: what ships, measured as it is (guarded resolver, caps, decoder);
+- with --history: `httpx types over aiohttp` (httpx.Request/Response over the same aiohttp
+  session, the egress before that) and httpx 0.28's own AsyncClient (httpcore).
 
 The machine is shared and noisy: the variants are interleaved round by round (a burst of load
 elsewhere hits all of them alike), each figure is the median over the rounds with its spread
-(min-max), and each variant's CPU is also given as a ratio to the httpx-types path of the same
-round (median of the per-round ratios).
+(min-max), and each variant's CPU is also given as a ratio to aiohttp's of the same round
+(median of the per-round ratios).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import os
 import random
 import resource
 import socket
+import ssl
 import statistics
 import sys
 import time
@@ -39,6 +44,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import uvloop
 import yarl
 from aiohttp import web
 from common import ORDER
@@ -50,7 +56,7 @@ from sidecar.egress.transport import Transport
 
 CAP = 1 << 20
 HEADERS = (("X-API-Key", "fake-bench-key-0123456"), ("Accept", "application/json"))
-BASELINE = "httpx types over aiohttp"
+BASELINE = "aiohttp direct (the egress before)"
 Call = Callable[[], Awaitable[None]]
 
 
@@ -151,7 +157,9 @@ async def _httpx_types_over_aiohttp(url: str) -> tuple[Call, Callable[[], Awaita
 
 
 async def _aiohttp_direct(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
-    """The same attempt with aiohttp's own request and response, no httpx types."""
+    """The egress's attempt as it was on aiohttp (0.1.x after httpx left): aiohttp's own request
+    and response, the declared and counted cap, the headers folded (a copy of that code, kept
+    here so the comparison survives its removal from the sidecar)."""
     session = _session()
     outbound = OutboundRequest("GET", url, HEADERS, None)
 
@@ -166,6 +174,9 @@ async def _aiohttp_direct(url: str) -> tuple[Call, Callable[[], Awaitable[None]]
         )
         body = bytearray()
         try:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > CAP:
+                raise RuntimeError("over the cap")
             async for chunk in response.content.iter_chunked(64 * 1024):
                 body += chunk
                 if len(body) > CAP:
@@ -176,6 +187,27 @@ async def _aiohttp_direct(url: str) -> tuple[Call, Callable[[], Awaitable[None]]
         assert answer.status == 200
 
     return call, session.close
+
+
+async def _pool_direct(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    """The new client (`sidecar.egress.http1.Pool`) alone: no guard, no decoding."""
+    from sidecar.egress.http1 import Pool, SystemResolver, open_socket
+    from sidecar.egress.transport import wire_url
+
+    pool = Pool(
+        SystemResolver(),
+        open_socket,
+        ssl.create_default_context(),
+        max_connections=100,
+        keepalive_seconds=30.0,
+    )
+    headers = (*HEADERS, *DEFAULT_HEADERS)
+
+    async def call() -> None:
+        response = await pool.request("GET", wire_url(url), headers, None, cap=CAP)
+        assert response.status == 200
+
+    return call, pool.aclose
 
 
 async def _sidecar_transport(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
@@ -204,11 +236,12 @@ async def _httpx_client(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
 
 
 VARIANTS = {
-    BASELINE: _httpx_types_over_aiohttp,
-    "aiohttp direct": _aiohttp_direct,
+    BASELINE: _aiohttp_direct,
+    "http1.Pool (httptools) alone": _pool_direct,
     "sidecar Transport.attempt": _sidecar_transport,
 }
 HISTORY = {
+    "httpx types over aiohttp": _httpx_types_over_aiohttp,
     "httpx 0.28 AsyncClient (httpcore)": _httpx_client,
 }
 
@@ -266,8 +299,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--history", action="store_true", help="add httpx's own AsyncClient")
+    parser.add_argument("--history", action="store_true", help="add the httpx variants")
+    parser.add_argument(
+        "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="the sidecar's default"
+    )
     arguments = parser.parse_args()
+    loop_factory = uvloop.new_event_loop if arguments.loop == "uvloop" else None
     variants = {**VARIANTS, **(HISTORY if arguments.history else {})}
     port = _free_port()
     upstream = multiprocessing.get_context("spawn").Process(
@@ -284,7 +321,8 @@ def main() -> None:
                 time.sleep(0.05)
         url = f"http://127.0.0.1:{port}/orders/A-10023"
         for number in range(arguments.rounds):
-            results = asyncio.run(_round(url, variants, arguments))
+            with asyncio.Runner(loop_factory=loop_factory) as runner:
+                results = runner.run(_round(url, variants, arguments))
             for name, row in results.items():
                 runs[name].append(row)
             print(
@@ -299,11 +337,12 @@ def main() -> None:
         upstream.join()
     print(
         f"{arguments.requests} GETs x {arguments.rounds} rounds (interleaved), "
-        f"{arguments.concurrency} concurrent, loopback upstream, {os.cpu_count()} cores; "
+        f"{arguments.concurrency} concurrent, {arguments.loop} loop, loopback upstream, "
+        f"{os.cpu_count()} cores; "
         "median (min-max)"
     )
     print(
-        f"  {'client':36} {'CPU us/req':>18} {'vs ' + 'httpx types':>14} {'req/s':>18} "
+        f"  {'client':36} {'CPU us/req':>18} {'vs aiohttp':>14} {'req/s':>18} "
         f"{'p50 ms':>18} {'p99 ms':>18}"
     )
     for name, rows in runs.items():

@@ -56,6 +56,9 @@ CLIENT_CONSTRUCTORS = frozenset(
         "urllib3.*",
         "socket.create_connection",
         "asyncio.open_connection",
+        "httptools.*",
+        "sidecar.egress.http1.Pool",
+        "sidecar.egress.http1.open_socket",
     }
 )
 
@@ -169,8 +172,11 @@ def test_the_egress_is_where_the_client_is_built() -> None:
     # The control: the checker does see the one place that builds a client.
     found = client_constructions((EGRESS / "transport.py").read_text(encoding="utf-8"))
 
-    # The pooled aiohttp session and its connector; httpx contributes only its Request type.
-    assert {name for _, name in found} >= {"aiohttp.ClientSession", "aiohttp.TCPConnector"}
+    # The keep-alive pool of our HTTP/1.1 client (sidecar/egress/http1.py) and its socket opener.
+    assert {name for _, name in found} >= {
+        "sidecar.egress.http1.Pool",
+        "sidecar.egress.http1.open_socket",
+    }
 
 
 @pytest.mark.parametrize(
@@ -182,6 +188,8 @@ def test_the_egress_is_where_the_client_is_built() -> None:
         ("import httpx\nhttpx.get('https://x')", "httpx.get"),
         ("import aiohttp\nasync def f():\n    aiohttp.ClientSession()", "aiohttp.ClientSession"),
         ("from aiohttp import TCPConnector\nTCPConnector(limit=1)", "aiohttp.TCPConnector"),
+        ("import httptools\nhttptools.HttpResponseParser(p)", "httptools.HttpResponseParser"),
+        ("from sidecar.egress.http1 import Pool\nPool(r, o, t)", "sidecar.egress.http1.Pool"),
         ("import urllib.request\nurllib.request.urlopen('x')", "urllib.request.urlopen"),
         ("from urllib.request import urlopen\nurlopen('x')", "urllib.request.urlopen"),
         ("import http.client\nhttp.client.HTTPSConnection('x')", "http.client.HTTPSConnection"),
@@ -293,6 +301,7 @@ TRANSPORTS = (
     "httpx",
     "httpcore",
     "aiohttp",
+    "httptools",
     "stamina",
     "opentelemetry",
 )

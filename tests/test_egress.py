@@ -12,6 +12,7 @@ import asyncio
 import gzip
 import json
 import logging
+import ssl
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -24,6 +25,13 @@ from multidict import CIMultiDict
 from sidecar.core.model import Reason
 from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError, SendOptions
 from sidecar.egress import Egress, EgressLimits, EgressPolicy
+from sidecar.egress.http1 import (
+    ConnectError,
+    DisconnectedError,
+    MalformedResponseError,
+    RequestError,
+    ResolveError,
+)
 from sidecar.egress.transport import DestinationBlockedError, failure_of, wire_url
 from tests.support.loopback import LOOPBACK_POLICY
 from tests.support.upstreams import MALFORMED, ORDER_API_KEY, ORDERS, Upstream
@@ -711,11 +719,11 @@ def test_unknown_content_encoding_is_a_protocol_error(upstream: Upstream) -> Non
 def test_the_url_goes_out_as_rendered_and_only_unsendable_text_is_encoded(
     url: str, target: str
 ) -> None:
-    assert wire_url(url).raw_path_qs == target
+    assert wire_url(url).target == target
 
 
 def test_a_non_ascii_host_goes_out_idna_encoded() -> None:
-    assert wire_url("https://b\u00fccher.example/x").raw_host == "xn--bcher-kva.example"
+    assert wire_url("https://b\u00fccher.example/x").host == "xn--bcher-kva.example"
 
 
 @pytest.mark.parametrize("url", ["https://a.example/next\x7fpage", "https://a.example/a\tb"])
@@ -735,13 +743,15 @@ def caused(exc: BaseException, cause: BaseException) -> BaseException:
     ("exc", "reason", "retryable"),
     [
         (DestinationBlockedError("'x' resolves to 10.0.0.1"), Reason.BLOCKED_DESTINATION, False),
-        (aiohttp.ClientConnectorDNSError(None, OSError("no name")), Reason.DNS_ERROR, False),  # type: ignore[arg-type]
-        (aiohttp.ClientConnectorError(None, OSError("refused")), Reason.CONNECT_ERROR, True),  # type: ignore[arg-type]
-        (aiohttp.ServerDisconnectedError(), Reason.CONNECT_ERROR, False),
-        (aiohttp.ClientPayloadError("truncated"), Reason.PROTOCOL_ERROR, False),
-        (aiohttp.ServerTimeoutError(), Reason.TIMEOUT, False),
-        (caused(aiohttp.ClientOSError(), ConnectionResetError()), Reason.CONNECT_ERROR, False),
-        (aiohttp.ClientOSError(), Reason.CONNECT_ERROR, False),  # nothing more specific known
+        (ResolveError("no name"), Reason.DNS_ERROR, False),
+        (caused(ConnectError("refused"), ConnectionRefusedError()), Reason.CONNECT_ERROR, True),
+        (ssl.SSLCertVerificationError("bad certificate"), Reason.TLS_ERROR, False),
+        (DisconnectedError("closed"), Reason.CONNECT_ERROR, False),
+        (MalformedResponseError("truncated"), Reason.PROTOCOL_ERROR, False),
+        (RequestError("line break"), Reason.PROTOCOL_ERROR, False),
+        (TimeoutError(), Reason.TIMEOUT, False),
+        (caused(OSError(), ConnectionResetError()), Reason.CONNECT_ERROR, False),
+        (OSError(), Reason.CONNECT_ERROR, False),  # nothing more specific known
     ],
     ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else None,
 )

@@ -7,10 +7,9 @@ and `ConnectorFactory` are the seams the composition root passes through to the 
 fill them with a fake DNS and a recording connector).
 """
 
-from aiohttp.abc import AbstractResolver as Resolver
-
 from sidecar.egress.cache import ResponseCache
 from sidecar.egress.client import Egress, EgressLimits
+from sidecar.egress.http1 import Resolver
 from sidecar.egress.policy import EgressPolicy
 from sidecar.egress.transport import ConnectorFactory
 

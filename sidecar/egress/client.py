@@ -32,7 +32,6 @@ from dataclasses import dataclass, replace
 from urllib.parse import urljoin, urlsplit
 
 import stamina
-from aiohttp.abc import AbstractResolver
 
 from sidecar.core.compiled_cache import CompiledCache
 from sidecar.core.hosts import host_matches
@@ -46,6 +45,7 @@ from sidecar.core.model.exchange import (
 from sidecar.core.model.outcome import Reason
 from sidecar.egress.breaker import BreakerState, CircuitBreaker
 from sidecar.egress.headers import on_the_wire, without_credentials
+from sidecar.egress.http1 import Resolver
 from sidecar.egress.policy import EgressPolicy, Verdict
 from sidecar.egress.transport import ConnectorFactory, Transport
 from sidecar.telemetry.instruments import Telemetry
@@ -70,6 +70,8 @@ class EgressLimits:
     backoff_max_seconds: float = 1.0
     breaker_failure_threshold: int = 5
     breaker_cooldown_seconds: float = 10.0
+    keepalive_seconds: float = 30.0  # an idle pooled connection is closed after this
+    dns_cache_seconds: float = 10.0  # a name's judged addresses are reused this long
 
 
 class _Tally:
@@ -105,7 +107,7 @@ class Egress:
         policy: EgressPolicy,
         limits: EgressLimits | None = None,
         *,
-        resolver: AbstractResolver | None = None,
+        resolver: Resolver | None = None,
         connector_factory: ConnectorFactory | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
@@ -115,6 +117,8 @@ class Egress:
         self._transport = Transport(
             policy,
             max_connections=self._limits.max_connections,
+            keepalive_seconds=self._limits.keepalive_seconds,
+            dns_cache_seconds=self._limits.dns_cache_seconds,
             resolver=resolver,
             connector_factory=connector_factory,
         )

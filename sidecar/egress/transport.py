@@ -1,86 +1,101 @@
-"""One HTTP attempt on the shared pooled aiohttp session: guarded resolution, capped body.
+"""One HTTP attempt on the shared keep-alive pool (`http1`): guarded resolution, capped body.
 
-The core's `OutboundRequest` goes to aiohttp as it is and the answer comes back as an
-`HttpResponse`; no other HTTP library's types stand in between. httpx's Request and Response did,
-over this same session, until `bench/transport_choice.py` measured what they cost: client CPU per
-loopback GET (32 concurrent, median of 9 interleaved rounds) 142 us with them, 78 us for this
-module, guard and caps included (ratio 0.53, 0.41-0.73 across rounds). httpx 0.28's own
-transport (httpcore) collapses under concurrency on this machine (402-599 req/s at 32 concurrent
-GETs, 1,650-2,400 us CPU per request): aiohttp it is.
+The core's `OutboundRequest` goes to `http1.Pool` as it is and the answer comes back as an
+`HttpResponse`; no other HTTP library's types stand in between. The pool is our own HTTP/1.1
+client on asyncio transports with llhttp's parser (httptools) since `bench/transport_choice.py`
+measured it against aiohttp's client (client CPU per loopback GET, 32 concurrent, uvloop, median
+of 7 interleaved rounds): 33 us for this module, guard and caps included, against 76 us for
+aiohttp's request and response alone (ratio 0.44, 0.30-0.51 across rounds; 0.45 on the standard
+loop). Before that, httpx's Request and Response over aiohttp cost 142 us against aiohttp's own
+78 us, and httpx 0.28's own transport (httpcore) collapsed under concurrency on this machine.
 
-- The URL is sent as rendered, byte for byte (`wire_url`): aiohttp gets it already encoded, so
-  `%3A` stays `%3A`. Only what could never be sent is touched, as httpx did: characters a URL
+- The URL is sent as rendered, byte for byte (`wire_url`): the request line is written from it,
+  so `%3A` stays `%3A`. Only what could never be sent is touched, as httpx did: characters a URL
   may not carry raw (space, non-ASCII ...) are percent-encoded, a non-ASCII host is
   IDNA-encoded, `.` and `..` segments are resolved, and control characters are refused.
   Redirect targets come from upstreams, so this matters there most.
 - Names are resolved by `GuardedResolver`, which judges every address and refuses the name
-  whole if any is forbidden; aiohttp then connects only to the addresses it returned, so there is
-  no window for DNS rebinding. TLS still verifies the host name.
-- The body is read raw and counted; content encodings are decoded here, in bounded steps, so a
-  gzip bomb stops at the cap with memory to match. Unknown encodings are refused.
+  whole if any is forbidden; the pool then connects only to the addresses it returned (cached
+  10 s per name, judged when resolved), so there is no window for DNS rebinding. TLS verifies
+  the host name (`server_hostname`) with the configured SSLContext.
+- The body is read raw and counted (a declared Content-Length over the cap is refused before
+  any body byte); content encodings are decoded here, in bounded steps, so a gzip bomb stops
+  at the cap with memory to match. Unknown encodings are refused.
 - Redirects are never followed here (the egress judges each hop); proxy environment variables
-  are ignored; aiohttp's own timeouts are off (the egress's total budget is the only clock).
-- Every foreign exception becomes a SendError through one table, `FAILURES`.
+  are never read; the pool has no clock (the egress's total budget is the only one, and a
+  cancelled attempt closes its connection).
+- Every failure of the exchange becomes a SendError through one table, `FAILURES`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 import ssl
 import zlib
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final, NamedTuple
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Final, NamedTuple
 from urllib.parse import quote, urlsplit
-
-import aiohttp
-import yarl
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 
 from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError
 from sidecar.core.model.failures import EvaluationFailure
 from sidecar.core.model.outcome import Reason
+from sidecar.egress.http1 import (
+    BodyTooLargeError,
+    ConnectError,
+    DisconnectedError,
+    HttpError,
+    MalformedResponseError,
+    Pool,
+    RequestError,
+    ResolvedAddress,
+    ResolveError,
+    Resolver,
+    SocketOpener,
+    SystemResolver,
+    Target,
+    open_socket,
+)
 from sidecar.egress.policy import EgressPolicy
 
-ConnectorFactory = Callable[[AbstractResolver], aiohttp.TCPConnector]
-CHUNK_BYTES = 64 * 1024
+ConnectorFactory = SocketOpener
+"""The composition root's name for the socket seam (tests record and refuse connections there)."""
 
 
 class DestinationBlockedError(EvaluationFailure):
     """Raised by the resolver: the name resolves to a forbidden address. One of our evaluation
-    failures (BLOCKED_DESTINATION), never an OSError, so aiohttp does not mistake it for a DNS
-    failure; `Transport.attempt` passes it on as a SendError."""
+    failures (BLOCKED_DESTINATION), never an OSError, so it is not mistaken for a DNS failure;
+    `Transport.attempt` passes it on as a SendError."""
 
     def __init__(self, message: str) -> None:
         super().__init__(Reason.BLOCKED_DESTINATION, message)
 
 
-class GuardedResolver(AbstractResolver):
-    """Resolves with the system resolver, then judges every address before aiohttp connects."""
+class GuardedResolver:
+    """Resolves with the system resolver (or `inner`), then judges every address before any
+    connection is made; one forbidden address refuses the name."""
 
-    def __init__(self, policy: EgressPolicy, inner: AbstractResolver | None = None) -> None:
+    def __init__(self, policy: EgressPolicy, inner: Resolver | None = None) -> None:
         self._policy = policy
-        self._inner = inner or DefaultResolver()
+        self._inner = inner or SystemResolver()
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
+    async def resolve(self, host: str, port: int) -> Sequence[ResolvedAddress]:
+        results = await self._inner.resolve(host, port)
         for result in results:
-            address = ipaddress.ip_address(result["host"].split("%", 1)[0])
+            address = ipaddress.ip_address(result.host.split("%", 1)[0])
             verdict = self._policy.judge_resolved(host, address)
             if not verdict.allowed:
                 raise DestinationBlockedError(verdict.reason)
         return results
 
-    async def close(self) -> None:
-        await self._inner.close()
-
 
 class Transport:
-    """The process-wide pooled client. Create once; `aclose` on shutdown."""
+    """The process-wide pooled client. Create once; `aclose` on shutdown.
+
+    `resolver` and `connector_factory` are seams: a fake DNS and a socket opener that records
+    and refuses (tests/support/network.py). `dns_cache_seconds=0` looks every new connection's
+    name up again; `keepalive_seconds=0` keeps no connection open.
+    """
 
     def __init__(
         self,
@@ -89,77 +104,41 @@ class Transport:
         max_connections: int,
         keepalive_seconds: float = 30.0,
         tls: ssl.SSLContext | None = None,
-        resolver: AbstractResolver | None = None,
+        resolver: Resolver | None = None,
         connector_factory: ConnectorFactory | None = None,
+        dns_cache_seconds: float = 10.0,
     ) -> None:
-        self._resolver = GuardedResolver(policy, resolver)
-        tls_context = tls or ssl.create_default_context()
-        self._connector_factory = connector_factory or (
-            lambda guarded: aiohttp.TCPConnector(
-                limit=max_connections,
-                keepalive_timeout=keepalive_seconds,
-                ssl=tls_context,
-                resolver=guarded,
-            )
+        self._pool = Pool(
+            GuardedResolver(policy, resolver),
+            connector_factory or open_socket,
+            tls or ssl.create_default_context(),
+            max_connections=max_connections,
+            keepalive_seconds=keepalive_seconds,
+            dns_cache_seconds=dns_cache_seconds,
         )
-        self._session: aiohttp.ClientSession | None = None
-
-    def _open(self) -> aiohttp.ClientSession:
-        """Built on first use, inside the running event loop, as aiohttp requires."""
-        self._session = aiohttp.ClientSession(
-            connector=self._connector_factory(self._resolver),
-            trust_env=False,
-            auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None),  # the egress's budget is the only clock
-        )
-        return self._session
 
     async def attempt(self, request: OutboundRequest, cap: int) -> HttpResponse:
         """One exchange of `request` as given (its headers are the ones on the wire, see
         `headers`); SendError with a reason on any failure. Budget enforced by the caller."""
         try:
-            return await self._exchange(request, cap)
+            response = await self._pool.request(
+                request.method, wire_url(request.url), request.headers, request.body, cap=cap
+            )
         except DestinationBlockedError as exc:
             raise SendError(exc.reason, exc.message) from exc
+        except BodyTooLargeError as exc:
+            raise SendError(Reason.RESPONSE_TOO_LARGE, _too_large(cap)) from exc
         except _FOREIGN as exc:
             raise failure_of(exc) from exc
-
-    async def _exchange(self, request: OutboundRequest, cap: int) -> HttpResponse:
-        session = self._session or self._open()
-        response = await session.request(
-            request.method,
-            wire_url(request.url),
-            headers=request.headers,
-            data=request.body,
-            allow_redirects=False,
-            compress=None,
-        )
-        try:
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > cap:
-                raise SendError(Reason.RESPONSE_TOO_LARGE, _too_large(cap))
-            decoder = _decoder(response.headers.get("content-encoding", ""))
-            body = bytearray()
-            received = 0
-            async for chunk in response.content.iter_chunked(CHUNK_BYTES):
-                received += len(chunk)
-                if received > cap:
-                    raise SendError(Reason.RESPONSE_TOO_LARGE, _too_large(cap))
-                body += decoder.decode(chunk, cap + 1 - len(body))
-                if len(body) > cap or decoder.pending:
-                    raise SendError(Reason.RESPONSE_TOO_LARGE, _too_large(cap, decoded=True))
-            body += decoder.finish(cap + 1 - len(body))
-            if len(body) > cap:
-                raise SendError(Reason.RESPONSE_TOO_LARGE, _too_large(cap, decoded=True))
-        finally:
-            response.release()  # back to the pool, or closed if the body was not read to its end
-        return HttpResponse(response.status, _folded(response.raw_headers), bytes(body))
+        body = response.body
+        encoding = _content_encoding(response.headers)
+        if encoding:
+            body = _decoded(body, encoding, cap)
+        return HttpResponse(response.status, _folded(response.headers), body)
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._pool.aclose()
 
 
 # -- the URL on the wire ------------------------------------------------------------------------
@@ -169,36 +148,40 @@ class Transport:
 _PATH_ESCAPES = re.compile(r'[^\x21-\x7e]|["#<>?`{}]')
 _QUERY_ESCAPES = re.compile(r'[^\x21-\x7e]|["#<>]')
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NOT_IN_HOST = re.compile(r"[\s/?#@\\]")
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
-def wire_url(url: str) -> yarl.URL:
-    """`url` as aiohttp must send it: already encoded, so aiohttp sends it byte for byte.
+def wire_url(url: str) -> Target:
+    """Where `url` goes and the request target written for it, byte for byte as rendered.
 
     A rendered URL is encoded already and goes out unchanged (`%3A` stays `%3A`); a redirect
     target from an upstream may need what httpx did to it: characters a URL may not carry raw
     percent-encoded (as UTF-8), a non-ASCII host IDNA-encoded, `.`/`..` segments resolved.
     Control characters are refused.
 
-    >>> wire_url("https://api.example.com/a%3Ab/c d?q=caf\u00e9&r=%2F").raw_path_qs
+    >>> wire_url("https://api.example.com/a%3Ab/c d?q=caf\u00e9&r=%2F").target
     '/a%3Ab/c%20d?q=caf%C3%A9&r=%2F'
     """
     if _CONTROL.search(url):
         raise SendError(Reason.PROTOCOL_ERROR, "the URL holds a control character")
     parts = urlsplit(url)
-    netloc, path, query = parts.netloc, parts.path, parts.query
-    if not netloc.isascii():
-        try:
-            host = (parts.hostname or "").encode("idna").decode("ascii")
-            netloc = host if parts.port is None else f"{host}:{parts.port}"
-        except (UnicodeError, ValueError) as exc:
-            raise SendError(Reason.PROTOCOL_ERROR, "the URL's host is not a valid name") from exc
-    path = _PATH_ESCAPES.sub(_escape, _without_dot_segments(path))
-    query = _QUERY_ESCAPES.sub(_escape, query)
-    encoded = f"{parts.scheme}://{netloc}{path}" + (f"?{query}" if query else "")
     try:
-        return yarl.URL(encoded, encoded=True)
-    except (ValueError, UnicodeError) as exc:
-        raise SendError(Reason.PROTOCOL_ERROR, "the URL cannot be sent") from exc
+        host = (parts.hostname or "").rstrip()
+        port = parts.port
+        if not host.isascii():
+            host = host.encode("idna").decode("ascii")
+    except (UnicodeError, ValueError) as exc:
+        raise SendError(Reason.PROTOCOL_ERROR, "the URL's host is not a valid name") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not host or _NOT_IN_HOST.search(host):
+        raise SendError(Reason.PROTOCOL_ERROR, "the URL cannot be sent")
+    path = _PATH_ESCAPES.sub(_escape, _without_dot_segments(parts.path)) or "/"
+    query = _QUERY_ESCAPES.sub(_escape, parts.query)
+    named = f"[{host}]" if ":" in host else host
+    authority = named if port in (None, _DEFAULT_PORTS[scheme]) else f"{named}:{port}"
+    target = f"{path}?{query}" if query else path
+    return Target(scheme, host, port or _DEFAULT_PORTS[scheme], target, authority)
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -223,7 +206,7 @@ def _without_dot_segments(path: str) -> str:
 # -- the response -------------------------------------------------------------------------------
 
 
-def _folded(raw: tuple[tuple[bytes, bytes], ...]) -> dict[str, str]:
+def _folded(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
     """Header names lower-cased, repeated headers joined with ", " (RFC 9110 5.3)."""
     names: dict[str, str] = {}
     for raw_name, raw_value in raw:
@@ -236,40 +219,33 @@ def _folded(raw: tuple[tuple[bytes, bytes], ...]) -> dict[str, str]:
     return names
 
 
-class _Decoder:
-    """Incremental content decoding with a bound on the output of each step."""
-
-    def __init__(self, decompressor: Any | None) -> None:
-        self._decompressor = decompressor
-
-    @property
-    def pending(self) -> bool:
-        """Input left over because the output bound was reached: the body is over the cap."""
-        return bool(self._decompressor is not None and self._decompressor.unconsumed_tail)
-
-    def decode(self, chunk: bytes, limit: int) -> bytes:
-        if self._decompressor is None:
-            return chunk
-        try:
-            return bytes(self._decompressor.decompress(chunk, max(limit, 1)))
-        except zlib.error as exc:
-            raise SendError(Reason.PROTOCOL_ERROR, "the response body is not valid gzip") from exc
-
-    def finish(self, limit: int) -> bytes:
-        if self._decompressor is None:
-            return b""
-        return bytes(self._decompressor.decompress(b"", max(limit, 1)))
+def _content_encoding(raw: Sequence[tuple[bytes, bytes]]) -> str:
+    """The Content-Encoding as folded (two headers are a stacked encoding, refused)."""
+    found = [value for name, value in raw if name.lower() == b"content-encoding"]
+    return b", ".join(found).decode("latin-1") if found else ""
 
 
-def _decoder(encoding: str) -> _Decoder:
+def _decoded(body: bytes, encoding: str, cap: int) -> bytes:
+    """`body` decoded in one step bounded to `cap` + 1 bytes of output, so a gzip bomb costs
+    no more memory than the cap; input left over at the bound means the body is too large."""
     name = encoding.strip().lower()
     if name in ("", "identity"):
-        return _Decoder(None)
+        return body
     if name in ("gzip", "x-gzip"):
-        return _Decoder(zlib.decompressobj(16 + zlib.MAX_WBITS))
-    if name == "deflate":
-        return _Decoder(zlib.decompressobj())
-    raise SendError(Reason.PROTOCOL_ERROR, f"unsupported content encoding {encoding[:40]!r}")
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif name == "deflate":
+        decompressor = zlib.decompressobj()
+    else:
+        raise SendError(Reason.PROTOCOL_ERROR, f"unsupported content encoding {encoding[:40]!r}")
+    try:
+        decoded = decompressor.decompress(body, cap + 1)
+        if len(decoded) <= cap and not decompressor.unconsumed_tail:
+            decoded += decompressor.decompress(b"", cap + 1 - len(decoded))
+    except zlib.error as exc:
+        raise SendError(Reason.PROTOCOL_ERROR, "the response body is not valid gzip") from exc
+    if len(decoded) > cap or decompressor.unconsumed_tail:
+        raise SendError(Reason.RESPONSE_TOO_LARGE, _too_large(cap, decoded=True))
+    return decoded
 
 
 def _too_large(cap: int, *, decoded: bool = False) -> str:
@@ -294,35 +270,31 @@ _TLS = "the TLS handshake or certificate check failed"
 _TIMEOUT = "the upstream did not answer in time"
 _CLOSED = "the upstream closed the connection early"
 _MALFORMED = "the upstream sent a malformed response"
+_UNSENDABLE = "the request cannot be sent (a header holds a line break, or the method is invalid)"
 
-# aiohttp, asyncio, ssl and OS exceptions to what they mean. The first type that matches wins,
-# so a subclass comes before its base (a DNS failure is also a connector error).
+# The client's, ssl's and the OS's exceptions to what they mean. The first type that matches
+# wins, so a subclass comes before its base (a certificate error is also an OSError).
 FAILURES: Final[Mapping[type[Exception], Failure]] = {
-    aiohttp.ClientConnectorDNSError: Failure(
-        Reason.DNS_ERROR, "the upstream host name could not be resolved"
-    ),
-    aiohttp.ClientConnectorCertificateError: Failure(Reason.TLS_ERROR, _TLS),
-    aiohttp.ClientSSLError: Failure(Reason.TLS_ERROR, _TLS),
+    ResolveError: Failure(Reason.DNS_ERROR, "the upstream host name could not be resolved"),
     ssl.SSLError: Failure(Reason.TLS_ERROR, _TLS),
+    ssl.CertificateError: Failure(Reason.TLS_ERROR, _TLS),
     # No connection was ever established: retrying cannot repeat a side effect.
-    aiohttp.ClientConnectorError: Failure(Reason.CONNECT_ERROR, _REFUSED, retryable=True),
-    aiohttp.ServerTimeoutError: Failure(Reason.TIMEOUT, _TIMEOUT),
+    ConnectError: Failure(Reason.CONNECT_ERROR, _REFUSED, retryable=True),
     TimeoutError: Failure(Reason.TIMEOUT, _TIMEOUT),
-    aiohttp.ServerDisconnectedError: Failure(Reason.CONNECT_ERROR, _CLOSED),
+    DisconnectedError: Failure(Reason.CONNECT_ERROR, _CLOSED),
     ConnectionError: Failure(Reason.CONNECT_ERROR, _CLOSED),
-    aiohttp.ClientPayloadError: Failure(Reason.PROTOCOL_ERROR, _MALFORMED),
-    aiohttp.ClientResponseError: Failure(Reason.PROTOCOL_ERROR, _MALFORMED),
-    aiohttp.InvalidURL: Failure(Reason.PROTOCOL_ERROR, _MALFORMED),
+    MalformedResponseError: Failure(Reason.PROTOCOL_ERROR, _MALFORMED),
+    RequestError: Failure(Reason.PROTOCOL_ERROR, _UNSENDABLE),
 }
-_FOREIGN: Final[tuple[type[Exception], ...]] = (*FAILURES, aiohttp.ClientError)
+_FOREIGN: Final[tuple[type[Exception], ...]] = (*FAILURES, HttpError, OSError)
 
 
 def failure_of(exc: BaseException) -> SendError:
     """The SendError of a foreign exception, judged on it and the exceptions that caused it
-    (aiohttp wraps the OS's); one of our failures among them keeps its reason, and an
+    (the client wraps the OS's); one of our failures among them keeps its reason, and an
     exception no entry names is a CONNECT_ERROR by type."""
     for cause in _causes(exc):
-        if isinstance(cause, EvaluationFailure):  # ours, raised inside aiohttp (the resolver)
+        if isinstance(cause, EvaluationFailure):  # ours, raised inside the pool (the resolver)
             return SendError(cause.reason, cause.message)
         for kind, failure in FAILURES.items():
             if isinstance(cause, kind):

@@ -596,7 +596,7 @@ def test_dns_rebinding_connects_only_to_the_judged_address_and_refuses_the_secon
     async def twice() -> tuple[HttpResponse | SendError, HttpResponse | SendError]:
         # No DNS cache and no keep-alive: the second request must look the name up again.
         async with recording_egress(
-            network, REBINDING_POLICY, use_dns_cache=False, force_close=True
+            network, REBINDING_POLICY, dns_cache_seconds=0, keepalive_seconds=0
         ) as egress:
             results: list[HttpResponse | SendError] = []
             for _ in range(2):

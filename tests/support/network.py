@@ -3,10 +3,10 @@
 Nothing in the security suite may send a packet anywhere but loopback, even if the egress guard
 under test is broken. So every egress built there (directly, or by an in-process sidecar) gets:
 
-- `RecordingConnector`, an `aiohttp.TCPConnector` that records every (host, port) it is asked
-  to connect to and refuses, before any socket exists, anything outside 127.0.0.0/8 (counted as
-  a violation). Its socket factory refuses the same addresses again, a second lock on the
-  same door in case aiohttp's internals change.
+- `RecordingOpener`, the egress's socket seam (`connector_factory`): it records every (host,
+  port) the egress asks to connect to and refuses, before any socket exists, anything outside
+  127.0.0.0/8 (counted as a violation). It checks the address handed to `connect` again, a
+  second lock on the same door in case the client's internals change.
 - `FakeResolver`, canned DNS answers per name (recording every lookup): no real DNS query is
   ever made for a hostile name. A name it does not know fails like NXDOMAIN.
 
@@ -24,6 +24,7 @@ egress with them. The autouse `network` fixture fails the test if any violation 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import socket
@@ -32,10 +33,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-
 from sidecar.egress import Egress, EgressLimits
+from sidecar.egress.http1 import ResolvedAddress, open_socket
 from sidecar.egress.policy import EgressPolicy
 from tests.support.loopback import LOOPBACK_POLICY
 from tests.support.sidecars import Seams
@@ -98,15 +97,13 @@ class Network:
             self.excused += refused
             return refused
 
-    def socket_factory(self, addr_info: Any) -> socket.socket:
-        """aiohappyeyeballs' socket step: the second lock, refusing non-loopback addresses."""
-        family, kind, proto, _, address = addr_info
-        host, port = address[0], address[1]
+    def refuse_unless_loopback(self, sockaddr: Any) -> None:
+        """The second lock, on the address `connect` is given: non-loopback is refused."""
+        host, port = str(sockaddr[0]), int(sockaddr[1])
         if not is_loopback_v4(host):
             with self._lock:
                 self.violations.append((host, port))
             raise OSError(errno.ENETUNREACH, f"test guard: {host}:{port} is not loopback")
-        return socket.socket(family, kind, proto)
 
 
 def _is_local(address: Any) -> bool:
@@ -124,7 +121,7 @@ def _is_local(address: Any) -> bool:
 def guard_process(network: Network) -> Iterator[None]:
     """Refuse (and record) every non-loopback connect and every name lookup in this process.
 
-    Patched on the socket class and module, which asyncio and aiohttp look up at call time, so
+    Patched on the socket class and module, which asyncio looks up at call time, so
     it holds whatever connector or resolver an egress was built with.
     """
     real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
@@ -165,78 +162,49 @@ def guard_process(network: Network) -> Iterator[None]:
         socket.getaddrinfo = real_getaddrinfo
 
 
-class RecordingConnector(aiohttp.TCPConnector):
-    """A TCPConnector that records every address it is asked to connect to and refuses, without
-    opening a socket, anything outside 127.0.0.0/8."""
+class RecordingOpener:
+    """The egress's socket seam: records every address it is asked to connect to and refuses,
+    without opening a socket, anything outside 127.0.0.0/8."""
 
-    def __init__(self, *, network: Network, **kwargs: Any) -> None:
-        kwargs.setdefault("socket_factory", network.socket_factory)
-        super().__init__(**kwargs)
+    def __init__(self, network: Network) -> None:
         self._network = network
 
-    async def _wrap_create_connection(
-        self,
-        *args: Any,
-        addr_infos: list[Any],
-        req: Any,
-        timeout: Any,  # noqa: ASYNC109 (aiohttp's signature)
-        client_error: type[Exception] = aiohttp.ClientConnectorError,
-        **kwargs: Any,
-    ) -> Any:
-        allowed = [
-            self._network.record_connection(address[0], address[1]) for *_, address in addr_infos
-        ]
-        if not all(allowed):
-            refused = OSError(errno.ENETUNREACH, "test guard: not a loopback address")
-            raise client_error(req.connection_key, refused)
-        return await super()._wrap_create_connection(
-            *args,
-            addr_infos=addr_infos,
-            req=req,
-            timeout=timeout,
-            client_error=client_error,
-            **kwargs,
-        )
+    async def __call__(self, address: ResolvedAddress) -> socket.socket:
+        if not self._network.record_connection(address.host, address.port):
+            raise OSError(errno.ENETUNREACH, "test guard: not a loopback address")
+        self._network.refuse_unless_loopback(address.sockaddr)
+        return await open_socket(address)
 
 
-class FakeResolver(AbstractResolver):
+class FakeResolver:
     """Canned answers from `network.dns`; every lookup recorded; unknown names fail (NXDOMAIN)."""
 
     def __init__(self, network: Network) -> None:
         self._network = network
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
+    async def resolve(self, host: str, port: int) -> list[ResolvedAddress]:
         earlier = self._network.record_lookup(host)
         answer = self._network.dns.get(host.rstrip(".").lower())
         if answer is None:
             raise OSError(errno.ENOENT, f"{host} is not in the test's fake DNS")
         if answer and isinstance(answer[0], list):  # answered in turn: DNS rebinding
             answer = answer[min(earlier, len(answer) - 1)]
-        return [
-            ResolveResult(
-                hostname=host,
-                host=address,
-                port=port,
-                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST,
-            )
-            for address in answer
-        ]
+        return [_resolved(address, port) for address in answer]
 
-    async def close(self) -> None:
-        return None
+
+def _resolved(address: str, port: int) -> ResolvedAddress:
+    """A canned answer as a resolver returns it (a zone the machine lacks: scope 0; such an
+    address is refused by the guard anyway)."""
+    try:
+        return ResolvedAddress.of(address, port)
+    except OSError:
+        bare = address.partition("%")[0]
+        return ResolvedAddress(address, port, socket.AF_INET6, (bare, port, 0, 0))
 
 
 def recording_seams(network: Network) -> Seams:
-    """The composition root's egress seams: the recording connector and the fake resolver."""
-
-    def connector_factory(resolver: AbstractResolver) -> aiohttp.TCPConnector:
-        return RecordingConnector(network=network, resolver=resolver)
-
-    return Seams(resolver=FakeResolver(network), connector_factory=connector_factory)
+    """The composition root's egress seams: the recording socket opener and the fake resolver."""
+    return Seams(resolver=FakeResolver(network), connector_factory=RecordingOpener(network))
 
 
 @contextlib.asynccontextmanager
@@ -244,18 +212,16 @@ async def recording_egress(
     network: Network,
     policy: EgressPolicy = LOOPBACK_POLICY,
     limits: EgressLimits | None = None,
-    **connector_options: Any,
+    **transport_options: Any,
 ) -> AsyncIterator[Egress]:
-    """An Egress with the recording connector and the fake resolver, closed on exit."""
-
-    def connector_factory(resolver: AbstractResolver) -> aiohttp.TCPConnector:
-        return RecordingConnector(network=network, resolver=resolver, **connector_options)
-
+    """An Egress with the recording opener and the fake resolver, closed on exit;
+    `transport_options` replace fields of the limits (`dns_cache_seconds=0`,
+    `keepalive_seconds=0`)."""
     egress = Egress(
         policy,
-        limits or FAST_RETRIES,
+        dataclasses.replace(limits or FAST_RETRIES, **transport_options),
         resolver=FakeResolver(network),
-        connector_factory=connector_factory,
+        connector_factory=RecordingOpener(network),
     )
     try:
         yield egress
