@@ -1,10 +1,11 @@
 """The egress: every outbound HTTP request leaves through `Egress.send` (see `client`).
 
-`policy` judges where a request may go, `transport` performs one exchange, `breaker` isolates a
-failing upstream, `cache` answers connectors that opt in from memory and shares identical calls
-in flight, `oauth` fetches OAuth2 client credentials tokens through `Egress.send`. `Resolver`
-and `ConnectorFactory` are the seams the composition root passes through to the transport (tests
-fill them with a fake DNS and a recording connector).
+`policy` judges where a request may go, `transport` performs one exchange (on `http1`, the
+HTTP/1.1 client and its keep-alive pool), `breaker` isolates a failing upstream, `cache` answers
+connectors that opt in from memory and shares identical calls in flight, `oauth` fetches OAuth2
+client credentials tokens through `Egress.send`. `Resolver` and `ConnectorFactory` (a socket
+opener) are the seams the composition root passes through to the transport (tests fill them
+with a fake DNS and an opener that records and refuses).
 """
 
 from sidecar.egress.cache import ResponseCache

@@ -465,8 +465,8 @@ def test_garbage_answer_does_not_leak_a_query_key_into_logs(
     raw_servers: RawServers,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # aiohttp's parser errors quote the request URL, query key included: they must be
-    # translated at the transport edge, never logged or returned as they are.
+    # A client's parser errors may quote the request URL, query key included (aiohttp's did):
+    # they must be translated at the transport edge, never logged or returned as they are.
     from .test_hostile_upstreams import garbage_status_line
 
     caplog.set_level(logging.DEBUG)
