@@ -1,6 +1,7 @@
 """Profile the sidecar on the benchmark's scenario: py-spy samples the real process under ghz load.
 
     .venv/bin/python bench/profile.py [--seconds 15] [--py-spy PATH] [--log-level WARNING]
+                                      [--native] [--folded stacks.txt]
 
 Writes bench/results/profile-<commit>.txt: the hottest functions by own time and by total time
 (from py-spy's collapsed stacks), which is what each hot-path change in the history was guided
@@ -28,6 +29,8 @@ def main() -> None:
     parser.add_argument("--py-spy", default=str(ROOT / ".venv/bin/py-spy"))
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
+    parser.add_argument("--folded", help="also keep py-spy's collapsed stacks at this path")
     arguments = parser.parse_args()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
@@ -49,6 +52,7 @@ def main() -> None:
                     "--output",
                     str(folded),
                     "--nonblocking",
+                    *(["--native"] if arguments.native else []),
                 ]
             )
             subprocess.run(
@@ -74,6 +78,8 @@ def main() -> None:
             )
             spy.wait(60)
             report = summarise(folded.read_text(), arguments.top)
+            if arguments.folded:
+                Path(arguments.folded).write_text(folded.read_text())
     output = ROOT / "bench" / "results" / f"profile-{commit}.txt"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(report)
