@@ -29,6 +29,7 @@ import base64
 import dataclasses
 from collections.abc import Callable, Collection
 from dataclasses import replace
+from itertools import islice
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -115,34 +116,66 @@ def mask_secrets(value: T, secrets: Collection[str]) -> T:
 
 def _masked(value: Any, secrets: list[str]) -> Any:
     """`value` masked; the very same object where no secret occurs, so an answer that echoes
-    nothing (nearly every one) is not copied on the EvaluateNode path."""
-    if type(value) is str:
+    nothing (nearly every one) is not copied on the EvaluateNode path.
+
+    Every answer with a credential on its request is walked, so the walk allocates nothing
+    until it finds a secret, and a type's fields are looked up once (`_maskable_fields`).
+    """
+    kind = type(value)
+    if kind is str:
         for secret in secrets:
             if secret in value:
                 value = value.replace(secret, MASK)
         return value
+    if kind in _LEAVES:
+        return value
     if isinstance(value, dict):
-        pairs = [(_masked(key, secrets), _masked(item, secrets)) for key, item in value.items()]
-        same = all(
-            key is old_key and item is old_item
-            for (key, item), (old_key, old_item) in zip(pairs, value.items(), strict=True)
-        )
-        return value if same else dict(pairs)
+        copy: dict[Any, Any] | None = None
+        for position, (key, item) in enumerate(value.items()):
+            new_key, new_item = _masked(key, secrets), _masked(item, secrets)
+            if copy is None and (new_key is not key or new_item is not item):
+                copy = dict(islice(value.items(), position))  # what came before, unchanged
+            if copy is not None:
+                copy[new_key] = new_item
+        return value if copy is None else copy
     if isinstance(value, list | tuple):
-        items = [_masked(item, secrets) for item in value]
-        if all(new is old for new, old in zip(items, value, strict=True)):
+        items: list[Any] | None = None
+        for position, item in enumerate(value):
+            new = _masked(item, secrets)
+            if items is None and new is not item:
+                items = list(value[:position])
+            if items is not None:
+                items.append(new)
+        if items is None:
             return value
         return items if isinstance(value, list) else tuple(items)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {}
-        for spec in dataclasses.fields(value):
-            if spec.repr:  # fields kept out of repr (the secret values themselves) stay as they are
-                old = getattr(value, spec.name)
-                new = _masked(old, secrets)
-                if new is not old:
-                    changes[spec.name] = new
-        return replace(value, **changes) if changes else value
-    return value
+    names = _maskable_fields(kind)
+    if not names:
+        return value
+    changes = {}
+    for name in names:
+        old = getattr(value, name)
+        new = _masked(old, secrets)
+        if new is not old:
+            changes[name] = new
+    return replace(value, **changes) if changes else value
+
+
+# Types that hold no text of their own: returned as they are without a look at their fields.
+_LEAVES: frozenset[type] = frozenset({int, float, bool, type(None), bytes})
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _maskable_fields(kind: type) -> tuple[str, ...]:
+    """The fields `_masked` walks in a dataclass type (none for other types), found once per
+    type. Fields kept out of repr (the secret values themselves) stay as they are."""
+    names = _FIELDS.get(kind)
+    if names is None:
+        names = ()
+        if dataclasses.is_dataclass(kind):
+            names = tuple(spec.name for spec in dataclasses.fields(kind) if spec.repr)
+        _FIELDS[kind] = names
+    return names
 
 
 def masked_request(connector: Connector, request: OutboundRequest) -> RenderedRequest:
