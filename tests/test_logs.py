@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import logging
@@ -192,3 +193,34 @@ def test_a_text_line_escapes_control_characters_in_message_and_fields(hostile: s
     assert len(TextFormatter().format(entry).splitlines()) == 1
     assert "\x1b" not in text
     assert repr(hostile)[1:-1] in TextFormatter().format(entry)
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        0.0,
+        1764766800.0,
+        1764766800.00049,
+        1764766800.0005,
+        1764766800.99949,
+        1764766800.9995,
+        1764766800.9999994,
+        1764766800.9999996,  # rounds up into the next second, as datetime does
+        1764766801.25,
+        1764766859.9999999,  # ... and into the next minute
+        2000000000.123456,
+    ],
+)
+def test_a_timestamp_is_the_one_datetime_would_write(created: float) -> None:
+    def expected(at: float) -> str:
+        moment = dt.datetime.fromtimestamp(at, dt.UTC)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+    def written(at: float) -> str:
+        entry = record("tick")
+        entry.created = at
+        return str(json.loads(JsonFormatter().format(entry))["timestamp"])
+
+    assert written(created) == expected(created)
+    assert written(created - 86400.0) == expected(created - 86400.0)  # not the second remembered
+    assert written(created) == expected(created)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import re
 import sys
 import time
@@ -129,8 +130,30 @@ def _fields(record: logging.LogRecord) -> Mapping[str, Any]:
 
 
 def _timestamp(created: float) -> str:
-    moment = dt.datetime.fromtimestamp(created, dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """ISO 8601 UTC with milliseconds, as `datetime.fromtimestamp` rounds `created`.
+
+    strftime costs more than the rest of the evaluation's line together, so the text up to the
+    second is made once per second (the rounding is datetime's: half-even to the microsecond,
+    carried into the second).
+
+    >>> _timestamp(1764766800.0), _timestamp(1764766800.9999996)
+    ('2025-12-03T13:00:00.000Z', '2025-12-03T13:00:01.000Z')
+    """
+    fraction, whole = math.modf(created)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    elif micro < 0:  # before 1970: modf keeps the sign
+        whole, micro = whole - 1, micro + 1_000_000
+    global _last_second
+    second, text = _last_second
+    if second != whole:
+        text = dt.datetime.fromtimestamp(whole, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _last_second = (whole, text)  # one tuple: a thread reads the second and its text
+    return f"{text}{micro // 1000:03d}Z"
+
+
+_last_second: tuple[float, str] = (math.nan, "")  # the second last formatted, and its text
 
 
 # -- the evaluation line, written directly ------------------------------------------------------
