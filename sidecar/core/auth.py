@@ -71,22 +71,25 @@ def authorise(
         forms.append(value)
         return value
 
+    # The request is built anew rather than by dataclasses.replace: this runs on every call.
+    method, url, headers, body = request.method, request.url, request.headers, request.body
     if auth.bearer is not None:
         header = ("Authorization", f"Bearer {secret(auth.bearer.token_secret)}")
-        return replace(request, headers=(*request.headers, header))
+        return OutboundRequest(method, url, (*headers, header), body)
     if auth.basic is not None:
         username = secret(auth.basic.username_secret)
         pair = f"{username}:{secret(auth.basic.password_secret)}"
         encoded = base64.b64encode(pair.encode()).decode()
         forms.append(encoded)
-        return replace(request, headers=(*request.headers, ("Authorization", f"Basic {encoded}")))
+        header = ("Authorization", f"Basic {encoded}")
+        return OutboundRequest(method, url, (*headers, header), body)
     assert auth.api_key is not None
     key = secret(auth.api_key.value_secret)
     if auth.api_key.location is ApiKeyLocation.QUERY:
         forms.append(quote(key, safe=""))
-        url = with_query(request.url, auth.api_key.name, quote(key, safe=""))
-        return replace(request, url=url)
-    return replace(request, headers=(*request.headers, (auth.api_key.name, key)))
+        url = with_query(url, auth.api_key.name, quote(key, safe=""))
+        return OutboundRequest(method, url, headers, body)
+    return OutboundRequest(method, url, (*headers, (auth.api_key.name, key)), body)
 
 
 def mask_secrets(value: T, secrets: Collection[str]) -> T:

@@ -39,11 +39,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from sidecar.core.auth import (
-    SecretResolver,
     authorise,
     binding_refusals,
     client_credentials,
@@ -96,7 +95,6 @@ OFF_LOOP_BODY_BYTES = 64 * 1024
 DEADLINE_MARGIN_SECONDS = 0.05
 _IDEMPOTENT_METHODS = frozenset({HttpMethod.GET, HttpMethod.PUT, HttpMethod.DELETE})
 _TEMPLATE_CACHE_LIMIT = 4096
-T = TypeVar("T")
 # What a compiled form holds in memory, estimated from what it was compiled from.
 COMPILED_BYTES_PER_SOURCE_BYTE = 8  # measured: a node of 36,000 short strings, 7-8x
 COMPILED_OVERHEAD_BYTES = 4096
@@ -289,17 +287,15 @@ class Engine:
             _check_live(connector, allow_draft=allow_draft)
             prepared = self._prepare(connector)
             rendered = prepared.template.render(variables)
-            request = self._authorise(connector, rendered, sent_secrets)
-            credentials = self._resolved(client_credentials, connector)
-            self._check_bindings(connector)
-            timeout = _exchange_timeout(connector, budget)
+            request, credentials = self._authorise(connector, rendered, sent_secrets)
+            if prepared.refusals:  # the bindings of today refuse what the connector sends
+                raise SecretBindingError("; ".join(prepared.refusals))
+            options = prepared.options
+            timeout = _exchange_timeout(options, budget)
+            if timeout != options.timeout_seconds:  # the caller's deadline comes first
+                options = replace(options, timeout_seconds=timeout)
             started = time.perf_counter()
-            response = await self._exchange(
-                request,
-                credentials,
-                replace(prepared.options, timeout_seconds=timeout),
-                sent_secrets,
-            )
+            response = await self._exchange(request, credentials, options, sent_secrets)
             budget.check()
             _check_cost(compiled.body_queries, len(response.body), self.limits)
             judge = partial(
@@ -312,13 +308,13 @@ class Engine:
                 latency=time.perf_counter() - started,
                 explain=explain,
                 request=masked_request(connector, rendered) if explain else None,
+                secret_values=tuple(sent_secrets),  # complete: the exchange is over
             )
             # Parsing and querying a large document takes milliseconds: a large one goes off
             # the event loop at once, others move there if they need more than a slice.
-            outcome = await run_bounded(
+            return await run_bounded(
                 judge, budget, on_loop=len(response.body) <= OFF_LOOP_BODY_BYTES
             )
-            return _carrying(outcome, sent_secrets)
         except EvaluationFailure as failure:
             outcome = _failed(compiled, failure, connector, rendered, started, explain=explain)
             return _carrying(outcome, sent_secrets)
@@ -332,27 +328,21 @@ class Engine:
     def _prepare(self, connector: Connector) -> _Prepared:
         """Compiled once per connector version (versions never repeat for an id)."""
         key = (connector.id, connector.version, connector.source, connector.update_time)
-        return self._prepared.get(key, lambda: _Prepared.of(connector))
+        return self._prepared.get(key, lambda: _Prepared.of(connector, self._bindings))
 
     def _authorise(
         self, connector: Connector, rendered: OutboundRequest, sent: list[str]
-    ) -> OutboundRequest:
-        return self._resolved(lambda c, resolve: authorise(c, rendered, resolve, sent), connector)
-
-    def _resolved(self, use: Callable[[Connector, SecretResolver], T], connector: Connector) -> T:
-        """`use` given the secret store; a missing secret says where it was looked for."""
+    ) -> tuple[OutboundRequest, ClientCredentials | None]:
+        """The request with its credential, and the OAuth2 client's credentials (or None); a
+        missing secret says where it was looked for."""
+        resolve = self._secrets.resolve
         try:
-            return use(connector, self._secrets.resolve)
+            return authorise(connector, rendered, resolve, sent), client_credentials(
+                connector, resolve
+            )
         except MissingSecretError as missing:
             searched = self._secrets.searched(missing.name)
             raise MissingSecretError(missing.name, connector.id, searched) from None
-
-    def _check_bindings(self, connector: Connector) -> None:
-        """Checked again at send time: the operator's bindings may have changed since the
-        connector was registered."""
-        refused = binding_refusals(connector, self._bindings)
-        if refused:
-            raise SecretBindingError("; ".join(refused))
 
     async def _exchange(
         self,
@@ -378,9 +368,13 @@ class _Prepared:
     template: RequestTemplate
     options: SendOptions
     size: int = COMPILED_OVERHEAD_BYTES
+    # What the bindings refuse this version to send (raised at send time, after its secrets
+    # were resolved): checked against the engine's bindings, which may have changed since the
+    # connector was registered, and which stay the same for the engine's life.
+    refusals: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, connector: Connector) -> _Prepared:
+    def of(cls, connector: Connector, bindings: SecretBindings) -> _Prepared:
         host = urlsplit(connector.url_template).hostname or ""
         credential_headers = {"authorization"}
         if connector.auth is not None and connector.auth.api_key is not None:
@@ -406,7 +400,8 @@ class _Prepared:
         source += sum(len(name) + len(value) for name, value in connector.query.items())
         if connector.body_template is not None:
             source += json_size(connector.body_template, 1 << 40)
-        return cls(compile_request(connector), options, compiled_size(source))
+        refusals = tuple(binding_refusals(connector, bindings))
+        return cls(compile_request(connector), options, compiled_size(source), refusals)
 
 
 def _cache_options(connector: Connector) -> CacheOptions | None:
@@ -424,7 +419,7 @@ def _cache_options(connector: Connector) -> CacheOptions | None:
     )
 
 
-def _carrying(outcome: Outcome, sent_secrets: list[str]) -> Outcome:
+def _carrying(outcome: Outcome, sent_secrets: list[str]) -> Outcome:  # failures only
     """The outcome with the secret values its request carried (masked where it is answered)."""
     return replace(outcome, secret_values=tuple(sent_secrets)) if sent_secrets else outcome
 
@@ -437,9 +432,9 @@ def _check_live(connector: Connector, *, allow_draft: bool) -> None:
         raise ConnectorNotLiveError(f"connector {connector.id!r} is {status.value}{hint}")
 
 
-def _exchange_timeout(connector: Connector, budget: Budget) -> float:
+def _exchange_timeout(options: SendOptions, budget: Budget) -> float:
     """Seconds the exchange may take: the connector's timeout, within the evaluation's budget."""
-    seconds = min(connector.timeout.total_seconds(), budget.remaining())
+    seconds = min(options.timeout_seconds, budget.remaining())
     if seconds <= 0:
         raise DeadlineExhaustedError("the caller's deadline leaves no time for the call")
     return seconds
@@ -465,6 +460,7 @@ def _judge(
     latency: float,
     explain: bool,
     request: RenderedRequest | None,
+    secret_values: tuple[str, ...] = (),
 ) -> Outcome:
     """Decide the branch and extract, from a response that arrived (spending from budget)."""
     node = compiled.node
@@ -473,46 +469,42 @@ def _judge(
     view = ResponseView(response.status, response.headers, body, body_is_json, variables, budget)
     decision = compiled.branches.decide(view, explain=explain)
     extracted, results = compiled.extractions.apply(body, has_document=body_is_json, budget=budget)
-    common: dict[str, Any] = {
-        "variables": extracted,
-        "extractions": results,
-        "http_status": response.status,
-        "upstream_latency_seconds": latency,
-        "attempts": response.attempts,
-        "connector_version": connector.version,
-        "explanation": Explanation(request, decision.explanations, _notes(note, response))
-        if explain
-        else None,
-        "cache_status": response.cache_status,
-        "cache_age_seconds": response.cache_age_seconds,
-    }
-    if decision.index is not None:
+    branch_index = decision.index
+    message = ""
+    if branch_index is not None:
         failed = required_failures(results)
         if failed:
             names = ", ".join(result.variable for result in failed)
-            return Outcome(
-                OutcomeKind.ERROR,
-                Reason.EXTRACTION_FAILED,
-                node.error_target,
-                message=f"required extraction failed: {names}",
-                **common,
-            )
-        return Outcome(
-            OutcomeKind.MATCHED,
-            Reason.BRANCH_MATCHED,
-            node.branches[decision.index].target,
-            branch_index=decision.index,
-            **common,
-        )
-    if response.status >= 500:
-        return Outcome(
-            OutcomeKind.ERROR,
-            Reason.UPSTREAM_ERROR,
-            node.error_target,
-            message=f"the upstream answered {response.status} and no branch matched it",
-            **common,
-        )
-    return Outcome(OutcomeKind.NO_MATCH, Reason.NO_BRANCH_MATCHED, node.else_target, **common)
+            kind, reason, target = OutcomeKind.ERROR, Reason.EXTRACTION_FAILED, node.error_target
+            message = f"required extraction failed: {names}"
+            branch_index = None
+        else:
+            kind, reason = OutcomeKind.MATCHED, Reason.BRANCH_MATCHED
+            target = node.branches[branch_index].target
+    elif response.status >= 500:
+        kind, reason, target = OutcomeKind.ERROR, Reason.UPSTREAM_ERROR, node.error_target
+        message = f"the upstream answered {response.status} and no branch matched it"
+    else:
+        kind, reason, target = OutcomeKind.NO_MATCH, Reason.NO_BRANCH_MATCHED, node.else_target
+    return Outcome(  # built once, with what it carries: no copy per evaluation
+        kind,
+        reason,
+        target,
+        message=message,
+        branch_index=branch_index,
+        variables=extracted,
+        extractions=results,
+        http_status=response.status,
+        upstream_latency_seconds=latency,
+        attempts=response.attempts,
+        connector_version=connector.version,
+        explanation=Explanation(request, decision.explanations, _notes(note, response))
+        if explain
+        else None,
+        cache_status=response.cache_status,
+        cache_age_seconds=response.cache_age_seconds,
+        secret_values=secret_values,
+    )
 
 
 def _notes(body_note: str, response: HttpResponse) -> tuple[str, ...]:

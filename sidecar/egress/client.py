@@ -157,6 +157,8 @@ class Egress:
                         and location
                         and hop < MAX_REDIRECTS
                     ):
+                        if response.attempts == attempts.count:  # one attempt: as it came
+                            return response
                         return replace(response, attempts=attempts.count)
                     current = _redirected(current, response.status, location, options)
         except TimeoutError as exc:
@@ -323,7 +325,12 @@ class Egress:
                     trace_context = (
                         self._telemetry.trace_headers() if options.propagate_trace else {}
                     )
-                    outgoing = replace(request, headers=on_the_wire(request.headers, trace_context))
+                    outgoing = OutboundRequest(
+                        request.method,
+                        request.url,
+                        on_the_wire(request.headers, trace_context),
+                        request.body,
+                    )
                     response = await self._transport.attempt(outgoing, options.max_response_bytes)
                     observed.record(response)
             except SendError as error:
