@@ -49,12 +49,17 @@ class Query:
     """
 
     parsed: ParsedResult
+    # A plain path (`status`, `carrier.name`), most nodes' queries: its field names, followed
+    # without the interpreter; None for any other expression.
+    fields: tuple[str, ...] | None = None
 
     def find(self, document: Any, budget: Budget | None = None) -> tuple[Any, str]:
         """The value (None when there is none) and, when evaluation failed, a one-line reason.
 
         Raises BudgetExhaustedError or LimitExceededError when the evaluation must stop.
         """
+        if self.fields is not None:
+            return _follow(self.fields, document, budget or unbounded()), ""
         interpreter = _interpreter(budget or unbounded())
         try:
             found = interpreter.visit(self.parsed.parsed, document)
@@ -64,6 +69,34 @@ class Query:
             raise
         except Exception as exc:  # e.g. a JMESPath type error: no value, and say why
             return None, f"JMESPath evaluation failed: {_one_line(exc)}"
+
+
+def _follow(fields: tuple[str, ...], document: Any, budget: Budget) -> Any:
+    """What the interpreter answers for a plain path, with the steps it would count: a field of
+    anything but an object is null (JMESPath's `visit_field`), and every field is visited."""
+    steps = len(fields) + (len(fields) > 1)  # the fields, and the subexpression around them
+    limit = budget.limits.max_query_steps
+    if steps > limit:
+        budget.spend(limit - limit % _STEPS_PER_SPEND)  # what it spent before it stopped
+        raise LimitExceededError(
+            f"a JMESPath expression took more than {limit} steps (max_query_steps)"
+        )
+    budget.spend(steps)
+    value = document
+    for name in fields:
+        try:
+            value = value.get(name)
+        except AttributeError:
+            value = None
+    return value
+
+
+def _plain_path(tree: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The field names of `name` or `a.b.c` (as JMESPath parses them), else None."""
+    nodes = tree["children"] if tree["type"] == "subexpression" else [tree]
+    if all(node["type"] == "field" for node in nodes):
+        return tuple(node["value"] for node in nodes)
+    return None
 
 
 class _BoundedFunctions(Functions):
@@ -186,7 +219,7 @@ def compile_query(expression: str) -> Query:
                 f"JMESPath function {name}() takes {'at least ' if variadic else ''}"
                 f"{len(signature)} argument(s), got {arguments}"
             )
-    return Query(parsed)
+    return Query(parsed, _plain_path(parsed.parsed))
 
 
 def _one_line(exc: BaseException) -> str:
