@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/profile.py [--seconds 15] [--py-spy PATH] [--log-level WARNING]
                                       [--native] [--folded stacks.txt]
+                                      [--call EvaluateNode|ExtractVariables]
 
-Writes bench/results/profile-<commit>.txt: the hottest functions by own time and by total time
-(from py-spy's collapsed stacks), which is what each hot-path change in the history was guided
-by. py-spy is a dev dependency; it needs permission to ptrace the sidecar (root, or
+Writes bench/results/profile-<commit>.txt (profile-<commit>-extract.txt for ExtractVariables):
+the hottest functions by own time and by total time (from py-spy's collapsed stacks), which is
+what each hot-path change in the history was guided by. py-spy is a dev dependency; it needs permission to ptrace the sidecar (root, or
 kernel.yama.ptrace_scope=0).
 """
 
@@ -18,9 +19,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from common import NODE, ROOT, VARIABLES, sidecar, upstream
+from common import NODE, ORDER, ROOT, VARIABLES, sidecar, upstream
 
 GHZ = ROOT / ".tools/go/bin/ghz"
+# The request of each profiled call: the benchmark's scenario.
+CALLS = {
+    "EvaluateNode": {"node": NODE, "variables": VARIABLES},
+    "ExtractVariables": {"extractions": NODE["extractions"], "json": ORDER},
+}
 
 
 def main() -> None:
@@ -31,6 +37,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     parser.add_argument("--folded", help="also keep py-spy's collapsed stacks at this path")
+    parser.add_argument("--call", choices=sorted(CALLS), default="EvaluateNode")
     arguments = parser.parse_args()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
@@ -64,9 +71,9 @@ def main() -> None:
                     "--proto",
                     "rulesidecar/v1/rules_sidecar.proto",
                     "--call",
-                    "rulesidecar.v1.RulesSidecarService/EvaluateNode",
+                    f"rulesidecar.v1.RulesSidecarService/{arguments.call}",
                     "--data",
-                    json.dumps({"node": NODE, "variables": VARIABLES}),
+                    json.dumps(CALLS[arguments.call]),
                     "--concurrency",
                     "16",
                     "--duration",
@@ -80,7 +87,8 @@ def main() -> None:
             report = summarise(folded.read_text(), arguments.top)
             if arguments.folded:
                 Path(arguments.folded).write_text(folded.read_text())
-    output = ROOT / "bench" / "results" / f"profile-{commit}.txt"
+    suffix = "" if arguments.call == "EvaluateNode" else "-extract"
+    output = ROOT / "bench" / "results" / f"profile-{commit}{suffix}.txt"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(report)
     print(report)
