@@ -50,8 +50,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sidecar.api.access import TokenFile, TokenInterceptor
-from sidecar.api.interceptors import ErrorMappingInterceptor, TelemetryInterceptor
+from sidecar.api.access import TokenCheck, TokenFile
+from sidecar.api.interceptors import guarded, handlers_of, layered
 from sidecar.api.servicer import SERVICE_NAME, RulesSidecarServicer, ServiceGate
 from sidecar.core.budget import WorkLimits
 from sidecar.core.engine import Engine
@@ -508,26 +508,23 @@ class SidecarServer:
 
 
 def create_server(settings: Settings, telemetry: Telemetry) -> SidecarServer:
-    """The gRPC server with its interceptors and services, bound to its ports (TCP, and the
+    """The gRPC server with its services and their layers, bound to its ports (TCP, and the
     unix socket if configured); RulesSidecarService stays closed until `SidecarServer.open`."""
     message_limit = settings.max_message_bytes
-    interceptors: list[grpc.aio.ServerInterceptor] = []
-    if telemetry.tracing or telemetry.metrics:  # first, so it sees every call's final status
-        interceptors.append(TelemetryInterceptor(telemetry))
+    tokens = None
     if settings.admin_token_file or settings.evaluation_token_file:
-        interceptors.append(
-            TokenInterceptor(
-                admin=TokenFile(settings.admin_token_file) if settings.admin_token_file else None,
-                evaluation=TokenFile(settings.evaluation_token_file)
-                if settings.evaluation_token_file
-                else None,
-            )
+        tokens = TokenCheck(
+            admin=TokenFile(settings.admin_token_file) if settings.admin_token_file else None,
+            evaluation=TokenFile(settings.evaluation_token_file)
+            if settings.evaluation_token_file
+            else None,
         )
-    interceptors.append(ErrorMappingInterceptor())
     gate = ServiceGate()
     server = grpc.aio.server(
-        handlers=(gate,),
-        interceptors=interceptors,
+        # Each method's layers are built once (interceptors would rebuild them per call).
+        handlers=(
+            layered(gate, telemetry=telemetry, tokens=tokens.for_method if tokens else None),
+        ),
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
@@ -537,7 +534,15 @@ def create_server(settings: Settings, telemetry: Telemetry) -> SidecarServer:
         ],
     )
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # Open (no token) and not observed; malformed requests answered as everywhere else.
+    server.add_generic_rpc_handlers(
+        tuple(
+            guarded(service)
+            for service in handlers_of(
+                health_pb2_grpc.add_HealthServicer_to_server, health_servicer
+            )
+        )
+    )
     if settings.reflection:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -549,7 +554,7 @@ def create_server(settings: Settings, telemetry: Telemetry) -> SidecarServer:
         _bind(server, f"unix:{settings.unix_socket}", credentials)
     health_server, health_port = None, None
     if settings.health_listen_address is not None:
-        # Health only, no interceptors, plaintext: what the kubelet's gRPC probes can speak.
+        # Health only, no layers, plaintext: what the kubelet's gRPC probes can speak.
         health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
         health_port = _bind(health_server, settings.health_listen_address, None)

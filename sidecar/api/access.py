@@ -25,20 +25,18 @@ from __future__ import annotations
 import enum
 import hmac
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 
 from sidecar.api import wire
-from sidecar.api.interceptors import OPEN_SERVICES, Continuation, Request, Response
+from sidecar.api.interceptors import Metadata
 from sidecar.core.watched_file import WatchedFile
 from sidecar.errors import (
     ConfigError,
     NotReadyError,
     PermissionDeniedError,
-    SidecarError,
     UnauthenticatedError,
 )
 
@@ -75,32 +73,42 @@ class TokenFile:
         return token
 
 
-class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Checks `authorization: Bearer <token>` metadata before any handler runs."""
+class TokenCheck:
+    """Checks `authorization: Bearer <token>` metadata before any handler runs (the `checked`
+    layer of `interceptors.layered` asks `for_method` once per method, then per call).
+
+    >>> check = TokenCheck(admin=None, evaluation=None)
+    >>> refuse = check.for_method("EvaluateNode")
+    >>> refuse(()).code
+    <StatusCode.UNAUTHENTICATED: (16, 'unauthenticated')>
+    """
 
     def __init__(self, *, admin: TokenFile | None, evaluation: TokenFile | None) -> None:
         self._tokens = {Role.ADMIN: admin, Role.EVALUATION: evaluation}
-
-    async def intercept_service(
-        self,
-        continuation: Continuation[Request, Response],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Request, Response] | None:
-        method: str = handler_call_details.method
-        if method.startswith(OPEN_SERVICES):
-            return await continuation(handler_call_details)
-        role, unreadable = self._role_of(_bearer(handler_call_details.invocation_metadata))
-        if role is None and unreadable:
-            return _refusal(NotReadyError(UNREADABLE))
-        if role is None:
-            return _refusal(UnauthenticatedError("a valid bearer token is required"))
-        if method.rsplit("/", 1)[-1] in ADMIN_METHODS and role is not Role.ADMIN:
-            return _refusal(
-                PermissionDeniedError(
-                    "this call needs the admin token", metadata={"required_role": "admin"}
-                )
+        # The answers are the same every time: their statuses are built once.
+        self._unreadable = wire.rpc_status_of(NotReadyError(UNREADABLE))
+        self._unauthenticated = wire.rpc_status_of(
+            UnauthenticatedError("a valid bearer token is required")
+        )
+        self._not_admin = wire.rpc_status_of(
+            PermissionDeniedError(
+                "this call needs the admin token", metadata={"required_role": "admin"}
             )
-        return await continuation(handler_call_details)
+        )
+
+    def for_method(self, name: str) -> Callable[[Metadata | None], grpc.Status | None]:
+        """The check of one method (its short name): the refusing status, or None to let in."""
+        needs_admin = name in ADMIN_METHODS
+
+        def refusal(metadata: Metadata | None) -> grpc.Status | None:
+            role, unreadable = self._role_of(_bearer(metadata))
+            if role is None:
+                return self._unreadable if unreadable else self._unauthenticated
+            if needs_admin and role is not Role.ADMIN:
+                return self._not_admin
+            return None
+
+        return refusal
 
     def _role_of(self, presented: bytes | None) -> tuple[Role | None, bool]:
         """The presented token's role, and whether a token file could not be read."""
@@ -123,7 +131,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         return found, unreadable
 
 
-def _bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
+def _bearer(metadata: Metadata | None) -> bytes | None:
     for key, value in metadata or ():
         if key == "authorization":
             text = value.decode() if isinstance(value, bytes) else str(value)
@@ -131,13 +139,3 @@ def _bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> bytes | None:
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip().encode()
     return None
-
-
-def _refusal(error: SidecarError) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler that answers the error's status, from the one table (wire.rpc_status_of)."""
-    status = wire.rpc_status_of(error)
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(status.code, status.details, status.trailing_metadata)
-
-    return grpc.unary_unary_rpc_method_handler(refuse)

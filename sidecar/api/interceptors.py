@@ -1,4 +1,5 @@
-"""Server interceptors: the one place where errors become gRPC statuses, and the SERVER span.
+"""What every call goes through before its handler: the SERVER span and RPC metrics, the token
+check, and the one place where errors become gRPC statuses.
 
 A SidecarError becomes the status of `wire.STATUS_BY_ERROR_CODE` with its details (a
 google.rpc.ErrorInfo always; INVALID_ARGUMENT with its google.rpc.BadRequest). Anything else is a
@@ -6,12 +7,23 @@ bug: it is logged with its traceback and the caller gets INTERNAL (ErrorInfo rea
 INTERNAL_ERROR) with a generic message, never the exception's text (which may carry internal
 detail).
 Request bytes that do not parse as the method's message are the caller's mistake: grpc would
-answer UNKNOWN with the parser's text, so the deserializer is wrapped to hand the handler a
-`MalformedRequest` instead, answered INVALID_ARGUMENT.
+answer UNKNOWN with the parser's text, so the bytes are parsed inside the error mapping and
+answered INVALID_ARGUMENT.
 
-`TelemetryInterceptor` goes first (outermost), so its span and its duration also see the status
-of calls refused by the token check or mapped here; it is installed only when traces or metrics
-are exported.
+The layers of RulesSidecarService (`layered`), outermost first:
+
+    observed   SERVER span and rpc.server.call.duration   when traces or metrics are exported
+    checked    bearer token (`access.TokenCheck`)         when token files are configured
+    guarded    request parsed, errors mapped              always
+
+The observation goes first, so its span and its duration also see the status of calls refused by
+the token check or mapped here. Health is only guarded (`guarded`): probes need no token and are
+not worth a trace each.
+
+The layers are not grpc.aio interceptors: an interceptor runs per call and would build a new
+method handler with fresh closures each time. Here each method's handler is built once, on its
+first call, and reused while the service hands out the same handler (`Layered`); what differs per
+call (the trace context, the token) is read from `context.invocation_metadata()`.
 """
 
 from __future__ import annotations
@@ -19,8 +31,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar, cast
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, NoReturn, cast
 
 import grpc
 from opentelemetry import context as otel_context
@@ -29,101 +41,181 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from sidecar.api import wire
 from sidecar.errors import FieldViolation, InvalidArgumentError, SidecarError
-from sidecar.telemetry.instruments import RpcMethodMetrics, Telemetry
+from sidecar.telemetry.instruments import Telemetry
 
 log = logging.getLogger(__name__)
 
 GENERIC_INTERNAL_MESSAGE = "internal error in rules-sidecar; the sidecar's log has the details"
+MALFORMED = "the bytes are not a valid protobuf message of this method's type"
 
 # The behaviour of a unary grpc.aio call. The stubs type RpcMethodHandler.unary_unary as the
 # synchronous one; under grpc.aio it is this coroutine function, hence the casts below.
 Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+Metadata = Iterable[tuple[str, str | bytes]]
+# The token check of one method: the status refusing a call's metadata, or None to let it in.
+Refusal = Callable[[Metadata | None], grpc.Status | None]
+# Builds one method's handler from the service's (and the method's full name).
+Build = Callable[["grpc.RpcMethodHandler[Any, Any]", str], "grpc.RpcMethodHandler[Any, Any]"]
 
-# grpc.aio's ServerInterceptor.intercept_service is generic over the call's message types.
-Request = TypeVar("Request")
-Response = TypeVar("Response")
-# (A string inside: grpc's RpcMethodHandler is generic for the type checker only.)
-Continuation = Callable[
-    [grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Request, Response] | None"]
-]
-
-
-def rewrapped(
-    handler: grpc.RpcMethodHandler[Request, Response],
-    behaviour: Callable[[Handler], Handler],
-    *,
-    request_deserializer: Callable[[bytes], Any] | None = None,
-) -> grpc.RpcMethodHandler[Request, Response]:
-    """The same unary method with its behaviour wrapped (its (de)serializers kept, unless a
-    request deserializer is given)."""
-    return grpc.unary_unary_rpc_method_handler(
-        behaviour(cast(Handler, handler.unary_unary)),
-        request_deserializer=request_deserializer or handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+# Past this many distinct method names (a closed gate answers any name under its service) the
+# built handlers start over rather than grow.
+MAX_BUILT_METHODS = 64
 
 
-class MalformedRequest:
-    """Stands in for a request whose bytes did not parse (see `lenient`)."""
+class Layered(grpc.GenericRpcHandler):
+    """A service whose unary methods are wrapped by `build`, once per method handler.
 
+    >>> async def hello(request, context):
+    ...     return b"hi"
+    >>> service = grpc.method_handlers_generic_handler(
+    ...     "demo.Greeter", {"Hello": grpc.unary_unary_rpc_method_handler(hello)}
+    ... )
+    >>> from types import SimpleNamespace
+    >>> call = SimpleNamespace(method="/demo.Greeter/Hello", invocation_metadata=())
+    >>> guarded_service = guarded(service)
+    >>> guarded_service.service(call) is guarded_service.service(call)  # built once
+    True
+    """
 
-def lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """`deserialize`, returning a MalformedRequest where it would raise."""
-    if deserialize is None:
-        return None
+    def __init__(self, service: grpc.GenericRpcHandler, build: Build) -> None:
+        self._service = service
+        self._build = build
+        self._built: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], Any]] = {}
 
-    def deserialize_or_mark(data: bytes) -> Any:
-        try:
-            return deserialize(data)
-        except Exception:  # DecodeError, RecursionError ...: all mean the bytes are not the message
-            return MalformedRequest()
-
-    return deserialize_or_mark
-
-
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Maps SidecarError to its status and any other exception to a generic INTERNAL."""
-
-    async def intercept_service(
-        self,
-        continuation: Continuation[Request, Response],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Request, Response] | None:
-        handler = await continuation(handler_call_details)
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        """The built handler of this call's method (None for a method the service lacks)."""
+        handler = self._service.service(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         method: str = handler_call_details.method
-        return rewrapped(
-            handler,
-            lambda inner: _guard(inner, method),
-            request_deserializer=lenient(handler.request_deserializer),
-        )
+        built = self._built.get(method)
+        if built is None or built[0] is not handler:  # first call, or the gate opened since
+            if len(self._built) >= MAX_BUILT_METHODS:
+                self._built.clear()
+            built = self._built[method] = (handler, self._build(handler, method))
+        return cast("grpc.RpcMethodHandler[Any, Any]", built[1])
 
 
-MALFORMED = "the bytes are not a valid protobuf message of this method's type"
+def handlers_of(
+    add_to_server: Callable[[Any, Any], None], servicer: Any
+) -> tuple[grpc.GenericRpcHandler, ...]:
+    """The generic handlers a generated `add_..._to_server` registers for `servicer`, to be
+    layered before they reach a server."""
+    registrar = _Registrar()
+    add_to_server(servicer, registrar)
+    return registrar.handlers
 
 
-def _guard(inner: Handler, method: str) -> Handler:
-    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+class _Registrar:
+    """Takes what a generated `add_..._to_server` registers (it calls only these two)."""
+
+    def __init__(self) -> None:
+        self.handlers: tuple[grpc.GenericRpcHandler, ...] = ()
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self.handlers += tuple(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: object) -> None:
+        """The same handlers again, pre-registered; the generic ones are enough."""
+
+
+def guarded(service: grpc.GenericRpcHandler) -> Layered:
+    """`service` with its requests parsed and its errors mapped (no token, not observed)."""
+    return Layered(
+        service, lambda handler, method: _handler(handler, _guard(handler, method, _answer))
+    )
+
+
+def layered(
+    service: grpc.GenericRpcHandler,
+    *,
+    telemetry: Telemetry,
+    tokens: Callable[[str], Refusal] | None = None,
+) -> Layered:
+    """`service` behind every layer: observed (if `telemetry` exports anything), checked (if
+    `tokens`, which gives the check of a method by its name), guarded."""
+    tracer = telemetry.tracer if telemetry.tracing else None
+
+    observed = tracer is not None or telemetry.metrics
+    # Observed, a refusal is answered after it was recorded (`_observed`); else at once.
+    refuse = _pass_out if observed else _answer
+
+    def build(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> Any:
+        behaviour = _guard(handler, method, refuse)
+        if tokens is not None:
+            behaviour = _checked(behaviour, tokens(method.rpartition("/")[2]), refuse)
+        if observed:
+            behaviour = _observed(behaviour, method, tracer, telemetry)
+        return _handler(handler, behaviour)
+
+    return Layered(service, build)
+
+
+def _handler(handler: grpc.RpcMethodHandler[Any, Any], behaviour: Handler) -> Any:
+    """A unary method handler for `behaviour`, which parses the request bytes itself."""
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour, response_serializer=handler.response_serializer
+    )
+
+
+class _RefusalError(Exception):
+    """Carries a call's error status out to the observing layer, which answers it once it has
+    recorded the call: an abort sends the status at once, and a client that reads the metrics
+    right after its call failed must find the call counted."""
+
+    def __init__(self, status: grpc.Status) -> None:
+        self.status = status
+
+
+Refuse = Callable[[grpc.aio.ServicerContext[Any, Any], grpc.Status], Awaitable[NoReturn]]
+
+
+async def _answer(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> NoReturn:
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+async def _pass_out(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> NoReturn:
+    raise _RefusalError(status)
+
+
+def _guard(handler: grpc.RpcMethodHandler[Any, Any], method: str, refuse: Refuse) -> Handler:
+    """The method's behaviour with its request parsed here and its errors mapped."""
+    inner = cast(Handler, handler.unary_unary)
+    parse = handler.request_deserializer
+
+    async def guarded_call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            if isinstance(request, MalformedRequest):
-                raise InvalidArgumentError([FieldViolation("request", MALFORMED)])
+            if parse is not None:
+                try:
+                    request = parse(request)
+                except Exception:  # DecodeError, RecursionError ...: the bytes are not the message
+                    raise InvalidArgumentError([FieldViolation("request", MALFORMED)]) from None
             return await inner(request, context)
         except SidecarError as error:
-            status = wire.rpc_status_of(error)
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            await refuse(context, wire.rpc_status_of(error))
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception:
             log.exception("unhandled error in %s", method)
-            status = wire.internal_status(GENERIC_INTERNAL_MESSAGE)
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            await refuse(context, wire.internal_status(GENERIC_INTERNAL_MESSAGE))
 
-    return guarded
+    return guarded_call
 
 
-# Kubernetes probes and tooling: open without a token (`access`), and not worth a trace each.
-OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+def _checked(inner: Handler, refusal_of: Refusal, refuse: Refuse) -> Handler:
+    """The behaviour behind the token check: a refused call never reaches the parser."""
+
+    async def checked_call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        refusal = refusal_of(context.invocation_metadata())
+        if refusal is not None:
+            await refuse(context, refusal)
+        return await inner(request, context)
+
+    return checked_call
+
+
 # Codes that are the server's fault (RPC conventions); the others leave the span status unset.
 SERVER_ERROR_CODES = frozenset(
     {
@@ -137,79 +229,57 @@ SERVER_ERROR_CODES = frozenset(
 )
 
 
-class TelemetryInterceptor(grpc.aio.ServerInterceptor):
-    """Observes each unary call: a SERVER span, child of the caller's W3C trace context
-    (metadata), when traces are exported; `rpc.server.call.duration` and the calls in flight
-    when metrics are. One wrapper does both, so a call pays for one, and both see the same
-    final status."""
+def _observed(
+    inner: Handler, method: str, tracer: trace.Tracer | None, telemetry: Telemetry
+) -> Handler:
+    """Observes each call: a SERVER span, child of the caller's W3C trace context (metadata),
+    when traces are exported; `rpc.server.call.duration` and the calls in flight when metrics
+    are. One wrapper does both, so a call pays for one, and both see the same final status."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    span_name = f"{service}/{name}"
+    span_attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+    metrics = telemetry.rpc_method(method)
 
-    def __init__(self, telemetry: Telemetry) -> None:
-        self._telemetry = telemetry
-        self._tracer = telemetry.tracer if telemetry.tracing else None
-        # Bound once per method the server knows (an unknown method has no handler).
-        self._methods: dict[str, RpcMethodMetrics | None] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Continuation[Request, Response],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Request, Response] | None:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or handler.unary_unary is None or method.startswith(OPEN_SERVICES):
-            return handler
+    async def observed_call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        span = token = None
+        if tracer is not None:
+            metadata = context.invocation_metadata() or ()
+            carrier = {key: value for key, value in metadata if isinstance(value, str)}
+            span = tracer.start_span(
+                span_name,
+                context=propagate.extract(carrier),
+                kind=SpanKind.SERVER,
+                attributes=span_attributes,
+            )
+            token = otel_context.attach(trace.set_span_in_context(span))
+        if metrics is not None:
+            metrics.active += 1
+        started = time.perf_counter()
+        code = grpc.StatusCode.UNKNOWN  # what grpc answers for an exception nobody mapped
         try:
-            metrics = self._methods[method]
-        except KeyError:
-            metrics = self._methods[method] = self._telemetry.rpc_method(method)
-        metadata = handler_call_details.invocation_metadata
-        return rewrapped(handler, lambda inner: self._observed(inner, method, metadata, metrics))
-
-    def _observed(
-        self,
-        inner: Handler,
-        method: str,
-        metadata: Iterable[tuple[str, str | bytes]] | None,
-        metrics: RpcMethodMetrics | None,
-    ) -> Handler:
-        service, _, name = method.lstrip("/").rpartition("/")
-        tracer = self._tracer
-
-        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            span = token = None
-            if tracer is not None:
-                carrier = {key: value for key, value in metadata or () if isinstance(value, str)}
-                span = tracer.start_span(
-                    f"{service}/{name}",
-                    context=propagate.extract(carrier),
-                    kind=SpanKind.SERVER,
-                    attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
-                )
-                token = otel_context.attach(trace.set_span_in_context(span))
+            response = await inner(request, context)
+            code = context.code() or grpc.StatusCode.OK
+            return response
+        except _RefusalError as refused:
+            refusal = refused.status
+            code = refusal.code
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
             if metrics is not None:
-                metrics.active += 1
-            started = time.perf_counter()
-            code = grpc.StatusCode.UNKNOWN  # what grpc answers for an exception nobody mapped
-            try:
-                response = await inner(request, context)
-                code = context.code() or grpc.StatusCode.OK
-                return response
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                if metrics is not None:
-                    metrics.active -= 1
-                    metrics.record(code.value[0], time.perf_counter() - started)
-                if span is not None:
-                    if span.is_recording():
-                        span.set_attribute("rpc.grpc.status_code", code.value[0])
-                        if code in SERVER_ERROR_CODES:
-                            span.set_status(StatusCode.ERROR, code.name)
-                    otel_context.detach(token)  # type: ignore[arg-type]
-                    span.end()
+                metrics.active -= 1
+                metrics.record(code.value[0], time.perf_counter() - started)
+            if span is not None:
+                if span.is_recording():
+                    span.set_attribute("rpc.grpc.status_code", code.value[0])
+                    if code in SERVER_ERROR_CODES:
+                        span.set_status(StatusCode.ERROR, code.name)
+                otel_context.detach(token)  # type: ignore[arg-type]
+                span.end()
+        return await _answer(context, refusal)  # recorded: now the caller may see it
 
-        return observed
+    return observed_call

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +20,7 @@ from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
 from sidecar.api import wire
+from sidecar.api.interceptors import handlers_of
 from sidecar.core import model
 from sidecar.core.budget import BudgetExhaustedError, LimitExceededError, WorkLimits
 from sidecar.core.compiled_cache import CompiledCache
@@ -280,12 +281,7 @@ class ServiceGate(grpc.GenericRpcHandler):
 
     def open(self, servicer: RulesSidecarServicer) -> None:
         """Route calls to `servicer` from now on."""
-        registrar = _HandlerRegistrar()
-        # The generated function calls only the two registration methods _HandlerRegistrar has.
-        pb_grpc.add_RulesSidecarServiceServicer_to_server(
-            servicer, cast("grpc.aio.Server", registrar)
-        )
-        self._handlers = registrar.handlers
+        self._handlers = handlers_of(pb_grpc.add_RulesSidecarServiceServicer_to_server, servicer)
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
@@ -301,19 +297,6 @@ class ServiceGate(grpc.GenericRpcHandler):
             if found is not None:
                 return found
         return None
-
-
-class _HandlerRegistrar:
-    """Takes what the generated `add_..._to_server` registers, for the gate to route to."""
-
-    def __init__(self) -> None:
-        self.handlers: tuple[grpc.GenericRpcHandler, ...] = ()
-
-    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self.handlers += tuple(handlers)
-
-    def add_registered_method_handlers(self, service: str, handlers: object) -> None:
-        """The same handlers again, pre-registered; the generic ones are enough for the gate."""
 
 
 LOADING = "the sidecar is still loading its connectors; retry shortly"

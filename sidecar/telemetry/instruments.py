@@ -2,7 +2,7 @@
 
 One EvaluateNode call, traced:
 
-    SERVER    rulesidecar.v1.RulesSidecarService/EvaluateNode   interceptors.TelemetryInterceptor
+    SERVER    rulesidecar.v1.RulesSidecarService/EvaluateNode   interceptors.layered
       └ INTERNAL  evaluate_node                                 servicer, `Telemetry.evaluation`
           └ CLIENT  GET     one span per HTTP attempt            egress, `Telemetry.http_attempt`
 
@@ -108,7 +108,7 @@ FLUSH_SECONDS: Final = 3.0
 class Telemetry:
     """The tracer and instruments of one sidecar, or none of them.
 
-    Built once by the composition root; the servicer, the egress and the tracing interceptor
+    Built once by the composition root; the servicer, the egress and the observing layer
     share it. Tests pass their own providers (in-memory exporter and reader):
 
     >>> from opentelemetry.sdk.metrics import MeterProvider
@@ -229,8 +229,8 @@ class Telemetry:
             flush.join(max(deadline - time.monotonic(), 0))
 
     def rpc_method(self, full_method: str) -> RpcMethodMetrics | None:
-        """The RPC instruments of one method (`/package.Service/Method`), bound once by the
-        interceptor; None when metrics are off."""
+        """The RPC instruments of one method (`/package.Service/Method`), bound once per
+        method by the observing layer; None when metrics are off."""
         if not self.metrics:
             return None
         metrics = self._rpc_methods.get(full_method)

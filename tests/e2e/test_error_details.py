@@ -17,7 +17,7 @@ from grpc_status import rpc_status
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from sidecar.api import wire
-from sidecar.api.interceptors import ErrorMappingInterceptor
+from sidecar.api.interceptors import guarded
 from tests.support.calls import bad_requests
 from tests.support.sidecars import InProcessSidecar
 
@@ -161,11 +161,11 @@ async def _explode(request: bytes, context: grpc.aio.ServicerContext[bytes, byte
 
 
 async def _call_a_handler_that_fails() -> grpc.aio.AioRpcError:
-    """A handler with a bug, behind the sidecar's ErrorMappingInterceptor, over loopback."""
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+    """A handler with a bug, behind the sidecar's error mapping (`guarded`), over loopback."""
+    server = grpc.aio.server()
     handler = grpc.unary_unary_rpc_method_handler(_explode)
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("test.Faulty", {"Explode": handler}),)
+        (guarded(grpc.method_handlers_generic_handler("test.Faulty", {"Explode": handler})),)
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
-from sidecar.api.interceptors import GENERIC_INTERNAL_MESSAGE, ErrorMappingInterceptor
+from sidecar.api.interceptors import GENERIC_INTERNAL_MESSAGE, guarded
 from sidecar.errors import NotFoundError
 from tests.support.calls import bad_requests
 from tests.support.sidecars import (
@@ -815,16 +815,18 @@ async def _not_found(request: bytes, context: grpc.aio.ServicerContext) -> bytes
 
 
 async def _call_through_error_mapping(method: str) -> grpc.aio.AioRpcError:
-    """Serve `_explode`/`_not_found` behind ErrorMappingInterceptor on 127.0.0.1:0, call it."""
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
+    """Serve `_explode`/`_not_found` behind the error mapping (`guarded`), call it."""
+    server = grpc.aio.server()
     server.add_generic_rpc_handlers(
         (
-            grpc.method_handlers_generic_handler(
-                "test.Faulty",
-                {
-                    "Explode": grpc.unary_unary_rpc_method_handler(_explode),
-                    "NotFound": grpc.unary_unary_rpc_method_handler(_not_found),
-                },
+            guarded(
+                grpc.method_handlers_generic_handler(
+                    "test.Faulty",
+                    {
+                        "Explode": grpc.unary_unary_rpc_method_handler(_explode),
+                        "NotFound": grpc.unary_unary_rpc_method_handler(_not_found),
+                    },
+                )
             ),
         )
     )
