@@ -11,8 +11,10 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from sidecar.api import wire
@@ -262,6 +264,55 @@ def test_body_template_numbers_come_back_with_their_json_type(value, expected):
 
     # 3 == 3.0 in Python; JSON text tells them apart, so an int must stay an int.
     assert json.dumps(body, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53), max_value=2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.dictionaries(st.text(max_size=6), JSON_VALUES, max_size=5))
+def test_answer_values_are_the_bytes_json_format_would_build(data: dict[str, Any]) -> None:
+    # json_format is the independent oracle; the answer is filled in place for speed.
+    answer = wire.extract_answer(data, (), message_limit=4 * 1024 * 1024)
+    expected = json_format.ParseDict(data, struct_pb2.Struct())
+
+    assert answer.variables.SerializeToString(deterministic=True) == (
+        expected.SerializeToString(deterministic=True)
+    )
+    assert wire.value_from_proto(answer.variables, "variables") == json.loads(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"big": 10**400}, {"big": str(10**400)}),
+        (
+            {"nested": [[], {}, [{"big": -(10**400)}]]},
+            {"nested": [[], {}, [{"big": str(-(10**400))}]]},
+        ),
+        ({"tuple": (1, "a")}, {"tuple": [1, "a"]}),
+        ({"bool": True, "zero": 0, "none": None}, {"bool": True, "zero": 0, "none": None}),
+    ],
+    ids=["huge-int", "nested-empty-and-huge", "tuple", "bool-not-number"],
+)
+def test_answer_values_keep_what_json_cannot_hold_as_text(data, expected):
+    outcome = model.Outcome(
+        model.OutcomeKind.MATCHED, model.Reason.BRANCH_MATCHED, "t", variables=data
+    )
+
+    response = wire.outcome_to_proto(outcome)
+
+    assert response.variables == json_format.ParseDict(expected, struct_pb2.Struct())
 
 
 @pytest.mark.parametrize(

@@ -215,6 +215,12 @@ def enum_to_proto(proto_enum: Any, value: StrEnum | None, prefix: str) -> Any:
     return 0 if value is None else proto_enum.Value(prefix + value.value)
 
 
+def enum_numbers(proto_enum: Any, model_enum: type[E], prefix: str) -> dict[E, Any]:
+    """Every member's proto enum number, looked up once (`enum_to_proto` per answer costs a
+    name lookup each): a member missing on the proto side fails at import."""
+    return {member: enum_to_proto(proto_enum, member, prefix) for member in model_enum}
+
+
 def value_from_proto(value: struct_pb2.Value | struct_pb2.Struct, field: str) -> Any:
     """A Value (or Struct) as plain JSON data, integral doubles back to ints.
 
@@ -255,46 +261,76 @@ class _NotFiniteError(ValueError):
 
 
 def value_to_proto(data: Any) -> struct_pb2.Value:
-    """Plain JSON data as a google.protobuf.Value (see `struct_safe`)."""
+    """Plain JSON data as a google.protobuf.Value (see `_fill`)."""
     value = struct_pb2.Value()
-    _fill(value, struct_safe(data))
+    _fill(value, data)
     return value
 
 
 def _fill(value: struct_pb2.Value, data: Any) -> None:
-    """Set one Value from plain data (faster than json_format.ParseDict, on every answer)."""
-    if data is None:
+    """Set one Value from plain data, in place (faster than json_format.ParseDict, on every
+    answer).
+
+    Integers beyond a double's range become their decimal text: upstreams may send such
+    integers (valid JSON); a Struct number is a double, and converting them would fail the
+    whole answer.
+    At the top an empty dict or list leaves the Value unset, as it always did; inside one (as
+    Struct.update does), it is an empty struct or list.
+    """
+    if isinstance(data, dict):
+        _fill_struct(value.struct_value, data)
+    elif isinstance(data, list | tuple):
+        _fill_list(value.list_value, data)
+    else:
+        _fill_scalar(value, data)
+
+
+def _fill_scalar(value: struct_pb2.Value, data: Any) -> None:
+    if isinstance(data, str):
+        value.string_value = data
+    elif data is None:
         value.null_value = struct_pb2.NULL_VALUE
     elif isinstance(data, bool):
         value.bool_value = data
-    elif isinstance(data, int | float):
+    elif isinstance(data, int):
+        if abs(data) > _LARGEST_DOUBLE:
+            value.string_value = str(data)
+        else:
+            value.number_value = data
+    elif isinstance(data, float):
         value.number_value = data
-    elif isinstance(data, str):
-        value.string_value = data
-    elif isinstance(data, dict):
-        value.struct_value.update(data)
-    elif isinstance(data, list | tuple):
-        value.list_value.extend(data)
     else:
         value.string_value = str(data)
 
 
-def struct_safe(data: Any) -> Any:
-    """JSON data a Struct can hold: integers beyond a double's range become their decimal text.
+def _fill_struct(struct: struct_pb2.Struct, data: dict[str, Any]) -> None:
+    """The entries of `data` added to `struct`, in one walk (Struct.update would need a copy
+    made safe first)."""
+    fields = struct.fields
+    for key, item in data.items():
+        _fill_nested(fields[key], item)
 
-    Upstreams may send such integers (valid JSON); a Struct number is a double, and converting
-    them would fail the whole answer.
-    """
-    if isinstance(data, int) and not isinstance(data, bool) and abs(data) > _LARGEST_DOUBLE:
-        return str(data)
-    if isinstance(data, list):
-        return [struct_safe(item) for item in data]
+
+def _fill_list(values: struct_pb2.ListValue, data: list[Any] | tuple[Any, ...]) -> None:
+    add = values.values.add
+    for item in data:
+        _fill_nested(add(), item)
+
+
+def _fill_nested(value: struct_pb2.Value, data: Any) -> None:
     if isinstance(data, dict):
-        return {key: struct_safe(item) for key, item in data.items()}
-    return data
+        struct = value.struct_value
+        struct.SetInParent()
+        _fill_struct(struct, data)
+    elif isinstance(data, list | tuple):
+        values = value.list_value
+        values.SetInParent()
+        _fill_list(values, data)
+    else:
+        _fill_scalar(value, data)
 
 
-_LARGEST_DOUBLE = 1.7976931348623157e308
+_LARGEST_DOUBLE = 1.7976931348623157e308  # beyond it an int cannot be a double (`_fill`)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -653,7 +689,7 @@ def extract_answer(
     response = pb.ExtractVariablesResponse(complete=not required_failures(results))
     add_extraction_results(response.extractions, results)
     response.variables.SetInParent()  # present even when empty, as it always was
-    response.variables.update(struct_safe(variables))
+    _fill_struct(response.variables, variables)
     size = response.ByteSize()
     if size > message_limit:
         raise InvalidArgumentError(
@@ -668,12 +704,20 @@ def extract_answer(
     return response
 
 
+_OUTCOME_NUMBERS = enum_numbers(pb.Outcome, model.OutcomeKind, "OUTCOME_")
+_REASON_NUMBERS = enum_numbers(pb.Reason, model.Reason, "REASON_")
+_CACHE_STATUS_NUMBERS = enum_numbers(pb.CacheStatus, model.CacheStatus, "CACHE_STATUS_")
+_EXTRACTION_STATUS_NUMBERS = enum_numbers(
+    pb.ExtractionStatus, model.ExtractionStatus, "EXTRACTION_STATUS_"
+)
+
+
 def outcome_to_proto(outcome: model.Outcome) -> pb.EvaluateNodeResponse:
     """An Outcome as the EvaluateNode response, filled in place (no message built to be copied:
     this runs on every answer)."""
     response = pb.EvaluateNodeResponse(
-        outcome=enum_to_proto(pb.Outcome, outcome.kind, "OUTCOME_"),
-        reason=enum_to_proto(pb.Reason, outcome.reason, "REASON_"),
+        outcome=_OUTCOME_NUMBERS[outcome.kind],
+        reason=_REASON_NUMBERS[outcome.reason],
         message=outcome.message,
         target=outcome.target,
         http_status=outcome.http_status,
@@ -685,11 +729,11 @@ def outcome_to_proto(outcome: model.Outcome) -> pb.EvaluateNodeResponse:
     if outcome.branch_index is not None:
         response.branch_index = outcome.branch_index
     if outcome.variables:
-        response.variables.update(struct_safe(outcome.variables))
+        _fill_struct(response.variables, outcome.variables)
     if outcome.explanation is not None:
         response.explanation.CopyFrom(_explanation_to_proto(outcome.explanation))
     if outcome.cache_status is not None:
-        response.cache_status = enum_to_proto(pb.CacheStatus, outcome.cache_status, "CACHE_STATUS_")
+        response.cache_status = _CACHE_STATUS_NUMBERS[outcome.cache_status]
         response.cache_age.FromNanoseconds(round(outcome.cache_age_seconds * 1e9))
     return response
 
@@ -700,12 +744,12 @@ def add_extraction_results(messages: Any, results: Sequence[model.ExtractionResu
     for result in results:
         message = messages.add(
             variable=result.variable,
-            status=enum_to_proto(pb.ExtractionStatus, result.status, "EXTRACTION_STATUS_"),
+            status=_EXTRACTION_STATUS_NUMBERS[result.status],
             required=result.required,
             message=result.message,
         )
         if result.succeeded:
-            _fill(message.value, struct_safe(result.value))
+            _fill(message.value, result.value)
 
 
 def _explanation_to_proto(explanation: model.Explanation) -> pb.Explanation:
