@@ -7,10 +7,10 @@ model can never drift silently: a name missing on one side fails the round-trip 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from datetime import timedelta
 from enum import StrEnum
+from math import isfinite
 from typing import Any, TypeVar
 
 import grpc
@@ -228,7 +228,7 @@ def value_from_proto(value: struct_pb2.Value | struct_pb2.Struct, field: str) ->
     """
     try:
         if isinstance(value, struct_pb2.Struct):
-            return {key: _plain(item) for key, item in value.fields.items()}
+            return _plain_struct(value.fields)
         return _plain(value)
     except _NotFiniteError as exc:
         raise InvalidArgumentError(
@@ -236,24 +236,62 @@ def value_from_proto(value: struct_pb2.Value | struct_pb2.Struct, field: str) ->
         ) from exc
 
 
+# Walking the fields directly is several times faster than json_format.MessageToDict, and this
+# runs on every call (EvaluateNode's variables, ExtractVariables' json document: 30 us for 1 KB).
+# The loops below are shaped by measurement: a map iterated by key (its items() is a Python
+# generator), WhichOneof unbound, strings and numbers handled inline (no call per leaf).
+_kind = struct_pb2.Value.WhichOneof
+
+
 def _plain(value: struct_pb2.Value) -> Any:
-    """One Value as plain data; walking the fields directly is several times faster than
-    json_format.MessageToDict, and this runs on every EvaluateNode (the variables)."""
-    kind = value.WhichOneof("kind")
+    """One Value as plain data."""
+    kind = _kind(value, "kind")
+    if kind == "struct_value":
+        return _plain_struct(value.struct_value.fields)
+    if kind == "list_value":
+        return _plain_list(value.list_value.values)
     if kind == "string_value":
         return value.string_value
     if kind == "number_value":
-        number = value.number_value
-        if not math.isfinite(number):
-            raise _NotFiniteError
-        return int(number) if number.is_integer() and abs(number) < MAX_SAFE_INTEGER else number
+        return _plain_number(value.number_value)
     if kind == "bool_value":
         return value.bool_value
-    if kind == "struct_value":
-        return {key: _plain(item) for key, item in value.struct_value.fields.items()}
-    if kind == "list_value":
-        return [_plain(item) for item in value.list_value.values]
     return None
+
+
+def _plain_struct(fields: Any) -> dict[str, Any]:
+    plain: dict[str, Any] = {}
+    for key in fields:
+        item = fields[key]
+        kind = _kind(item, "kind")
+        if kind == "string_value":
+            plain[key] = item.string_value
+        elif kind == "number_value":
+            number = item.number_value
+            if not isfinite(number):
+                raise _NotFiniteError
+            integral = number.is_integer() and abs(number) < MAX_SAFE_INTEGER
+            plain[key] = int(number) if integral else number
+        else:
+            plain[key] = _plain(item)
+    return plain
+
+
+def _plain_list(values: Any) -> list[Any]:
+    plain: list[Any] = []
+    append = plain.append
+    for item in values:
+        if _kind(item, "kind") == "string_value":
+            append(item.string_value)
+        else:
+            append(_plain(item))
+    return plain
+
+
+def _plain_number(number: float) -> float | int:
+    if not isfinite(number):
+        raise _NotFiniteError
+    return int(number) if number.is_integer() and abs(number) < MAX_SAFE_INTEGER else number
 
 
 class _NotFiniteError(ValueError):
