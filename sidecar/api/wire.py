@@ -694,14 +694,19 @@ def evaluate_answer(
 def _too_deep(outcome: model.Outcome) -> str | None:
     """What in the outcome nests deeper than an answer can carry, or None."""
     for result in outcome.extractions:
-        if result.succeeded and nesting_depth(result.value) > MAX_JSON_DEPTH:
+        if result.succeeded and _too_deep_value(result.value):
             return f"extraction {result.variable!r} {_DEEPER}"
     explanation = outcome.explanation
     for branch in explanation.branches if explanation is not None else ():
         for index, condition in enumerate(branch.conditions):
-            if nesting_depth(condition.subject_value) > MAX_JSON_DEPTH:
+            if _too_deep_value(condition.subject_value):
                 return f"branches[{branch.index}].conditions[{index}]'s subject value {_DEEPER}"
     return None
+
+
+def _too_deep_value(value: Any) -> bool:
+    """Whether `value` nests deeper than an answer can carry (a scalar never does: no walk)."""
+    return isinstance(value, dict | list | tuple) and nesting_depth(value) > MAX_JSON_DEPTH
 
 
 _DEEPER = (
@@ -722,7 +727,7 @@ def extract_answer(
     refusal names the extraction (or the whole set, for size) instead of failing in transit.
     """
     for index, result in enumerate(results):
-        if result.succeeded and nesting_depth(result.value) > MAX_JSON_DEPTH:
+        if result.succeeded and _too_deep_value(result.value):
             raise InvalidArgumentError([FieldViolation(f"extractions[{index}]", _DEEPER)])
     response = pb.ExtractVariablesResponse(complete=not required_failures(results))
     add_extraction_results(response.extractions, results)
