@@ -6,8 +6,8 @@
 
 Writes bench/results/profile-<commit>.txt (profile-<commit>-extract.txt for ExtractVariables):
 the hottest functions by own time and by total time (from py-spy's collapsed stacks), which is
-what each hot-path change in the history was guided by. py-spy is a dev dependency; it needs permission to ptrace the sidecar (root, or
-kernel.yama.ptrace_scope=0).
+what each hot-path change in the history was guided by. py-spy is a dev dependency; it needs
+permission to ptrace the sidecar (root, or kernel.yama.ptrace_scope=0).
 """
 
 from __future__ import annotations
