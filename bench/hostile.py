@@ -108,12 +108,13 @@ def evaluate_request(hostile: pb.Node, variables: Any = None, explain: bool = Fa
 
 
 def big_node(index: int) -> pb.Node:
-    """A distinct node of about 3.5 MiB (an IN operand of 120,000 strings)."""
+    """A distinct node of about 3.5 MiB (an IN operand of 99,000 strings: under the 100,000
+    values of `max_operand_values`)."""
     hostile = node("small", [condition("ok", "IN", ["seed"])])
     operand = hostile.branches[0].conditions[0].operand.list_value
     operand.values.pop()
-    for n in range(120_000):
-        operand.values.add().string_value = f"{index}-{n:08d}-pppppppppp"
+    for n in range(99_000):
+        operand.values.add().string_value = f"{index}-{n:08d}-" + "p" * 22
     return hostile
 
 

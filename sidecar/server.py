@@ -216,6 +216,7 @@ def work_limits(settings: Settings) -> WorkLimits:
         regex_max_memory_bytes=settings.regex_max_memory_bytes,
         max_node_cost_bytes=settings.max_node_cost_bytes,
         max_explain_value_bytes=settings.max_explain_value_bytes,
+        max_operand_values=settings.max_operand_values,
     )
 
 

@@ -287,6 +287,13 @@ class Settings(BaseSettings):
         description="Largest subject value an explanation copies (as compact JSON); a larger "
         "one is shown truncated (strings) or not at all, with a note saying so.",
     )
+    max_operand_values: int = Field(
+        100_000,
+        ge=1000,
+        description="Most JSON values (each scalar, list and object counts one) a node's "
+        "operands and extraction default values may hold in all, and an ExtractVariables "
+        "call's default values; more answer INVALID_ARGUMENT before the node is validated.",
+    )
     max_compiled_cache_bytes: int = Field(
         64 * 1024 * 1024,
         ge=1024 * 1024,

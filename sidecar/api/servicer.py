@@ -224,7 +224,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         key = _extractions_key(request) if key is None else key
         compiled = self._extractions.get(
             key,
-            lambda: _compile_extraction_messages(request.extractions),
+            lambda: _compile_extraction_messages(request.extractions, self._engine.limits),
             size=compiled_size(len(key)),
         )
         document_kind = request.WhichOneof("document")
@@ -322,7 +322,8 @@ class _ExtractionsInput(BaseModel):
 
 def _compile_node_message(node: pb.Node, limits: WorkLimits) -> CompiledNode:
     try:
-        return compile_node(wire.node_from_proto(node), limits=limits)
+        validated = wire.node_from_proto(node, max_operand_values=limits.max_operand_values)
+        return compile_node(validated, limits=limits)
     except InvalidArgumentError as error:
         raise InvalidArgumentError(
             [
@@ -332,8 +333,11 @@ def _compile_node_message(node: pb.Node, limits: WorkLimits) -> CompiledNode:
         ) from error
 
 
-def _compile_extraction_messages(extractions: Sequence[pb.Extraction]) -> CompiledExtractions:
-    data = {"extractions": wire.extractions_data(extractions, "extractions")}
+def _compile_extraction_messages(
+    extractions: Sequence[pb.Extraction], limits: WorkLimits
+) -> CompiledExtractions:
+    values = wire.OperandValues(limits.max_operand_values)
+    data = {"extractions": wire.extractions_data(extractions, "extractions", values)}
     return compile_extractions(wire.validate(_ExtractionsInput, data, prefix="").extractions)
 
 

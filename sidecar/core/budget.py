@@ -43,6 +43,9 @@ ON_LOOP_UNITS: Final = 2_000
 CHECK_EVERY: Final = 64
 # Bytes of text built (json.dumps, join) or searched per unit: about a microsecond each.
 BYTES_PER_UNIT: Final = 256
+# JSON values a node's operands and default values may hold in all (the default of the
+# setting): the model validates them in one call that holds the GIL, ~0.2 us a value.
+MAX_OPERAND_VALUES: Final = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,7 @@ class WorkLimits:
     regex_max_memory_bytes: int = 1024 * 1024
     max_node_cost_bytes: int = 64 * 1024 * 1024
     max_explain_value_bytes: int = 4 * 1024
+    max_operand_values: int = MAX_OPERAND_VALUES
 
 
 class BudgetExhaustedError(EvaluationFailure):

@@ -11,21 +11,32 @@ here, decided by what the sidecar holds or answers, never by a duration:
       3.5 MiB nodes compiled (one object per IN element)     to no object per element
     a pure-Python judging thread keeps the GIL 5 ms per     1 ms (SWITCH_INTERVAL_SECONDS)
       hand-over; a health check waits for several
+    the model validates a node in one call: 230 ms for an   operands and default values hold at
+      operand of a million empty lists (a 4 MiB message)    most max_operand_values (100,000)
+                                                            JSON values, counted as read, before
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import subprocess
 import sys
 import textwrap
 import types
 from typing import Any
 
+import grpc
+import pytest
+from google.protobuf import json_format
+from rulesidecar.v1 import rules_sidecar_pb2 as pb
+
 from sidecar.core.engine import compile_node
 from sidecar.core.model import Node
 from sidecar.server import SWITCH_INTERVAL_SECONDS
-from tests.support.conditions import condition
+from tests.support.calls import RPC_TIMEOUT
+from tests.support.conditions import condition, on_the_wire
+from tests.support.sidecars import InProcessSidecar
 
 # Containers the collector never walks: what the count below does not follow.
 _NOT_DATA = (type, types.ModuleType, types.FunctionType, types.CodeType, types.BuiltinFunctionType)
@@ -87,3 +98,90 @@ def test_a_started_sidecar_leaves_the_collector_nothing_of_its_start_to_walk() -
     assert int(before) > 10_000
     assert int(after) < 1_000
     assert float(interval) == SWITCH_INTERVAL_SECONDS < sys.getswitchinterval()
+
+
+def in_message(elements: int, *, kind: str = "list") -> pb.Node:
+    """A node whose one condition is IN over `elements` empty lists (or short strings): the
+    operand holds `elements + 1` JSON values."""
+    message = json_format.ParseDict(
+        {
+            "connector_id": "absent",
+            "branches": [{"target": "t", "conditions": [on_the_wire(condition("IN", []))]}],
+            "else_target": "else",
+            "error_target": "error",
+        },
+        pb.Node(),
+    )
+    values = message.branches[0].conditions[0].operand.list_value.values
+    for n in range(elements):
+        if kind == "list":
+            values.add().list_value.SetInParent()
+        else:
+            values.add().string_value = f"{n:08d}"
+    return message
+
+
+def refusal(call: Any, request: Any) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as raised:
+        call(request, timeout=RPC_TIMEOUT * 4)
+    return raised.value
+
+
+def test_an_operand_of_too_many_values_is_refused_before_validation(
+    running_sidecar: InProcessSidecar,
+) -> None:
+    """Before: 150,000 empty lists (600 KB) were validated (one 35-230 ms call holding the
+    loop) and evaluated; now INVALID_ARGUMENT names the operand and the setting."""
+    error = refusal(
+        running_sidecar.stub.EvaluateNode, pb.EvaluateNodeRequest(node=in_message(150_000))
+    )
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    details = error.details() or ""
+    assert "node.branches[0].conditions[0].operand" in details
+    assert "max_operand_values" in details
+
+
+def test_operands_up_to_the_limit_are_evaluated(running_sidecar: InProcessSidecar) -> None:
+    """The list itself and its 99,999 elements: 100,000 values, the default limit."""
+    answer = running_sidecar.stub.EvaluateNode(
+        pb.EvaluateNodeRequest(node=in_message(99_999, kind="string")), timeout=RPC_TIMEOUT * 4
+    )
+    assert answer.outcome == pb.OUTCOME_ERROR
+    assert answer.reason == pb.REASON_CONNECTOR_NOT_FOUND  # validated, compiled and evaluated
+
+
+def test_the_limit_counts_every_operand_and_default_value_of_a_node(
+    sidecar_factory: Any,
+) -> None:
+    """max_operand_values is a setting; the count is over the whole node, so 20 operands of
+    60 values each (1,200) pass a limit of 1,000 nowhere but in total."""
+    sidecar = sidecar_factory(max_operand_values=1000)
+    message = in_message(0)
+    conditions = message.branches[0].conditions
+    for _ in range(19):
+        conditions.add().CopyFrom(conditions[0])
+    for item in conditions:
+        for n in range(59):
+            item.operand.list_value.values.add().string_value = str(n)
+    error = refusal(sidecar.stub.EvaluateNode, pb.EvaluateNodeRequest(node=message))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "node.branches[0].conditions[16].operand" in (error.details() or "")
+
+    del conditions[16:]  # 16 x 60 = 960 values; an extraction's default value adds 41
+    json_format.ParseDict(
+        list(range(40)), message.extractions.add(variable="v", path="v").default_value
+    )
+    error = refusal(sidecar.stub.EvaluateNode, pb.EvaluateNodeRequest(node=message))
+    assert "node.extractions[0].default_value" in (error.details() or "")
+
+
+def test_extract_variables_default_values_are_counted_too(sidecar_factory: Any) -> None:
+    sidecar = sidecar_factory(max_operand_values=1000)
+    request = pb.ExtractVariablesRequest(raw_json=json.dumps({"v": 1}).encode())
+    extraction = request.extractions.add(variable="v", path="v")
+    json_format.ParseDict(list(range(1000)), extraction.default_value)
+    error = refusal(sidecar.stub.ExtractVariables, request)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    details = error.details() or ""
+    assert "extractions[0].default_value" in details
+    assert "max_operand_values" in details
