@@ -303,21 +303,20 @@ class _Operand:
 
     @classmethod
     def of(cls, raw: Any) -> _Operand:
-        text = _text(raw)
-        structure = values.normalise_numbers(raw) if isinstance(raw, list | dict) else None
-        folded = text.casefold() if text is not None else None
-        return cls(raw, values.as_number(raw), values.as_boolean(raw), text, folded, structure)
+        return cls(*cls.row(raw))
 
-    @classmethod
-    def row(cls, raw: Any) -> tuple[Any, ...]:
-        """The same forms as a plain tuple, for an IN operand's elements.
+    @staticmethod
+    def row(raw: Any) -> tuple[Any, ...]:
+        """The same forms as a plain tuple (the fields in order), for an IN operand's elements.
 
         A plain tuple of scalars is one the garbage collector stops tracking: an IN list of
         120,000 strings compiled to objects took 120,000 objects into every full collection,
         each one a pause of the whole process (issue 14: 100-300 ms event-loop stalls).
         """
-        operand = cls.of(raw)
-        return tuple(getattr(operand, field) for field in cls.__slots__)
+        text = _text(raw)
+        structure = values.normalise_numbers(raw) if isinstance(raw, list | dict) else None
+        folded = text.casefold() if text is not None else None
+        return raw, values.as_number(raw), values.as_boolean(raw), text, folded, structure
 
 
 def _text(value: Any) -> str | None:

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import gc
 import json
+import random
 import subprocess
 import sys
 import textwrap
 import types
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,13 +33,16 @@ import pytest
 from google.protobuf import json_format
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
+from sidecar.api import wire
 from sidecar.core.engine import compile_node
 from sidecar.core.model import Node
+from sidecar.errors import InvalidArgumentError
 from sidecar.server import SWITCH_INTERVAL_SECONDS
 from tests.support.calls import RPC_TIMEOUT
 from tests.support.conditions import condition, on_the_wire
 from tests.support.sidecars import InProcessSidecar
 
+REPO = Path(__file__).resolve().parent.parent.parent
 # Containers the collector never walks: what the count below does not follow.
 _NOT_DATA = (type, types.ModuleType, types.FunctionType, types.CodeType, types.BuiltinFunctionType)
 
@@ -185,3 +190,125 @@ def test_extract_variables_default_values_are_counted_too(sidecar_factory: Any) 
     details = error.details() or ""
     assert "extractions[0].default_value" in details
     assert "max_operand_values" in details
+
+
+def _random_condition(rng: random.Random) -> dict[str, Any]:
+    """A condition on the wire, valid or not in any of its fields."""
+    kind = rng.choice(["STATUS", "BODY", "HEADER", "VARIABLE"])
+    path = rng.choice(["", "v", "a.b[0]", "order..id", "x" * 1100, "to_string(@)"])
+    data: dict[str, Any] = {
+        "subject": {"kind": f"SUBJECT_KIND_{kind}", "path": path},
+        "operator": rng.choice([*pb.Operator.keys()[1:], 99]),
+    }
+    operand = rng.choice(
+        [None, "2xx", "abc", 5, 1.5, True, [1, 2], [3, 1], ["a", {"b": [None]}], {"k": "v"}]
+    )
+    if operand is not None:
+        data["operand"] = operand
+    if rng.random() < 0.3:
+        data["quantifier"] = rng.choice([*pb.Quantifier.keys()[1:], 7])
+    if rng.random() < 0.2:
+        data["ignoreCase"] = True
+    return data
+
+
+_FITTING = [
+    ("EQUALS", "abc"),
+    ("NOT_EQUALS", 5),
+    ("GREATER_THAN", 1.5),
+    ("CONTAINS", "b"),
+    ("IN", ["a", {"b": [None, 2]}]),
+    ("NOT_IN", [1, 2]),
+    ("BETWEEN", [1, 3]),
+    ("MATCHES", "^a+$"),
+    ("EXISTS", None),
+    ("IS_EMPTY", None),
+]
+
+
+def _valid_node(rng: random.Random) -> pb.Node:
+    """A node valid in every field, its conditions drawn from `_FITTING`."""
+    conditions = []
+    for _ in range(rng.randrange(1, 5)):
+        operator, operand = rng.choice(_FITTING)
+        data: dict[str, Any] = {
+            "subject": {
+                "kind": rng.choice(["SUBJECT_KIND_BODY", "SUBJECT_KIND_VARIABLE"]),
+                "path": "v",
+            },
+            "operator": f"OPERATOR_{operator}",
+        }
+        if operand is not None:
+            data["operand"] = operand
+        if rng.random() < 0.3:
+            data["quantifier"] = rng.choice(pb.Quantifier.keys()[1:])
+        conditions.append(data)
+    return json_format.ParseDict(
+        {
+            "connectorId": "c",
+            "branches": [{"target": "t", "combinator": "COMBINATOR_ANY", "conditions": conditions}],
+            "extractions": [{"variable": "ok", "path": "v", "defaultValue": [1, {"a": "b"}]}],
+        },
+        pb.Node(),
+    )
+
+
+def _random_node(rng: random.Random) -> pb.Node:
+    branches = [
+        {
+            "target": rng.choice(["t", "", "x" * 300]),
+            "combinator": rng.choice([*pb.Combinator.keys(), 9]),
+            "conditions": [_random_condition(rng) for _ in range(rng.randrange(4))],
+        }
+        for _ in range(rng.randrange(4))
+    ]
+    extractions = [
+        {"variable": rng.choice(["ok", "9bad", ""]), "path": rng.choice(["v", "", "a["])}
+        for _ in range(rng.randrange(3))
+    ]
+    data = {
+        "id": rng.choice(["", "n", "i" * 300]),
+        "connectorId": rng.choice(["c", "", "c" * 70]),
+        "branches": branches,
+        "elseTarget": "else",
+        "errorTarget": rng.choice(["error", "e" * 300]),
+        "extractions": extractions,
+    }
+    return json_format.ParseDict(data, pb.Node())
+
+
+def _node_corpus() -> list[pb.Node]:
+    """The clients' vectors' nodes, 600 random ones (most invalid somewhere), 200 valid ones,
+    and lists just over their length limits (64 branches, 64 conditions) with valid items."""
+    vectors = json.loads((REPO / "clients" / "testdata" / "vectors.json").read_text())["cases"]
+    corpus = [json_format.ParseDict(case["node"], pb.Node()) for case in vectors]
+    rng = random.Random(14)
+    corpus += [_random_node(rng) for _ in range(600)]
+    corpus += [_valid_node(rng) for _ in range(200)]
+    exists = {"subject": {"kind": "SUBJECT_KIND_STATUS"}, "operator": "OPERATOR_EXISTS"}
+    for branches, conditions in ((65, 1), (1, 65), (64, 64)):
+        wide = {"target": "t", "conditions": [exists] * conditions}
+        corpus.append(
+            json_format.ParseDict({"connectorId": "c", "branches": [wide] * branches}, pb.Node())
+        )
+    return corpus
+
+
+def test_a_node_validated_in_pieces_is_the_node_validated_whole() -> None:
+    """The same model, or the same violations, as one validation of the whole node (what
+    node_from_proto did before)."""
+    valid = 0
+    for message in _node_corpus():
+        data = wire.node_data(message, wire.OperandValues(10**6))
+        try:
+            whole: Any = wire.validate(Node, data, prefix="node")
+        except InvalidArgumentError as error:
+            whole = sorted(error.violations, key=repr)
+        try:
+            pieces: Any = wire.node_from_proto(message)
+            valid += 1
+        except InvalidArgumentError as error:
+            pieces = sorted(error.violations, key=repr)
+        assert pieces == whole, message
+    print(f"{valid} valid nodes of {len(_node_corpus())}")
+    assert valid >= 200
