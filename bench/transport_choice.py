@@ -14,7 +14,7 @@ names). The variants:
 
 - `aiohttp direct (the egress before)`: aiohttp's own request and response over a pooled
   session, the cap declared and counted (the egress in 0.1.x, copied here);
-- `http1.Pool (httptools) alone`: our HTTP/1.1 client on asyncio transports with llhttp's
+- `pool.Pool (http1, httptools) alone`: our HTTP/1.1 client on asyncio transports with llhttp's
   parser, no guard, no decoding;
 - `sidecar Transport.attempt`: what ships, measured as it is (guarded resolver, caps, decoder);
 - with --history: `httpx types over aiohttp` (httpx.Request/Response over the same aiohttp
@@ -190,8 +190,8 @@ async def _aiohttp_direct(url: str) -> tuple[Call, Callable[[], Awaitable[None]]
 
 
 async def _pool_direct(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
-    """The new client (`sidecar.egress.http1.Pool`) alone: no guard, no decoding."""
-    from sidecar.egress.http1 import Pool, SystemResolver, open_socket
+    """The new client (`sidecar.egress.pool.Pool`) alone: no guard, no decoding."""
+    from sidecar.egress.pool import Pool, SystemResolver, open_socket
     from sidecar.egress.transport import wire_url
 
     pool = Pool(
@@ -237,7 +237,7 @@ async def _httpx_client(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
 
 VARIANTS = {
     BASELINE: _aiohttp_direct,
-    "http1.Pool (httptools) alone": _pool_direct,
+    "pool.Pool (http1, httptools) alone": _pool_direct,
     "sidecar Transport.attempt": _sidecar_transport,
 }
 HISTORY = {

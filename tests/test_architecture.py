@@ -57,8 +57,9 @@ CLIENT_CONSTRUCTORS = frozenset(
         "socket.create_connection",
         "asyncio.open_connection",
         "httptools.*",
-        "sidecar.egress.http1.Pool",
-        "sidecar.egress.http1.open_socket",
+        "sidecar.egress.pool.Pool",
+        "sidecar.egress.pool.open_socket",
+        "sidecar.egress.http1.Connection",
     }
 )
 
@@ -172,10 +173,10 @@ def test_the_egress_is_where_the_client_is_built() -> None:
     # The control: the checker does see the one place that builds a client.
     found = client_constructions((EGRESS / "transport.py").read_text(encoding="utf-8"))
 
-    # The keep-alive pool of our HTTP/1.1 client (sidecar/egress/http1.py) and its socket opener.
+    # The keep-alive pool of our HTTP/1.1 client (sidecar/egress/pool.py) and its socket opener.
     assert {name for _, name in found} >= {
-        "sidecar.egress.http1.Pool",
-        "sidecar.egress.http1.open_socket",
+        "sidecar.egress.pool.Pool",
+        "sidecar.egress.pool.open_socket",
     }
 
 
@@ -189,7 +190,7 @@ def test_the_egress_is_where_the_client_is_built() -> None:
         ("import aiohttp\nasync def f():\n    aiohttp.ClientSession()", "aiohttp.ClientSession"),
         ("from aiohttp import TCPConnector\nTCPConnector(limit=1)", "aiohttp.TCPConnector"),
         ("import httptools\nhttptools.HttpResponseParser(p)", "httptools.HttpResponseParser"),
-        ("from sidecar.egress.http1 import Pool\nPool(r, o, t)", "sidecar.egress.http1.Pool"),
+        ("from sidecar.egress.pool import Pool\nPool(r, o, t)", "sidecar.egress.pool.Pool"),
         ("import urllib.request\nurllib.request.urlopen('x')", "urllib.request.urlopen"),
         ("from urllib.request import urlopen\nurlopen('x')", "urllib.request.urlopen"),
         ("import http.client\nhttp.client.HTTPSConnection('x')", "http.client.HTTPSConnection"),

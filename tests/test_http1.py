@@ -1,5 +1,5 @@
-"""sidecar.egress.http1 (the egress's HTTP/1.1 client) through `Transport`, against raw loopback
-servers that write exact bytes (tests/support/raw_servers.py) and count connections.
+"""sidecar.egress.http1 and .pool (the egress's HTTP/1.1 client) through `Transport`, against
+raw loopback servers that write exact bytes (tests/support/raw_servers.py) and count connections.
 
 What the pool promises: keep-alive reuse only after a response read to its end, a close on
 `Connection: close`, HTTP/1.0, HEAD, a broken or cancelled exchange; framing (chunked, length,

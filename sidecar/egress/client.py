@@ -45,8 +45,8 @@ from sidecar.core.model.exchange import (
 from sidecar.core.model.outcome import Reason
 from sidecar.egress.breaker import BreakerState, CircuitBreaker
 from sidecar.egress.headers import on_the_wire, without_credentials
-from sidecar.egress.http1 import Resolver
 from sidecar.egress.policy import EgressPolicy, Verdict
+from sidecar.egress.pool import Resolver
 from sidecar.egress.transport import ConnectorFactory, Transport
 from sidecar.telemetry.instruments import Telemetry
 

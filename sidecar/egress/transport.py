@@ -1,6 +1,6 @@
 """One HTTP attempt on the shared keep-alive pool (`http1`): guarded resolution, capped body.
 
-The core's `OutboundRequest` goes to `http1.Pool` as it is and the answer comes back as an
+The core's `OutboundRequest` goes to `pool.Pool` as it is and the answer comes back as an
 `HttpResponse`; no other HTTP library's types stand in between. The pool is our own HTTP/1.1
 client on asyncio transports with llhttp's parser (httptools) since `bench/transport_choice.py`
 measured it against aiohttp's client (client CPU per loopback GET, 32 concurrent, uvloop, median
@@ -46,17 +46,19 @@ from sidecar.egress.http1 import (
     DisconnectedError,
     HttpError,
     MalformedResponseError,
-    Pool,
     RequestError,
-    ResolvedAddress,
     ResolveError,
+    Target,
+)
+from sidecar.egress.policy import EgressPolicy
+from sidecar.egress.pool import (
+    Pool,
+    ResolvedAddress,
     Resolver,
     SocketOpener,
     SystemResolver,
-    Target,
     open_socket,
 )
-from sidecar.egress.policy import EgressPolicy
 
 ConnectorFactory = SocketOpener
 """The composition root's name for the socket seam (tests record and refuse connections there)."""

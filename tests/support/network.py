@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.egress import Egress, EgressLimits
-from sidecar.egress.http1 import ResolvedAddress, open_socket
 from sidecar.egress.policy import EgressPolicy
+from sidecar.egress.pool import ResolvedAddress, open_socket
 from tests.support.loopback import LOOPBACK_POLICY
 from tests.support.sidecars import Seams
 
