@@ -10,6 +10,8 @@ serving hostile bodies, and sends it the issue's hostile requests one after anot
     quantifier    64 ALL-quantified conditions over a 200,000-element variable, 5 s deadline
     nodes         40 distinct 3.5 MiB nodes (the compiled-node cache)
     extract       ExtractVariables with the doubling expression
+    dense         a 3.9 MB body of 1.3 million empty lists (one parser call holds the GIL)
+    dense-raw     ExtractVariables with the same document as raw_json
 
 Meanwhile a probe thread calls the sidecar's health Check every 10 ms; a call that takes long is
 a call the event loop could not answer, so the slowest probe is the worst stall seen from
@@ -64,6 +66,7 @@ bodies = {
     "/items": json.dumps({"items": ["x" * 100] * 2200}).encode(),
     "/seed": json.dumps({"v": "0123456789abcdef"}).encode(),
     "/small": b'{"ok": true}',
+    "/dense": ("[" + ",".join(["[]"] * 1_300_000) + "]").encode(),
 }
 async def answer(request):
     return web.Response(body=bodies[request.path], content_type="application/json")
@@ -122,6 +125,8 @@ def hostile_set() -> list[tuple[str, str, Any, float | None]]:
     """(name, RPC, request, deadline): the issue's findings."""
     extract = pb.ExtractVariablesRequest(raw_json=b'{"v": "0123456789abcdef"}')
     extract.extractions.add(variable="grown", path=f"v | {DOUBLING}")
+    dense = pb.ExtractVariablesRequest(raw_json=b"[" + b",".join([b"[]"] * 1_300_000) + b"]")
+    dense.extractions.add(variable="first", path="[0]")
     quantified = {
         "subject": {"kind": "SUBJECT_KIND_VARIABLE", "path": "xs"},
         "operator": "OPERATOR_EQUALS",
@@ -169,6 +174,8 @@ def hostile_set() -> list[tuple[str, str, Any, float | None]]:
             5.0,
         ),
         ("extract", "ExtractVariables", extract, None),
+        ("dense", "EvaluateNode", evaluate_request(node("dense", [condition("@")])), None),
+        ("dense-raw", "ExtractVariables", dense, None),
     ]
 
 
@@ -244,7 +251,7 @@ def sidecar(upstream_port: int, tree: Path) -> Iterator[tuple[subprocess.Popen[b
                             "timeout": "30s",
                             "max_response_bytes": 4 * 1024 * 1024,
                         }
-                        for name in ("string", "items", "seed", "small")
+                        for name in ("string", "items", "seed", "small", "dense")
                     ]
                 }
             )
