@@ -296,6 +296,21 @@ def test_answer_values_are_the_bytes_json_format_would_build(data: dict[str, Any
     )
 
 
+@settings(max_examples=300, deadline=None)
+@given(data=JSON_VALUES)
+def test_a_value_at_the_top_is_the_one_json_format_would_build(data: Any) -> None:
+    # An extraction's value sits at the top of a Value: `{}` and `[]` there must be an empty
+    # struct and list, not a Value with no kind (which every client reads as null).
+    expected = json_format.ParseDict(data, struct_pb2.Value())
+
+    value = wire.value_to_proto(data)
+
+    assert value.WhichOneof("kind") == expected.WhichOneof("kind")
+    assert value.SerializeToString(deterministic=True) == (
+        expected.SerializeToString(deterministic=True)
+    )
+
+
 def _ints(data: Any) -> Any:
     if isinstance(data, float) and data.is_integer() and abs(data) < 2**53:
         return int(data)

@@ -313,16 +313,10 @@ def _fill(value: struct_pb2.Value, data: Any) -> None:
 
     Integers beyond a double's range become their decimal text: upstreams may send such
     integers (valid JSON); a Struct number is a double, and converting them would fail the
-    whole answer.
-    At the top an empty dict or list leaves the Value unset, as it always did; inside one (as
-    Struct.update does), it is an empty struct or list.
+    whole answer. An empty dict or list is an empty struct or list at every level, the top
+    included: a Value with no kind set reads as null in every client, and `{}` is not null.
     """
-    if isinstance(data, dict):
-        _fill_struct(value.struct_value, data)
-    elif isinstance(data, list | tuple):
-        _fill_list(value.list_value, data)
-    else:
-        _fill_scalar(value, data)
+    _fill_nested(value, data)
 
 
 def _fill_scalar(value: struct_pb2.Value, data: Any) -> None:
