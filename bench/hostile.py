@@ -272,14 +272,19 @@ def sidecar(upstream_port: int, tree: Path) -> Iterator[tuple[subprocess.Popen[b
             "--connectors-file",
             str(connectors),
             "--log-level",
-            "ERROR",
+            "WARNING",
         ]
-        log = (Path(scratch) / "sidecar.log").open("wb")
+        log_path = Path(scratch) / "sidecar.log"
+        log = log_path.open("wb")
         process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=log)
         try:
             wait_for_port(port, process)
             time.sleep(1.0)
             yield process, port
+            log.close()
+            for line in log_path.read_text(errors="replace").splitlines():
+                if "shut" in line or "abandon" in line or "stopped" in line:
+                    print(f"  sidecar log: {line[:300]}")
         finally:
             if process.poll() is None:
                 process.kill()
@@ -300,7 +305,7 @@ def call(stub: Any, rpc: str, request: Any, deadline: float | None) -> tuple[str
     return answer, time.perf_counter() - started
 
 
-def run(tree: Path, repeat: int) -> None:
+def run(tree: Path, repeat: int, sigterm_only: bool = False) -> None:
     options = [
         ("grpc.max_send_message_length", 64 << 20),
         ("grpc.max_receive_message_length", 64 << 20),
@@ -312,52 +317,64 @@ def run(tree: Path, repeat: int) -> None:
             f"sidecar from {tree} (pid {process.pid}), RSS at start {peak_rss_mib(process.pid):.0f} MiB"
         )
         print(f"machine load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-        probe = Probe(address)
-        probe.start()
-        time.sleep(5.0)
-        idle = probe.take_window()
-        print(
-            f"  {'idle':<11} {'no calls (the machine alone)':<36} {5.0:8.3f}s  worst probe {idle:6.0f} ms"
-        )
         cases = hostile_set()
-        for name, rpc, request, deadline in cases:
-            for _ in range(repeat):
-                answer, took = call(stub, rpc, request, deadline)
-                print(
-                    f"  {name:<11} {answer:<36} {took:8.3f}s  worst probe "
-                    f"{probe.take_window():6.0f} ms  peak RSS {peak_rss_mib(process.pid):6.0f} MiB"
-                )
-        started = time.perf_counter()
-        for index in range(40):
-            call(stub, "EvaluateNode", evaluate_request(big_node(index)), None)
-        print(
-            f"  {'nodes':<11} {'40 distinct 3.5 MiB nodes':<36} {time.perf_counter() - started:8.3f}s"
-            f"  worst probe {probe.take_window():6.0f} ms  peak RSS {peak_rss_mib(process.pid):6.0f} MiB"
-        )
-        probe.stop()
-        print(
-            f"worst stall (slowest of {probe.count} health probes): {probe.worst * 1000:.0f} ms; "
-            f"probes over 50 ms: {probe.slow}"
-        )
-        print(f"peak RSS over the hostile set: {peak_rss_mib(process.pid):.0f} MiB")
+        if not sigterm_only:
+            hostile_figures(stub, process, address, cases, repeat)
+        sigterm_under_heavy_set(stub, process, cases)
 
-        heavy = [case for case in cases if case[0] in HEAVY]
-        pool = ThreadPoolExecutor(8)
-        for index in range(8):
-            name, rpc, request, _ = heavy[index % len(heavy)]
-            pool.submit(call, stub, rpc, request, CALL_TIMEOUT)
-        time.sleep(2.0)
-        process.send_signal(signal.SIGTERM)
-        signalled = time.perf_counter()
-        try:
-            process.wait(SIGTERM_WAIT)
+
+def hostile_figures(
+    stub: Any, process: subprocess.Popen[bytes], address: str, cases: list[Any], repeat: int
+) -> None:
+    """Each hostile request in turn, under the probe: worst stall and peak RSS."""
+    probe = Probe(address)
+    probe.start()
+    time.sleep(5.0)
+    idle = probe.take_window()
+    print(
+        f"  {'idle':<11} {'no calls (the machine alone)':<36} {5.0:8.3f}s  worst probe {idle:6.0f} ms"
+    )
+    for name, rpc, request, deadline in cases:
+        for _ in range(repeat):
+            answer, took = call(stub, rpc, request, deadline)
             print(
-                f"SIGTERM under the heavy set (8 calls): exited {process.returncode} after "
-                f"{time.perf_counter() - signalled:.1f} s (grace 10 s)"
+                f"  {name:<11} {answer:<36} {took:8.3f}s  worst probe "
+                f"{probe.take_window():6.0f} ms  peak RSS {peak_rss_mib(process.pid):6.0f} MiB"
             )
-        except subprocess.TimeoutExpired:
-            print(f"SIGTERM under the heavy set: still running after {SIGTERM_WAIT:.0f} s, killed")
-        pool.shutdown(wait=False, cancel_futures=True)
+    started = time.perf_counter()
+    for index in range(40):
+        call(stub, "EvaluateNode", evaluate_request(big_node(index)), None)
+    print(
+        f"  {'nodes':<11} {'40 distinct 3.5 MiB nodes':<36} {time.perf_counter() - started:8.3f}s"
+        f"  worst probe {probe.take_window():6.0f} ms  peak RSS {peak_rss_mib(process.pid):6.0f} MiB"
+    )
+    probe.stop()
+    print(
+        f"worst stall (slowest of {probe.count} health probes): {probe.worst * 1000:.0f} ms; "
+        f"probes over 50 ms: {probe.slow}"
+    )
+    print(f"peak RSS over the hostile set: {peak_rss_mib(process.pid):.0f} MiB")
+
+
+def sigterm_under_heavy_set(stub: Any, process: subprocess.Popen[bytes], cases: list[Any]) -> None:
+    """The heavy cases, 8 at once, then SIGTERM: the time until the process exits."""
+    heavy = [case for case in cases if case[0] in HEAVY]
+    pool = ThreadPoolExecutor(8)
+    for index in range(8):
+        _, rpc, request, _ = heavy[index % len(heavy)]
+        pool.submit(call, stub, rpc, request, CALL_TIMEOUT)
+    time.sleep(2.0)
+    process.send_signal(signal.SIGTERM)
+    signalled = time.perf_counter()
+    try:
+        process.wait(SIGTERM_WAIT)
+        print(
+            f"SIGTERM under the heavy set (8 calls): exited {process.returncode} after "
+            f"{time.perf_counter() - signalled:.1f} s (grace 10 s)"
+        )
+    except subprocess.TimeoutExpired:
+        print(f"SIGTERM under the heavy set: still running after {SIGTERM_WAIT:.0f} s, killed")
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -366,8 +383,11 @@ def main(argv: list[str] | None = None) -> None:
         "--tree", type=Path, default=ROOT, help="source tree to run the sidecar from"
     )
     parser.add_argument("--repeat", type=int, default=2, help="times each hostile request is sent")
+    parser.add_argument(
+        "--sigterm-only", action="store_true", help="only the SIGTERM exit time under the heavy set"
+    )
     arguments = parser.parse_args(argv)
-    run(arguments.tree.resolve(), arguments.repeat)
+    run(arguments.tree.resolve(), arguments.repeat, arguments.sigterm_only)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@ is one the sidecar loads: `secret_hosts` included.
 
 Configuration errors (a bad connectors file, a corrupt store, a port in use) end the process with
 exit code 2 and a message that says what to fix, never a traceback.
+
+On SIGTERM (or SIGINT) `serve` drains and exits within `shutdown_grace_seconds` whatever runs:
+exit code 0 when everything stopped in time, 3 (EXIT_ABANDONED) when the grace ran out first and
+something was abandoned (the log names it: a telemetry flush, the store's close, a worker thread
+stuck in a C call, which Python cannot stop). As a last resort, if even that cannot run (a C call
+holding the interpreter's lock), the kernel ends the process a second later with SIGALRM.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,13 +31,16 @@ from typing import Any
 from sidecar.core.secrets import SecretBindings
 from sidecar.errors import ConfigError, SidecarError
 from sidecar.registry import load_connectors_file
-from sidecar.server import serve
+from sidecar.server import EXIT_ABANDONED, serve
 from sidecar.settings import CONFIG_FILE_VARIABLE, Settings, settings_reference
 from sidecar.telemetry.config import sidecar_version
 from sidecar.telemetry.logs import configure_logging
 
 EXIT_INVALID = 1
 EXIT_CONFIG = 2
+# After the deadline of a stop, how long the watchdog thread may wait for the interpreter's lock
+# before the kernel ends the process (SIGALRM).
+ALARM_AFTER_DEADLINE_SECONDS = 1.0
 
 # `serve`'s flags, by the setting each overrides (`settings` lists them beside the variables).
 FLAG_BY_SETTING = {
@@ -77,12 +88,46 @@ def _serve(arguments: argparse.Namespace) -> int:
     try:
         settings = Settings.load(config_file=arguments.config, overrides=overrides)
         configure_logging(settings.log_level, settings.log_format)
-        return _run(serve(settings), settings.event_loop)
+        return _run(serve(settings, exit_by=_exit_by), settings.event_loop)
     except SidecarError as error:
         _report(error)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 0
+
+
+def _exit_by(seconds: float) -> None:
+    """End the process `seconds` from now if it is still running then (a stop's deadline).
+
+    A worker thread stuck in a C call cannot be stopped, and both asyncio (its executor) and the
+    interpreter (at exit) wait for their worker threads: a daemon timer ends the process instead,
+    naming the threads it leaves behind. Should a C call hold the interpreter's lock so long that
+    the timer cannot run, the kernel's SIGALRM ends the process a second later.
+    """
+
+    def end() -> None:
+        left = sorted(
+            thread.name
+            for thread in threading.enumerate()
+            if not thread.daemon and thread is not threading.main_thread()
+        )
+        logging.getLogger("sidecar.cli").warning(
+            "shutdown: the process did not exit within its grace; exiting with code %d, "
+            "abandoning %d thread(s) still running: %s",
+            EXIT_ABANDONED,
+            len(left),
+            ", ".join(left) or "none (the main thread)",
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(EXIT_ABANDONED)
+
+    timer = threading.Timer(seconds, end)
+    timer.name, timer.daemon = "exit-by-deadline", True
+    timer.start()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, seconds + ALARM_AFTER_DEADLINE_SECONDS)
 
 
 def _validate(arguments: argparse.Namespace) -> int:

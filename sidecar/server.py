@@ -27,8 +27,13 @@ kubelet must reach health, but it must not reach RegisterConnector.
 `serve(settings)` adds the signal handling and the graceful drain:
 
     SIGTERM -> health NOT_SERVING at once -> new calls refused -> in-flight calls get
-    `shutdown_grace_seconds` to finish -> calls still running are cancelled, and their judging
-    stops at its next step (`sidecar.core.budget`) -> store closed -> exit 0
+    `shutdown_grace_seconds` less a reserve for closing -> calls still running are cancelled, and
+    their judging stops at its next step (`sidecar.core.budget`) -> egress, store, telemetry
+    closed in what is left -> exit 0
+
+One deadline covers the whole stop (`Sidecar.stop`): a closing step that cannot finish by then
+is abandoned and named in the log, and the process exits with EXIT_ABANDONED (3) by the end of
+the grace even if a worker thread is stuck in a C call (the CLI's watchdog, `serve`'s `exit_by`).
 """
 
 from __future__ import annotations
@@ -43,10 +48,12 @@ import signal
 import socket
 import stat
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -76,12 +83,13 @@ from sidecar.registry.follower import Follower
 from sidecar.registry.watcher import ConnectorsFileWatcher, ReloadState
 from sidecar.settings import Settings
 from sidecar.telemetry.config import TelemetryConfig
-from sidecar.telemetry.instruments import Telemetry
+from sidecar.telemetry.instruments import FLUSH_SECONDS, Telemetry
 
 if TYPE_CHECKING:
     from sidecar.registry.postgres import PostgresStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -451,22 +459,163 @@ class Sidecar:
         """The health-only listener's TCP port, if `health_listen_address` is set."""
         return self.server.health_port
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING at once, refuse new calls, let in-flight ones finish, close."""
-        if self.connectors_watcher is not None:
-            await self.connectors_watcher.stop()
-        if self.follower is not None:
-            await self.follower.stop()
-        await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
-        if self.engine is not None:  # the grace is over: what still works stops at its next step
-            self.engine.stop_all()
+    async def stop(self, grace: float | None = None) -> tuple[str, ...]:
+        """Drain and close within `grace` seconds (`shutdown_grace_seconds`), whatever runs.
+
+        NOT_SERVING at once, new calls refused; in-flight calls get the grace less a reserve
+        for closing (`drain_seconds`); at the drain's end the calls still running are cancelled
+        and the engine's judging told to stop; each closing step then gets what is left of the
+        one deadline. A step that cannot finish by then is abandoned with a WARNING (a thread
+        stuck in a C call cannot be stopped, only left behind). Returns what was abandoned:
+        empty when everything stopped in time.
+        """
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        closing = _Closing(grace)
+        loop = asyncio.get_running_loop()
+        # At the drain's end even if grpc's own stop overruns it: judging stops at its next step.
+        stop_judging = loop.call_later(drain_seconds(grace), self._stop_judging)
+        try:
+            if self.connectors_watcher is not None:
+                await closing.step("the connectors file watcher", self.connectors_watcher.stop())
+            if self.follower is not None:
+                await closing.step("the store's change feed", self.follower.stop())
+            drain = max(closing.drain_end - loop.time(), 0.0)
+            await closing.step("the drain of in-flight calls", self.server.stop(drain))
+        finally:
+            stop_judging.cancel()
+        self._stop_judging()
+        await closing.step("judging still running", self._judging_stopped())
         if self.response_cache is not None:
-            await self.response_cache.aclose()  # refreshes still running use the egress
+            await closing.step("the response cache", self.response_cache.aclose())
         if self.tokens is not None:
-            await self.tokens.aclose()  # a token refresh still running
-        await self.egress.aclose()
-        await asyncio.to_thread(self.registry.close)
-        await asyncio.to_thread(self.telemetry.shutdown)  # flushes the last spans and metrics
+            await closing.step("the OAuth2 token cache", self.tokens.aclose())
+        await closing.step("the egress", self.egress.aclose())
+        await closing.step("closing the store", in_daemon_thread(self.registry.close))
+        flush = partial(self.telemetry.shutdown, min(max(closing.left(), 0.0), FLUSH_SECONDS))
+        if await closing.step("the last telemetry flush", in_daemon_thread(flush)) is False:
+            closing.abandon("the last telemetry flush")
+        return tuple(closing.abandoned)
+
+    def _stop_judging(self) -> None:
+        if self.engine is not None:
+            self.engine.stop_all()
+
+    async def _judging_stopped(self) -> None:
+        """Until every evaluation's work has stopped (each at its next step after stop_all)."""
+        while self.engine is not None and self.engine.working:
+            self.engine.stop_all()  # one that began meanwhile (its call was already admitted)
+            await asyncio.sleep(JUDGING_POLL_SECONDS)
+
+
+# Of the grace, kept back from the drain for closing (the engine's workers, the egress, the
+# store, the last telemetry flush): a fifth, within these bounds. Closing takes milliseconds
+# unless a collector or the store is slow; the drain ends early when no call is in flight.
+CLOSING_RESERVE_FRACTION = 0.2
+CLOSING_RESERVE_LEAST_SECONDS = 0.25
+CLOSING_RESERVE_MOST_SECONDS = 2.0
+# Of that reserve, the end is kept for the process to exit once the stop returned (the loop's
+# close, the interpreter's): the stop's own deadline comes this much before the grace's end.
+EXIT_RESERVE_FRACTION = 0.05
+EXIT_RESERVE_LEAST_SECONDS = 0.1
+EXIT_RESERVE_MOST_SECONDS = 0.5
+JUDGING_POLL_SECONDS = 0.01
+STEP_LEAST_SECONDS = 0.01
+EXIT_ABANDONED = 3
+"""The exit code when the grace ran out before everything stopped (the log names what was
+abandoned: a telemetry flush, the store's close, a worker thread stuck in a C call)."""
+
+
+def drain_seconds(grace: float) -> float:
+    """The part of the shutdown grace in-flight calls get; the rest is kept for closing.
+
+    >>> drain_seconds(10.0), drain_seconds(1.0), drain_seconds(0.0)
+    (8.0, 0.75, 0.0)
+    """
+    return max(grace - closing_reserve(grace), 0.0)
+
+
+def closing_reserve(grace: float) -> float:
+    """Seconds kept for closing: a fifth of the grace, at least 0.25 s, at most 2 s."""
+    return min(
+        max(grace * CLOSING_RESERVE_FRACTION, CLOSING_RESERVE_LEAST_SECONDS),
+        CLOSING_RESERVE_MOST_SECONDS,
+    )
+
+
+def stop_seconds(grace: float) -> float:
+    """The time the whole stop may take from the signal: the grace (or the least closing
+    reserve, when the grace is shorter). The process ends by then, whatever runs.
+
+    >>> stop_seconds(10.0), stop_seconds(0.0)
+    (10.0, 0.25)
+    """
+    return max(grace, closing_reserve(grace))
+
+
+def exit_reserve(grace: float) -> float:
+    """Seconds at the end of the stop kept for the process to exit: 5%, within 0.1-0.5 s."""
+    return min(
+        max(grace * EXIT_RESERVE_FRACTION, EXIT_RESERVE_LEAST_SECONDS), EXIT_RESERVE_MOST_SECONDS
+    )
+
+
+class _Closing:
+    """One deadline for a whole stop: each step gets what is left of it, or is abandoned."""
+
+    def __init__(self, grace: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        started = self._loop.time()
+        self.grace = grace
+        # The closing steps end before the process must: it still has to exit after them.
+        self.deadline = started + stop_seconds(grace) - exit_reserve(grace)
+        self.drain_end = started + drain_seconds(grace)
+        self.abandoned: list[str] = []
+
+    def left(self) -> float:
+        """Seconds until the deadline (negative once past)."""
+        return self.deadline - self._loop.time()
+
+    async def step(self, name: str, work: Awaitable[T]) -> T | None:
+        """`work`'s result, or None if it could not finish by the deadline (then abandoned:
+        cancelled if it is a task on the loop, left to itself if it runs in a thread)."""
+        task = asyncio.ensure_future(work)
+        # At least a moment: after a step that overran, one that takes no time still runs.
+        done, _ = await asyncio.wait((task,), timeout=max(self.left(), STEP_LEAST_SECONDS))
+        if task in done:
+            return task.result()
+        task.cancel()
+        self.abandon(name)
+        return None
+
+    def abandon(self, name: str) -> None:
+        log.warning(
+            "shutdown: %s did not finish within the grace (%.1fs); abandoned", name, self.grace
+        )
+        self.abandoned.append(name)
+
+
+def in_daemon_thread(work: Callable[[], T]) -> asyncio.Future[T]:
+    """`work` run in a daemon thread of its own: if it never ends (a flush to a collector that
+    never answers), the process still exits, as a worker of asyncio's executor would hold it."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # handed to the awaiting coroutine
+            report = partial(settle, partial(future.set_exception, exc))
+        else:
+            report = partial(settle, partial(future.set_result, result))
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(report)
+
+    threading.Thread(target=run, name="shutdown-step", daemon=True).start()
+    return future
 
 
 @dataclass(frozen=True)
@@ -620,8 +769,13 @@ def build_egress(
     )
 
 
-async def serve(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT, then drain. Returns the process exit code."""
+async def serve(settings: Settings, *, exit_by: Callable[[float], None] | None = None) -> int:
+    """Run until SIGTERM or SIGINT, then drain. Returns the process exit code: 0, or
+    EXIT_ABANDONED when the grace ran out before everything stopped.
+
+    `exit_by(seconds)` is called when the signal arrives, with the time the stop may take: the
+    CLI ends the process by then, whatever still runs (a worker thread stuck in a C call).
+    """
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
@@ -630,7 +784,10 @@ async def serve(settings: Settings) -> int:
     starting = asyncio.create_task(start_sidecar(settings), name="start")
     stopping = asyncio.create_task(stop_requested.wait(), name="stop-requested")
     await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    grace = settings.shutdown_grace_seconds
     if not starting.done():
+        if exit_by is not None:
+            exit_by(stop_seconds(grace))
         starting.cancel()  # start_sidecar stops what it had started
         with contextlib.suppress(asyncio.CancelledError):
             await starting
@@ -641,11 +798,22 @@ async def serve(settings: Settings) -> int:
     share_the_interpreter()
     log.info("rules-sidecar is SERVING")
     await stop_requested.wait()
+    if exit_by is not None:
+        exit_by(stop_seconds(grace))
     log.info(
-        "shutting down: NOT_SERVING, draining in-flight calls for up to %.1fs",
-        settings.shutdown_grace_seconds,
+        "shutting down: NOT_SERVING, draining in-flight calls for up to %.1fs, all within %.1fs",
+        drain_seconds(grace),
+        grace,
     )
-    await sidecar.stop()
+    abandoned = await sidecar.stop()
+    if abandoned:
+        log.warning(
+            "rules-sidecar stopped at the end of its grace (%.1fs), abandoning: %s; exit code %d",
+            grace,
+            "; ".join(abandoned),
+            EXIT_ABANDONED,
+        )
+        return EXIT_ABANDONED
     log.info("rules-sidecar stopped")
     return 0
 

@@ -152,7 +152,9 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         10.0,
         ge=0,
-        description="On SIGTERM, in-flight calls get this long to finish; new calls are refused.",
+        description="On SIGTERM the whole stop takes at most this long: new calls are refused, "
+        "in-flight calls get it less a reserve for closing (a fifth, 0.25-2 s), and the process "
+        "exits by its end (exit code 3 if something had to be abandoned).",
     )
     store_busy_timeout_seconds: float = Field(
         5.0,

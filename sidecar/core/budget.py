@@ -193,6 +193,8 @@ async def run_bounded(work: Callable[[], T], budget: Budget, *, on_loop: bool = 
                 await asyncio.wait((future,))
             except asyncio.CancelledError:  # cancelled again: still wait for the worker
                 continue
+        if not future.cancelled():
+            future.exception()  # its BudgetExhaustedError is expected: not "never retrieved"
         raise
 
 

@@ -209,10 +209,10 @@ class Telemetry:
                 f"{endpoint.port}: {exc}"
             ) from exc
 
-    def shutdown(self, timeout_seconds: float = FLUSH_SECONDS) -> None:
+    def shutdown(self, timeout_seconds: float = FLUSH_SECONDS) -> bool:
         """Flush and stop exporting, waiting at most `timeout_seconds` (blocking: run it off
         the event loop). An unreachable collector must not hold up a SIGTERM: the SDK would
-        retry each signal for up to its export timeout."""
+        retry each signal for up to its export timeout. False when a flush was left unfinished."""
         if self._prometheus_server is not None:
             self._prometheus_server.shutdown()
             self._prometheus_server.server_close()
@@ -227,6 +227,7 @@ class Telemetry:
             flush.start()
         for flush in flushes:
             flush.join(max(deadline - time.monotonic(), 0))
+        return not any(flush.is_alive() for flush in flushes)
 
     def rpc_method(self, full_method: str) -> RpcMethodMetrics | None:
         """The RPC instruments of one method (`/package.Service/Method`), bound once per
