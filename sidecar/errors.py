@@ -109,12 +109,24 @@ class SidecarError(Exception):
 
 
 class InvalidArgumentError(SidecarError):
-    """The caller sent something invalid; `violations` names every bad field."""
+    """The caller sent something invalid; `violations` names every bad field.
+
+    `reason`, when given, is a more precise google.rpc.ErrorInfo reason than the code's
+    (INVALID_REQUEST): ExtractVariables' work limits say LIMIT_EXCEEDED, BUDGET_EXHAUSTED or
+    ANSWER_TOO_LARGE, as EvaluateNode's outcomes do.
+    """
 
     code = ErrorCode.INVALID_ARGUMENT
 
-    def __init__(self, violations: Sequence[FieldViolation], message: str | None = None) -> None:
+    def __init__(
+        self,
+        violations: Sequence[FieldViolation],
+        message: str | None = None,
+        *,
+        reason: str | None = None,
+    ) -> None:
         self.violations = tuple(violations)
+        self.reason = reason
         super().__init__(message or f"invalid request: {_summary(self.violations)}")
 
 

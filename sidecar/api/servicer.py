@@ -200,8 +200,11 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
                 time_remaining=context.time_remaining(),
             )
         except (BudgetExhaustedError, LimitExceededError) as stopped:
-            # No outcome to carry a reason here: the caller's input asked for too much work.
-            raise InvalidArgumentError([FieldViolation("extractions", stopped.message)]) from None
+            # No outcome to carry the reason: the error's ErrorInfo does (LIMIT_EXCEEDED or
+            # BUDGET_EXHAUSTED, as EvaluateNode's outcomes would say).
+            raise InvalidArgumentError(
+                [FieldViolation("extractions", stopped.message)], reason=stopped.reason.value
+            ) from None
         return wire.extract_answer(variables, results, message_limit=self._message_limit)
 
     def _evaluation_input(

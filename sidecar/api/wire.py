@@ -112,6 +112,8 @@ def rpc_status_of(error: SidecarError) -> grpc.Status:
             metadata.setdefault("field", _clip(error.violations[0].field))
         metadata.setdefault("violations", str(len(error.violations)))
     reason = REASON_BY_ERROR_CODE.get(error.code, error.code.name)
+    if isinstance(error, InvalidArgumentError) and error.reason is not None:
+        reason = error.reason  # a work limit: EvaluateNode's outcome reason for the same limit
     status.details.add().Pack(
         error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
     )
@@ -861,11 +863,15 @@ def extract_answer(
     """The ExtractVariables response, or InvalidArgumentError when the wire cannot carry it.
 
     The same bounds as `evaluate_answer`: the caller's own extractions built the value, so the
-    refusal names the extraction (or the whole set, for size) instead of failing in transit.
+    refusal names the extraction (or the whole set, for size) instead of failing in transit,
+    with the ErrorInfo reason ANSWER_TOO_LARGE.
     """
+    too_large = model.Reason.ANSWER_TOO_LARGE.value
     for index, result in enumerate(results):
         if result.succeeded and _too_deep_value(result.value):
-            raise InvalidArgumentError([FieldViolation(f"extractions[{index}]", _DEEPER)])
+            raise InvalidArgumentError(
+                [FieldViolation(f"extractions[{index}]", _DEEPER)], reason=too_large
+            )
     response = pb.ExtractVariablesResponse(complete=not required_failures(results))
     add_extraction_results(response.extractions, results)
     response.variables.SetInParent()  # present even when empty, as it always was
@@ -879,7 +885,8 @@ def extract_answer(
                     f"the answer would be {size} bytes, over the {message_limit}-byte gRPC "
                     "message limit (max_message_bytes); extract less",
                 )
-            ]
+            ],
+            reason=too_large,
         )
     return response
 

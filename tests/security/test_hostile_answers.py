@@ -13,6 +13,10 @@ first column says, and now as the second:
     answer over max_message_bytes after the exchange   RESOURCE_EXHAUSTED    ANSWER_TOO_LARGE
     ExtractVariables answer over max_message_bytes     RESOURCE_EXHAUSTED    INVALID_ARGUMENT
     ListConnectors' default page of large connectors   RESOURCE_EXHAUSTED    pages cut by bytes
+    ExtractVariables' limit refusals                   INVALID_REQUEST       ErrorInfo reasons
+                                                       (all alike)           LIMIT_EXCEEDED,
+                                                                             BUDGET_EXHAUSTED,
+                                                                             ANSWER_TOO_LARGE
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from sidecar.core.documents import MAX_JSON_DEPTH
@@ -69,6 +75,19 @@ def node_request(
         "explain": explain,
     }
     return json_format.ParseDict(data, pb.EvaluateNodeRequest())
+
+
+def error_reason(error: grpc.RpcError) -> str:
+    """The google.rpc.ErrorInfo reason of an error (exactly one ErrorInfo)."""
+    status = rpc_status.from_call(error)
+    assert status is not None, (error.code(), error.details())
+    reasons = []
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reasons.append(info.reason)
+    assert len(reasons) == 1, status
+    return reasons[0]
 
 
 def evaluate(sidecar: InProcessSidecar, request: pb.EvaluateNodeRequest) -> pb.EvaluateNodeResponse:
@@ -142,6 +161,7 @@ def test_extract_variables_refuses_a_value_too_deep_to_answer(sidecar_factory: F
     assert (
         f"deeper than {MAX_JSON_DEPTH} levels" in field_violations(caught.value)["extractions[0]"]
     )
+    assert error_reason(caught.value) == "ANSWER_TOO_LARGE"  # EvaluateNode's reason for it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,6 +299,7 @@ def test_extract_variables_over_the_message_limit_is_invalid_argument(
         sidecar.stub.ExtractVariables(request, timeout=RPC_TIMEOUT)
 
     assert "message limit" in field_violations(caught.value)["extractions"]
+    assert error_reason(caught.value) == "ANSWER_TOO_LARGE"
 
 
 def test_list_connectors_pages_large_connectors_by_bytes(
@@ -311,3 +332,53 @@ def test_list_connectors_pages_large_connectors_by_bytes(
 
     assert seen == [f"large-{index}" for index in range(5)]
     assert pages >= 3  # at most two ~25 KiB connectors fit in 64 KiB
+
+
+# ---------------------------------------------------------------------------------------------
+# ExtractVariables' limits: a reason a program can switch on
+# ---------------------------------------------------------------------------------------------
+
+DOUBLING_EXPRESSION = "|".join(["join('',[@,@])"] * 23)  # 16 characters -> 134 MB
+
+
+def test_extract_variables_over_a_work_limit_says_limit_exceeded(
+    sidecar_factory: Factory,
+) -> None:
+    sidecar = sidecar_factory()
+    request = pb.ExtractVariablesRequest(raw_json=b'{"v": "0123456789abcdef"}')
+    request.extractions.add(variable="grown", path=f"v | {DOUBLING_EXPRESSION}")
+
+    with pytest.raises(grpc.RpcError) as caught:
+        sidecar.stub.ExtractVariables(request, timeout=RPC_TIMEOUT)
+
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(caught.value) == "LIMIT_EXCEEDED"
+    assert "max_query_result_bytes" in field_violations(caught.value)["extractions"]
+
+
+def test_extract_variables_out_of_time_says_budget_exhausted(sidecar_factory: Factory) -> None:
+    # A microsecond of budget: 20,000 projected elements spend it long before they are done.
+    sidecar = sidecar_factory(max_evaluation_seconds=1e-6)
+    request = pb.ExtractVariablesRequest(
+        raw_json=json.dumps({"items": [{"x": n} for n in range(20_000)]}).encode()
+    )
+    request.extractions.add(variable="xs", path="items[*].x")
+
+    with pytest.raises(grpc.RpcError) as caught:
+        sidecar.stub.ExtractVariables(request, timeout=RPC_TIMEOUT)
+
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(caught.value) == "BUDGET_EXHAUSTED"
+    assert "time budget" in field_violations(caught.value)["extractions"]
+
+
+def test_an_invalid_extraction_still_says_invalid_request(sidecar_factory: Factory) -> None:
+    # The control: a request that is wrong in itself keeps the code's own reason.
+    sidecar = sidecar_factory()
+    request = pb.ExtractVariablesRequest(raw_json=b"{}")
+    request.extractions.add(variable="bad", path="items[")
+
+    with pytest.raises(grpc.RpcError) as caught:
+        sidecar.stub.ExtractVariables(request, timeout=RPC_TIMEOUT)
+
+    assert error_reason(caught.value) == "INVALID_REQUEST"
