@@ -35,6 +35,9 @@ imports nothing of sidecar (an import contract, so that every layer can import i
     ├── MissingSecretError      SECRET_NOT_FOUND     a secret the auth needs has no value
     ├── SecretBindingError      BLOCKED_DESTINATION  a secret is bound to other hosts than the URL's
     ├── DeadlineExhaustedError  TIMEOUT              the caller's deadline leaves no time to send
+    ├── AnswerTooLargeError     ANSWER_TOO_LARGE     with explain, the node alone would make an
+    │                                                answer over the message limit: nothing is
+    │                                                sent (sidecar.core.engine)
     ├── SendError               TIMEOUT,             no usable response from the upstream (the
     │                           CONNECT_ERROR,       egress raises it); carries `attempts` and
     │                           DNS_ERROR, ...       `retryable`

@@ -168,6 +168,7 @@ async def start_sidecar(
         tokens=tokens,
         limits=work_limits(settings),
         max_cache_bytes=settings.max_compiled_cache_bytes,
+        max_answer_bytes=settings.max_message_bytes,
     )
     servicer = RulesSidecarServicer(
         registry,

@@ -287,7 +287,8 @@ class Settings(BaseSettings):
         4 * 1024,
         ge=64,
         description="Largest subject value an explanation copies (as compact JSON); a larger "
-        "one is shown truncated (strings) or not at all, with a note saying so.",
+        "one is shown truncated (strings) or not at all, with a note saying so. Held lower for "
+        "a node whose conditions' values would not all fit max_message_bytes.",
     )
     max_operand_values: int = Field(
         100_000,

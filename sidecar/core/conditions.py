@@ -142,13 +142,16 @@ class CompiledBranches:
     def __init__(self, branches: Sequence[_CompiledBranch]) -> None:
         self._branches = tuple(branches)
 
-    def decide(self, view: ResponseView, *, explain: bool) -> BranchDecision:
+    def decide(
+        self, view: ResponseView, *, explain: bool, value_bytes: int | None = None
+    ) -> BranchDecision:
         """The first branch whose conditions hold; with `explain`, how every branch was judged.
 
         Without `explain` evaluation stops at the first condition that settles a branch, and at
         the first branch that holds. With it, every condition of every branch up to the winner is
         evaluated, so the explanation shows all the reasons; later branches are listed as not
-        evaluated.
+        evaluated. Each subject value shown is cut to `max_explain_value_bytes`, or to
+        `value_bytes` when the caller holds it lower (so a node's values fit the answer).
         """
         if not explain:
             for index, branch in enumerate(self._branches):
@@ -161,7 +164,7 @@ class CompiledBranches:
             if winner is not None:
                 explanations.append(BranchExplanation(index, branch.target, False, False))
                 continue
-            judged = tuple(condition.explain(view) for condition in branch.conditions)
+            judged = tuple(condition.explain(view, value_bytes) for condition in branch.conditions)
             matched = branch.combine(judged_condition.result for judged_condition in judged)
             explanations.append(BranchExplanation(index, branch.target, True, matched, judged))
             if matched:
@@ -217,15 +220,22 @@ class _CompiledCondition:
     def holds(self, view: ResponseView) -> bool:
         return self._judge(view)[0]
 
-    def explain(self, view: ResponseView) -> ConditionExplanation:
+    def explain(self, view: ResponseView, value_bytes: int | None = None) -> ConditionExplanation:
         result, present, value, note = self._judge(view)
         condition = self.condition
-        limit = view.budget.limits.max_explain_value_bytes
+        setting = view.budget.limits.max_explain_value_bytes
+        limit = setting if value_bytes is None else min(value_bytes, setting)
         size = json_size(value, limit, view.budget)
         if size > limit:  # a 1 KB request must not copy every subject into the answer
             shown = f"truncated to {limit} characters" if isinstance(value, str) else "not shown"
             value = _preview(value, limit)
-            note = f"{note}; the value is over {limit} bytes, {shown} (max_explain_value_bytes)"
+            why = (
+                "max_explain_value_bytes"
+                if limit == setting
+                else f"max_explain_value_bytes, held to {limit} so that the values of every "
+                "condition fit the answer's max_message_bytes"
+            )
+            note = f"{note}; the value is over {limit} bytes, {shown} ({why})"
         return ConditionExplanation(
             condition.subject, condition.operator, condition.operand, value, present, result, note
         )

@@ -95,9 +95,27 @@ OFF_LOOP_BODY_BYTES = 64 * 1024
 DEADLINE_MARGIN_SECONDS = 0.05
 _IDEMPOTENT_METHODS = frozenset({HttpMethod.GET, HttpMethod.PUT, HttpMethod.DELETE})
 _TEMPLATE_CACHE_LIMIT = 4096
+# The least an explained condition takes besides its operand and path (the subject, operator
+# and flags' tags and framing), and an explained branch besides its target.
+EXPLAINED_CONDITION_FLOOR_BYTES = 8
+EXPLAINED_BRANCH_FLOOR_BYTES = 4
+# What an explained condition usually takes beyond that floor and its subject value (a note).
+EXPLAINED_CONDITION_NOTE_BYTES = 64
+# Of what the message limit leaves once the explanation's known parts are counted, the share
+# the subject values may take together: the rest is for extractions, variables and the notes
+# of values that had to be cut.
+EXPLAINED_VALUES_SHARE = 0.5
 # What a compiled form holds in memory, estimated from what it was compiled from.
 COMPILED_BYTES_PER_SOURCE_BYTE = 8  # measured: a node of 36,000 short strings, 7-8x
 COMPILED_OVERHEAD_BYTES = 4096
+
+
+class AnswerTooLargeError(EvaluationFailure):
+    """The answer could not fit the message limit, and that is known before the call (with
+    explain, what the explanation echoes of the node alone is over it): nothing is sent."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Reason.ANSWER_TOO_LARGE, message)
 
 
 class ConnectorLookup(Protocol):
@@ -125,6 +143,10 @@ class CompiledNode:
     extractions: CompiledExtractions
     # Queries run over the body per evaluation: its cost is this times the body's size.
     body_queries: int = 0
+    # With explain: the conditions explained at most, and the least their explanation takes
+    # whatever the response (`explained_bytes`).
+    conditions: int = 0
+    explained_bytes: int = 0
 
 
 def compile_node(node: Node, *, limits: WorkLimits | None = None) -> CompiledNode:
@@ -163,7 +185,57 @@ def compile_node(node: Node, *, limits: WorkLimits | None = None) -> CompiledNod
     body_queries = len(node.extractions) + sum(
         1 for condition in conditions if condition.subject.kind is SubjectKind.BODY
     )
-    return CompiledNode(node, branches, extractions, body_queries)
+    return CompiledNode(
+        node, branches, extractions, body_queries, len(conditions), explained_bytes(node)
+    )
+
+
+def explained_bytes(node: Node) -> int:
+    """The least an explanation of `node` takes, in bytes, whatever the response: each
+    condition's operand and subject path and each branch's target are echoed in it as they are
+    (a lower bound of their protobuf encoding: text at one byte a character, two bytes of
+    framing a value), beside EXPLAINED_CONDITION_FLOOR_BYTES of fields a condition.
+
+    >>> explained_bytes(Node.model_validate({"connector_id": "c", "branches": [{"target": "t",
+    ...     "conditions": [{"subject": {"kind": "BODY", "path": "a"}, "operator": "EQUALS",
+    ...     "operand": ["x", 1]}]}], "else_target": "e", "error_target": "r"}))
+    21
+    """
+    size = 0
+    for branch in node.branches:
+        size += len(branch.target) + EXPLAINED_BRANCH_FLOOR_BYTES
+        for condition in branch.conditions:
+            size += len(condition.subject.path) + EXPLAINED_CONDITION_FLOOR_BYTES
+            size += value_floor(condition.operand)
+    return size
+
+
+def value_floor(value: Any) -> int:
+    """The fewest bytes a google.protobuf.Value holding `value` encodes to: two a value (a tag
+    and a length or a scalar), and one a character of its text and keys.
+
+    >>> value_floor({"a": ["xy", 1, None]})
+    13
+    """
+    size = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        size += 2
+        if isinstance(item, str):
+            size += len(item)
+        elif isinstance(item, Mapping):
+            size += sum(len(key) for key in item)
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return size
+
+
+def rendered_bytes(request: RenderedRequest) -> int:
+    """The fewest bytes the rendered request of an explanation encodes to (its text)."""
+    headers = sum(len(name) + len(value) for name, value in request.headers.items())
+    return len(request.method) + len(request.url) + headers + len(request.body)
 
 
 def compiled_size(source_bytes: int) -> int:
@@ -194,6 +266,7 @@ class Engine:
         tokens: TokenCache | None = None,
         limits: WorkLimits | None = None,
         max_cache_bytes: int = 64 * 1024 * 1024,
+        max_answer_bytes: int = 4 * 1024 * 1024,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._connectors = connectors
@@ -202,6 +275,8 @@ class Engine:
         self._bindings = bindings
         self._tokens = tokens  # OAuth2 client credentials' tokens (`sidecar.core.oauth`)
         self.limits = limits or WorkLimits()
+        # The gRPC message limit (max_message_bytes): what an explained answer is sized to fit.
+        self.max_answer_bytes = max_answer_bytes
         self._clock = clock
         self._prepared: CompiledCache[tuple[object, ...], _Prepared] = CompiledCache(
             limit=_TEMPLATE_CACHE_LIMIT,
@@ -287,6 +362,8 @@ class Engine:
             _check_live(connector, allow_draft=allow_draft)
             prepared = self._prepare(connector)
             rendered = prepared.template.render(variables)
+            shown = masked_request(connector, rendered) if explain else None
+            value_bytes = None if shown is None else self._explained_value_bytes(compiled, shown)
             request, credentials = self._authorise(connector, rendered, sent_secrets)
             if prepared.refusals:  # the bindings of today refuse what the connector sends
                 raise SecretBindingError("; ".join(prepared.refusals))
@@ -307,7 +384,8 @@ class Engine:
                 budget,
                 latency=time.perf_counter() - started,
                 explain=explain,
-                request=masked_request(connector, rendered) if explain else None,
+                explain_value_bytes=value_bytes,
+                request=shown,
                 secret_values=tuple(sent_secrets),  # complete: the exchange is over
             )
             # Parsing and querying a large document takes milliseconds: a large one goes off
@@ -316,8 +394,31 @@ class Engine:
                 judge, budget, on_loop=len(response.body) <= OFF_LOOP_BODY_BYTES
             )
         except EvaluationFailure as failure:
+            if isinstance(failure, AnswerTooLargeError):
+                rendered = None  # the request it could not carry is left out of the answer
             outcome = _failed(compiled, failure, connector, rendered, started, explain=explain)
             return _carrying(outcome, sent_secrets)
+
+    def _explained_value_bytes(self, compiled: CompiledNode, shown: RenderedRequest) -> int:
+        """The bytes each subject value of an explanation of this node may take, so that all of
+        them fit the answer: `max_explain_value_bytes`, or less for a node with many conditions.
+
+        Raises AnswerTooLargeError, before anything is sent, when the answer is sure to be over
+        the message limit: the node's echo (`explained_bytes`) and the rendered request it
+        shows (`shown`) already are.
+        """
+        known = compiled.explained_bytes + rendered_bytes(shown)
+        if known > self.max_answer_bytes:
+            raise AnswerTooLargeError(
+                f"with explain, the answer would hold at least {known} bytes (the rendered "
+                f"request, and this node's {compiled.conditions} conditions with their operands), "
+                f"over the {self.max_answer_bytes}-byte gRPC message limit (max_message_bytes); "
+                "ask without explain. Nothing was sent"
+            )
+        notes = compiled.conditions * EXPLAINED_CONDITION_NOTE_BYTES
+        room = max(self.max_answer_bytes - known - notes, 0)
+        share = int(room * EXPLAINED_VALUES_SHARE) // max(compiled.conditions, 1)
+        return min(self.limits.max_explain_value_bytes, share)
 
     def _connector(self, connector_id: str) -> Connector:
         connector = self._connectors.get(connector_id)
@@ -461,13 +562,14 @@ def _judge(
     explain: bool,
     request: RenderedRequest | None,
     secret_values: tuple[str, ...] = (),
+    explain_value_bytes: int | None = None,
 ) -> Outcome:
     """Decide the branch and extract, from a response that arrived (spending from budget)."""
     node = compiled.node
     budget.spend(1 + len(response.body) // 256)  # parsing, as a slice of the on-loop work
     body, body_is_json, note = _parse_body(response)
     view = ResponseView(response.status, response.headers, body, body_is_json, variables, budget)
-    decision = compiled.branches.decide(view, explain=explain)
+    decision = compiled.branches.decide(view, explain=explain, value_bytes=explain_value_bytes)
     extracted, results = compiled.extractions.apply(body, has_document=body_is_json, budget=budget)
     branch_index = decision.index
     message = ""

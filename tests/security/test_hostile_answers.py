@@ -13,6 +13,10 @@ first column says, and now as the second:
     answer over max_message_bytes after the exchange   RESOURCE_EXHAUSTED    ANSWER_TOO_LARGE
     ExtractVariables answer over max_message_bytes     RESOURCE_EXHAUSTED    INVALID_ARGUMENT
     ListConnectors' default page of large connectors   RESOURCE_EXHAUSTED    pages cut by bytes
+    explain, 4,096 conditions x 4 KiB values (16 MiB)  ANSWER_TOO_LARGE      values cut to fit the
+                                                       after the call        message limit, noted
+    explain, a request rendered over the limit         ANSWER_TOO_LARGE      ANSWER_TOO_LARGE,
+                                                       after the call        nothing sent
     ExtractVariables' limit refusals                   INVALID_REQUEST       ErrorInfo reasons
                                                        (all alike)           LIMIT_EXCEEDED,
                                                                              BUDGET_EXHAUSTED,
@@ -284,6 +288,101 @@ def test_an_answer_just_under_the_limit_still_carries_its_values(
 
     assert verdict(response) == ("OUTCOME_MATCHED", "REASON_BRANCH_MATCHED")
     assert response.variables.fields["one"].string_value == "x" * 25_000
+
+
+def explained_node_request(
+    connector_id: str, operands: list[Any], *, branches: int = 1
+) -> pb.EvaluateNodeRequest:
+    """Explain a node whose conditions (EQUALS each operand on body `v`) never hold, so that
+    every condition of every branch is judged and explained."""
+    conditions = [
+        {
+            "subject": {"kind": "SUBJECT_KIND_BODY", "path": "v"},
+            "operator": "OPERATOR_EQUALS",
+            "operand": operand,
+        }
+        for operand in operands
+    ]
+    data = {
+        "node": {
+            "connector_id": connector_id,
+            "branches": [{"target": f"b{i}", "conditions": conditions} for i in range(branches)],
+            "else_target": "else",
+            "error_target": "error",
+        },
+        "explain": True,
+    }
+    return json_format.ParseDict(data, pb.EvaluateNodeRequest())
+
+
+def test_explaining_4096_conditions_on_large_values_fits_the_message_limit(
+    sidecar_factory: Factory, upstream: Upstream
+) -> None:
+    """4,096 subjects of 10 KB, each shown up to max_explain_value_bytes (4 KiB), made a 16 MiB
+    explanation, refused as too large once the upstream had answered; each value is now held
+    to what lets all of them fit the 4 MiB answer, and the notes say so."""
+    sidecar = sidecar_factory()
+    upstream.respond("/text", json={"v": "t" * 10_000})
+    register(sidecar.stub, "text", upstream.url("/text"))
+
+    response = evaluate(sidecar, explained_node_request("text", ["never"] * 64, branches=64))
+
+    assert verdict(response) == ("OUTCOME_NO_MATCH", "REASON_NO_BRANCH_MATCHED")
+    explained = [c for branch in response.explanation.branches for c in branch.conditions]
+    assert len(explained) == 4096
+    shown = {len(c.subject_value.string_value) for c in explained}
+    assert len(shown) == 1
+    each = shown.pop()
+    print(f"each of the 4,096 values shown: {each} characters; answer {response.ByteSize()} bytes")
+    assert 0 < each < 4096
+    assert all("so that the values of every condition fit" in c.note for c in explained)
+    assert response.ByteSize() <= 4 * 1024 * 1024
+
+
+def test_few_conditions_keep_the_full_explain_value_cap(
+    sidecar_factory: Factory, upstream: Upstream
+) -> None:
+    # The control: a node whose values fit at max_explain_value_bytes is shown that much.
+    sidecar = sidecar_factory()
+    upstream.respond("/text", json={"v": "t" * 10_000})
+    register(sidecar.stub, "text", upstream.url("/text"))
+
+    response = evaluate(sidecar, explained_node_request("text", ["never"] * 4))
+
+    explained = response.explanation.branches[0].conditions
+    assert [len(c.subject_value.string_value) for c in explained] == [4096] * 4
+    assert all(c.note.endswith("(max_explain_value_bytes)") for c in explained)
+
+
+def test_explaining_a_request_rendered_over_the_message_limit_sends_nothing(
+    sidecar_factory: Factory, upstream: Upstream
+) -> None:
+    """With explain, the answer shows the rendered request: a body template that places a
+    30 KB variable three times renders 90 KB, over a 64 KiB limit whatever the upstream says.
+    That is known once the request is rendered, before it is sent, so it is not sent."""
+    sidecar = sidecar_factory(max_message_bytes=SMALL_LIMIT)
+    upstream.respond("/orders", json={"v": "short"})
+    register(
+        sidecar.stub,
+        "tripled",
+        upstream.url("/orders"),
+        method="HTTP_METHOD_POST",
+        body_template={"a": "{{note}}", "b": "{{note}}", "c": "{{note}}"},
+    )
+    request = explained_node_request("tripled", ["never"])
+    request.variables.update({"note": "n" * 30_000})
+
+    response = evaluate(sidecar, request)
+
+    assert verdict(response) == ("OUTCOME_ERROR", "REASON_ANSWER_TOO_LARGE")
+    assert response.target == "error"
+    assert "over the 65536-byte gRPC message limit" in response.message
+    assert "Nothing was sent" in response.message
+    assert (response.attempts, response.http_status) == (0, 0)
+    assert upstream.hits("/orders") == 0
+    request.explain = False  # the control: without explain the request is sent and judged
+    assert verdict(evaluate(sidecar, request)) == ("OUTCOME_NO_MATCH", "REASON_NO_BRANCH_MATCHED")
+    assert upstream.hits("/orders") == 1
 
 
 def test_extract_variables_over_the_message_limit_is_invalid_argument(
