@@ -16,6 +16,17 @@ generation below the marker file's (a lost write-ahead log, a stale copy) is dam
 stops (exit 2) naming the path and what to do, instead of starting with fewer connectors. A store
 written before markers existed (tables but no marker anywhere) is adopted as it is.
 
+What cannot be told, by design of the check: a stale store from the latest one when the marker
+file went with it. Writes since SQLite's last checkpoint (at a clean close, and every ~1,000
+pages) live only in `<store>-wal`, so after a crash the latest writes are there until the next
+open folds them in. Losing the -wal is detected only against the marker file's count; losing the
+-wal and the marker file together, or restoring an older copy of the store (with its marker, or
+without one), leaves an older store that is whole by every check here: it is opened, and the
+marker rewritten from it. No check of the store file alone can do better, since a stale copy is
+a consistent database (its later writes left traces only in the files that were lost); keeping
+the three files on one volume and backing them up together is the operator's part, and a fleet
+that must never go back in time uses PostgreSQL (`sidecar/registry/postgres.py`).
+
 One process owns a store at a time (an advisory lock on `<data_dir>/lock`); two sidecars sharing
 one file would each keep a stale in-memory view of the other's writes. That single owner is also
 what makes `save` and `remove` atomic here: inside the process they hold one lock from the version

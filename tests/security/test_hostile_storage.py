@@ -7,6 +7,9 @@ a lost write-ahead log (kill -9, then -wal removed)  SERVING, fewer          exi
 a connectors file truncated in place (the first      0 connectors installed, last good set
 step of every in-place rewrite)                      health SERVING          kept, NOT_SERVING
 a connectors file that keeps changing while read     a half-written set      refused, retried
+
+The limit, pinned so that the documentation stays true: a lost -wal is seen only against the
+marker file; losing both (a copy of the store file alone) leaves an older store that opens.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
+from sidecar.core.model import Connector
 from sidecar.core.secrets import SecretBindings
 from sidecar.errors import ConfigError
 from sidecar.registry.connectors_file import load_connectors_file
+from sidecar.registry.store import ConnectorStore
 from sidecar.server import CONNECTORS_FILE_HEALTH_SERVICE
 from tests.support.calls import RPC_TIMEOUT, evaluate, register, verdict
 from tests.support.sidecars import InProcessSidecar, SidecarProcess
@@ -109,6 +114,34 @@ def test_a_store_that_was_killed_still_starts_with_all_its_connectors(
 
     listed = restarted.stub.ListConnectors(pb.ListConnectorsRequest(), timeout=RPC_TIMEOUT)
     assert sorted(connector.id for connector in listed.connectors) == ["one", "three", "two"]
+
+
+def test_a_store_copied_without_its_write_ahead_log_and_marker_opens_older(
+    tmp_path: Path,
+) -> None:
+    """What the store's docstring says cannot be told: the commits are in the -wal, and with
+    the marker gone too nothing is left to count them against."""
+    path = tmp_path / "live" / "connectors.sqlite3"
+    store = ConnectorStore(path)
+    for connector_id in ("one", "two", "three"):
+        store.put(store_connector(connector_id))
+    copy = tmp_path / "restored" / "connectors.sqlite3"
+    copy.parent.mkdir()
+    copy.write_bytes(path.read_bytes())  # the main file alone, as a careless backup takes it
+    store.close()
+
+    restored = ConnectorStore(copy)
+    try:
+        assert restored.load_all() == []
+        assert restored.marker_path.exists()  # rewritten from the older store
+    finally:
+        restored.close()
+
+
+def store_connector(connector_id: str) -> Connector:
+    return Connector.model_validate(
+        {"id": connector_id, "status": "LIVE", "url_template": "http://127.0.0.1:9/x", "version": 1}
+    )
 
 
 # ---------------------------------------------------------------------------------------------
