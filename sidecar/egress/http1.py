@@ -190,10 +190,15 @@ class Connection(asyncio.Protocol):
         """The answer was read to its end and the connection may carry another."""
         return self._complete and self._keep_alive and self.usable
 
-    def close(self) -> None:
+    def close(self, *, abort: bool = False) -> None:
+        """Close it (TLS says close_notify first); `abort` drops it at once, for a shutdown
+        that will not wait for the peer."""
         self._broken = True
         if self._transport is not None and not self._closed:
-            self._transport.close()
+            if abort:
+                self._transport.abort()
+            else:
+                self._transport.close()
 
     def _settle(self) -> None:
         waiter = self._waiter

@@ -306,7 +306,8 @@ class Pool:
             self._sweep.cancel()
             self._sweep = None
         for connection in list(self._live):
-            connection.close()
+            connection.close(abort=True)  # a TLS close would wait for the peer's close_notify
         self._idle.clear()
         self._addresses.clear()
-        await asyncio.sleep(0)  # let the transports run their close callbacks
+        for _ in range(2):  # the transports' close callbacks (TLS: the inner transport's too)
+            await asyncio.sleep(0)
