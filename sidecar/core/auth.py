@@ -122,7 +122,8 @@ def _masked(value: Any, secrets: list[str]) -> Any:
     nothing (nearly every one) is not copied on the EvaluateNode path.
 
     Every answer with a credential on its request is walked, so the walk allocates nothing
-    until it finds a secret, and a type's fields are looked up once (`_maskable_fields`).
+    until it finds a secret, a type's fields are looked up once (`_maskable_fields`), and a
+    value of a type that holds no text (`_AS_IS`) is not even visited.
     """
     kind = type(value)
     if kind is str:
@@ -130,12 +131,14 @@ def _masked(value: Any, secrets: list[str]) -> Any:
             if secret in value:
                 value = value.replace(secret, MASK)
         return value
-    if kind in _LEAVES:
+    if kind in _AS_IS:
         return value
+    as_is = _AS_IS
     if isinstance(value, dict):
         copy: dict[Any, Any] | None = None
         for position, (key, item) in enumerate(value.items()):
-            new_key, new_item = _masked(key, secrets), _masked(item, secrets)
+            new_key = key if type(key) in as_is else _masked(key, secrets)
+            new_item = item if type(item) in as_is else _masked(item, secrets)
             if copy is None and (new_key is not key or new_item is not item):
                 copy = dict(islice(value.items(), position))  # what came before, unchanged
             if copy is not None:
@@ -144,7 +147,7 @@ def _masked(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, list | tuple):
         items: list[Any] | None = None
         for position, item in enumerate(value):
-            new = _masked(item, secrets)
+            new = item if type(item) in as_is else _masked(item, secrets)
             if items is None and new is not item:
                 items = list(value[:position])
             if items is not None:
@@ -153,19 +156,23 @@ def _masked(value: Any, secrets: list[str]) -> Any:
             return value
         return items if isinstance(value, list) else tuple(items)
     names = _maskable_fields(kind)
-    if not names:
+    if not names:  # neither text, a container nor a dataclass: enums and other objects
+        as_is.add(kind)
         return value
     changes = {}
     for name in names:
         old = getattr(value, name)
+        if type(old) in as_is:
+            continue
         new = _masked(old, secrets)
         if new is not old:
             changes[name] = new
     return replace(value, **changes) if changes else value
 
 
-# Types that hold no text of their own: returned as they are without a look at their fields.
-_LEAVES: frozenset[type] = frozenset({int, float, bool, type(None), bytes})
+# Types whose values `_masked` returns as they are: numbers, None, bytes, and every type met
+# that is neither text, a container nor a dataclass (enums: they hold nothing an upstream sent).
+_AS_IS: set[type] = {int, float, bool, type(None), bytes}
 _FIELDS: dict[type, tuple[str, ...]] = {}
 
 
