@@ -15,7 +15,7 @@ google.rpc.ErrorInfo reason callers can switch on, ``REASON_BY_ERROR_CODE``; an 
     ├── NotFoundError           NOT_FOUND          no connector with that id
     ├── VersionConflictError    VERSION_CONFLICT   expected_version does not match the stored one
     ├── ReadOnlyConnectorError  READ_ONLY          the connector is owned by the connectors file
-    ├── NotReadyError           NOT_READY          the registry is still loading
+    ├── NotReadyError           NOT_READY          still loading, or shutting down
     ├── OverloadedError         OVERLOADED         too many evaluations in progress
     ├── StoreError              STORE              the embedded store is unreadable or corrupt
     └── ConfigError             CONFIG             the connectors file or settings are invalid
@@ -189,7 +189,8 @@ class ReadOnlyConnectorError(SidecarError):
 
 
 class NotReadyError(SidecarError):
-    """The registry has not finished loading."""
+    """Not serving: the registry has not finished loading, or the sidecar is shutting down
+    (UNAVAILABLE, so a caller retries, on another replica if it has one)."""
 
     code = ErrorCode.NOT_READY
 

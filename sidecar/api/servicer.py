@@ -200,6 +200,10 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
                 time_remaining=context.time_remaining(),
             )
         except (BudgetExhaustedError, LimitExceededError) as stopped:
+            if isinstance(stopped, BudgetExhaustedError) and self._engine.stopping:
+                # Stopped by the drain, not by the caller's input: UNAVAILABLE, so the caller
+                # retries (on another replica), where INVALID_ARGUMENT would tell it not to.
+                raise NotReadyError(f"{stopped.message}; retry") from None
             # No outcome to carry the reason: the error's ErrorInfo does (LIMIT_EXCEEDED or
             # BUDGET_EXHAUSTED, as EvaluateNode's outcomes would say).
             raise InvalidArgumentError(

@@ -66,6 +66,10 @@ class WorkLimits:
     max_operand_values: int = MAX_OPERAND_VALUES
 
 
+CALLER_CANCELLED = "the call was cancelled"
+SHUTTING_DOWN = "the sidecar is shutting down"
+
+
 class BudgetExhaustedError(EvaluationFailure):
     """The evaluation's time ran out, or its call was cancelled, while the sidecar worked."""
 
@@ -103,6 +107,7 @@ class Budget:
         "_slice_end",
         "_until_check",
         "cancelled",
+        "cancelled_because",
         "limits",
         "spent",
     )
@@ -126,14 +131,18 @@ class Budget:
         self._until_check = check_every
         self._slice_end: int | None = None
         self.cancelled = False
+        self.cancelled_because = CALLER_CANCELLED
         self.spent = 0
 
     def remaining(self) -> float:
         """Seconds left (negative once over)."""
         return self._deadline - self._clock()
 
-    def cancel(self) -> None:
-        """Stop the work at its next step (from any thread: one flag, read between steps)."""
+    def cancel(self, because: str = "") -> None:
+        """Stop the work at its next step (from any thread: one flag, read between steps);
+        `because` ends the message the work stops with (the caller cancelled, by default)."""
+        if because:
+            self.cancelled_because = because
         self.cancelled = True
 
     def spend(self, units: int = 1) -> None:
@@ -153,7 +162,7 @@ class Budget:
     def check(self) -> None:
         """Raise BudgetExhaustedError now if the call was cancelled or the time is up."""
         if self.cancelled:
-            raise BudgetExhaustedError("the call was cancelled; the evaluation was stopped")
+            raise BudgetExhaustedError(f"{self.cancelled_because}; the evaluation was stopped")
         if self._clock() >= self._deadline:
             raise BudgetExhaustedError(
                 f"the evaluation's time budget ({self._seconds:.3f}s) ran out"

@@ -48,7 +48,14 @@ from sidecar.core.auth import (
     client_credentials,
     masked_request,
 )
-from sidecar.core.budget import Budget, LimitExceededError, WorkLimits, json_size, run_bounded
+from sidecar.core.budget import (
+    SHUTTING_DOWN,
+    Budget,
+    LimitExceededError,
+    WorkLimits,
+    json_size,
+    run_bounded,
+)
 from sidecar.core.compiled_cache import CompiledCache
 from sidecar.core.conditions import CompiledBranches, ResponseView, compile_branches
 from sidecar.core.documents import DocumentError, parse_document
@@ -284,16 +291,23 @@ class Engine:
             size=lambda prepared: prepared.size,
         )
         self._working: set[Budget] = set()
+        self._stopping = False
 
     @property
     def working(self) -> int:
         """Evaluations and extractions whose work has not stopped yet."""
         return len(self._working)
 
+    @property
+    def stopping(self) -> bool:
+        """`stop_all` was called: work stopped now was stopped by the shutdown, not its caller."""
+        return self._stopping
+
     def stop_all(self) -> None:
         """Cancel every evaluation's budget: each stops at its next step (on shutdown)."""
+        self._stopping = True
         for budget in tuple(self._working):
-            budget.cancel()
+            budget.cancel(SHUTTING_DOWN)
 
     def budget(self, time_remaining: float | None) -> Budget:
         """A new evaluation's budget: the caller's deadline less the margin, within the limits."""

@@ -37,8 +37,10 @@ import pytest
 from google.protobuf import json_format
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
+from sidecar.core.budget import BudgetExhaustedError
 from sidecar.core.engine import Engine, compile_node
-from sidecar.core.model import Connector, Node, Outcome, OutcomeKind, Reason
+from sidecar.core.extraction import compile_extractions
+from sidecar.core.model import Connector, Extraction, Node, Outcome, OutcomeKind, Reason
 from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendOptions
 from sidecar.core.secrets import SecretBindings
 from tests.support.calls import RPC_TIMEOUT, connector_message
@@ -321,5 +323,40 @@ def test_shutdown_stops_judging_still_running_after_the_grace() -> None:
 
     outcome = asyncio.run(main())
     assert (outcome.kind, outcome.reason) == (OutcomeKind.ERROR, Reason.BUDGET_EXHAUSTED)
-    assert "cancelled" in outcome.message
+    assert "the sidecar is shutting down" in outcome.message  # not the caller's doing
+    assert engine.working == 0
+
+
+def test_an_extraction_stopped_by_the_shutdown_says_so() -> None:
+    """ExtractVariables has no outcome: the servicer answers its BudgetExhaustedError with
+    UNAVAILABLE when `engine.stopping` (retry elsewhere), INVALID_ARGUMENT otherwise."""
+    in_worker, release = threading.Event(), threading.Event()
+    loop_thread = threading.get_ident()
+
+    def clock() -> float:
+        if threading.get_ident() != loop_thread and not in_worker.is_set():
+            in_worker.set()
+            release.wait()
+        return 0.0
+
+    engine = engine_answering({}, clock=clock)
+    compiled = compile_extractions(
+        [Extraction(variable=f"v{n}", path="xs[?@ == `2`]") for n in range(64)]
+    )
+
+    async def main() -> BaseException:
+        task = asyncio.create_task(
+            engine.extract(compiled, {"xs": [1] * 100_000}, document_bytes=300_000)
+        )
+        await asyncio.to_thread(in_worker.wait)
+        assert not engine.stopping
+        engine.stop_all()
+        release.set()
+        with pytest.raises(BudgetExhaustedError) as stopped:
+            await task
+        return stopped.value
+
+    stopped = asyncio.run(main())
+    assert engine.stopping
+    assert "the sidecar is shutting down" in str(stopped)
     assert engine.working == 0
