@@ -32,6 +32,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
 from typing import Any, NoReturn, cast
 
 import grpc
@@ -180,6 +181,17 @@ async def _pass_out(context: grpc.aio.ServicerContext[Any, Any], status: grpc.St
     raise _RefusalError(status)
 
 
+OFF_LOOP_PARSE_BYTES = 64 * 1024
+"""A request larger than this is parsed in a worker thread: protobuf parses in one C call that
+holds the GIL, and so the event loop, for all of it (4 MiB of nested lists: 32 ms idle, 137 ms
+loaded). Smaller ones are parsed at once, cheaper than a thread hand-off."""
+
+received_bytes: ContextVar[int] = ContextVar("received_bytes", default=-1)
+"""The size of the call's request on the wire, set by the guard before the handler runs (-1
+where no guard ran): the servicer's choice of work off the loop needs it, and
+`Message.ByteSize()` walks the whole parsed message again (up to 66 ms for a large node)."""
+
+
 def _guard(handler: grpc.RpcMethodHandler[Any, Any], method: str, refuse: Refuse) -> Handler:
     """The method's behaviour with its request parsed here and its errors mapped."""
     inner = cast(Handler, handler.unary_unary)
@@ -188,8 +200,13 @@ def _guard(handler: grpc.RpcMethodHandler[Any, Any], method: str, refuse: Refuse
     async def guarded_call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             if parse is not None:
+                size = len(request)
+                received_bytes.set(size)
                 try:
-                    request = parse(request)
+                    if size > OFF_LOOP_PARSE_BYTES:
+                        request = await asyncio.to_thread(parse, request)
+                    else:
+                        request = parse(request)
                 except Exception:  # DecodeError, RecursionError ...: the bytes are not the message
                     raise InvalidArgumentError([FieldViolation("request", MALFORMED)]) from None
             return await inner(request, context)

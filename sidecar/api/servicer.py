@@ -15,12 +15,13 @@ from functools import partial
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, Field
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 
 from sidecar.api import wire
-from sidecar.api.interceptors import handlers_of
+from sidecar.api.interceptors import OFF_LOOP_PARSE_BYTES, handlers_of, received_bytes
 from sidecar.core import model
 from sidecar.core.budget import BudgetExhaustedError, LimitExceededError, WorkLimits
 from sidecar.core.compiled_cache import CompiledCache
@@ -36,9 +37,15 @@ from sidecar.telemetry.instruments import Telemetry
 _EVALUATION_MODES = frozenset(pb.EvaluationMode.values())
 DEFAULT_MESSAGE_LIMIT = 4 * 1024 * 1024  # grpc's own default; the server passes its setting
 # Requests larger than this are translated and compiled in a worker thread (issue 14: a 3.5 MiB
-# node held the event loop for seconds).
-OFF_LOOP_REQUEST_BYTES = 64 * 1024
+# node held the event loop for seconds), as they were parsed in one.
+OFF_LOOP_REQUEST_BYTES = OFF_LOOP_PARSE_BYTES
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RulesSidecarService"].full_name
+
+
+def _request_bytes(request: Message) -> int:
+    """The request's size on the wire: as the guard received it, or measured (a direct call)."""
+    size = received_bytes.get()
+    return request.ByteSize() if size < 0 else size
 
 
 class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
@@ -138,7 +145,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
             raise InvalidArgumentError([FieldViolation("node", "required")])
         if request.mode not in _EVALUATION_MODES:
             raise InvalidArgumentError([FieldViolation("mode", "unknown evaluation mode")])
-        if request.ByteSize() > OFF_LOOP_REQUEST_BYTES:
+        if _request_bytes(request) > OFF_LOOP_REQUEST_BYTES:
             # Translating and compiling megabytes takes seconds: not on the event loop.
             compiled, variables = await asyncio.to_thread(self._evaluation_input, request)
         else:
@@ -182,7 +189,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         request: pb.ExtractVariablesRequest,
         context: grpc.aio.ServicerContext[pb.ExtractVariablesRequest, pb.ExtractVariablesResponse],
     ) -> pb.ExtractVariablesResponse:
-        if request.ByteSize() > OFF_LOOP_REQUEST_BYTES:
+        if _request_bytes(request) > OFF_LOOP_REQUEST_BYTES:
             translated = await asyncio.to_thread(self._extraction_input, request)
         else:
             key = _extractions_key(request)  # serialised once, for the lookup and the cache

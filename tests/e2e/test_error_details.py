@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from grpc_status import rpc_status
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from sidecar.api import wire
-from sidecar.api.interceptors import guarded
+from sidecar.api.interceptors import OFF_LOOP_PARSE_BYTES, guarded, received_bytes
 from tests.support.calls import bad_requests
 from tests.support.sidecars import InProcessSidecar
 
@@ -176,6 +177,42 @@ async def _call_a_handler_that_fails() -> grpc.aio.AioRpcError:
             return caught.value
     finally:
         await server.stop(None)
+
+
+async def _parsing_threads(*sizes: int) -> list[tuple[bool, int]]:
+    """For requests of `sizes` bytes behind the guard: whether each was parsed on the event
+    loop's thread, and the size the handler was told it had."""
+    loop_thread = threading.get_ident()
+    parsed_on_loop: list[bool] = []
+
+    def parse(data: bytes) -> bytes:
+        parsed_on_loop.append(threading.get_ident() == loop_thread)
+        return data
+
+    async def size(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return str(received_bytes.get()).encode()
+
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(size, request_deserializer=parse)
+    server.add_generic_rpc_handlers(
+        (guarded(grpc.method_handlers_generic_handler("test.Sized", {"Size": handler})),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/test.Sized/Size")
+            told = [int(await call(b"x" * n, timeout=RPC_TIMEOUT)) for n in sizes]
+    finally:
+        await server.stop(None)
+    return list(zip(parsed_on_loop, told, strict=True))
+
+
+def test_a_large_request_is_parsed_off_the_event_loop() -> None:
+    # protobuf parses in one C call holding the GIL: megabytes held the loop for 32-137 ms.
+    small, large = 100, OFF_LOOP_PARSE_BYTES + 1
+
+    assert asyncio.run(_parsing_threads(small, large)) == [(True, small), (False, large)]
 
 
 def test_a_bug_answers_internal_with_its_reason_and_no_retry_hint() -> None:
