@@ -103,26 +103,35 @@ def run_once(calls: int, environment: dict[str, str], log_level: str) -> dict[st
     return figures
 
 
-def hook_cost(iterations: int = 20_000) -> dict[str, float]:
-    """CPU us per evaluation of the telemetry hooks alone (INTERNAL + one CLIENT attempt), in
-    this process, against a `send` that answers at once: the part of the figures above that
-    the sidecar's own code adds, without gRPC, HTTP or the machine's noise."""
+HOOK_SETTINGS: dict[str, dict[str, str]] = {
+    "off": {},
+    "metrics only": {"OTEL_TRACES_EXPORTER": "none"},
+    "traces + metrics, 100%": {},
+    "traces + metrics, 100%, the SDK's own OTLP exporter": {},
+}
+
+
+def hook_cost(iterations: int = 5000, rounds: int = 5) -> dict[str, list[float]]:
+    """CPU us per evaluation of the telemetry alone, in this process: the SERVER span and RPC
+    metrics as `interceptors.TelemetryInterceptor` records them, the INTERNAL span, one CLIENT
+    attempt with its trace headers, the evaluation's metrics, and the export of every span to a
+    no-op OTLP receiver in another process (flushed before the clock stops, so the exporter's
+    thread is paid for; its queue holds the whole run), against a `send` that answers at once.
+    Providers come from `TelemetryConfig` as the sidecar builds them. Settings interleaved per
+    round; the figure is the CPU (all threads) minus the same loop without telemetry."""
     import asyncio
     import logging
     import time
 
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry import context as otel_context
+    from opentelemetry import propagate, trace
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.trace import SpanKind
 
     from sidecar.core.model import Node, Outcome, OutcomeKind, Reason
     from sidecar.core.model.exchange import HttpResponse, Origin, OutboundRequest, SendOptions
+    from sidecar.telemetry import config
     from sidecar.telemetry.instruments import Telemetry
-
-    class Drop(SpanExporter):
-        def export(self, spans: Any) -> SpanExportResult:
-            return SpanExportResult.SUCCESS
 
     node = Node(id="where-is-my-order", connector_id="orders", error_target="e", else_target="x")
     outcome = Outcome(
@@ -132,37 +141,127 @@ def hook_cost(iterations: int = 20_000) -> dict[str, float]:
     options = SendOptions(5.0, 1 << 20, connector_id="orders", url_template=request.url)
     response = HttpResponse(200)
     origin = Origin("http", "127.0.0.1", 8081)
+    method = "/rulesidecar.v1.RulesSidecarService/EvaluateNode"
+    service, _, name = method.lstrip("/").rpartition("/")
+    metadata = (
+        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ("user-agent", "grpc-python-asyncio/1.85.1 grpc-c/52.0.0 (linux; chttp2)"),
+    )
 
     async def send(request: OutboundRequest, cap: int) -> HttpResponse:
         return response
 
-    def traced() -> Telemetry:
-        provider = TracerProvider()
-        provider.add_span_processor(BatchSpanProcessor(Drop()))
-        return Telemetry(provider, MeterProvider([InMemoryMetricReader()]))
+    async def evaluate(telemetry: Telemetry) -> None:
+        with telemetry.evaluation(node) as evaluation:
+            with telemetry.http_attempt(request, options, origin) as attempt:
+                if options.propagate_trace:
+                    telemetry.trace_headers()
+                attempt.record(await send(request, 1 << 20))
+            evaluation.record(outcome)
 
-    async def measure(telemetry: Telemetry | None) -> float:
-        started = time.process_time()
+    async def served(telemetry: Telemetry) -> None:
+        # What interceptors.TelemetryInterceptor does around each call.
+        metrics = telemetry.rpc_method(method)
+        tracer = telemetry.tracer if telemetry.tracing else None
+        span = token = None
+        if tracer is not None:
+            carrier = {key: value for key, value in metadata if isinstance(value, str)}
+            span = tracer.start_span(
+                f"{service}/{name}",
+                context=propagate.extract(carrier),
+                kind=SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            )
+            token = otel_context.attach(trace.set_span_in_context(span))
+        if metrics is not None:
+            metrics.active += 1
+        started = time.perf_counter()
+        try:
+            await evaluate(telemetry)
+        finally:
+            if metrics is not None:
+                metrics.active -= 1
+                metrics.record(0, time.perf_counter() - started)
+            if span is not None:
+                if span.is_recording():
+                    span.set_attribute("rpc.grpc.status_code", 0)
+                otel_context.detach(token)  # type: ignore[arg-type]
+                span.end()
+
+    async def loop(telemetry: Telemetry | None) -> None:
         for _ in range(iterations):
             if telemetry is None:
                 await send(request, 1 << 20)
-                continue
-            with telemetry.evaluation(node) as evaluation:
-                with telemetry.http_attempt(request, options, origin) as attempt:
-                    if options.propagate_trace:
-                        telemetry.trace_headers()
-                    attempt.record(await send(request, 1 << 20))
-                evaluation.record(outcome)
-        return (time.process_time() - started) / iterations * 1e6
+            elif telemetry.tracing or telemetry.metrics:
+                await served(telemetry)
+            else:
+                await evaluate(telemetry)
 
+    def measure(setting: str | None) -> float:
+        telemetry = None
+        if setting is not None:
+            variables = {**os.environ, **HOOK_SETTINGS[setting]}
+            if setting == "off":
+                variables = {}
+            stock = "SDK's own" in setting
+            chosen = config._span_exporter
+            if stock:
+                config._span_exporter = lambda name: OTLPSpanExporter()
+            try:
+                telemetry = Telemetry.from_config(
+                    config.TelemetryConfig.of(variables, prometheus=None)
+                )
+            finally:
+                config._span_exporter = chosen
+        started = time.process_time()
+        asyncio.run(loop(telemetry))
+        provider = telemetry and telemetry._tracer_provider
+        if provider is not None:
+            provider.force_flush()
+        spent = time.process_time() - started
+        if telemetry is not None:
+            telemetry.shutdown()
+        return spent / iterations * 1e6
+
+    receiver = subprocess.Popen(
+        [sys.executable, __file__, "--receiver"], stdout=subprocess.PIPE, text=True
+    )
+    assert receiver.stdout is not None
+    endpoint = f"http://127.0.0.1:{receiver.stdout.readline().strip()}"
+    os.environ.update(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_BSP_MAX_QUEUE_SIZE": str(iterations * 4),
+        }
+    )
     logging.getLogger("sidecar.evaluations").setLevel(logging.WARNING)
-    figures = {}
-    baseline = asyncio.run(measure(None))
-    figures["off"] = asyncio.run(measure(Telemetry())) - baseline
-    metrics_only = Telemetry(meter_provider=MeterProvider([InMemoryMetricReader()]))
-    figures["metrics only"] = asyncio.run(measure(metrics_only)) - baseline
-    figures["traces + metrics, 100%"] = asyncio.run(measure(traced())) - baseline
+    figures: dict[str, list[float]] = {setting: [] for setting in HOOK_SETTINGS}
+    try:
+        measure("traces + metrics, 100%")  # warm-up: imports, channel, caches
+        for round_number in range(rounds):
+            settings = list(HOOK_SETTINGS)
+            settings = (
+                settings[round_number % len(settings) :] + settings[: round_number % len(settings)]
+            )
+            for setting in settings:
+                baseline = measure(None)
+                figures[setting].append(measure(setting) - baseline)
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
     return figures
+
+
+def serve_receiver() -> None:
+    """A no-op OTLP receiver for `hook_cost`, in its own process: prints its port, runs until
+    terminated."""
+    import signal
+
+    collector = NoopCollector()
+    print(collector.port, flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    collector.close()
 
 
 def main() -> None:
@@ -172,10 +271,15 @@ def main() -> None:
     parser.add_argument(
         "--hooks-only", action="store_true", help="only the in-process cost of the hooks"
     )
+    parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    if arguments.receiver:
+        serve_receiver()
+        return
     if arguments.hooks_only:
-        for name, cost in hook_cost().items():
-            print(f"  telemetry hooks, {name}: {cost:.1f} us per evaluation (CPU, in process)")
+        print("Telemetry per evaluation, in process (CPU us, all threads; min / median of rounds)")
+        for name, costs in hook_cost(rounds=arguments.repeat).items():
+            print(f"  {name:52} {min(costs):6.1f} / {statistics.median(costs):6.1f}")
         return
     collector = NoopCollector()
     chosen = scenarios(f"http://127.0.0.1:{collector.port}")
