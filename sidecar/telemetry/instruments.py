@@ -135,11 +135,11 @@ class Telemetry:
         self._prometheus = prometheus
         self._prometheus_server: Any = None
         version = sidecar_version()
-        self.tracer: trace.Tracer = (
-            tracer_provider.get_tracer(SCOPE, version)
-            if tracer_provider is not None
-            else trace.NoOpTracer()
-        )
+        self.tracer: trace.Tracer = trace.NoOpTracer()
+        if tracer_provider is not None:
+            from sidecar.telemetry.spans import lean_tracer  # imports the SDK
+
+            self.tracer = lean_tracer(tracer_provider, SCOPE, version)
         meter: Meter = (
             meter_provider.get_meter(SCOPE, version)
             if meter_provider is not None
