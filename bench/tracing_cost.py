@@ -7,7 +7,7 @@ process (a gRPC server implementing the OTLP trace and metrics services that dro
 so the sidecar pays for building, batching, encoding and sending them, and nothing else.
 
     .venv/bin/python bench/tracing_cost.py [--calls 5000] [--repeat 3]
-    .venv/bin/python bench/tracing_cost.py --hooks-only   # the hooks alone, in this process
+    .venv/bin/python bench/tracing_cost.py --hooks-only   # in this process: what each part buys
 """
 
 from __future__ import annotations
