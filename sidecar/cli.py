@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(main: Coroutine[Any, Any, int], event_loop: str) -> int:
     """Run the sidecar on the chosen event loop: uvloop by default, as it measured faster with
-    grpc.aio and aiohttp (bench/run.py); `event_loop: asyncio` for the standard library's."""
+    grpc.aio and the egress (bench/run.py); `event_loop: asyncio` for the standard library's."""
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if event_loop == "uvloop":
         try:

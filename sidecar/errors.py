@@ -1,7 +1,7 @@
 """The two error trees of rules-sidecar, drawn once.
 
-Inside the sidecar only these errors travel; foreign exceptions (sqlite3, pydantic, yaml, OS,
-aiohttp) are translated where they enter, with ``raise ... from exc``.
+Inside the sidecar only these errors travel; foreign exceptions (sqlite3, pydantic, yaml, OS, ssl,
+httptools) are translated where they enter, with ``raise ... from exc``.
 
 A ``SidecarError`` refuses a request or stops the process. The edge (``sidecar.api.wire``) maps
 each ``ErrorCode`` to a gRPC status in one table, ``STATUS_BY_ERROR_CODE``, and to the
