@@ -559,7 +559,8 @@ def test_budget_is_the_callers_remaining_time_when_that_is_shorter() -> None:
         time_remaining=1.0,
     )
 
-    assert 0.9 <= send.calls[0][1].timeout_seconds < 1.0
+    # A tenth of the caller's second is kept back for the answer's way back.
+    assert 0.85 <= send.calls[0][1].timeout_seconds <= 0.9
 
 
 def test_connector_timeout_is_the_budget_when_the_caller_allows_more() -> None:

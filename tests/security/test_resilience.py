@@ -439,7 +439,7 @@ def test_per_upstream_limit_bounds_concurrent_requests_and_leaves_others_alone(
 # The caller's deadline, and the admission limit
 # ---------------------------------------------------------------------------------------------
 
-DEADLINE_SECONDS = 0.3
+DEADLINE_SECONDS = 2.0  # the budget keeps 200 ms of it back: room for a loaded machine
 
 
 @pytest.mark.parametrize("run", range(5))
@@ -455,11 +455,11 @@ def test_rpc_deadline_is_the_budget_and_the_answer_arrives_before_it(
     response = sidecar.stub.EvaluateNode(request, timeout=DEADLINE_SECONDS)
     elapsed = time.monotonic() - started
 
-    print(f"run {run}: answered after {elapsed * 1000:.1f} ms (deadline 300 ms)")
+    print(f"run {run}: answered after {elapsed * 1000:.1f} ms (deadline {DEADLINE_SECONDS} s)")
     # An answer at all (not DEADLINE_EXCEEDED) means it came before the deadline. The budget in
     # the message is the one the sidecar took from the deadline, not the connector's 5 s (the
     # margin it keeps is test_engine's to prove: gRPC's time remaining can run a little over
-    # the caller's 300 ms). The upstream got the request: the budget left room to send it.
+    # the caller's deadline). The upstream got the request: the budget left room to send it.
     assert verdict(response) == error("TIMEOUT")
     within = re.fullmatch(r"no complete response within ([0-9.]+)s", response.message)
     assert within, response.message
