@@ -298,27 +298,35 @@ def _wire_node(*conditions: Mapping[str, Any]) -> pb.Node:
     return json_format.ParseDict(data, pb.Node())
 
 
+class WorkerGate:
+    """A clock that holds the first worker thread to read it until `release` is set: the test
+    acts (stop_all) while judging is known to run off the loop. Called on the loop's thread
+    (the one that made it), it answers at once."""
+
+    def __init__(self) -> None:
+        self.in_worker, self.release = threading.Event(), threading.Event()
+        self._loop_thread = threading.get_ident()
+
+    def __call__(self) -> float:
+        if threading.get_ident() != self._loop_thread and not self.in_worker.is_set():
+            self.in_worker.set()
+            self.release.wait()
+        return 0.0
+
+
 def test_shutdown_stops_judging_still_running_after_the_grace() -> None:
     """After the grace, Sidecar.stop calls stop_all: a worker judging with no deadline stops
     at its next step, and its evaluation answers BUDGET_EXHAUSTED (SIGTERM took 15.9 s, once
     193.8 s, before)."""
-    in_worker, release = threading.Event(), threading.Event()
-    loop_thread = threading.get_ident()
-
-    def clock() -> float:
-        if threading.get_ident() != loop_thread and not in_worker.is_set():
-            in_worker.set()
-            release.wait()
-        return 0.0
-
+    clock = WorkerGate()
     engine = engine_answering({"xs": [1] * 100_000}, clock=clock)
     hostile = node(*[condition("EQUALS", 1, path="xs", quantifier="ALL")] * 64)
 
     async def main() -> Outcome:
         task = asyncio.create_task(engine.evaluate(compile_node(hostile), {}))
-        await asyncio.to_thread(in_worker.wait)
+        await asyncio.to_thread(clock.in_worker.wait)
         engine.stop_all()
-        release.set()
+        clock.release.set()
         return await task
 
     outcome = asyncio.run(main())
@@ -330,15 +338,7 @@ def test_shutdown_stops_judging_still_running_after_the_grace() -> None:
 def test_an_extraction_stopped_by_the_shutdown_says_so() -> None:
     """ExtractVariables has no outcome: the servicer answers its BudgetExhaustedError with
     UNAVAILABLE when `engine.stopping` (retry elsewhere), INVALID_ARGUMENT otherwise."""
-    in_worker, release = threading.Event(), threading.Event()
-    loop_thread = threading.get_ident()
-
-    def clock() -> float:
-        if threading.get_ident() != loop_thread and not in_worker.is_set():
-            in_worker.set()
-            release.wait()
-        return 0.0
-
+    clock = WorkerGate()
     engine = engine_answering({}, clock=clock)
     compiled = compile_extractions(
         [Extraction(variable=f"v{n}", path="xs[?@ == `2`]") for n in range(64)]
@@ -348,10 +348,10 @@ def test_an_extraction_stopped_by_the_shutdown_says_so() -> None:
         task = asyncio.create_task(
             engine.extract(compiled, {"xs": [1] * 100_000}, document_bytes=300_000)
         )
-        await asyncio.to_thread(in_worker.wait)
+        await asyncio.to_thread(clock.in_worker.wait)
         assert not engine.stopping
         engine.stop_all()
-        release.set()
+        clock.release.set()
         with pytest.raises(BudgetExhaustedError) as stopped:
             await task
         return stopped.value
