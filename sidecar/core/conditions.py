@@ -324,8 +324,10 @@ class _Operand:
         each one a pause of the whole process (issue 14: 100-300 ms event-loop stalls).
         """
         text = _text(raw)
-        structure = values.normalise_numbers(raw) if isinstance(raw, list | dict) else None
+        container = isinstance(raw, list | tuple | dict)
+        structure = values.normalise_numbers(raw, frozen=True) if container else None
         folded = text.casefold() if text is not None else None
+        raw = values.frozen(raw) if container else raw
         return raw, values.as_number(raw), values.as_boolean(raw), text, folded, structure
 
 
@@ -343,7 +345,7 @@ def _kind(value: Any) -> str:
         return "boolean"
     if isinstance(value, str):
         return "string"
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):  # a compiled operand's lists are tuples
         return "list"
     if isinstance(value, Mapping):
         return "object"
@@ -364,9 +366,9 @@ def _equals(subject: Any, operand: _Operand, folding: bool) -> tuple[bool, str]:
         if folding:
             return text.casefold() == operand.folded, _STRINGS_FOLDED
         return text == operand.text, _STRINGS
-    same_shape = isinstance(subject, list if isinstance(operand.raw, list) else Mapping)
-    if operand.structure is not None and same_shape:
-        return values.normalise_numbers(subject) == operand.structure, _JSON
+    same_shape = isinstance(subject, list if isinstance(operand.raw, tuple) else Mapping)
+    if operand.structure is not None and same_shape:  # compiled operands are frozen: tuples
+        return values.normalise_numbers(subject, frozen=True) == operand.structure, _JSON
     return False, f"not comparable: {_kind(subject)} and {_kind(operand.raw)}"
 
 

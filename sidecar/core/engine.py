@@ -39,9 +39,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from pydantic import BaseModel
+
+from sidecar.core import values
 from sidecar.core.auth import (
     authorise,
     binding_refusals,
@@ -166,6 +169,7 @@ def compile_node(node: Node, *, limits: WorkLimits | None = None) -> CompiledNod
     (each up to `regex_max_memory_bytes`) is refused here, before it ever runs.
     """
     limits = limits or WorkLimits()
+    node = _frozen_values(node)
     violations: list[FieldViolation] = []
     branches = extractions = None
     conditions = [condition for branch in node.branches for condition in branch.conditions]
@@ -198,6 +202,30 @@ def compile_node(node: Node, *, limits: WorkLimits | None = None) -> CompiledNod
     return CompiledNode(
         node, branches, extractions, body_queries, len(conditions), explained_bytes(node)
     )
+
+
+def _frozen_values(node: Node) -> Node:
+    """`node` with its operands and default values `frozen` (lists as tuples): the compiled
+    form keeps the node, and the cache keeps the compiled form, where every full garbage
+    collection would walk a list element by element (see `values.frozen`)."""
+
+    def frozen(model: _Model, field: str) -> _Model:
+        value = getattr(model, field)
+        if not isinstance(value, list | dict):
+            return model
+        return model.model_copy(update={field: values.frozen(value)})
+
+    branches = [
+        branch.model_copy(
+            update={"conditions": [frozen(item, "operand") for item in branch.conditions]}
+        )
+        for branch in node.branches
+    ]
+    extractions = [frozen(item, "default_value") for item in node.extractions]
+    return node.model_copy(update={"branches": branches, "extractions": extractions})
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 def explained_bytes(node: Node) -> int:

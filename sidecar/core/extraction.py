@@ -121,6 +121,12 @@ def compile_extractions(
                 description = f"default_value {_preview(extraction.default_value)} {exc}"
                 violations.append(FieldViolation(f"{field}.default_value", description))
                 continue
+        # Kept as long as the compiled form, so `frozen` (the collector walks no list of it).
+        if isinstance(default, list | dict):
+            default = values.frozen(default)
+        if isinstance(extraction.default_value, list | dict):
+            frozen_default = values.frozen(extraction.default_value)
+            extraction = extraction.model_copy(update={"default_value": frozen_default})
         compiled.append(_CompiledExtraction(extraction, query, cast, default))
     if violations:
         raise InvalidArgumentError(violations)
@@ -164,7 +170,10 @@ class _CompiledExtraction:
     def _absent(self, status: ExtractionStatus, reason: str) -> ExtractionResult:
         if self.default is _NO_DEFAULT:
             return self._result(status, message=f"{reason} and there is no default")
-        return self._result(ExtractionStatus.DEFAULTED, self.default, f"{reason}; default used")
+        default = self.default
+        if isinstance(default, tuple | dict):  # kept `frozen`; the caller reads plain JSON
+            default = values.thawed(default)
+        return self._result(ExtractionStatus.DEFAULTED, default, f"{reason}; default used")
 
     def _result(
         self, status: ExtractionStatus, value: Any = None, message: str = ""

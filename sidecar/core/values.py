@@ -98,12 +98,46 @@ def value_text(value: Any) -> str:
     return json.dumps(normalise_numbers(value), separators=(",", ":"), ensure_ascii=False)
 
 
-def normalise_numbers(value: Any) -> Any:
-    """Turn integral floats (from protobuf Struct) back into ints, recursively."""
+def normalise_numbers(value: Any, *, frozen: bool = False) -> Any:
+    """Turn integral floats (from protobuf Struct) back into ints, recursively; lists (and the
+    tuples of `frozen` JSON) come out as lists, or as tuples with `frozen`."""
     if isinstance(value, float) and value.is_integer() and abs(value) < MAX_SAFE_INTEGER:
         return int(value)
-    if isinstance(value, list):
-        return [normalise_numbers(item) for item in value]
+    if isinstance(value, list | tuple):
+        items = [normalise_numbers(item, frozen=frozen) for item in value]
+        return tuple(items) if frozen else items
     if isinstance(value, dict):
-        return {key: normalise_numbers(item) for key, item in value.items()}
+        return {key: normalise_numbers(item, frozen=frozen) for key, item in value.items()}
+    return value
+
+
+def frozen(value: Any) -> Any:
+    """JSON as compiled forms keep it: every list a tuple, the rest as it is.
+
+    What the compiled-node cache keeps lives long, and every full garbage collection walks it,
+    in one call that holds the GIL and so the event loop. A list is walked element by element
+    each time; a tuple (or dict) of scalars is one the collector stops tracking after its first
+    look. 18 cached nodes with an IN list of 99,000 strings each made a full collection take
+    17 ms on a quiet machine, 0.03 ms frozen (issue 14: 200-800 ms stalls under load).
+
+    >>> frozen({"a": [1, [2.0, "x"]], "b": None})
+    {'a': (1, (2.0, 'x')), 'b': None}
+    """
+    if isinstance(value, list | tuple):
+        return tuple(frozen(item) for item in value)
+    if isinstance(value, dict):
+        return {key: frozen(item) for key, item in value.items()}
+    return value
+
+
+def thawed(value: Any) -> Any:
+    """`frozen` JSON back as plain JSON (tuples as lists), for a caller that reads lists.
+
+    >>> thawed({"a": (1, (2.0, "x"))})
+    {'a': [1, [2.0, 'x']]}
+    """
+    if isinstance(value, list | tuple):
+        return [thawed(item) for item in value]
+    if isinstance(value, dict):
+        return {key: thawed(item) for key, item in value.items()}
     return value

@@ -190,10 +190,10 @@ def operand_problem(op: Operator, operand: JsonValue) -> str:
     if op in UNARY_OPERATORS:
         return f"operand must be unset for {op}" if operand is not None else ""
     if op in (Operator.IN, Operator.NOT_IN):
-        return "" if isinstance(operand, list) else f"operand must be a list for {op}"
+        return "" if isinstance(operand, list | tuple) else f"operand must be a list for {op}"
     if op is Operator.BETWEEN:
         if not (
-            isinstance(operand, list)
+            isinstance(operand, list | tuple)
             and len(operand) == 2
             and all(_is_number(bound) for bound in operand)
         ):
