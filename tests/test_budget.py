@@ -141,6 +141,22 @@ def test_conditions_moved_off_the_loop_judge_the_same() -> None:
     assert spent > ON_LOOP_UNITS * 3  # the slice, then the whole judging again in a worker
 
 
+def test_an_in_operand_spends_an_element_at_a_time() -> None:
+    """Before: an IN scan spent nothing per element, so 99,000 elements (the hostile bench's
+    3.5 MiB nodes) were compared on the loop in one go, 70-300 ms, and unstoppable."""
+    compiled = branches(condition("IN", [f"{n:08d}" for n in range(ON_LOOP_UNITS * 2)]))
+
+    async def main() -> tuple[int | None, int]:
+        budget = frozen_budget()
+        view = ResponseView(200, {}, {"v": "absent"}, True, {}, budget)
+        decision = await run_bounded(lambda: compiled.decide(view, explain=False), budget)
+        return decision.index, budget.spent
+
+    index, spent = asyncio.run(main())
+    assert index is None
+    assert spent > ON_LOOP_UNITS * 3  # the slice on the loop, then the whole scan in a worker
+
+
 def test_a_costly_regex_moves_off_the_loop_before_it_searches() -> None:
     """`.{100,1000}c` is thousands of RE2 instructions: over 60 KB its cost (subject x program)
     is spent before the search, so the search itself happens only in the worker."""
