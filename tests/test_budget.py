@@ -157,6 +157,23 @@ def test_an_in_operand_spends_an_element_at_a_time() -> None:
     assert spent > ON_LOOP_UNITS * 3  # the slice on the loop, then the whole scan in a worker
 
 
+def test_structural_equality_spends_a_unit_a_pair_and_reads_no_more_than_the_operand() -> None:
+    """Before: the subject was normalised whole before comparing, spending nothing: 64
+    `EQUALS [1]` on a list of 200,000 values held the loop 2.8 s."""
+
+    def spent(operand: Any, subject: Any) -> tuple[bool, int]:
+        budget = frozen_budget()
+        view = ResponseView(200, {}, {"v": subject}, True, {}, budget)
+        held = branches(condition("EQUALS", operand)).decide(view, explain=False).index == 0
+        return held, budget.spent
+
+    nested = [{"k": [n, n + 0.5]} for n in range(1_000)]
+    assert spent(nested, [{"k": [float(n), n + 0.5]} for n in range(1_000)]) >= (True, 3_000)
+    held, few = spent([1], [0] * 200_000)
+    assert not held
+    assert few < 10
+
+
 def test_a_costly_regex_moves_off_the_loop_before_it_searches() -> None:
     """`.{100,1000}c` is thousands of RE2 instructions: over 60 KB its cost (subject x program)
     is spent before the search, so the search itself happens only in the worker."""
