@@ -9,7 +9,10 @@ serving hostile bodies, and sends it the issue's hostile requests one after anot
     explain       64 x 64 conditions on `@` over a 227 KB body, with explain
     quantifier    64 ALL-quantified conditions over a 200,000-element variable, 5 s deadline
     nodes         40 distinct 3.5 MiB nodes (the compiled-node cache)
+    folded        64 CONTAINS ignoring case over a 250 KB string (each casefolds it)
     extract       ExtractVariables with the doubling expression
+    copies        ExtractVariables: 64 extractions of `@` from a 1 MB raw_json document
+    copies-node   EvaluateNode: 64 extractions of `@` from a 227 KB body
     dense         a 3.9 MB body of 1.3 million empty lists (one parser call holds the GIL)
     dense-raw     ExtractVariables with the same document as raw_json
 
@@ -126,6 +129,11 @@ def hostile_set() -> list[tuple[str, str, Any, float | None]]:
     extract.extractions.add(variable="grown", path=f"v | {DOUBLING}")
     dense = pb.ExtractVariablesRequest(raw_json=b"[" + b",".join([b"[]"] * 1_300_000) + b"]")
     dense.extractions.add(variable="first", path="[0]")
+    document = json.dumps({"items": ["x" * 100] * 10_000}).encode()
+    copies = pb.ExtractVariablesRequest(raw_json=document)
+    for index in range(64):
+        copies.extractions.add(variable=f"copy{index}", path="@")
+    copied = [{"variable": f"copy{index}", "path": "@"} for index in range(64)]
     quantified = {
         "subject": {"kind": "SUBJECT_KIND_VARIABLE", "path": "xs"},
         "operator": "OPERATOR_EQUALS",
@@ -172,7 +180,26 @@ def hostile_set() -> list[tuple[str, str, Any, float | None]]:
             evaluate_request(node("small", [quantified] * 64), {"xs": [1] * 200_000}),
             5.0,
         ),
+        (
+            "folded",
+            "EvaluateNode",
+            evaluate_request(
+                node(
+                    "string",
+                    [condition("v", "CONTAINS", "zzz", ignore_case=True)] * 64,
+                    combinator="ANY",
+                )
+            ),
+            None,
+        ),
         ("extract", "ExtractVariables", extract, None),
+        ("copies", "ExtractVariables", copies, None),
+        (
+            "copies-node",
+            "EvaluateNode",
+            evaluate_request(node("items", [condition("@")], extractions=copied)),
+            None,
+        ),
         ("dense", "EvaluateNode", evaluate_request(node("dense", [condition("@")])), None),
         ("dense-raw", "ExtractVariables", dense, None),
     ]

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sidecar.core.budget import AnswerTooLargeError, value_floor
 from sidecar.core.extraction import (
     compile_extractions,
     required_failures,
@@ -363,3 +364,27 @@ def test_a_variable_extracted_twice_is_refused_naming_the_second_extraction():
     assert [(v.field, v.description) for v in caught.value.violations] == [
         ("node.extractions[2].variable", "'tier' is already extracted by extraction 0")
     ]
+
+
+WITH_CONTAINER_DEFAULTS = compile_extractions(
+    [
+        extraction("absent", variable="listed", default_value=["a", {"b": [1, 2.5]}]),
+        extraction("absent", variable="mapped", default_value={"k": ["v"]}),
+    ]
+)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(document=JSON_VALUES)
+def test_each_value_is_sized_as_it_is_made_and_the_sizes_bound_the_answer(document: Any) -> None:
+    """`value_bytes` is the value's encoded floor, measured where the value was made (the
+    answer's size is known without walking it again); past `max_answer_bytes`, apply refuses."""
+    _, results = EVERY_CAST.apply(document, has_document=True)
+    _, defaulted = WITH_CONTAINER_DEFAULTS.apply(document, has_document=True)
+    for result in results + defaulted:
+        expected = value_floor(result.value) if result.succeeded else 0
+        assert result.value_bytes == expected, result
+    total = sum(result.value_bytes for result in results)
+    EVERY_CAST.apply(document, has_document=True, max_answer_bytes=total)
+    with pytest.raises(AnswerTooLargeError, match="extracted values alone"):
+        EVERY_CAST.apply(document, has_document=True, max_answer_bytes=total - 1)

@@ -23,7 +23,12 @@ from rulesidecar.v1 import rules_sidecar_pb2_grpc as pb_grpc
 from sidecar.api import wire
 from sidecar.api.interceptors import OFF_LOOP_PARSE_BYTES, handlers_of, received_bytes
 from sidecar.core import model
-from sidecar.core.budget import BudgetExhaustedError, LimitExceededError, WorkLimits
+from sidecar.core.budget import (
+    AnswerTooLargeError,
+    BudgetExhaustedError,
+    LimitExceededError,
+    WorkLimits,
+)
 from sidecar.core.compiled_cache import CompiledCache
 from sidecar.core.documents import DocumentError, parse_document
 from sidecar.core.engine import CompiledNode, Engine, compile_node, compiled_size
@@ -40,6 +45,24 @@ DEFAULT_MESSAGE_LIMIT = 4 * 1024 * 1024  # grpc's own default; the server passes
 # node held the event loop for seconds), as they were parsed in one.
 OFF_LOOP_REQUEST_BYTES = OFF_LOOP_PARSE_BYTES
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["RulesSidecarService"].full_name
+
+
+# Answers whose values may take more than this are built (and measured) in a worker thread: a
+# 4 MiB answer is ~200,000 values filled one by one, 100 ms and more on the event loop.
+OFF_LOOP_ANSWER_BYTES = 64 * 1024
+# With explain, each condition may show a value of up to max_explain_value_bytes (4 KiB): more
+# conditions than this may make a large answer.
+OFF_LOOP_EXPLAINED_CONDITIONS = 16
+
+
+def _large_answer(
+    results: Sequence[model.ExtractionResult], conditions: int = 0, explain: bool = False
+) -> bool:
+    """Whether an answer may be large enough to be built off the event loop: its extracted
+    values' sizes were measured where they were made (`value_bytes`)."""
+    if explain and conditions > OFF_LOOP_EXPLAINED_CONDITIONS:
+        return True
+    return sum(result.value_bytes for result in results) > OFF_LOOP_ANSWER_BYTES
 
 
 def _request_bytes(request: Message) -> int:
@@ -174,11 +197,16 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
                     allow_draft=request.mode == pb.EVALUATION_MODE_TEST,
                     time_remaining=context.time_remaining(),
                 )
-                outcome, response = wire.evaluate_answer(
+                answer = partial(
+                    wire.evaluate_answer,
                     outcome,
                     error_target=compiled.node.error_target,
                     message_limit=self._message_limit,
                 )
+                if _large_answer(outcome.extractions, compiled.conditions, request.explain):
+                    outcome, response = await asyncio.to_thread(answer)
+                else:
+                    outcome, response = answer()
                 evaluation.record(outcome)
         finally:
             self._evaluations_in_flight -= 1
@@ -206,17 +234,20 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
                 document_bytes=document_bytes,
                 time_remaining=context.time_remaining(),
             )
-        except (BudgetExhaustedError, LimitExceededError) as stopped:
+        except (BudgetExhaustedError, LimitExceededError, AnswerTooLargeError) as stopped:
             if isinstance(stopped, BudgetExhaustedError) and self._engine.stopping:
                 # Stopped by the drain, not by the caller's input: UNAVAILABLE, so the caller
                 # retries (on another replica), where INVALID_ARGUMENT would tell it not to.
                 raise NotReadyError(f"{stopped.message}; retry") from None
-            # No outcome to carry the reason: the error's ErrorInfo does (LIMIT_EXCEEDED or
-            # BUDGET_EXHAUSTED, as EvaluateNode's outcomes would say).
+            # No outcome to carry the reason: the error's ErrorInfo does (LIMIT_EXCEEDED,
+            # BUDGET_EXHAUSTED or ANSWER_TOO_LARGE, as EvaluateNode's outcomes would say).
             raise InvalidArgumentError(
                 [FieldViolation("extractions", stopped.message)], reason=stopped.reason.value
             ) from None
-        return wire.extract_answer(variables, results, message_limit=self._message_limit)
+        answer = partial(wire.extract_answer, variables, results, message_limit=self._message_limit)
+        if _large_answer(results):
+            return await asyncio.to_thread(answer)
+        return answer()
 
     def _evaluation_input(
         self, request: pb.EvaluateNodeRequest, key: bytes | None = None

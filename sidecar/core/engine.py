@@ -53,11 +53,13 @@ from sidecar.core.auth import (
 )
 from sidecar.core.budget import (
     SHUTTING_DOWN,
+    AnswerTooLargeError,
     Budget,
     LimitExceededError,
     WorkLimits,
     json_size,
     run_bounded,
+    value_floor,
 )
 from sidecar.core.compiled_cache import CompiledCache
 from sidecar.core.conditions import CompiledBranches, ResponseView, compile_branches
@@ -121,14 +123,6 @@ EXPLAINED_VALUES_SHARE = 0.5
 # What a compiled form holds in memory, estimated from what it was compiled from.
 COMPILED_BYTES_PER_SOURCE_BYTE = 8  # measured: a node of 36,000 short strings, 7-8x
 COMPILED_OVERHEAD_BYTES = 4096
-
-
-class AnswerTooLargeError(EvaluationFailure):
-    """The answer could not fit the message limit, and that is known before the call (with
-    explain, what the explanation echoes of the node alone is over it): nothing is sent."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(Reason.ANSWER_TOO_LARGE, message)
 
 
 class ConnectorLookup(Protocol):
@@ -248,28 +242,6 @@ def explained_bytes(node: Node) -> int:
     return size
 
 
-def value_floor(value: Any) -> int:
-    """The fewest bytes a google.protobuf.Value holding `value` encodes to: two a value (a tag
-    and a length or a scalar), and one a character of its text and keys.
-
-    >>> value_floor({"a": ["xy", 1, None]})
-    13
-    """
-    size = 0
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        size += 2
-        if isinstance(item, str):
-            size += len(item)
-        elif isinstance(item, Mapping):
-            size += sum(len(key) for key in item)
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-    return size
-
-
 def rendered_bytes(request: RenderedRequest) -> int:
     """The fewest bytes the rendered request of an explanation encodes to (its text)."""
     headers = sum(len(name) + len(value) for name, value in request.headers.items())
@@ -371,14 +343,21 @@ class Engine:
     ) -> tuple[dict[str, Any], tuple[ExtractionResult, ...]]:
         """ExtractVariables: apply extractions to a document under one budget, as `evaluate`.
 
-        Raises BudgetExhaustedError or LimitExceededError (the caller answers them).
+        Raises BudgetExhaustedError, LimitExceededError or AnswerTooLargeError (the caller
+        answers them).
         """
         budget = self.budget(time_remaining)
         _check_cost(len(compiled), document_bytes, self.limits)
         self._working.add(budget)
         try:
             return await run_bounded(
-                partial(compiled.apply, document, has_document=True, budget=budget),
+                partial(
+                    compiled.apply,
+                    document,
+                    has_document=True,
+                    budget=budget,
+                    max_answer_bytes=self.max_answer_bytes,
+                ),
                 budget,
                 on_loop=document_bytes <= OFF_LOOP_BODY_BYTES,
             )
@@ -417,6 +396,7 @@ class Engine:
         connector: Connector | None = None
         rendered: OutboundRequest | None = None
         started: float | None = None
+        response: HttpResponse | None = None
         sent_secrets: list[str] = []  # for the answer's edge to mask (an upstream may echo them)
         try:
             connector = self._connector(compiled.node.connector_id)
@@ -446,6 +426,7 @@ class Engine:
                 latency=time.perf_counter() - started,
                 explain=explain,
                 explain_value_bytes=value_bytes,
+                max_answer_bytes=self.max_answer_bytes,
                 request=shown,
                 secret_values=tuple(sent_secrets),  # complete: the exchange is over
             )
@@ -457,7 +438,9 @@ class Engine:
         except EvaluationFailure as failure:
             if isinstance(failure, AnswerTooLargeError):
                 rendered = None  # the request it could not carry is left out of the answer
-            outcome = _failed(compiled, failure, connector, rendered, started, explain=explain)
+            outcome = _failed(
+                compiled, failure, connector, rendered, started, explain=explain, response=response
+            )
             return _carrying(outcome, sent_secrets)
 
     def _explained_value_bytes(self, compiled: CompiledNode, shown: RenderedRequest) -> int:
@@ -624,6 +607,7 @@ def _judge(
     request: RenderedRequest | None,
     secret_values: tuple[str, ...] = (),
     explain_value_bytes: int | None = None,
+    max_answer_bytes: int | None = None,
 ) -> Outcome:
     """Decide the branch and extract, from a response that arrived (spending from budget)."""
     node = compiled.node
@@ -631,7 +615,9 @@ def _judge(
     body, body_is_json, note = _parse_body(response)
     view = ResponseView(response.status, response.headers, body, body_is_json, variables, budget)
     decision = compiled.branches.decide(view, explain=explain, value_bytes=explain_value_bytes)
-    extracted, results = compiled.extractions.apply(body, has_document=body_is_json, budget=budget)
+    extracted, results = compiled.extractions.apply(
+        body, has_document=body_is_json, budget=budget, max_answer_bytes=max_answer_bytes
+    )
     branch_index = decision.index
     message = ""
     if branch_index is not None:
@@ -705,14 +691,19 @@ def _failed(
     started: float | None,
     *,
     explain: bool,
+    response: HttpResponse | None = None,
 ) -> Outcome:
     """The ERROR outcome for a failure, with what the evaluation had reached when it struck.
 
     Once the request was sent (`started`), the outcome carries the attempts, the time spent and
-    the extractions' defaults, as an answer without a document would.
+    the extractions' defaults, as an answer without a document would; once a response arrived
+    (judging failed), its status and attempts too.
     """
     sent = started is not None
     latency = time.perf_counter() - started if started is not None else 0.0
+    attempts = failure.attempts if isinstance(failure, SendError) else 0
+    if response is not None:
+        attempts = response.attempts
     variables, results = compiled.extractions.apply(None, has_document=False) if sent else ({}, ())
     request = (
         masked_request(connector, rendered)
@@ -726,7 +717,8 @@ def _failed(
         message=failure.message,
         variables=variables,
         extractions=results,
-        attempts=failure.attempts if isinstance(failure, SendError) else 0,
+        http_status=response.status if response is not None else 0,
+        attempts=attempts,
         upstream_latency_seconds=latency,
         connector_version=connector.version if connector is not None else 0,
         explanation=Explanation(request, (), (f"no branch was evaluated: {failure.message}",))

@@ -79,6 +79,10 @@ class ExtractionResult:
     value: Any = None
     required: bool = False
     message: str = ""
+    # The fewest bytes `value` encodes to in an answer (see budget.value_floor), measured where
+    # the value was made, off the loop when it is large: the answer's size is known without
+    # walking it again.
+    value_bytes: int = field(default=0, compare=False)
 
     @property
     def succeeded(self) -> bool:
