@@ -58,8 +58,8 @@ def main() -> None:
                     "raw",
                     "--output",
                     str(folded),
-                    "--nonblocking",
-                    *(["--native"] if arguments.native else []),
+                    # py-spy reads native stacks only from a stopped process.
+                    *(["--native"] if arguments.native else ["--nonblocking"]),
                 ]
             )
             subprocess.run(

@@ -311,6 +311,66 @@ def test_a_value_at_the_top_is_the_one_json_format_would_build(data: Any) -> Non
     )
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    data=JSON_VALUES | st.dictionaries(st.text(max_size=3), JSON_VALUES, max_size=6),
+    roots=st.none() | st.frozensets(st.text(max_size=3), max_size=3),
+)
+def test_a_document_read_by_its_roots_has_what_reading_it_whole_gives_there(
+    data: Any, roots: frozenset[str] | None
+) -> None:
+    value = json_format.ParseDict(data, struct_pb2.Value())
+    whole = wire.value_from_proto(value, "json")
+
+    document, size = wire.document_from_proto(value, "json", roots=roots)
+
+    assert size == value.ByteSize()
+    if roots is None or not isinstance(whole, dict):
+        assert document == whole
+    else:  # the plain paths that start at these roots find what they would in the whole
+        # (a document whose bytes may hold a NaN is read whole: more than the roots, then)
+        assert {root: document[root] for root in roots if root in document} == {
+            root: whole[root] for root in roots if root in whole
+        }
+        if not wire._may_hold_non_finite(value.SerializeToString()):
+            assert set(document) <= roots
+
+
+@pytest.mark.parametrize("number", [math.nan, -math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("roots", [None, frozenset(), frozenset({"status"})])
+def test_a_non_finite_number_anywhere_in_a_document_is_a_violation(number, roots):
+    value = json_format.ParseDict(
+        {"status": "shipped", "items": [{"price": 1.5}]}, struct_pb2.Value()
+    )
+    value.struct_value.fields["items"].list_value.values[0].struct_value.fields[
+        "price"
+    ].number_value = number
+
+    with pytest.raises(InvalidArgumentError) as raised:
+        wire.document_from_proto(value, "json", roots=roots)
+
+    assert [violation.field for violation in raised.value.violations] == ["json"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(number=st.floats(), prefix=st.binary(max_size=9), suffix=st.binary(max_size=9))
+def test_the_byte_check_never_misses_a_non_finite_double(number, prefix, suffix):
+    # A false alarm only costs a whole read; a miss would let NaN through: there must be none.
+    value = struct_pb2.Value(number_value=number)
+    serialised = prefix + value.SerializeToString() + suffix
+
+    if not math.isfinite(number):
+        assert wire._may_hold_non_finite(serialised)
+
+
+def test_the_byte_check_passes_ordinary_documents_without_a_search():
+    value = json_format.ParseDict(
+        {"total": 123.45, "price": 15.43, "qty": 1, "name": "Ünïcödé 😀"}, struct_pb2.Value()
+    )
+
+    assert not wire._may_hold_non_finite(value.SerializeToString())
+
+
 def _ints(data: Any) -> Any:
     if isinstance(data, float) and data.is_integer() and abs(data) < 2**53:
         return int(data)

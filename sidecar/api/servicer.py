@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -34,6 +35,7 @@ from sidecar.core.documents import DocumentError, parse_document
 from sidecar.core.engine import CompiledNode, Engine, compile_node, compiled_size
 from sidecar.core.extraction import CompiledExtractions, compile_extractions
 from sidecar.core.model.node import MAX_EXTRACTIONS
+from sidecar.core.query import compile_query
 from sidecar.errors import FieldViolation, InvalidArgumentError, NotReadyError, OverloadedError
 from sidecar.registry import Registry
 from sidecar.registry.registry import page_token_after
@@ -91,7 +93,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         self._nodes: CompiledCache[bytes, CompiledNode] = CompiledCache(
             limit=1024, max_bytes=max_cache_bytes
         )
-        self._extractions: CompiledCache[bytes, CompiledExtractions] = CompiledCache(
+        self._extractions: CompiledCache[bytes, _Extractions] = CompiledCache(
             limit=1024, max_bytes=max_cache_bytes
         )
         self._evaluation_slots = max_concurrent_evaluations
@@ -226,10 +228,10 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
                 translated = await asyncio.to_thread(translate)
             else:
                 translated = translate()
-        compiled, document, document_bytes = translated
+        extractions, document, document_bytes = translated
         try:
             variables, results = await self._engine.extract(
-                compiled,
+                extractions.compiled,
                 document,
                 document_bytes=document_bytes,
                 time_remaining=context.time_remaining(),
@@ -263,11 +265,11 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
 
     def _extraction_input(
         self, request: pb.ExtractVariablesRequest, key: bytes | None = None
-    ) -> tuple[CompiledExtractions, Any, int]:
+    ) -> tuple[_Extractions, Any, int]:
         """The compiled extractions (cached by `key`, the extractions' bytes), the document and
         its size in bytes."""
         key = _extractions_key(request) if key is None else key
-        compiled = self._extractions.get(
+        extractions = self._extractions.get(
             key,
             lambda: _compile_extraction_messages(request.extractions, self._engine.limits),
             size=compiled_size(len(key)),
@@ -276,12 +278,14 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         if document_kind is None:
             raise InvalidArgumentError([FieldViolation("document", "set json or raw_json")])
         if document_kind == "json":
-            return compiled, wire.value_from_proto(request.json, "json"), request.json.ByteSize()
+            # Only what the queries read, when they say what that is (plain paths).
+            document, size = wire.document_from_proto(request.json, "json", roots=extractions.roots)
+            return extractions, document, size
         try:
             document = parse_document(request.raw_json)
         except DocumentError as exc:
             raise InvalidArgumentError([FieldViolation("raw_json", str(exc))]) from exc
-        return compiled, document, len(request.raw_json)
+        return extractions, document, len(request.raw_json)
 
 
 def _page_within(
@@ -378,12 +382,34 @@ def _compile_node_message(node: pb.Node, limits: WorkLimits) -> CompiledNode:
         ) from error
 
 
+@dataclass(frozen=True, slots=True)
+class _Extractions:
+    """ExtractVariables' extractions compiled, and the top-level fields of the document their
+    queries read (`wire.document_from_proto`): None unless every query is a plain path."""
+
+    compiled: CompiledExtractions
+    roots: frozenset[str] | None
+
+
 def _compile_extraction_messages(
     extractions: Sequence[pb.Extraction], limits: WorkLimits
-) -> CompiledExtractions:
+) -> _Extractions:
     values = wire.OperandValues(limits.max_operand_values)
     data = {"extractions": wire.extractions_data(extractions, "extractions", values)}
-    return compile_extractions(wire.validate(_ExtractionsInput, data, prefix="").extractions)
+    validated = wire.validate(_ExtractionsInput, data, prefix="").extractions
+    return _Extractions(compile_extractions(validated), _roots_read(validated))
+
+
+def _roots_read(extractions: Sequence[model.Extraction]) -> frozenset[str] | None:
+    """The first field of every query when all of them are plain paths, else None (any other
+    JMESPath may read anything: `*`, `@`, `keys(@)`)."""
+    roots = set()
+    for extraction in extractions:
+        fields = compile_query(extraction.path).fields  # valid: compiled just before
+        if fields is None:
+            return None
+        roots.add(fields[0])
+    return frozenset(roots)
 
 
 def _extractions_key(request: pb.ExtractVariablesRequest) -> bytes:

@@ -7,6 +7,7 @@ model can never drift silently: a name missing on one side fails the round-trip 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import timedelta
 from enum import StrEnum
@@ -238,6 +239,38 @@ def value_from_proto(value: struct_pb2.Value | struct_pb2.Struct, field: str) ->
         raise InvalidArgumentError(
             [FieldViolation(field, "numbers must be finite (no NaN or Infinity)")]
         ) from exc
+
+
+def document_from_proto(
+    value: struct_pb2.Value, field: str, *, roots: frozenset[str] | None
+) -> tuple[Any, int]:
+    """A document Value as plain data (as `value_from_proto`), and its size in bytes.
+
+    `roots`, when given, are the only top-level fields the document's readers look at (every
+    query a plain path, `status` or `carrier.name`): of an object, just those fields are read,
+    the rest cannot change what the queries find. The whole document is still checked for
+    NaN and infinities: its bytes are (`_MAY_HOLD_NON_FINITE`), and any that may hold one are
+    read whole, which refuses it as before. Reading the order document of the benchmark
+    whole costs 25 us, its two roots 2 us.
+    """
+    serialised = value.SerializeToString()  # the size, and the bytes to check
+    if roots is None or _kind(value, "kind") != "struct_value" or _may_hold_non_finite(serialised):
+        return value_from_proto(value, field), len(serialised)
+    fields = value.struct_value.fields
+    return {name: _plain(fields[name]) for name in roots if name in fields}, len(serialised)
+
+
+_NON_FINITE_TAIL = re.compile(rb"[\xf0-\xff][\x7f\xff]")
+"""The last two bytes of every NaN and infinity as a protobuf double (8 bytes, little-endian):
+the exponent's 11 bits, all ones, are the low 7 bits of the last byte and the high 4 of the one
+before. Bytes without this pair hold no such number, whatever their tags look like."""
+
+
+def _may_hold_non_finite(serialised: bytes) -> bool:
+    """Whether a double in `serialised` may be NaN or infinite (rarely a false alarm)."""
+    if b"\x7f" not in serialised and b"\xff" not in serialised:  # memchr: most documents
+        return False
+    return _NON_FINITE_TAIL.search(serialised) is not None
 
 
 # Walking the fields directly is several times faster than json_format.MessageToDict, and this

@@ -166,6 +166,30 @@ def test_json_value_with_nan_is_invalid_argument_on_json(sidecar: InProcessSidec
     assert "json" in violations(sidecar, request)
 
 
+def test_json_value_with_nan_where_no_path_looks_is_still_invalid_argument_on_json(
+    sidecar: InProcessSidecar,
+) -> None:
+    # Plain paths read only the fields they start at; the rest is still checked.
+    request = request_with([extraction("status", "order.status")], document=ORDER)
+    request.json.struct_value.fields["elsewhere"].number_value = float("inf")
+
+    assert "json" in violations(sidecar, request)
+
+
+def test_plain_paths_and_expressions_find_the_same_in_one_document(
+    sidecar: InProcessSidecar,
+) -> None:
+    # Plain paths read their roots alone; any other expression reads the whole document.
+    plain = [extraction("status", "order.status"), extraction("count", "order.count")]
+    expressions = [extraction("status", "order.status"), extraction("count", "order.*.count")]
+
+    by_plain = extract(sidecar, request_with(plain, document=ORDER))
+    by_expression = extract(sidecar, request_with(expressions, document=ORDER))
+
+    assert json_format.MessageToDict(by_plain.variables) == {"status": "shipped", "count": 5}
+    assert json_format.MessageToDict(by_expression.variables)["status"] == "shipped"
+
+
 def test_request_without_a_document_is_invalid_argument_on_document(
     sidecar: InProcessSidecar,
 ) -> None:
