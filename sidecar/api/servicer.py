@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import grpc
@@ -220,15 +219,19 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         context: grpc.aio.ServicerContext[pb.ExtractVariablesRequest, pb.ExtractVariablesResponse],
     ) -> pb.ExtractVariablesResponse:
         if _request_bytes(request) > OFF_LOOP_REQUEST_BYTES:
-            translated = await asyncio.to_thread(self._extraction_input, request)
+            extractions, document, document_bytes = await asyncio.to_thread(
+                self._extraction_input, request
+            )
         else:
             key = _extractions_key(request)  # serialised once, for the lookup and the cache
-            translate = partial(self._extraction_input, request, key)
-            if self._extractions.cached(key) is None:
-                translated = await asyncio.to_thread(translate)
+            cached = self._extractions.cached(key)
+            if cached is None:  # compiling (pydantic, JMESPath) happens in a worker
+                extractions, document, document_bytes = await asyncio.to_thread(
+                    self._extraction_input, request, key
+                )
             else:
-                translated = translate()
-        extractions, document, document_bytes = translated
+                extractions = cached
+                document, document_bytes = _document_of(request, extractions.roots)
         try:
             variables, results = await self._engine.extract(
                 extractions.compiled,
@@ -274,18 +277,25 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
             lambda: _compile_extraction_messages(request.extractions, self._engine.limits),
             size=compiled_size(len(key)),
         )
-        document_kind = request.WhichOneof("document")
-        if document_kind is None:
-            raise InvalidArgumentError([FieldViolation("document", "set json or raw_json")])
-        if document_kind == "json":
-            # Only what the queries read, when they say what that is (plain paths).
-            document, size = wire.document_from_proto(request.json, "json", roots=extractions.roots)
-            return extractions, document, size
-        try:
-            document = parse_document(request.raw_json)
-        except DocumentError as exc:
-            raise InvalidArgumentError([FieldViolation("raw_json", str(exc))]) from exc
-        return extractions, document, len(request.raw_json)
+        document, size = _document_of(request, extractions.roots)
+        return extractions, document, size
+
+
+def _document_of(
+    request: pb.ExtractVariablesRequest, roots: frozenset[str] | None
+) -> tuple[Any, int]:
+    """ExtractVariables' document as plain data, and its size in bytes; of a json Value, only
+    the `roots` the queries read, when they say what those are (plain paths)."""
+    document_kind = request.WhichOneof("document")
+    if document_kind is None:
+        raise InvalidArgumentError([FieldViolation("document", "set json or raw_json")])
+    if document_kind == "json":
+        return wire.document_from_proto(request.json, "json", roots=roots)
+    try:
+        document = parse_document(request.raw_json)
+    except DocumentError as exc:
+        raise InvalidArgumentError([FieldViolation("raw_json", str(exc))]) from exc
+    return document, len(request.raw_json)
 
 
 def _page_within(

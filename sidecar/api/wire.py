@@ -25,7 +25,6 @@ from sidecar.core import model
 from sidecar.core.auth import mask_secrets
 from sidecar.core.budget import MAX_OPERAND_VALUES
 from sidecar.core.documents import MAX_JSON_DEPTH, nesting_depth
-from sidecar.core.extraction import required_failures
 from sidecar.core.model.node import MAX_BRANCHES, MAX_CONDITIONS_PER_BRANCH
 from sidecar.core.values import MAX_SAFE_INTEGER
 from sidecar.errors import (
@@ -934,15 +933,30 @@ def extract_answer(
     with the ErrorInfo reason ANSWER_TOO_LARGE.
     """
     too_large = model.Reason.ANSWER_TOO_LARGE.value
+    response = pb.ExtractVariablesResponse()
+    messages = response.extractions
+    complete = True  # no required extraction failed (`required_failures`)
+    # `add_extraction_results` and the depth check in one walk (a microsecond of ~25 a call).
     for index, result in enumerate(results):
-        if result.succeeded and _too_deep_value(result.value):
-            raise InvalidArgumentError(
-                [FieldViolation(f"extractions[{index}]", _DEEPER)], reason=too_large
-            )
-    response = pb.ExtractVariablesResponse(complete=not required_failures(results))
-    add_extraction_results(response.extractions, results)
-    response.variables.SetInParent()  # present even when empty, as it always was
-    _fill_struct(response.variables, variables)
+        message = messages.add(
+            variable=result.variable,
+            status=_EXTRACTION_STATUS_NUMBERS[result.status],
+            required=result.required,
+            message=result.message,
+        )
+        if result.succeeded:
+            value = result.value
+            if _too_deep_value(value):
+                raise InvalidArgumentError(
+                    [FieldViolation(f"extractions[{index}]", _DEEPER)], reason=too_large
+                )
+            _fill(message.value, value)
+        elif result.required:
+            complete = False
+    response.complete = complete
+    variables_message = response.variables
+    variables_message.SetInParent()  # present even when empty, as it always was
+    _fill_struct(variables_message, variables)
     size = response.ByteSize()
     if size > message_limit:
         raise InvalidArgumentError(
