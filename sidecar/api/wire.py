@@ -914,6 +914,7 @@ def _too_deep_value(value: Any) -> bool:
     return isinstance(value, dict | list | tuple) and nesting_depth(value) > MAX_JSON_DEPTH
 
 
+_TOO_LARGE = model.Reason.ANSWER_TOO_LARGE.value  # an enum's .value is a Python descriptor
 _DEEPER = (
     f"yields a value nested deeper than {MAX_JSON_DEPTH} levels, more than an answer can carry "
     "(protobuf's nesting limit)"
@@ -932,7 +933,6 @@ def extract_answer(
     refusal names the extraction (or the whole set, for size) instead of failing in transit,
     with the ErrorInfo reason ANSWER_TOO_LARGE.
     """
-    too_large = model.Reason.ANSWER_TOO_LARGE.value
     response = pb.ExtractVariablesResponse()
     messages = response.extractions
     complete = True  # no required extraction failed (`required_failures`)
@@ -948,7 +948,7 @@ def extract_answer(
             value = result.value
             if _too_deep_value(value):
                 raise InvalidArgumentError(
-                    [FieldViolation(f"extractions[{index}]", _DEEPER)], reason=too_large
+                    [FieldViolation(f"extractions[{index}]", _DEEPER)], reason=_TOO_LARGE
                 )
             _fill(message.value, value)
         elif result.required:
@@ -967,7 +967,7 @@ def extract_answer(
                     "message limit (max_message_bytes); extract less",
                 )
             ],
-            reason=too_large,
+            reason=_TOO_LARGE,
         )
     return response
 
