@@ -150,17 +150,26 @@ def nesting_depth(value: Any) -> int:
 
 
 def _check_shape(document: Any) -> None:
-    """Bound what conditions and extractions will walk: depth and node count."""
-    nodes = 0
-    stack: list[tuple[Any, int]] = [(document, 1)]
-    while stack:
-        value, depth = stack.pop()
-        nodes += 1
-        if depth > MAX_JSON_DEPTH:
+    """Bound what conditions and extractions will walk: depth and node count.
+
+    Level by level: each container's values are counted with len() and only containers are
+    kept for the next level, so scalars are never visited one at a time in Python (in process,
+    against a value-by-value walk: 200,000 empty lists 268 -> 22 ms, 200,000 numbers 50 -> 15
+    ms, 100,000 small objects 56 -> 32 ms; this runs on every body with 32 brackets or more).
+    """
+    nodes, depth = 1, 1
+    level = [document] if isinstance(document, dict | list) else []
+    while level:
+        children = 0
+        containers: list[Any] = []
+        for container in level:
+            items = container.values() if isinstance(container, dict) else container
+            if items:
+                children += len(items)
+                containers += [item for item in items if isinstance(item, dict | list)]
+        if children and depth >= MAX_JSON_DEPTH:  # the children sit one level deeper
             raise DocumentError(f"nests deeper than {MAX_JSON_DEPTH} levels", malformed=False)
+        nodes += children
         if nodes > MAX_JSON_NODES:
             raise DocumentError(f"has more than {MAX_JSON_NODES} JSON values", malformed=False)
-        if isinstance(value, dict):
-            stack.extend((item, depth + 1) for item in value.values())
-        elif isinstance(value, list):
-            stack.extend((item, depth + 1) for item in value)
+        level, depth = containers, depth + 1
