@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from sidecar.telemetry.logs import (
     JsonFormatter,
+    JsonLine,
     TextFormatter,
     configure_logging,
     write_json_line,
@@ -120,6 +121,43 @@ def test_a_line_written_directly_is_the_line_the_formatter_writes() -> None:
     assert direct["message"] == "node evaluated"
 
 
+@pytest.mark.usefixtures("root_logging")
+def test_a_line_of_kept_fields_is_the_line_the_formatter_writes_byte_for_byte() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    logger = logging.getLogger("sidecar.test.kept")
+    line = JsonLine(logger, "node evaluated", fixed=("connector", "node", "index"), varying=("ms",))
+    provider = TracerProvider()
+    calls = [
+        (("c", 'n\u00e9\n"1"', None), (1.5,)),  # escapes, non-ASCII as is, null
+        (("c", 'n\u00e9\n"1"', None), (0.001,)),  # the kept text again
+        (("c", "n2", 3), (float("nan"),)),  # NaN as the encoder writes it
+        (("c", "n2", 3), (2,)),  # an int
+    ]
+
+    with provider.get_tracer("test").start_as_current_span("work"):
+        for fixed, varying in calls:
+            assert line.write(fixed, varying)
+            logger.info("node evaluated", extra={"fields": line.fields(fixed, varying)})
+    assert line.write(*calls[0])  # outside any span: no ids
+    logger.info("node evaluated", extra={"fields": line.fields(*calls[0])})
+
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 * len(calls) + 2
+    for direct, formatted in zip(lines[::2], lines[1::2], strict=True):
+        stamp = re.compile(r'"timestamp": "[^"]*"')
+        assert stamp.sub("", direct) == stamp.sub("", formatted)
+    assert "trace_id" in lines[0]
+    assert "trace_id" not in lines[-2]
+
+
+def test_a_kept_line_refuses_fields_the_line_itself_writes() -> None:
+    with pytest.raises(ValueError, match="message"):
+        JsonLine(logging.getLogger("x"), "m", fixed=("message",), varying=())
+    with pytest.raises(ValueError, match="distinct"):
+        JsonLine(logging.getLogger("x"), "m", fixed=("a",), varying=("a",))
+
+
 @pytest.mark.parametrize(
     "configuration",
     ["text", "second handler", "filter", "warning", "not propagated"],
@@ -141,6 +179,8 @@ def test_anything_but_the_plain_json_configuration_is_left_to_logging(configurat
         logger.propagate = False
     try:
         assert not write_json_line(logger, "node evaluated", {"connector": "c"})
+        line = JsonLine(logger, "node evaluated", fixed=("connector",), varying=())
+        assert not line.write(("c",), ())
     finally:
         logger.handlers.clear()
         logger.propagate = True

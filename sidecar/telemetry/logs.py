@@ -15,6 +15,7 @@ holding a line feed) cannot forge a line; the traceback alone keeps its newlines
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -23,7 +24,7 @@ import re
 import sys
 import time
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from opentelemetry import trace
 
@@ -185,15 +186,96 @@ def write_json_line(logger: logging.Logger, message: str, fields: Mapping[str, A
     for key, value in fields.items():
         if key not in _RESERVED:
             entry[key] = value
-    line = _ENCODER.encode(entry) + handler.terminator
-    handler.acquire()
-    try:
-        handler.stream.write(line)
-        handler.stream.flush()
-    except Exception:  # the stream failed: logging reports it (handleError), as it would have
-        return False
-    finally:
-        handler.release()
+    return _emit(handler, _ENCODER.encode(entry) + handler.terminator)
+
+
+class JsonLine:
+    """One INFO line written on every call (the evaluation's), as `write_json_line` writes it,
+    with the fields whose values repeat encoded once per distinct set of values.
+
+    `fixed` fields (connector, outcome, reason ...) take few distinct values: their JSON text
+    is kept per tuple of values (at most FIXED_SETS_KEPT, then the cache starts over); `varying`
+    fields (latencies) are numbers written each time. The line is the formatter's, key for key
+    and byte for byte: the JSON of an object is its items' texts joined by ", ", so a kept text
+    of some items is the text the encoder writes for them in the whole line. A position holds
+    values of one type (1 and True would share a kept text).
+    """
+
+    __slots__ = ("_fixed", "_head", "_kept", "_logger", "_message", "_varying", "_varying_keys")
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        message: str,
+        *,
+        fixed: tuple[str, ...],
+        varying: tuple[str, ...],
+    ) -> None:
+        reserved = _RESERVED.intersection((*fixed, *varying))
+        if reserved or len({*fixed, *varying}) != len(fixed) + len(varying):
+            raise ValueError(f"fields must be distinct and not reserved: {sorted(reserved)}")
+        self._logger = logger
+        self._message = message
+        self._fixed = fixed
+        self._varying_keys = varying
+        head = {"level": "INFO", "logger": logger.name, "message": message}
+        self._head = _ENCODER.encode(head)[1:-1]
+        self._varying = tuple(f", {_ENCODER.encode(key)}: " for key in varying)
+        self._kept: dict[tuple[Any, ...], str] = {}
+
+    def fields(self, fixed: tuple[Any, ...], varying: tuple[Any, ...]) -> dict[str, Any]:
+        """The fields as a mapping, for `logger.info(..., extra={"fields": ...})` when `write`
+        did not write (any other logging configuration)."""
+        names = (*self._fixed, *self._varying_keys)
+        return dict(zip(names, (*fixed, *varying), strict=True))
+
+    def write(self, fixed: tuple[Any, ...], varying: tuple[Any, ...]) -> bool:
+        """Write the line with these values (in the order of the names given); False (nothing
+        written) unless logging is configured as `configure_logging` leaves it for JSON."""
+        handler = _plain_json_handler(self._logger)
+        if handler is None:
+            return False
+        text = self._kept.get(fixed)
+        if text is None:
+            text = _ENCODER.encode(dict(zip(self._fixed, fixed, strict=True)))[1:-1]
+            text = f", {text}" if text else ""
+            if len(self._kept) >= FIXED_SETS_KEPT:
+                self._kept.clear()
+            self._kept[fixed] = text
+        parts = ['{"timestamp": "', _timestamp(time.time()), '", ', self._head]
+        ids = trace_ids()
+        if ids is not None:
+            parts.append(f', "trace_id": "{ids[0]}", "span_id": "{ids[1]}"')
+        parts.append(text)
+        for key, value in zip(self._varying, varying, strict=True):
+            parts.append(key)
+            parts.append(_number(value))
+        parts.append("}")
+        parts.append(handler.terminator)
+        return _emit(handler, "".join(parts))
+
+
+FIXED_SETS_KEPT: Final = 4096
+
+
+def _number(value: Any) -> str:
+    """`value` as the encoder writes it (repr for a finite float or an int: what it calls)."""
+    kind = type(value)
+    if kind is float and value - value == 0:  # finite: NaN and the infinities have names
+        return float.__repr__(value)
+    if kind is int:
+        return int.__repr__(value)
+    return _ENCODER.encode(value)
+
+
+def _emit(handler: logging.StreamHandler[Any], line: str) -> bool:
+    """Write and flush `line` under the handler's lock, as `StreamHandler.emit` does."""
+    with handler.lock or contextlib.nullcontext():
+        try:
+            handler.stream.write(line)
+            handler.stream.flush()
+        except Exception:  # the stream failed: logging reports it (handleError), as it would
+            return False
     return True
 
 

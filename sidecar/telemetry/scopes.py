@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from types import TracebackType
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from opentelemetry import context, trace
 from opentelemetry.trace import Span, SpanKind, StatusCode
@@ -45,7 +45,7 @@ from sidecar.telemetry.attributes import (
     SERVER_PORT,
     URL_FULL,
 )
-from sidecar.telemetry.logs import write_json_line
+from sidecar.telemetry.logs import JsonLine
 from sidecar.telemetry.redaction import redacted_url
 
 EVALUATION_SPAN: Final = "evaluate_node"
@@ -147,21 +147,40 @@ class EvaluationScope:
 SILENT_EVALUATION = EvaluationScope(None, None)
 
 
+# The evaluation's line: what repeats across calls is encoded once per distinct set of values.
+_EVALUATION_LINE = JsonLine(
+    evaluation_log,
+    "node evaluated",
+    fixed=(
+        "connector",
+        "connector_version",
+        "node_id",
+        "outcome",
+        "reason",
+        "branch_index",
+        "http_status",
+        "attempts",
+    ),
+    varying=("latency_ms", "upstream_latency_ms"),
+)
+
+
 def _log_evaluation(node: Node, outcome: Outcome, elapsed: float) -> None:
-    fields: dict[str, Any] = {
-        "connector": node.connector_id,
-        "connector_version": outcome.connector_version,
-        "node_id": node.id,
-        "outcome": outcome.kind.value,
-        "reason": outcome.reason.value,
-        "branch_index": outcome.branch_index,
-        "http_status": outcome.http_status,
-        "attempts": outcome.attempts,
-        "latency_ms": round(elapsed * 1000, 3),
-        "upstream_latency_ms": round(outcome.upstream_latency_seconds * 1000, 3),
-    }
-    if not write_json_line(evaluation_log, "node evaluated", fields):
-        evaluation_log.info("node evaluated", extra={"fields": fields})
+    fixed = (
+        node.connector_id,
+        outcome.connector_version,
+        node.id,
+        outcome.kind.value,
+        outcome.reason.value,
+        outcome.branch_index,
+        outcome.http_status,
+        outcome.attempts,
+    )
+    varying = (round(elapsed * 1000, 3), round(outcome.upstream_latency_seconds * 1000, 3))
+    if not _EVALUATION_LINE.write(fixed, varying):
+        evaluation_log.info(
+            "node evaluated", extra={"fields": _EVALUATION_LINE.fields(fixed, varying)}
+        )
 
 
 class AttemptScope:
