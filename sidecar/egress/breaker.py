@@ -56,6 +56,8 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """May a call go out now? In HALF_OPEN only one probe at a time."""
+        if self._opened_at is None:  # CLOSED, as nearly always: no clock read
+            return True
         state = self.state
         if state is BreakerState.CLOSED:
             return True

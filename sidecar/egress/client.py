@@ -44,6 +44,7 @@ from sidecar.core.model.exchange import (
 )
 from sidecar.core.model.outcome import Reason
 from sidecar.egress.breaker import BreakerState, CircuitBreaker
+from sidecar.egress.deadlines import Deadlines
 from sidecar.egress.headers import on_the_wire, without_credentials
 from sidecar.egress.policy import EgressPolicy, Verdict
 from sidecar.egress.pool import Resolver
@@ -133,6 +134,8 @@ class Egress:
         self._slots: defaultdict[Origin, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(self._limits.per_upstream_concurrency)
         )
+        # The total budget of each send (`deadlines`: asyncio.timeout's rule, one timer for all).
+        self._deadlines = Deadlines()
 
     def breaker_states(self) -> dict[Origin, BreakerState]:
         """The state of every upstream's breaker (for metrics and health detail)."""
@@ -144,7 +147,7 @@ class Egress:
         attempts = _Tally()
         current = request
         try:
-            async with asyncio.timeout(options.timeout_seconds):
+            with self._deadlines.within(options.timeout_seconds):
                 for hop in range(MAX_REDIRECTS + 1):
                     origin = self._judge(current.url, options)
                     response = await self._send_with_retries(
