@@ -722,6 +722,34 @@ def test_the_url_goes_out_as_rendered_and_only_unsendable_text_is_encoded(
     assert wire_url(url).target == target
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://h.example:8080/a?x=1", ("http", "h.example", 8080, "/a?x=1", "h.example:8080")),
+        ("http://h.example:8080/b", ("http", "h.example", 8080, "/b", "h.example:8080")),
+        ("http://h.example:8080", ("http", "h.example", 8080, "/", "h.example:8080")),
+        ("HTTP://H.Example:80?q", ("http", "h.example", 80, "/?q", "h.example")),
+        ("https://[::1]:443/x#y?z", ("https", "::1", 443, "/x", "[::1]")),
+        ("https://[::1]:8443/x", ("https", "::1", 8443, "/x", "[::1]:8443")),
+    ],
+)
+def test_each_url_gets_its_own_target_behind_an_origin_worked_out_once(
+    url: str, expected: tuple[str, str, int, str, str]
+) -> None:
+    # The origin (scheme, host, port, Host header) is kept per `scheme://authority`: the
+    # second call of a prefix must still carry its own path and query.
+    assert tuple(wire_url(url)) == expected
+    assert tuple(wire_url(url)) == expected
+
+
+@pytest.mark.parametrize("url", ["http://h.example:99999/x", "ftp://h.example/x", "/relative"])
+def test_a_url_that_cannot_be_sent_is_refused_each_time(url: str) -> None:
+    for _ in range(2):  # a refusal is never kept
+        with pytest.raises(SendError) as raised:
+            wire_url(url)
+        assert raised.value.reason is Reason.PROTOCOL_ERROR
+
+
 def test_a_non_ascii_host_goes_out_idna_encoded() -> None:
     assert wire_url("https://b\u00fccher.example/x").host == "xn--bcher-kva.example"
 

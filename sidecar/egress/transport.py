@@ -152,6 +152,11 @@ _QUERY_ESCAPES = re.compile(r'[^\x21-\x7e]|["#<>]')
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_IN_HOST = re.compile(r"[\s/?#@\\]")
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+# `scheme://authority`, as urlsplit ends the authority (at the first "/", "?" or "#").
+_ORIGIN_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+# The Target of each such prefix seen (its target "/"): connectors' origins, and redirects'.
+_ORIGINS: dict[str, Target] = {}
+_ORIGINS_KEPT: Final = 1024
 
 
 def wire_url(url: str) -> Target:
@@ -167,6 +172,23 @@ def wire_url(url: str) -> Target:
     """
     if _CONTROL.search(url):
         raise SendError(Reason.PROTOCOL_ERROR, "the URL holds a control character")
+    prefix = _ORIGIN_PREFIX.match(url)
+    if prefix is None:  # no scheme://authority: urlsplit says what it is (it cannot be sent)
+        return _target(url)
+    # What urlsplit reads from `scheme://authority` alone, worked out once per prefix (a
+    # connector's URL starts with the same one every call); then the path and query as it
+    # splits them: the fragment off, the query after the first "?".
+    origin = _ORIGINS.get(prefix.group())
+    if origin is None:
+        origin = _target(prefix.group())
+        if len(_ORIGINS) >= _ORIGINS_KEPT:
+            _ORIGINS.clear()
+        _ORIGINS[prefix.group()] = origin
+    path, _, query = url[prefix.end() :].partition("#")[0].partition("?")
+    return origin._replace(target=_request_target(path, query))
+
+
+def _target(url: str) -> Target:
     parts = urlsplit(url)
     try:
         host = (parts.hostname or "").rstrip()
@@ -178,12 +200,16 @@ def wire_url(url: str) -> Target:
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not host or _NOT_IN_HOST.search(host):
         raise SendError(Reason.PROTOCOL_ERROR, "the URL cannot be sent")
-    path = _PATH_ESCAPES.sub(_escape, _without_dot_segments(parts.path)) or "/"
-    query = _QUERY_ESCAPES.sub(_escape, parts.query)
     named = f"[{host}]" if ":" in host else host
     authority = named if port in (None, _DEFAULT_PORTS[scheme]) else f"{named}:{port}"
-    target = f"{path}?{query}" if query else path
+    target = _request_target(parts.path, parts.query)
     return Target(scheme, host, port or _DEFAULT_PORTS[scheme], target, authority)
+
+
+def _request_target(path: str, query: str) -> str:
+    path = _PATH_ESCAPES.sub(_escape, _without_dot_segments(path)) or "/"
+    query = _QUERY_ESCAPES.sub(_escape, query)
+    return f"{path}?{query}" if query else path
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -192,6 +218,8 @@ def _escape(match: re.Match[str]) -> str:
 
 def _without_dot_segments(path: str) -> str:
     """RFC 3986 5.2.4, as httpx applies it: `/a/./b/../c` is `/a/c`."""
+    if "." not in path:
+        return path
     segments = path.split("/")
     if "." not in segments and ".." not in segments:
         return path
