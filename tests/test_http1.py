@@ -21,7 +21,7 @@ import trustme
 
 from sidecar.core.model import Reason
 from sidecar.core.model.exchange import HttpResponse, OutboundRequest, SendError
-from sidecar.egress.http1 import Target, request_head
+from sidecar.egress.http1 import RequestError, Target, request_head
 from sidecar.egress.policy import EgressPolicy
 from sidecar.egress.transport import Transport
 from tests.support.loopback import HOST, LOOPBACK_POLICY
@@ -427,6 +427,26 @@ def test_a_header_that_would_split_the_request_is_refused_unsent(
 
     assert reason(result) is Reason.PROTOCOL_ERROR
     assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("method", "name", "value"),
+    [
+        ("GET", "X-Evil", "a\r\nX-Injected: 1"),  # after the name was accepted with a safe value
+        ("GET", "\u212aey", "k"),  # KELVIN SIGN: its lower case is ASCII, the name is not a token
+        ("G ET", "X-Key", "k"),
+    ],
+)
+def test_a_name_or_value_once_refused_is_refused_again_after_good_ones(
+    method: str, name: str, value: str
+) -> None:
+    # Known-good methods and names are kept; values are judged every time.
+    url = Target("http", "a.example", 80, "/", "a.example")
+    request_head("GET", url, (("X-Evil", "fine"), ("Key", "k")), None)
+
+    for _ in range(2):
+        with pytest.raises(RequestError):
+            request_head(method, url, ((name, value),), None)
 
 
 def test_the_request_head_adds_only_what_aiohttp_added() -> None:

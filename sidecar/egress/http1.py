@@ -33,7 +33,17 @@ HEAD_BYTES: Final = 64 * 1024
 MAX_HEADERS: Final = 128  # aiohttp's limits, kept
 MAX_FIELD_BYTES: Final = 8190
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_UNSAFE_VALUE = re.compile(r"[\x00\r\n]")
+_FRAMING: Final = frozenset({"content-length", "transfer-encoding"})  # the body's own, always
+# Methods and header names known to be tokens, exactly as written (at most _TOKENS_KEPT).
+_TOKENS_SEEN: set[str] = set()
+_TOKENS_KEPT: Final = 1024
+_UNSENDABLE_HEADER: Final = "a header name or value cannot be sent (line break, NUL or space)"
+
+
+def _seen(token: str) -> None:
+    if len(_TOKENS_SEEN) >= _TOKENS_KEPT:
+        _TOKENS_SEEN.clear()
+    _TOKENS_SEEN.add(token)
 
 
 # -- what can go wrong (`transport.FAILURES` says what each means) ---------------------------------
@@ -99,16 +109,22 @@ def request_head(
     >>> request_head("GET", Target("http", "a.example", 80, "/x?y=%2F", "a.example"), (), None)
     b'GET /x?y=%2F HTTP/1.1\\r\\nHost: a.example\\r\\nAccept: */*\\r\\n\\r\\n'
     """
-    if not _TOKEN.fullmatch(method):
-        raise RequestError("the method is not an HTTP token")
+    if method not in _TOKENS_SEEN:
+        if not _TOKEN.fullmatch(method):
+            raise RequestError("the method is not an HTTP token")
+        _seen(method)
     lines = [f"{method} {url.target} HTTP/1.1\r\n"]
     present: set[str] = set()
     for name, value in headers:
         lowered = name.lower()
-        if lowered in ("content-length", "transfer-encoding"):
+        if lowered in _FRAMING:
             continue
-        if not _TOKEN.fullmatch(name) or _UNSAFE_VALUE.search(value):
-            raise RequestError("a header name or value cannot be sent (line break, NUL or space)")
+        if name not in _TOKENS_SEEN:  # a name's verdict is kept (names come from connectors)
+            if not _TOKEN.fullmatch(name):
+                raise RequestError(_UNSENDABLE_HEADER)
+            _seen(name)
+        if "\r" in value or "\n" in value or "\0" in value:
+            raise RequestError(_UNSENDABLE_HEADER)
         present.add(lowered)
         lines.append(f"{name}: {value}\r\n")
     if "host" not in present:

@@ -185,7 +185,8 @@ def wire_url(url: str) -> Target:
             _ORIGINS.clear()
         _ORIGINS[prefix.group()] = origin
     path, _, query = url[prefix.end() :].partition("#")[0].partition("?")
-    return origin._replace(target=_request_target(path, query))
+    scheme, host, port, _, authority = origin
+    return Target(scheme, host, port, _request_target(path, query), authority)
 
 
 def _target(url: str) -> Target:
