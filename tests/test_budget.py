@@ -24,7 +24,7 @@ from sidecar.core.budget import (
     run_bounded,
 )
 from sidecar.core.compiled_cache import CompiledCache
-from sidecar.core.conditions import ResponseView, compile_branches
+from sidecar.core.conditions import CompiledBranches, ResponseView, compile_branches
 from sidecar.core.engine import compile_node
 from sidecar.core.extraction import compile_extractions
 from sidecar.core.model import Connector, Node, Reason
@@ -107,6 +107,21 @@ def spend_and_report(budget: Budget, units: int) -> int:
     return threading.get_ident()
 
 
+def judged_in_slices(
+    compiled: CompiledBranches, body: Any, *, explain: bool = False
+) -> tuple[int | None, int]:
+    """`compiled` judged on `body` as the engine judges (a slice on the loop, then a worker if
+    it needs more): the index of the branch taken and the units spent."""
+
+    async def main() -> tuple[int | None, int]:
+        budget = frozen_budget()
+        view = ResponseView(200, {}, body, True, {}, budget)
+        decision = await run_bounded(lambda: compiled.decide(view, explain=explain), budget)
+        return decision.index, budget.spent
+
+    return asyncio.run(main())
+
+
 def test_a_small_judging_stays_on_the_event_loop() -> None:
     async def main() -> tuple[int, int]:
         budget = frozen_budget()
@@ -131,13 +146,7 @@ def test_conditions_moved_off_the_loop_judge_the_same() -> None:
     """Moving off the loop passes through judging's own catch-all: the verdict is unchanged."""
     compiled = branches(condition("EQUALS", 1, quantifier="ALL"))
 
-    async def main() -> tuple[int | None, int]:
-        budget = frozen_budget()
-        view = ResponseView(200, {}, {"v": [1] * (ON_LOOP_UNITS * 2)}, True, {}, budget)
-        decision = await run_bounded(lambda: compiled.decide(view, explain=True), budget)
-        return decision.index, budget.spent
-
-    index, spent = asyncio.run(main())
+    index, spent = judged_in_slices(compiled, {"v": [1] * (ON_LOOP_UNITS * 2)}, explain=True)
     assert index == 0
     assert spent > ON_LOOP_UNITS * 3  # the slice, then the whole judging again in a worker
 
@@ -147,13 +156,7 @@ def test_an_in_operand_spends_an_element_at_a_time() -> None:
     3.5 MiB nodes) were compared on the loop in one go, 70-300 ms, and unstoppable."""
     compiled = branches(condition("IN", [f"{n:08d}" for n in range(ON_LOOP_UNITS * 2)]))
 
-    async def main() -> tuple[int | None, int]:
-        budget = frozen_budget()
-        view = ResponseView(200, {}, {"v": "absent"}, True, {}, budget)
-        decision = await run_bounded(lambda: compiled.decide(view, explain=False), budget)
-        return decision.index, budget.spent
-
-    index, spent = asyncio.run(main())
+    index, spent = judged_in_slices(compiled, {"v": "absent"})
     assert index is None
     assert spent > ON_LOOP_UNITS * 3  # the slice on the loop, then the whole scan in a worker
 
@@ -193,13 +196,7 @@ def test_text_comparisons_spend_what_they_read(
     100,000 keys 0.3 s."""
     compiled = branches(condition(operator, "zz", ignore_case=ignore_case))
 
-    async def main() -> tuple[int | None, int]:
-        budget = frozen_budget()
-        view = ResponseView(200, {}, {"v": subject}, True, {}, budget)
-        decision = await run_bounded(lambda: compiled.decide(view, explain=False), budget)
-        return decision.index, budget.spent
-
-    index, spent = asyncio.run(main())
+    index, spent = judged_in_slices(compiled, {"v": subject})
     assert index is None
     assert spent > ON_LOOP_UNITS * 3  # the slice on the loop, then again in a worker
 
@@ -210,13 +207,7 @@ def test_a_costly_regex_moves_off_the_loop_before_it_searches() -> None:
     compiled = branches(condition("MATCHES", ".{100,1000}c"))
     subject = "ab" * 30_000
 
-    async def main() -> tuple[int | None, int]:
-        budget = frozen_budget()
-        view = ResponseView(200, {}, {"v": subject}, True, {}, budget)
-        decision = await run_bounded(lambda: compiled.decide(view, explain=False), budget)
-        return decision.index, budget.spent
-
-    index, spent = asyncio.run(main())
+    index, spent = judged_in_slices(compiled, {"v": subject})
     assert index is None
     assert spent > 2 * ON_LOOP_UNITS  # spent once on the loop (refused there), once in a worker
 
