@@ -386,7 +386,9 @@ def _fill_list(values: struct_pb2.ListValue, data: list[Any] | tuple[Any, ...]) 
 
 
 def _fill_nested(value: struct_pb2.Value, data: Any) -> None:
-    if isinstance(data, dict):
+    if type(data) is str:  # most values: text, set without the isinstance chain below
+        value.string_value = data
+    elif isinstance(data, dict):
         struct = value.struct_value
         struct.SetInParent()
         _fill_struct(struct, data)
@@ -950,7 +952,7 @@ def extract_answer(
                 raise InvalidArgumentError(
                     [FieldViolation(f"extractions[{index}]", _DEEPER)], reason=_TOO_LARGE
                 )
-            _fill(message.value, value)
+            _fill_nested(message.value, value)
         elif result.required:
             complete = False
     response.complete = complete
