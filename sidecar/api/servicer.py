@@ -406,8 +406,8 @@ def _compile_extraction_messages(
     extractions: Sequence[pb.Extraction], limits: WorkLimits
 ) -> _Extractions:
     values = wire.OperandValues(limits.max_operand_values)
-    data = {"extractions": wire.extractions_data(extractions, "extractions", values)}
-    validated = wire.validate(_ExtractionsInput, data, prefix="").extractions
+    data = wire.extractions_data(extractions, "extractions", values)
+    validated = wire.validate_extractions(_ExtractionsInput, data).extractions
     return _Extractions(compile_extractions(validated), _roots_read(validated))
 
 

@@ -25,7 +25,7 @@ from sidecar.core import model
 from sidecar.core.auth import mask_secrets
 from sidecar.core.budget import MAX_OPERAND_VALUES
 from sidecar.core.documents import MAX_JSON_DEPTH, nesting_depth
-from sidecar.core.model.node import MAX_BRANCHES, MAX_CONDITIONS_PER_BRANCH
+from sidecar.core.model.node import MAX_BRANCHES, MAX_CONDITIONS_PER_BRANCH, MAX_EXTRACTIONS
 from sidecar.core.values import MAX_SAFE_INTEGER
 from sidecar.errors import (
     ErrorCode,
@@ -726,10 +726,61 @@ def validate_in_pieces(data: dict[str, Any]) -> model.Node:
         ]
     else:
         branches = [_STAND_IN_BRANCH] * len(branches)
-    node = _piece(model.Node, {**data, "branches": branches}, ("node",), violations)
+    extractions = extractions_in_pieces(data["extractions"], ("node", "extractions"), violations)
+    node = _piece(
+        model.Node,
+        {**data, "branches": branches, "extractions": extractions},
+        ("node",),
+        violations,
+    )
     if violations or node is None:
         raise InvalidArgumentError(violations)
     return node
+
+
+def validate_extractions(model_type: type[M], extractions: list[Any]) -> M:
+    """`model_type` (a model of one `extractions` field) from `extractions_data`, each
+    extraction with a container default validated in pieces (`extractions_in_pieces`); the same
+    model, or the same violations, as one validation of the whole."""
+    violations: list[FieldViolation] = []
+    pieces = extractions_in_pieces(extractions, ("extractions",), violations)
+    try:
+        validated = validate(model_type, {"extractions": pieces}, prefix="")
+    except InvalidArgumentError as error:
+        raise InvalidArgumentError([*violations, *error.violations]) from None
+    if violations:
+        raise InvalidArgumentError(violations)
+    return validated
+
+
+def extractions_in_pieces(
+    extractions: list[Any], location: tuple[Any, ...], violations: list[FieldViolation]
+) -> list[Any]:
+    """Extractions whose default value is a container, each validated with no default and then
+    given it (or a stand-in, its violations added at `location`); the others as they are.
+
+    As with operands (`_condition_in_pieces`): the default was read by OperandValues, so it is
+    plain JSON already, and pydantic would only walk and copy it, in one call that holds the
+    GIL (12-33 ms for 100,000 values). Any default is valid JSON, so the violations are the
+    ones a whole validation reports. Over the length limit, the list is left to the model.
+    """
+    if len(extractions) > MAX_EXTRACTIONS:
+        return extractions
+    pieces: list[Any] = []
+    for index, data in enumerate(extractions):
+        default = data.get("default_value")
+        if not isinstance(default, list | dict):
+            pieces.append(data)
+            continue
+        checked = _piece(
+            model.Extraction, {**data, "default_value": None}, (*location, index), violations
+        )
+        pieces.append(
+            _STAND_IN_EXTRACTION
+            if checked is None
+            else checked.model_copy(update={"default_value": default})
+        )
+    return pieces
 
 
 def _branch_in_pieces(
@@ -797,6 +848,7 @@ _STAND_IN_CONDITION = model.Condition(
     subject=model.Subject(kind=model.SubjectKind.STATUS), operator=model.Operator.EXISTS
 )
 _STAND_IN_BRANCH = model.Branch(target="")
+_STAND_IN_EXTRACTION = model.Extraction(variable="stand_in", path="@")
 
 
 def _branch_data(branch: pb.Branch, field: str, values: OperandValues) -> dict[str, Any]:
