@@ -992,12 +992,7 @@ def extract_answer(
     complete = True  # no required extraction failed (`required_failures`)
     # `add_extraction_results` and the depth check in one walk (a microsecond of ~25 a call).
     for index, result in enumerate(results):
-        message = messages.add(
-            variable=result.variable,
-            status=_EXTRACTION_STATUS_NUMBERS[result.status],
-            required=result.required,
-            message=result.message,
-        )
+        message = _result_message(messages, result)
         if result.succeeded:
             value = result.value
             if _too_deep_value(value):
@@ -1064,14 +1059,19 @@ def add_extraction_results(messages: Any, results: Sequence[model.ExtractionResu
     """Per-extraction results, failures included, appended in place to a repeated
     ExtractionResult field (of an EvaluateNode or ExtractVariables response)."""
     for result in results:
-        message = messages.add(
-            variable=result.variable,
-            status=_EXTRACTION_STATUS_NUMBERS[result.status],
-            required=result.required,
-            message=result.message,
-        )
+        message = _result_message(messages, result)
         if result.succeeded:
             _fill(message.value, result.value)
+
+
+def _result_message(messages: Any, result: model.ExtractionResult) -> Any:
+    """One ExtractionResult message appended to `messages`, its value left to the caller."""
+    return messages.add(
+        variable=result.variable,
+        status=_EXTRACTION_STATUS_NUMBERS[result.status],
+        required=result.required,
+        message=result.message,
+    )
 
 
 def _explanation_to_proto(explanation: model.Explanation) -> pb.Explanation:
