@@ -105,6 +105,22 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
 
 
+def worker_in_tree(tree: Path, script: str, *arguments: str) -> str:
+    """The last line `script --worker arguments...` prints when run by `tree`'s own Python (its
+    .venv, else this one) with `tree`'s sidecar package first: one checkout measured in a fresh
+    process beside another (the benchmarks' --compare/--baseline rounds)."""
+    python = tree / ".venv/bin/python"
+    out = subprocess.run(
+        [str(python if python.exists() else sys.executable), script, "--worker", *arguments],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},  # that tree's sidecar
+    ).stdout
+    return out.strip().splitlines()[-1]
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, from its own accounting."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import API_KEY, NODE, ORDER, ROOT, VARIABLES, upstream
+from common import API_KEY, NODE, ORDER, ROOT, VARIABLES, upstream, worker_in_tree
 
 CONCURRENCY = 16
 
@@ -160,23 +159,10 @@ def main() -> None:
             order = trees[number % len(trees) :] + trees[: number % len(trees)]
             for row in rows:
                 for tree in order:
-                    python = tree / ".venv/bin/python"
-                    out = subprocess.run(
-                        [
-                            str(python if python.exists() else sys.executable),
-                            str(Path(__file__).resolve()),
-                            "--worker",
-                            str(port),
-                            str(arguments.calls),
-                            row,
-                        ],
-                        check=True,
-                        capture_output=True,
-                        text=True,
-                        cwd=tree,
-                        env={**os.environ, "PYTHONPATH": str(tree)},  # that tree's sidecar
-                    ).stdout
-                    figures[row, tree].append(float(out.strip().splitlines()[-1]) * 1e6)
+                    out = worker_in_tree(
+                        tree, str(Path(__file__).resolve()), str(port), str(arguments.calls), row
+                    )
+                    figures[row, tree].append(float(out) * 1e6)
             print(
                 f"round {number + 1}: "
                 + ", ".join(

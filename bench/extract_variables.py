@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 
 import grpc
 import uvloop
-from common import NODE, ORDER, echo_floor, sidecar, upstream
+from common import NODE, ORDER, echo_floor, sidecar, upstream, worker_in_tree
 from google.protobuf import json_format
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from run import SERVICE, System, extracted, grpc_call, saturate
@@ -143,15 +142,7 @@ def in_process(baseline: Path, rounds: int, calls: int) -> None:
     cpu: dict[Path, list[float]] = {tree: [] for tree in trees}
     for index in range(rounds):
         for tree in trees[index % 2 :] + trees[: index % 2]:
-            out = subprocess.run(
-                [str(tree / ".venv/bin/python"), __file__, "--worker", str(calls)],
-                check=True,
-                capture_output=True,
-                text=True,
-                cwd=tree,
-                env={**os.environ, "PYTHONPATH": str(tree)},  # that tree's sidecar
-            ).stdout
-            cpu[tree].append(json.loads(out.splitlines()[-1]))
+            cpu[tree].append(json.loads(worker_in_tree(tree, __file__, str(calls))))
     print(f"handler CPU us per call, {rounds} rounds x {calls} calls, load {os.getloadavg()}")
     for tree, values in cpu.items():
         print(f"{tree!s:30s} min {min(values):6.1f}  median {statistics.median(values):6.1f}")
