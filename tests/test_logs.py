@@ -19,7 +19,6 @@ from sidecar.telemetry.logs import (
     JsonLine,
     TextFormatter,
     configure_logging,
-    write_json_line,
 )
 
 
@@ -106,11 +105,12 @@ def test_a_line_written_directly_is_the_line_the_formatter_writes() -> None:
     stream = io.StringIO()
     configure_logging("INFO", "json", stream)
     logger = logging.getLogger("sidecar.test.direct")
-    fields = {"connector": "c", "attempts": 1, "latency_ms": 1.5, "message": "forged", "n": None}
+    line = JsonLine(logger, "node evaluated", fixed=("connector", "n"), varying=("latency_ms",))
+    fields = line.fields(("c", None), (1.5,))
     provider = TracerProvider()
 
     with provider.get_tracer("test").start_as_current_span("work"):
-        written = write_json_line(logger, "node evaluated", fields)
+        written = line.write(("c", None), (1.5,))
         logger.info("node evaluated", extra={"fields": fields})
 
     direct, formatted = (json.loads(line) for line in stream.getvalue().splitlines())
@@ -119,6 +119,8 @@ def test_a_line_written_directly_is_the_line_the_formatter_writes() -> None:
     assert {**direct, "timestamp": ""} == {**formatted, "timestamp": ""}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", direct["timestamp"])
     assert direct["message"] == "node evaluated"
+    with pytest.raises(ValueError, match="reserved"):  # a field cannot forge the message
+        JsonLine(logger, "node evaluated", fixed=("message",), varying=())
 
 
 @pytest.mark.usefixtures("root_logging")
@@ -178,7 +180,6 @@ def test_anything_but_the_plain_json_configuration_is_left_to_logging(configurat
     if configuration == "not propagated":
         logger.propagate = False
     try:
-        assert not write_json_line(logger, "node evaluated", {"connector": "c"})
         line = JsonLine(logger, "node evaluated", fixed=("connector",), varying=())
         assert not line.write(("c",), ())
     finally:

@@ -56,11 +56,9 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """May a call go out now? In HALF_OPEN only one probe at a time."""
-        if self._opened_at is None:  # CLOSED, as nearly always: no clock read
+        if self._opened_at is None:  # CLOSED, as nearly always: no property call
             return True
-        state = self.state
-        if state is BreakerState.CLOSED:
-            return True
+        state = self.state  # OPEN or HALF_OPEN from here
         if state is BreakerState.HALF_OPEN and not self._probe_in_flight:
             self._probe_in_flight = True
             return True

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import email.utils
-import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -48,7 +47,7 @@ from sidecar.egress.deadlines import Deadlines
 from sidecar.egress.headers import on_the_wire, without_credentials
 from sidecar.egress.policy import EgressPolicy, Verdict
 from sidecar.egress.pool import Resolver
-from sidecar.egress.transport import ConnectorFactory, Transport
+from sidecar.egress.transport import ORIGIN_PREFIX, ConnectorFactory, Transport
 from sidecar.telemetry.instruments import Telemetry
 
 MAX_REDIRECTS = 3
@@ -56,7 +55,6 @@ RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # "scheme://authority" at the start of a URL: everything the destination's verdict depends on.
-_AUTHORITY = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 _VERDICT_CACHE_LIMIT = 1024
 
 
@@ -178,7 +176,7 @@ class Egress:
     def _judge(self, url: str, options: SendOptions) -> Origin:
         """The destination's origin, or SendError(BLOCKED_DESTINATION) before any socket; an
         allowed destination is judged once (the policy is fixed for the egress's life)."""
-        authority = _AUTHORITY.match(url)
+        authority = ORIGIN_PREFIX.match(url)
         if authority is None:
             return self._judge_anew(url, options)
         return self._origins.get(

@@ -23,6 +23,7 @@ and would parse every byte in the interpreter, the cost this client exists to re
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import Final, NamedTuple, cast
@@ -34,16 +35,14 @@ MAX_HEADERS: Final = 128  # aiohttp's limits, kept
 MAX_FIELD_BYTES: Final = 8190
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FRAMING: Final = frozenset({"content-length", "transfer-encoding"})  # the body's own, always
-# Methods and header names known to be tokens, exactly as written (at most _TOKENS_KEPT).
-_TOKENS_SEEN: set[str] = set()
-_TOKENS_KEPT: Final = 1024
 _UNSENDABLE_HEADER: Final = "a header name or value cannot be sent (line break, NUL or space)"
 
 
-def _seen(token: str) -> None:
-    if len(_TOKENS_SEEN) >= _TOKENS_KEPT:
-        _TOKENS_SEEN.clear()
-    _TOKENS_SEEN.add(token)
+@functools.lru_cache(maxsize=1024)
+def _is_token(text: str) -> bool:
+    """Whether a method or header name is an HTTP token, kept per spelling (they come from
+    connectors: the same few on every call)."""
+    return _TOKEN.fullmatch(text) is not None
 
 
 # -- what can go wrong (`transport.FAILURES` says what each means) ---------------------------------
@@ -109,20 +108,16 @@ def request_head(
     >>> request_head("GET", Target("http", "a.example", 80, "/x?y=%2F", "a.example"), (), None)
     b'GET /x?y=%2F HTTP/1.1\\r\\nHost: a.example\\r\\nAccept: */*\\r\\n\\r\\n'
     """
-    if method not in _TOKENS_SEEN:
-        if not _TOKEN.fullmatch(method):
-            raise RequestError("the method is not an HTTP token")
-        _seen(method)
+    if not _is_token(method):
+        raise RequestError("the method is not an HTTP token")
     lines = [f"{method} {url.target} HTTP/1.1\r\n"]
     present: set[str] = set()
     for name, value in headers:
         lowered = name.lower()
         if lowered in _FRAMING:
             continue
-        if name not in _TOKENS_SEEN:  # a name's verdict is kept (names come from connectors)
-            if not _TOKEN.fullmatch(name):
-                raise RequestError(_UNSENDABLE_HEADER)
-            _seen(name)
+        if not _is_token(name):
+            raise RequestError(_UNSENDABLE_HEADER)
         if "\r" in value or "\n" in value or "\0" in value:
             raise RequestError(_UNSENDABLE_HEADER)
         present.add(lowered)

@@ -29,6 +29,7 @@ loop). Before that, httpx's Request and Response over aiohttp cost 142 us agains
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import ssl
@@ -153,10 +154,14 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_IN_HOST = re.compile(r"[\s/?#@\\]")
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 # `scheme://authority`, as urlsplit ends the authority (at the first "/", "?" or "#").
-_ORIGIN_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
-# The Target of each such prefix seen (its target "/"): connectors' origins, and redirects'.
-_ORIGINS: dict[str, Target] = {}
-_ORIGINS_KEPT: Final = 1024
+ORIGIN_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+
+
+@functools.lru_cache(maxsize=1024)
+def _origin(prefix: str) -> Target:
+    """The Target of a `scheme://authority` prefix (its target "/"): connectors' origins and
+    redirects', kept (a refused one raises, and is not kept)."""
+    return _target(prefix)
 
 
 def wire_url(url: str) -> Target:
@@ -172,18 +177,13 @@ def wire_url(url: str) -> Target:
     """
     if _CONTROL.search(url):
         raise SendError(Reason.PROTOCOL_ERROR, "the URL holds a control character")
-    prefix = _ORIGIN_PREFIX.match(url)
+    prefix = ORIGIN_PREFIX.match(url)
     if prefix is None:  # no scheme://authority: urlsplit says what it is (it cannot be sent)
         return _target(url)
     # What urlsplit reads from `scheme://authority` alone, worked out once per prefix (a
     # connector's URL starts with the same one every call); then the path and query as it
     # splits them: the fragment off, the query after the first "?".
-    origin = _ORIGINS.get(prefix.group())
-    if origin is None:
-        origin = _target(prefix.group())
-        if len(_ORIGINS) >= _ORIGINS_KEPT:
-            _ORIGINS.clear()
-        _ORIGINS[prefix.group()] = origin
+    origin = _origin(prefix.group())
     path, _, query = url[prefix.end() :].partition("#")[0].partition("?")
     scheme, host, port, _, authority = origin
     return Target(scheme, host, port, _request_target(path, query), authority)

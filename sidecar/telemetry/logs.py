@@ -162,36 +162,16 @@ _last_second: tuple[float, str] = (math.nan, "")  # the second last formatted, a
 _ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)  # what JsonFormatter's dumps builds
 
 
-def write_json_line(logger: logging.Logger, message: str, fields: Mapping[str, Any]) -> bool:
-    """Write one INFO line of `logger` as `JsonFormatter` would, without a LogRecord; False
-    (nothing written) unless logging is configured as `configure_logging` leaves it for JSON.
-
-    The evaluation line is written on every EvaluateNode call: a LogRecord, the handler chain and
-    the formatter cost about 100 us of the sidecar's CPU per call, this about a fifth of that
-    (bench/run.py). Any other configuration (a handler or filter added, text format, a test's
-    capture) makes the caller log as usual, so what is written never depends on this shortcut.
-    """
-    handler = _plain_json_handler(logger)
-    if handler is None:
-        return False
-    entry: dict[str, Any] = {
-        "timestamp": _timestamp(time.time()),
-        "level": "INFO",
-        "logger": logger.name,
-        "message": message,
-    }
-    ids = trace_ids()
-    if ids is not None:
-        entry["trace_id"], entry["span_id"] = ids
-    for key, value in fields.items():
-        if key not in _RESERVED:
-            entry[key] = value
-    return _emit(handler, _ENCODER.encode(entry) + handler.terminator)
-
-
 class JsonLine:
-    """One INFO line written on every call (the evaluation's), as `write_json_line` writes it,
-    with the fields whose values repeat encoded once per distinct set of values.
+    """One INFO line written on every call (the evaluation's) as `JsonFormatter` writes it,
+    without a LogRecord, and with the fields whose values repeat encoded once per distinct set
+    of values; `write` answers False (nothing written) unless logging is configured as
+    `configure_logging` leaves it for JSON, and the caller logs as usual.
+
+    The evaluation line is written on every EvaluateNode call: a LogRecord, the handler chain
+    and the formatter cost about 100 us of the sidecar's CPU per call (bench/run.py); this line
+    5-6 us in process (bench/results/round2-notes.md). Any other configuration (a handler or filter added, text format, a test's
+    capture) makes the caller log as usual, so what is written never depends on this shortcut.
 
     `fixed` fields (connector, outcome, reason ...) take few distinct values: their JSON text
     is kept per tuple of values (at most FIXED_SETS_KEPT, then the cache starts over); `varying`
@@ -201,7 +181,7 @@ class JsonLine:
     values of one type (1 and True would share a kept text).
     """
 
-    __slots__ = ("_fixed", "_head", "_kept", "_logger", "_message", "_varying", "_varying_keys")
+    __slots__ = ("_fixed", "_head", "_kept", "_logger", "_names", "_varying")
 
     def __init__(
         self,
@@ -215,9 +195,8 @@ class JsonLine:
         if reserved or len({*fixed, *varying}) != len(fixed) + len(varying):
             raise ValueError(f"fields must be distinct and not reserved: {sorted(reserved)}")
         self._logger = logger
-        self._message = message
         self._fixed = fixed
-        self._varying_keys = varying
+        self._names = (*fixed, *varying)
         head = {"level": "INFO", "logger": logger.name, "message": message}
         self._head = _ENCODER.encode(head)[1:-1]
         self._varying = tuple(f", {_ENCODER.encode(key)}: " for key in varying)
@@ -226,8 +205,7 @@ class JsonLine:
     def fields(self, fixed: tuple[Any, ...], varying: tuple[Any, ...]) -> dict[str, Any]:
         """The fields as a mapping, for `logger.info(..., extra={"fields": ...})` when `write`
         did not write (any other logging configuration)."""
-        names = (*self._fixed, *self._varying_keys)
-        return dict(zip(names, (*fixed, *varying), strict=True))
+        return dict(zip(self._names, (*fixed, *varying), strict=True))
 
     def write(self, fixed: tuple[Any, ...], varying: tuple[Any, ...]) -> bool:
         """Write the line with these values (in the order of the names given); False (nothing

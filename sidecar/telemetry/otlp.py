@@ -2,7 +2,7 @@
 
 The stock OTLP exporter turns every span into a tree of protobuf messages (a `KeyValue` and an
 `AnyValue` per attribute, the span, its status) before serialising them: about 25 us a span, in
-the exporter's thread, which holds the GIL and so charges the event loop. `encode_spans` writes
+the exporter's thread, which holds the GIL and so charges the event loop. `SpanEncoder` writes
 the same `ExportTraceServiceRequest` bytes directly: the resource and the instrumentation scope
 once per batch, and each recurring attribute (`rpc.method=EvaluateNode`, `server.port=8081`) from
 a table of already-encoded pairs, so a span costs a few microseconds.
@@ -19,7 +19,8 @@ are the stock encoder's byte for byte (tests/test_telemetry.py compares them):
 >>> provider = TracerProvider()
 >>> provider.add_span_processor(SimpleSpanProcessor(kept))
 >>> provider.get_tracer("doc").start_span("GET", attributes={"server.port": 8081}).end()
->>> encode_spans(kept.get_finished_spans()) == stock(kept.get_finished_spans()).SerializeToString()
+>>> spans = kept.get_finished_spans()
+>>> SpanEncoder().encode(spans) == stock(spans).SerializeToString()
 True
 """
 
@@ -303,11 +304,6 @@ class SpanEncoder:
                     pairs[kept] = encoded
             out.append(encoded)
         return b"".join(out)
-
-
-def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
-    """ExportTraceServiceRequest bytes for `spans` (a fresh encoder: nothing remembered)."""
-    return SpanEncoder().encode(spans)
 
 
 class OtlpSpanExporter(OTLPSpanExporter):
