@@ -170,8 +170,9 @@ class JsonLine:
 
     The evaluation line is written on every EvaluateNode call: a LogRecord, the handler chain
     and the formatter cost about 100 us of the sidecar's CPU per call (bench/run.py); this line
-    5-6 us in process (bench/results/round2-notes.md). Any other configuration (a handler or filter added, text format, a test's
-    capture) makes the caller log as usual, so what is written never depends on this shortcut.
+    5-6 us in process (bench/results/round2-notes.md). Any other configuration (a handler or
+    filter added, text format, a test's capture) makes the caller log as usual, so what is
+    written never depends on this shortcut.
 
     `fixed` fields (connector, outcome, reason ...) take few distinct values: their JSON text
     is kept per tuple of values (at most FIXED_SETS_KEPT, then the cache starts over); `varying`
