@@ -388,3 +388,14 @@ def test_each_value_is_sized_as_it_is_made_and_the_sizes_bound_the_answer(docume
     EVERY_CAST.apply(document, has_document=True, max_answer_bytes=total)
     with pytest.raises(AnswerTooLargeError, match="extracted values alone"):
         EVERY_CAST.apply(document, has_document=True, max_answer_bytes=total - 1)
+
+
+def test_roots_are_the_first_fields_of_plain_paths_or_none() -> None:
+    """What a caller holding the document in another form must read (ExtractVariables' `json`)."""
+    plain = compile_extractions(
+        [extraction("status", variable="a"), extraction("carrier.name", variable="b")]
+    )
+    assert plain.roots == frozenset({"status", "carrier"})
+    for other in ("@", "items[0].sku", "keys(@)", "*"):
+        mixed = compile_extractions([extraction("status", variable="a"), extraction(other)])
+        assert mixed.roots is None, other

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -35,7 +34,6 @@ from sidecar.core.documents import DocumentError, parse_document
 from sidecar.core.engine import CompiledNode, Engine, compile_node, compiled_size
 from sidecar.core.extraction import CompiledExtractions, compile_extractions
 from sidecar.core.model.node import MAX_EXTRACTIONS
-from sidecar.core.query import compile_query
 from sidecar.errors import FieldViolation, InvalidArgumentError, NotReadyError, OverloadedError
 from sidecar.registry import Registry
 from sidecar.registry.registry import page_token_after
@@ -93,7 +91,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
         self._nodes: CompiledCache[bytes, CompiledNode] = CompiledCache(
             limit=1024, max_bytes=max_cache_bytes
         )
-        self._extractions: CompiledCache[bytes, _Extractions] = CompiledCache(
+        self._extractions: CompiledCache[bytes, CompiledExtractions] = CompiledCache(
             limit=1024, max_bytes=max_cache_bytes
         )
         self._evaluation_slots = max_concurrent_evaluations
@@ -235,7 +233,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
                 document, document_bytes = _document_of(request, extractions.roots)
         try:
             variables, results = await self._engine.extract(
-                extractions.compiled,
+                extractions,
                 document,
                 document_bytes=document_bytes,
                 time_remaining=context.time_remaining(),
@@ -269,7 +267,7 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
 
     def _extraction_input(
         self, request: pb.ExtractVariablesRequest, key: bytes | None = None
-    ) -> tuple[_Extractions, Any, int]:
+    ) -> tuple[CompiledExtractions, Any, int]:
         """The compiled extractions (cached by `key`, the extractions' bytes), the document and
         its size in bytes."""
         key = _extractions_key(request) if key is None else key
@@ -393,34 +391,12 @@ def _compile_node_message(node: pb.Node, limits: WorkLimits) -> CompiledNode:
         ) from error
 
 
-@dataclass(frozen=True, slots=True)
-class _Extractions:
-    """ExtractVariables' extractions compiled, and the top-level fields of the document their
-    queries read (`wire.document_from_proto`): None unless every query is a plain path."""
-
-    compiled: CompiledExtractions
-    roots: frozenset[str] | None
-
-
 def _compile_extraction_messages(
     extractions: Sequence[pb.Extraction], limits: WorkLimits
-) -> _Extractions:
+) -> CompiledExtractions:
     values = wire.OperandValues(limits.max_operand_values)
     data = wire.extractions_data(extractions, "extractions", values)
-    validated = wire.validate_extractions(_ExtractionsInput, data).extractions
-    return _Extractions(compile_extractions(validated), _roots_read(validated))
-
-
-def _roots_read(extractions: Sequence[model.Extraction]) -> frozenset[str] | None:
-    """The first field of every query when all of them are plain paths, else None (any other
-    JMESPath may read anything: `*`, `@`, `keys(@)`)."""
-    roots = set()
-    for extraction in extractions:
-        fields = compile_query(extraction.path).fields  # valid: compiled just before
-        if fields is None:
-            return None
-        roots.add(fields[0])
-    return frozenset(roots)
+    return compile_extractions(wire.validate_extractions(_ExtractionsInput, data).extractions)
 
 
 def _extractions_key(request: pb.ExtractVariablesRequest) -> bytes:

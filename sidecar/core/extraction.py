@@ -71,10 +71,17 @@ class CompiledExtractions:
     The module docstring has a runnable example.
     """
 
-    __slots__ = ("_extractions",)
+    __slots__ = ("_extractions", "roots")
 
     def __init__(self, extractions: Sequence[_CompiledExtraction]) -> None:
         self._extractions = tuple(extractions)
+        # The top-level fields of a document these queries read, when every one is a plain
+        # path (`status`, `carrier.name`); None when any other JMESPath may read anything (`*`,
+        # `@`, `keys(@)`). A caller holding the document in another form reads only these.
+        fields = [extraction.query.fields for extraction in self._extractions]
+        self.roots: frozenset[str] | None = (
+            None if None in fields else frozenset(path[0] for path in fields if path)
+        )
 
     def __len__(self) -> int:
         return len(self._extractions)
