@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -19,6 +20,7 @@ from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from sidecar.api import wire
 from sidecar.core import model
+from sidecar.core.auth import mask_secrets
 from sidecar.errors import (
     ConfigError,
     ErrorCode,
@@ -874,3 +876,125 @@ def test_invalid_argument_message_summarises_its_violations():
 )
 def test_field_path_spells_validation_locations_as_request_paths(location, path):
     assert field_path(location) == path
+
+
+# ---------------------------------------------------------------------------------------------
+# Secrets in the answer (masked only where the answer's bytes hold one)
+# ---------------------------------------------------------------------------------------------
+
+
+# Secrets that overlap, contain each other, are too short to mask, or are not ASCII; texts
+# made of their pieces, so that generated outcomes hold them often, whole and in part.
+SECRETS = ("s3cr3t", "s3cr3t-token", "key", "pässwörd", "Bearer s3cr3t", "tok€n-42")
+PIECES = ("s3c", "r3t", "-token", "ke", "y", "pä", "sswörd", "Bearer ", "tok€", "n-42", "x", "")
+TEXTS = st.lists(st.sampled_from((*SECRETS, *PIECES)), max_size=4).map("".join)
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | TEXTS,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(TEXTS, children, max_size=3),
+    max_leaves=8,
+)
+EXTRACTION_RESULTS = st.builds(
+    model.ExtractionResult,
+    variable=TEXTS,
+    status=st.sampled_from(model.ExtractionStatus),
+    value=VALUES,
+    required=st.booleans(),
+    message=TEXTS,
+)
+CONDITIONS = st.builds(
+    model.ConditionExplanation,
+    subject=st.builds(model.Subject, kind=st.just(model.SubjectKind.BODY), path=st.just("a.b")),
+    operator=st.sampled_from(model.Operator),
+    operand=VALUES,
+    subject_value=VALUES,
+    subject_present=st.booleans(),
+    result=st.booleans(),
+    note=TEXTS,
+)
+EXPLANATIONS = st.builds(
+    model.Explanation,
+    request=st.none()
+    | st.builds(
+        model.RenderedRequest,
+        method=st.just("GET"),
+        url=TEXTS,
+        headers=st.dictionaries(TEXTS, TEXTS, max_size=2),
+        body=TEXTS,
+    ),
+    branches=st.lists(
+        st.builds(
+            model.BranchExplanation,
+            index=st.integers(0, 3),
+            target=TEXTS,
+            evaluated=st.booleans(),
+            matched=st.booleans(),
+            conditions=st.lists(CONDITIONS, max_size=2).map(tuple),
+        ),
+        max_size=2,
+    ).map(tuple),
+    notes=st.lists(TEXTS, max_size=2).map(tuple),
+)
+OUTCOMES = st.builds(
+    model.Outcome,
+    kind=st.sampled_from(model.OutcomeKind),
+    reason=st.sampled_from(model.Reason),
+    target=TEXTS,
+    message=TEXTS,
+    variables=st.dictionaries(TEXTS, VALUES, max_size=3),
+    extractions=st.lists(EXTRACTION_RESULTS, max_size=3).map(tuple),
+    http_status=st.integers(0, 599),
+    explanation=st.none() | EXPLANATIONS,
+    secret_values=st.lists(st.sampled_from(SECRETS), max_size=3).map(tuple),
+)
+
+
+def _answered_the_old_way(outcome: model.Outcome) -> bytes:
+    """The oracle: every outcome with secrets walked and masked, then built."""
+    masked = mask_secrets(outcome, outcome.secret_values) if outcome.secret_values else outcome
+    return wire.outcome_to_proto(masked).SerializeToString()
+
+
+@settings(max_examples=500, deadline=None)
+@given(outcome=OUTCOMES)
+def test_an_answer_is_what_masking_the_whole_outcome_first_would_answer(outcome):
+    answered, response = wire.evaluate_answer(outcome, error_target="e", message_limit=4 << 20)
+
+    assert response.SerializeToString() == _answered_the_old_way(outcome)
+    assert wire.outcome_to_proto(answered).SerializeToString() == response.SerializeToString()
+
+
+def test_an_echoed_secret_is_masked_wherever_it_is_and_an_answer_without_one_is_not_copied():
+    secret = "s3cr3t-token"
+    echoed = model.Outcome(
+        model.OutcomeKind.MATCHED,
+        model.Reason.BRANCH_MATCHED,
+        "done",
+        variables={"echo": {f"k-{secret}": [f"Bearer {secret}"]}},
+        secret_values=(secret,),
+    )
+    quiet = dataclasses.replace(echoed, variables={"echo": "nothing"})
+
+    masked, response = wire.evaluate_answer(echoed, error_target="e", message_limit=4 << 20)
+    kept, _ = wire.evaluate_answer(quiet, error_target="e", message_limit=4 << 20)
+
+    assert secret.encode() not in response.SerializeToString()
+    assert masked.variables == {"echo": {"k-***": ["Bearer ***"]}}
+    assert kept is quiet
+
+
+def test_a_secret_without_a_utf8_form_is_masked_before_the_answer_is_built():
+    # An environment variable may hold undecodable bytes (a lone surrogate, by surrogateescape):
+    # unmasked, protobuf could not even hold the text.
+    secret = "abc\udc80def"
+    outcome = model.Outcome(
+        model.OutcomeKind.MATCHED,
+        model.Reason.BRANCH_MATCHED,
+        "done",
+        variables={"echo": f"<{secret}>"},
+        secret_values=(secret,),
+    )
+
+    answered, response = wire.evaluate_answer(outcome, error_target="e", message_limit=4 << 20)
+
+    assert answered.variables == {"echo": "<***>"}
+    assert response.variables["echo"] == "<***>"

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from rulesidecar.v1 import rules_sidecar_pb2 as pb
 
 from sidecar.core import model
-from sidecar.core.auth import mask_secrets
+from sidecar.core.auth import mask_secrets, maskable_secrets
 from sidecar.core.budget import MAX_OPERAND_VALUES
 from sidecar.core.documents import MAX_JSON_DEPTH, nesting_depth
 from sidecar.core.model.node import MAX_BRANCHES, MAX_CONDITIONS_PER_BRANCH, MAX_EXTRACTIONS
@@ -925,12 +925,9 @@ def evaluate_answer(
     answered as ERROR / ANSWER_TOO_LARGE saying why, with the exchange's figures kept: never an
     INTERNAL or RESOURCE_EXHAUSTED status after the upstream was called.
     """
-    if outcome.secret_values:
-        outcome = mask_secrets(outcome, outcome.secret_values)
-    problem = _too_deep(outcome)
+    problem = _too_deep(outcome)  # masking changes no depth
     if problem is None:
-        response = outcome_to_proto(outcome)
-        size = response.ByteSize()
+        outcome, response, size = _masked_answer(outcome)
         if size <= message_limit:
             return outcome, response
         problem = (
@@ -948,6 +945,40 @@ def evaluate_answer(
         connector_version=outcome.connector_version,
     )
     return refused, outcome_to_proto(refused)
+
+
+def _masked_answer(outcome: model.Outcome) -> tuple[model.Outcome, pb.EvaluateNodeResponse, int]:
+    """The outcome with the request's secrets masked, its response and the response's size.
+
+    Nearly no answer echoes a secret, and walking every outcome to mask it cost more than
+    building the answer. So the response is built first and its bytes searched for each
+    secret's UTF-8 bytes: protobuf writes every text verbatim as UTF-8 (fields, Struct keys and
+    values, map entries), and every text of an Outcome is in its response, so an answer without
+    them is exactly what masking would leave unchanged (tests/test_wire.py checks this against
+    `mask_secrets` on generated outcomes). Only an answer holding one is masked and built again.
+    A secret without a UTF-8 form (a lone surrogate, as an environment variable may hold) could
+    not be in an answer's text unmasked: such an outcome is masked first, as it always was.
+    The bytes cost nothing extra: protobuf's ByteSize serialises the message all the same.
+    """
+    secrets = maskable_secrets(outcome.secret_values) if outcome.secret_values else ()
+    needles = _utf8(secrets)
+    if needles is None:
+        outcome = mask_secrets(outcome, secrets)
+    response = outcome_to_proto(outcome)
+    answer = response.SerializeToString()
+    if needles and any(needle in answer for needle in needles):
+        outcome = mask_secrets(outcome, secrets)
+        response = outcome_to_proto(outcome)
+        answer = response.SerializeToString()
+    return outcome, response, len(answer)
+
+
+def _utf8(secrets: Sequence[str]) -> list[bytes] | None:
+    """Each secret's UTF-8 bytes; None when one has none (it holds a lone surrogate)."""
+    try:
+        return [secret.encode() for secret in secrets]
+    except UnicodeEncodeError:
+        return None
 
 
 def _too_deep(outcome: model.Outcome) -> str | None:

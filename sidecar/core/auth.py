@@ -106,15 +106,25 @@ def mask_secrets(value: T, secrets: Collection[str]) -> T:
     >>> mask_secrets(answer, ["s3cr3t-token"]) is answer  # nothing echoed: nothing copied
     True
     """
-    maskable = sorted(
-        {secret for secret in secrets if len(secret) >= MIN_MASKED_SECRET_CHARS},
-        key=len,
-        reverse=True,  # the longest first: a secret containing another is masked whole
-    )
+    maskable = maskable_secrets(secrets)
     if not maskable:
         return value
     masked: T = _masked(value, maskable)
     return masked
+
+
+def maskable_secrets(secrets: Collection[str]) -> list[str]:
+    """The secrets `mask_secrets` replaces: those of MIN_MASKED_SECRET_CHARS or more, the
+    longest first (a secret containing another is masked whole).
+
+    >>> maskable_secrets(["abc", "s3cr3t", "s3cr3t-token"])
+    ['s3cr3t-token', 's3cr3t']
+    """
+    return sorted(
+        {secret for secret in secrets if len(secret) >= MIN_MASKED_SECRET_CHARS},
+        key=len,
+        reverse=True,
+    )
 
 
 def _masked(value: Any, secrets: list[str]) -> Any:
