@@ -204,7 +204,17 @@ class _CompiledBranch:
     conditions: tuple[_CompiledCondition, ...]
 
     def holds(self, view: ResponseView) -> bool:
-        return self.combine(condition.holds(view) for condition in self.conditions)
+        """Whether the branch holds, judging conditions only until one settles it (a loop,
+        not a generator into any()/all(): this runs for every condition of every call)."""
+        if self.combinator is Combinator.ANY:
+            for condition in self.conditions:  # noqa: SIM110 (see above)
+                if condition._judge(view)[0]:
+                    return True
+            return False
+        for condition in self.conditions:  # noqa: SIM110 (see above)
+            if not condition._judge(view)[0]:
+                return False
+        return True
 
     def combine(self, results: Iterable[bool]) -> bool:
         # any()/all() short-circuit over a generator; a tuple has been evaluated in full already.
@@ -216,9 +226,6 @@ class _CompiledCondition:
     condition: Condition
     resolve: _Resolver
     test: _Test
-
-    def holds(self, view: ResponseView) -> bool:
-        return self._judge(view)[0]
 
     def explain(self, view: ResponseView, value_bytes: int | None = None) -> ConditionExplanation:
         result, present, value, note = self._judge(view)
