@@ -170,8 +170,8 @@ def _log_evaluation(node: Node, outcome: Outcome, elapsed: float) -> None:
         node.connector_id,
         outcome.connector_version,
         node.id,
-        outcome.kind.value,
-        outcome.reason.value,
+        outcome.kind._value_,  # the plain str: `.value` is a descriptor written in Python
+        outcome.reason._value_,
         outcome.branch_index,
         outcome.http_status,
         outcome.attempts,
