@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import string
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -744,3 +745,10 @@ def test_any_json_value_round_trips_through_a_whole_placeholder(value: Any) -> N
         return
     assert request.body is not None
     assert json.loads(request.body) == json.loads(json.dumps(value))
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(max_size=12) | st.text(alphabet=string.ascii_letters + "0123456789_.~-/%"))
+def test_a_value_is_encoded_as_quote_encodes_it(text: str) -> None:
+    # The unreserved fast path must never differ from quote(text, safe="").
+    assert templating._encoded(text) == urllib.parse.quote(text, safe="")

@@ -966,10 +966,11 @@ def _masked_answer(outcome: model.Outcome) -> tuple[model.Outcome, pb.EvaluateNo
         outcome = mask_secrets(outcome, secrets)
     response = outcome_to_proto(outcome)
     answer = response.SerializeToString()
-    if needles and any(needle in answer for needle in needles):
-        outcome = mask_secrets(outcome, secrets)
-        response = outcome_to_proto(outcome)
-        answer = response.SerializeToString()
+    for needle in needles or ():
+        if needle in answer:
+            outcome = mask_secrets(outcome, secrets)
+            response = outcome_to_proto(outcome)
+            return outcome, response, response.ByteSize()
     return outcome, response, len(answer)
 
 

@@ -120,6 +120,9 @@ def maskable_secrets(secrets: Collection[str]) -> list[str]:
     >>> maskable_secrets(["abc", "s3cr3t", "s3cr3t-token"])
     ['s3cr3t-token', 's3cr3t']
     """
+    if len(secrets) == 1:  # one credential on the request: every call with auth
+        (secret,) = secrets
+        return [secret] if len(secret) >= MIN_MASKED_SECRET_CHARS else []
     return sorted(
         {secret for secret in secrets if len(secret) >= MIN_MASKED_SECRET_CHARS},
         key=len,

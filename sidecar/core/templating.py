@@ -33,7 +33,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
 from sidecar.core.model.connector import Connector
@@ -129,6 +129,15 @@ def _json_value(value: Any, placeholder: Placeholder, position: str, depth: int 
 # Compiled pieces of a request
 
 
+def _encoded(text: str) -> str:
+    """`quote(text, safe="")`; text of unreserved characters only (an order number, an id)
+    is returned as it is without the trip through bytes: this runs for every placeholder."""
+    return text if _UNRESERVED.fullmatch(text) else quote(text, safe="")
+
+
+_UNRESERVED: Final = re.compile(r"[A-Za-z0-9_.~-]+")  # what quote never encodes (RFC 3986)
+
+
 @dataclass(frozen=True, slots=True)
 class _PathSegment:
     """One path segment holding placeholders; each value stays inside this one segment."""
@@ -145,7 +154,7 @@ class _PathSegment:
             text = _scalar_text(variables, part, "url path")
             if text in _DOT_SEGMENTS:
                 raise _invalid(part, "url path", "is a dot segment ('.' or '..')")
-            texts.append(quote(text, safe=""))
+            texts.append(_encoded(text))
         segment = "".join(texts)
         if not segment:
             raise _invalid(self.first, "url path", "is empty and would leave a path segment empty")
@@ -169,7 +178,7 @@ class _Query:
             if isinstance(part, str):
                 texts.append(part)
             else:
-                texts.append(quote(_scalar_text(variables, part, self.position), safe=""))
+                texts.append(_encoded(_scalar_text(variables, part, self.position)))
         return "".join(texts)
 
 
