@@ -124,3 +124,26 @@ def test_one_keeper_serves_one_loop_after_another() -> None:
 def test_outside_a_task_it_refuses_as_asyncio_timeout_does() -> None:
     with pytest.raises(RuntimeError):
         Deadlines().within(1.0)
+
+
+def test_a_keeper_that_served_a_loop_still_refuses_outside_a_task() -> None:
+    # It asks the loop it last served for the running task first: outside a task, on that
+    # loop (a plain callback) or on none, it refuses as asyncio.timeout does.
+    deadlines = Deadlines()
+
+    async def from_a_callback() -> None:
+        refused = asyncio.get_running_loop().create_future()
+
+        def callback() -> None:
+            try:
+                deadlines.within(1.0)
+            except RuntimeError as error:
+                refused.set_result(error)
+
+        asyncio.get_running_loop().call_soon(callback)
+        assert isinstance(await refused, RuntimeError)
+
+    assert asyncio.run(_sleep_within(deadlines, 10, 0)) == "done"
+    asyncio.run(from_a_callback())
+    with pytest.raises(RuntimeError):
+        deadlines.within(1.0)

@@ -78,10 +78,17 @@ class Deadlines:
     def within(self, seconds: float) -> Deadline:
         """The deadline `seconds` from now of the current task's block (RuntimeError outside a
         task, as asyncio.timeout)."""
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        if task is None:
-            raise RuntimeError("Deadlines.within() should be used inside a task")
+        # The loop of the last block, asked for its running task: on Python 3.11 finding the
+        # running loop costs a getpid syscall. The egress serves one loop at a time (its
+        # connections and semaphores are bound to it), so a loop with a running task is this
+        # thread's; a stopped one (a test's earlier loop) has none, and the loop is found anew.
+        loop = self._loop
+        task = None if loop is None else asyncio.current_task(loop)
+        if loop is None or task is None:
+            loop = asyncio.get_running_loop()
+            task = asyncio.current_task(loop)
+            if task is None:
+                raise RuntimeError("Deadlines.within() should be used inside a task")
         if loop is not self._loop:  # a new loop (tests): what the old one held cannot fire
             self._live.clear()
             self._loop, self._timer, self._armed_for = loop, None, math.inf

@@ -138,8 +138,15 @@ class Connection(asyncio.Protocol):
     """One connection and the response being read on it (one at a time); `on_closed` is told
     when it closes, by either side."""
 
-    def __init__(self, key: tuple[str, str, int], on_closed: Callable[[Connection], None]) -> None:
+    def __init__(
+        self,
+        key: tuple[str, str, int],
+        on_closed: Callable[[Connection], None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         self.key = key
+        # Its transport's loop, kept: Python 3.11's get_running_loop() makes a getpid syscall.
+        self._loop = loop
         self.idle_since = 0.0
         self.reused = False
         self._on_closed = on_closed
@@ -183,7 +190,7 @@ class Connection(asyncio.Protocol):
         failure (and on cancellation)."""
         assert self._transport is not None
         self._reset(head=head, cap=cap)
-        waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Response] = self._loop.create_future()
         self._waiter = waiter
         if body and len(body) <= 65536:
             self._transport.write(payload + body)

@@ -223,7 +223,7 @@ class Pool:
             except OSError as exc:
                 last = exc
                 continue
-            connection = Connection(key, self.forget)
+            connection = Connection(key, self.forget, loop)
             try:
                 await loop.create_connection(
                     lambda connection=connection: connection,
