@@ -6,6 +6,7 @@ the BadRequest violation (`connector.headers["Cookie"]`) and of the connectors f
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +24,7 @@ from sidecar.core.model import (
     Subject,
 )
 from sidecar.core.model.connector import CREDENTIAL_HEADERS
+from sidecar.core.model.exchange import SendOptions
 from sidecar.core.model.node import (
     MAX_BRANCHES,
     MAX_CONDITIONS_PER_BRANCH,
@@ -783,3 +785,18 @@ def test_node_is_immutable():
 
     with pytest.raises(ValidationError, match="frozen"):
         result.branches[0].target = "b"  # type: ignore[misc]
+
+
+def test_send_options_with_a_timeout_keep_every_other_field() -> None:
+    # with_timeout names each field (dataclasses.replace is slow on the hot path): a field added
+    # to SendOptions and not carried there fails here.
+    fields = dataclasses.fields(SendOptions)
+    distinct = {
+        field.name: f"value of {field.name}" for field in fields if field.name != "timeout_seconds"
+    }
+    options = SendOptions(timeout_seconds=9.0, **distinct)  # type: ignore[arg-type]
+
+    shortened = options.with_timeout(0.25)
+
+    assert shortened.timeout_seconds == 0.25
+    assert {name: getattr(shortened, name) for name in distinct} == distinct

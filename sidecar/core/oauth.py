@@ -308,4 +308,4 @@ def _within(options: SendOptions, deadline: float, *, attempts: int) -> SendOpti
         raise SendError(
             Reason.TIMEOUT, "the call's time went on obtaining a token", attempts=attempts
         )
-    return replace(options, timeout_seconds=remaining)
+    return options.with_timeout(remaining)

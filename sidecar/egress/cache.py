@@ -226,7 +226,7 @@ class ResponseCache:
     def _start(
         self, key: bytes, request: OutboundRequest, options: SendOptions, cache: CacheOptions
     ) -> asyncio.Task[HttpResponse]:
-        call_options = replace(options, timeout_seconds=cache.call_timeout_seconds)
+        call_options = options.with_timeout(cache.call_timeout_seconds)
         flight = asyncio.get_running_loop().create_task(
             self._fetch(key, request, call_options, cache)
         )
