@@ -411,25 +411,31 @@ class Engine:
             options = prepared.options
             timeout = _exchange_timeout(options, budget)
             if timeout != options.timeout_seconds:  # the caller's deadline comes first
-                options = replace(options, timeout_seconds=timeout)
+                options = options.with_timeout(timeout)
             started = time.perf_counter()
             response = await self._exchange(request, credentials, options, sent_secrets)
             budget.check()
             _check_cost(compiled.body_queries, len(response.body), self.limits)
-            judge = partial(
-                _judge,
-                compiled,
-                connector,
-                response,
-                variables,
-                budget,
-                latency=time.perf_counter() - started,
-                explain=explain,
-                explain_value_bytes=value_bytes,
-                max_answer_bytes=self.max_answer_bytes,
-                request=shown,
-                secret_values=tuple(sent_secrets),  # complete: the exchange is over
-            )
+            latency = time.perf_counter() - started
+            secrets = tuple(sent_secrets)  # complete: the exchange is over
+            max_answer_bytes = self.max_answer_bytes
+            answered = response
+
+            def judge() -> Outcome:  # a closure: a partial with keywords costs 3x to make
+                return _judge(
+                    compiled,
+                    connector,
+                    answered,
+                    variables,
+                    budget,
+                    latency=latency,
+                    explain=explain,
+                    explain_value_bytes=value_bytes,
+                    max_answer_bytes=max_answer_bytes,
+                    request=shown,
+                    secret_values=secrets,
+                )
+
             # Parsing and querying a large document takes milliseconds: a large one goes off
             # the event loop at once, others move there if they need more than a slice.
             return await run_bounded(
