@@ -2,6 +2,7 @@
 
     make bench                 # full run (~8 min), writes bench/results/v<version>-<commit>.json
     make bench ARGS=--quick    # fewer and shorter rounds, same report
+    make bench ARGS='--rounds 9'  # more rounds: narrower medians on a noisy machine
 
 One run, in one private network namespace (`unshare -rn`; plain loopback when user namespaces
 are unavailable, and the report says which), with the same upstream (a ~1 KB order JSON) and the
@@ -362,6 +363,7 @@ async def run(arguments: argparse.Namespace, results: dict[str, Any]) -> None:
     rounds, calls, seconds, memory_total = (
         (3, 1500, 1.5, 20_000) if arguments.quick else (5, 4000, 3.0, 100_000)
     )
+    rounds = arguments.rounds or rounds
     rates = arguments.rates
     results["settings"] = {
         "rounds": rounds,
@@ -511,6 +513,12 @@ def main() -> None:
         type=Path,
         help="two more sidecar rows from another checkout (with its .venv): its defaults, and "
         "traced at 100%%; before and after in one run",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds to rotate (default 5, 3 with --quick): more narrow the medians on a noisy "
+        "machine, each round adding about a minute",
     )
     parser.add_argument(
         "--no-netns", action="store_true", help="plain loopback, no private network namespace"
