@@ -208,9 +208,13 @@ class JsonLine:
         did not write (any other logging configuration)."""
         return dict(zip(self._names, (*fixed, *varying), strict=True))
 
-    def write(self, fixed: tuple[Any, ...], varying: tuple[Any, ...]) -> bool:
+    def write(
+        self, fixed: tuple[Any, ...], varying: tuple[Any, ...], *, traced: bool = True
+    ) -> bool:
         """Write the line with these values (in the order of the names given); False (nothing
-        written) unless logging is configured as `configure_logging` leaves it for JSON."""
+        written) unless logging is configured as `configure_logging` leaves it for JSON.
+        `traced=False`: the caller knows no span can be current (traces are off), and the
+        context is not searched for one."""
         handler = _plain_json_handler(self._logger)
         if handler is None:
             return False
@@ -222,7 +226,7 @@ class JsonLine:
                 self._kept.clear()
             self._kept[fixed] = text
         parts = ['{"timestamp": "', _timestamp(time.time()), '", ', self._head]
-        ids = trace_ids()
+        ids = trace_ids() if traced else None
         if ids is not None:
             parts.append(f', "trace_id": "{ids[0]}", "span_id": "{ids[1]}"')
         parts.append(text)

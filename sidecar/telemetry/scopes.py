@@ -126,7 +126,8 @@ class EvaluationScope:
         if telemetry.metrics:
             telemetry.count_evaluation(node.connector_id, outcome)
         if evaluation_log.isEnabledFor(logging.INFO):
-            _log_evaluation(node, outcome, time.perf_counter() - self._started)
+            # Without traces no span is ever current (the API layer starts none either).
+            _log_evaluation(node, outcome, time.perf_counter() - self._started, telemetry.tracing)
 
     def __exit__(
         self,
@@ -165,7 +166,7 @@ _EVALUATION_LINE = JsonLine(
 )
 
 
-def _log_evaluation(node: Node, outcome: Outcome, elapsed: float) -> None:
+def _log_evaluation(node: Node, outcome: Outcome, elapsed: float, traced: bool) -> None:
     fixed = (
         node.connector_id,
         outcome.connector_version,
@@ -177,7 +178,7 @@ def _log_evaluation(node: Node, outcome: Outcome, elapsed: float) -> None:
         outcome.attempts,
     )
     varying = (round(elapsed * 1000, 3), round(outcome.upstream_latency_seconds * 1000, 3))
-    if not _EVALUATION_LINE.write(fixed, varying):
+    if not _EVALUATION_LINE.write(fixed, varying, traced=traced):
         evaluation_log.info(
             "node evaluated", extra={"fields": _EVALUATION_LINE.fields(fixed, varying)}
         )
