@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -963,16 +962,21 @@ def test_an_answer_is_what_masking_the_whole_outcome_first_would_answer(outcome)
     assert wire.outcome_to_proto(answered).SerializeToString() == response.SerializeToString()
 
 
-def test_an_echoed_secret_is_masked_wherever_it_is_and_an_answer_without_one_is_not_copied():
-    secret = "s3cr3t-token"
-    echoed = model.Outcome(
+def _matched(variables: dict[str, Any], secret: str) -> model.Outcome:
+    """A MATCHED outcome with these variables, whose request carried `secret`."""
+    return model.Outcome(
         model.OutcomeKind.MATCHED,
         model.Reason.BRANCH_MATCHED,
         "done",
-        variables={"echo": {f"k-{secret}": [f"Bearer {secret}"]}},
+        variables=variables,
         secret_values=(secret,),
     )
-    quiet = dataclasses.replace(echoed, variables={"echo": "nothing"})
+
+
+def test_an_echoed_secret_is_masked_wherever_it_is_and_an_answer_without_one_is_not_copied():
+    secret = "s3cr3t-token"
+    echoed = _matched({"echo": {f"k-{secret}": [f"Bearer {secret}"]}}, secret)
+    quiet = _matched({"echo": "nothing"}, secret)
 
     masked, response = wire.evaluate_answer(echoed, error_target="e", message_limit=4 << 20)
     kept, _ = wire.evaluate_answer(quiet, error_target="e", message_limit=4 << 20)
@@ -986,13 +990,7 @@ def test_a_secret_without_a_utf8_form_is_masked_before_the_answer_is_built():
     # An environment variable may hold undecodable bytes (a lone surrogate, by surrogateescape):
     # unmasked, protobuf could not even hold the text.
     secret = "abc\udc80def"
-    outcome = model.Outcome(
-        model.OutcomeKind.MATCHED,
-        model.Reason.BRANCH_MATCHED,
-        "done",
-        variables={"echo": f"<{secret}>"},
-        secret_values=(secret,),
-    )
+    outcome = _matched({"echo": f"<{secret}>"}, secret)
 
     answered, response = wire.evaluate_answer(outcome, error_target="e", message_limit=4 << 20)
 
