@@ -739,9 +739,10 @@ def validate_in_pieces(data: dict[str, Any]) -> model.Node:
 
 
 def validate_extractions(model_type: type[M], extractions: list[Any]) -> M:
-    """`model_type` (a model of one `extractions` field) from `extractions_data`, each
-    extraction with a container default validated in pieces (`extractions_in_pieces`); the same
-    model, or the same violations, as one validation of the whole."""
+    """`model_type` (a model of one `extractions` field) from `extractions`, as
+    `extractions_data` reads them, each one with a container default validated in pieces
+    (`extractions_in_pieces`); the same model, or the same violations, as one validation of
+    the whole."""
     violations: list[FieldViolation] = []
     pieces = extractions_in_pieces(extractions, ("extractions",), violations)
     try:

@@ -39,10 +39,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 from urllib.parse import urlsplit
-
-from pydantic import BaseModel
 
 from sidecar.core import values
 from sidecar.core.auth import (
@@ -66,6 +64,7 @@ from sidecar.core.conditions import CompiledBranches, ResponseView, compile_bran
 from sidecar.core.documents import DocumentError, parse_document
 from sidecar.core.extraction import CompiledExtractions, compile_extractions, required_failures
 from sidecar.core.model import (
+    Condition,
     Connector,
     ConnectorStatus,
     Explanation,
@@ -163,7 +162,7 @@ def compile_node(node: Node, *, limits: WorkLimits | None = None) -> CompiledNod
     (each up to `regex_max_memory_bytes`) is refused here, before it ever runs.
     """
     limits = limits or WorkLimits()
-    node = _frozen_values(node)
+    node = _frozen_operands(node)
     violations: list[FieldViolation] = []
     branches = extractions = None
     conditions = [condition for branch in node.branches for condition in branch.conditions]
@@ -190,6 +189,7 @@ def compile_node(node: Node, *, limits: WorkLimits | None = None) -> CompiledNod
         violations.extend(error.violations)
     if violations or branches is None or extractions is None:
         raise InvalidArgumentError(violations)
+    node = node.model_copy(update={"extractions": extractions.models})  # defaults frozen
     body_queries = len(node.extractions) + sum(
         1 for condition in conditions if condition.subject.kind is SubjectKind.BODY
     )
@@ -198,28 +198,22 @@ def compile_node(node: Node, *, limits: WorkLimits | None = None) -> CompiledNod
     )
 
 
-def _frozen_values(node: Node) -> Node:
-    """`node` with its operands and default values `frozen` (lists as tuples): the compiled
-    form keeps the node, and the cache keeps the compiled form, where every full garbage
-    collection would walk a list element by element (see `values.frozen`)."""
+def _frozen_operands(node: Node) -> Node:
+    """`node` with its operands `frozen` (lists as tuples): the compiled form keeps the node,
+    and the cache keeps the compiled form, where every full garbage collection would walk a
+    list element by element (see `values.frozen`). Default values are frozen where the
+    extractions are compiled (`compile_extractions`)."""
 
-    def frozen(model: _Model, field: str) -> _Model:
-        value = getattr(model, field)
-        if not isinstance(value, list | dict):
-            return model
-        return model.model_copy(update={field: values.frozen(value)})
+    def frozen(condition: Condition) -> Condition:
+        if not isinstance(condition.operand, list | dict):
+            return condition
+        return condition.model_copy(update={"operand": values.frozen(condition.operand)})
 
     branches = [
-        branch.model_copy(
-            update={"conditions": [frozen(item, "operand") for item in branch.conditions]}
-        )
+        branch.model_copy(update={"conditions": [frozen(item) for item in branch.conditions]})
         for branch in node.branches
     ]
-    extractions = [frozen(item, "default_value") for item in node.extractions]
-    return node.model_copy(update={"branches": branches, "extractions": extractions})
-
-
-_Model = TypeVar("_Model", bound=BaseModel)
+    return node.model_copy(update={"branches": branches})
 
 
 def explained_bytes(node: Node) -> int:
@@ -418,20 +412,18 @@ class Engine:
             _check_cost(compiled.body_queries, len(response.body), self.limits)
             latency = time.perf_counter() - started
             secrets = tuple(sent_secrets)  # complete: the exchange is over
-            max_answer_bytes = self.max_answer_bytes
-            answered = response
 
             def judge() -> Outcome:  # a closure: a partial with keywords costs 3x to make
                 return _judge(
                     compiled,
                     connector,
-                    answered,
+                    response,
                     variables,
                     budget,
                     latency=latency,
                     explain=explain,
                     explain_value_bytes=value_bytes,
-                    max_answer_bytes=max_answer_bytes,
+                    max_answer_bytes=self.max_answer_bytes,
                     request=shown,
                     secret_values=secrets,
                 )

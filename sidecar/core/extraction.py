@@ -86,6 +86,12 @@ class CompiledExtractions:
     def __len__(self) -> int:
         return len(self._extractions)
 
+    @property
+    def models(self) -> list[Extraction]:
+        """The extractions as compiled, their default values `frozen` (what a compiled node
+        keeps of them)."""
+        return [extraction.extraction for extraction in self._extractions]
+
     def apply(
         self,
         document: Any,

@@ -47,14 +47,12 @@ from sidecar.egress.deadlines import Deadlines
 from sidecar.egress.headers import on_the_wire, without_credentials
 from sidecar.egress.policy import EgressPolicy, Verdict
 from sidecar.egress.pool import Resolver
-from sidecar.egress.transport import ORIGIN_PREFIX, ConnectorFactory, Transport
+from sidecar.egress.transport import DEFAULT_PORTS, ORIGIN_PREFIX, ConnectorFactory, Transport
 from sidecar.telemetry.instruments import Telemetry
 
 MAX_REDIRECTS = 3
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-# "scheme://authority" at the start of a URL: everything the destination's verdict depends on.
 _VERDICT_CACHE_LIMIT = 1024
 
 
@@ -187,7 +185,7 @@ class Egress:
         parts = urlsplit(url)
         host = parts.hostname or ""
         try:
-            port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 0)
+            port = parts.port or DEFAULT_PORTS.get(parts.scheme, 0)
         except ValueError:
             raise _blocked(f"the URL has an invalid port: {url[:80]!r}") from None
         if parts.username is not None or parts.password is not None:

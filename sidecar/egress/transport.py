@@ -152,8 +152,9 @@ _PATH_ESCAPES = re.compile(r'[^\x21-\x7e]|["#<>?`{}]')
 _QUERY_ESCAPES = re.compile(r'[^\x21-\x7e]|["#<>]')
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_IN_HOST = re.compile(r"[\s/?#@\\]")
-_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
-# `scheme://authority`, as urlsplit ends the authority (at the first "/", "?" or "#").
+DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+# `scheme://authority`, as urlsplit ends the authority (at the first "/", "?" or "#"):
+# everything a destination's verdict and its Target's origin depend on.
 ORIGIN_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 
 
@@ -199,12 +200,12 @@ def _target(url: str) -> Target:
     except (UnicodeError, ValueError) as exc:
         raise SendError(Reason.PROTOCOL_ERROR, "the URL's host is not a valid name") from exc
     scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not host or _NOT_IN_HOST.search(host):
+    if scheme not in DEFAULT_PORTS or not host or _NOT_IN_HOST.search(host):
         raise SendError(Reason.PROTOCOL_ERROR, "the URL cannot be sent")
     named = f"[{host}]" if ":" in host else host
-    authority = named if port in (None, _DEFAULT_PORTS[scheme]) else f"{named}:{port}"
+    authority = named if port in (None, DEFAULT_PORTS[scheme]) else f"{named}:{port}"
     target = _request_target(parts.path, parts.query)
-    return Target(scheme, host, port or _DEFAULT_PORTS[scheme], target, authority)
+    return Target(scheme, host, port or DEFAULT_PORTS[scheme], target, authority)
 
 
 def _request_target(path: str, query: str) -> str:
