@@ -91,10 +91,12 @@ class Target(NamedTuple):
 
 
 class Response(NamedTuple):
-    """The status, the header pairs as received, and the body de-chunked (still encoded)."""
+    """The status, the headers folded (names lower-cased, a repeated header's values joined
+    with ", ", RFC 9110 5.3; values as UTF-8, else Latin-1) and the body de-chunked (still
+    encoded)."""
 
     status: int
-    headers: list[tuple[bytes, bytes]]
+    headers: dict[str, str]
     body: bytes
 
 
@@ -166,7 +168,8 @@ class Connection(asyncio.Protocol):
         self._cap = cap
         self._received_any = False
         self._head_bytes = 0
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: dict[str, str] = {}
+        self._header_count = 0
         self._headers_done = False
         self._status = 0
         self._interim = False
@@ -291,29 +294,37 @@ class Connection(asyncio.Protocol):
             self._broken = True  # more than one answer to one request
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self._headers) >= MAX_HEADERS or len(name) + len(value) > MAX_FIELD_BYTES:
+        if self._header_count >= MAX_HEADERS or len(name) + len(value) > MAX_FIELD_BYTES:
             self._failure = MalformedResponseError("a response header is too large, or too many")
             raise _StopParsingError
         if b"\0" in value:
             self._failure = MalformedResponseError("a response header holds a NUL")
             raise _StopParsingError
-        value = value.rstrip(b" \t")
-        self._headers.append((name, value))
-        lowered = name.lower()
-        if lowered == b"content-length":
+        self._header_count += 1
+        # Folded as it arrives: one pass over the headers, not a list kept to be walked again.
+        key = name.decode("latin-1").lower()
+        raw = value.rstrip(b" \t")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+        headers = self._headers
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        if key == "content-length":
             self._framed = True
-            length = value.strip()
+            length = raw.strip()
             if length.isdigit() and int(length) > self._cap:
                 self._failure = BodyTooLargeError("declared")
                 raise _StopParsingError
-        elif lowered == b"transfer-encoding":
+        elif key == "transfer-encoding":
             self._framed = True
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._interim = True  # 1xx: the real answer follows
-            self._headers = []
+            self._headers = {}
+            self._header_count = 0
             self._framed = False
             return
         self._status = status

@@ -134,10 +134,11 @@ class Transport:
         except _FOREIGN as exc:
             raise failure_of(exc) from exc
         body = response.body
-        encoding = _content_encoding(response.headers)
+        headers = response.headers  # folded by the connection as they arrived
+        encoding = headers.get("content-encoding")  # two headers: a stacked one, refused
         if encoding:
             body = _decoded(body, encoding, cap)
-        return HttpResponse(response.status, _folded(response.headers), body)
+        return HttpResponse(response.status, headers, body)
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
@@ -236,25 +237,6 @@ def _without_dot_segments(path: str) -> str:
 
 
 # -- the response -------------------------------------------------------------------------------
-
-
-def _folded(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
-    """Header names lower-cased, repeated headers joined with ", " (RFC 9110 5.3)."""
-    names: dict[str, str] = {}
-    for raw_name, raw_value in raw:
-        key = raw_name.decode("latin-1").lower()
-        try:
-            value = raw_value.decode("utf-8")
-        except UnicodeDecodeError:
-            value = raw_value.decode("latin-1")
-        names[key] = f"{names[key]}, {value}" if key in names else value
-    return names
-
-
-def _content_encoding(raw: Sequence[tuple[bytes, bytes]]) -> str:
-    """The Content-Encoding as folded (two headers are a stacked encoding, refused)."""
-    found = [value for name, value in raw if name.lower() == b"content-encoding"]
-    return b", ".join(found).decode("latin-1") if found else ""
 
 
 def _decoded(body: bytes, encoding: str, cap: int) -> bytes:
