@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import json
 import logging
 import math
+import os
 import re
 import sys
 import time
@@ -182,7 +184,7 @@ class JsonLine:
     values of one type (1 and True would share a kept text).
     """
 
-    __slots__ = ("_fixed", "_head", "_kept", "_logger", "_names", "_varying")
+    __slots__ = ("_fixed", "_kept", "_logger", "_names", "_template")
 
     def __init__(
         self,
@@ -198,9 +200,11 @@ class JsonLine:
         self._logger = logger
         self._fixed = fixed
         self._names = (*fixed, *varying)
-        head = {"level": "INFO", "logger": logger.name, "message": message}
-        self._head = _ENCODER.encode(head)[1:-1]
-        self._varying = tuple(f", {_ENCODER.encode(key)}: " for key in varying)
+        head = _ENCODER.encode({"level": "INFO", "logger": logger.name, "message": message})
+        # The whole line as one %-template (its own text escaped): the timestamp, the trace
+        # ids, the kept text of the fixed fields, then each varying field's key and value.
+        keys = "".join(f", {_ENCODER.encode(key).replace('%', '%%')}: %s" for key in varying)
+        self._template = '{"timestamp": "%s", ' + head[1:-1].replace("%", "%%") + "%s%s" + keys
         self._kept: dict[tuple[Any, ...], str] = {}
 
     def fields(self, fixed: tuple[Any, ...], varying: tuple[Any, ...]) -> dict[str, Any]:
@@ -225,17 +229,10 @@ class JsonLine:
             if len(self._kept) >= FIXED_SETS_KEPT:
                 self._kept.clear()
             self._kept[fixed] = text
-        parts = ['{"timestamp": "', _timestamp(time.time()), '", ', self._head]
         ids = trace_ids() if traced else None
-        if ids is not None:
-            parts.append(f', "trace_id": "{ids[0]}", "span_id": "{ids[1]}"')
-        parts.append(text)
-        for key, value in zip(self._varying, varying, strict=True):
-            parts.append(key)
-            parts.append(_number(value))
-        parts.append("}")
-        parts.append(handler.terminator)
-        return _emit(handler, "".join(parts))
+        traced_by = "" if ids is None else f', "trace_id": "{ids[0]}", "span_id": "{ids[1]}"'
+        values = (_timestamp(time.time()), traced_by, text, *map(_number, varying))
+        return _emit(handler, f"{self._template % values}}}{handler.terminator}")
 
 
 FIXED_SETS_KEPT: Final = 4096
@@ -252,14 +249,42 @@ def _number(value: Any) -> str:
 
 
 def _emit(handler: logging.StreamHandler[Any], line: str) -> bool:
-    """Write and flush `line` under the handler's lock, as `StreamHandler.emit` does."""
+    """Write `line` under the handler's lock, as `StreamHandler.emit` does: straight to the
+    file descriptor of a file stream (its text layer and buffer would add nothing, the handler
+    flushes each line anyway), else written and flushed."""
+    stream = handler.stream
     with handler.lock or contextlib.nullcontext():
         try:
-            handler.stream.write(line)
-            handler.stream.flush()
+            descriptor, encoding, errors = _file_of(stream)
+            if descriptor < 0:
+                stream.write(line)
+                stream.flush()
+            else:
+                data = line.encode(encoding, errors)
+                while data:  # a whole line in one write, unless a signal cut it short
+                    data = data[os.write(descriptor, data) :]
         except Exception:  # the stream failed: logging reports it (handleError), as it would
             return False
     return True
+
+
+def _file_of(stream: IO[str]) -> tuple[int, str, str]:
+    """The descriptor, encoding and errors of a text stream over a file (-1 for any other
+    stream: a StringIO, a wrapper of a wrapper), worked out once per stream."""
+    global _last_stream
+    kept, file = _last_stream
+    if kept is stream:
+        return file
+    file = (-1, "", "")
+    if type(stream) is io.TextIOWrapper and type(stream.buffer) is io.BufferedWriter:
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()  # what the text layer holds goes first
+            file = (stream.fileno(), stream.encoding, stream.errors or "strict")
+    _last_stream = (stream, file)
+    return file
+
+
+_last_stream: tuple[object, tuple[int, str, str]] = (None, (-1, "", ""))
 
 
 def _plain_json_handler(logger: logging.Logger) -> logging.StreamHandler[Any] | None:
