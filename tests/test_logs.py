@@ -9,6 +9,7 @@ import logging
 import re
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,9 +124,14 @@ def test_a_line_written_directly_is_the_line_the_formatter_writes() -> None:
         JsonLine(logger, "node evaluated", fixed=("message",), varying=())
 
 
+@pytest.mark.parametrize("into", ["a StringIO", "a file"])
 @pytest.mark.usefixtures("root_logging")
-def test_a_line_of_kept_fields_is_the_line_the_formatter_writes_byte_for_byte() -> None:
-    stream = io.StringIO()
+def test_a_line_of_kept_fields_is_the_line_the_formatter_writes_byte_for_byte(
+    into: str, tmp_path: Path
+) -> None:
+    # A file's lines go straight to its descriptor, a StringIO's through its write().
+    path = tmp_path / "log.jsonl"
+    stream: Any = io.StringIO() if into == "a StringIO" else path.open("w", encoding="utf-8")
     configure_logging("INFO", "json", stream)
     logger = logging.getLogger("sidecar.test.kept")
     line = JsonLine(logger, "node evaluated", fixed=("connector", "node", "index"), varying=("ms",))
@@ -144,7 +150,10 @@ def test_a_line_of_kept_fields_is_the_line_the_formatter_writes_byte_for_byte() 
     assert line.write(*calls[0])  # outside any span: no ids
     logger.info("node evaluated", extra={"fields": line.fields(*calls[0])})
 
-    lines = stream.getvalue().splitlines()
+    if into == "a file":
+        stream.close()
+    text = stream.getvalue() if into == "a StringIO" else path.read_text(encoding="utf-8")
+    lines = text.splitlines()
     assert len(lines) == 2 * len(calls) + 2
     for direct, formatted in zip(lines[::2], lines[1::2], strict=True):
         stamp = re.compile(r'"timestamp": "[^"]*"')
