@@ -11,8 +11,9 @@ same Python asyncio driver for every system:
 | system | what it is |
 |---|---|
 | echo floor | a no-op grpc.aio server answering the request's bytes (bench/echo_server.py): the floor of one unary call |
-| sidecar | `rules-sidecar serve` with its defaults (INFO: one JSON log line per evaluation), EvaluateNode |
-| sidecar, WARNING | the same with `--log-level WARNING`: the log line's cost is the difference |
+| sidecar | `rules-sidecar serve` with its defaults (INFO, the evaluation line of every error and one in 100 others), EvaluateNode |
+| sidecar, WARNING | the same with `--log-level WARNING`: no evaluation line |
+| sidecar, every evaluation logged | the defaults with `evaluation_log_every: 1`: one line per evaluation (v0.1's default); one line's cost is this against WARNING |
 | sidecar, traced 100% | the defaults plus traces sampled at 100% and metrics, to a no-op OTLP receiver |
 | ExtractVariables | the default sidecar's ExtractVariables on the same document and extractions |
 | direct | the backend doing it itself, in the driver's process: the same GET with the API key, the same three conditions and two extractions (aiohttp + jmespath) |
@@ -71,6 +72,7 @@ from rulesidecar.v1 import rules_sidecar_pb2 as pb
 from tracing_cost import NoopCollector
 
 OPA = ROOT / ".tools/go/bin/opa"
+EVERY_LINE = {"RULES_SIDECAR_EVALUATION_LOG_EVERY": "1"}  # an INFO line for each evaluation
 SERVICE = "rulesidecar.v1.RulesSidecarService"
 EXTRACTIONS = NODE["extractions"]
 CONCURRENCY = 16
@@ -287,15 +289,21 @@ def summarise(systems: list[System], rates: list[int]) -> dict[str, Any]:
             ]
         )
 
-    log_line = None
-    if "sidecar, WARNING" in by_name:
+    def over_quiet(rounds: list[dict[str, Any]]) -> dict[str, float] | None:
+        if "sidecar, WARNING" not in by_name:
+            return None
         quiet = by_name["sidecar, WARNING"].rounds
-        log_line = spread(
-            [row["cpu_us"] - base["cpu_us"] for row, base in zip(default, quiet, strict=True)]
+        return spread(
+            [row["cpu_us"] - base["cpu_us"] for row, base in zip(rounds, quiet, strict=True)]
         )
+
+    every_line = by_name.get("sidecar, every evaluation logged")
     return {
         "systems": table,
-        "log_line_us": log_line,
+        # One line's price (every evaluation logged, against none), and what the default's
+        # sampled lines cost a decision.
+        "log_line_us": over_quiet(every_line.rounds) if every_line else None,
+        "sampled_log_lines_us": over_quiet(default),
         "tracing_100_percent_us": over_default("sidecar, traced 100%"),
     }
 
@@ -385,6 +393,7 @@ async def run(arguments: argparse.Namespace, results: dict[str, Any]) -> None:
         upstream_port = stack.enter_context(upstream())
         default = stack.enter_context(sidecar(upstream_port, log_level="INFO"))
         quiet = stack.enter_context(sidecar(upstream_port, log_level="WARNING"))
+        every_line = stack.enter_context(sidecar(upstream_port, EVERY_LINE, log_level="INFO"))
         traced = stack.enter_context(sidecar(upstream_port, tracing, log_level="INFO"))
         compared = {
             name: stack.enter_context(
@@ -409,6 +418,7 @@ async def run(arguments: argparse.Namespace, results: dict[str, Any]) -> None:
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session,
             grpc.aio.insecure_channel(default.sidecar_address) as default_channel,
             grpc.aio.insecure_channel(quiet.sidecar_address) as quiet_channel,
+            grpc.aio.insecure_channel(every_line.sidecar_address) as every_line_channel,
             grpc.aio.insecure_channel(traced.sidecar_address) as traced_channel,
             grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as echo_channel,
         ):
@@ -429,6 +439,11 @@ async def run(arguments: argparse.Namespace, results: dict[str, Any]) -> None:
                     "sidecar, WARNING",
                     quiet.sidecar.pid,
                     grpc_call(quiet_channel, method, evaluate_bytes, evaluated),
+                ),
+                System(
+                    "sidecar, every evaluation logged",
+                    every_line.sidecar.pid,
+                    grpc_call(every_line_channel, method, evaluate_bytes, evaluated),
                 ),
                 System(
                     "sidecar, traced 100%",
@@ -598,7 +613,8 @@ def print_table(results: dict[str, Any]) -> None:
             )
         )
     for label, key in (
-        ("the INFO log line (sidecar - sidecar WARNING)", "log_line_us"),
+        ("one INFO log line (every evaluation logged - WARNING)", "log_line_us"),
+        ("the default's sampled lines (sidecar - WARNING)", "sampled_log_lines_us"),
         ("tracing at 100% (traced - sidecar)", "tracing_100_percent_us"),
     ):
         value = results.get(key)

@@ -123,7 +123,9 @@ async def start_sidecar(
             "allow_unbound_secrets is on: connectors may use secrets that have no secret_hosts "
             "entry (development only; bind every secret in secret_hosts and turn it off)"
         )
-    telemetry = telemetry or Telemetry.from_config(telemetry_config(settings))
+    telemetry = telemetry or Telemetry.from_config(
+        telemetry_config(settings), evaluation_log_every=settings.evaluation_log_every
+    )
     egress = build_egress(  # nothing opened yet: its session is made on the first call
         settings, telemetry, resolver=resolver, connector_factory=connector_factory
     )

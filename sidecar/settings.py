@@ -327,6 +327,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL."
     )
+    evaluation_log_every: int = Field(
+        100,
+        ge=0,
+        description="The evaluation's INFO line (logger sidecar.evaluations): every evaluation "
+        "that ends in ERROR writes one; of the others, the first and then one in this many per "
+        "connector and outcome (the line says `logged_one_in`). 1 writes every evaluation; 0 "
+        "only the errors. Metrics and traces see every evaluation whatever this is.",
+    )
     log_format: Literal["json", "text"] = Field(
         "json",
         description="json: one JSON object per line (timestamp, level, logger, message, trace_id, "

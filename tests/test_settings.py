@@ -198,6 +198,7 @@ def test_unknown_key_in_the_config_file_is_a_config_error(tmp_path):
         ("RULES_SIDECAR_MAX_MESSAGE_BYTES", "100", "max_message_bytes"),
         ("RULES_SIDECAR_SHUTDOWN_GRACE_SECONDS", "-1", "shutdown_grace_seconds"),
         ("RULES_SIDECAR_STORE_BUSY_TIMEOUT_SECONDS", "0", "store_busy_timeout_seconds"),
+        ("RULES_SIDECAR_EVALUATION_LOG_EVERY", "-1", "evaluation_log_every"),
     ],
 )
 def test_invalid_environment_value_is_a_config_error_naming_the_field(

@@ -82,6 +82,7 @@ from sidecar.telemetry.scopes import (
     SILENT_ATTEMPT,
     SILENT_EVALUATION,
     AttemptScope,
+    EvaluationLineSampling,
     EvaluationScope,
     evaluation_log,
 )
@@ -127,8 +128,11 @@ class Telemetry:
         meter_provider: MeterProvider | None = None,
         *,
         prometheus: PrometheusEndpoint | None = None,
+        evaluation_log_every: int = 1,
     ) -> None:
         self.tracing = tracer_provider is not None
+        # Which evaluations write their INFO line (the setting of the same name; 1: all).
+        self.evaluation_lines = EvaluationLineSampling(evaluation_log_every)
         self.metrics = meter_provider is not None
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
@@ -187,10 +191,15 @@ class Telemetry:
         )
 
     @classmethod
-    def from_config(cls, config: TelemetryConfig) -> Telemetry:
+    def from_config(cls, config: TelemetryConfig, *, evaluation_log_every: int = 1) -> Telemetry:
         """Exporters and providers as the configuration asks."""
         providers = config.providers()
-        return cls(providers.tracer, providers.meter, prometheus=providers.prometheus)
+        return cls(
+            providers.tracer,
+            providers.meter,
+            prometheus=providers.prometheus,
+            evaluation_log_every=evaluation_log_every,
+        )
 
     def start(self) -> None:
         """Open the Prometheus scrape endpoint, if configured (ConfigError if it cannot)."""

@@ -60,6 +60,7 @@ class Recorder(Protocol):
     tracing: bool
     metrics: bool
     tracer: trace.Tracer
+    evaluation_lines: EvaluationLineSampling
 
     def count_evaluation(self, connector_id: str, outcome: Outcome) -> None: ...
 
@@ -72,6 +73,49 @@ class Recorder(Protocol):
         status: int,
         error_type: str | None,
     ) -> None: ...
+
+
+class EvaluationLineSampling:
+    """Which evaluations write their INFO line: every one that ends in ERROR, and of the others
+    the first and then one in `every` per connector and outcome (`every` 1: all of them; 0:
+    none). Counted on the event loop's thread, where evaluations are recorded.
+
+    A line per call is what a busy sidecar can least afford to log (the README's performance
+    section prices it), and metrics and traces count every evaluation already; what needs
+    reading line by line, the errors, is never sampled.
+
+    >>> lines = EvaluationLineSampling(3)
+    >>> [lines.one_in("orders", OutcomeKind.MATCHED) for _ in range(7)]
+    [3, 0, 0, 3, 0, 0, 3]
+    >>> lines.one_in("orders", OutcomeKind.ERROR), lines.one_in("orders", OutcomeKind.NO_MATCH)
+    (1, 3)
+    """
+
+    __slots__ = ("_seen", "every")
+
+    def __init__(self, every: int) -> None:
+        if every < 0:
+            raise ValueError("every must be 0 or more")
+        self.every = every
+        self._seen: dict[tuple[str, OutcomeKind], int] = {}
+
+    def one_in(self, connector_id: str, kind: OutcomeKind) -> int:
+        """How many evaluations this one's line stands for (1 for an ERROR); 0: no line."""
+        every = self.every
+        if every == 1 or kind is OutcomeKind.ERROR:
+            return 1
+        if every == 0:
+            return 0
+        seen = self._seen
+        key = (connector_id, kind)
+        since = seen.get(key, 0)
+        if since == 0 and len(seen) >= SAMPLED_KEYS_KEPT:
+            seen.clear()  # connectors come and go: the counts start over, never grow unbounded
+        seen[key] = since + 1 if since + 1 < every else 0
+        return every if since == 0 else 0
+
+
+SAMPLED_KEYS_KEPT: Final = 4096
 
 
 class EvaluationScope:
@@ -126,8 +170,11 @@ class EvaluationScope:
         if telemetry.metrics:
             telemetry.count_evaluation(node.connector_id, outcome)
         if evaluation_log.isEnabledFor(logging.INFO):
-            # Without traces no span is ever current (the API layer starts none either).
-            _log_evaluation(node, outcome, time.perf_counter() - self._started, telemetry.tracing)
+            one_in = telemetry.evaluation_lines.one_in(node.connector_id, outcome.kind)
+            if one_in:
+                # Without traces no span is ever current (the API layer starts none either).
+                elapsed = time.perf_counter() - self._started
+                _log_evaluation(node, outcome, elapsed, one_in, telemetry.tracing)
 
     def __exit__(
         self,
@@ -161,12 +208,15 @@ _EVALUATION_LINE = JsonLine(
         "branch_index",
         "http_status",
         "attempts",
+        "logged_one_in",
     ),
     varying=("latency_ms", "upstream_latency_ms"),
 )
 
 
-def _log_evaluation(node: Node, outcome: Outcome, elapsed: float, traced: bool) -> None:
+def _log_evaluation(
+    node: Node, outcome: Outcome, elapsed: float, one_in: int, traced: bool
+) -> None:
     fixed = (
         node.connector_id,
         outcome.connector_version,
@@ -176,6 +226,7 @@ def _log_evaluation(node: Node, outcome: Outcome, elapsed: float, traced: bool) 
         outcome.branch_index,
         outcome.http_status,
         outcome.attempts,
+        one_in,
     )
     varying = (round(elapsed * 1000, 3), round(outcome.upstream_latency_seconds * 1000, 3))
     if not _EVALUATION_LINE.write(fixed, varying, traced=traced):

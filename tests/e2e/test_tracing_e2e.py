@@ -238,3 +238,70 @@ def test_every_log_line_of_the_process_is_json(traced_sidecar: SidecarProcess) -
     entries = [json.loads(line) for line in lines]
     assert {"timestamp", "level", "logger", "message"} <= set(entries[0])
     assert any(entry["message"] == "rules-sidecar is SERVING" for entry in entries)
+
+
+# -- the evaluation lines of the real process ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("every", "expected"),
+    [
+        # The default: the first of each connector and outcome, then one in 100; every ERROR.
+        (None, [("fine", "MATCHED", 100), ("broken", "ERROR", 1), ("broken", "ERROR", 1)]),
+        ("2", [("fine", "MATCHED", 2), ("fine", "MATCHED", 2)] + [("broken", "ERROR", 1)] * 2),
+        ("1", [("fine", "MATCHED", 1)] * 3 + [("broken", "ERROR", 1)] * 2),
+        ("0", [("broken", "ERROR", 1)] * 2),
+    ],
+    ids=["default", "every-2", "every-1", "errors-only"],
+)
+def test_the_sidecar_writes_every_errors_line_and_one_in_n_of_the_others(
+    sidecar_process: Callable[..., SidecarProcess],
+    upstream: Upstream,
+    tmp_path: Path,
+    every: str | None,
+    expected: list[tuple[str, str, int]],
+) -> None:
+    connectors = tmp_path / "connectors.yaml"
+    connectors.write_text(
+        yaml.safe_dump(
+            {
+                "connectors": [
+                    {"id": "fine", "status": "LIVE", "url_template": upstream.url("/status/200")},
+                    {"id": "broken", "status": "LIVE", "url_template": upstream.url("/status/503")},
+                ]
+            }
+        )
+    )
+    setting = {} if every is None else {"RULES_SIDECAR_EVALUATION_LOG_EVERY": every}
+    sidecar = sidecar_process(
+        args=["--connectors-file", str(connectors)], env={**LOOPBACK_ENVIRONMENT, **setting}
+    )
+
+    for connector in ["fine"] * 3 + ["broken"] * 2:
+        node = {
+            "connector_id": connector,
+            "branches": [
+                {
+                    "target": "fine",
+                    "conditions": [
+                        {
+                            "subject": {"kind": "SUBJECT_KIND_STATUS"},
+                            "operator": "OPERATOR_EQUALS",
+                            "operand": 200,
+                        }
+                    ],
+                }
+            ],
+            "error_target": "agent",
+        }
+        request = pb.EvaluateNodeRequest(node=json_format.ParseDict(node, pb.Node()))
+        sidecar.stub.EvaluateNode(request, timeout=RPC_TIMEOUT)
+
+    lines = [
+        json.loads(line)
+        for line in sidecar.stderr_text().splitlines()
+        if '"sidecar.evaluations"' in line
+    ]
+    assert [(line["connector"], line["outcome"], line["logged_one_in"]) for line in lines] == (
+        expected
+    )
