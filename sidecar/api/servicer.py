@@ -197,16 +197,20 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
                     allow_draft=request.mode == pb.EVALUATION_MODE_TEST,
                     time_remaining=context.time_remaining(),
                 )
-                answer = partial(
-                    wire.evaluate_answer,
-                    outcome,
-                    error_target=compiled.node.error_target,
-                    message_limit=self._message_limit,
-                )
+                error_target, limit = compiled.node.error_target, self._message_limit
                 if _large_answer(outcome.extractions, compiled.conditions, request.explain):
-                    outcome, response = await asyncio.to_thread(answer)
-                else:
-                    outcome, response = answer()
+                    outcome, response = await asyncio.to_thread(
+                        partial(
+                            wire.evaluate_answer,
+                            outcome,
+                            error_target=error_target,
+                            message_limit=limit,
+                        )
+                    )
+                else:  # called as it is: a partial with keywords costs more than the call
+                    outcome, response = wire.evaluate_answer(
+                        outcome, error_target=error_target, message_limit=limit
+                    )
                 evaluation.record(outcome)
         finally:
             self._evaluations_in_flight -= 1
@@ -248,10 +252,12 @@ class RulesSidecarServicer(pb_grpc.RulesSidecarServiceServicer):
             raise InvalidArgumentError(
                 [FieldViolation("extractions", stopped.message)], reason=stopped.reason.value
             ) from None
-        answer = partial(wire.extract_answer, variables, results, message_limit=self._message_limit)
+        limit = self._message_limit
         if _large_answer(results):
-            return await asyncio.to_thread(answer)
-        return answer()
+            return await asyncio.to_thread(
+                partial(wire.extract_answer, variables, results, message_limit=limit)
+            )
+        return wire.extract_answer(variables, results, message_limit=limit)
 
     def _evaluation_input(
         self, request: pb.EvaluateNodeRequest, key: bytes | None = None
