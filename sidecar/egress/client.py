@@ -47,6 +47,7 @@ from sidecar.egress.deadlines import Deadlines
 from sidecar.egress.headers import on_the_wire, without_credentials
 from sidecar.egress.policy import EgressPolicy, Verdict
 from sidecar.egress.pool import Resolver
+from sidecar.egress.slots import Slots
 from sidecar.egress.transport import DEFAULT_PORTS, ORIGIN_PREFIX, ConnectorFactory, Transport
 from sidecar.telemetry.instruments import Telemetry
 
@@ -127,8 +128,8 @@ class Egress:
         self._origins: CompiledCache[tuple[str, tuple[str, ...]], Origin] = CompiledCache(
             limit=_VERDICT_CACHE_LIMIT
         )
-        self._slots: defaultdict[Origin, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(self._limits.per_upstream_concurrency)
+        self._slots: defaultdict[Origin, Slots] = defaultdict(
+            lambda: Slots(self._limits.per_upstream_concurrency)
         )
         # The total budget of each send (`deadlines`: asyncio.timeout's rule, one timer for all).
         self._deadlines = Deadlines()
@@ -177,9 +178,11 @@ class Egress:
         authority = ORIGIN_PREFIX.match(url)
         if authority is None:
             return self._judge_anew(url, options)
-        return self._origins.get(
-            (authority.group(), options.allowed_hosts), lambda: self._judge_anew(url, options)
-        )
+        key = (authority.group(), options.allowed_hosts)
+        judged = self._origins.cached(key)  # no closure made for the common case
+        if judged is not None:
+            return judged
+        return self._origins.get(key, lambda: self._judge_anew(url, options))
 
     def _judge_anew(self, url: str, options: SendOptions) -> Origin:
         parts = urlsplit(url)
@@ -310,7 +313,10 @@ class Egress:
                 f"{origin.host} failed repeatedly; calls are paused for up to "
                 f"{self._limits.breaker_cooldown_seconds:g}s",
             )
-        async with self._slots[origin]:
+        slots = self._slots[origin]
+        if not slots.take():
+            await slots.wait()
+        try:
             attempts.count += 1
             try:
                 # Telemetry observes the attempt (CLIENT span, duration); the egress performs it.
@@ -321,8 +327,11 @@ class Egress:
                     resend_count=attempts.count - 1,
                     retry=attempts.count - first_attempt > 1,
                 ) as observed:
+                    telemetry = self._telemetry
                     trace_context = (
-                        self._telemetry.trace_headers() if options.propagate_trace else {}
+                        telemetry.trace_headers()
+                        if options.propagate_trace and telemetry.tracing
+                        else {}
                     )
                     outgoing = OutboundRequest(
                         request.method,
@@ -351,6 +360,8 @@ class Egress:
                 else:
                     breaker.abandon()  # the caller gave up: says nothing about the upstream
                 raise
+        finally:
+            slots.give()
         if response.status >= 500:
             breaker.record_failure()
         else:

@@ -32,6 +32,7 @@ from sidecar.egress.http1 import (
     Target,
     request_head,
 )
+from sidecar.egress.slots import Slots
 
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _DNS_CACHE_LIMIT = 1024
@@ -133,9 +134,7 @@ class Pool:
         self._tls = tls
         self._keepalive = keepalive_seconds
         self._dns_ttl = dns_cache_seconds
-        self._limit = max_connections
-        self._in_use = 0
-        self._waiting: list[asyncio.Future[None]] = []
+        self._slots = Slots(max_connections)
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._live: set[Connection] = set()
         self._addresses: dict[tuple[str, int], tuple[float, Sequence[ResolvedAddress]]] = {}
@@ -153,10 +152,14 @@ class Pool:
         """One exchange; an HttpError (or ssl.SSLError, TimeoutError ...) when it fails."""
         payload = request_head(method, url, headers, body)
         head = method == "HEAD"
-        await self._take_slot()
+        if not self._slots.take():
+            await self._slots.wait()
         try:
             for retry in (False, True):
-                connection = await self._connection(url, fresh=retry)
+                key = (url.scheme, url.host, url.port)
+                connection = None if retry else self._idle_connection(key)
+                if connection is None:
+                    connection = await self._open(key, url)
                 try:
                     response = await connection.exchange(payload, body, head=head, cap=cap)
                 except DisconnectedError:
@@ -174,35 +177,12 @@ class Pool:
                 return response
             raise AssertionError("unreachable: the second pass returns or raises")
         finally:
-            self._give_slot()
+            self._slots.give()
 
-    async def _take_slot(self) -> None:
-        if self._in_use < self._limit and not self._waiting:
-            self._in_use += 1
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiting.append(waiter)
-        try:
-            await waiter
-        except BaseException:
-            if waiter in self._waiting:
-                self._waiting.remove(waiter)
-            elif not waiter.cancelled():
-                self._give_slot()  # handed a slot as it was cancelled: pass it on
-            raise
-        # `_give_slot` counted this request in before waking it
-
-    def _give_slot(self) -> None:
-        while self._waiting:
-            waiter = self._waiting.pop(0)
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._in_use -= 1
-
-    async def _connection(self, url: Target, *, fresh: bool = False) -> Connection:
-        key = (url.scheme, url.host, url.port)
-        idle = None if fresh else self._idle.get(key)
+    def _idle_connection(self, key: tuple[str, str, int]) -> Connection | None:
+        """A pooled connection to `key` still open and idle for less than keepalive_seconds
+        (the most recently parked first); the stale ones on the way are closed."""
+        idle = self._idle.get(key)
         if idle:
             now = time.monotonic()
             while idle:
@@ -211,7 +191,7 @@ class Pool:
                     connection.reused = True
                     return connection
                 connection.close()
-        return await self._open(key, url)
+        return None
 
     async def _open(self, key: tuple[str, str, int], url: Target) -> Connection:
         addresses = await self._resolve(url.host, url.port)
