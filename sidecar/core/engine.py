@@ -38,7 +38,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -343,18 +342,15 @@ class Engine:
         budget = self.budget(time_remaining)
         _check_cost(len(compiled), document_bytes, self.limits)
         self._working.add(budget)
-        try:
-            return await run_bounded(
-                partial(
-                    compiled.apply,
-                    document,
-                    has_document=True,
-                    budget=budget,
-                    max_answer_bytes=self.max_answer_bytes,
-                ),
-                budget,
-                on_loop=document_bytes <= OFF_LOOP_BODY_BYTES,
+        max_answer_bytes = self.max_answer_bytes
+
+        def apply() -> tuple[dict[str, Any], tuple[ExtractionResult, ...]]:  # not a partial
+            return compiled.apply(
+                document, has_document=True, budget=budget, max_answer_bytes=max_answer_bytes
             )
+
+        try:
+            return await run_bounded(apply, budget, on_loop=document_bytes <= OFF_LOOP_BODY_BYTES)
         finally:
             self._working.discard(budget)
 

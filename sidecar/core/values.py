@@ -101,6 +101,8 @@ def value_text(value: Any) -> str:
 def normalise_numbers(value: Any, *, frozen: bool = False) -> Any:
     """Turn integral floats (from protobuf Struct) back into ints, recursively; lists (and the
     tuples of `frozen` JSON) come out as lists, or as tuples with `frozen`."""
+    if type(value) is str:  # the common leaf, and the first question answers it
+        return value
     if isinstance(value, float) and value.is_integer() and abs(value) < MAX_SAFE_INTEGER:
         return int(value)
     if isinstance(value, list | tuple):
