@@ -69,6 +69,7 @@ import re2
 
 from sidecar.core import values
 from sidecar.core.budget import BYTES_PER_UNIT, Budget, LimitExceededError, json_size, unbounded
+from sidecar.core.model.base import record
 from sidecar.core.model.failures import EvaluationFailure
 from sidecar.core.model.node import (
     Branch,
@@ -92,7 +93,7 @@ REGEX_BYTE_STATES_PER_UNIT: Final = 16 * 1024
 """RE2's memory budget per MATCHES regex unless the caller gives one (the setting's default)."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ResponseView:
     """What conditions may look at: the response, already parsed, and the request variables."""
 
@@ -105,7 +106,7 @@ class ResponseView:
     budget: Budget = field(default_factory=unbounded)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BranchDecision:
     """The first branch that held (None when none did), and how each was judged if asked."""
 

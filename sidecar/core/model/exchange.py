@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from sidecar.core.model.base import record
 from sidecar.core.model.failures import SendError
 from sidecar.core.model.outcome import CacheStatus
 
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OutboundRequest:
     """A rendered request, ready for auth and sending: encoded URL, ordered headers, JSON bytes."""
 
@@ -56,7 +57,7 @@ class CacheOptions:
     credential: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SendOptions:
     """What the egress needs to know about one exchange, beyond the request itself."""
 
@@ -107,7 +108,7 @@ class Origin(NamedTuple):
     port: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HttpResponse:
     """An upstream's answer, body fully read (and capped). Header names are lower-cased."""
 

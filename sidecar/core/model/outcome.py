@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from sidecar.core.model.base import record
 from sidecar.core.model.node import Operator, Subject
 
 
@@ -74,7 +75,7 @@ class ExtractionStatus(enum.StrEnum):
 _SET_A_VALUE: Final = frozenset({ExtractionStatus.EXTRACTED, ExtractionStatus.DEFAULTED})
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ExtractionResult:
     """One extraction's result, failures included: nothing is dropped silently."""
 
@@ -137,7 +138,7 @@ class Explanation:
     notes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Outcome:
     """The answer to one EvaluateNode call."""
 
