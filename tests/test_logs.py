@@ -274,3 +274,23 @@ def test_a_timestamp_is_the_one_datetime_would_write(created: float) -> None:
     assert written(created) == expected(created)
     assert written(created - 86400.0) == expected(created - 86400.0)  # not the second remembered
     assert written(created) == expected(created)
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_a_closed_log_file_is_never_written_through_its_old_descriptor(tmp_path: Path) -> None:
+    # The line goes to a file stream's descriptor; once that stream is closed, the number may
+    # belong to another file, which must not receive the line.
+    stream = (tmp_path / "log.jsonl").open("w", encoding="utf-8")
+    configure_logging("INFO", "json", stream)
+    logger = logging.getLogger("sidecar.test.closed")
+    line = JsonLine(logger, "node evaluated", fixed=("connector",), varying=())
+    assert line.write(("c",), ())
+    descriptor = stream.fileno()
+    stream.close()
+    other = (tmp_path / "other.txt").open("w", encoding="utf-8")
+    try:
+        assert other.fileno() == descriptor  # the lowest free number: the one just closed
+        assert not line.write(("c",), ())  # refused, as a closed stream's write always was
+    finally:
+        other.close()
+    assert (tmp_path / "other.txt").read_text() == ""

@@ -154,9 +154,9 @@ class Pool:
         head = method == "HEAD"
         if not self._slots.take():
             await self._slots.wait()
+        key = (url.scheme, url.host, url.port)
         try:
             for retry in (False, True):
-                key = (url.scheme, url.host, url.port)
                 connection = None if retry else self._idle_connection(key)
                 if connection is None:
                     connection = await self._open(key, url)

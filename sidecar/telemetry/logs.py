@@ -165,14 +165,15 @@ _ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)  # what JsonFormatt
 
 
 class JsonLine:
-    """One INFO line written on every call (the evaluation's) as `JsonFormatter` writes it,
+    """An INFO line written on the hot path (the evaluation's) as `JsonFormatter` writes it,
     without a LogRecord, and with the fields whose values repeat encoded once per distinct set
     of values; `write` answers False (nothing written) unless logging is configured as
     `configure_logging` leaves it for JSON, and the caller logs as usual.
 
-    The evaluation line is written on every EvaluateNode call: a LogRecord, the handler chain
-    and the formatter cost about 100 us of the sidecar's CPU per call (bench/run.py); this line
-    5-6 us in process (bench/results/round2-notes.md). Any other configuration (a handler or
+    The evaluation line may be written on every EvaluateNode call (`evaluation_log_every: 1`):
+    a LogRecord, the handler chain and the formatter cost about 100 us of the sidecar's CPU per
+    call (bench/run.py); this line 3.8 us in process (bench/results/round2-notes.md). Any other
+    configuration (a handler or
     filter added, text format, a test's capture) makes the caller log as usual, so what is
     written never depends on this shortcut.
 
@@ -273,10 +274,14 @@ def _file_of(stream: IO[str]) -> tuple[int, str, str]:
     stream: a StringIO, a wrapper of a wrapper), worked out once per stream."""
     global _last_stream
     kept, file = _last_stream
-    if kept is stream:
+    if kept is stream and not stream.closed:  # closed, its descriptor may now be another file's
         return file
     file = (-1, "", "")
-    if type(stream) is io.TextIOWrapper and type(stream.buffer) is io.BufferedWriter:
+    if (
+        type(stream) is io.TextIOWrapper
+        and type(stream.buffer) is io.BufferedWriter
+        and not stream.closed
+    ):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()  # what the text layer holds goes first
             file = (stream.fileno(), stream.encoding, stream.errors or "strict")
